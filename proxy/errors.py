@@ -1,0 +1,88 @@
+"""The refusals the proxy answers itself, exactly as SPEC.md "Errors" fixes them."""
+
+from __future__ import annotations
+
+import json
+from typing import Final
+
+TOKEN_MISSING: Final = "token_missing"
+TOKEN_ID_NOT_SECRET: Final = "token_id_not_secret"
+TOKEN_INVALID: Final = "token_invalid"
+TOKEN_EXPIRED: Final = "token_expired"
+INSUFFICIENT_SCOPE: Final = "insufficient_scope"
+BAD_REQUEST: Final = "bad_request"
+VERIFICATION_UNAVAILABLE: Final = "verification_unavailable"
+VERIFICATION_BUDGET_EXCEEDED: Final = "verification_budget_exceeded"
+UPSTREAM_UNAVAILABLE: Final = "upstream_unavailable"
+UPSTREAM_TIMEOUT: Final = "upstream_timeout"
+PAYLOAD_TOO_LARGE: Final = "payload_too_large"
+
+STATUS: Final[dict[str, int]] = {
+    TOKEN_MISSING: 401,
+    TOKEN_ID_NOT_SECRET: 401,
+    TOKEN_INVALID: 401,
+    TOKEN_EXPIRED: 401,
+    INSUFFICIENT_SCOPE: 403,
+    BAD_REQUEST: 400,
+    VERIFICATION_UNAVAILABLE: 503,
+    VERIFICATION_BUDGET_EXCEEDED: 429,
+    UPSTREAM_UNAVAILABLE: 502,
+    UPSTREAM_TIMEOUT: 504,
+    PAYLOAD_TOO_LARGE: 413,
+}
+
+
+def _quote(value: str) -> str:
+    # RFC 6750 auth-param values are quoted-strings; keep them ASCII and unbreakable.
+    cleaned = "".join(c if 0x20 <= ord(c) < 0x7F else "?" for c in value)
+    return cleaned.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class ProxyError(Exception):
+    """A refusal with its spec code. `message` is shown to the client: never put a token in it."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        scope: str | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status if status is not None else STATUS[code]
+        self.retry_after = retry_after
+        self.scope = scope
+
+    @property
+    def is_auth_failure(self) -> bool:
+        """True when the caller's credentials were judged bad (as opposed to us failing)."""
+        return self.status == 401
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {"error": {"code": self.code, "message": self.message}},
+            separators=(",", ":"),
+        ).encode()
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}
+        if self.status == 401:
+            if self.code == TOKEN_MISSING:
+                # RFC 6750 §3.1: no error code when the request carried no credentials.
+                headers["WWW-Authenticate"] = "Bearer"
+            else:
+                headers["WWW-Authenticate"] = (
+                    f'Bearer error="invalid_token", error_description="{_quote(self.message)}"'
+                )
+        elif self.code == INSUFFICIENT_SCOPE:
+            value = 'Bearer error="insufficient_scope"'
+            if self.scope:
+                value += f', scope="{_quote(self.scope)}"'
+            headers["WWW-Authenticate"] = value
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(max(0, int(self.retry_after)))
+        return headers

@@ -1,0 +1,112 @@
+"""Prometheus metrics, one registry per app so tests can build many apps side by side.
+
+Labels are closed sets (route names from config, token types, results, status codes):
+never a path, a token or a principal id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from . import __version__
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "authproxy_requests_total",
+            "Requests answered, by route name, method and status code.",
+            ["route", "method", "code"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "authproxy_request_duration_seconds",
+            "Time from request received to response finished, by route name.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "authproxy_upstream_duration_seconds",
+            "Time until the upstream answered with its response headers.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "authproxy_upstream_errors_total",
+            "Upstream failures by kind (unavailable, timeout).",
+            ["kind"],
+            registry=r,
+        )
+        self.auth_decisions = Counter(
+            "authproxy_auth_decisions_total",
+            "Authentication/authorization decisions by token type and result.",
+            ["token_type", "result"],
+            registry=r,
+        )
+        self.verify_cache = Counter(
+            "authproxy_verify_cache_total",
+            "Verification cache lookups: hit, miss, negative_hit, stale.",
+            ["result"],
+            registry=r,
+        )
+        self.clerk_requests = Counter(
+            "authproxy_clerk_requests_total",
+            "Calls to Clerk's Backend API by endpoint and HTTP status (or 'error').",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.clerk_duration = Histogram(
+            "authproxy_clerk_request_duration_seconds",
+            "Clerk Backend API call latency by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.budget_rejections = Counter(
+            "authproxy_verification_budget_rejections_total",
+            "Verifications refused by the cost guard, by scope (global, per_ip).",
+            ["scope"],
+            registry=r,
+        )
+        self.websocket_connections = Gauge(
+            "authproxy_websocket_connections",
+            "Open client WebSocket connections.",
+            registry=r,
+        )
+        self.websocket_messages = Counter(
+            "authproxy_websocket_messages_total",
+            "WebSocket messages relayed, by direction (client_to_upstream, upstream_to_client).",
+            ["direction"],
+            registry=r,
+        )
+        self.socketio_connects = Counter(
+            "authproxy_socketio_connects_total",
+            "Socket.IO CONNECT packets rewritten, by principal type.",
+            ["principal_type"],
+            registry=r,
+        )
+        self.socketio_disconnects = Counter(
+            "authproxy_socketio_expiry_disconnects_total",
+            "Socket.IO namespaces and WebSockets closed because the principal's token expired.",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "authproxy_config_reloads_total",
+            "Configuration reloads by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "authproxy_build_info", "Build information.", ["version"], registry=r
+        )
+        self.build_info.labels(version=__version__).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

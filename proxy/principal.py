@@ -1,0 +1,57 @@
+"""Who a request acts as, once its token has been verified.
+
+A `Principal` is the only thing the rest of the request path learns about a token:
+the raw token never leaves `tokens`/`verifier`, so it cannot leak into headers,
+logs or metrics by accident.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+PrincipalType = Literal["machine", "user", "api_key", "oauth", "anonymous"]
+TokenType = Literal["m2m_token", "oauth_token", "api_key", "session_token"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    type: PrincipalType
+    id: str | None = None
+    token_type: TokenType | None = None
+    token_id: str | None = None
+    scopes: frozenset[str] = frozenset()
+    # Compact ASCII JSON of the custom claims, computed once at verification so the
+    # hot path (one header per request) never re-encodes it.
+    claims_json: str | None = None
+    # Unix seconds; None means the token carries no expiry of its own.
+    expires_at: float | None = None
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.type == "anonymous"
+
+    def claims(self) -> dict[str, Any]:
+        return dict(json.loads(self.claims_json)) if self.claims_json else {}
+
+
+ANONYMOUS = Principal(type="anonymous")
+
+
+def encode_claims(claims: Mapping[str, Any] | None) -> str | None:
+    """Compact ASCII JSON (safe in an HTTP header), or None for no/empty claims."""
+    if not claims:
+        return None
+    return json.dumps(claims, separators=(",", ":"), ensure_ascii=True, sort_keys=True)
+
+
+class Verifier(Protocol):
+    """Turns a bearer token into a Principal or raises `errors.ProxyError`.
+
+    `client_ip` feeds the per-IP verification budget. Implementations must never put
+    the token into an exception message, a log line or a metric label.
+    """
+
+    async def verify(self, token: str, client_ip: str) -> Principal: ...
