@@ -74,11 +74,15 @@ class Bucket:
     burst: int
 
 
+DEFAULT_GLOBAL_BUCKET = Bucket(rate=50.0, burst=200)
+DEFAULT_PER_IP_BUCKET = Bucket(rate=5.0, burst=20)
+
+
 @dataclass(frozen=True, slots=True)
 class VerificationBudget:
     enabled: bool = True
-    global_: Bucket = Bucket(rate=50.0, burst=200)
-    per_ip: Bucket = Bucket(rate=5.0, burst=20)
+    global_: Bucket = DEFAULT_GLOBAL_BUCKET
+    per_ip: Bucket = DEFAULT_PER_IP_BUCKET
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +111,11 @@ class WebSocket:
 
 @dataclass(frozen=True, slots=True)
 class Shutdown:
+    # How long in-flight requests get to finish after the listener closes.
     grace_period: float = 25.0
+    # How long /readyz answers 503 while still serving, before the listener closes, so
+    # Kubernetes removes the pod from its endpoints before connections are refused.
+    delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,11 +167,24 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
-    "": 1, "b": 1,
-    "k": 1000, "kb": 1000, "kib": 1024, "ki": 1024,
-    "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "mi": 1024**2,
-    "g": 1000**3, "gb": 1000**3, "gib": 1024**3, "gi": 1024**3,
-    "t": 1000**4, "tb": 1000**4, "tib": 1024**4, "ti": 1024**4,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "ki": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "mi": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "gi": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+    "ti": 1024**4,
 }
 
 
@@ -299,7 +320,9 @@ class _Reader:
             return value
         if inline in (None, ""):
             if required:
-                self.problem(path, f"missing secret: set it via an environment variable or {name}_file")
+                self.problem(
+                    path, f"missing secret: set it via an environment variable or {name}_file"
+                )
             return ""
         if not isinstance(inline, str):
             self.problem(path, f"expected a string, got {type(inline).__name__}")
@@ -390,6 +413,7 @@ def _network(v: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 
 
 _LISTEN_KEYS = {"host", "port"}
+_NO_STRINGS: tuple[str, ...] = ()
 _ROUTE_KEYS = {"name", "path", "methods", "auth", "scopes", "principal_types"}
 
 
@@ -423,7 +447,7 @@ def _route(r: _Reader, raw: Any, key: str, *, default: bool) -> Route | None:
     if auth not in ("public", "optional", "required"):
         r.problem(f"{key}.auth", f"must be public, optional or required, got {auth!r}")
         auth = "required"
-    methods_raw = r.get(raw, key, "methods", _str_list, ())
+    methods_raw = r.get(raw, key, "methods", _str_list, _NO_STRINGS)
     methods: frozenset[str] | None = None
     if methods_raw:
         methods = frozenset(m.upper() for m in methods_raw)
@@ -432,8 +456,8 @@ def _route(r: _Reader, raw: Any, key: str, *, default: bool) -> Route | None:
             r.problem(f"{key}.methods", f"unknown HTTP method(s): {', '.join(bad)}")
         if "GET" in methods:
             methods = methods | {"HEAD"}  # HEAD is GET without a body
-    scopes = r.get(raw, key, "scopes", _str_list, ())
-    ptypes_raw = r.get(raw, key, "principal_types", _str_list, ())
+    scopes = r.get(raw, key, "scopes", _str_list, _NO_STRINGS)
+    ptypes_raw = r.get(raw, key, "principal_types", _str_list, _NO_STRINGS)
     ptypes = frozenset(ptypes_raw) if ptypes_raw else None
     if ptypes:
         bad = sorted(t for t in ptypes if t not in PRINCIPAL_TYPES)
@@ -445,15 +469,32 @@ def _route(r: _Reader, raw: Any, key: str, *, default: bool) -> Route | None:
     if auth == "public" and (scopes or ptypes):
         r.problem(key, "a public route cannot require scopes or principal_types")
     return Route(
-        name=name, path=path, methods=methods, auth=auth,  # type: ignore[arg-type]
-        scopes=scopes, principal_types=ptypes,
+        name=name,
+        path=path,
+        methods=methods,
+        auth=auth,  # type: ignore[arg-type]
+        scopes=scopes,
+        principal_types=ptypes,
     )
 
 
 _TOP_KEYS = {
-    "environment", "listen", "admin", "upstream", "clerk", "cache", "verification_budget",
-    "routes", "default_route", "forward_authorization", "headers", "trusted_proxies",
-    "websocket", "shutdown", "logging", "workers",
+    "environment",
+    "listen",
+    "admin",
+    "upstream",
+    "clerk",
+    "cache",
+    "verification_budget",
+    "routes",
+    "default_route",
+    "forward_authorization",
+    "headers",
+    "trusted_proxies",
+    "websocket",
+    "shutdown",
+    "logging",
+    "workers",
 }
 
 
@@ -466,9 +507,18 @@ def build_config(
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(r.issues)
 
-    up = r.section(top.get("upstream"), "upstream", {
-        "url", "connect_timeout", "read_timeout", "max_body_size", "readiness_path", "pool_size",
-    })
+    up = r.section(
+        top.get("upstream"),
+        "upstream",
+        {
+            "url",
+            "connect_timeout",
+            "read_timeout",
+            "max_body_size",
+            "readiness_path",
+            "pool_size",
+        },
+    )
     up_url = r.required(up, "upstream", "url")
     try:
         up_url = _http_url(up_url) if up_url is not None else "http://127.0.0.1:3000"
@@ -486,15 +536,31 @@ def build_config(
     if not upstream.readiness_path.startswith("/"):
         r.problem("upstream.readiness_path", "must start with '/'")
 
-    ck = r.section(top.get("clerk"), "clerk", {
-        "api_url", "secret_key", "secret_key_file", "machine_secret_key",
-        "machine_secret_key_file", "instance", "issuer", "authorized_parties", "timeout",
-        "jwks_cache_seconds", "jwks_min_refetch_seconds", "api_version", "clock_skew_seconds",
-    })
+    ck = r.section(
+        top.get("clerk"),
+        "clerk",
+        {
+            "api_url",
+            "secret_key",
+            "secret_key_file",
+            "machine_secret_key",
+            "machine_secret_key_file",
+            "instance",
+            "issuer",
+            "authorized_parties",
+            "timeout",
+            "jwks_cache_seconds",
+            "jwks_min_refetch_seconds",
+            "api_version",
+            "clock_skew_seconds",
+        },
+    )
     api_url = r.get(ck, "clerk", "api_url", _http_url, "https://api.clerk.com")
     secret_key = r.secret(ck, "clerk", "secret_key", required=True)
     if secret_key and not secret_key.startswith(("sk_live_", "sk_test_")):
-        r.problem("clerk.secret_key", "expected a Clerk instance secret key (sk_live_… or sk_test_…)")
+        r.problem(
+            "clerk.secret_key", "expected a Clerk instance secret key (sk_live_… or sk_test_…)"
+        )
     machine_key = r.secret(ck, "clerk", "machine_secret_key", required=False)
     if machine_key and not machine_key.startswith("ak_"):
         r.problem("clerk.machine_secret_key", "expected a Clerk machine secret key (ak_…)")
@@ -510,17 +576,26 @@ def build_config(
         machine_secret_key=machine_key,
         instance=r.get(ck, "clerk", "instance", _str, "default"),
         issuer=issuer.rstrip("/"),
-        authorized_parties=r.get(ck, "clerk", "authorized_parties", _str_list, ()),
+        authorized_parties=r.get(ck, "clerk", "authorized_parties", _str_list, _NO_STRINGS),
         timeout=r.get(ck, "clerk", "timeout", parse_duration, 5.0),
         jwks_cache_seconds=r.get(ck, "clerk", "jwks_cache_seconds", parse_duration, 3600.0),
-        jwks_min_refetch_seconds=r.get(ck, "clerk", "jwks_min_refetch_seconds", parse_duration, 30.0),
+        jwks_min_refetch_seconds=r.get(
+            ck, "clerk", "jwks_min_refetch_seconds", parse_duration, 30.0
+        ),
         api_version=r.get(ck, "clerk", "api_version", _str, "2026-05-12"),
         clock_skew_seconds=r.get(ck, "clerk", "clock_skew_seconds", parse_duration, 5.0),
     )
 
-    ca = r.section(top.get("cache"), "cache", {
-        "ttl_seconds", "negative_ttl_seconds", "max_entries", "stale_if_error_seconds",
-    })
+    ca = r.section(
+        top.get("cache"),
+        "cache",
+        {
+            "ttl_seconds",
+            "negative_ttl_seconds",
+            "max_entries",
+            "stale_if_error_seconds",
+        },
+    )
     cache = Cache(
         ttl_seconds=r.get(ca, "cache", "ttl_seconds", parse_duration, 60.0),
         negative_ttl_seconds=r.get(ca, "cache", "negative_ttl_seconds", parse_duration, 10.0),
@@ -528,8 +603,9 @@ def build_config(
         stale_if_error_seconds=r.get(ca, "cache", "stale_if_error_seconds", parse_duration, 0.0),
     )
 
-    vb = r.section(top.get("verification_budget"), "verification_budget",
-                   {"enabled", "global", "per_ip"})
+    vb = r.section(
+        top.get("verification_budget"), "verification_budget", {"enabled", "global", "per_ip"}
+    )
 
     def bucket(name: str, default: Bucket) -> Bucket:
         key = f"verification_budget.{name}"
@@ -541,8 +617,8 @@ def build_config(
 
     budget = VerificationBudget(
         enabled=r.get(vb, "verification_budget", "enabled", _bool, True),
-        global_=bucket("global", VerificationBudget.global_),
-        per_ip=bucket("per_ip", VerificationBudget.per_ip),
+        global_=bucket("global", DEFAULT_GLOBAL_BUCKET),
+        per_ip=bucket("per_ip", DEFAULT_PER_IP_BUCKET),
     )
 
     routes: list[Route] = []
@@ -566,27 +642,36 @@ def build_config(
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*-", prefix):
         r.problem("headers.prefix", f"must be a header-name prefix ending in '-', got {prefix!r}")
 
-    ws = r.section(top.get("websocket"), "websocket", {
-        "max_message_size", "allowed_origins", "compression", "upstream_compression",
-        "heartbeat_seconds",
-    })
+    ws = r.section(
+        top.get("websocket"),
+        "websocket",
+        {
+            "max_message_size",
+            "allowed_origins",
+            "compression",
+            "upstream_compression",
+            "heartbeat_seconds",
+        },
+    )
     websocket = WebSocket(
         max_message_size=r.get(ws, "websocket", "max_message_size", parse_size, 1024 * 1024),
-        allowed_origins=r.get(ws, "websocket", "allowed_origins", _str_list, ()),
+        allowed_origins=r.get(ws, "websocket", "allowed_origins", _str_list, _NO_STRINGS),
         compression=r.get(ws, "websocket", "compression", _bool, True),
         upstream_compression=r.get(ws, "websocket", "upstream_compression", _bool, False),
         heartbeat_seconds=r.get(ws, "websocket", "heartbeat_seconds", parse_duration, 0.0),
     )
 
-    sd = r.section(top.get("shutdown"), "shutdown", {"grace_period"})
+    sd = r.section(top.get("shutdown"), "shutdown", {"grace_period", "delay"})
     lg = r.section(top.get("logging"), "logging", {"level", "access_log"})
     level = r.get(lg, "logging", "level", _str, "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        r.problem("logging.level", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}")
+        r.problem(
+            "logging.level", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}"
+        )
         level = "INFO"
 
     trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for i, item in enumerate(r.get(top, "", "trusted_proxies", _str_list, ())):
+    for i, item in enumerate(r.get(top, "", "trusted_proxies", _str_list, _NO_STRINGS)):
         try:
             trusted.append(_network(item))
         except ValueError as exc:
@@ -608,11 +693,10 @@ def build_config(
         trusted_proxies=tuple(trusted),
         websocket=websocket,
         shutdown=Shutdown(
-            grace_period=r.get(sd, "shutdown", "grace_period", parse_duration, 25.0)
+            grace_period=r.get(sd, "shutdown", "grace_period", parse_duration, 25.0),
+            delay=r.get(sd, "shutdown", "delay", parse_duration, 0.0),
         ),
-        logging=Logging(
-            level=level, access_log=r.get(lg, "logging", "access_log", _bool, True)
-        ),
+        logging=Logging(level=level, access_log=r.get(lg, "logging", "access_log", _bool, True)),
         workers=r.get(top, "", "workers", _positive_int, 1),
     )
     if cfg.listen.port and cfg.listen.port == cfg.admin.port and cfg.listen.host == cfg.admin.host:
@@ -636,18 +720,25 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     # comments are skipped so documentation examples do not demand variables.
     out_lines = []
     for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
-        code, hash_, comment = line.partition(" #") if not line.lstrip().startswith("#") else ("", "", line)
+        code, hash_, comment = (
+            line.partition(" #") if not line.lstrip().startswith("#") else ("", "", line)
+        )
         new, missing = substitute_env(code, environ)
         for name in missing:
-            issues.append(ConfigIssue(file, f"line {lineno}",
-                                      f"environment variable {name} is not set (missing secret?)"))
+            issues.append(
+                ConfigIssue(
+                    file,
+                    f"line {lineno}",
+                    f"environment variable {name} is not set (missing secret?)",
+                )
+            )
         out_lines.append(new + hash_ + comment)
     try:
         raw = yaml.safe_load("".join(out_lines))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(issues + [ConfigIssue(file, where, f"invalid YAML: {exc}")]) from None
+        raise ConfigError([*issues, ConfigIssue(file, where, f"invalid YAML: {exc}")]) from None
     try:
         cfg = build_config(raw, file=file, env=environ, base_dir=p.parent)
     except ConfigError as exc:

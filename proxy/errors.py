@@ -49,6 +49,7 @@ class ProxyError(Exception):
         retry_after: int | None = None,
         scope: str | None = None,
         status: int | None = None,
+        token_type: str | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
@@ -56,6 +57,8 @@ class ProxyError(Exception):
         self.status = status if status is not None else STATUS[code]
         self.retry_after = retry_after
         self.scope = scope
+        # Which kind of token was refused (for the decisions metric), when known.
+        self.token_type = token_type
 
     @property
     def is_auth_failure(self) -> bool:
