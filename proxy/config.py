@@ -9,13 +9,42 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
 import yaml
+
+from .config_values import (
+    ConfigError,
+    ConfigIssue,
+    Reader,
+    bool_value,
+    float_value,
+    http_url,
+    network,
+    parse_duration,
+    parse_size,
+    port,
+    positive_int,
+    str_list,
+    str_value,
+    substitute_env,
+    validate_glob,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "build_config",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+    "substitute_env",
+    "validate_glob",
+]
 
 AuthMode = Literal["public", "optional", "required"]
 PRINCIPAL_TYPES = ("machine", "user", "api_key", "oauth", "anonymous")
@@ -145,309 +174,42 @@ class Config:
     workers: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class ConfigIssue:
-    file: str
-    key: str
-    why: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.key or '<root>'}: {self.why}"
-
-
-class ConfigError(Exception):
-    def __init__(self, issues: list[ConfigIssue]) -> None:
-        self.issues = issues
-        super().__init__("\n".join(str(i) for i in issues))
-
-
-# --- scalar parsing -------------------------------------------------------------------
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "ki": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "mi": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-    "gi": 1024**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "tib": 1024**4,
-    "ti": 1024**4,
-}
-
-
-def parse_duration(value: Any) -> float:
-    """`30`, `30s`, `1.5m`, `250ms`, `2h` → seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 30s, 250ms or 2m, got a boolean")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-    raise ValueError(f"expected a duration like 30s, 250ms or 2m, got {value!r}")
-
-
-def parse_size(value: Any) -> int:
-    """`1048576`, `512KiB`, `10MB`, `1g` → bytes."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size like 10MB or 512KiB, got a boolean")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return value
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if m:
-            return int(float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "").lower()])
-    raise ValueError(f"expected a size like 10MB or 512KiB, got {value!r}")
-
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-
-
-def substitute_env(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
-    """Expand `${VAR}` / `${VAR:-default}`; return the text and the names left unset."""
-    missing: list[str] = []
-
-    def repl(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in env and (env[name] != "" or default is None):
-            return env[name]
-        if default is not None:
-            return default
-        missing.append(name)
-        return ""
-
-    return _ENV_REF.sub(repl, text), missing
-
-
-_GLOB_OK = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/\-{}]*$")
-
-
-def validate_glob(pattern: str) -> None:
-    """Route globs: absolute, `*` within a segment, `**` only as a whole segment."""
-    if not pattern.startswith("/"):
-        raise ValueError(f"path glob must start with '/', got {pattern!r}")
-    if not _GLOB_OK.match(pattern.replace("*", "")):
-        raise ValueError(f"path glob {pattern!r} has characters that cannot appear in a path")
-    for segment in pattern.split("/"):
-        if "**" in segment and segment != "**":
-            raise ValueError(f"'**' must be a whole path segment in {pattern!r}")
-        if "***" in segment:
-            raise ValueError(f"'***' is not a valid glob in {pattern!r}")
-
-
-# --- the walker -----------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-class _Reader:
-    """Walks the raw YAML tree, recording every problem instead of stopping at the first."""
-
-    def __init__(self, file: str, env: Mapping[str, str], base_dir: Path) -> None:
-        self.file = file
-        self.env = env
-        self.base_dir = base_dir
-        self.issues: list[ConfigIssue] = []
-
-    def problem(self, key: str, why: str) -> None:
-        self.issues.append(ConfigIssue(self.file, key, why))
-
-    def section(self, raw: Any, key: str, allowed: set[str]) -> dict[str, Any]:
-        if raw is None:
-            return {}
-        if not isinstance(raw, dict):
-            self.problem(key, f"expected a mapping, got {type(raw).__name__}")
-            return {}
-        for k in raw:
-            if k not in allowed:
-                hint = f" (known keys: {', '.join(sorted(allowed))})"
-                self.problem(f"{key}.{k}" if key else str(k), "unknown key" + hint)
-        return raw
-
-    def get(
-        self, raw: dict[str, Any], key: str, name: str, conv: Callable[[Any], T], default: T
-    ) -> T:
-        if name not in raw or raw[name] is None:
-            return default
-        try:
-            return conv(raw[name])
-        except (ValueError, TypeError) as exc:
-            self.problem(f"{key}.{name}" if key else name, str(exc))
-            return default
-
-    def required(self, raw: dict[str, Any], key: str, name: str) -> Any:
-        if name not in raw or raw[name] in (None, ""):
-            self.problem(f"{key}.{name}", "is required")
-            return None
-        return raw[name]
-
-    def secret(self, raw: dict[str, Any], key: str, name: str, *, required: bool) -> str:
-        """`name` (usually `${ENV}`) or `name_file` (a mounted secret), never both."""
-        path = f"{key}.{name}"
-        inline, file_ref = raw.get(name), raw.get(f"{name}_file")
-        if inline not in (None, "") and file_ref not in (None, ""):
-            self.problem(path, f"set either {name} or {name}_file, not both")
-            return ""
-        if file_ref not in (None, ""):
-            p = Path(str(file_ref))
-            if not p.is_absolute():
-                p = self.base_dir / p
-            try:
-                value = p.read_text().strip()
-            except OSError as exc:
-                self.problem(f"{path}_file", f"cannot read secret file {str(p)!r}: {exc.strerror}")
-                return ""
-            if not value:
-                self.problem(f"{path}_file", f"secret file {str(p)!r} is empty")
-            return value
-        if inline in (None, ""):
-            if required:
-                self.problem(
-                    path, f"missing secret: set it via an environment variable or {name}_file"
-                )
-            return ""
-        if not isinstance(inline, str):
-            self.problem(path, f"expected a string, got {type(inline).__name__}")
-            return ""
-        return inline
-
-
-def _str(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise TypeError(f"expected a string, got {type(v).__name__}")
-    return str(v)
-
-
-def _bool(v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
-        return v.lower() in ("true", "yes", "1", "on")
-    raise TypeError(f"expected true or false, got {v!r}")
-
-
-def _int(v: Any) -> int:
-    if isinstance(v, bool):
-        raise TypeError("expected an integer, got a boolean")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
-        return int(v)
-    raise TypeError(f"expected an integer, got {v!r}")
-
-
-def _positive_int(v: Any) -> int:
-    n = _int(v)
-    if n < 1:
-        raise ValueError(f"must be at least 1, got {n}")
-    return n
-
-
-def _float(v: Any) -> float:
-    if isinstance(v, bool):
-        raise TypeError("expected a number, got a boolean")
-    if isinstance(v, int | float):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            pass
-    raise TypeError(f"expected a number, got {v!r}")
-
-
-def _port(v: Any) -> int:
-    n = _int(v)
-    if not 0 <= n <= 65535:
-        raise ValueError(f"port out of range 0-65535: {n}")
-    return n
-
-
-def _http_url(v: Any) -> str:
-    s = _str(v)
-    parts = urlsplit(s)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"bad URL {s!r}: expected http:// or https:// with a host")
-    if parts.query or parts.fragment:
-        raise ValueError(f"bad URL {s!r}: no query or fragment allowed")
-    try:
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as exc:
-        raise ValueError(f"bad URL {s!r}: {exc}") from None
-    return s.rstrip("/")
-
-
-def _str_list(v: Any) -> tuple[str, ...]:
-    if isinstance(v, str):
-        return tuple(x for x in v.replace(",", " ").split() if x)
-    if not isinstance(v, list):
-        raise TypeError(f"expected a list of strings, got {type(v).__name__}")
-    return tuple(_str(x) for x in v)
-
-
-def _network(v: Any) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(_str(v), strict=False)
-    except ValueError:
-        raise ValueError(f"not an IP address or CIDR network: {v!r}") from None
-
-
 _LISTEN_KEYS = {"host", "port"}
 _NO_STRINGS: tuple[str, ...] = ()
 _ROUTE_KEYS = {"name", "path", "methods", "auth", "scopes", "principal_types"}
 
 
-def _listen(r: _Reader, raw: Any, key: str, default_port: int) -> Listen:
+def _listen(r: Reader, raw: Any, key: str, default_port: int) -> Listen:
     sec = r.section(raw, key, _LISTEN_KEYS)
     return Listen(
-        host=r.get(sec, key, "host", _str, "0.0.0.0"),
-        port=r.get(sec, key, "port", _port, default_port),
+        host=r.get(sec, key, "host", str_value, "0.0.0.0"),
+        port=r.get(sec, key, "port", port, default_port),
     )
 
 
-def _route(r: _Reader, raw: Any, key: str, *, default: bool) -> Route | None:
+def _route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None:
     allowed = _ROUTE_KEYS - {"path"} if default else _ROUTE_KEYS
     if not isinstance(raw, dict):
         r.problem(key, f"expected a mapping, got {type(raw).__name__}")
         return None
     r.section(raw, key, allowed)
-    name = r.get(raw, key, "name", _str, "default" if default else "")
+    name = r.get(raw, key, "name", str_value, "default" if default else "")
     path = "/**"
     if not default:
         p = r.required(raw, key, "path")
         if p is not None:
             try:
-                validate_glob(_str(p))
-                path = _str(p)
+                validate_glob(str_value(p))
+                path = str_value(p)
             except (ValueError, TypeError) as exc:
                 r.problem(f"{key}.path", str(exc))
         if not name:
             name = path
-    auth = r.get(raw, key, "auth", _str, "required")
+    auth = r.get(raw, key, "auth", str_value, "required")
     if auth not in ("public", "optional", "required"):
         r.problem(f"{key}.auth", f"must be public, optional or required, got {auth!r}")
         auth = "required"
-    methods_raw = r.get(raw, key, "methods", _str_list, _NO_STRINGS)
+    methods_raw = r.get(raw, key, "methods", str_list, _NO_STRINGS)
     methods: frozenset[str] | None = None
     if methods_raw:
         methods = frozenset(m.upper() for m in methods_raw)
@@ -456,8 +218,8 @@ def _route(r: _Reader, raw: Any, key: str, *, default: bool) -> Route | None:
             r.problem(f"{key}.methods", f"unknown HTTP method(s): {', '.join(bad)}")
         if "GET" in methods:
             methods = methods | {"HEAD"}  # HEAD is GET without a body
-    scopes = r.get(raw, key, "scopes", _str_list, _NO_STRINGS)
-    ptypes_raw = r.get(raw, key, "principal_types", _str_list, _NO_STRINGS)
+    scopes = r.get(raw, key, "scopes", str_list, _NO_STRINGS)
+    ptypes_raw = r.get(raw, key, "principal_types", str_list, _NO_STRINGS)
     ptypes = frozenset(ptypes_raw) if ptypes_raw else None
     if ptypes:
         bad = sorted(t for t in ptypes if t not in PRINCIPAL_TYPES)
@@ -502,7 +264,7 @@ def build_config(
     raw: Any, *, file: str, env: Mapping[str, str] | None = None, base_dir: Path | None = None
 ) -> Config:
     """Validate an already-parsed YAML tree. Raises ConfigError listing every problem."""
-    r = _Reader(file, env if env is not None else os.environ, base_dir or Path("."))
+    r = Reader(file, env if env is not None else os.environ, base_dir or Path("."))
     top = r.section(raw, "", _TOP_KEYS)
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(r.issues)
@@ -521,7 +283,7 @@ def build_config(
     )
     up_url = r.required(up, "upstream", "url")
     try:
-        up_url = _http_url(up_url) if up_url is not None else "http://127.0.0.1:3000"
+        up_url = http_url(up_url) if up_url is not None else "http://127.0.0.1:3000"
     except (ValueError, TypeError) as exc:
         r.problem("upstream.url", str(exc))
         up_url = "http://127.0.0.1:3000"
@@ -530,8 +292,8 @@ def build_config(
         connect_timeout=r.get(up, "upstream", "connect_timeout", parse_duration, 5.0),
         read_timeout=r.get(up, "upstream", "read_timeout", parse_duration, 60.0),
         max_body_size=r.get(up, "upstream", "max_body_size", parse_size, 10 * 1024 * 1024),
-        readiness_path=r.get(up, "upstream", "readiness_path", _str, "/"),
-        pool_size=r.get(up, "upstream", "pool_size", _positive_int, 100),
+        readiness_path=r.get(up, "upstream", "readiness_path", str_value, "/"),
+        pool_size=r.get(up, "upstream", "pool_size", positive_int, 100),
     )
     if not upstream.readiness_path.startswith("/"):
         r.problem("upstream.readiness_path", "must start with '/'")
@@ -555,7 +317,7 @@ def build_config(
             "clock_skew_seconds",
         },
     )
-    api_url = r.get(ck, "clerk", "api_url", _http_url, "https://api.clerk.com")
+    api_url = r.get(ck, "clerk", "api_url", http_url, "https://api.clerk.com")
     secret_key = r.secret(ck, "clerk", "secret_key", required=True)
     if secret_key and not secret_key.startswith(("sk_live_", "sk_test_")):
         r.problem(
@@ -564,25 +326,25 @@ def build_config(
     machine_key = r.secret(ck, "clerk", "machine_secret_key", required=False)
     if machine_key and not machine_key.startswith("ak_"):
         r.problem("clerk.machine_secret_key", "expected a Clerk machine secret key (ak_…)")
-    issuer = r.get(ck, "clerk", "issuer", _str, "")
+    issuer = r.get(ck, "clerk", "issuer", str_value, "")
     if issuer:
         try:
-            _http_url(issuer)
+            http_url(issuer)
         except ValueError as exc:
             r.problem("clerk.issuer", str(exc))
     clerk = Clerk(
         api_url=api_url,
         secret_key=secret_key,
         machine_secret_key=machine_key,
-        instance=r.get(ck, "clerk", "instance", _str, "default"),
+        instance=r.get(ck, "clerk", "instance", str_value, "default"),
         issuer=issuer.rstrip("/"),
-        authorized_parties=r.get(ck, "clerk", "authorized_parties", _str_list, _NO_STRINGS),
+        authorized_parties=r.get(ck, "clerk", "authorized_parties", str_list, _NO_STRINGS),
         timeout=r.get(ck, "clerk", "timeout", parse_duration, 5.0),
         jwks_cache_seconds=r.get(ck, "clerk", "jwks_cache_seconds", parse_duration, 3600.0),
         jwks_min_refetch_seconds=r.get(
             ck, "clerk", "jwks_min_refetch_seconds", parse_duration, 30.0
         ),
-        api_version=r.get(ck, "clerk", "api_version", _str, "2026-05-12"),
+        api_version=r.get(ck, "clerk", "api_version", str_value, "2026-05-12"),
         clock_skew_seconds=r.get(ck, "clerk", "clock_skew_seconds", parse_duration, 5.0),
     )
 
@@ -599,7 +361,7 @@ def build_config(
     cache = Cache(
         ttl_seconds=r.get(ca, "cache", "ttl_seconds", parse_duration, 60.0),
         negative_ttl_seconds=r.get(ca, "cache", "negative_ttl_seconds", parse_duration, 10.0),
-        max_entries=r.get(ca, "cache", "max_entries", _positive_int, 100_000),
+        max_entries=r.get(ca, "cache", "max_entries", positive_int, 100_000),
         stale_if_error_seconds=r.get(ca, "cache", "stale_if_error_seconds", parse_duration, 0.0),
     )
 
@@ -610,13 +372,13 @@ def build_config(
     def bucket(name: str, default: Bucket) -> Bucket:
         key = f"verification_budget.{name}"
         sec = r.section(vb.get(name), key, {"rate", "burst"})
-        rate = r.get(sec, key, "rate", _float, default.rate)
+        rate = r.get(sec, key, "rate", float_value, default.rate)
         if rate <= 0:
             r.problem(f"{key}.rate", "must be greater than 0")
-        return Bucket(rate=rate, burst=r.get(sec, key, "burst", _positive_int, default.burst))
+        return Bucket(rate=rate, burst=r.get(sec, key, "burst", positive_int, default.burst))
 
     budget = VerificationBudget(
-        enabled=r.get(vb, "verification_budget", "enabled", _bool, True),
+        enabled=r.get(vb, "verification_budget", "enabled", bool_value, True),
         global_=bucket("global", DEFAULT_GLOBAL_BUCKET),
         per_ip=bucket("per_ip", DEFAULT_PER_IP_BUCKET),
     )
@@ -638,7 +400,7 @@ def build_config(
     default_route = _route(r, top.get("default_route") or {}, "default_route", default=True)
 
     hd = r.section(top.get("headers"), "headers", {"prefix"})
-    prefix = r.get(hd, "headers", "prefix", _str, "X-Auth-")
+    prefix = r.get(hd, "headers", "prefix", str_value, "X-Auth-")
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*-", prefix):
         r.problem("headers.prefix", f"must be a header-name prefix ending in '-', got {prefix!r}")
 
@@ -655,15 +417,15 @@ def build_config(
     )
     websocket = WebSocket(
         max_message_size=r.get(ws, "websocket", "max_message_size", parse_size, 1024 * 1024),
-        allowed_origins=r.get(ws, "websocket", "allowed_origins", _str_list, _NO_STRINGS),
-        compression=r.get(ws, "websocket", "compression", _bool, True),
-        upstream_compression=r.get(ws, "websocket", "upstream_compression", _bool, False),
+        allowed_origins=r.get(ws, "websocket", "allowed_origins", str_list, _NO_STRINGS),
+        compression=r.get(ws, "websocket", "compression", bool_value, True),
+        upstream_compression=r.get(ws, "websocket", "upstream_compression", bool_value, False),
         heartbeat_seconds=r.get(ws, "websocket", "heartbeat_seconds", parse_duration, 0.0),
     )
 
     sd = r.section(top.get("shutdown"), "shutdown", {"grace_period", "delay"})
     lg = r.section(top.get("logging"), "logging", {"level", "access_log"})
-    level = r.get(lg, "logging", "level", _str, "INFO").upper()
+    level = r.get(lg, "logging", "level", str_value, "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         r.problem(
             "logging.level", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}"
@@ -671,15 +433,15 @@ def build_config(
         level = "INFO"
 
     trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for i, item in enumerate(r.get(top, "", "trusted_proxies", _str_list, _NO_STRINGS)):
+    for i, item in enumerate(r.get(top, "", "trusted_proxies", str_list, _NO_STRINGS)):
         try:
-            trusted.append(_network(item))
+            trusted.append(network(item))
         except ValueError as exc:
             r.problem(f"trusted_proxies[{i}]", str(exc))
 
     cfg = Config(
         source=file,
-        environment=r.get(top, "", "environment", _str, "local"),
+        environment=r.get(top, "", "environment", str_value, "local"),
         listen=_listen(r, top.get("listen"), "listen", 8080),
         admin=_listen(r, top.get("admin"), "admin", 9090),
         upstream=upstream,
@@ -688,7 +450,7 @@ def build_config(
         verification_budget=budget,
         routes=tuple(routes),
         default_route=default_route or Route(name="default", path="/**"),
-        forward_authorization=r.get(top, "", "forward_authorization", _bool, False),
+        forward_authorization=r.get(top, "", "forward_authorization", bool_value, False),
         headers=Headers(prefix=prefix),
         trusted_proxies=tuple(trusted),
         websocket=websocket,
@@ -696,8 +458,10 @@ def build_config(
             grace_period=r.get(sd, "shutdown", "grace_period", parse_duration, 25.0),
             delay=r.get(sd, "shutdown", "delay", parse_duration, 0.0),
         ),
-        logging=Logging(level=level, access_log=r.get(lg, "logging", "access_log", _bool, True)),
-        workers=r.get(top, "", "workers", _positive_int, 1),
+        logging=Logging(
+            level=level, access_log=r.get(lg, "logging", "access_log", bool_value, True)
+        ),
+        workers=r.get(top, "", "workers", positive_int, 1),
     )
     if cfg.listen.port and cfg.listen.port == cfg.admin.port and cfg.listen.host == cfg.admin.host:
         r.problem("admin.port", "must differ from listen.port")
