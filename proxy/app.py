@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
 from . import tokens
@@ -162,15 +163,7 @@ class Proxy:
                 forward_authorization=cfg.forward_authorization,
             )
             url = rt.target.url(resolved.path, resolved.query)
-            response = await forward(
-                request,
-                session=self.session,
-                url=url,
-                headers=upstream_headers,
-                max_body_size=cfg.upstream.max_body_size,
-                timeouts=rt.timeout,
-                metrics=self.metrics,
-            )
+            response = await self._dispatch(request, rt, url, upstream_headers, principal, ip)
             status = response.status
             return response
         except ProxyError as refusal:
@@ -199,6 +192,28 @@ class Proxy:
                         "client_ip": request.remote,
                     },
                 )
+
+    # --- dispatch: WebSocket / Socket.IO / plain HTTP ---------------------------------
+    async def _dispatch(
+        self,
+        request: web.Request,
+        rt: Runtime,
+        url: URL,
+        upstream_headers: CIMultiDict[str],
+        principal: Principal,
+        ip: str,
+    ) -> web.StreamResponse:
+        return await forward(
+            request,
+            session=self.session,
+            url=url,
+            headers=upstream_headers,
+            max_body_size=rt.config.upstream.max_body_size,
+            timeouts=rt.timeout,
+            metrics=self.metrics,
+        )
+
+    # --- end of dispatch ------------------------------------------------------------
 
     async def _authenticate(
         self, rt: Runtime, route: Route, request: web.Request, ip: str
