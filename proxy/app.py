@@ -20,17 +20,26 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from . import tokens
+from . import socketio as sio
+from . import tokens, websocket
 from .config import Config, Route
-from .errors import ProxyError
+from .errors import (
+    BAD_REQUEST,
+    PAYLOAD_TOO_LARGE,
+    UPSTREAM_TIMEOUT,
+    UPSTREAM_UNAVAILABLE,
+    ProxyError,
+)
 from .forward import ClientGone, UpstreamTarget, forward, new_session
-from .headers import ClientHop, PrincipalHeaders, client_ip, for_upstream
+from .headers import ClientHop, PrincipalHeaders, client_ip, for_client, for_upstream
 from .metrics import Metrics
 from .policy import Policy
 from .principal import ANONYMOUS, Principal, Verifier
 
 log = logging.getLogger("proxy")
 access_log = logging.getLogger("proxy.access")
+
+CLERK_POOL_SIZE = 32
 
 VerifierFactory = Callable[[Config, aiohttp.ClientSession, Metrics], Verifier]
 
@@ -66,6 +75,8 @@ class Proxy:
         self.draining = False
         self._config = config
         self._session: aiohttp.ClientSession | None = None
+        # Clerk gets its own small pool so upstream load can never starve verification.
+        self._clerk_session: aiohttp.ClientSession | None = None
         self._runtime: Runtime | None = None
         self._retired: set[asyncio.Task[None]] = set()
 
@@ -83,7 +94,8 @@ class Proxy:
 
     async def _build(self, config: Config, verifier: Verifier | None = None) -> Runtime:
         if verifier is None:
-            verifier = self.verifier_factory(config, self.session, self.metrics)
+            assert self._clerk_session is not None
+            verifier = self.verifier_factory(config, self._clerk_session, self.metrics)
             start = getattr(verifier, "start", None)
             if start is not None:
                 await start()
@@ -104,6 +116,10 @@ class Proxy:
         self._session = new_session(
             connect_timeout=up.connect_timeout, read_timeout=up.read_timeout, pool_size=up.pool_size
         )
+        clerk = self._config.clerk
+        self._clerk_session = new_session(
+            connect_timeout=clerk.timeout, read_timeout=clerk.timeout, pool_size=CLERK_POOL_SIZE
+        )
         try:
             self._runtime = await self._build(self._config)
             yield
@@ -113,6 +129,7 @@ class Proxy:
             if self._runtime is not None:
                 await _close_verifier(self._runtime.verifier)
             await self._session.close()
+            await self._clerk_session.close()
 
     async def reload(self, config: Config) -> None:
         """Swap in a new, already-validated config. In-flight requests finish on the old one."""
@@ -151,7 +168,11 @@ class Proxy:
             ip = client_ip(hop, request.headers.getall("X-Forwarded-For", ()), cfg.trusted_proxies)
 
             principal, token_error = await self._authenticate(rt, route, request, ip)
-            rt.policy.authorize(route, principal, token_error=token_error)
+            try:
+                rt.policy.authorize(route, principal, token_error=token_error)
+            except ProxyError as refusal:
+                self._decided_refusal(principal, refusal)
+                raise
             self._decided(principal, "allowed")
 
             upstream_headers = for_upstream(
@@ -168,8 +189,6 @@ class Proxy:
             return response
         except ProxyError as refusal:
             status = refusal.status
-            if refusal.status in (401, 403):
-                self._decided_refusal(principal, refusal)
             return web.Response(
                 status=refusal.status, body=refusal.body(), headers=refusal.headers()
             )
@@ -203,15 +222,112 @@ class Proxy:
         principal: Principal,
         ip: str,
     ) -> web.StreamResponse:
+        is_sio = request.path.startswith("/socket.io/")
+        if not is_sio and "Upgrade" not in request.headers:
+            return await self._forward(request, rt, url, upstream_headers)
+        token = tokens.extract_bearer(request.headers.getall("Authorization", ()))
+        ctx = websocket.RelayContext(
+            session=self.session,
+            settings=rt.config.websocket,
+            metrics=self.metrics,
+            verifier=rt.verifier,
+            prefix=rt.config.headers.prefix,
+            registry=self.ws_registry,
+            reverify_seconds=rt.config.cache.ttl_seconds,
+        )
+        if websocket.is_upgrade(request):
+            return await websocket.relay(
+                request,
+                ctx=ctx,
+                upstream_url=url,
+                upstream_headers=upstream_headers,
+                principal=principal,
+                client_ip=ip,
+                socketio=is_sio,
+                header_token=token,
+            )
+        if not is_sio:  # another Upgrade (h2c…): plain HTTP, Upgrade/Connection stripped
+            return await self._forward(request, rt, url, upstream_headers)
+        sio.check_query(request.query_string)
+        if request.method != "POST":  # handshake and long-poll GETs pass through as they are
+            return await self._forward(request, rt, url, upstream_headers)
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            raise ProxyError(BAD_REQUEST, "compressed Socket.IO POST bodies are not supported")
+        body = await self._read_body(request, rt.config.upstream.max_body_size)
+        body = await websocket.rewrite_polling(
+            body,
+            ctx=ctx,
+            query=request.query_string,
+            principal=principal,
+            client_ip=ip,
+            header_token=token,
+        )
+        return await self._post_bytes(rt, url, upstream_headers, body)
+
+    @property
+    def ws_registry(self) -> websocket.WebSocketRegistry:
+        """Open WebSockets (closed with 1001 on shutdown) and polling CONNECT grants; one
+        per Proxy so config reloads keep it."""
+        registry = self.__dict__.get("_ws_registry")
+        if registry is None:
+            registry = self.__dict__["_ws_registry"] = websocket.WebSocketRegistry()
+        assert isinstance(registry, websocket.WebSocketRegistry)
+        return registry
+
+    async def _forward(
+        self, request: web.Request, rt: Runtime, url: URL, headers: CIMultiDict[str]
+    ) -> web.StreamResponse:
         return await forward(
             request,
             session=self.session,
             url=url,
-            headers=upstream_headers,
+            headers=headers,
             max_body_size=rt.config.upstream.max_body_size,
             timeouts=rt.timeout,
             metrics=self.metrics,
         )
+
+    async def _post_bytes(
+        self, rt: Runtime, url: URL, headers: CIMultiDict[str], body: bytes
+    ) -> web.StreamResponse:
+        """A rewritten polling POST. Engine.IO answers it with a tiny `ok`, so the answer
+        is read whole; never retried (a duplicated POST kills the Engine.IO session)."""
+        headers["Content-Length"] = str(len(body))
+        started = time.perf_counter()
+        try:
+            async with self.session.post(
+                url, headers=headers, data=body, timeout=rt.timeout, allow_redirects=False
+            ) as upstream:
+                payload = await upstream.read()
+                self.metrics.upstream_duration.observe(time.perf_counter() - started)
+                return web.Response(
+                    status=upstream.status,
+                    reason=upstream.reason,
+                    body=payload,
+                    headers=for_client(upstream.headers.items()),
+                )
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            self.metrics.upstream_errors.labels(kind="timeout").inc()
+            raise ProxyError(UPSTREAM_TIMEOUT, "the upstream did not answer in time") from None
+        except (aiohttp.ClientError, OSError):
+            self.metrics.upstream_errors.labels(kind="unavailable").inc()
+            raise ProxyError(UPSTREAM_UNAVAILABLE, "the upstream is unavailable") from None
+
+    @staticmethod
+    async def _read_body(request: web.Request, limit: int) -> bytes:
+        """The whole (small) body of a polling POST, within the configured limit."""
+        chunks: list[bytes] = []
+        seen = 0
+        try:
+            async for chunk in request.content.iter_any():
+                seen += len(chunk)
+                if limit and seen > limit:
+                    message = f"request body exceeds the limit of {limit} bytes"
+                    raise ProxyError(PAYLOAD_TOO_LARGE, message)
+                chunks.append(chunk)
+        except (ConnectionResetError, asyncio.IncompleteReadError, aiohttp.ClientPayloadError):
+            raise ClientGone() from None
+        return b"".join(chunks)
 
     # --- end of dispatch ------------------------------------------------------------
 

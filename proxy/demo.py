@@ -83,7 +83,7 @@ async def _site(app: web.Application, host: str, port: int) -> web.AppRunner:
 
 async def _demo(config_path: str) -> None:
     from .cli import Server
-    from .emulator import ClerkEmulator
+    from .emulator import ClerkEmulator, seed_demo
 
     emulator = ClerkEmulator(secret_key=os.environ.get("CLERK_SECRET_KEY", "sk_test_emulator"))
     clerk_url = os.environ.get("CLERK_API_URL", "http://127.0.0.1:3100")
@@ -102,9 +102,8 @@ async def _demo(config_path: str) -> None:
         await _site(emulator.app, c.hostname or "127.0.0.1", c.port or 3100),
         await _site(demo_upstream(), u.hostname or "127.0.0.1", u.port or 3000),
     ]
-    partner = emulator.create_machine("scores-partner")
-    api = emulator.create_machine("scores-api")
-    token = emulator.create_m2m_token(partner.id, scopes=[api.id], seconds_until_expiration=86400)
+    seeded = seed_demo(emulator)
+    secret, token_id = seeded["m2m_token_secret"], seeded["m2m_token_id"]
 
     base = f"http://{config.listen.host}:{config.listen.port}"
     print(
@@ -115,15 +114,15 @@ async def _demo(config_path: str) -> None:
                 f"  Clerk emulator {clerk_url}, demo upstream {upstream_url}",
                 "",
                 "A partner call with a valid M2M token (expect 200 and the principal the API saw):",
-                f"  curl -s -H 'Authorization: Bearer {token.secret}' {base}/api/v1/matches",
+                f"  curl -s -H 'Authorization: Bearer {secret}' {base}/api/v1/matches",
                 "The #1 partner mistake, the token id instead of the secret (401 token_id_not_secret):",
-                f"  curl -s -H 'Authorization: Bearer {token.id}' {base}/api/v1/matches",
+                f"  curl -s -H 'Authorization: Bearer {token_id}' {base}/api/v1/matches",
                 "No token (401 token_missing):",
                 f"  curl -s {base}/api/v1/matches",
                 "Metrics:",
                 f"  curl -s http://{config.admin.host}:{config.admin.port}/metrics | grep authproxy_",
                 "",
-                json.dumps({"m2m_token_secret": token.secret, "m2m_token_id": token.id}),
+                json.dumps({"m2m_token_secret": secret, "m2m_token_id": token_id}),
                 "",
             ]
         ),

@@ -1,0 +1,140 @@
+"""`ClerkVerifier`: classify → cache → budget (misses only) → Clerk or JWKS → Principal.
+
+Metrics counted here: verify_cache and the Clerk request metrics. auth_decisions is
+the request path's (app.py), which sees every decision including policy refusals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import aiohttp
+
+from . import tokens
+from .budget import VerificationBudget
+from .cache import VerificationCache, cache_scope
+from .clerk import ClerkClient
+from .config import Config
+from .errors import ProxyError
+from .jwks import Jwks
+from .metrics import Metrics
+from .principal import Principal, PrincipalType, encode_claims
+from .tokens import TokenKind
+
+# Registered JWT claims and Clerk's own session/M2M claims; everything else is "custom"
+# and goes to the upstream as X-Auth-Claims.
+STANDARD_CLAIMS: Final = frozenset(
+    {
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "nbf",
+        "iat",
+        "jti",
+        "sid",
+        "azp",
+        "v",
+        "fva",
+        "sts",
+        "pla",
+        "fea",
+        "scope",
+        "scopes",
+        "scp",
+        "client_id",
+        "cid",
+        "typ",
+    }
+)
+
+
+def _scopes(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        return frozenset(value.split())
+    if isinstance(value, list):
+        return frozenset(s for s in value if isinstance(s, str))
+    return frozenset()
+
+
+def _str_claim(claims: Mapping[str, Any], name: str) -> str | None:
+    value = claims.get(name)
+    return value if isinstance(value, str) and value else None
+
+
+def jwt_principal(kind: TokenKind, claims: Mapping[str, Any]) -> Principal:
+    """Map verified JWT claims to a Principal."""
+    ptype: PrincipalType
+    if kind is TokenKind.M2M_JWT:
+        ptype = "machine"
+        # Clerk puts the machines a token may reach in `scopes`, or in `aud` instead.
+        scopes = _scopes(claims.get("scopes")) or _scopes(claims.get("aud"))
+        token_id = _str_claim(claims, "jti")
+    elif kind is TokenKind.OAUTH_JWT:
+        ptype = "oauth"
+        scopes = _scopes(claims.get("scope")) or _scopes(claims.get("scp"))
+        token_id = _str_claim(claims, "jti")
+    else:
+        ptype = "user"
+        scopes = _scopes(claims.get("scope")) or _scopes(claims.get("scp"))
+        token_id = _str_claim(claims, "sid") or _str_claim(claims, "jti")
+    custom = {k: v for k, v in claims.items() if k not in STANDARD_CLAIMS}
+    exp = claims.get("exp")
+    return Principal(
+        type=ptype,
+        id=_str_claim(claims, "sub"),
+        token_type=kind.token_type,
+        token_id=token_id,
+        scopes=scopes,
+        claims_json=encode_claims(custom),
+        expires_at=float(exp) if isinstance(exp, int | float) else None,
+    )
+
+
+class ClerkVerifier:
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        ck = config.clerk
+        self.clerk = ClerkClient(ck, session, metrics, now=now)
+        self.jwks = Jwks(ck, self.clerk, now=now)
+        self.cache = VerificationCache(
+            config.cache, cache_scope(ck.api_url, ck.secret_key), metrics, now=now
+        )
+        self.budget = VerificationBudget(config.verification_budget, metrics, now=now)
+
+    async def start(self) -> None:
+        """Nothing to warm: JWKS is fetched on first use, so Clerk being down at start-up
+        delays nothing but JWT verification."""
+
+    async def close(self) -> None:
+        await self.cache.close()
+
+    async def verify(self, token: str, client_ip: str) -> Principal:
+        kind = tokens.classify(token)
+        # A JWT refusal is cheap to recompute and may stop being one (JWKS rotation,
+        # nbf reached), so only Clerk's answers are negative-cached.
+        return await self.cache.get(
+            self.cache.key(token),
+            lambda: self._load(kind, token, client_ip),
+            cache_rejections=not kind.is_jwt,
+        )
+
+    async def _load(self, kind: TokenKind, token: str, client_ip: str) -> Principal:
+        try:
+            if kind.is_jwt:
+                _, claims = await self.jwks.verify(token, kind.token_type)
+                return jwt_principal(kind, claims)
+            # Only a miss of an opaque token is billable, so only it spends budget.
+            self.budget.acquire(client_ip)
+            return await self.clerk.verify(kind, token)
+        except ProxyError as exc:
+            exc.token_type = exc.token_type or kind.token_type
+            raise

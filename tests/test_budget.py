@@ -1,0 +1,118 @@
+"""Token buckets with a fake clock: how many verifications pass, and when again."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.budget import TokenBucket, VerificationBudget
+from proxy.config import Bucket
+from proxy.config import VerificationBudget as BudgetConfig
+from proxy.errors import VERIFICATION_BUDGET_EXCEEDED, ProxyError
+from proxy.metrics import Metrics
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+ROOMY = Bucket(100.0, 1000)
+SMALL = Bucket(1.0, 5)
+
+
+def budget(
+    global_: Bucket = ROOMY, per_ip: Bucket = SMALL, **kw: object
+) -> tuple[VerificationBudget, Clock, Metrics]:
+    clock, metrics = Clock(), Metrics()
+    cfg = BudgetConfig(enabled=True, global_=global_, per_ip=per_ip)
+    return VerificationBudget(cfg, metrics, now=clock, **kw), clock, metrics  # type: ignore[arg-type]
+
+
+def rejections(metrics: Metrics, scope: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "authproxy_verification_budget_rejections_total", {"scope": scope}
+    )
+
+
+def passes(b: VerificationBudget, ip: str, n: int) -> int:
+    ok = 0
+    for _ in range(n):
+        try:
+            b.acquire(ip)
+            ok += 1
+        except ProxyError as exc:
+            assert exc.code == VERIFICATION_BUDGET_EXCEEDED
+    return ok
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "elapsed", "expected_wait"),
+    [
+        (1.0, 1, 0.0, 1.0),
+        (2.0, 1, 0.0, 0.5),
+        (1.0, 1, 0.25, 0.75),
+        (1.0, 1, 5.0, 0.0),
+    ],
+)
+def test_bucket_wait(rate: float, burst: int, elapsed: float, expected_wait: float) -> None:
+    bucket = TokenBucket.full(Bucket(rate, burst), 0.0)
+    bucket.take(0.0)
+    assert bucket.wait(elapsed) == pytest.approx(expected_wait)
+
+
+def test_bucket_never_exceeds_burst() -> None:
+    bucket = TokenBucket.full(Bucket(10.0, 3), 0.0)
+    bucket.refill(1e6)
+    assert bucket.tokens == 3
+
+
+def test_per_ip_burst_then_refill() -> None:
+    b, clock, metrics = budget()
+    assert passes(b, "10.0.0.1", 50) == 5
+    assert passes(b, "10.0.0.2", 50) == 5  # another client has its own bucket
+    clock.t += 2.0
+    assert passes(b, "10.0.0.1", 50) == 2
+    assert rejections(metrics, "per_ip") == 45 + 45 + 48
+
+
+def test_global_bucket_bounds_a_flood_of_addresses() -> None:
+    b, _, metrics = budget(global_=Bucket(1.0, 20), per_ip=Bucket(1.0, 5))
+    ok = sum(passes(b, f"10.1.{i // 256}.{i % 256}", 5) for i in range(1000))
+    assert ok == 20
+    assert rejections(metrics, "global") == 5000 - 20
+
+
+def test_refusal_spends_nothing() -> None:
+    b, clock, _ = budget(global_=Bucket(1.0, 1), per_ip=Bucket(1.0, 5))
+    assert passes(b, "a", 1) == 1
+    assert passes(b, "b", 10) == 0  # global is empty: b's own bucket must stay full
+    clock.t += 1.0
+    assert passes(b, "b", 10) == 1
+
+
+def test_retry_after_is_whole_seconds_until_the_next_token() -> None:
+    b, _, _ = budget(per_ip=Bucket(0.1, 1))
+    b.acquire("a")
+    with pytest.raises(ProxyError) as info:
+        b.acquire("a")
+    assert info.value.status == 429
+    assert info.value.retry_after == 10
+    assert info.value.headers()["Retry-After"] == "10"
+
+
+def test_client_table_is_bounded() -> None:
+    b, _, _ = budget(global_=Bucket(1e9, 10**9), max_clients=100)
+    passes(b, "x", 1)
+    for i in range(10_000):
+        b.acquire(f"ip{i}")
+    assert len(b._clients) <= 100
+
+
+def test_disabled_budget_never_refuses() -> None:
+    clock = Clock()
+    cfg = BudgetConfig(enabled=False, global_=Bucket(1.0, 1), per_ip=Bucket(1.0, 1))
+    b = VerificationBudget(cfg, now=clock)
+    assert passes(b, "a", 100) == 100

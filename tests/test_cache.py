@@ -1,0 +1,255 @@
+"""The verification cache with a fake clock and in-process loaders."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from proxy.cache import VerificationCache, cache_scope
+from proxy.clerk import ClerkUnavailable
+from proxy.config import Cache
+from proxy.errors import (
+    TOKEN_EXPIRED,
+    TOKEN_INVALID,
+    VERIFICATION_BUDGET_EXCEEDED,
+    VERIFICATION_UNAVAILABLE,
+    ProxyError,
+)
+from proxy.metrics import Metrics
+from proxy.principal import Principal
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def machine(expires_at: float | None) -> Principal:
+    return Principal(
+        type="machine", id="mch_1", token_type="m2m_token", token_id="mt_1", expires_at=expires_at
+    )
+
+
+class Loader:
+    """Counts calls; answers with whatever `result` is at call time."""
+
+    def __init__(self, result: Principal | ProxyError, gate: asyncio.Event | None = None) -> None:
+        self.result = result
+        self.gate = gate
+        self.calls = 0
+
+    async def __call__(self) -> Principal:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if isinstance(self.result, ProxyError):
+            raise self.result
+        return self.result
+
+
+def make(**cfg: Any) -> tuple[VerificationCache, Clock, Metrics]:
+    clock, metrics = Clock(), Metrics()
+    cache = VerificationCache(
+        Cache(**cfg), cache_scope("http://clerk", "sk_test_x"), metrics, now=clock
+    )
+    return cache, clock, metrics
+
+
+def count(metrics: Metrics, result: str) -> float:
+    return (
+        metrics.registry.get_sample_value("authproxy_verify_cache_total", {"result": result}) or 0.0
+    )
+
+
+async def get(
+    cache: VerificationCache, load: Callable[[], Awaitable[Principal]], token: str = "mt_tok"
+) -> Principal:
+    return await cache.get(cache.key(token), load)
+
+
+def test_keys_are_hashes_scoped_by_instance() -> None:
+    a = VerificationCache(Cache(), cache_scope("http://a", "sk_test_1"), Metrics())
+    b = VerificationCache(Cache(), cache_scope("http://b", "sk_test_1"), Metrics())
+    c = VerificationCache(Cache(), cache_scope("http://a", "sk_test_2"), Metrics())
+    token = "mt_secret_value_123456"
+    assert len({a.key(token), b.key(token), c.key(token)}) == 3
+    assert len(a.key(token)) == 32
+    assert token.encode() not in a.key(token)
+    assert b"sk_test_1" not in cache_scope("http://a", "sk_test_1")
+
+
+@pytest.mark.parametrize(
+    ("ttl", "expires_in", "fresh_for"),
+    [
+        (60.0, None, 60.0),  # no expiry of its own: ttl only, never forever
+        (60.0, 3600.0, 60.0),
+        (60.0, 10.0, 10.0),  # never past the token's expiry
+        (60.0, 0.0, 0.0),  # already expired: not cached at all
+    ],
+)
+async def test_positive_lifetime(ttl: float, expires_in: float | None, fresh_for: float) -> None:
+    cache, clock, _ = make(ttl_seconds=ttl)
+    load = Loader(machine(None if expires_in is None else T0 + expires_in))
+    await get(cache, load)
+    if fresh_for:
+        clock.t = T0 + fresh_for - 0.001
+        await get(cache, load)
+        assert load.calls == 1
+    clock.t = T0 + fresh_for
+    await get(cache, load)
+    assert load.calls == 2
+
+
+async def test_a_hit_never_extends_an_entry() -> None:
+    cache, clock, metrics = make(ttl_seconds=10)
+    load = Loader(machine(None))
+    await get(cache, load)
+    for step in range(1, 10):
+        clock.t = T0 + step
+        await get(cache, load)
+    assert load.calls == 1
+    clock.t = T0 + 10
+    await get(cache, load)
+    assert load.calls == 2
+    assert (count(metrics, "hit"), count(metrics, "miss")) == (9, 2)
+
+
+@pytest.mark.parametrize("code", [TOKEN_INVALID, TOKEN_EXPIRED])
+async def test_rejections_are_cached_for_negative_ttl(code: str) -> None:
+    cache, clock, metrics = make(negative_ttl_seconds=5)
+    load = Loader(ProxyError(code, "no", token_type="m2m_token"))
+    for _ in range(3):
+        with pytest.raises(ProxyError) as info:
+            await get(cache, load)
+        assert info.value.code == code
+        assert info.value.token_type == "m2m_token"
+    assert load.calls == 1
+    assert count(metrics, "negative_hit") == 2
+    clock.t = T0 + 5
+    with pytest.raises(ProxyError):
+        await get(cache, load)
+    assert load.calls == 2
+
+
+async def test_rejections_not_cached_when_asked() -> None:
+    cache, _, _ = make()
+    load = Loader(ProxyError(TOKEN_INVALID, "bad jwt"))
+    for _ in range(3):
+        with pytest.raises(ProxyError):
+            await cache.get(cache.key("jwt"), load, cache_rejections=False)
+    assert load.calls == 3
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ClerkUnavailable("down", 7),
+        ProxyError(VERIFICATION_BUDGET_EXCEEDED, "slow down", retry_after=1),
+    ],
+)
+async def test_our_failures_are_never_cached(failure: ProxyError) -> None:
+    cache, _, _ = make()
+    load = Loader(failure)
+    with pytest.raises(ProxyError) as info:
+        await get(cache, load)
+    assert info.value.code == failure.code
+    load.result = machine(None)
+    assert (await get(cache, load)).id == "mch_1"
+    assert load.calls == 2
+
+
+async def test_concurrent_misses_share_one_load() -> None:
+    cache, _, metrics = make()
+    gate = asyncio.Event()
+    load = Loader(machine(None), gate)
+    tasks = [asyncio.create_task(get(cache, load)) for _ in range(1000)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*tasks)
+    assert load.calls == 1
+    assert all(r is results[0] for r in results)
+    assert (count(metrics, "miss"), count(metrics, "coalesced")) == (1, 999)
+
+
+async def test_waiters_of_a_failed_flight_get_the_same_error_and_nothing_is_cached() -> None:
+    cache, _, _ = make()
+    gate = asyncio.Event()
+    load = Loader(ClerkUnavailable("down", 3), gate)
+    tasks = [asyncio.create_task(get(cache, load)) for _ in range(50)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, ProxyError) and r.code == VERIFICATION_UNAVAILABLE for r in results)
+    assert {r.retry_after for r in results if isinstance(r, ProxyError)} == {3}
+    assert load.calls == 1
+    assert len(cache) == 0
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_flight() -> None:
+    cache, _, _ = make()
+    gate = asyncio.Event()
+    load = Loader(machine(None), gate)
+    first = asyncio.create_task(get(cache, load))
+    second = asyncio.create_task(get(cache, load))
+    await asyncio.sleep(0)
+    first.cancel()
+    gate.set()
+    assert (await second).id == "mch_1"
+    assert first.cancelled()
+    assert load.calls == 1
+    assert len(cache) == 1
+
+
+async def test_stale_if_error_serves_through_an_outage_until_expiry() -> None:
+    cache, clock, metrics = make(ttl_seconds=10, stale_if_error_seconds=100)
+    load = Loader(machine(T0 + 30))
+    await get(cache, load)
+    load.result = ClerkUnavailable("down")
+    clock.t = T0 + 20  # past the ttl, inside the stale window and the token's life
+    assert (await get(cache, load)).id == "mch_1"
+    assert count(metrics, "stale") == 1
+    clock.t = T0 + 30  # the token's own expiry ends it, stale window or not
+    with pytest.raises(ProxyError) as info:
+        await get(cache, load)
+    assert info.value.code == VERIFICATION_UNAVAILABLE
+
+
+async def test_stale_if_error_never_serves_a_rejected_token() -> None:
+    cache, clock, _ = make(ttl_seconds=10, stale_if_error_seconds=100)
+    load = Loader(machine(None))
+    await get(cache, load)
+    clock.t = T0 + 11
+    load.result = ProxyError(TOKEN_INVALID, "revoked")
+    with pytest.raises(ProxyError):
+        await get(cache, load)
+    load.result = ClerkUnavailable("down")
+    with pytest.raises(ProxyError) as info:
+        await get(cache, load)
+    assert info.value.code == TOKEN_INVALID  # negative hit, not the stale positive
+
+
+async def test_stale_is_off_by_default() -> None:
+    cache, clock, _ = make(ttl_seconds=10)
+    load = Loader(machine(None))
+    await get(cache, load)
+    clock.t = T0 + 11
+    load.result = ClerkUnavailable("down")
+    with pytest.raises(ProxyError) as info:
+        await get(cache, load)
+    assert info.value.code == VERIFICATION_UNAVAILABLE
+
+
+async def test_max_entries_bounds_memory() -> None:
+    cache, _, _ = make(max_entries=100)
+    load = Loader(machine(None))
+    for i in range(1000):
+        await get(cache, load, f"mt_token_{i}")
+    assert len(cache) == 100

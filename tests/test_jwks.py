@@ -1,0 +1,270 @@
+"""JWKS caching/refetch and local JWT verification, against a local server that serves
+a JWKS document we control (RSA keys generated here), with a fake clock."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pytest_aiohttp import AiohttpServer
+
+from proxy.clerk import ClerkClient
+from proxy.config import Clerk, build_config
+from proxy.errors import TOKEN_EXPIRED, TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
+from proxy.jwks import Jwks, check_claims, parse_jwks
+from proxy.metrics import Metrics
+
+T0 = 1_700_000_000.0
+
+
+def clerk_cfg(url: str = "http://127.0.0.1:1", **over: Any) -> Clerk:
+    raw = {"api_url": url, "secret_key": "sk_test_instance", "timeout": 0.5, **over}
+    return build_config(
+        {"upstream": {"url": "http://127.0.0.1:1"}, "clerk": raw}, file="test", env={}
+    ).clerk
+
+
+@pytest.mark.parametrize(
+    ("claims", "over", "code"),
+    [
+        ({"exp": T0 + 60}, {}, None),
+        ({"exp": T0 - 4}, {}, None),  # inside the 5 s skew
+        ({"exp": T0 - 6}, {}, TOKEN_EXPIRED),
+        ({"exp": T0 - 2}, {"clock_skew_seconds": 1}, TOKEN_EXPIRED),
+        ({}, {}, TOKEN_INVALID),  # no expiry: never accepted
+        ({"exp": "later"}, {}, TOKEN_INVALID),
+        ({"exp": T0 + 60, "nbf": T0 + 4}, {}, None),
+        ({"exp": T0 + 60, "nbf": T0 + 6}, {}, TOKEN_INVALID),
+        ({"exp": T0 + 60, "iat": T0 + 6}, {}, TOKEN_INVALID),
+        ({"exp": T0 + 60, "azp": "https://app.example"}, {}, None),
+        (
+            {"exp": T0 + 60, "azp": "https://app.example"},
+            {"authorized_parties": ["https://app.example"]},
+            None,
+        ),
+        (
+            {"exp": T0 + 60, "azp": "https://evil.example"},
+            {"authorized_parties": ["https://app.example"]},
+            TOKEN_INVALID,
+        ),
+        (
+            {"exp": T0 + 60, "iss": "https://clerk.example/"},
+            {"issuer": "https://clerk.example"},
+            None,
+        ),
+        (
+            {"exp": T0 + 60, "iss": "https://other.example"},
+            {"issuer": "https://clerk.example"},
+            TOKEN_INVALID,
+        ),
+        ({"exp": T0 + 60}, {"issuer": "https://clerk.example"}, TOKEN_INVALID),
+    ],
+)
+def test_check_claims(claims: dict[str, Any], over: dict[str, Any], code: str | None) -> None:
+    cfg = clerk_cfg(**over)
+    if code is None:
+        check_claims(claims, cfg, T0)
+    else:
+        with pytest.raises(ProxyError) as info:
+            check_claims(claims, cfg, T0)
+        assert info.value.code == code
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+KEY_A, KEY_B = new_key(), new_key()
+
+
+def jwk(key: rsa.RSAPrivateKey, kid: str, **extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    return {**data, "kid": kid, "use": "sig", "alg": "RS256", **extra}
+
+
+def test_parse_jwks_keeps_rsa_signing_keys_only() -> None:
+    doc = {
+        "keys": [
+            jwk(KEY_A, "a"),
+            jwk(KEY_B, "enc", use="enc"),
+            {"kty": "oct", "k": "c2VjcmV0", "kid": "h"},
+            {"kty": "RSA", "kid": "broken", "n": "x"},
+            jwk(KEY_B, "b"),
+        ]
+    }
+    assert sorted(parse_jwks(json.dumps(doc).encode())) == ["a", "b"]
+
+
+@pytest.mark.parametrize("body", [b"{}", b"[]", b"nope", b'{"keys": 1}'])
+def test_parse_jwks_rejects_non_documents(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_jwks(body)
+
+
+@dataclass
+class JwksServer:
+    keys: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 200
+    fetches: int = 0
+    auth: list[str] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.fetches += 1
+        self.auth.append(request.headers.get("Authorization", ""))
+        return web.json_response({"keys": self.keys}, status=self.status)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+async def env(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[JwksServer, Jwks, Clock]]:
+    served = JwksServer(keys=[jwk(KEY_A, "ins_a")])
+    app = web.Application()
+    app.router.add_get("/v1/jwks", served.handle)
+    server = await aiohttp_server(app)
+    clock = Clock()
+    cfg = clerk_cfg(
+        str(server.make_url("")).rstrip("/"), jwks_cache_seconds=300, jwks_min_refetch_seconds=30
+    )
+    async with aiohttp.ClientSession() as session:
+        yield served, Jwks(cfg, ClerkClient(cfg, session, Metrics(), now=clock), now=clock), clock
+
+
+def sign(key: rsa.RSAPrivateKey, kid: str, alg: str = "RS256", **claims: Any) -> str:
+    payload = {"sub": "user_1", "sid": "sess_1", "iat": T0, "nbf": T0, "exp": T0 + 60, **claims}
+    return jwt.encode(payload, key, algorithm=alg, headers={"kid": kid})
+
+
+@pytest.mark.parametrize("alg", ["RS256", "RS384", "RS512"])
+async def test_valid_signatures(env: tuple[JwksServer, Jwks, Clock], alg: str) -> None:
+    served, jwks, _ = env
+    header, claims = await jwks.verify(sign(KEY_A, "ins_a", alg))
+    assert (header["alg"], claims["sub"]) == (alg, "user_1")
+    assert served.auth == ["Bearer sk_test_instance"]
+
+
+def public_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def forge(header: dict[str, Any], payload: dict[str, Any], signature: bytes) -> str:
+    def b64(raw: bytes) -> str:
+        return jwt.utils.base64url_encode(raw).decode()
+
+    return (
+        f"{b64(json.dumps(header).encode())}.{b64(json.dumps(payload).encode())}.{b64(signature)}"
+    )
+
+
+def hs256_with_public_key() -> str:
+    import hashlib
+    import hmac
+
+    header = {"alg": "HS256", "kid": "ins_a", "typ": "JWT"}
+    payload = {"sub": "user_1", "exp": T0 + 60}
+    b64 = jwt.utils.base64url_encode
+    signing_input = b64(json.dumps(header).encode()) + b"." + b64(json.dumps(payload).encode())
+    sig = hmac.new(public_pem(KEY_A), signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + b64(sig)).decode()
+
+
+@pytest.mark.parametrize(
+    ("make_token", "message"),
+    [
+        (
+            lambda: forge({"alg": "none", "kid": "ins_a"}, {"sub": "user_1", "exp": T0 + 60}, b""),
+            "algorithm",
+        ),
+        (hs256_with_public_key, "algorithm"),
+        (lambda: sign(KEY_B, "ins_a"), "signature"),  # right kid, wrong key
+        (lambda: sign(KEY_A, "ins_a", exp=T0 - 60), "expired"),
+        (lambda: sign(KEY_A, "ins_a", nbf=T0 + 60), "not valid yet"),
+        (lambda: forge({"alg": "RS256"}, {"sub": "user_1"}, b"x"), "kid"),
+    ],
+)
+async def test_rejections(
+    env: tuple[JwksServer, Jwks, Clock], make_token: Any, message: str
+) -> None:
+    _, jwks, _ = env
+    with pytest.raises(ProxyError) as info:
+        await jwks.verify(make_token(), "session_token")
+    assert info.value.status == 401
+    assert message in info.value.message
+    assert info.value.token_type == "session_token"
+
+
+async def test_unknown_kid_refetches_at_most_once_per_interval(
+    env: tuple[JwksServer, Jwks, Clock],
+) -> None:
+    served, jwks, clock = env
+    await jwks.verify(sign(KEY_A, "ins_a"))
+    assert served.fetches == 1
+    foreign = sign(KEY_B, "ins_other", exp=T0 + 600)
+    clock.t += 31
+    for _ in range(100):
+        with pytest.raises(ProxyError) as info:
+            await jwks.verify(foreign)
+        assert "scoped to one Clerk instance" in info.value.message
+    assert served.fetches == 2  # one refetch, then rate limited
+    # The instance rotates to a new key: picked up at the next allowed refetch.
+    served.keys.append(jwk(KEY_B, "ins_other"))
+    clock.t += 30
+    await jwks.verify(sign(KEY_B, "ins_other", exp=T0 + 600))
+    assert served.fetches == 3
+
+
+async def test_keys_are_cached_then_refreshed(env: tuple[JwksServer, Jwks, Clock]) -> None:
+    served, jwks, clock = env
+    token = sign(KEY_A, "ins_a", exp=T0 + 10_000)
+    for _ in range(50):
+        await jwks.verify(token)
+    assert served.fetches == 1
+    clock.t += 300
+    await jwks.verify(token)
+    assert served.fetches == 2
+
+
+async def test_last_good_keys_survive_a_failed_refresh(env: tuple[JwksServer, Jwks, Clock]) -> None:
+    served, jwks, clock = env
+    token = sign(KEY_A, "ins_a", exp=T0 + 10_000)
+    await jwks.verify(token)
+    served.status = 500
+    clock.t += 301
+    assert (await jwks.verify(token))[1]["sub"] == "user_1"
+
+
+async def test_no_keys_at_all_is_unavailable(env: tuple[JwksServer, Jwks, Clock]) -> None:
+    served, jwks, _ = env
+    served.status = 503
+    with pytest.raises(ProxyError) as info:
+        await jwks.verify(sign(KEY_A, "ins_a"))
+    assert info.value.code == VERIFICATION_UNAVAILABLE
+
+
+async def test_failed_fetches_back_off(env: tuple[JwksServer, Jwks, Clock]) -> None:
+    served, jwks, clock = env
+    served.status = 503
+    for _ in range(20):
+        with pytest.raises(ProxyError):
+            await jwks.verify(sign(KEY_A, "ins_a"))
+    assert served.fetches == 1  # an outage does not put a fetch in front of every request
+    clock.t += 5
+    served.status = 200
+    await jwks.verify(sign(KEY_A, "ins_a"))
+    assert served.fetches == 2

@@ -1,0 +1,380 @@
+"""The pure Socket.IO codec and CONNECT rewriter: bytes in, bytes out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from proxy import socketio
+from proxy.errors import (
+    TOKEN_INVALID,
+    VERIFICATION_BUDGET_EXCEEDED,
+    VERIFICATION_UNAVAILABLE,
+    ProxyError,
+)
+from proxy.principal import ANONYMOUS, Principal
+
+MACHINE = Principal(
+    type="machine",
+    id="mch_partner",
+    token_type="m2m_token",
+    token_id="mt_0123456789abcdef0123456789abcdef",
+    scopes=frozenset({"scores:read", "a:b"}),
+    claims_json='{"tier":"gold"}',
+)
+USER = Principal(type="user", id="user_1", token_type="session_token", token_id="sess_1")
+
+MACHINE_AUTH = {
+    "type": "machine",
+    "id": "mch_partner",
+    "token_type": "m2m_token",
+    "token_id": "mt_0123456789abcdef0123456789abcdef",
+    "scopes": ["a:b", "scores:read"],
+    "claims": {"tier": "gold"},
+}
+ANON_AUTH = {"type": "anonymous"}
+
+
+class Verifier:
+    def __init__(self, principals: dict[str, Principal] | None = None, error: str = TOKEN_INVALID):
+        self.principals = principals or {"good": MACHINE}
+        self.error = error
+        self.calls: list[str] = []
+
+    async def __call__(self, token: str) -> Principal:
+        self.calls.append(token)
+        try:
+            return self.principals[token]
+        except KeyError:
+            raise ProxyError(self.error, "nope") from None
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+# --- queries ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "EIO=4&transport=polling",
+        "EIO=4&transport=polling&t=Nx1&sid=abc",
+        "EIO=4&transport=websocket",
+        "EIO=4&transport=polling&b64=1",
+    ],
+)
+def test_query_accepted(query: str) -> None:
+    socketio.check_query(query)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "EIO=3&transport=polling",
+        "transport=polling",
+        "EIO=4&EIO=4&transport=polling",
+        "EIO=4&transport=polling&j=0",
+        "EIO=4&transport=webtransport",
+        "EIO=4",
+        "EIO=4&transport=polling&sid=a&sid=b",
+    ],
+)
+def test_query_refused(query: str) -> None:
+    with pytest.raises(ProxyError) as info:
+        socketio.check_query(query)
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/socket.io/", True),
+        ("/socket.io/x", True),
+        ("/socket.io", False),
+        ("/api/socket.io/", False),
+    ],
+)
+def test_is_socketio_path(path: str, expected: bool) -> None:
+    assert socketio.is_socketio_path(path) is expected
+
+
+def test_sid_of() -> None:
+    assert socketio.sid_of("EIO=4&transport=websocket&sid=Ab-1") == "Ab-1"
+    assert socketio.sid_of("EIO=4&transport=websocket") is None
+
+
+# --- CONNECT rewriting ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("packet", "expected"),
+    [
+        ('40{"token":"good"}', "40" + dumps({"principal": MACHINE_AUTH})),
+        ('40/admin,{"token":"good"}', "40/admin," + dumps({"principal": MACHINE_AUTH})),
+        # pid/offset (connection state recovery) and other keys kept, in order
+        (
+            '40{"pid":"p1","token":"good","offset":"o9","x":[1,{"y":null}]}',
+            "40"
+            + dumps(
+                {"pid": "p1", "offset": "o9", "x": [1, {"y": None}], "principal": MACHINE_AUTH}
+            ),
+        ),
+        # a forged principal is dropped, whatever its shape
+        (
+            '40{"token":"good","principal":{"type":"user","id":"user_admin"}}',
+            "40" + dumps({"principal": MACHINE_AUTH}),
+        ),
+        ('40{"token":"bad","principal":"admin"}', "40" + dumps({"principal": ANON_AUTH})),
+        # no token: the header principal (here anonymous)
+        ("40", "40" + dumps({"principal": ANON_AUTH})),
+        ("40/admin,", "40/admin," + dumps({"principal": ANON_AUTH})),
+        ("40/admin", "40/admin," + dumps({"principal": ANON_AUTH})),
+        ('40{"token":null}', "40" + dumps({"principal": ANON_AUTH})),
+        # a token that is not a string is an invalid token, never verified
+        ('40{"token":42}', "40" + dumps({"principal": ANON_AUTH})),
+        # an id field and a query on the namespace stay verbatim
+        ('40/admin?x=1,{"token":"good"}', "40/admin?x=1," + dumps({"principal": MACHINE_AUTH})),
+        ('40/chat,7{"a":1}', "40/chat,7" + dumps({"a": 1, "principal": ANON_AUTH})),
+        # non-ASCII is escaped on the way out (no lone surrogate can break the frame)
+        (
+            '40{"name":"Zoë \\ud800"}',
+            "40" + '{"name":"Zo\\u00eb \\ud800","principal":{"type":"anonymous"}}',
+        ),
+    ],
+)
+async def test_rewrite_connect(packet: str, expected: str) -> None:
+    out, _ = await socketio.rewrite_connect(
+        packet, header_principal=ANONYMOUS, header_token=None, verify=Verifier()
+    )
+    assert out == expected
+    assert "good" not in out.replace('"token_type"', "")
+
+
+async def test_header_principal_used_without_auth_token() -> None:
+    verify = Verifier()
+    out, grant = await socketio.rewrite_connect(
+        '40{"pid":"x"}', header_principal=USER, header_token="hdr", verify=verify
+    )
+    assert json.loads(out[2:])["principal"]["id"] == "user_1"
+    assert grant.principal == USER and grant.token == "hdr"
+    assert verify.calls == []
+
+
+async def test_same_token_in_header_and_auth_is_fine() -> None:
+    _, grant = await socketio.rewrite_connect(
+        '40{"token":"good"}', header_principal=MACHINE, header_token="good", verify=Verifier()
+    )
+    assert grant.principal == MACHINE
+
+
+async def test_two_different_tokens_refused() -> None:
+    with pytest.raises(ProxyError) as info:
+        await socketio.rewrite_connect(
+            '40{"token":"good"}', header_principal=USER, header_token="other", verify=Verifier()
+        )
+    assert info.value.status == 400
+    assert "good" not in str(info.value) and "other" not in str(info.value)
+
+
+@pytest.mark.parametrize("code", [VERIFICATION_UNAVAILABLE, VERIFICATION_BUDGET_EXCEEDED])
+async def test_unavailable_verifier_is_not_a_downgrade(code: str) -> None:
+    with pytest.raises(ProxyError) as info:
+        await socketio.rewrite_connect(
+            '40{"token":"x"}',
+            header_principal=ANONYMOUS,
+            header_token=None,
+            verify=Verifier(error=code),
+        )
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        "40[1]",
+        '40"tok"',
+        "40null",
+        '40{"token":"good"',
+        '40{"token":"good"}x',
+        '40,{"token":"good"}',
+        '402-{"token":"good"}',
+        '40\u0663{"token":"good"}',
+        '40{"a":NaN}',
+        '40{"a":Infinity}',
+        "40" + "[" * 100_000 + "]" * 100_000,
+    ],
+)
+async def test_garbage_connect_refused(packet: str) -> None:
+    with pytest.raises(ProxyError) as info:
+        await socketio.rewrite_connect(
+            packet, header_principal=ANONYMOUS, header_token=None, verify=Verifier()
+        )
+    assert info.value.status == 400
+
+
+# --- polling bodies ------------------------------------------------------------------
+
+PASSTHROUGH = [
+    b"2",
+    b"3probe",
+    b'42["hello",{"x":1}]',
+    b'42/admin,5["ack-me"]',
+    b'451-["file",{"_placeholder":true,"num":0}]\x1ebAQID',
+    b'452-/admin,["two",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]\x1ebAA==\x1eb//8=',
+    b"41",
+    b"41/admin,",
+    b'43/admin,5["done"]',
+    '42["unicod\u00e9 \U0001f600"]'.encode(),
+    b"b" + b"NDA=",  # the base64 of "40" as a binary attachment: not a CONNECT
+]
+
+
+@pytest.mark.parametrize("body", PASSTHROUGH)
+async def test_polling_non_connect_untouched(body: bytes) -> None:
+    verify = Verifier()
+    out, principals = await socketio.rewrite_polling_body(
+        body, header_principal=MACHINE, verify=verify
+    )
+    assert out is body  # not even copied
+    assert principals == [] and verify.calls == []
+
+
+async def test_polling_body_with_several_packets() -> None:
+    body = b"\x1e".join(
+        [
+            b'42["before"]',
+            b'40{"token":"good","pid":"p"}',
+            b'451-["bin",{"_placeholder":true,"num":0}]',
+            b"bAQIDBA==",
+            b'40/admin,{"token":"bad","principal":{"type":"user"}}',
+            b"40/public,",
+            b'42/admin,["after"]',
+        ]
+    )
+    out, principals = await socketio.rewrite_polling_body(
+        body, header_principal=USER, verify=Verifier()
+    )
+    packets = out.split(b"\x1e")
+    assert packets[0] == b'42["before"]'
+    assert packets[1] == ("40" + dumps({"pid": "p", "principal": MACHINE_AUTH})).encode()
+    assert packets[2] == b'451-["bin",{"_placeholder":true,"num":0}]'
+    assert packets[3] == b"bAQIDBA=="
+    assert packets[4] == ("40/admin," + dumps({"principal": ANON_AUTH})).encode()
+    assert (
+        packets[5]
+        == b"40/public,"
+        + json.dumps(
+            {
+                "principal": {
+                    "type": "user",
+                    "id": "user_1",
+                    "token_type": "session_token",
+                    "token_id": "sess_1",
+                    "scopes": [],
+                    "claims": {},
+                }
+            },
+            separators=(",", ":"),
+        ).encode()
+    )
+    assert packets[6] == b'42/admin,["after"]'
+    assert principals == [MACHINE, ANONYMOUS, USER]
+
+
+async def test_polling_grants_keep_namespace_and_token() -> None:
+    body = b'40/admin?v=2,{"token":"good"}\x1e40'
+    _, grants = await socketio.rewrite_polling_grants(
+        body, header_principal=ANONYMOUS, verify=Verifier()
+    )
+    assert [(g.namespace, g.principal, g.token) for g in grants] == [
+        ("/admin", MACHINE, "good"),
+        ("/", ANONYMOUS, None),
+    ]
+    assert "good" not in repr(grants)
+
+
+async def test_polling_connect_not_utf8_refused() -> None:
+    with pytest.raises(ProxyError):
+        await socketio.rewrite_polling_body(
+            b'42["x"]\x1e40{"a":"\xff"}', header_principal=ANONYMOUS, verify=Verifier()
+        )
+
+
+# --- small helpers -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("packet", "namespace"),
+    [
+        ("41", "/"),
+        ("41/admin,", "/admin"),
+        ('44/admin,{"message":"x"}', "/admin"),
+        ('44{"message":"x"}', "/"),
+        ('452-/admin,["x"]', "/admin"),
+        ("41/admin?x=1,", "/admin"),
+    ],
+)
+def test_namespace_of(packet: str, namespace: str) -> None:
+    assert socketio.namespace_of(packet) == namespace
+
+
+@pytest.mark.parametrize(
+    ("packet", "count"),
+    [
+        ('451-["x"]', 1),
+        ('4512-/a,["x"]', 12),
+        ('46/a,3-["x"]', 0),
+        ('42["x"]', 0),
+        ("45", 0),
+        ('45\u00b2-["x"]', 0),
+    ],
+)
+def test_binary_attachments(packet: str, count: int) -> None:
+    assert socketio.binary_attachments(packet) == count
+
+
+def test_control_packets() -> None:
+    assert socketio.disconnect_packet("/") == "41"
+    assert socketio.disconnect_packet("/admin") == "41/admin,"
+    assert (
+        socketio.connect_error_packet("/a", "m", {"code": "c"})
+        == '44/a,{"message":"m","data":{"code":"c"}}'
+    )
+
+
+# --- when a live grant must be looked at again (fake clock) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("grant", "reverify", "due"),
+    [
+        (socketio.Grant("/", ANONYMOUS), 60.0, None),  # anonymous: nothing to watch
+        (socketio.Grant("/", MACHINE), 60.0, None),  # no expiry, no token to re-verify
+        (socketio.Grant("/", MACHINE, "tok"), 60.0, 1060.0),
+        (socketio.Grant("/", MACHINE, "tok"), 0.0, None),
+        (socketio.Grant("/", dataclasses.replace(MACHINE, expires_at=1030.0), "tok"), 60.0, 1030.0),
+        (socketio.Grant("/", dataclasses.replace(MACHINE, expires_at=1090.0), "tok"), 60.0, 1060.0),
+        (socketio.Grant("/", dataclasses.replace(MACHINE, expires_at=1090.0)), 60.0, 1090.0),
+    ],
+)
+def test_watch_due(grant: socketio.Grant, reverify: float, due: float | None) -> None:
+    watch = socketio.watch_for(grant, 1000.0, reverify)
+    assert (watch.due if watch else None) == due
+
+
+def test_same_identity_ignores_expiry_only() -> None:
+    later = dataclasses.replace(MACHINE, expires_at=5.0)
+    assert socketio.same_identity(MACHINE, later)
+    assert not socketio.same_identity(MACHINE, dataclasses.replace(MACHINE, scopes=frozenset()))
+
+
+def test_grant_book_hands_grants_over_once() -> None:
+    book = socketio.GrantBook(ttl=60)
+    book.remember("sid1", [socketio.Grant("/", MACHINE, "tok")])
+    book.remember("sid1", [socketio.Grant("/live", USER)])
+    assert [g.namespace for g in book.take("sid1")] == ["/", "/live"]
+    assert book.take("sid1") == [] and book.take(None) == []

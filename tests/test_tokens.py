@@ -1,0 +1,150 @@
+"""Bearer extraction and classification by shape: strings in, kinds or refusals out."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+
+import pytest
+
+from proxy import tokens
+from proxy.errors import BAD_REQUEST, TOKEN_ID_NOT_SECRET, TOKEN_INVALID, ProxyError
+from proxy.tokens import TokenKind
+
+M2M_SECRET = "mt_" + "a1B2c3D4" * 6
+M2M_ID = "mt_0123456789abcdef0123456789abcdef"
+
+
+def b64(obj: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+
+def b64_raw(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def jwt_shape(
+    header: Mapping[str, object], payload: Mapping[str, object], sig: str = "c2lnbmF0dXJl"
+) -> str:
+    return f"{b64(header)}.{b64(payload)}.{sig}"
+
+
+RS = {"alg": "RS256", "kid": "ins_1", "typ": "JWT"}
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], None),
+        (["Bearer abc.def"], "abc.def"),
+        (["bearer abc"], "abc"),
+        (["BEARER   abc  "], "abc"),
+        (["Basic dXNlcjpwYXNz"], None),
+        (["Token abc"], None),
+        (["Bearerabc"], None),
+        ([f"Bearer {M2M_SECRET}"], M2M_SECRET),
+        (["Bearer YWJj=="], "YWJj=="),
+    ],
+)
+def test_extract_bearer(values: list[str], expected: str | None) -> None:
+    assert tokens.extract_bearer(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "code"),
+    [
+        (["Bearer a", "Bearer a"], BAD_REQUEST),
+        (["Bearer a", "Basic b"], BAD_REQUEST),
+        (["Bearer"], TOKEN_INVALID),
+        (["Bearer   "], TOKEN_INVALID),
+        (["Bearer a b"], TOKEN_INVALID),
+        (["Bearer a,b"], TOKEN_INVALID),
+        (['Bearer "abc"'], TOKEN_INVALID),
+        (["Bearer a=b"], TOKEN_INVALID),
+        (["Bearer " + "a" * (tokens.MAX_JWT_LENGTH + 1)], TOKEN_INVALID),
+    ],
+)
+def test_extract_bearer_refusals(values: list[str], code: str) -> None:
+    with pytest.raises(ProxyError) as info:
+        tokens.extract_bearer(values)
+    assert info.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("token", "kind"),
+    [
+        (M2M_SECRET, TokenKind.M2M),
+        ("mt_" + "0123456789abcdef" * 3, TokenKind.M2M),  # 48 hex: a secret, not an id
+        ("mt_0123456789ABCDEF0123456789ABCDEF", TokenKind.M2M),  # ids are lowercase
+        ("oat_" + "x" * 32, TokenKind.OAUTH),
+        ("ak_" + "Zz9_-" * 8, TokenKind.API_KEY),
+        (jwt_shape(RS, {"sub": "user_1", "sid": "sess_1"}), TokenKind.SESSION_JWT),
+        (jwt_shape({**RS, "alg": "RS384"}, {"sub": "user_1"}), TokenKind.SESSION_JWT),
+        (jwt_shape({**RS, "alg": "RS512"}, {"sub": "mch_1"}), TokenKind.M2M_JWT),
+        (jwt_shape({**RS, "cat": tokens.M2M_JWT_CAT}, {"sub": "x"}), TokenKind.M2M_JWT),
+        (jwt_shape({**RS, "typ": "at+jwt"}, {"sub": "user_1"}), TokenKind.OAUTH_JWT),
+        (jwt_shape({**RS, "typ": "application/at+jwt"}, {"sub": "user_1"}), TokenKind.OAUTH_JWT),
+    ],
+)
+def test_classify(token: str, kind: TokenKind) -> None:
+    assert tokens.classify(token) is kind
+
+
+@pytest.mark.parametrize(
+    ("token", "code"),
+    [
+        (M2M_ID, TOKEN_ID_NOT_SECRET),
+        ("", TOKEN_INVALID),
+        ("mt_" + "é" * 20, TOKEN_INVALID),
+        ("mt_" + "a" * 20 + "\n", TOKEN_INVALID),
+        (f"{b64(RS)}.{b64_raw(b'[' * 4000)}.c2ln", TOKEN_INVALID),  # nesting bomb
+        ("mt_short", TOKEN_INVALID),
+        ("mt_" + "a" * 600, TOKEN_INVALID),
+        ("mt_" + "a" * 20 + "!", TOKEN_INVALID),
+        ("oat_" + "x" * 8, TOKEN_INVALID),
+        ("ak_" + "a" * 10, TOKEN_INVALID),
+        ("sk_test_" + "a" * 30, TOKEN_INVALID),  # an instance key is not a bearer token
+        ("garbage", TOKEN_INVALID),
+        ("a.b", TOKEN_INVALID),
+        ("a.b.c.d", TOKEN_INVALID),
+        ("!!!.###.$$$", TOKEN_INVALID),
+        (f"{b64([1])}.{b64({})}.c2ln", TOKEN_INVALID),  # header not an object
+        (f"{b64(RS)}.bm90IGpzb24.c2ln", TOKEN_INVALID),  # payload not JSON
+        (jwt_shape({"alg": "none"}, {"sub": "user_1"}, ""), TOKEN_INVALID),
+        (jwt_shape({"alg": "none"}, {"sub": "user_1"}), TOKEN_INVALID),
+        (jwt_shape({"alg": "HS256", "kid": "ins_1"}, {"sub": "user_1"}), TOKEN_INVALID),
+        (jwt_shape({"alg": "ES256", "kid": "ins_1"}, {"sub": "user_1"}), TOKEN_INVALID),
+        (jwt_shape({"kid": "ins_1"}, {"sub": "user_1"}), TOKEN_INVALID),
+        (jwt_shape(RS, {"pad": "x" * tokens.MAX_JWT_LENGTH}), TOKEN_INVALID),
+    ],
+)
+def test_classify_refusals(token: str, code: str) -> None:
+    with pytest.raises(ProxyError) as info:
+        tokens.classify(token)
+    assert info.value.code == code
+    assert not token or token not in info.value.message
+
+
+def test_token_id_message_tells_partner_what_to_send() -> None:
+    with pytest.raises(ProxyError) as info:
+        tokens.classify(M2M_ID)
+    assert info.value.status == 401
+    assert info.value.token_type == "m2m_token"
+    assert "secret" in info.value.message and "once" in info.value.message
+    assert M2M_ID not in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("kind", "token_type", "is_jwt"),
+    [
+        (TokenKind.M2M, "m2m_token", False),
+        (TokenKind.M2M_JWT, "m2m_token", True),
+        (TokenKind.OAUTH, "oauth_token", False),
+        (TokenKind.OAUTH_JWT, "oauth_token", True),
+        (TokenKind.API_KEY, "api_key", False),
+        (TokenKind.SESSION_JWT, "session_token", True),
+    ],
+)
+def test_kind_properties(kind: TokenKind, token_type: str, is_jwt: bool) -> None:
+    assert (kind.token_type, kind.is_jwt) == (token_type, is_jwt)

@@ -1,0 +1,482 @@
+"""ClerkVerifier end to end against the Clerk emulator served on a real socket.
+
+The verifier and the emulator share one fake clock (starting at the real time, moved
+by hand), so TTLs and expiries are exact without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pytest_aiohttp import AiohttpServer
+
+from proxy.config import build_config
+from proxy.emulator import ClerkEmulator
+from proxy.errors import (
+    TOKEN_EXPIRED,
+    TOKEN_ID_NOT_SECRET,
+    TOKEN_INVALID,
+    VERIFICATION_BUDGET_EXCEEDED,
+    VERIFICATION_UNAVAILABLE,
+    ProxyError,
+)
+from proxy.metrics import Metrics
+from proxy.principal import Principal
+from proxy.tokens import TokenKind
+from proxy.verifier import ClerkVerifier, jwt_principal
+
+KEY = "sk_test_emulator"
+IP = "203.0.113.7"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class Rig:
+    clerk: ClerkEmulator
+    verifier: ClerkVerifier
+    clock: Clock
+    metrics: Metrics
+    url: str
+
+    def calls(self, endpoint: str = "m2m_verify") -> int:
+        return int(self.clerk.calls[endpoint])
+
+    async def verify(self, token: str, ip: str = IP) -> Principal:
+        return await self.verifier.verify(token, ip)
+
+    async def refused(self, token: str, ip: str = IP) -> ProxyError:
+        with pytest.raises(ProxyError) as info:
+            await self.verifier.verify(token, ip)
+        return info.value
+
+    def cache_count(self, result: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "authproxy_verify_cache_total", {"result": result}
+        )
+        return value or 0.0
+
+
+RigFactory = Callable[..., Awaitable[Rig]]
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture
+async def make_rig(aiohttp_server: AiohttpServer) -> AsyncIterator[RigFactory]:
+    session = aiohttp.ClientSession()
+    verifiers: list[ClerkVerifier] = []
+
+    async def make(**over: Any) -> Rig:
+        clock = Clock()
+        clerk = ClerkEmulator(KEY, now=clock)
+        server = await aiohttp_server(clerk.app)
+        url = str(server.make_url("")).rstrip("/")
+        raw = merge(
+            {
+                "upstream": {"url": "http://127.0.0.1:1"},
+                "clerk": {"api_url": url, "secret_key": KEY, "timeout": 1},
+                "cache": {"ttl_seconds": 60, "negative_ttl_seconds": 10},
+                "verification_budget": {
+                    "global": {"rate": 1, "burst": 1000},
+                    "per_ip": {"rate": 1, "burst": 1000},
+                },
+            },
+            over,
+        )
+        metrics = Metrics()
+        verifier = ClerkVerifier(
+            build_config(raw, file="test", env={}), session, metrics, now=clock
+        )
+        await verifier.start()
+        verifiers.append(verifier)
+        return Rig(clerk, verifier, clock, metrics, url)
+
+    yield make
+    for v in verifiers:
+        await v.close()
+    await session.close()
+
+
+async def test_valid_m2m_token(make_rig: RigFactory) -> None:
+    rig = await make_rig()
+    api = rig.clerk.create_machine("scores-api")
+    partner = rig.clerk.create_machine("partner", scoped_machines=[api.id])
+    issued = rig.clerk.create_m2m_token(
+        partner.id, claims={"tier": "gold"}, seconds_until_expiration=3600
+    )
+    p = await rig.verify(issued.secret)
+    assert (p.type, p.id, p.token_type, p.token_id) == (
+        "machine",
+        partner.id,
+        "m2m_token",
+        issued.id,
+    )
+    assert api.id in p.scopes
+    assert p.claims() == {"tier": "gold"}
+    assert issued.expiration_ms is not None
+    assert p.expires_at == pytest.approx(issued.expiration_ms / 1000)
+    assert rig.calls() == 1
+
+
+async def test_revoked_token_is_refused_once_its_entry_expires(make_rig: RigFactory) -> None:
+    rig = await make_rig(cache={"ttl_seconds": 5})
+    partner = rig.clerk.create_machine("partner")
+    issued = rig.clerk.create_m2m_token(partner.id)
+    await rig.verify(issued.secret)
+    rig.clerk.revoke_m2m_token(issued.id, reason="leaked")
+    rig.clock.t += 4.9
+    assert (await rig.verify(issued.secret)).token_id == issued.id  # cached: ttl not over
+    rig.clock.t += 0.2
+    refusal = await rig.refused(issued.secret)
+    assert (refusal.code, refusal.status) == (TOKEN_INVALID, 401)
+    assert "revoked" in refusal.message
+    # The refusal is negative-cached: no further Clerk call for negative_ttl_seconds.
+    await rig.refused(issued.secret)
+    assert rig.calls() == 2
+    assert rig.cache_count("negative_hit") == 1
+
+
+async def test_token_id_costs_no_clerk_call(make_rig: RigFactory) -> None:
+    rig = await make_rig()
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    refusal = await rig.refused(issued.id)
+    assert refusal.code == TOKEN_ID_NOT_SECRET
+    assert "secret" in refusal.message
+    assert sum(rig.clerk.calls.values()) == 0
+
+
+async def test_tokens_of_another_instance_are_refused(make_rig: RigFactory) -> None:
+    rig, other = await make_rig(), await make_rig()
+    m2m = other.clerk.create_m2m_token(other.clerk.create_machine("partner").id)
+    refusal = await rig.refused(m2m.secret)
+    assert (refusal.status, refusal.code) == (401, TOKEN_INVALID)
+    assert "scoped to one Clerk instance" in refusal.message
+    session = other.clerk.mint_session_jwt("user_2abc")
+    refusal = await rig.refused(session)
+    assert refusal.status == 401
+    assert other.calls() == 0
+
+
+async def test_one_cold_token_a_thousand_callers_one_call(make_rig: RigFactory) -> None:
+    rig = await make_rig()
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    results = await asyncio.gather(*(rig.verify(issued.secret) for _ in range(1000)))
+    assert {p.token_id for p in results} == {issued.id}
+    assert rig.calls() == 1
+
+
+async def test_ten_thousand_sequential_one_call_per_ttl(make_rig: RigFactory) -> None:
+    rig = await make_rig(cache={"ttl_seconds": 30})
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    for _ in range(10_000):
+        await rig.verify(issued.secret)
+    assert rig.calls() == 1
+    assert rig.cache_count("hit") == 9_999
+    rig.clock.t += 30
+    await rig.verify(issued.secret)
+    assert rig.calls() == 2
+
+
+FAULTS: list[tuple[str, dict[str, Any], int | None]] = [
+    ("down", {}, 2),
+    ("error", {}, 2),
+    ("slow", {"seconds": 0.5}, 2),
+    ("rate_limit", {"retry_after": 7}, 7),
+]
+
+
+@pytest.mark.parametrize(("kind", "params", "retry_after"), FAULTS)
+async def test_clerk_failures_are_503_and_not_cached(
+    make_rig: RigFactory, kind: str, params: dict[str, Any], retry_after: int | None
+) -> None:
+    rig = await make_rig(clerk={"timeout": 0.1})
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    rig.clerk.set_fault(kind, **params)
+    refusal = await rig.refused(issued.secret)
+    assert (refusal.status, refusal.code, refusal.retry_after) == (
+        503,
+        VERIFICATION_UNAVAILABLE,
+        retry_after,
+    )
+    assert refusal.headers()["Retry-After"] == str(retry_after)
+    rig.clerk.clear_faults()
+    assert (await rig.verify(issued.secret)).token_id == issued.id  # nothing was cached
+
+
+async def test_our_bad_key_is_503_not_401(
+    make_rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = await make_rig()
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    rig.clerk.set_fault("unauthorized")
+    refusal = await rig.refused(issued.secret)
+    assert (refusal.status, refusal.code) == (503, VERIFICATION_UNAVAILABLE)
+    assert any(
+        r.levelno == logging.ERROR and "secret key" in r.getMessage() for r in caplog.records
+    )
+
+
+async def test_stale_if_error_rides_out_an_outage_until_the_token_expires(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(cache={"ttl_seconds": 10, "stale_if_error_seconds": 600})
+    issued = rig.clerk.create_m2m_token(
+        rig.clerk.create_machine("partner").id, seconds_until_expiration=120
+    )
+    created = rig.clock.t
+    await rig.verify(issued.secret)
+    rig.clerk.set_fault("down")
+    for step in (15, 60, 119):
+        rig.clock.t = created + step
+        assert (await rig.verify(issued.secret)).token_id == issued.id
+    assert rig.cache_count("stale") == 3
+    rig.clock.t = created + 120.01  # the token's own expiry
+    refusal = await rig.refused(issued.secret)
+    assert refusal.code == VERIFICATION_UNAVAILABLE
+
+
+async def test_random_tokens_cost_at_most_the_budget(make_rig: RigFactory) -> None:
+    rig = await make_rig(
+        verification_budget={
+            "per_ip": {"rate": 1, "burst": 20},
+            "global": {"rate": 50, "burst": 200},
+        }
+    )
+    codes: dict[str, int] = {}
+    for _ in range(5000):
+        refusal = await rig.refused("mt_" + secrets.token_urlsafe(32).replace("-", "a"))
+        codes[refusal.code] = codes.get(refusal.code, 0) + 1
+    assert rig.calls() <= 20
+    assert codes[VERIFICATION_BUDGET_EXCEEDED] >= 4980
+    # Another address still gets its own share, a known token in the cache costs nothing.
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    assert (await rig.verify(issued.secret, ip="198.51.100.1")).token_id == issued.id
+
+
+async def test_every_token_kind_is_verified(make_rig: RigFactory) -> None:
+    rig = await make_rig()
+    machine = rig.clerk.create_machine("partner")
+    session = await rig.verify(rig.clerk.mint_session_jwt("user_2abc", sid="sess_2abc"))
+    assert (session.type, session.id, session.token_type, session.token_id) == (
+        "user",
+        "user_2abc",
+        "session_token",
+        "sess_2abc",
+    )
+    m2m_jwt = await rig.verify(rig.clerk.mint_m2m_jwt(machine.id, scopes=("mch_api",)))
+    assert (m2m_jwt.type, m2m_jwt.id, m2m_jwt.token_type) == ("machine", machine.id, "m2m_token")
+    assert m2m_jwt.scopes == {"mch_api"}
+    oauth = await rig.verify(rig.clerk.create_oauth_token("user_2abc", scopes=("profile", "email")))
+    assert (oauth.type, oauth.id, oauth.token_type) == ("oauth", "user_2abc", "oauth_token")
+    assert oauth.scopes == {"profile", "email"}
+    key = await rig.verify(rig.clerk.create_api_key("org_2abc", scopes=("scores:read",)))
+    assert (key.type, key.id, key.token_type) == ("api_key", "org_2abc", "api_key")
+    assert key.scopes == {"scores:read"}
+    assert rig.calls("jwks") == 1
+    assert rig.calls("oauth_verify") == 1
+    assert rig.calls("api_key_verify") == 1
+
+
+def b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def unsigned(claims: dict[str, Any], kid: str) -> str:
+    head = b64(json.dumps({"alg": "none", "typ": "JWT", "kid": kid}).encode())
+    return f"{head}.{b64(json.dumps(claims).encode())}."
+
+
+def hs256_with_public_key(claims: dict[str, Any], jwk: dict[str, Any]) -> str:
+    public = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(jwk))
+    assert isinstance(public, rsa.RSAPublicKey)
+    pem = public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": jwk["kid"]}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(pem, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+async def test_bad_jwts_are_refused(make_rig: RigFactory) -> None:
+    rig = await make_rig(clerk={"authorized_parties": ["https://app.example"]})
+    now = rig.clock()
+    good = {
+        "sub": "user_2abc",
+        "sid": "sess_1",
+        "iat": int(now),
+        "nbf": int(now),
+        "exp": int(now) + 60,
+    }
+    assert (await rig.verify(rig.clerk.mint_jwt(good))).id == "user_2abc"
+    cases = [
+        (unsigned(good, rig.clerk.kid), TOKEN_INVALID, "unsigned"),
+        (hs256_with_public_key(good, rig.clerk.public_jwk), TOKEN_INVALID, "algorithm"),
+        (
+            rig.clerk.mint_jwt(good, {"kid": "ins_unknown"}),
+            TOKEN_INVALID,
+            "scoped to one Clerk instance",
+        ),
+        (rig.clerk.mint_jwt({**good, "exp": int(now) - 30}), TOKEN_EXPIRED, "expired"),
+        (rig.clerk.mint_jwt({**good, "nbf": int(now) + 30}), TOKEN_INVALID, "not valid yet"),
+        (rig.clerk.mint_session_jwt("user_2abc", azp="https://evil.example"), TOKEN_INVALID, "azp"),
+    ]
+    for token, code, message in cases:
+        refusal = await rig.refused(token)
+        assert (refusal.status, refusal.code) == (401, code), message
+        assert message in refusal.message
+
+
+async def test_no_token_in_logs_or_metrics(
+    make_rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    rig = await make_rig(verification_budget={"per_ip": {"rate": 1, "burst": 3}})
+    machine = rig.clerk.create_machine("partner")
+    good = rig.clerk.create_m2m_token(machine.id)
+    revoked = rig.clerk.create_m2m_token(machine.id)
+    rig.clerk.revoke_m2m_token(revoked.id)
+    session = rig.clerk.mint_session_jwt("user_2abc")
+    tokens = [good.secret, revoked.secret, session, good.id, "mt_" + "x" * 40, "garbage.token.here"]
+    for token in tokens:
+        try:
+            await rig.verify(token)
+        except ProxyError as exc:
+            assert token not in exc.message
+    rig.clerk.set_fault("unauthorized")
+    for token in [*tokens, "ak_" + "k" * 30]:
+        try:
+            await rig.verify(token, ip="192.0.2.99")
+        except ProxyError as exc:
+            assert token not in exc.message
+    rendered = rig.metrics.render().decode()
+    text = "\n".join(r.getMessage() + repr(r.__dict__) for r in caplog.records)
+    assert caplog.records  # something was logged (the bad key ERROR at least)
+    for token in tokens:
+        assert token not in rendered
+        assert token not in text
+    assert KEY not in text
+
+
+@pytest.mark.parametrize(
+    ("kind", "claims", "expected"),
+    [
+        (
+            TokenKind.SESSION_JWT,
+            {"sub": "user_1", "sid": "sess_1", "jti": "j", "exp": 5, "o": {"id": "org_1"}},
+            ("user", "user_1", "session_token", "sess_1", '{"o":{"id":"org_1"}}'),
+        ),
+        (
+            TokenKind.SESSION_JWT,
+            {"sub": "user_1", "jti": "j1", "exp": 5, "v": 2, "azp": "x"},
+            ("user", "user_1", "session_token", "j1", None),
+        ),
+        (
+            TokenKind.M2M_JWT,
+            {"sub": "mch_1", "jti": "mt_1", "exp": 5, "scopes": "mch_a mch_b"},
+            ("machine", "mch_1", "m2m_token", "mt_1", None),
+        ),
+        (
+            TokenKind.OAUTH_JWT,
+            {"sub": "user_1", "jti": "oat_1", "exp": 5, "scope": "a b", "tenant": "t"},
+            ("oauth", "user_1", "oauth_token", "oat_1", '{"tenant":"t"}'),
+        ),
+    ],
+)
+def test_jwt_principal(kind: TokenKind, claims: dict[str, Any], expected: tuple[Any, ...]) -> None:
+    p = jwt_principal(kind, claims)
+    assert (p.type, p.id, p.token_type, p.token_id, p.claims_json) == expected
+    assert p.expires_at == 5
+
+
+@pytest.mark.parametrize(
+    ("claims", "scopes"),
+    [
+        ({"scopes": "mch_a mch_b"}, {"mch_a", "mch_b"}),
+        ({"aud": ["mch_a"]}, {"mch_a"}),
+        ({"aud": "mch_a"}, {"mch_a"}),
+        ({}, set()),
+    ],
+)
+def test_m2m_jwt_scopes(claims: dict[str, Any], scopes: set[str]) -> None:
+    assert jwt_principal(TokenKind.M2M_JWT, {"sub": "mch_1", **claims}).scopes == scopes
+
+
+async def test_machine_secret_key_sees_only_tokens_scoped_to_its_machine(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig()
+    api = rig.clerk.create_machine("scores-api")
+    partner = rig.clerk.create_machine("partner", scoped_machines=[api.id])
+    stranger = rig.clerk.create_machine("stranger")
+    scoped = rig.clerk.create_m2m_token(partner.id)
+    unscoped = rig.clerk.create_m2m_token(stranger.id)
+    # A second verifier on the same emulator that uses the scores-api machine's key.
+    cfg = build_config(
+        {
+            "upstream": {"url": "http://127.0.0.1:1"},
+            "clerk": {"api_url": rig.url, "secret_key": KEY, "machine_secret_key": api.secret_key},
+        },
+        file="test",
+        env={},
+    )
+    async with aiohttp.ClientSession() as session:
+        verifier = ClerkVerifier(cfg, session, Metrics(), now=rig.clock)
+        assert (await verifier.verify(scoped.secret, IP)).id == partner.id
+        with pytest.raises(ProxyError) as info:
+            await verifier.verify(unscoped.secret, IP)
+        await verifier.close()
+    assert (info.value.status, info.value.code) == (401, TOKEN_INVALID)
+
+
+@pytest.mark.parametrize(
+    ("clerk", "clerk_code"),
+    [
+        ({"secret_key": "sk_test_wrong"}, "authentication_invalid"),
+        ({"machine_secret_key": "ak_not_a_machine_of_this_instance"}, "machine_secret_key_invalid"),
+    ],
+)
+async def test_a_wrong_proxy_key_is_503_and_logged(
+    make_rig: RigFactory, caplog: pytest.LogCaptureFixture, clerk: dict[str, str], clerk_code: str
+) -> None:
+    rig = await make_rig(clerk=clerk)
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    refusal = await rig.refused(issued.secret)
+    assert (refusal.status, refusal.code, refusal.retry_after) == (
+        503,
+        VERIFICATION_UNAVAILABLE,
+        30,
+    )
+    [error] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert clerk_code in error.getMessage()
+    assert rig.calls() == 1  # not retried: retrying with a wrong key cannot help
+    rig.clock.t += 1
+    await rig.refused(issued.secret)
+    assert rig.calls() == 2  # and not cached
