@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/clerk-auth-proxy demo --config config/local.yaml
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff check proxy tests $(wildcard bench)
 	$(BIN)/ruff format --check proxy
 
 typecheck: $(STAMP)

@@ -1,4 +1,4 @@
-"""The aiohttp applications (proxy and admin) and the request path.
+"""The client-facing aiohttp application and the request path.
 
 `Proxy.handle` is the whole request path, top to bottom:
 resolve route → extract token → verify (cache) → authorize → rewrite headers → forward.
@@ -9,7 +9,6 @@ request never sees half of an old config and half of a new one.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,13 +24,10 @@ from . import tokens, websocket
 from .config import Config, Route
 from .errors import (
     BAD_REQUEST,
-    PAYLOAD_TOO_LARGE,
-    UPSTREAM_TIMEOUT,
-    UPSTREAM_UNAVAILABLE,
     ProxyError,
 )
-from .forward import ClientGone, UpstreamTarget, forward, new_session
-from .headers import ClientHop, PrincipalHeaders, client_ip, for_client, for_upstream
+from .forward import ClientGone, UpstreamTarget, forward, new_session, read_request_body
+from .headers import ClientHop, PrincipalHeaders, client_ip, for_upstream
 from .metrics import Metrics
 from .policy import Policy
 from .principal import ANONYMOUS, Principal, Verifier
@@ -79,6 +75,9 @@ class Proxy:
         self._clerk_session: aiohttp.ClientSession | None = None
         self._runtime: Runtime | None = None
         self._retired: set[asyncio.Task[None]] = set()
+        # Open WebSockets (closed with 1001 on shutdown) and polling CONNECT grants; one
+        # per process so a config reload keeps them.
+        self.ws_registry = websocket.WebSocketRegistry()
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -253,7 +252,7 @@ class Proxy:
             return await self._forward(request, rt, url, upstream_headers)
         if request.headers.get("Content-Encoding", "identity").lower() != "identity":
             raise ProxyError(BAD_REQUEST, "compressed Socket.IO POST bodies are not supported")
-        body = await self._read_body(request, rt.config.upstream.max_body_size)
+        body = await read_request_body(request, rt.config.upstream.max_body_size)
         body = await websocket.rewrite_polling(
             body,
             ctx=ctx,
@@ -262,20 +261,16 @@ class Proxy:
             client_ip=ip,
             header_token=token,
         )
-        return await self._post_bytes(rt, url, upstream_headers, body)
-
-    @property
-    def ws_registry(self) -> websocket.WebSocketRegistry:
-        """Open WebSockets (closed with 1001 on shutdown) and polling CONNECT grants; one
-        per Proxy so config reloads keep it."""
-        registry = self.__dict__.get("_ws_registry")
-        if registry is None:
-            registry = self.__dict__["_ws_registry"] = websocket.WebSocketRegistry()
-        assert isinstance(registry, websocket.WebSocketRegistry)
-        return registry
+        # Sent once, never retried: a duplicated polling POST kills the Engine.IO session.
+        return await self._forward(request, rt, url, upstream_headers, body)
 
     async def _forward(
-        self, request: web.Request, rt: Runtime, url: URL, headers: CIMultiDict[str]
+        self,
+        request: web.Request,
+        rt: Runtime,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes | None = None,
     ) -> web.StreamResponse:
         return await forward(
             request,
@@ -285,49 +280,8 @@ class Proxy:
             max_body_size=rt.config.upstream.max_body_size,
             timeouts=rt.timeout,
             metrics=self.metrics,
+            body=body,
         )
-
-    async def _post_bytes(
-        self, rt: Runtime, url: URL, headers: CIMultiDict[str], body: bytes
-    ) -> web.StreamResponse:
-        """A rewritten polling POST. Engine.IO answers it with a tiny `ok`, so the answer
-        is read whole; never retried (a duplicated POST kills the Engine.IO session)."""
-        headers["Content-Length"] = str(len(body))
-        started = time.perf_counter()
-        try:
-            async with self.session.post(
-                url, headers=headers, data=body, timeout=rt.timeout, allow_redirects=False
-            ) as upstream:
-                payload = await upstream.read()
-                self.metrics.upstream_duration.observe(time.perf_counter() - started)
-                return web.Response(
-                    status=upstream.status,
-                    reason=upstream.reason,
-                    body=payload,
-                    headers=for_client(upstream.headers.items()),
-                )
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            self.metrics.upstream_errors.labels(kind="timeout").inc()
-            raise ProxyError(UPSTREAM_TIMEOUT, "the upstream did not answer in time") from None
-        except (aiohttp.ClientError, OSError):
-            self.metrics.upstream_errors.labels(kind="unavailable").inc()
-            raise ProxyError(UPSTREAM_UNAVAILABLE, "the upstream is unavailable") from None
-
-    @staticmethod
-    async def _read_body(request: web.Request, limit: int) -> bytes:
-        """The whole (small) body of a polling POST, within the configured limit."""
-        chunks: list[bytes] = []
-        seen = 0
-        try:
-            async for chunk in request.content.iter_any():
-                seen += len(chunk)
-                if limit and seen > limit:
-                    message = f"request body exceeds the limit of {limit} bytes"
-                    raise ProxyError(PAYLOAD_TOO_LARGE, message)
-                chunks.append(chunk)
-        except (ConnectionResetError, asyncio.IncompleteReadError, aiohttp.ClientPayloadError):
-            raise ClientGone() from None
-        return b"".join(chunks)
 
     # --- end of dispatch ------------------------------------------------------------
 
@@ -394,74 +348,10 @@ def create_app(
     app = web.Application(handler_args={"max_field_size": 16 * 1024})
     app[PROXY] = proxy
     app.cleanup_ctx.append(proxy.lifespan)
+    # on_shutdown runs before aiohttp waits for handlers: sockets get the grace period,
+    # then are closed with 1001 on both legs.
+    app.on_shutdown.append(
+        lambda _: proxy.ws_registry.drain(proxy.runtime.config.shutdown.grace_period)
+    )
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
     return app
-
-
-def create_admin_app(proxy: Proxy) -> web.Application:
-    """/healthz, /readyz and /metrics on their own listener, never exposed with the API."""
-    admin = web.Application()
-    admin[PROXY] = proxy
-    admin.router.add_get("/healthz", _healthz)
-    admin.router.add_get("/readyz", _readyz)
-    admin.router.add_get("/metrics", _metrics)
-    return admin
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    proxy = request.app[PROXY]
-    if proxy.draining:
-        return web.json_response({"status": "draining"}, status=503)
-    try:
-        rt = proxy.runtime
-        up = rt.config.upstream
-        timeout = aiohttp.ClientTimeout(total=up.connect_timeout + 1.0, connect=up.connect_timeout)
-        async with proxy.session.get(
-            up.url + up.readiness_path, timeout=timeout, allow_redirects=False
-        ) as resp:
-            await resp.read()
-    except (AssertionError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        reason = type(exc).__name__
-        return web.json_response({"status": "upstream unavailable", "reason": reason}, status=503)
-    return web.json_response({"status": "ready", "environment": rt.config.environment})
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    body = request.app[PROXY].metrics.render()
-    return web.Response(
-        body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-    )
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; `extra` fields become top-level keys."""
-
-    _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, object] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in self._STANDARD:
-                out[key] = value
-        if record.exc_info and record.exc_info[0] is not None:
-            out["error"] = record.exc_info[0].__name__
-        return json.dumps(out, default=str, separators=(",", ":"))
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # aiohttp's own access log would duplicate ours and print paths with query strings.
-    logging.getLogger("aiohttp.access").disabled = True

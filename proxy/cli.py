@@ -19,8 +19,10 @@ from pathlib import Path
 from aiohttp import web
 
 from . import __version__
-from .app import PROXY, Proxy, configure_logging, create_admin_app, create_app
+from .admin import create_admin_app
+from .app import PROXY, Proxy, create_app
 from .config import Config, ConfigError, load_config
+from .logs import configure_logging
 from .workers import REUSE_PORT_ENV, run_workers
 
 log = logging.getLogger("proxy")

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from .app import configure_logging
 from .config import ConfigError, load_config
+from .logs import configure_logging
 
 MATCHES = [
     {"id": "m1", "home": "Ajax", "away": "PSV", "score": "2-1", "minute": 67},

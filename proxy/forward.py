@@ -64,18 +64,28 @@ def _body_length(request: web.Request) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-async def _stream_request_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(errors.PAYLOAD_TOO_LARGE, f"request body exceeds the limit of {limit} bytes")
+
+
+async def stream_request_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    """The client's body chunk by chunk, refused past `limit` (0: unlimited)."""
     seen = 0
     try:
         async for chunk in request.content.iter_any():
             seen += len(chunk)
             if limit and seen > limit:
-                raise ProxyError(
-                    errors.PAYLOAD_TOO_LARGE, f"request body exceeds the limit of {limit} bytes"
-                )
+                raise _too_large(limit)
             yield chunk
     except (ConnectionResetError, asyncio.IncompleteReadError, aiohttp.ClientPayloadError) as exc:
         raise ClientGone() from exc
+
+
+async def read_request_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, for the few requests the proxy must rewrite (Socket.IO polling)."""
+    if limit and (length := _body_length(request)) is not None and length > limit:
+        raise _too_large(limit)
+    return b"".join([chunk async for chunk in stream_request_body(request, limit)])
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -98,17 +108,21 @@ async def forward(
     max_body_size: int,
     timeouts: aiohttp.ClientTimeout,
     metrics: Metrics,
+    body: bytes | None = None,
 ) -> web.StreamResponse:
     """Send `request` to `url` and stream the answer back. Raises ProxyError before the
-    response has started; after that, a failure can only abort the client connection."""
+    response has started; after that, a failure can only abort the client connection.
+
+    `body` replaces the client's body when the proxy rewrote it (Socket.IO polling)."""
     length = _body_length(request)
     if max_body_size and length is not None and length > max_body_size:
-        raise ProxyError(
-            errors.PAYLOAD_TOO_LARGE, f"request body exceeds the limit of {max_body_size} bytes"
-        )
-    data: AsyncIterator[bytes] | None = None
-    if request.body_exists:
-        data = _stream_request_body(request, max_body_size)
+        raise _too_large(max_body_size)
+    data: AsyncIterator[bytes] | bytes | None = None
+    if body is not None:
+        data = body
+        headers["Content-Length"] = str(len(body))
+    elif request.body_exists:
+        data = stream_request_body(request, max_body_size)
         if length is not None:
             # Keep the client's framing: aiohttp only chunks when no length is given.
             headers["Content-Length"] = str(length)

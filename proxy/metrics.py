@@ -18,7 +18,7 @@ from prometheus_client import (
 from . import __version__
 
 # `*_created` series double the scrape size and no dashboard or alert of ours reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (
     0.0005,
