@@ -164,7 +164,11 @@ class Proxy:
             route = resolved.route
             route_name = route.name
             hop = ClientHop(request.remote or "", request.scheme, request.host)
-            ip = client_ip(hop, request.headers.getall("X-Forwarded-For", ()), cfg.trusted_proxies)
+            ip = (
+                client_ip(hop, request.headers.getall("X-Forwarded-For", ()), cfg.trusted_proxies)
+                if cfg.trusted_proxies
+                else hop.peer_ip
+            )
 
             principal, token_error = await self._authenticate(rt, route, request, ip)
             try:
@@ -196,8 +200,7 @@ class Proxy:
             raise ConnectionResetError("client went away") from None
         finally:
             elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(route_name, request.method, str(status)).inc()
-            self.metrics.request_duration.labels(route_name).observe(elapsed)
+            self.metrics.observe_request(route_name, request.method, status, elapsed)
             if cfg.logging.access_log and access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     "request",

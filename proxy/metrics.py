@@ -6,6 +6,8 @@ never a path, a token or a principal id.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -19,6 +21,11 @@ from . import __version__
 
 # `*_created` series double the scrape size and no dashboard or alert of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+MAX_CACHED_CHILDREN = 4096
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -130,6 +137,25 @@ class Metrics:
             "authproxy_build_info", "Build information.", ["version"], registry=r
         )
         self.build_info.labels(version=__version__).set(1)
+
+        # Label children looked up once per distinct label set, not once per request.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            # The method is client-controlled: unknown ones share one label value so a
+            # client cannot grow the series count.
+            label = method if method in KNOWN_METHODS else "other"
+            children = (
+                self.requests.labels(route, label, str(status)),
+                self.request_duration.labels(route),
+            )
+            if len(self._request_children) < MAX_CACHED_CHILDREN:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

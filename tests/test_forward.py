@@ -354,3 +354,16 @@ async def test_proxy_app_serves_only_proxy_routes(aiohttp_server: Any) -> None:
             assert resp.status == 401
             assert "authproxy_" not in await resp.text()
 
+
+
+async def test_client_chosen_methods_cannot_grow_metric_series(aiohttp_server: Any) -> None:
+    app = create_app(make_config(), verifier=StubVerifier())
+    proxy = await aiohttp_server(app)
+    async with aiohttp.ClientSession() as session:
+        for method in ("PROPFIND", "MKCOL", "GET"):
+            async with session.request(method, proxy.make_url("/private")) as resp:
+                assert resp.status == 401
+    metrics = app[PROXY].metrics.render().decode()
+    assert 'authproxy_requests_total{code="401",method="other",route="default"} 2.0' in metrics
+    assert 'authproxy_requests_total{code="401",method="GET",route="default"} 1.0' in metrics
+    assert "PROPFIND" not in metrics
