@@ -252,7 +252,14 @@ class Proxy:
             return await self._forward(request, rt, url, upstream_headers)
         sio.check_query(request.query_string)
         if request.method != "POST":  # handshake and long-poll GETs pass through as they are
-            return await self._forward(request, rt, url, upstream_headers)
+            ended = await websocket.end_expired_polling(
+                ctx=ctx,
+                query=request.query_string,
+                client_ip=ip,
+                upstream_url=url,
+                upstream_headers=upstream_headers,
+            )
+            return ended or await self._forward(request, rt, url, upstream_headers)
         if request.headers.get("Content-Encoding", "identity").lower() != "identity":
             raise ProxyError(BAD_REQUEST, "compressed Socket.IO POST bodies are not supported")
         body = await read_request_body(request, rt.config.upstream.max_body_size)

@@ -248,17 +248,61 @@ class GrantBook:
         self._by_sid: cachetools.TTLCache[str, list[Grant]] = cachetools.TTLCache(
             maxsize=max_sessions, ttl=ttl
         )
+        # When each polling session's tokens were last re-verified.
+        self._checked: cachetools.TTLCache[str, float] = cachetools.TTLCache(
+            maxsize=max_sessions, ttl=ttl
+        )
 
     def remember(self, sid: str, grants: list[Grant]) -> None:
         self._by_sid[sid] = [*self._by_sid.get(sid, ()), *grants]
 
     def take(self, sid: str | None) -> list[Grant]:
-        return self._by_sid.pop(sid, []) if sid else []
+        if not sid:
+            return []
+        self._checked.pop(sid, None)
+        return self._by_sid.pop(sid, [])
+
+    async def sweep(
+        self, sid: str | None, now: float, *, reverify_seconds: float, verify: Verify
+    ) -> list[str]:
+        """The namespaces of a polling session whose principal must go: token expired, or
+        (every `reverify_seconds`) the token no longer verifies. The grants that stay are
+        stored again, which keeps a session that only polls remembered while it polls."""
+        grants = self._by_sid.get(sid) if sid else None
+        if not sid or not grants:
+            return []
+        recheck = bool(reverify_seconds) and now - self._checked.get(sid, now) >= reverify_seconds
+        if sid not in self._checked or recheck:
+            self._checked[sid] = now
+        keep: list[Grant] = []
+        ended: list[str] = []
+        for grant in grants:
+            if await _still_valid(grant, now, recheck=recheck, verify=verify):
+                keep.append(grant)
+            else:
+                ended.append(grant.namespace)
+        self._by_sid[sid] = keep
+        return ended
 
 
 def is_unavailable(error: ProxyError) -> bool:
     """Clerk down or the budget spent: not the caller's fault, never a downgrade."""
     return error.status >= 500 or error.status == 429
+
+
+async def _still_valid(grant: Grant, now: float, *, recheck: bool, verify: Verify) -> bool:
+    principal = grant.principal
+    if principal.is_anonymous:
+        return True
+    if principal.expires_at is not None and principal.expires_at <= now:
+        return False
+    if not (recheck and grant.token):
+        return True
+    try:
+        fresh = await verify(grant.token)
+    except ProxyError as error:
+        return is_unavailable(error)  # Clerk down: keep the socket, look again later
+    return same_identity(fresh, principal)
 
 
 async def authenticate(

@@ -136,6 +136,39 @@ async def rewrite_polling(
     return out
 
 
+async def end_expired_polling(
+    *,
+    ctx: RelayContext,
+    query: str,
+    client_ip: str,
+    upstream_url: URL,
+    upstream_headers: CIMultiDict[str],
+) -> web.Response | None:
+    """For a session that is still on long-polling: when a namespace's principal has
+    expired (or no longer verifies), tell the upstream the client left that namespace and
+    answer this poll with the DISCONNECT packets instead of forwarding it. None: forward."""
+
+    async def verify(token: str) -> Principal:
+        return await ctx.verifier.verify(token, client_ip)
+
+    ended = await ctx.registry.grants.sweep(
+        sio.sid_of(query), ctx.clock(), reverify_seconds=ctx.reverify_seconds, verify=verify
+    )
+    if not ended:
+        return None
+    packets = sio.RECORD_SEPARATOR.join(sio.disconnect_packet(ns).encode() for ns in ended)
+    headers = CIMultiDict(upstream_headers)
+    headers["Content-Type"] = "text/plain;charset=UTF-8"
+    headers.pop("Content-Length", None)
+    # One POST, as a client leaving those namespaces would send; its answer is only "ok".
+    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+        async with ctx.session.post(upstream_url, data=packets, headers=headers) as answer:
+            await answer.read()
+    for _ in ended:
+        ctx.metrics.socketio_disconnects.inc()
+    return web.Response(body=packets, content_type="text/plain", charset="UTF-8")
+
+
 async def relay(
     request: web.Request,
     *,

@@ -378,3 +378,48 @@ def test_grant_book_hands_grants_over_once() -> None:
     book.remember("sid1", [socketio.Grant("/live", USER)])
     assert [g.namespace for g in book.take("sid1")] == ["/", "/live"]
     assert book.take("sid1") == [] and book.take(None) == []
+
+
+class _Verify:
+    def __init__(self, outcome: Principal | ProxyError) -> None:
+        self.outcome = outcome
+        self.calls = 0
+
+    async def __call__(self, token: str) -> Principal:
+        self.calls += 1
+        if isinstance(self.outcome, ProxyError):
+            raise self.outcome
+        return self.outcome
+
+
+@pytest.mark.parametrize(
+    ("principal", "token", "now", "outcome", "ended", "calls"),
+    [
+        pytest.param(dataclasses.replace(MACHINE, expires_at=100.0), None, 99.0, MACHINE, [], 0, id="not-yet-expired"),
+        pytest.param(dataclasses.replace(MACHINE, expires_at=100.0), None, 100.0, MACHINE, ["/"], 0, id="expired"),
+        pytest.param(ANONYMOUS, None, 10_000.0, MACHINE, [], 0, id="anonymous-never-ends"),
+        pytest.param(MACHINE, "tok", 61.0, MACHINE, [], 1, id="reverified-ok"),
+        pytest.param(MACHINE, "tok", 61.0, ProxyError(TOKEN_INVALID, "revoked"), ["/"], 1, id="revoked"),
+        pytest.param(MACHINE, "tok", 61.0, ProxyError(VERIFICATION_UNAVAILABLE, "down"), [], 1, id="clerk-down-keeps"),
+        pytest.param(MACHINE, "tok", 30.0, ProxyError(TOKEN_INVALID, "revoked"), [], 0, id="not-due-yet"),
+        pytest.param(MACHINE, None, 61.0, ProxyError(TOKEN_INVALID, "x"), [], 0, id="header-grant-no-token"),
+    ],
+)
+async def test_grant_book_sweeps_polling_sessions(
+    principal: Principal, token: str | None, now: float, outcome: Principal | ProxyError,
+    ended: list[str], calls: int,
+) -> None:
+    book = socketio.GrantBook(ttl=3600)
+    book.remember("sid1", [socketio.Grant("/", principal, token)])
+    verify = _Verify(outcome)
+    assert await book.sweep("sid1", 0.0, reverify_seconds=60, verify=verify) == []  # starts the clock
+    assert await book.sweep("sid1", now, reverify_seconds=60, verify=verify) == ended
+    assert verify.calls == calls
+    # An ended namespace is gone; a kept one is still handed to the upgrade.
+    assert [g.namespace for g in book.take("sid1")] == ([] if ended else ["/"])
+
+
+async def test_grant_book_sweep_of_unknown_session() -> None:
+    book = socketio.GrantBook(ttl=60)
+    assert await book.sweep(None, 1.0, reverify_seconds=60, verify=_Verify(MACHINE)) == []
+    assert await book.sweep("nope", 1.0, reverify_seconds=60, verify=_Verify(MACHINE)) == []

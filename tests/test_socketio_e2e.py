@@ -198,6 +198,21 @@ async def test_token_expiry_disconnects_the_namespace(
     await until(lambda: rig.upstream.disconnects == ["/"])
 
 
+async def test_token_expiry_disconnects_a_polling_only_session(
+    rig: Rig, sio: socketio.AsyncClient, request: pytest.FixtureRequest
+) -> None:
+    if request.node.callspec.params["rig"] != "app":
+        pytest.skip("polling expiry lives in the request path (create_app)")
+    rig.book.principals["soon"] = dataclasses.replace(PARTNER, expires_at=time.time() + 1.0)
+    gone = asyncio.Event()
+    sio.on("disconnect", lambda *args: gone.set())
+    await sio.connect(rig.url, auth={"token": "soon"}, transports=["polling"], wait_timeout=5)
+    assert (await sio.call("whoami", timeout=5))["id"] == "mch_partner"
+    # The next poll after the expiry carries the DISCONNECT (pingInterval bounds the wait).
+    await asyncio.wait_for(gone.wait(), 40)
+    await until(lambda: rig.upstream.disconnects == ["/"])
+
+
 # --- the Node client --------------------------------------------------------------------
 
 needs_node = pytest.mark.skipif(
