@@ -177,3 +177,33 @@ async def test_changed_config_file_is_reloaded(
             assert resp.status == 401
     finally:
         assert await _stop(running) == 0
+
+
+async def test_workers_share_the_port_and_stop_together(
+    tmp_path: Path, upstream: tuple[str, Recorder], session: aiohttp.ClientSession
+) -> None:
+    url, recorder = upstream
+    config = tmp_path / "c.yaml"
+    port, admin = write_config(config, url)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy.cli", "run", "--config", str(config), "--workers", "2",
+        cwd=ROOT, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "CLERK_SECRET_KEY": "sk_test_unit"},
+    )
+    running = Running(proc, port, admin)
+    try:
+        for _ in range(200):
+            if sum(1 for line in running.lines if line.get("msg") == "serving") == 2:
+                break
+            await asyncio.sleep(0.05)
+        pids = {line["pid"] for line in running.lines if line.get("msg") == "serving"}
+        assert len(pids) == 2, running.lines
+        for _ in range(20):
+            async with aiohttp.ClientSession() as fresh:  # new connections spread over workers
+                async with fresh.get(running.url("/public/x")) as resp:
+                    assert resp.status == 200
+        assert len(recorder.seen) == 20
+    finally:
+        assert await _stop(running) == 0
+    await asyncio.wait_for(running._reader, 10)  # everything the workers wrote
+    assert sum(1 for line in running.lines if line.get("msg") == "stopped") == 2
