@@ -24,6 +24,8 @@ from .headers import for_client
 from .metrics import Metrics
 
 CHUNK = 64 * 1024
+# Answers up to this size (with a Content-Length) are read whole and sent in one write.
+SMALL_BODY = 64 * 1024
 
 
 class ClientGone(Exception):
@@ -148,9 +150,20 @@ async def forward(
     metrics.upstream_duration.observe(time.perf_counter() - started)
 
     try:
+        headers_out = for_client(upstream.headers.items())
+        length = upstream.content_length
+        if length is not None and length <= SMALL_BODY and _has_body(request, upstream.status):
+            # The common API answer: one read, one write of headers and body together.
+            try:
+                body = await upstream.read()
+            except Exception as exc:
+                raise _map_upstream_error(exc, metrics) from None
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, body=body, headers=headers_out
+            )
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(for_client(upstream.headers.items()))
-        if upstream.status in (204, 304) or request.method == "HEAD":
+        response.headers.extend(headers_out)
+        if not _has_body(request, upstream.status):
             # No body on the wire; aiohttp must not invent chunked framing either.
             await response.prepare(request)
             await response.write_eof()
@@ -169,6 +182,10 @@ async def forward(
         return response
     finally:
         upstream.release() if upstream.content.at_eof() else upstream.close()
+
+
+def _has_body(request: web.Request, status: int) -> bool:
+    return status not in (204, 304) and request.method != "HEAD"
 
 
 def _is_client_side(exc: BaseException, request: web.Request) -> bool:
