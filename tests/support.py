@@ -180,6 +180,15 @@ def upstream_app(recorder: Recorder) -> web.Application:
         headers = {"ETag": '"v1"'} if code == 304 else {}
         return web.Response(status=code, headers=headers)
 
+    async def truncated(request: web.Request) -> web.StreamResponse:
+        await record(request)
+        response = web.StreamResponse(headers={"Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b"only ten b")
+        assert request.transport is not None
+        request.transport.close()  # the upstream dies mid-body
+        return response
+
     async def redirect(request: web.Request) -> web.Response:
         await record(request)
         raise web.HTTPFound("/elsewhere")
@@ -198,6 +207,7 @@ def upstream_app(recorder: Recorder) -> web.Application:
     app.router.add_route("*", "/public/forever", forever)
     app.router.add_route("*", "/public/status/{code}", status)
     app.router.add_route("*", "/public/redirect", redirect)
+    app.router.add_route("*", "/public/truncated", truncated)
     app.router.add_route("*", "/public/cookie", cookie)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app

@@ -367,3 +367,12 @@ async def test_client_chosen_methods_cannot_grow_metric_series(aiohttp_server: A
     assert 'authproxy_requests_total{code="401",method="other",route="default"} 2.0' in metrics
     assert 'authproxy_requests_total{code="401",method="GET",route="default"} 1.0' in metrics
     assert "PROPFIND" not in metrics
+
+
+async def test_upstream_dying_mid_body_is_502_not_a_short_answer(
+    proxied: ServerFactory, client: aiohttp.ClientSession
+) -> None:
+    proxy, _, _ = await proxied()
+    async with client.get(proxy.make_url("/public/truncated")) as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "upstream_unavailable"
