@@ -28,14 +28,16 @@ from .errors import (
 )
 from .forward import ClientGone, UpstreamTarget, forward, new_session, read_request_body
 from .headers import ClientHop, PrincipalHeaders, client_ip, for_upstream
+from .logs import AccessLog
 from .metrics import Metrics
 from .policy import Policy
 from .principal import ANONYMOUS, Principal, Verifier
 
 log = logging.getLogger("proxy")
-access_log = logging.getLogger("proxy.access")
 
 CLERK_POOL_SIZE = 32
+# Access lines are INFO: a config at WARNING or above asks for none.
+ACCESS_LEVELS = frozenset({"DEBUG", "INFO"})
 
 VerifierFactory = Callable[[Config, aiohttp.ClientSession, Metrics], Verifier]
 
@@ -78,6 +80,7 @@ class Proxy:
         # Open WebSockets (closed with 1001 on shutdown) and polling CONNECT grants; one
         # per process so a config reload keeps them.
         self.ws_registry = websocket.WebSocketRegistry()
+        self.access_log = AccessLog()
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -129,6 +132,7 @@ class Proxy:
                 await _close_verifier(self._runtime.verifier)
             await self._session.close()
             await self._clerk_session.close()
+            self.access_log.flush()
 
     async def reload(self, config: Config) -> None:
         """Swap in a new, already-validated config. In-flight requests finish on the old one."""
@@ -201,17 +205,9 @@ class Proxy:
         finally:
             elapsed = time.perf_counter() - started
             self.metrics.observe_request(route_name, request.method, status, elapsed)
-            if cfg.logging.access_log and access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "request",
-                    extra={
-                        "method": request.method,
-                        "route": route_name,
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 3),
-                        "principal_type": principal.type,
-                        "client_ip": request.remote,
-                    },
+            if cfg.logging.access_log and cfg.logging.level in ACCESS_LEVELS:
+                self.access_log.record(
+                    request.method, route_name, status, elapsed, principal.type, request.remote
                 )
 
     # --- dispatch: WebSocket / Socket.IO / plain HTTP ---------------------------------
@@ -317,11 +313,11 @@ class Proxy:
             raise
 
     def _decided(self, principal: Principal, result: str) -> None:
-        self.metrics.auth_decisions.labels(principal.token_type or "none", result).inc()
+        self.metrics.decision(principal.token_type or "none", result).inc()
 
     def _decided_refusal(self, principal: Principal | None, refusal: ProxyError) -> None:
         token_type = refusal.token_type or (principal.token_type if principal else None)
-        self.metrics.auth_decisions.labels(token_type or "none", refusal.code).inc()
+        self.metrics.decision(token_type or "none", refusal.code).inc()
 
 
 async def _close_verifier(verifier: Verifier) -> None:

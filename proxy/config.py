@@ -24,6 +24,7 @@ from .config_values import (
     float_value,
     http_url,
     network,
+    non_negative_int,
     parse_duration,
     parse_size,
     port,
@@ -67,7 +68,9 @@ class Upstream:
     max_body_size: int = 10 * 1024 * 1024
     # Path the admin /readyz probes; any HTTP answer (even 404) means "up".
     readiness_path: str = "/"
-    pool_size: int = 100
+    # Concurrent upstream connections; 0: unlimited. Every open WebSocket and every
+    # pending Socket.IO long poll holds one, so a low cap queues live traffic.
+    pool_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +296,7 @@ def build_config(
         read_timeout=r.get(up, "upstream", "read_timeout", parse_duration, 60.0),
         max_body_size=r.get(up, "upstream", "max_body_size", parse_size, 10 * 1024 * 1024),
         readiness_path=r.get(up, "upstream", "readiness_path", str_value, "/"),
-        pool_size=r.get(up, "upstream", "pool_size", positive_int, 100),
+        pool_size=r.get(up, "upstream", "pool_size", non_negative_int, 0),
     )
     if not upstream.readiness_path.startswith("/"):
         r.problem("upstream.readiness_path", "must start with '/'")

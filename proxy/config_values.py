@@ -227,6 +227,13 @@ def int_value(v: Any) -> int:
     raise TypeError(f"expected an integer, got {v!r}")
 
 
+def non_negative_int(v: Any) -> int:
+    n = int_value(v)
+    if n < 0:
+        raise ValueError(f"must not be negative, got {n}")
+    return n
+
+
 def positive_int(v: Any) -> int:
     n = int_value(v)
     if n < 1:

@@ -140,6 +140,8 @@ class Metrics:
 
         # Label children looked up once per distinct label set, not once per request.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # Both label values come from closed sets (token kinds, error codes).
+        self._decision_children: dict[tuple[str, str], Any] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -156,6 +158,14 @@ class Metrics:
                 self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def decision(self, token_type: str, result: str) -> Any:
+        """The `auth_decisions` child for a (token type, result) pair, looked up once."""
+        key = (token_type, result)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.auth_decisions.labels(token_type, result)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

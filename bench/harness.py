@@ -1,0 +1,351 @@
+"""`make bench`: direct vs nginx vs clerk-auth-proxy, side by side in one run.
+
+Legs: (a) direct to the upstream; (b) nginx proxy_pass; (c) the proxy on a public route;
+(d) the proxy on a required route with a cached opaque M2M token; (e) the same with a
+session JWT; (f) Socket.IO fan-out (bench/sio_fanout.py). For each HTTP leg: saturation
+throughput (wrk) and latency at a fixed offered load (bench/openloop.py, open loop),
+CPU seconds per 1,000 requests and RSS of the process under test. Results go to
+bench/results/ and the table in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "performance.md"
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def tree_pids(pid: int) -> list[int]:
+    """The process and its children (nginx: master + worker)."""
+    out = [pid]
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            out += tree_pids(int(child))
+    return out
+
+
+class Stack:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, *cmd: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextlib.contextmanager
+def stack() -> Iterator[Stack]:
+    with tempfile.TemporaryDirectory(prefix="clerk-bench-") as tmp:
+        s = Stack(Path(tmp))
+        try:
+            yield s
+        finally:
+            s.close()
+
+
+NGINX_CONF = """
+daemon off;
+master_process on;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream app {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location /static {{ return 200 '{{"ok":true}}'; }}
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def proxy_config(tmp: Path, upstream: int, clerk: int, port: int, admin: int) -> Path:
+    raw = {
+        "environment": "bench",
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin},
+        "upstream": {"url": f"http://127.0.0.1:{upstream}", "readiness_path": "/healthz"},
+        "clerk": {"api_url": f"http://127.0.0.1:{clerk}", "secret_key": "sk_test_emulator",
+                  "instance": "bench-emulator"},
+        "cache": {"ttl_seconds": 600},
+        "routes": [
+            {"name": "public", "path": "/public/**", "auth": "public"},
+            {"name": "api", "path": "/api/**", "auth": "required"},
+        ],
+        "logging": {"level": "INFO", "access_log": True},
+    }
+    path = tmp / "proxy.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return dict(json.loads(resp.read()))
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, headers: dict[str, str], seconds: int, connections: int) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    for k, v in headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    result = {"rps": rps}
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out)
+        if m:
+            result[f"p{pct}_ms"] = float(m.group(1)) * _UNITS[m.group(2)]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non_2xx"] = float(errors.group(1)) if errors else 0.0
+    return result
+
+
+def openloop(url: str, headers: dict[str, str], rate: float, seconds: float,
+             pids: list[int]) -> dict[str, float]:
+    before = sum(cpu_seconds(p) for p in pids)
+    out = subprocess.run(
+        [PY, "-m", "bench.openloop", url, str(rate), str(seconds), json.dumps(headers)],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=seconds + 60,
+    ).stdout
+    used = sum(cpu_seconds(p) for p in pids) - before
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    result["cpu_s_per_1k"] = used / max(1.0, result["ok"]) * 1000
+    result["rss_mb"] = sum(rss_mb(p) for p in pids)
+    return result
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True, check=False).stdout.strip()
+    return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "commit": commit,
+            "nproc": os.cpu_count(), "cpu": model}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"machine": machine(), "legs": {}, "settings": vars(args)}
+    with stack() as s:
+        up_port, nginx_port, clerk_port = free_port(), free_port(), free_port()
+        proxy_port, admin_port = free_port(), free_port()
+        upstream = s.spawn(PY, "-m", "bench.upstream", str(up_port))
+        (s.tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=s.tmp, upstream=up_port, port=nginx_port))
+        nginx = s.spawn(shutil.which("nginx") or "nginx", "-c", str(s.tmp / "nginx.conf"), "-p", str(s.tmp))
+        emulator = s.spawn(PY, "-m", "proxy.cli", "emulate-clerk", "--port", str(clerk_port))
+        assert emulator.stdout is not None
+        seeded = json.loads(emulator.stdout.readline())
+        for port in (up_port, nginx_port, clerk_port):
+            wait_port(port)
+        session_jwt = post_json(f"http://127.0.0.1:{clerk_port}/__emulator/session_tokens",
+                                {"user_id": "user_bench", "expires_in": 3600})["token"]
+        config = proxy_config(s.tmp, up_port, clerk_port, proxy_port, admin_port)
+        proxy = s.spawn(PY, "-m", "proxy.cli", "run", "--config", str(config))
+        wait_port(proxy_port)
+
+        m2m = {"Authorization": f"Bearer {seeded['m2m_token_secret']}"}
+        jwt = {"Authorization": f"Bearer {session_jwt}"}
+        legs = {
+            "a_direct": (f"http://127.0.0.1:{up_port}/api/x", {}, [upstream.pid]),
+            "b_nginx": (f"http://127.0.0.1:{nginx_port}/api/x", {}, tree_pids(nginx.pid)),
+            "c_proxy_public": (f"http://127.0.0.1:{proxy_port}/public/x", {}, [proxy.pid]),
+            "d_proxy_m2m": (f"http://127.0.0.1:{proxy_port}/api/x", m2m, [proxy.pid]),
+            "e_proxy_jwt": (f"http://127.0.0.1:{proxy_port}/api/x", jwt, [proxy.pid]),
+        }
+        for name, (url, headers, pids) in legs.items():
+            wrk(url, headers, 1, 8)  # warm: connections, caches, JWKS
+            leg: dict[str, Any] = {"saturation": wrk(url, headers, args.seconds, args.connections)}
+            leg["fixed_rate"] = openloop(url, headers, args.rate, args.seconds, pids)
+            results["legs"][name] = leg
+            print(f"{name}: {json.dumps(leg)}", flush=True)
+        calls = json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{clerk_port}/__emulator/calls", timeout=5).read())
+        results["clerk_calls_during_http_legs"] = calls
+        if not args.skip_sio:
+            out = subprocess.run(
+                [PY, "-m", "bench.sio_fanout", "--clients", str(args.sio_clients),
+                 "--proxy-url", f"http://127.0.0.1:{proxy_port}", "--token", seeded["m2m_token_secret"],
+                 "--upstream-port", str(free_port()), "--clerk-port", str(clerk_port)],
+                cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+            )
+            lines = out.stdout.strip().splitlines()
+            results["legs"]["f_socketio"] = json.loads(lines[-1]) if lines else {"error": out.stderr[-2000:]}
+            print(f"f_socketio: {json.dumps(results['legs']['f_socketio'])}", flush=True)
+    return results
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float]:
+    legs = r["legs"]
+
+    def rps(name: str) -> float:
+        return float(legs[name]["saturation"]["rps"])
+
+    def p90(name: str) -> float:
+        return float(legs[name]["fixed_rate"]["p90_ms"])
+
+    return {
+        "c_over_a_throughput": rps("c_proxy_public") / rps("a_direct"),
+        "d_over_c_throughput": rps("d_proxy_m2m") / rps("c_proxy_public"),
+        "d_over_b_throughput": rps("d_proxy_m2m") / rps("b_nginx"),
+        "e_over_c_throughput": rps("e_proxy_jwt") / rps("c_proxy_public"),
+        "added_p90_ms_d_minus_a": p90("d_proxy_m2m") - p90("a_direct"),
+        "added_p90_ms_d_minus_b": p90("d_proxy_m2m") - p90("b_nginx"),
+    }
+
+
+def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        f"Run: {m['date']}, commit `{m['commit']}`, {m['nproc']} cores ({m['cpu']}); "
+        f"wrk -t1 -c{r['settings']['connections']} for {r['settings']['seconds']} s per leg; "
+        f"open loop at {r['settings']['rate']:.0f} req/s for {r['settings']['seconds']} s.",
+        "",
+        "| leg | saturation req/s | p50 ms | p90 ms | p99 ms | errors | CPU s / 1k req | RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, leg in r["legs"].items():
+        if "saturation" not in leg:
+            continue
+        sat, fr = leg["saturation"], leg["fixed_rate"]
+        lines.append(
+            f"| {name} | {sat['rps']:.0f} | {fr['p50_ms']:.2f} | {fr['p90_ms']:.2f} | "
+            f"{fr['p99_ms']:.2f} | {fr['errors'] + sat['non_2xx']:.0f} | {fr['cpu_s_per_1k']:.3f} | {fr['rss_mb']:.0f} |"
+        )
+    q = r["ratios"]
+    lines += [
+        "",
+        f"- (c)/(a) throughput: **{q['c_over_a_throughput']:.2f}**; (d)/(c): **{q['d_over_c_throughput']:.2f}**; "
+        f"(d)/(b): **{q['d_over_b_throughput']:.2f}**; (e)/(c): **{q['e_over_c_throughput']:.2f}**",
+        f"- added p90 at {r['settings']['rate']:.0f} req/s, (d) - (a): **{q['added_p90_ms_d_minus_a']:.2f} ms**; "
+        f"(d) - (b): {q['added_p90_ms_d_minus_b']:.2f} ms",
+        f"- Clerk calls during all HTTP legs: {r['clerk_calls_during_http_legs']}",
+    ]
+    sio = r["legs"].get("f_socketio")
+    if sio:
+        lines.append(f"- (f) Socket.IO fan-out: {json.dumps(sio)}")
+    for title, data in extra.items():
+        lines.append(f"- {title}: {json.dumps(data)}")
+    return "\n".join(lines)
+
+
+def write_doc(text: str) -> None:
+    doc = DOC.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    before, _, rest = doc.partition(start)
+    _, _, after = rest.partition(end)
+    DOC.write_text(f"{before}{start}\n{text}\n{end}{after}")
+
+
+def sub_json(*cmd: str) -> dict[str, Any]:
+    out = subprocess.run([PY, "-m", *cmd], cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=300).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--sio-clients", type=int, default=1000)
+    parser.add_argument("--skip-sio", action="store_true")
+    args = parser.parse_args()
+    results = run(args)
+    results["ratios"] = ratios(results)
+    results["clerk_cost"] = sub_json("bench.clerk_cost")
+    results["memory"] = sub_json("bench.memory")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    for path in (RESULTS / f"{stamp}.json", RESULTS / "latest.json"):
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    text = table(results, {"Clerk cost": results["clerk_cost"], "memory": results["memory"]})
+    write_doc(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The benchmark upstream: a minimal aiohttp app answering a small JSON body."""
+
+from __future__ import annotations
+
+import sys
+
+from aiohttp import web
+
+BODY = b'{"matches":[{"id":"m1","home":"Ajax","away":"PSV","score":"2-1","minute":67}]}'
+
+
+async def answer(request: web.Request) -> web.Response:
+    return web.Response(body=BODY, content_type="application/json")
+
+
+def main() -> None:
+    port = int(sys.argv[1])
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover
+        pass
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
