@@ -132,6 +132,15 @@ class VerificationCache:
             return None
         return Positive(self._shared.principal(principal), fresh, keep)
 
+    def fresh(self, key: bytes) -> Principal | None:
+        """The cached Principal when a fresh positive entry exists (counted as a hit), else
+        None and nothing counted: the hot path's answer without a coroutine."""
+        entry = self._entries.get(key)
+        if isinstance(entry, Positive) and self._now() < entry.fresh_until:
+            self._count_hit.inc()
+            return entry.principal
+        return None
+
     async def get(
         self,
         key: bytes,

@@ -118,11 +118,16 @@ class ClerkVerifier:
         await self.cache.close()
 
     async def verify(self, token: str, client_ip: str) -> Principal:
+        key = self.cache.key(token)
+        # Only well-formed tokens are ever cached, so a hit needs no classification.
+        cached = self.cache.fresh(key)
+        if cached is not None:
+            return cached
         kind = tokens.classify(token)
         # A JWT refusal is cheap to recompute and may stop being one (JWKS rotation,
         # nbf reached), so only Clerk's answers are negative-cached.
         return await self.cache.get(
-            self.cache.key(token),
+            key,
             lambda: self._load(kind, token, client_ip),
             cache_rejections=not kind.is_jwt,
         )

@@ -253,3 +253,20 @@ async def test_max_entries_bounds_memory() -> None:
     for i in range(1000):
         await get(cache, load, f"mt_token_{i}")
     assert len(cache) == 100
+
+
+async def test_fresh_answers_only_fresh_positives_and_counts_them() -> None:
+    cache, clock, metrics = make(ttl_seconds=60, negative_ttl_seconds=10)
+    key = cache.key("mt_tok")
+    assert cache.fresh(key) is None  # nothing cached: nothing counted either
+    assert count(metrics, "hit") == 0
+    p = machine(None)
+    await get(cache, Loader(p))
+    assert cache.fresh(key) == p
+    assert count(metrics, "hit") == 1
+    clock.t += 60  # past the TTL: the slow path must reload
+    assert cache.fresh(key) is None
+    bad = cache.key("mt_bad")
+    with pytest.raises(ProxyError):
+        await cache.get(bad, Loader(ProxyError(TOKEN_INVALID, "no")))
+    assert cache.fresh(bad) is None  # a negative entry is for the slow path to raise
