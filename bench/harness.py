@@ -236,7 +236,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "d_proxy_m2m": (f"http://127.0.0.1:{proxy_port}/api/x", m2m, [proxy.pid]),
             "e_proxy_jwt": (f"http://127.0.0.1:{proxy_port}/api/x", jwt, [proxy.pid]),
         }
+        wanted = set(filter(None, args.legs.split(",")))
         for name, (url, headers, pids) in legs.items():
+            if wanted and name not in wanted:
+                continue
             wrk(url, headers, 1, 8)  # warm: connections, caches, JWKS
             leg: dict[str, Any] = {"saturation": wrk(url, headers, args.seconds, args.connections)}
             leg["fixed_rate"] = openloop(url, headers, args.rate, args.seconds, pids)
@@ -245,7 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         calls = json.loads(urllib.request.urlopen(
             f"http://127.0.0.1:{clerk_port}/__emulator/calls", timeout=5).read())
         results["clerk_calls_during_http_legs"] = calls
-        if not args.skip_sio:
+        if not args.skip_sio and not args.dry_run:
             out = subprocess.run(
                 [PY, "-m", "bench.sio_fanout", "--clients", str(args.sio_clients),
                  "--proxy-url", f"http://127.0.0.1:{proxy_port}", "--token", seeded["m2m_token_secret"],
@@ -333,8 +336,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--sio-clients", type=int, default=1000)
     parser.add_argument("--skip-sio", action="store_true")
+    parser.add_argument("--legs", default="", help="comma-separated leg names (default: all)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the HTTP legs only; write no results and no table")
     args = parser.parse_args()
     results = run(args)
+    if args.dry_run:
+        return
     results["ratios"] = ratios(results)
     results["clerk_cost"] = sub_json("bench.clerk_cost")
     results["memory"] = sub_json("bench.memory")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -30,8 +30,9 @@ from .forward import ClientGone, UpstreamTarget, forward, new_session, read_requ
 from .headers import ClientHop, PrincipalHeaders, client_ip, for_upstream
 from .logs import AccessLog
 from .metrics import Metrics
-from .policy import Policy
+from .policy import Policy, Resolved
 from .principal import ANONYMOUS, Principal, Verifier
+from .upstream import UpstreamPool
 
 log = logging.getLogger("proxy")
 
@@ -49,6 +50,20 @@ def clerk_verifier(config: Config, session: aiohttp.ClientSession, metrics: Metr
 
 
 @dataclass(frozen=True, slots=True)
+class Routed:
+    """The request once its route, client IP and token are known."""
+
+    resolved: Resolved
+    route: Route
+    token: str | None  # None on public routes: they never look at tokens
+    ip: str
+
+
+# The principal, and on an optional route the refusal that made it anonymous.
+Authenticated = tuple[Principal, ProxyError | None]
+
+
+@dataclass(frozen=True, slots=True)
 class Runtime:
     """Everything derived from one validated Config."""
 
@@ -58,6 +73,8 @@ class Runtime:
     names: PrincipalHeaders
     target: UpstreamTarget
     timeout: aiohttp.ClientTimeout
+    # The upstream URL's own path, prepended on the fast path.
+    fast_prefix: str
 
 
 def _same_verification(a: Config, b: Config) -> bool:
@@ -76,6 +93,10 @@ class Proxy:
         # Clerk gets its own small pool so upstream load can never starve verification.
         self._clerk_session: aiohttp.ClientSession | None = None
         self._runtime: Runtime | None = None
+        # The fast path's raw upstream connections (frontdoor.py, upstream.py), and its
+        # listener's drain, which the app's cleanup waits for before closing them.
+        self._fast_pool: UpstreamPool | None = None
+        self.front_door_drained: asyncio.Future[None] | None = None
         self._retired: set[asyncio.Task[None]] = set()
         # Open WebSockets (closed with 1001 on shutdown) and polling CONNECT grants; one
         # per process so a config reload keeps them.
@@ -88,6 +109,11 @@ class Proxy:
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "Proxy used outside its app's lifetime"
         return self._session
+
+    @property
+    def fast_pool(self) -> UpstreamPool:
+        assert self._fast_pool is not None, "Proxy used outside its app's lifetime"
+        return self._fast_pool
 
     @property
     def runtime(self) -> Runtime:
@@ -111,6 +137,7 @@ class Proxy:
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=up.connect_timeout, sock_read=up.read_timeout
             ),
+            fast_prefix=URL(up.url).raw_path.rstrip("/"),
         )
 
     async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
@@ -122,10 +149,14 @@ class Proxy:
         self._clerk_session = new_session(
             connect_timeout=clerk.timeout, read_timeout=clerk.timeout, pool_size=CLERK_POOL_SIZE
         )
+        self._fast_pool = _fast_pool(self._config)
         try:
             self._runtime = await self._build(self._config)
             yield
         finally:
+            if self.front_door_drained is not None:
+                await self.front_door_drained
+            self._fast_pool.close()
             for task in self._retired:
                 task.cancel()
             if self._runtime is not None:
@@ -139,6 +170,10 @@ class Proxy:
         old = self.runtime
         keep = old.verifier if _same_verification(old.config, config) else None
         self._runtime = await self._build(config, keep)
+        if old.config.upstream != config.upstream:
+            # In-flight exchanges finish on their connections; new ones use the new pool.
+            self.fast_pool.close()
+            self._fast_pool = _fast_pool(config)
         self._config = config
         if keep is None:
             # Requests in flight may still hold the old verifier; close it once they are done.
@@ -155,43 +190,30 @@ class Proxy:
                 log.warning("config reload: %s changed; it takes effect on restart", what)
 
     # -- the request path ----------------------------------------------------------
+    # `handle` (aiohttp) and `frontdoor.FrontDoor` (the fast path) run the same steps,
+    # in this order: route → authenticate (cache first) → admit → forward → finished.
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         rt = self.runtime
-        cfg = rt.config
         started = time.perf_counter()
         route_name = "unmatched"
         principal: Principal = ANONYMOUS
         status = 500
         try:
-            resolved = rt.policy.resolve(request.method, request.raw_path)
-            route = resolved.route
-            route_name = route.name
             hop = ClientHop(request.remote or "", request.scheme, request.host)
-            ip = (
-                client_ip(hop, request.headers.getall("X-Forwarded-For", ()), cfg.trusted_proxies)
-                if cfg.trusted_proxies
-                else hop.peer_ip
+            routed = self.route(
+                rt, request.method, request.raw_path, lambda n: request.headers.getall(n, ()), hop
             )
-
-            principal, token_error = await self._authenticate(rt, route, request, ip)
-            try:
-                rt.policy.authorize(route, principal, token_error=token_error)
-            except ProxyError as refusal:
-                self._decided_refusal(principal, refusal)
-                raise
-            self._decided(principal, "allowed")
-
-            upstream_headers = for_upstream(
-                request.headers.items(),
-                principal=principal,
-                names=rt.names,
-                hop=hop,
-                trusted=cfg.trusted_proxies,
-                forward_authorization=cfg.forward_authorization,
+            route_name = routed.route.name
+            authenticated = self.authenticate_cached(rt, routed)
+            if authenticated is None:
+                authenticated = await self.authenticate(rt, routed)
+            principal = authenticated[0]
+            upstream_headers = self.admit(rt, routed, authenticated, request.headers.items(), hop)
+            url = rt.target.url(routed.resolved.path, routed.resolved.query)
+            response = await self._dispatch(
+                request, rt, url, upstream_headers, principal, routed.ip
             )
-            url = rt.target.url(resolved.path, resolved.query)
-            response = await self._dispatch(request, rt, url, upstream_headers, principal, ip)
             status = response.status
             return response
         except ProxyError as refusal:
@@ -203,12 +225,94 @@ class Proxy:
             status = 499  # nginx's code for "client closed request"; never sent
             raise ConnectionResetError("client went away") from None
         finally:
-            elapsed = time.perf_counter() - started
-            self.metrics.observe_request(route_name, request.method, status, elapsed)
-            if cfg.logging.access_log and cfg.logging.level in ACCESS_LEVELS:
-                self.access_log.record(
-                    request.method, route_name, status, elapsed, principal.type, request.remote
-                )
+            self.finished(
+                rt, route_name, request.method, status, started, principal, request.remote
+            )
+
+    def route(
+        self,
+        rt: Runtime,
+        method: str,
+        raw_target: str,
+        getall: Callable[[str], Sequence[str]],
+        hop: ClientHop,
+    ) -> Routed:
+        """Which route, for whom (client IP) and with which token. Raises 400s."""
+        resolved = rt.policy.resolve(method, raw_target)
+        route = resolved.route
+        cfg = rt.config
+        ip = (
+            client_ip(hop, getall("X-Forwarded-For"), cfg.trusted_proxies)
+            if cfg.trusted_proxies
+            else hop.peer_ip
+        )
+        token = None if route.auth == "public" else tokens.extract_bearer(getall("Authorization"))
+        return Routed(resolved, route, token, ip)
+
+    def authenticate_cached(self, rt: Runtime, routed: Routed) -> Authenticated | None:
+        """The answer when it needs no waiting (public route, no token, cache hit)."""
+        if routed.token is None:
+            return ANONYMOUS, None
+        principal = rt.verifier.cached(routed.token)
+        return None if principal is None else (principal, None)
+
+    async def authenticate(self, rt: Runtime, routed: Routed) -> Authenticated:
+        """Who the caller is. On an `optional` route a bad token means anonymous (the
+        documented Socket.IO fallback); Clerk being unavailable never does."""
+        if routed.token is None:
+            return ANONYMOUS, None
+        try:
+            return await rt.verifier.verify(routed.token, routed.ip), None
+        except ProxyError as refusal:
+            if routed.route.auth == "optional" and refusal.is_auth_failure:
+                self.metrics.auth_decisions.labels(
+                    refusal.token_type or "unknown", "anonymous_fallback"
+                ).inc()
+                return ANONYMOUS, refusal
+            self._decided_refusal(None, refusal)
+            raise
+
+    def admit(
+        self,
+        rt: Runtime,
+        routed: Routed,
+        authenticated: Authenticated,
+        incoming: Iterable[tuple[str, str]],
+        hop: ClientHop,
+    ) -> CIMultiDict[str]:
+        """Authorize (raises 401/403) and build the upstream's headers."""
+        principal, token_error = authenticated
+        try:
+            rt.policy.authorize(routed.route, principal, token_error=token_error)
+        except ProxyError as refusal:
+            self._decided_refusal(principal, refusal)
+            raise
+        self._decided(principal, "allowed")
+        cfg = rt.config
+        return for_upstream(
+            incoming,
+            principal=principal,
+            names=rt.names,
+            hop=hop,
+            trusted=cfg.trusted_proxies,
+            forward_authorization=cfg.forward_authorization,
+        )
+
+    def finished(
+        self,
+        rt: Runtime,
+        route_name: str,
+        method: str,
+        status: int,
+        started: float,
+        principal: Principal,
+        remote: str | None,
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        self.metrics.observe_request(route_name, method, status, elapsed)
+        logging_cfg = rt.config.logging
+        if logging_cfg.access_log and logging_cfg.level in ACCESS_LEVELS:
+            self.access_log.record(method, route_name, status, elapsed, principal.type, remote)
 
     # --- dispatch: WebSocket / Socket.IO / plain HTTP ---------------------------------
     async def _dispatch(
@@ -291,33 +395,24 @@ class Proxy:
 
     # --- end of dispatch ------------------------------------------------------------
 
-    async def _authenticate(
-        self, rt: Runtime, route: Route, request: web.Request, ip: str
-    ) -> tuple[Principal, ProxyError | None]:
-        """Who the caller is. On an `optional` route a bad token means anonymous (the
-        documented Socket.IO fallback); Clerk being unavailable never does."""
-        if route.auth == "public":
-            return ANONYMOUS, None
-        token = tokens.extract_bearer(request.headers.getall("Authorization", ()))
-        if token is None:
-            return ANONYMOUS, None
-        try:
-            return await rt.verifier.verify(token, ip), None
-        except ProxyError as refusal:
-            if route.auth == "optional" and refusal.is_auth_failure:
-                self.metrics.auth_decisions.labels(
-                    refusal.token_type or "unknown", "anonymous_fallback"
-                ).inc()
-                return ANONYMOUS, refusal
-            self._decided_refusal(None, refusal)
-            raise
-
     def _decided(self, principal: Principal, result: str) -> None:
         self.metrics.decision(principal.token_type or "none", result).inc()
 
     def _decided_refusal(self, principal: Principal | None, refusal: ProxyError) -> None:
         token_type = refusal.token_type or (principal.token_type if principal else None)
         self.metrics.decision(token_type or "none", refusal.code).inc()
+
+
+def _fast_pool(config: Config) -> UpstreamPool:
+    up = config.upstream
+    url = URL(up.url)
+    return UpstreamPool(
+        url.raw_host or "127.0.0.1",
+        url.port or 80,
+        connect_timeout=up.connect_timeout,
+        read_timeout=up.read_timeout,
+        limit=up.pool_size,
+    )
 
 
 async def _close_verifier(verifier: Verifier) -> None:

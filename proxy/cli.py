@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, frontdoor
 from .admin import create_admin_app
 from .app import PROXY, Proxy, create_app
 from .config import Config, ConfigError, load_config
@@ -92,13 +92,19 @@ class Server:
         admin_runner = web.AppRunner(self.admin, access_log=None, handle_signals=False)
         await runner.setup()
         await admin_runner.setup()
-        site = web.TCPSite(
-            runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port, backlog=1024
-        )
+        front: frontdoor.FrontDoorServer | None = None
+        if cfg.listen.fast_path and cfg.upstream.url.startswith("http://"):
+            front = await frontdoor.serve(
+                self.proxy, runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port
+            )
+        else:
+            site = web.TCPSite(
+                runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port, backlog=1024
+            )
+            await site.start()
         admin_site = web.TCPSite(
             admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=self.reuse_port
         )
-        await site.start()
         await admin_site.start()
 
         loop = asyncio.get_running_loop()
@@ -113,6 +119,7 @@ class Server:
                 "clerk_instance": cfg.clerk.instance,
                 "clerk_api_url": cfg.clerk.api_url,
                 "listen": f"{cfg.listen.host}:{cfg.listen.port}",
+                "fast_path": front is not None,
                 "admin": f"{cfg.admin.host}:{cfg.admin.port}",
                 "upstream": cfg.upstream.url,
                 "version": __version__,
@@ -128,7 +135,12 @@ class Server:
             if self.config.shutdown.delay:
                 await asyncio.sleep(self.config.shutdown.delay)
             # Closes the listener, lets in-flight requests finish within the grace
-            # period, then cancels what is left.
+            # period, then cancels what is left — on the fast path's connections and on
+            # aiohttp's (handed-off ones included) at the same time.
+            if front is not None:
+                self.proxy.front_door_drained = asyncio.ensure_future(
+                    front.drain(self.config.shutdown.grace_period)
+                )
             await runner.cleanup()
             await admin_runner.cleanup()
             log.info("stopped")

@@ -56,6 +56,8 @@ HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRA
 class Listen:
     host: str
     port: int
+    # listen only: plain requests skip aiohttp's server and client (frontdoor.py).
+    fast_path: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,10 +185,12 @@ _ROUTE_KEYS = {"name", "path", "methods", "auth", "scopes", "principal_types"}
 
 
 def _listen(r: Reader, raw: Any, key: str, default_port: int) -> Listen:
-    sec = r.section(raw, key, _LISTEN_KEYS)
+    client_facing = key == "listen"
+    sec = r.section(raw, key, _LISTEN_KEYS | {"fast_path"} if client_facing else _LISTEN_KEYS)
     return Listen(
         host=r.get(sec, key, "host", str_value, "0.0.0.0"),
         port=r.get(sec, key, "port", port, default_port),
+        fast_path=r.get(sec, key, "fast_path", bool_value, True) if client_facing else False,
     )
 
 

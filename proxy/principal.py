@@ -55,3 +55,8 @@ class Verifier(Protocol):
     """
 
     async def verify(self, token: str, client_ip: str) -> Principal: ...
+
+    def cached(self, token: str) -> Principal | None:
+        """The Principal when `verify` would answer from its cache without waiting, else
+        None (then `verify` decides). Never raises, never calls out."""
+        ...

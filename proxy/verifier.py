@@ -117,6 +117,9 @@ class ClerkVerifier:
     async def close(self) -> None:
         await self.cache.close()
 
+    def cached(self, token: str) -> Principal | None:
+        return self.cache.fresh(self.cache.key(token))
+
     async def verify(self, token: str, client_ip: str) -> Principal:
         key = self.cache.key(token)
         # Only well-formed tokens are ever cached, so a hit needs no classification.

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.test_utils import TestServer
+from yarl import URL
 
+from proxy import frontdoor
+from proxy.app import PROXY
 from proxy.config import Config, build_config
 from proxy.errors import TOKEN_INVALID, ProxyError
 from proxy.principal import Principal
@@ -73,6 +77,9 @@ class StubVerifier:
         default_factory=lambda: {"good-machine": MACHINE, "good-admin": ADMIN}
     )
     calls: int = 0
+
+    def cached(self, token: str) -> Principal | None:
+        return None
 
     async def verify(self, token: str, client_ip: str) -> Principal:
         self.calls += 1
@@ -219,3 +226,30 @@ def header_values(headers: list[tuple[str, str]], name: str) -> list[str]:
 
 def dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+class FastPathServer(TestServer):
+    """A TestServer whose listener is the fast path (`frontdoor`), as `clerk-auth-proxy
+    run` serves by default; requests it does not take go to the app's aiohttp server."""
+
+    front: frontdoor.FrontDoorServer | None = None
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        self._loop = loop
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        self.front = await frontdoor.serve(
+            self.app[PROXY], self.runner, self.host, self.port or 0, reuse_port=False
+        )
+        self.host, self.port = self.front.sockets[0]
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self.started and not self.closed and self.front is not None:
+            proxy = self.app[PROXY]
+            grace = proxy.runtime.config.shutdown.grace_period
+            proxy.front_door_drained = asyncio.ensure_future(self.front.drain(grace))
+        await super().close()

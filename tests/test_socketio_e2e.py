@@ -44,6 +44,9 @@ TRANSPORTS = [
 
 
 class ExpiredBook(TokenBook):
+    def cached(self, token: str) -> Principal | None:
+        return None
+
     async def verify(self, token: str, client_ip: str) -> Principal:
         if token == "expired":
             raise ProxyError(TOKEN_EXPIRED, "the token has expired")

@@ -1,0 +1,459 @@
+"""The fast path: the client-facing listener, taking plain API requests itself.
+
+Each client connection starts as a `FrontDoor`. For a request `http1.parse_request_head`
+accepts (HTTP/1.1, no body, no upgrade, not Socket.IO), it runs the same request path
+as `Proxy.handle` — route → authenticate (cache first) → admit → forward → finished —
+with callbacks instead of coroutines, and relays the answer from a raw upstream
+connection (`upstream`). A cache hit costs no task, future or header object beyond the
+rewrite itself. The first request it does not accept is handed, with every byte still
+unread, to aiohttp's own protocol for that connection (`transport.set_protocol`), which
+then owns the connection for good: bodies, WebSockets, Socket.IO, oddities.
+
+Requests on one connection are answered in order, one at a time (pipelined requests
+wait in the buffer), exactly like aiohttp's server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import time
+from collections.abc import Callable
+from typing import Final, cast
+
+from aiohttp import web
+
+from . import http1
+from .app import Authenticated, Proxy, Routed, Runtime
+from .errors import ProxyError
+from .headers import ClientHop, for_client
+from .principal import ANONYMOUS, Principal
+from .upstream import IDEMPOTENT, UpstreamConnection, UpstreamPool
+
+log = logging.getLogger("proxy")
+
+# aiohttp's keep-alive default: an idle client connection (or one stuck mid-head) is
+# closed after this long.
+KEEPALIVE: Final = 75.0
+# Pipelined bytes buffered while a request is answered before reading pauses.
+MAX_BUFFER: Final = 64 * 1024
+SWEEP_EVERY: Final = 1.0
+SOCKETIO_PREFIX: Final = "/socket.io/"
+# Answers up to this size are held until complete and sent in one write, so an upstream
+# dying mid-body still gets a 502 instead of a short 200 (as in `forward`).
+SMALL_BODY: Final = 64 * 1024
+
+AiohttpProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+class FrontDoor(asyncio.Protocol):
+    def __init__(self, server: FrontDoorServer) -> None:
+        self._server = server
+        self._proxy = server.proxy
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._peer = ""
+        self._busy = False
+        self._in_next = False
+        self._reading_paused = False
+        self.idle_since = time.monotonic()
+        self.closing = False
+        # The exchange in flight.
+        self._head: http1.RequestHead | None = None
+        self._rt: Runtime | None = None
+        self._route_name = "unmatched"
+        self._principal: Principal = ANONYMOUS
+        self._started = 0.0
+        self._upstream: UpstreamConnection | None = None
+        self._upstream_head = b""
+        self._upstream_started = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._out: list[bytes] = []
+        self._chunked = False
+        self._status = 0
+        self._head_sent = False
+        self._holding = False
+        self._keep_alive = True
+        self._retry = False
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if isinstance(peer, tuple) else ""
+        self._server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._busy:
+            if len(self._buffer) > MAX_BUFFER and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+            return
+        self._next()
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes still gets the answer in flight, then the close.
+        if not self._busy and self.transport is not None:
+            self.transport.close()
+        self.closing = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server.connections.discard(self)
+        self.transport = None
+        if not self._busy:
+            return
+        # The client went away mid-exchange: drop the upstream leg, count it as 499.
+        if self._task is not None:
+            self._task.cancel()
+        if self._upstream is not None:
+            self._upstream.abandon()
+            self._upstream = None
+        self._finish(499)
+
+    def pause_writing(self) -> None:
+        if self._upstream is not None:
+            self._upstream.pause()
+
+    def resume_writing(self) -> None:
+        if self._upstream is not None:
+            self._upstream.resume()
+
+    # --- reading requests -------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Take the next request in the buffer, if a whole head is there."""
+        if self._in_next:
+            return
+        self._in_next = True
+        try:
+            while not self._busy and self.transport is not None and not self.closing:
+                end = self._buffer.find(http1.HEAD_END)
+                if end < 0:
+                    if len(self._buffer) > http1.MAX_HEAD:
+                        self._hand_off()
+                    return
+                end += len(http1.HEAD_END)
+                head = http1.parse_request_head(bytes(self._buffer[:end]))
+                if head is None or not self._start(head, end):
+                    self._hand_off()
+                    return
+            if not self._busy and self.closing and self.transport is not None:
+                self.transport.close()
+        finally:
+            self._in_next = False
+            if self._reading_paused and len(self._buffer) <= MAX_BUFFER and self.transport:
+                self._reading_paused = False
+                self.transport.resume_reading()
+
+    def _hand_off(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._server.connections.discard(self)
+        handler = self._server.aiohttp_protocol()
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        self.transport = None
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if data:
+            handler.data_received(data)
+
+    # --- the request path (see Proxy.handle for the same steps in aiohttp) ---------------
+
+    def _start(self, head: http1.RequestHead, head_size: int) -> bool:
+        """Run the request path for `head`; False (nothing done) when aiohttp must."""
+        self._busy = True
+        self._head = head
+        self._started = time.perf_counter()
+        self._route_name = "unmatched"
+        self._principal = ANONYMOUS
+        self._keep_alive = head.keep_alive
+        self._head_sent = False
+        self._holding = False
+        self._out = []
+        rt = self._rt = self._proxy.runtime
+        hop = ClientHop(self._peer, "http", self._header("host"))
+        try:
+            routed = self._proxy.route(rt, head.method, head.target, self._getall, hop)
+        except ProxyError as refusal:
+            del self._buffer[:head_size]
+            self._refuse(refusal)
+            return True
+        if routed.resolved.path.startswith(SOCKETIO_PREFIX):
+            # Socket.IO polling carries CONNECT packets and grants: aiohttp's side has that
+            # logic. Judged on the normalized path, so no spelling slips past.
+            self._busy = False
+            return False
+        del self._buffer[:head_size]
+        self._route_name = routed.route.name
+        try:
+            authenticated = self._proxy.authenticate_cached(rt, routed)
+            if authenticated is None:
+                self._task = asyncio.ensure_future(self._authenticate(rt, routed, hop))
+                return True
+            self._admitted(rt, routed, authenticated, hop)
+        except ProxyError as refusal:
+            self._refuse(refusal)
+        return True
+
+    async def _authenticate(self, rt: Runtime, routed: Routed, hop: ClientHop) -> None:
+        try:
+            authenticated = await self._proxy.authenticate(rt, routed)
+            self._task = None
+            self._admitted(rt, routed, authenticated, hop)
+        except ProxyError as refusal:
+            self._task = None
+            self._refuse(refusal)
+
+    def _admitted(
+        self, rt: Runtime, routed: Routed, authenticated: Authenticated, hop: ClientHop
+    ) -> None:
+        if self.transport is None:
+            return
+        self._principal = authenticated[0]
+        assert self._head is not None
+        headers = self._proxy.admit(rt, routed, authenticated, self._head.headers, hop)
+        pool = self._proxy.fast_pool
+        if "Host" not in headers:
+            headers["Host"] = f"{pool.host}:{pool.port}"
+        resolved = routed.resolved
+        target = rt.fast_prefix + resolved.path
+        if resolved.query is not None:
+            target += "?" + resolved.query
+        self._upstream_head = http1.request_head(self._head.method, target, headers.items())
+        self._send_upstream(retry=self._head.method in IDEMPOTENT)
+
+    def _send_upstream(self, *, retry: bool) -> None:
+        pool = self._proxy.fast_pool
+        self._upstream_started = time.perf_counter()
+        conn = pool.take()
+        if conn is None:
+            self._task = asyncio.ensure_future(self._connect(pool, retry))
+            return
+        self._upstream = conn
+        self._retry = retry
+        conn.send(self._upstream_head, self)
+
+    async def _connect(self, pool: UpstreamPool, retry: bool) -> None:
+        try:
+            conn = await pool.connect()
+        except ProxyError as refusal:
+            self._task = None
+            self._count_upstream_error(refusal)
+            self._refuse(refusal)
+            return
+        self._task = None
+        if self.transport is None:  # the client left while we connected
+            pool.release(conn)
+            return
+        self._upstream = conn
+        # A fresh connection that fails gets no second try.
+        self._retry = retry and conn.reused
+        conn.send(self._upstream_head, self)
+
+    def _refuse(self, refusal: ProxyError) -> None:
+        if self.transport is not None:
+            self.transport.write(
+                http1.simple_response(
+                    refusal.status,
+                    _reason(refusal.status),
+                    refusal.headers().items(),
+                    refusal.body(),
+                    close=not self._keep_alive,
+                )
+            )
+        self._done(refusal.status)
+
+    def _count_upstream_error(self, refusal: ProxyError) -> None:
+        kind = "timeout" if refusal.status == 504 else "unavailable"
+        self._proxy.metrics.upstream_errors.labels(kind=kind).inc()
+
+    # --- upstream.Sink ---------------------------------------------------------------------
+
+    def response_head(
+        self, status: int, reason: str, headers: list[tuple[str, str]], chunked: bool
+    ) -> None:
+        self._proxy.metrics.upstream_duration.observe(time.perf_counter() - self._upstream_started)
+        self._status = status
+        framing = http1.response_framing(status, headers)
+        self._chunked = framing.has_body and framing.chunked
+        self._holding = framing.length is not None and framing.length <= SMALL_BODY
+        if self.closing or self._proxy.draining:
+            self._keep_alive = False
+        self._out.append(
+            http1.response_head(
+                status,
+                reason,
+                for_client(headers).items(),
+                framing=framing,
+                close=not self._keep_alive,
+            )
+        )
+
+    def response_body(self, data: bytes) -> None:
+        self._out.append(http1.chunk(data) if self._chunked else data)
+
+    def response_end(self) -> None:
+        if self._chunked:
+            self._out.append(http1.LAST_CHUNK)
+        self._upstream = None
+        self._holding = False
+        self.flush()
+        self._done(self._status)
+
+    def flush(self) -> None:
+        if self._holding or not self._out:
+            return
+        if self.transport is not None:
+            self.transport.write(b"".join(self._out))
+            self._head_sent = True
+        self._out.clear()
+
+    def upstream_failed(self, refusal: ProxyError, *, retryable: bool) -> None:
+        self._upstream = None
+        if self.transport is None:
+            return
+        if retryable and self._retry and not self._head_sent:
+            # A kept-alive connection the upstream had already closed: try once more.
+            self._retry = False
+            self._send_upstream(retry=False)
+            return
+        self._count_upstream_error(refusal)
+        if self._head_sent:
+            # Too late for a status: the client sees a truncated response.
+            self.transport.abort()
+            self._finish(self._status)
+            return
+        self._out.clear()
+        self._holding = False
+        self._refuse(refusal)
+
+    # --- end of an exchange -------------------------------------------------------------
+
+    def _finish(self, status: int) -> None:
+        if self._busy and self._rt is not None and self._head is not None:
+            self._proxy.finished(
+                self._rt,
+                self._route_name,
+                self._head.method,
+                status,
+                self._started,
+                self._principal,
+                self._peer,
+            )
+        self._busy = False
+        self._head = None
+        self._rt = None
+
+    def _done(self, status: int) -> None:
+        self._finish(status)
+        self.idle_since = time.monotonic()
+        if self.transport is None:
+            return
+        if self.closing or not self._keep_alive or self._proxy.draining:
+            self.closing = True
+            self.transport.close()
+            return
+        if self._buffer:
+            self._next()
+
+    def _header(self, name: str) -> str | None:
+        assert self._head is not None
+        for key, value in self._head.headers:
+            if key.lower() == name:
+                return value
+        return None
+
+    def _getall(self, name: str) -> list[str]:
+        assert self._head is not None
+        lname = name.lower()
+        return [value for key, value in self._head.headers if key.lower() == lname]
+
+    # --- lifetime ----------------------------------------------------------------------
+
+    def close_idle(self, now: float, *, force: bool = False) -> None:
+        if self.transport is None or self._busy:
+            return
+        if force or now - self.idle_since > KEEPALIVE:
+            self.closing = True
+            self.transport.close()
+
+
+class FrontDoorServer:
+    """The listener and its connections; `aiohttp_protocol` makes aiohttp's handler."""
+
+    def __init__(self, proxy: Proxy, aiohttp_protocol: AiohttpProtocolFactory) -> None:
+        self.proxy = proxy
+        self.aiohttp_protocol = aiohttp_protocol
+        self.connections: set[FrontDoor] = set()
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int, *, reuse_port: bool, backlog: int = 1024) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: FrontDoor(self), host, port, reuse_port=reuse_port or None, backlog=backlog
+        )
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    @property
+    def sockets(self) -> list[tuple[str, int]]:
+        assert self._server is not None
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                conn.close_idle(now)
+            self.proxy.fast_pool.sweep(asyncio.get_running_loop().time())
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, close idle connections, let exchanges in flight finish within
+        `grace`, then cut what is left."""
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        deadline = time.monotonic() + grace
+        while self.connections and time.monotonic() < deadline:
+            now = time.monotonic()
+            for conn in list(self.connections):
+                conn.closing = True
+                conn.close_idle(now, force=True)
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+async def serve(
+    proxy: Proxy, runner: web.AppRunner, host: str, port: int, *, reuse_port: bool
+) -> FrontDoorServer:
+    """Listen on host:port with the fast path in front of `runner`'s aiohttp server."""
+    server = runner.server
+    assert server is not None, "runner.setup() first"
+    front = FrontDoorServer(proxy, server)
+    await front.start(host, port, reuse_port=reuse_port)
+    return front

@@ -1,0 +1,316 @@
+"""The fast path's upstream leg: raw keep-alive HTTP/1.1 connections to the upstream.
+
+One `UpstreamConnection` carries one exchange at a time and reports the response to a
+`Sink` (the client connection) as it is parsed — head, body pieces, end — with no
+coroutine, future or header object in between: this is the per-request work that
+aiohttp's client spends most of its time on. The pool is LIFO and drops connections
+idle for IDLE_SECONDS, below Node's default keep-alive timeout (5 s), so the proxy
+normally closes an idle connection before the upstream does; when the upstream wins
+that race anyway, an idempotent request that got no byte back is retried once on a
+fresh connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Final, Protocol, cast
+
+import httptools
+
+from . import errors
+from .errors import ProxyError
+
+IDLE_SECONDS: Final = 4.0
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class Sink(Protocol):
+    def response_head(
+        self, status: int, reason: str, headers: list[tuple[str, str]], chunked: bool
+    ) -> None: ...
+    def response_body(self, data: bytes) -> None: ...
+    def response_end(self) -> None: ...
+    def flush(self) -> None: ...
+    def upstream_failed(self, refusal: ProxyError, *, retryable: bool) -> None: ...
+
+
+def unavailable() -> ProxyError:
+    return ProxyError(errors.UPSTREAM_UNAVAILABLE, "the upstream is unavailable")
+
+
+def timed_out() -> ProxyError:
+    return ProxyError(errors.UPSTREAM_TIMEOUT, "the upstream did not answer in time")
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._loop = pool.loop
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.sink: Sink | None = None
+        self.reused = False
+        self.idle_since = 0.0
+        self._reason = ""
+        self._headers: list[tuple[str, str]] = []
+        self._interim = False
+        self._head_seen = False
+        self._length_known = False
+        self._got_bytes = False
+        self._paused = False
+        self._last_read = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- the exchange ---------------------------------------------------------------
+
+    def send(self, head: bytes, sink: Sink) -> None:
+        assert self.transport is not None
+        self.sink = sink
+        self._got_bytes = False
+        self._head_seen = False
+        self._last_read = self._loop.time()
+        self._timer = self._loop.call_later(self._pool.read_timeout, self._check_timeout)
+        self.transport.write(head)
+
+    def abandon(self) -> None:
+        """The client went away: this connection's response is unwanted, so it cannot
+        be reused either."""
+        self.sink = None
+        self._stop_timer()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause(self) -> None:
+        if self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and self._paused:
+            self._paused = False
+            self._last_read = self._loop.time()
+            self.transport.resume_reading()
+
+    def _check_timeout(self) -> None:
+        self._timer = None
+        if self.sink is None:
+            return
+        idle = self._loop.time() - self._last_read
+        if self._paused or idle < self._pool.read_timeout:
+            # Waiting on a slow client is not the upstream's fault.
+            wait = self._pool.read_timeout - (0.0 if self._paused else idle)
+            self._timer = self._loop.call_later(wait, self._check_timeout)
+            return
+        self._fail(timed_out(), retryable=False)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, refusal: ProxyError, *, retryable: bool) -> None:
+        sink, self.sink = self.sink, None
+        self._stop_timer()
+        if self.transport is not None:
+            self.transport.abort()
+        if sink is not None:
+            sink.upstream_failed(refusal, retryable=retryable)
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:
+            # Bytes on an idle connection: the upstream broke framing; never reuse it.
+            self._pool.forget(self)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._got_bytes = True
+        self._last_read = self._loop.time()
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # Malformed, or a 101 to a request that asked for no upgrade.
+            self._fail(unavailable(), retryable=False)
+            return
+        if self.sink is not None:
+            self.sink.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._pool.forget(self)
+        self.transport = None
+        sink, self.sink = self.sink, None
+        self._stop_timer()
+        if sink is None:
+            return
+        if self._head_seen and not self._length_known and exc is None:
+            # A body delimited by the upstream closing: this is its end.
+            sink.response_end()
+            return
+        sink.upstream_failed(unavailable(), retryable=self.reused and not self._got_bytes)
+
+    def eof_received(self) -> bool | None:
+        return None  # close: a half-closed upstream connection is of no further use
+
+    # --- httptools callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = ""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        self._interim = status < 200
+        if self._interim or self.sink is None:
+            return  # 1xx: the real answer follows on the same connection
+        self._head_seen = True
+        chunked = False
+        self._length_known = False
+        for name, value in self._headers:
+            lname = name.lower()
+            if lname == "content-length":
+                self._length_known = True
+            elif lname == "transfer-encoding" and "chunked" in value.lower():
+                chunked = self._length_known = True
+        if status in (204, 304):
+            self._length_known = True
+        self.sink.response_head(status, self._reason, self._headers, chunked)
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            return
+        sink, self.sink = self.sink, None
+        self._stop_timer()
+        # Back in the pool before the client hears the end, so a pipelined next request
+        # can reuse this connection.
+        if (
+            self._parser.should_keep_alive()
+            and self.transport is not None
+            and not self.transport.is_closing()
+        ):
+            self._pool.release(self)
+        elif self.transport is not None:
+            self.transport.close()
+        if sink is not None:
+            sink.response_end()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream host:port; `limit` 0 means unlimited."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        limit: int = 0,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.limit = limit
+        self._idle: list[UpstreamConnection] = []
+        self._open: set[UpstreamConnection] = set()
+        self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        self.closed = False
+
+    def take(self) -> UpstreamConnection | None:
+        """An idle connection, without waiting; None when one must be made (`connect`)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """A new connection, or one released while waiting for room under `limit`.
+        Raises ProxyError (502/504)."""
+        if self.limit and len(self._open) >= self.limit:
+            waiter: asyncio.Future[UpstreamConnection | None] = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if handed is not None:
+                return handed
+        conn = UpstreamConnection(self)
+        self._open.add(conn)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self.loop.create_connection(lambda: conn, self.host, self.port)
+        except TimeoutError:
+            self.forget(conn)
+            raise timed_out() from None
+        except OSError:
+            self.forget(conn)
+            raise unavailable() from None
+        except BaseException:  # cancelled: the client went away
+            self.forget(conn)
+            raise
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if self.closed:
+            if conn.transport is not None:
+                conn.transport.close()
+            return
+        conn.reused = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        conn.idle_since = self.loop.time()
+        self._idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self._open.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+        # Room under the limit: let one waiter make a connection of its own.
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle for longer than IDLE_SECONDS (oldest are at the front)."""
+        while self._idle and now - self._idle[0].idle_since > IDLE_SECONDS:
+            conn = self._idle.pop(0)
+            if conn.transport is not None:
+                conn.transport.close()
+
+    def close(self) -> None:
+        """Close idle connections; busy ones close when their exchange ends."""
+        self.closed = True
+        for conn in self._idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self._idle.clear()
+
+    @property
+    def size(self) -> int:
+        return len(self._open)

@@ -1,0 +1,59 @@
+"""End-to-end suites run twice: through the fast path's listener (`frontdoor`, what
+`clerk-auth-proxy run` serves) and through aiohttp's server alone (`listen.fast_path:
+false`). Both must give every answer those suites assert."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from proxy.app import PROXY
+from tests.support import FastPathServer
+
+BOTH_FRONT_DOORS = {
+    "tests.test_forward",
+    "tests.test_attacks",
+    "tests.test_auth_e2e",
+    "tests.test_websocket",
+    "tests.test_socketio_e2e",
+    "tests.test_fastpath",
+}
+
+Serve = Callable[..., Awaitable[TestServer]]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "front_door" in metafunc.fixturenames and metafunc.module.__name__ in BOTH_FRONT_DOORS:
+        metafunc.parametrize("front_door", ["fast", "aiohttp"], indirect=True)
+
+
+@pytest.fixture
+def front_door(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "aiohttp"))
+
+
+@pytest_asyncio.fixture
+async def aiohttp_server(aiohttp_server: Serve, front_door: str) -> AsyncIterator[Serve]:
+    """pytest-aiohttp's factory, serving proxy apps through the front door under test."""
+    servers: list[FastPathServer] = []
+
+    async def serve(app: web.Application, **kwargs: Any) -> TestServer:
+        # The client-facing app (not the admin app, which shares the Proxy object).
+        proxy_app = PROXY in app and app[PROXY].lifespan in list(app.cleanup_ctx)
+        if front_door != "fast" or not proxy_app:
+            return await aiohttp_server(app, **kwargs)
+        host = kwargs.pop("host", "127.0.0.1")
+        port = kwargs.pop("port", None)
+        server = FastPathServer(app, host=host, port=port)
+        await server.start_server(**kwargs)
+        servers.append(server)
+        return server
+
+    yield serve
+    while servers:
+        await servers.pop().close()
