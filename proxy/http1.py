@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import httptools
 
@@ -43,13 +43,19 @@ class RequestHead:
 class _HeadCollector:
     """httptools callbacks for one request head."""
 
-    __slots__ = ("complete", "headers", "refuse", "url")
+    __slots__ = ("complete", "headers", "keep_alive", "parser", "refuse", "url")
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: list[tuple[str, str]] = []
         self.refuse = False
         self.complete = False
+        self.keep_alive = False
+        self.parser: Any = None
+
+    def on_headers_complete(self) -> None:
+        # Only valid here: llhttp resets its flags once the message completes.
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -69,7 +75,7 @@ def parse_request_head(head: bytes) -> RequestHead | None:
     if len(head) > MAX_HEAD:
         return None
     collector = _HeadCollector()
-    parser = httptools.HttpRequestParser(collector)
+    parser = collector.parser = httptools.HttpRequestParser(collector)
     try:
         parser.feed_data(head)
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # CONNECT, Upgrade
@@ -87,7 +93,7 @@ def parse_request_head(head: bytes) -> RequestHead | None:
         method=method,
         target=target,
         headers=tuple(collector.headers),
-        keep_alive=parser.should_keep_alive(),
+        keep_alive=collector.keep_alive,
     )
 
 

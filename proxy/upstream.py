@@ -55,6 +55,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = ""
         self._headers: list[tuple[str, str]] = []
         self._interim = False
+        self._keep_alive = False
         self._head_seen = False
         self._length_known = False
         self._got_bytes = False
@@ -176,6 +177,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._interim or self.sink is None:
             return  # 1xx: the real answer follows on the same connection
         self._head_seen = True
+        # Only valid here: llhttp resets its flags once the message completes.
+        self._keep_alive = self._parser.should_keep_alive()
         chunked = False
         self._length_known = False
         for name, value in self._headers:
@@ -199,11 +202,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._stop_timer()
         # Back in the pool before the client hears the end, so a pipelined next request
         # can reuse this connection.
-        if (
-            self._parser.should_keep_alive()
-            and self.transport is not None
-            and not self.transport.is_closing()
-        ):
+        if self._keep_alive and self.transport is not None and not self.transport.is_closing():
             self._pool.release(self)
         elif self.transport is not None:
             self.transport.close()

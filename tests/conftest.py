@@ -21,7 +21,6 @@ BOTH_FRONT_DOORS = {
     "tests.test_auth_e2e",
     "tests.test_websocket",
     "tests.test_socketio_e2e",
-    "tests.test_fastpath",
 }
 
 Serve = Callable[..., Awaitable[TestServer]]
