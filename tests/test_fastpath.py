@@ -319,6 +319,7 @@ async def test_pool_limit_queues_instead_of_failing(servers: list[Any]) -> None:
         await client.send(get(f"/public/slow?delay=0.2&i={i}"))
     answers = await asyncio.gather(*(c.responses(1) for c in clients))
     assert [a[0].status for a in answers] == [200] * 4
+    assert len(recorder.seen) == 4
     assert len(set(ports)) == 1
     assert proxy.app[PROXY].fast_pool.size == 1
 
