@@ -28,7 +28,7 @@ from aiohttp import web
 from . import http1
 from .app import Authenticated, Proxy, Routed, Runtime
 from .errors import ProxyError
-from .headers import ClientHop, for_client
+from .headers import ClientHop, client_items
 from .principal import ANONYMOUS, Principal
 from .upstream import IDEMPOTENT, UpstreamConnection, UpstreamPool
 
@@ -300,7 +300,7 @@ class FrontDoor(asyncio.Protocol):
             http1.response_head(
                 status,
                 reason,
-                for_client(headers).items(),
+                client_items(headers),
                 framing=framing,
                 close=not self._keep_alive,
             )

@@ -65,15 +65,6 @@ def identity_prefix(prefix: str) -> str:
     return prefix.lower().replace("_", "-")
 
 
-def is_identity_header(name: str, prefix_cmp: str) -> bool:
-    return name.lower().replace("_", "-").startswith(prefix_cmp)
-
-
-def _hop_by_hop_names(headers: CIMultiDict[str] | Iterable[tuple[str, str]]) -> frozenset[str]:
-    items = headers.items() if isinstance(headers, CIMultiDict) else headers
-    return HOP_BY_HOP | connection_tokens(v for k, v in items if k.lower() == "connection")
-
-
 @dataclass(frozen=True, slots=True)
 class PrincipalHeaders:
     """The injected header names for one configured prefix, built once per config."""
@@ -147,6 +138,24 @@ def client_ip(hop: ClientHop, xff_values: Sequence[str], trusted: Sequence[Netwo
     return chain[0] if chain else hop.peer_ip
 
 
+# What is always dropped on the way up, by (peer is a trusted proxy, forward Authorization).
+_UPSTREAM_DROP: dict[tuple[bool, bool], frozenset[str]] = {
+    (trusted, keep_auth): HOP_BY_HOP
+    | METHOD_OVERRIDE
+    | (frozenset() if trusted else FORWARDING)
+    | (frozenset() if keep_auth else frozenset({"authorization"}))
+    for trusted in (False, True)
+    for keep_auth in (False, True)
+}
+
+
+def _without_connection_named(
+    kept: list[tuple[str, str, str]], connection: list[str]
+) -> list[tuple[str, str, str]]:
+    named = connection_tokens(connection)
+    return [item for item in kept if item[2] not in named]
+
+
 def for_upstream(
     incoming: CIMultiDict[str] | Iterable[tuple[str, str]],
     *,
@@ -157,43 +166,64 @@ def for_upstream(
     forward_authorization: bool,
 ) -> CIMultiDict[str]:
     """Headers to send upstream: cleaned of hop-by-hop, identity, override and (from
-    untrusted peers) forwarding headers; then the principal and X-Forwarded-* added."""
-    items = list(incoming.items() if isinstance(incoming, CIMultiDict) else incoming)
-    drop = _hop_by_hop_names(items) | METHOD_OVERRIDE
+    untrusted peers) forwarding headers; then the principal and X-Forwarded-* added.
+    One pass over the client's headers: this runs on every request."""
+    items = incoming.items() if isinstance(incoming, CIMultiDict) else incoming
     from_trusted = is_trusted(hop.peer_ip, trusted)
-    if not from_trusted:
-        drop = drop | FORWARDING
-    if not forward_authorization:
-        drop = drop | {"authorization"}
-    out: CIMultiDict[str] = CIMultiDict()
+    drop = _UPSTREAM_DROP[(from_trusted, forward_authorization)]
+    prefix = names.prefix_cmp
+    kept: list[tuple[str, str, str]] = []
+    connection: list[str] = []
     prior_xff: list[str] = []
+    has_proto = has_host = False
     for name, value in items:
         lname = name.lower()
-        if lname in drop or is_identity_header(lname, names.prefix_cmp):
+        if lname in drop:
+            if lname == "connection":
+                connection.append(value)
+            continue
+        if lname.replace("_", "-").startswith(prefix):
             continue
         if lname == "x-forwarded-for":
             prior_xff.append(value)
             continue
-        out.add(name, value)
-    for name, value in names.render(principal):
-        out.add(name, value)
-    out[X_FORWARDED_FOR] = ", ".join([*prior_xff, hop.peer_ip])
-    if X_FORWARDED_PROTO not in out:
-        out[X_FORWARDED_PROTO] = hop.scheme
-    if X_FORWARDED_HOST not in out and hop.host:
-        out[X_FORWARDED_HOST] = hop.host
-    return out
+        kept.append((name, value, lname))
+    if connection:
+        kept = _without_connection_named(kept, connection)
+    out: list[tuple[str, str]] = []
+    for name, value, lname in kept:
+        if lname == "x-forwarded-proto":
+            has_proto = True
+        elif lname == "x-forwarded-host":
+            has_host = True
+        out.append((name, value))
+    out.extend(names.render(principal))
+    out.append((X_FORWARDED_FOR, ", ".join([*prior_xff, hop.peer_ip])))
+    if not has_proto:
+        out.append((X_FORWARDED_PROTO, hop.scheme))
+    if not has_host and hop.host:
+        out.append((X_FORWARDED_HOST, hop.host))
+    return CIMultiDict(out)
+
+
+def client_items(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Response headers to send back: hop-by-hop (and `Connection`-named) removed.
+
+    Content-Length stays: the proxy streams the body with the upstream's framing."""
+    kept: list[tuple[str, str, str]] = []
+    connection: list[str] = []
+    for name, value in upstream:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == "connection":
+                connection.append(value)
+            continue
+        kept.append((name, value, lname))
+    if connection:
+        kept = _without_connection_named(kept, connection)
+    return [(name, value) for name, value, _ in kept]
 
 
 def for_client(upstream: CIMultiDict[str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """Response headers to send back: hop-by-hop (and `Connection`-named) removed.
-
-    Content-Length stays: the proxy streams the body with the upstream's framing.
-    """
-    items = list(upstream.items() if isinstance(upstream, CIMultiDict) else upstream)
-    drop = _hop_by_hop_names(items)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in items:
-        if name.lower() not in drop:
-            out.add(name, value)
-    return out
+    items = upstream.items() if isinstance(upstream, CIMultiDict) else upstream
+    return CIMultiDict(client_items(items))

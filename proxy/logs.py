@@ -62,6 +62,8 @@ class AccessLog:
         self._max_lines = max_lines
         self._lines: list[str] = []
         self._routes: dict[str, str] = {}
+        # Partners call from few addresses: their JSON form is computed once.
+        self._ips: dict[str | None, str] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def record(
@@ -76,7 +78,11 @@ class AccessLog:
         route_json = self._routes.get(route)
         if route_json is None:
             route_json = self._routes.setdefault(route, json.dumps(route))
-        ip = json.dumps(client_ip) if client_ip is not None else "null"
+        ip = self._ips.get(client_ip) if client_ip is not None else "null"
+        if ip is None:
+            if len(self._ips) >= 10_000:
+                self._ips.clear()
+            ip = self._ips[client_ip] = json.dumps(client_ip)
         self._lines.append(
             f'{{"ts":{time.time():.3f},"level":"info","logger":"proxy.access","msg":"request",'
             f'"method":"{method}","route":{route_json},"status":{status},'

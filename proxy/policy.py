@@ -88,10 +88,17 @@ class Resolved:
     query: str | None  # raw, untouched; None when the target had no '?'
 
 
+# Distinct (method, path) resolutions remembered; an API has few, a scanner many, so
+# the memo is simply emptied when full.
+MEMO_SIZE = 4096
+MEMO_KEY_MAX = 256  # longer paths are resolved afresh: the memo stays under ~2 MB
+
+
 class Policy:
     def __init__(self, routes: Sequence[Route], default_route: Route) -> None:
         self._routes = tuple((route, compile_glob(route.path)) for route in routes)
         self._default = default_route
+        self._memo: dict[tuple[str, str], tuple[Route, str]] = {}
 
     def match(self, method: str, path: str) -> Route:
         for route, regex in self._routes:
@@ -103,8 +110,16 @@ class Policy:
 
     def resolve(self, method: str, raw_target: str) -> Resolved:
         path, sep, query = raw_target.partition("?")
-        normalized = normalize_path(path)
-        return Resolved(self.match(method, normalized), normalized, query if sep else None)
+        # Pure in (method, path), so memoized: only accepted paths are remembered.
+        known = self._memo.get((method, path))
+        if known is None:
+            normalized = normalize_path(path)
+            known = (self.match(method, normalized), normalized)
+            if len(path) <= MEMO_KEY_MAX:
+                if len(self._memo) >= MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[(method, path)] = known
+        return Resolved(known[0], known[1], query if sep else None)
 
     def authorize(
         self, route: Route, principal: Principal, *, token_error: ProxyError | None = None

@@ -61,7 +61,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self._paused = False
         self._last_read = 0.0
-        self._timer: asyncio.TimerHandle | None = None
 
     # --- the exchange ---------------------------------------------------------------
 
@@ -71,14 +70,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self._head_seen = False
         self._last_read = self._loop.time()
-        self._timer = self._loop.call_later(self._pool.read_timeout, self._check_timeout)
+        self._pool.busy.add(self)
         self.transport.write(head)
 
     def abandon(self) -> None:
         """The client went away: this connection's response is unwanted, so it cannot
         be reused either."""
         self.sink = None
-        self._stop_timer()
+        self._pool.busy.discard(self)
         if self.transport is not None:
             self.transport.abort()
 
@@ -93,26 +92,17 @@ class UpstreamConnection(asyncio.Protocol):
             self._last_read = self._loop.time()
             self.transport.resume_reading()
 
-    def _check_timeout(self) -> None:
-        self._timer = None
-        if self.sink is None:
+    def check_timeout(self, now: float) -> None:
+        """Called about once a second (`UpstreamPool.sweep`) while an exchange is open: a
+        timer per request would cost more than the whole header rewrite."""
+        if self.sink is None or self._paused:  # waiting on a slow client is not a timeout
             return
-        idle = self._loop.time() - self._last_read
-        if self._paused or idle < self._pool.read_timeout:
-            # Waiting on a slow client is not the upstream's fault.
-            wait = self._pool.read_timeout - (0.0 if self._paused else idle)
-            self._timer = self._loop.call_later(wait, self._check_timeout)
-            return
-        self._fail(timed_out(), retryable=False)
-
-    def _stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if now - self._last_read >= self._pool.read_timeout:
+            self._fail(timed_out(), retryable=False)
 
     def _fail(self, refusal: ProxyError, *, retryable: bool) -> None:
         sink, self.sink = self.sink, None
-        self._stop_timer()
+        self._pool.busy.discard(self)
         if self.transport is not None:
             self.transport.abort()
         if sink is not None:
@@ -147,7 +137,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._pool.forget(self)
         self.transport = None
         sink, self.sink = self.sink, None
-        self._stop_timer()
+        self._pool.busy.discard(self)
         if sink is None:
             return
         if self._head_seen and not self._length_known and exc is None:
@@ -199,7 +189,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._interim:
             return
         sink, self.sink = self.sink, None
-        self._stop_timer()
+        self._pool.busy.discard(self)
         # Back in the pool before the client hears the end, so a pipelined next request
         # can reuse this connection.
         if self._keep_alive and self.transport is not None and not self.transport.is_closing():
@@ -231,6 +221,8 @@ class UpstreamPool:
         self._idle: list[UpstreamConnection] = []
         self._open: set[UpstreamConnection] = set()
         self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        # Connections with an exchange open, for the read-timeout check in `sweep`.
+        self.busy: set[UpstreamConnection] = set()
         self.closed = False
 
     def take(self) -> UpstreamConnection | None:
@@ -296,7 +288,10 @@ class UpstreamPool:
                 break
 
     def sweep(self, now: float) -> None:
-        """Close connections idle for longer than IDLE_SECONDS (oldest are at the front)."""
+        """Called about once a second: fail exchanges past the read timeout; close
+        connections idle for longer than IDLE_SECONDS (the oldest are at the front)."""
+        for conn in list(self.busy):
+            conn.check_timeout(now)
         while self._idle and now - self._idle[0].idle_since > IDLE_SECONDS:
             conn = self._idle.pop(0)
             if conn.transport is not None:
