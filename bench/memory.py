@@ -1,11 +1,17 @@
 """RSS of a proxy process holding 0, 10k and 100k cached verifications: each count in a
-fresh subprocess, entries made through the real cache exactly as the verifier makes them
-(every token distinct; 500 partner machines, 50 scope sets, one claims shape — each
-Principal built from scratch, as parsing Clerk's JSON does). Prints one JSON line."""
+fresh subprocess, entries made through the real cache exactly as the verifier makes them.
+
+- `verified`: every token distinct and accepted; 500 partner machines, 50 scope sets, one
+  claims shape — each Principal built from scratch, as parsing Clerk's JSON does. The
+  worst case: every entry carries its own Principal and token id.
+- `rejected`: every token distinct and refused (401), as in a random-token flood — the
+  realistic way a cache reaches 100k entries.
+Prints one JSON line."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import subprocess
@@ -20,45 +26,55 @@ def rss_mb() -> float:
     return 0.0
 
 
-async def fill(n: int) -> tuple[float, float]:
+async def fill(kind: str, n: int) -> tuple[float, float]:
     import proxy.app  # noqa: F401 - the whole proxy loaded, as in production
     from proxy.cache import VerificationCache
     from proxy.config import Cache
+    from proxy.errors import TOKEN_INVALID, ProxyError
     from proxy.metrics import Metrics
     from proxy.principal import Principal, encode_claims
 
-    cache = VerificationCache(Cache(ttl_seconds=3600, max_entries=200_000), b"s" * 32, Metrics())
+    cache = VerificationCache(Cache(ttl_seconds=3600, negative_ttl_seconds=3600, max_entries=200_000), b"s" * 32, Metrics())
     gc.collect()
     base = rss_mb()
     for i in range(n):
-        p = Principal(
-            "machine", f"mch_{i % 500:027d}", "m2m_token", f"mt_{i:032x}",
-            frozenset({f"mch_{i % 50:027d}"}), encode_claims({"tier": "gold"}), None,
-        )
+        if kind == "verified":
+            p = Principal(
+                "machine", f"mch_{i % 500:027d}", "m2m_token", f"mt_{i:032x}",
+                frozenset({f"mch_{i % 50:027d}"}), encode_claims({"tier": "gold"}), None,
+            )
 
-        async def load(p: Principal = p) -> Principal:
-            return p
+            async def load(p: Principal = p) -> Principal:
+                return p
 
-        await cache.get(cache.key(f"mt_{i:048d}"), load)
+            await cache.get(cache.key(f"mt_{i:048d}"), load)
+        else:
+
+            async def refuse() -> Principal:
+                raise ProxyError(TOKEN_INVALID, "token is not valid", token_type="m2m_token")
+
+            with contextlib.suppress(ProxyError):
+                await cache.get(cache.key(f"mt_{i:048d}"), refuse)
     gc.collect()
     assert len(cache) == n
     total = rss_mb()
     return total, total - base
 
 
-def child(n: int) -> None:
-    total, added = asyncio.run(fill(n))
-    print(json.dumps({"entries": n, "rss_mb": round(total, 1), "cache_mb": round(added, 1)}))
+def child(kind: str, n: int) -> None:
+    total, added = asyncio.run(fill(kind, n))
+    print(json.dumps({"kind": kind, "entries": n, "rss_mb": round(total, 1), "cache_mb": round(added, 1)}))
 
 
 def main() -> None:
-    if len(sys.argv) > 1:
-        child(int(sys.argv[1]))
+    if len(sys.argv) > 2:
+        child(sys.argv[1], int(sys.argv[2]))
         return
     rows = []
-    for n in (0, 10_000, 100_000):
+    for kind, n in (("verified", 0), ("verified", 10_000), ("verified", 100_000), ("rejected", 100_000)):
         out = subprocess.run(
-            [sys.executable, "-m", "bench.memory", str(n)], capture_output=True, text=True, check=True
+            [sys.executable, "-m", "bench.memory", kind, str(n)],
+            capture_output=True, text=True, check=True,
         ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     print(json.dumps({"rows": rows, "target": "<= 60 MB RSS at 100k"}))

@@ -21,15 +21,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from cachetools import LRUCache, TLRUCache
+from cachetools import LRUCache
 
 from . import config
 from .errors import VERIFICATION_UNAVAILABLE, ProxyError
+from .generations import Generations
 from .metrics import Metrics
 from .principal import Principal
 
@@ -89,10 +91,6 @@ class Shared:
         )
 
 
-def _keep_until(_key: bytes, entry: Entry, _now: float) -> float:
-    return entry.keep_until
-
-
 class VerificationCache:
     def __init__(
         self,
@@ -106,7 +104,8 @@ class VerificationCache:
         self._scope = scope
         self._metrics = metrics
         self._now = now
-        self._entries: TLRUCache[bytes, Entry] = TLRUCache(cfg.max_entries, _keep_until, timer=now)
+        horizon = max(cfg.ttl_seconds + cfg.stale_if_error_seconds, cfg.negative_ttl_seconds, 1.0)
+        self._entries: Generations[bytes, Entry] = Generations(cfg.max_entries, horizon, now())
         self._flights: dict[bytes, asyncio.Task[Principal]] = {}
         self._shared = Shared()
         # Bound once: a label lookup per cache hit is measurable on the hot path.
@@ -114,7 +113,8 @@ class VerificationCache:
         self._count_negative_hit = metrics.verify_cache.labels("negative_hit")
 
     def key(self, token: str) -> bytes:
-        return hashlib.sha256(self._scope + token.encode()).digest()
+        # 128 bits: collision-free in practice, and 16 bytes less per entry than 256.
+        return hashlib.sha256(self._scope + token.encode()).digest()[:16]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -122,21 +122,26 @@ class VerificationCache:
     def positive(self, principal: Principal, now: float) -> Positive | None:
         """The entry for a fresh verification, or None when it must not be cached."""
         fresh = now + self._cfg.ttl_seconds
-        keep = fresh + self._cfg.stale_if_error_seconds
         if principal.expires_at is not None:
             if principal.expires_at <= now:
                 return None
             fresh = min(fresh, principal.expires_at)
-            keep = min(keep, principal.expires_at)
         if fresh <= now:
             return None
+        # One float object for both deadlines unless a stale window is configured.
+        keep = fresh
+        if self._cfg.stale_if_error_seconds > 0:
+            keep = fresh + self._cfg.stale_if_error_seconds
+            if principal.expires_at is not None:
+                keep = min(keep, principal.expires_at)
         return Positive(self._shared.principal(principal), fresh, keep)
 
     def fresh(self, key: bytes) -> Principal | None:
         """The cached Principal when a fresh positive entry exists (counted as a hit), else
         None and nothing counted: the hot path's answer without a coroutine."""
-        entry = self._entries.get(key)
-        if isinstance(entry, Positive) and self._now() < entry.fresh_until:
+        now = self._now()
+        entry = self._entries.get(key, now)
+        if isinstance(entry, Positive) and now < entry.fresh_until:
             self._count_hit.inc()
             return entry.principal
         return None
@@ -150,7 +155,7 @@ class VerificationCache:
     ) -> Principal:
         """The cached Principal for `key`, or `load()`'s, shared by concurrent callers."""
         now = self._now()
-        entry = self._entries.get(key)
+        entry = self._entries.get(key, now)
         if isinstance(entry, Negative):
             self._count_negative_hit.inc()
             raise entry.error()
@@ -185,21 +190,26 @@ class VerificationCache:
         except ProxyError as exc:
             now = self._now()
             if exc.code == VERIFICATION_UNAVAILABLE:
-                stale = self._entries.get(key)
+                stale = self._entries.get(key, now)
                 if isinstance(stale, Positive) and now < stale.keep_until:
                     self._metrics.verify_cache.labels("stale").inc()
                     return stale.principal
             elif exc.status == 401 and cache_rejections:
                 until = now + self._cfg.negative_ttl_seconds
+                # Cut to the whole second, so that one second's rejections share a single
+                # entry object: a flood of random tokens then costs a key and a dict slot.
+                if math.floor(until) > now:
+                    until = float(math.floor(until))
                 if until > now:
-                    self._entries[key] = Negative(exc.code, exc.message, exc.token_type, until)
+                    rejected = Negative(exc.code, exc.message, exc.token_type, until)
+                    self._entries.set(key, self._shared.one(rejected), now)
             raise
         now = self._now()
         entry = self.positive(principal, now)
         if entry is not None:
-            self._entries[key] = entry
+            self._entries.set(key, entry, now)
         else:
-            self._entries.pop(key, None)
+            self._entries.pop(key)
         return principal
 
     async def close(self) -> None:

@@ -81,7 +81,7 @@ def test_keys_are_hashes_scoped_by_instance() -> None:
     c = VerificationCache(Cache(), cache_scope("http://a", "sk_test_2"), Metrics())
     token = "mt_secret_value_123456"
     assert len({a.key(token), b.key(token), c.key(token)}) == 3
-    assert len(a.key(token)) == 32
+    assert len(a.key(token)) == 16  # a 128-bit digest, never the token
     assert token.encode() not in a.key(token)
     assert b"sk_test_1" not in cache_scope("http://a", "sk_test_1")
 
@@ -252,7 +252,8 @@ async def test_max_entries_bounds_memory() -> None:
     load = Loader(machine(None))
     for i in range(1000):
         await get(cache, load, f"mt_token_{i}")
-    assert len(cache) == 100
+        assert len(cache) <= 100
+    assert len(cache) >= 50
 
 
 async def test_fresh_answers_only_fresh_positives_and_counts_them() -> None:
