@@ -27,7 +27,7 @@ from .errors import (
     ProxyError,
 )
 from .forward import ClientGone, UpstreamTarget, forward, new_session, read_request_body
-from .headers import ClientHop, PrincipalHeaders, client_ip, for_upstream
+from .headers import ClientHop, PrincipalHeaders, client_ip, upstream_items
 from .logs import AccessLog
 from .metrics import Metrics
 from .policy import Policy, Resolved
@@ -209,7 +209,9 @@ class Proxy:
             if authenticated is None:
                 authenticated = await self.authenticate(rt, routed)
             principal = authenticated[0]
-            upstream_headers = self.admit(rt, routed, authenticated, request.headers.items(), hop)
+            upstream_headers = CIMultiDict(
+                self.admit(rt, routed, authenticated, request.headers.items(), hop)
+            )
             url = rt.target.url(routed.resolved.path, routed.resolved.query)
             response = await self._dispatch(
                 request, rt, url, upstream_headers, principal, routed.ip
@@ -279,7 +281,7 @@ class Proxy:
         authenticated: Authenticated,
         incoming: Iterable[tuple[str, str]],
         hop: ClientHop,
-    ) -> CIMultiDict[str]:
+    ) -> list[tuple[str, str]]:
         """Authorize (raises 401/403) and build the upstream's headers."""
         principal, token_error = authenticated
         try:
@@ -289,7 +291,7 @@ class Proxy:
             raise
         self._decided(principal, "allowed")
         cfg = rt.config
-        return for_upstream(
+        return upstream_items(
             incoming,
             principal=principal,
             names=rt.names,

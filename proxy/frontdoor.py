@@ -229,14 +229,14 @@ class FrontDoor(asyncio.Protocol):
         self._principal = authenticated[0]
         assert self._head is not None
         headers = self._proxy.admit(rt, routed, authenticated, self._head.headers, hop)
-        pool = self._proxy.fast_pool
-        if "Host" not in headers:
-            headers["Host"] = f"{pool.host}:{pool.port}"
+        if not any(name.lower() == "host" for name, _ in headers):
+            pool = self._proxy.fast_pool
+            headers.append(("Host", f"{pool.host}:{pool.port}"))
         resolved = routed.resolved
         target = rt.fast_prefix + resolved.path
         if resolved.query is not None:
             target += "?" + resolved.query
-        self._upstream_head = http1.request_head(self._head.method, target, headers.items())
+        self._upstream_head = http1.request_head(self._head.method, target, headers)
         self._send_upstream(retry=self._head.method in IDEMPOTENT)
 
     def _send_upstream(self, *, retry: bool) -> None:

@@ -156,7 +156,7 @@ def _without_connection_named(
     return [item for item in kept if item[2] not in named]
 
 
-def for_upstream(
+def upstream_items(
     incoming: CIMultiDict[str] | Iterable[tuple[str, str]],
     *,
     principal: Principal,
@@ -164,7 +164,7 @@ def for_upstream(
     hop: ClientHop,
     trusted: Sequence[Network],
     forward_authorization: bool,
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """Headers to send upstream: cleaned of hop-by-hop, identity, override and (from
     untrusted peers) forwarding headers; then the principal and X-Forwarded-* added.
     One pass over the client's headers: this runs on every request."""
@@ -203,7 +203,28 @@ def for_upstream(
         out.append((X_FORWARDED_PROTO, hop.scheme))
     if not has_host and hop.host:
         out.append((X_FORWARDED_HOST, hop.host))
-    return CIMultiDict(out)
+    return out
+
+
+def for_upstream(
+    incoming: CIMultiDict[str] | Iterable[tuple[str, str]],
+    *,
+    principal: Principal,
+    names: PrincipalHeaders,
+    hop: ClientHop,
+    trusted: Sequence[Network],
+    forward_authorization: bool,
+) -> CIMultiDict[str]:
+    return CIMultiDict(
+        upstream_items(
+            incoming,
+            principal=principal,
+            names=names,
+            hop=hop,
+            trusted=trusted,
+            forward_authorization=forward_authorization,
+        )
+    )
 
 
 def client_items(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -99,10 +99,8 @@ def parse_request_head(head: bytes) -> RequestHead | None:
 
 def encode_head(start_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
     """A message head: start line, headers, blank line. Values are latin-1 (see above)."""
-    lines = [start_line]
-    lines.extend(f"{name}: {value}" for name, value in headers)
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1")
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    return f"{start_line}\r\n{fields}\r\n".encode("latin-1")
 
 
 def request_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
