@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -195,6 +196,10 @@ def openloop(url: str, headers: dict[str, str], rate: float, seconds: float,
     return result
 
 
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+
+
 def machine() -> dict[str, Any]:
     model = "unknown"
     with contextlib.suppress(OSError):
@@ -237,14 +242,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "e_proxy_jwt": (f"http://127.0.0.1:{proxy_port}/api/x", jwt, [proxy.pid]),
         }
         wanted = set(filter(None, args.legs.split(",")))
-        for name, (url, headers, pids) in legs.items():
-            if wanted and name not in wanted:
-                continue
+        chosen = {name: leg for name, leg in legs.items() if not wanted or name in wanted}
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
+        for url, headers, _pids in chosen.values():
             wrk(url, headers, 1, 8)  # warm: connections, caches, JWKS
-            leg: dict[str, Any] = {"saturation": wrk(url, headers, args.seconds, args.connections)}
-            leg["fixed_rate"] = openloop(url, headers, args.rate, args.seconds, pids)
-            results["legs"][name] = leg
-            print(f"{name}: {json.dumps(leg)}", flush=True)
+        # Legs interleaved, round after round: a noisy neighbour then slows every leg a
+        # little instead of one leg a lot, and the median per leg is compared.
+        for n in range(args.rounds):
+            for name, (url, headers, pids) in chosen.items():
+                one = {"saturation": wrk(url, headers, args.seconds, args.connections),
+                       "fixed_rate": openloop(url, headers, args.rate, args.seconds, pids)}
+                rounds[name].append(one)
+                print(f"round {n + 1} {name}: {json.dumps(one)}", flush=True)
+        for name, runs in rounds.items():
+            results["legs"][name] = {
+                "saturation": medians([r["saturation"] for r in runs]),
+                "fixed_rate": medians([r["fixed_rate"] for r in runs]),
+                "rounds": runs,
+            }
         calls = json.loads(urllib.request.urlopen(
             f"http://127.0.0.1:{clerk_port}/__emulator/calls", timeout=5).read())
         results["clerk_calls_during_http_legs"] = calls
@@ -261,7 +276,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def ratios(r: dict[str, Any]) -> dict[str, float]:
+def ratios(r: dict[str, Any]) -> dict[str, Any]:
     legs = r["legs"]
 
     def rps(name: str) -> float:
@@ -270,7 +285,12 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
     def p90(name: str) -> float:
         return float(legs[name]["fixed_rate"]["p90_ms"])
 
+    by_round = [
+        d["saturation"]["rps"] / c["saturation"]["rps"]
+        for c, d in zip(legs["c_proxy_public"]["rounds"], legs["d_proxy_m2m"]["rounds"], strict=True)
+    ]
     return {
+        "d_over_c_by_round": by_round,
         "c_over_a_throughput": rps("c_proxy_public") / rps("a_direct"),
         "d_over_c_throughput": rps("d_proxy_m2m") / rps("c_proxy_public"),
         "d_over_b_throughput": rps("d_proxy_m2m") / rps("b_nginx"),
@@ -285,7 +305,8 @@ def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
     lines = [
         f"Run: {m['date']}, commit `{m['commit']}`, {m['nproc']} cores ({m['cpu']}); "
         f"wrk -t1 -c{r['settings']['connections']} for {r['settings']['seconds']} s per leg; "
-        f"open loop at {r['settings']['rate']:.0f} req/s for {r['settings']['seconds']} s.",
+        f"open loop at {r['settings']['rate']:.0f} req/s for {r['settings']['seconds']} s; "
+        f"legs interleaved, {r['settings']['rounds']} rounds, medians shown.",
         "",
         "| leg | saturation req/s | p50 ms | p90 ms | p99 ms | errors | CPU s / 1k req | RSS MB |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -303,6 +324,7 @@ def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
         "",
         f"- (c)/(a) throughput: **{q['c_over_a_throughput']:.2f}**; (d)/(c): **{q['d_over_c_throughput']:.2f}**; "
         f"(d)/(b): **{q['d_over_b_throughput']:.2f}**; (e)/(c): **{q['e_over_c_throughput']:.2f}**",
+        f"- (d)/(c) throughput round by round: {', '.join(f'{x:.2f}' for x in q['d_over_c_by_round'])}",
         f"- added p90 at {r['settings']['rate']:.0f} req/s, (d) - (a): **{q['added_p90_ms_d_minus_a']:.2f} ms**; "
         f"(d) - (b): {q['added_p90_ms_d_minus_b']:.2f} ms",
         f"- Clerk calls during all HTTP legs: {r['clerk_calls_during_http_legs']}",
@@ -334,6 +356,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of all legs, interleaved; each figure is the median")
     parser.add_argument("--sio-clients", type=int, default=1000)
     parser.add_argument("--skip-sio", action="store_true")
     parser.add_argument("--legs", default="", help="comma-separated leg names (default: all)")

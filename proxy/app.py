@@ -281,8 +281,10 @@ class Proxy:
         authenticated: Authenticated,
         incoming: Iterable[tuple[str, str]],
         hop: ClientHop,
+        default_host: str | None = None,
     ) -> list[tuple[str, str]]:
-        """Authorize (raises 401/403) and build the upstream's headers."""
+        """Authorize (raises 401/403) and build the upstream's headers (with `default_host`
+        as Host when the client sent none)."""
         principal, token_error = authenticated
         try:
             rt.policy.authorize(routed.route, principal, token_error=token_error)
@@ -298,6 +300,7 @@ class Proxy:
             hop=hop,
             trusted=cfg.trusted_proxies,
             forward_authorization=cfg.forward_authorization,
+            default_host=default_host,
         )
 
     def finished(

@@ -228,10 +228,9 @@ class FrontDoor(asyncio.Protocol):
             return
         self._principal = authenticated[0]
         assert self._head is not None
-        headers = self._proxy.admit(rt, routed, authenticated, self._head.headers, hop)
-        if not any(name.lower() == "host" for name, _ in headers):
-            pool = self._proxy.fast_pool
-            headers.append(("Host", f"{pool.host}:{pool.port}"))
+        headers = self._proxy.admit(
+            rt, routed, authenticated, self._head.headers, hop, self._proxy.fast_pool.authority
+        )
         resolved = routed.resolved
         target = rt.fast_prefix + resolved.path
         if resolved.query is not None:

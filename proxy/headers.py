@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, istr
 
@@ -47,6 +47,8 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 X_FORWARDED_FOR = istr("X-Forwarded-For")
 X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST = istr("X-Forwarded-Host")
+# Distinct Principals rendered before the memo starts over (cache hits repeat a few).
+RENDER_MEMO_SIZE = 4096
 
 
 def connection_tokens(values: Iterable[str]) -> frozenset[str]:
@@ -89,7 +91,24 @@ class PrincipalHeaders:
             claims=istr(prefix + "Claims"),
         )
 
-    def render(self, principal: Principal) -> list[tuple[istr, str]]:
+    # The rendering of recently seen Principals: cache hits return the same Principal
+    # object, so the hot path renders each one once. Keyed by id(), with the object kept
+    # beside it so the id cannot be reused while the memo holds it.
+    _memo: dict[int, tuple[Principal, tuple[tuple[istr, str], ...]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def render(self, principal: Principal) -> tuple[tuple[istr, str], ...]:
+        kept = self._memo.get(id(principal))
+        if kept is not None and kept[0] is principal:
+            return kept[1]
+        rendered = self._render(principal)
+        if len(self._memo) >= RENDER_MEMO_SIZE:
+            self._memo.clear()
+        self._memo[id(principal)] = (principal, rendered)
+        return rendered
+
+    def _render(self, principal: Principal) -> tuple[tuple[istr, str], ...]:
         out: list[tuple[istr, str]] = [(self.type, principal.type)]
         if principal.id:
             out.append((self.id, principal.id))
@@ -101,7 +120,7 @@ class PrincipalHeaders:
             out.append((self.scopes, " ".join(sorted(principal.scopes))))
         if principal.claims_json:
             out.append((self.claims, principal.claims_json))
-        return out
+        return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +183,7 @@ def upstream_items(
     hop: ClientHop,
     trusted: Sequence[Network],
     forward_authorization: bool,
+    default_host: str | None = None,
 ) -> list[tuple[str, str]]:
     """Headers to send upstream: cleaned of hop-by-hop, identity, override and (from
     untrusted peers) forwarding headers; then the principal and X-Forwarded-* added.
@@ -175,7 +195,7 @@ def upstream_items(
     kept: list[tuple[str, str, str]] = []
     connection: list[str] = []
     prior_xff: list[str] = []
-    has_proto = has_host = False
+    has_proto = has_host = has_fwd_host = False
     for name, value in items:
         lname = name.lower()
         if lname in drop:
@@ -192,17 +212,21 @@ def upstream_items(
         kept = _without_connection_named(kept, connection)
     out: list[tuple[str, str]] = []
     for name, value, lname in kept:
-        if lname == "x-forwarded-proto":
+        if lname == "host":
+            has_host = True
+        elif lname == "x-forwarded-proto":
             has_proto = True
         elif lname == "x-forwarded-host":
-            has_host = True
+            has_fwd_host = True
         out.append((name, value))
     out.extend(names.render(principal))
     out.append((X_FORWARDED_FOR, ", ".join([*prior_xff, hop.peer_ip])))
     if not has_proto:
         out.append((X_FORWARDED_PROTO, hop.scheme))
-    if not has_host and hop.host:
+    if not has_fwd_host and hop.host:
         out.append((X_FORWARDED_HOST, hop.host))
+    if not has_host and default_host is not None:
+        out.append(("Host", default_host))
     return out
 
 

@@ -215,6 +215,8 @@ class UpstreamPool:
         self.loop = asyncio.get_running_loop()
         self.host = host
         self.port = port
+        # The Host header for a request that arrived without one.
+        self.authority = f"{host}:{port}"
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.limit = limit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -14,6 +15,7 @@ from proxy.headers import (
     connection_tokens,
     for_client,
     for_upstream,
+    upstream_items,
 )
 from proxy.principal import ANONYMOUS, Principal
 
@@ -155,3 +157,29 @@ def test_for_client_drops_hop_by_hop_and_named() -> None:
                       ("Transfer-Encoding", "chunked"), ("Content-Length", "10"),
                       ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")])
     assert list(out.items()) == [("Content-Length", "10"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
+
+
+@pytest.mark.parametrize(
+    ("incoming", "host"),
+    [
+        ([("Host", "api.example")], ["api.example"]),
+        ([("host", "api.example")], ["api.example"]),
+        ([], ["127.0.0.1:9000"]),  # no Host from the client: the upstream's authority
+        ([("Host", "api.example"), ("Connection", "host")], ["127.0.0.1:9000"]),
+    ],
+)
+def test_default_host_only_when_the_client_sent_none(
+    incoming: list[tuple[str, str]], host: list[str]
+) -> None:
+    out = upstream_items(incoming, principal=MACHINE, names=NAMES, hop=HOP, trusted=(),
+                         forward_authorization=False, default_host="127.0.0.1:9000")
+    assert [v for k, v in out if k.lower() == "host"] == host
+
+
+def test_rendering_is_memoised_per_principal_object_and_never_confused() -> None:
+    names = PrincipalHeaders.for_prefix("X-Auth-")
+    first = names.render(MACHINE)
+    assert names.render(MACHINE) is first
+    other = dataclasses.replace(MACHINE, id="mch_2")
+    assert dict(names.render(other))["X-Auth-Principal-Id"] == "mch_2"
+    assert dict(names.render(MACHINE))["X-Auth-Principal-Id"] == "mch_1"
