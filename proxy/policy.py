@@ -139,8 +139,8 @@ class Policy:
                 f"this route is for {allowed} principals, not {principal.type}",
                 token_type=principal.token_type,
             )
-        missing = [s for s in route.scopes if s not in principal.scopes]
-        if missing:
+        if route.scopes and not principal.scopes.issuperset(route.scopes):
+            missing = [s for s in route.scopes if s not in principal.scopes]
             raise ProxyError(
                 errors.INSUFFICIENT_SCOPE,
                 f"the token lacks the scope(s): {' '.join(missing)}",
