@@ -31,7 +31,7 @@ from .headers import ClientHop, PrincipalHeaders, client_ip, upstream_items
 from .logs import AccessLog
 from .metrics import Metrics
 from .policy import Policy, Resolved
-from .principal import ANONYMOUS, Principal, Verifier
+from .principal import ANONYMOUS, Principal, Recent, Verifier
 from .upstream import UpstreamPool
 
 log = logging.getLogger("proxy")
@@ -251,11 +251,14 @@ class Proxy:
         token = None if route.auth == "public" else tokens.extract_bearer(getall("Authorization"))
         return Routed(resolved, route, token, ip)
 
-    def authenticate_cached(self, rt: Runtime, routed: Routed) -> Authenticated | None:
-        """The answer when it needs no waiting (public route, no token, cache hit)."""
+    def authenticate_cached(
+        self, rt: Runtime, routed: Routed, recent: Recent | None = None
+    ) -> Authenticated | None:
+        """The answer when it needs no waiting (public route, no token, cache hit).
+        `recent` is the client connection's memo of its last hit, where there is one."""
         if routed.token is None:
             return ANONYMOUS, None
-        principal = rt.verifier.cached(routed.token)
+        principal = rt.verifier.cached(routed.token, recent)
         return None if principal is None else (principal, None)
 
     async def authenticate(self, rt: Runtime, routed: Routed) -> Authenticated:

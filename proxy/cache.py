@@ -142,12 +142,22 @@ class VerificationCache:
     def fresh(self, key: bytes) -> Principal | None:
         """The cached Principal when a fresh positive entry exists (counted as a hit), else
         None and nothing counted: the hot path's answer without a coroutine."""
+        entry = self.fresh_entry(key)
+        return None if entry is None else entry.principal
+
+    def fresh_entry(self, key: bytes) -> Positive | None:
+        """`fresh`, with the entry's deadline: until then nothing replaces the entry (a
+        reload happens only on a miss)."""
         now = self._now()
         entry = self._entries.get(key, now)
         if isinstance(entry, Positive) and now < entry.fresh_until:
             self._count_hit.inc()
-            return entry.principal
+            return entry
         return None
+
+    def count_hit(self) -> None:
+        """A hit answered from a connection's memo of this cache's entry."""
+        self._count_hit.inc()
 
     async def get(
         self,

@@ -29,7 +29,7 @@ from . import http1
 from .app import Authenticated, Proxy, Routed, Runtime
 from .errors import ProxyError
 from .headers import ClientHop, client_items
-from .principal import ANONYMOUS, Principal
+from .principal import ANONYMOUS, Principal, Recent
 from .upstream import IDEMPOTENT, UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("proxy")
@@ -72,6 +72,7 @@ class FrontDoor(asyncio.Protocol):
         self._rt: Runtime | None = None
         self._route_name = "unmatched"
         self._principal: Principal = ANONYMOUS
+        self._recent = Recent()
         self._started = 0.0
         self._upstream: UpstreamConnection | None = None
         self._upstream_head = b""
@@ -203,7 +204,7 @@ class FrontDoor(asyncio.Protocol):
         del self._buffer[:head_size]
         self._route_name = routed.route.name
         try:
-            authenticated = self._proxy.authenticate_cached(rt, routed)
+            authenticated = self._proxy.authenticate_cached(rt, routed, self._recent)
             if authenticated is None:
                 self._task = asyncio.ensure_future(self._authenticate(rt, routed, hop))
                 return True

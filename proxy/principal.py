@@ -47,6 +47,24 @@ def encode_claims(claims: Mapping[str, Any] | None) -> str | None:
     return json.dumps(claims, separators=(",", ":"), ensure_ascii=True, sort_keys=True)
 
 
+class Recent:
+    """The last cache hit on one client connection.
+
+    A keep-alive partner sends the same token on every request: the next request is then
+    answered by comparing it with this one, instead of hashing it and looking it up.
+    The verifier that filled it decides whether it still holds (same verifier, same
+    token, before the cache entry's own freshness deadline). It holds the connection's
+    own token for as long as the connection lives, no longer than its request head."""
+
+    __slots__ = ("fresh_until", "owner", "principal", "token")
+
+    def __init__(self) -> None:
+        self.owner: object = None
+        self.token = ""
+        self.principal = ANONYMOUS
+        self.fresh_until = 0.0
+
+
 class Verifier(Protocol):
     """Turns a bearer token into a Principal or raises `errors.ProxyError`.
 
@@ -56,7 +74,8 @@ class Verifier(Protocol):
 
     async def verify(self, token: str, client_ip: str) -> Principal: ...
 
-    def cached(self, token: str) -> Principal | None:
+    def cached(self, token: str, recent: Recent | None = None) -> Principal | None:
         """The Principal when `verify` would answer from its cache without waiting, else
-        None (then `verify` decides). Never raises, never calls out."""
+        None (then `verify` decides). Never raises, never calls out. `recent` is the
+        calling connection's memo, read and refreshed when given."""
         ...

@@ -20,7 +20,7 @@ from .config import Config
 from .errors import ProxyError
 from .jwks import Jwks
 from .metrics import Metrics
-from .principal import Principal, PrincipalType, encode_claims
+from .principal import Principal, PrincipalType, Recent, encode_claims
 from .tokens import TokenKind
 
 # Registered JWT claims and Clerk's own session/M2M claims; everything else is "custom"
@@ -103,6 +103,7 @@ class ClerkVerifier:
         now: Callable[[], float] = time.time,
     ) -> None:
         ck = config.clerk
+        self._now = now
         self.clerk = ClerkClient(ck, session, metrics, now=now)
         self.jwks = Jwks(ck, self.clerk, now=now)
         self.cache = VerificationCache(
@@ -117,8 +118,22 @@ class ClerkVerifier:
     async def close(self) -> None:
         await self.cache.close()
 
-    def cached(self, token: str) -> Principal | None:
-        return self.cache.fresh(self.cache.key(token))
+    def cached(self, token: str, recent: Recent | None = None) -> Principal | None:
+        if (
+            recent is not None
+            and recent.owner is self
+            and recent.token == token
+            and self._now() < recent.fresh_until
+        ):
+            self.cache.count_hit()
+            return recent.principal
+        entry = self.cache.fresh_entry(self.cache.key(token))
+        if entry is None:
+            return None
+        if recent is not None:
+            recent.owner, recent.token = self, token
+            recent.principal, recent.fresh_until = entry.principal, entry.fresh_until
+        return entry.principal
 
     async def verify(self, token: str, client_ip: str) -> Principal:
         key = self.cache.key(token)

@@ -18,7 +18,7 @@ from proxy import frontdoor
 from proxy.app import PROXY
 from proxy.config import Config, build_config
 from proxy.errors import TOKEN_INVALID, ProxyError
-from proxy.principal import Principal
+from proxy.principal import Principal, Recent
 
 TEST_ENV = {"CLERK_SECRET_KEY": "sk_test_unit"}
 
@@ -78,7 +78,7 @@ class StubVerifier:
     )
     calls: int = 0
 
-    def cached(self, token: str) -> Principal | None:
+    def cached(self, token: str, recent: Recent | None = None) -> Principal | None:
         return None
 
     async def verify(self, token: str, client_ip: str) -> Principal:

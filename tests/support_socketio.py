@@ -19,7 +19,7 @@ from proxy import config, websocket
 from proxy import socketio as sio_codec
 from proxy.errors import TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
 from proxy.metrics import Metrics
-from proxy.principal import ANONYMOUS, Principal
+from proxy.principal import ANONYMOUS, Principal, Recent
 
 PARTNER = Principal(
     type="machine",
@@ -40,7 +40,7 @@ class TokenBook:
     down: bool = False
     calls: list[str] = field(default_factory=list)
 
-    def cached(self, token: str) -> Principal | None:
+    def cached(self, token: str, recent: Recent | None = None) -> Principal | None:
         return None
 
     async def verify(self, token: str, client_ip: str) -> Principal:

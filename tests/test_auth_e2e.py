@@ -292,3 +292,23 @@ async def test_no_token_in_logs_or_metrics(stack_factory: Any, caplog: pytest.Lo
     assert 'authproxy_auth_decisions_total{result="allowed",token_type="m2m_token"} 1.0' in metrics
     assert 'authproxy_auth_decisions_total{result="token_invalid",token_type="m2m_token"} 1.0' in metrics
     assert 'authproxy_clerk_requests_total{endpoint="m2m_verify",status="200"} 1.0' in metrics
+
+
+async def test_one_connection_switching_tokens_gets_each_tokens_principal(stack_factory: Any) -> None:
+    """Keep-alive connections remember their last cache hit: a connection that changes
+    token must never be answered from that memo."""
+    s: Stack = await stack_factory()
+    a = s.emulator.create_m2m_token(s.emulator.create_machine("partner-a").id)
+    b = s.emulator.create_m2m_token(s.emulator.create_machine("partner-b").id)
+    ids = {a.secret: a.id, b.secret: b.id}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as one:
+        for token in [a.secret, a.secret, b.secret, "mt_" + "x" * 40, a.secret, b.secret, b.secret]:
+            headers = {"Authorization": f"Bearer {token}"}
+            async with one.get(s.url("/api/v1/matches"), headers=headers) as resp:
+                await resp.read()
+                if token in ids:
+                    assert resp.status == 200
+                    assert header_values(s.recorder.last.headers, "X-Auth-Token-Id") == [ids[token]]
+                else:
+                    assert resp.status == 401
+    assert s.emulator.calls["m2m_verify"] == 3  # a, b and the bad one; the rest are hits

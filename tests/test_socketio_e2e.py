@@ -18,7 +18,7 @@ import socketio
 from aiohttp.test_utils import TestServer
 
 from proxy.errors import TOKEN_EXPIRED, ProxyError
-from proxy.principal import Principal
+from proxy.principal import Principal, Recent
 from tests.support_socketio import (
     PARTNER,
     SioUpstream,
@@ -44,7 +44,7 @@ TRANSPORTS = [
 
 
 class ExpiredBook(TokenBook):
-    def cached(self, token: str) -> Principal | None:
+    def cached(self, token: str, recent: Recent | None = None) -> Principal | None:
         return None
 
     async def verify(self, token: str, client_ip: str) -> Principal:

@@ -36,7 +36,7 @@ from proxy.errors import (
     ProxyError,
 )
 from proxy.metrics import Metrics
-from proxy.principal import Principal
+from proxy.principal import Principal, Recent
 from proxy.tokens import TokenKind
 from proxy.verifier import ClerkVerifier, jwt_principal
 
@@ -480,3 +480,46 @@ async def test_a_wrong_proxy_key_is_503_and_logged(
     rig.clock.t += 1
     await rig.refused(issued.secret)
     assert rig.calls() == 2  # and not cached
+
+
+async def test_a_connection_memo_answers_its_repeated_token_without_hashing(
+    make_rig: RigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await make_rig(cache={"ttl_seconds": 30})
+    machine = rig.clerk.create_machine("partner")
+    first = rig.clerk.create_m2m_token(machine.id)
+    second = rig.clerk.create_m2m_token(machine.id)
+    recent = Recent()
+    assert rig.verifier.cached(first.secret, recent) is None  # not verified yet: no memo
+    assert recent.owner is None
+    verified = await rig.verify(first.secret)
+    assert rig.verifier.cached(first.secret, recent) == verified  # from the cache: memo set
+    hits = rig.cache_count("hit")
+
+    hashed: list[str] = []
+    real_key = rig.verifier.cache.key
+    monkeypatch.setattr(rig.verifier.cache, "key", lambda t: hashed.append(t) or real_key(t))
+    for _ in range(3):
+        assert rig.verifier.cached(first.secret, recent) == verified
+    assert hashed == []  # answered by comparing strings
+    assert rig.cache_count("hit") == hits + 3  # and still counted as cache hits
+
+    await rig.verify(second.secret)
+    assert rig.verifier.cached(second.secret, recent) is not None  # another token: the cache
+    assert len(hashed) == 2  # (verify's lookup, then cached's)
+    assert recent.token == second.secret
+
+    rig.clock.t += 30  # the entry's own deadline ends the memo too
+    assert rig.verifier.cached(second.secret, recent) is None
+    assert rig.calls() == 2
+
+
+async def test_a_memo_filled_by_another_verifier_is_ignored(make_rig: RigFactory) -> None:
+    """A config reload builds a new verifier: a connection's memo from the old one must not
+    answer for it."""
+    old, new = await make_rig(), await make_rig()
+    issued = old.clerk.create_m2m_token(old.clerk.create_machine("partner").id)
+    await old.verify(issued.secret)
+    recent = Recent()
+    assert old.verifier.cached(issued.secret, recent) is not None
+    assert new.verifier.cached(issued.secret, recent) is None
