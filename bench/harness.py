@@ -196,6 +196,15 @@ def openloop(url: str, headers: dict[str, str], rate: float, seconds: float,
     return result
 
 
+def serial(port: int, pid: int, url: str, headers: dict[str, str], seconds: float) -> dict[str, float]:
+    path = "/" + url.split("/", 3)[3]
+    out = subprocess.run(
+        [PY, "-m", "bench.serial", str(port), str(pid), str(seconds), path, json.dumps(headers)],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=seconds + 60,
+    ).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
 def medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
@@ -254,6 +263,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "fixed_rate": openloop(url, headers, args.rate, args.seconds, pids)}
                 rounds[name].append(one)
                 print(f"round {n + 1} {name}: {json.dumps(one)}", flush=True)
+        serial_legs = [n for n in ("c_proxy_public", "d_proxy_m2m", "e_proxy_jwt") if n in chosen]
+        serial_runs: dict[str, list[float]] = {name: [] for name in serial_legs}
+        for n in range(args.rounds):
+            for name in serial_legs:
+                url, headers, pids = chosen[name]
+                one = serial(proxy_port, pids[0], url, headers, args.seconds)
+                serial_runs[name].append(one["cpu_us_per_request"])
+                print(f"serial round {n + 1} {name}: {json.dumps(one)}", flush=True)
+        results["serial_cpu_us"] = {
+            name: {"median": statistics.median(runs), "rounds": runs}
+            for name, runs in serial_runs.items()
+        }
         for name, runs in rounds.items():
             results["legs"][name] = {
                 "saturation": medians([r["saturation"] for r in runs]),
@@ -289,7 +310,13 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
         d["saturation"]["rps"] / c["saturation"]["rps"]
         for c, d in zip(legs["c_proxy_public"]["rounds"], legs["d_proxy_m2m"]["rounds"], strict=True)
     ]
+    cpu = r.get("serial_cpu_us", {})
+    serial_ratio = (
+        cpu["c_proxy_public"]["median"] / cpu["d_proxy_m2m"]["median"]
+        if "c_proxy_public" in cpu and "d_proxy_m2m" in cpu else None
+    )
     return {
+        "d_over_c_serial_cpu": serial_ratio,
         "d_over_c_by_round": by_round,
         "c_over_a_throughput": rps("c_proxy_public") / rps("a_direct"),
         "d_over_c_throughput": rps("d_proxy_m2m") / rps("c_proxy_public"),
@@ -325,6 +352,10 @@ def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
         f"- (c)/(a) throughput: **{q['c_over_a_throughput']:.2f}**; (d)/(c): **{q['d_over_c_throughput']:.2f}**; "
         f"(d)/(b): **{q['d_over_b_throughput']:.2f}**; (e)/(c): **{q['e_over_c_throughput']:.2f}**",
         f"- (d)/(c) throughput round by round: {', '.join(f'{x:.2f}' for x in q['d_over_c_by_round'])}",
+        f"- one request at a time on one keep-alive connection, proxy CPU µs per request (median of "
+        f"{r['settings']['rounds']}): "
+        + ", ".join(f"{k} {v['median']:.0f}" for k, v in r.get("serial_cpu_us", {}).items())
+        + (f"; (d)/(c) = c/d: **{q['d_over_c_serial_cpu']:.2f}**" if q["d_over_c_serial_cpu"] else ""),
         f"- added p90 at {r['settings']['rate']:.0f} req/s, (d) - (a): **{q['added_p90_ms_d_minus_a']:.2f} ms**; "
         f"(d) - (b): {q['added_p90_ms_d_minus_b']:.2f} ms",
         f"- Clerk calls during all HTTP legs: {r['clerk_calls_during_http_legs']}",

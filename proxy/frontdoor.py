@@ -20,7 +20,7 @@ import contextlib
 import http
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, cast
 
 from aiohttp import web
@@ -189,7 +189,7 @@ class FrontDoor(asyncio.Protocol):
         self._holding = False
         self._out = []
         rt = self._rt = self._proxy.runtime
-        hop = ClientHop(self._peer, "http", self._header("host"))
+        hop = ClientHop(self._peer, "http", head.host)
         try:
             routed = self._proxy.route(rt, head.method, head.target, self._getall, hop)
         except ProxyError as refusal:
@@ -373,15 +373,10 @@ class FrontDoor(asyncio.Protocol):
         if self._buffer:
             self._next()
 
-    def _header(self, name: str) -> str | None:
+    def _getall(self, name: str) -> Sequence[str]:
         assert self._head is not None
-        for key, value in self._head.headers:
-            if key.lower() == name:
-                return value
-        return None
-
-    def _getall(self, name: str) -> list[str]:
-        assert self._head is not None
+        if name == "Authorization":
+            return self._head.authorization
         lname = name.lower()
         return [value for key, value in self._head.headers if key.lower() == lname]
 

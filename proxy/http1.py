@@ -38,16 +38,30 @@ class RequestHead:
     target: str
     headers: tuple[tuple[str, str], ...]
     keep_alive: bool
+    # Picked out while parsing: the request path asks for these on every request.
+    host: str | None = None
+    authorization: tuple[str, ...] = ()
 
 
 class _HeadCollector:
     """httptools callbacks for one request head."""
 
-    __slots__ = ("complete", "headers", "keep_alive", "parser", "refuse", "url")
+    __slots__ = (
+        "authorization",
+        "complete",
+        "headers",
+        "host",
+        "keep_alive",
+        "parser",
+        "refuse",
+        "url",
+    )
 
     def __init__(self) -> None:
         self.url = b""
         self.headers: list[tuple[str, str]] = []
+        self.host: str | None = None
+        self.authorization: list[str] = []
         self.refuse = False
         self.complete = False
         self.keep_alive = False
@@ -61,9 +75,15 @@ class _HeadCollector:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() in _HANDOFF_HEADERS:
+        lname = name.lower()
+        if lname in _HANDOFF_HEADERS:
             self.refuse = True
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        text = value.decode("latin-1")
+        self.headers.append((name.decode("latin-1"), text))
+        if lname == b"authorization":
+            self.authorization.append(text)
+        elif lname == b"host" and self.host is None:
+            self.host = text
 
     def on_message_complete(self) -> None:
         self.complete = True
@@ -94,6 +114,8 @@ def parse_request_head(head: bytes) -> RequestHead | None:
         target=target,
         headers=tuple(collector.headers),
         keep_alive=collector.keep_alive,
+        host=collector.host,
+        authorization=tuple(collector.authorization),
     )
 
 

@@ -55,6 +55,25 @@ def test_parsed_head_keeps_order_case_and_bytes() -> None:
 
 
 @pytest.mark.parametrize(
+    ("fields", "host", "authorization"),
+    [
+        (b"", None, ()),
+        (b"Host: a\r\n", "a", ()),
+        (b"host: a\r\nHOST: b\r\n", "a", ()),  # the first, as a lookup would find
+        (b"Authorization: Bearer x\r\n", None, ("Bearer x",)),
+        (b"authorization: Bearer x\r\nAUTHORIZATION: Basic y\r\n", None, ("Bearer x", "Basic y")),
+        (b"Host: h\r\nX-Authorization: z\r\nAuthorization-X: z\r\n", "h", ()),
+    ],
+)
+def test_host_and_authorization_are_picked_out_while_parsing(
+    fields: bytes, host: str | None, authorization: tuple[str, ...]
+) -> None:
+    head = http1.parse_request_head(b"GET / HTTP/1.1\r\n" + fields + b"\r\n")
+    assert head is not None
+    assert (head.host, head.authorization) == (host, authorization)
+
+
+@pytest.mark.parametrize(
     ("connection", "keep_alive"),
     [(None, True), (b"close", False), (b"Close", False), (b"keep-alive", True)],
 )

@@ -1,0 +1,58 @@
+"""CPU per request of the process under test, with one keep-alive client sending one
+request at a time: no batching, no queueing, so the figure moves little between runs —
+the steadiest way on a shared box to see what one step of the request path costs (for
+example auth on a cache hit: leg (d) against leg (c)).
+
+    python -m bench.serial PORT PID SECONDS PATH [HEADER-JSON]   -> one JSON line
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(port: int, pid: int, seconds: float, path: str, headers: dict[str, str]) -> dict[str, float]:
+    lines = [f"GET {path} HTTP/1.1", "Host: bench", *(f"{k}: {v}" for k, v in headers.items())]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buffered, done, errors = b"", 0, 0
+    before, end = cpu_seconds(pid), time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        sock.sendall(request)
+        while True:
+            head_end = buffered.find(b"\r\n\r\n")
+            if head_end >= 0:
+                head = buffered[:head_end].lower()
+                length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+                if len(buffered) >= head_end + 4 + length:
+                    errors += not head.startswith(b"http/1.1 200")
+                    buffered = buffered[head_end + 4 + length :]
+                    break
+            got = sock.recv(65536)
+            if not got:
+                raise SystemExit("the server closed the connection")
+            buffered += got
+        done += 1
+    used = cpu_seconds(pid) - before
+    sock.close()
+    return {"requests": done, "errors": errors, "cpu_us_per_request": used / max(1, done) * 1e6}
+
+
+def main() -> None:
+    port, pid, seconds, path = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+    headers = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+    print(json.dumps(run(port, pid, seconds, path, headers)))
+
+
+if __name__ == "__main__":
+    main()
