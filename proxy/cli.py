@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import __version__, frontdoor
+from . import __version__, listener
 from .admin import create_admin_app
 from .app import PROXY, Proxy, create_app
 from .config import Config, ConfigError, load_config
@@ -92,9 +92,9 @@ class Server:
         admin_runner = web.AppRunner(self.admin, access_log=None, handle_signals=False)
         await runner.setup()
         await admin_runner.setup()
-        front: frontdoor.FrontDoorServer | None = None
+        front: listener.FrontDoorServer | None = None
         if cfg.listen.fast_path and cfg.upstream.url.startswith("http://"):
-            front = await frontdoor.serve(
+            front = await listener.serve(
                 self.proxy, runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port
             )
         else:

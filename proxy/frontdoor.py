@@ -7,7 +7,8 @@ with callbacks instead of coroutines, and relays the answer from a raw upstream
 connection (`upstream`). A cache hit costs no task, future or header object beyond the
 rewrite itself. The first request it does not accept is handed, with every byte still
 unread, to aiohttp's own protocol for that connection (`transport.set_protocol`), which
-then owns the connection for good: bodies, WebSockets, Socket.IO, oddities.
+then owns the connection for good: bodies, WebSockets, Socket.IO, oddities. The
+listener that makes them, sweeps idle ones and drains them is `listener`.
 
 Requests on one connection are answered in order, one at a time (pipelined requests
 wait in the buffer), exactly like aiohttp's server.
@@ -16,21 +17,21 @@ wait in the buffer), exactly like aiohttp's server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Final, cast
-
-from aiohttp import web
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final, cast
 
 from . import http1
-from .app import Authenticated, Proxy, Routed, Runtime
+from .app import Authenticated, Routed, Runtime
 from .errors import ProxyError
 from .headers import ClientHop, client_items
 from .principal import ANONYMOUS, Principal, Recent
 from .upstream import IDEMPOTENT, UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from .listener import FrontDoorServer
 
 log = logging.getLogger("proxy")
 
@@ -39,13 +40,10 @@ log = logging.getLogger("proxy")
 KEEPALIVE: Final = 75.0
 # Pipelined bytes buffered while a request is answered before reading pauses.
 MAX_BUFFER: Final = 64 * 1024
-SWEEP_EVERY: Final = 1.0
 SOCKETIO_PREFIX: Final = "/socket.io/"
 # Answers up to this size are held until complete and sent in one write, so an upstream
 # dying mid-body still gets a 502 instead of a short 200 (as in `forward`).
 SMALL_BODY: Final = 64 * 1024
-
-AiohttpProtocolFactory = Callable[[], asyncio.Protocol]
 
 
 def _reason(status: int) -> str:
@@ -388,67 +386,3 @@ class FrontDoor(asyncio.Protocol):
         if force or now - self.idle_since > KEEPALIVE:
             self.closing = True
             self.transport.close()
-
-
-class FrontDoorServer:
-    """The listener and its connections; `aiohttp_protocol` makes aiohttp's handler."""
-
-    def __init__(self, proxy: Proxy, aiohttp_protocol: AiohttpProtocolFactory) -> None:
-        self.proxy = proxy
-        self.aiohttp_protocol = aiohttp_protocol
-        self.connections: set[FrontDoor] = set()
-        self._server: asyncio.Server | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-
-    async def start(self, host: str, port: int, *, reuse_port: bool, backlog: int = 1024) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: FrontDoor(self), host, port, reuse_port=reuse_port or None, backlog=backlog
-        )
-        self._sweeper = asyncio.create_task(self._sweep())
-
-    @property
-    def sockets(self) -> list[tuple[str, int]]:
-        assert self._server is not None
-        return [s.getsockname()[:2] for s in self._server.sockets]
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_EVERY)
-            now = time.monotonic()
-            for conn in list(self.connections):
-                conn.close_idle(now)
-            self.proxy.fast_pool.sweep(asyncio.get_running_loop().time())
-
-    async def drain(self, grace: float) -> None:
-        """Stop accepting, close idle connections, let exchanges in flight finish within
-        `grace`, then cut what is left."""
-        if self._server is not None:
-            self._server.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        deadline = time.monotonic() + grace
-        while self.connections and time.monotonic() < deadline:
-            now = time.monotonic()
-            for conn in list(self.connections):
-                conn.closing = True
-                conn.close_idle(now, force=True)
-            await asyncio.sleep(0.05)
-        for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
-
-
-async def serve(
-    proxy: Proxy, runner: web.AppRunner, host: str, port: int, *, reuse_port: bool
-) -> FrontDoorServer:
-    """Listen on host:port with the fast path in front of `runner`'s aiohttp server."""
-    server = runner.server
-    assert server is not None, "runner.setup() first"
-    front = FrontDoorServer(proxy, server)
-    await front.start(host, port, reuse_port=reuse_port)
-    return front

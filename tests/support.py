@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from proxy import frontdoor
+from proxy import listener
 from proxy.app import PROXY
 from proxy.config import Config, build_config
 from proxy.errors import TOKEN_INVALID, ProxyError
@@ -229,10 +229,10 @@ def dumps(obj: Any) -> str:
 
 
 class FastPathServer(TestServer):
-    """A TestServer whose listener is the fast path (`frontdoor`), as `clerk-auth-proxy
+    """A TestServer whose listener is the fast path (`listener`), as `clerk-auth-proxy
     run` serves by default; requests it does not take go to the app's aiohttp server."""
 
-    front: frontdoor.FrontDoorServer | None = None
+    front: listener.FrontDoorServer | None = None
 
     async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
         if self.runner:
@@ -240,7 +240,7 @@ class FastPathServer(TestServer):
         self._loop = loop
         self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
         await self.runner.setup()
-        self.front = await frontdoor.serve(
+        self.front = await listener.serve(
             self.app[PROXY], self.runner, self.host, self.port or 0, reuse_port=False
         )
         self.host, self.port = self.front.sockets[0]

@@ -13,7 +13,7 @@ import httptools
 import pytest
 from aiohttp import web
 
-from proxy import frontdoor
+from proxy import frontdoor, listener
 from proxy.app import PROXY, create_app
 from tests.support import FastPathServer, Recorder, StubVerifier, make_config, upstream_app
 
@@ -198,7 +198,7 @@ async def test_socketio_paths_go_to_aiohttp_under_any_spelling(servers: list[Any
     assert recorder.last.raw_path == "/socket.io/?EIO=4&transport=polling"
 
 
-def _front(proxy: FastPathServer) -> frontdoor.FrontDoorServer:
+def _front(proxy: FastPathServer) -> listener.FrontDoorServer:
     assert proxy.front is not None
     return proxy.front
 
