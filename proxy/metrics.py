@@ -1,7 +1,8 @@
 """Prometheus metrics, one registry per app so tests can build many apps side by side.
 
 Labels are closed sets (route names from config, token types, results, status codes):
-never a path, a token or a principal id.
+never a path, a token or a principal id. The metrics updated on every request are
+`loop_metrics` types (no lock per update); the rest are prometheus-client's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client import (
 )
 
 from . import __version__
+from .loop_metrics import LoopCounter, LoopHistogram
 
 # `*_created` series double the scrape size and no dashboard or alert of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -49,22 +51,23 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "authproxy_requests_total",
             "Requests answered, by route name, method and status code.",
             ["route", "method", "code"],
             registry=r,
         )
-        self.request_duration = Histogram(
+        self.request_duration = LoopHistogram(
             "authproxy_request_duration_seconds",
             "Time from request received to response finished, by route name.",
             ["route"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = LoopHistogram(
             "authproxy_upstream_duration_seconds",
             "Time until the upstream answered with its response headers.",
+            [],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -74,13 +77,13 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.auth_decisions = Counter(
+        self.auth_decisions = LoopCounter(
             "authproxy_auth_decisions_total",
             "Authentication/authorization decisions by token type and result.",
             ["token_type", "result"],
             registry=r,
         )
-        self.verify_cache = Counter(
+        self.verify_cache = LoopCounter(
             "authproxy_verify_cache_total",
             "Verification cache lookups: hit, miss, negative_hit, stale.",
             ["result"],
