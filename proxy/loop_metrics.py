@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -54,60 +54,59 @@ class HistogramChild:
         self.sum += amount
 
 
-class _Labelled(Collector):
+C = TypeVar("C", CounterChild, HistogramChild)
+
+
+class _Labelled(Collector, Generic[C]):
+    """Children by label values, made on first use; exported at scrape time."""
+
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
     ) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], C] = {}
         registry.register(self)
 
-    def _key(self, values: tuple[str, ...], named: dict[str, str]) -> tuple[str, ...]:
+    def labels(self, *values: str, **named: str) -> C:
         if named:
             if values:
                 raise ValueError("labels by position or by name, not both")
             values = tuple(named[n] for n in self.labelnames)
         if len(values) != len(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}")
-        return tuple(str(v) for v in values)
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new_child()
+        return child
 
     def describe(self) -> Iterator[Metric]:
-        yield from self._families({})
+        yield self._family({})
 
-    def _families(self, children: dict[tuple[str, ...], Any]) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Metric]:
+        yield self._family(self._children)
+
+    def _new_child(self) -> C:
+        raise NotImplementedError
+
+    def _family(self, children: dict[tuple[str, ...], C]) -> Metric:
         raise NotImplementedError
 
 
-class LoopCounter(_Labelled):
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str],
-        registry: CollectorRegistry,
-    ) -> None:
-        super().__init__(name, documentation, labelnames, registry)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
+class LoopCounter(_Labelled[CounterChild]):
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
 
-    def labels(self, *values: str, **named: str) -> CounterChild:
-        key = self._key(values, named)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = CounterChild()
-        return child
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self._families(self._children)
-
-    def _families(self, children: dict[tuple[str, ...], CounterChild]) -> Iterator[Metric]:
+    def _family(self, children: dict[tuple[str, ...], CounterChild]) -> Metric:
         family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for key, child in list(children.items()):
             family.add_metric(list(key), child.value)
-        yield family
+        return family
 
 
-class LoopHistogram(_Labelled):
+class LoopHistogram(_Labelled[HistogramChild]):
     def __init__(
         self,
         name: str,
@@ -116,30 +115,22 @@ class LoopHistogram(_Labelled):
         registry: CollectorRegistry,
         buckets: Sequence[float],
     ) -> None:
-        super().__init__(name, documentation, labelnames, registry)
         bounds = tuple(float(b) for b in buckets)
         if list(bounds) != sorted(bounds):
             raise ValueError("buckets must be in increasing order")
         self._bounds = bounds if bounds and bounds[-1] == math.inf else (*bounds, math.inf)
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
+        super().__init__(name, documentation, labelnames, registry)
         self._unlabelled = self.labels() if not self.labelnames else None
 
-    def labels(self, *values: str, **named: str) -> HistogramChild:
-        key = self._key(values, named)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = HistogramChild(self._bounds)
-        return child
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self._bounds)
 
     def observe(self, amount: float) -> None:
         if self._unlabelled is None:
             raise ValueError(f"{self.name} has labels: use .labels(...).observe()")
         self._unlabelled.observe(amount)
 
-    def collect(self) -> Iterator[Metric]:
-        yield from self._families(self._children)
-
-    def _families(self, children: dict[tuple[str, ...], HistogramChild]) -> Iterator[Metric]:
+    def _family(self, children: dict[tuple[str, ...], HistogramChild]) -> Metric:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for key, child in list(children.items()):
             total = 0
@@ -148,4 +139,4 @@ class LoopHistogram(_Labelled):
                 total += count
                 buckets.append((_le(bound), float(total)))
             family.add_metric(list(key), buckets, child.sum)
-        yield family
+        return family
