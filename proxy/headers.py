@@ -230,27 +230,6 @@ def upstream_items(
     return out
 
 
-def for_upstream(
-    incoming: CIMultiDict[str] | Iterable[tuple[str, str]],
-    *,
-    principal: Principal,
-    names: PrincipalHeaders,
-    hop: ClientHop,
-    trusted: Sequence[Network],
-    forward_authorization: bool,
-) -> CIMultiDict[str]:
-    return CIMultiDict(
-        upstream_items(
-            incoming,
-            principal=principal,
-            names=names,
-            hop=hop,
-            trusted=trusted,
-            forward_authorization=forward_authorization,
-        )
-    )
-
-
 def client_items(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Response headers to send back: hop-by-hop (and `Connection`-named) removed.
 

@@ -14,7 +14,6 @@ from proxy.headers import (
     client_ip,
     connection_tokens,
     for_client,
-    for_upstream,
     upstream_items,
 )
 from proxy.principal import ANONYMOUS, Principal
@@ -30,9 +29,8 @@ TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
 
 def up(headers: list[tuple[str, str]], principal: Principal = MACHINE, *, hop: ClientHop = HOP,
        trusted: tuple[ipaddress.IPv4Network, ...] = (), fwd_auth: bool = False) -> list[tuple[str, str]]:
-    out = for_upstream(headers, principal=principal, names=NAMES, hop=hop, trusted=trusted,
-                       forward_authorization=fwd_auth)
-    return list(out.items())
+    return upstream_items(headers, principal=principal, names=NAMES, hop=hop, trusted=trusted,
+                          forward_authorization=fwd_auth)
 
 
 def names_of(items: list[tuple[str, str]]) -> list[str]:
@@ -81,8 +79,8 @@ def test_anonymous_gets_only_the_type() -> None:
 
 def test_custom_prefix_strips_and_injects_its_own() -> None:
     names = PrincipalHeaders.for_prefix("X-Scores-Auth-")
-    out = for_upstream([("x_scores_auth_principal_id", "evil")], principal=MACHINE, names=names,
-                       hop=HOP, trusted=(), forward_authorization=False)
+    out = CIMultiDict(upstream_items([("x_scores_auth_principal_id", "evil")], principal=MACHINE,
+                                     names=names, hop=HOP, trusted=(), forward_authorization=False))
     assert out.getall("X-Scores-Auth-Principal-Id") == ["mch_1"]
 
 
