@@ -290,6 +290,9 @@ def proxy_app(
         },
         # The live-socket re-verification interval is the cache TTL.
         cache={"ttl_seconds": reverify_seconds or 60},
+        # A long poll waits up to pingInterval (5 s here) at the upstream: the read timeout
+        # must exceed pingInterval + pingTimeout, as in production (it raced at 5 s).
+        upstream={"read_timeout": 30},
     )
     return create_app(cfg, verifier=book, metrics=metrics)
 
