@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import aiohttp
 from aiohttp import web
@@ -27,7 +28,7 @@ from .errors import (
     ProxyError,
 )
 from .forward import ClientGone, UpstreamTarget, forward, new_session, read_request_body
-from .headers import ClientHop, PrincipalHeaders, client_ip, upstream_items
+from .headers import ClientHop, PrincipalHeaders, UpstreamRewrite, client_ip, upstream_items
 from .logs import AccessLog
 from .metrics import Metrics
 from .policy import Policy, Resolved
@@ -49,9 +50,9 @@ def clerk_verifier(config: Config, session: aiohttp.ClientSession, metrics: Metr
     return ClerkVerifier(config, session, metrics)
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
-    """The request once its route, client IP and token are known."""
+class Routed(NamedTuple):
+    """The request once its route, client IP and token are known. (Made per request: a
+    NamedTuple is several times cheaper to make than a frozen dataclass.)"""
 
     resolved: Resolved
     route: Route
@@ -71,6 +72,8 @@ class Runtime:
     policy: Policy
     verifier: Verifier
     names: PrincipalHeaders
+    # `headers.upstream_items` on raw field blocks, for the fast path.
+    rewrite: UpstreamRewrite
     target: UpstreamTarget
     timeout: aiohttp.ClientTimeout
     # The upstream URL's own path, prepended on the fast path.
@@ -128,11 +131,17 @@ class Proxy:
             if start is not None:
                 await start()
         up = config.upstream
+        names = PrincipalHeaders.for_prefix(config.headers.prefix)
         return Runtime(
             config=config,
             policy=Policy(config.routes, config.default_route),
             verifier=verifier,
-            names=PrincipalHeaders.for_prefix(config.headers.prefix),
+            names=names,
+            rewrite=UpstreamRewrite(
+                names,
+                trusted=config.trusted_proxies,
+                forward_authorization=config.forward_authorization,
+            ),
             target=UpstreamTarget(URL(up.url)),
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=up.connect_timeout, sock_read=up.read_timeout
@@ -287,14 +296,9 @@ class Proxy:
         default_host: str | None = None,
     ) -> list[tuple[str, str]]:
         """Authorize (raises 401/403) and build the upstream's headers (with `default_host`
-        as Host when the client sent none)."""
-        principal, token_error = authenticated
-        try:
-            rt.policy.authorize(routed.route, principal, token_error=token_error)
-        except ProxyError as refusal:
-            self._decided_refusal(principal, refusal)
-            raise
-        self._decided(principal, "allowed")
+        as Host when the client sent none). The fast path calls `authorize` and then
+        `rt.rewrite`, the same rewrite on raw bytes."""
+        principal = self.authorize(rt, routed, authenticated)
         cfg = rt.config
         return upstream_items(
             incoming,
@@ -305,6 +309,17 @@ class Proxy:
             forward_authorization=cfg.forward_authorization,
             default_host=default_host,
         )
+
+    def authorize(self, rt: Runtime, routed: Routed, authenticated: Authenticated) -> Principal:
+        """The principal, when it may use the route; raises 401/403."""
+        principal, token_error = authenticated
+        try:
+            rt.policy.authorize(routed.route, principal, token_error=token_error)
+        except ProxyError as refusal:
+            self._decided_refusal(principal, refusal)
+            raise
+        self._decided(principal, "allowed")
+        return principal
 
     def finished(
         self,

@@ -1,6 +1,6 @@
 """The fast path: the client-facing listener, taking plain API requests itself.
 
-Each client connection starts as a `FrontDoor`. For a request `http1.parse_request_head`
+Each client connection starts as a `FrontDoor`. For a request its `http1.HeadParser`
 accepts (HTTP/1.1, no body, no upgrade, not Socket.IO), it runs the same request path
 as `Proxy.handle` — route → authenticate (cache first) → admit → forward → finished —
 with callbacks instead of coroutines, and relays the answer from a raw upstream
@@ -60,6 +60,8 @@ class FrontDoor(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._peer = ""
+        self._hop = ClientHop("", "http", None)
+        self._parser = http1.HeadParser()
         self._busy = False
         self._in_next = False
         self._reading_paused = False
@@ -91,6 +93,7 @@ class FrontDoor(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if isinstance(peer, tuple) else ""
+        self._hop = ClientHop(self._peer, "http", None)
         self._server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -145,7 +148,7 @@ class FrontDoor(asyncio.Protocol):
                         self._hand_off()
                     return
                 end += len(http1.HEAD_END)
-                head = http1.parse_request_head(bytes(self._buffer[:end]))
+                head = self._parser.parse(bytes(self._buffer[:end]))
                 if head is None or not self._start(head, end):
                     self._hand_off()
                     return
@@ -187,7 +190,9 @@ class FrontDoor(asyncio.Protocol):
         self._holding = False
         self._out = []
         rt = self._rt = self._proxy.runtime
-        hop = ClientHop(self._peer, "http", head.host)
+        hop = self._hop
+        if hop.host != head.host:
+            hop = self._hop = ClientHop(self._peer, "http", head.host)
         try:
             routed = self._proxy.route(rt, head.method, head.target, self._getall, hop)
         except ProxyError as refusal:
@@ -225,17 +230,24 @@ class FrontDoor(asyncio.Protocol):
     ) -> None:
         if self.transport is None:
             return
-        self._principal = authenticated[0]
-        assert self._head is not None
-        headers = self._proxy.admit(
-            rt, routed, authenticated, self._head.headers, hop, self._proxy.fast_pool.authority
+        head = self._head
+        assert head is not None
+        principal = self._principal = self._proxy.authorize(rt, routed, authenticated)
+        block = rt.rewrite.block(
+            head.block,
+            principal=principal,
+            hop=hop,
+            connection=head.connection,
+            default_host=None if head.host is not None else self._proxy.fast_pool.authority,
         )
         resolved = routed.resolved
         target = rt.fast_prefix + resolved.path
         if resolved.query is not None:
             target += "?" + resolved.query
-        self._upstream_head = http1.request_head(self._head.method, target, headers)
-        self._send_upstream(retry=self._head.method in IDEMPOTENT)
+        self._upstream_head = b"".join(
+            (f"{head.method} {target} HTTP/1.1".encode("latin-1"), block, http1.HEAD_END)
+        )
+        self._send_upstream(retry=head.method in IDEMPOTENT)
 
     def _send_upstream(self, *, retry: bool) -> None:
         pool = self._proxy.fast_pool
@@ -284,23 +296,16 @@ class FrontDoor(asyncio.Protocol):
 
     # --- upstream.Sink ---------------------------------------------------------------------
 
-    def response_head(
-        self, status: int, reason: str, headers: list[tuple[str, str]], chunked: bool
-    ) -> None:
+    def response_head(self, status: int, head: bytes, block: bytes, framing: http1.Framing) -> None:
         self._proxy.metrics.upstream_duration.observe(time.perf_counter() - self._upstream_started)
         self._status = status
-        framing = http1.response_framing(status, headers)
         self._chunked = framing.has_body and framing.chunked
         self._holding = framing.length is not None and framing.length <= SMALL_BODY
         if self.closing or self._proxy.draining:
             self._keep_alive = False
         self._out.append(
-            http1.response_head(
-                status,
-                reason,
-                client_items(headers),
-                framing=framing,
-                close=not self._keep_alive,
+            http1.client_head(
+                status, head, block, framing=framing, close=not self._keep_alive, clean=client_items
             )
         )
 
@@ -375,8 +380,7 @@ class FrontDoor(asyncio.Protocol):
         assert self._head is not None
         if name == "Authorization":
             return self._head.authorization
-        lname = name.lower()
-        return [value for key, value in self._head.headers if key.lower() == lname]
+        return http1.field_values(self._head.block, http1.values_pattern(name))
 
     # --- lifetime ----------------------------------------------------------------------
 

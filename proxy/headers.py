@@ -9,11 +9,14 @@ client cannot smuggle a principal in under any spelling.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Final, NamedTuple
 
 from multidict import CIMultiDict, istr
 
+from .http1 import encode_fields, field_values, parse_fields
 from .principal import Principal
 
 # RFC 9110 §7.6.1 plus the legacy ones every proxy strips.
@@ -94,19 +97,28 @@ class PrincipalHeaders:
     # The rendering of recently seen Principals: cache hits return the same Principal
     # object, so the hot path renders each one once. Keyed by id(), with the object kept
     # beside it so the id cannot be reused while the memo holds it.
-    _memo: dict[int, tuple[Principal, tuple[tuple[istr, str], ...]]] = field(
+    _memo: dict[int, tuple[Principal, tuple[tuple[istr, str], ...], bytes]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
     def render(self, principal: Principal) -> tuple[tuple[istr, str], ...]:
+        return self._rendered(principal)[1]
+
+    def render_block(self, principal: Principal) -> bytes:
+        """`render` as a field block (`http1`), for the fast path."""
+        return self._rendered(principal)[2]
+
+    def _rendered(
+        self, principal: Principal
+    ) -> tuple[Principal, tuple[tuple[istr, str], ...], bytes]:
         kept = self._memo.get(id(principal))
         if kept is not None and kept[0] is principal:
-            return kept[1]
-        rendered = self._render(principal)
+            return kept
+        pairs = self._render(principal)
         if len(self._memo) >= RENDER_MEMO_SIZE:
             self._memo.clear()
-        self._memo[id(principal)] = (principal, rendered)
-        return rendered
+        kept = self._memo[id(principal)] = (principal, pairs, encode_fields(pairs))
+        return kept
 
     def _render(self, principal: Principal) -> tuple[tuple[istr, str], ...]:
         out: list[tuple[istr, str]] = [(self.type, principal.type)]
@@ -123,9 +135,9 @@ class PrincipalHeaders:
         return tuple(out)
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHop:
-    """What the proxy knows about the connection the request arrived on."""
+class ClientHop(NamedTuple):
+    """What the proxy knows about the connection the request arrived on. (A NamedTuple,
+    not a frozen dataclass: one is made per request, and this is several times cheaper.)"""
 
     peer_ip: str
     scheme: str
@@ -251,3 +263,86 @@ def client_items(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 def for_client(upstream: CIMultiDict[str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:
     items = upstream.items() if isinstance(upstream, CIMultiDict) else upstream
     return CIMultiDict(client_items(items))
+
+
+_CONNECTION: Final = re.compile(rb"\r\n(?i:connection):[ \t]*([^\r]*)")
+_X_FORWARDED_FOR: Final = re.compile(rb"\r\n(?i:x-forwarded-for):[ \t]*([^\r]*)")
+_X_FORWARDED_PROTO: Final = re.compile(rb"\r\n(?i:x-forwarded-proto):")
+_X_FORWARDED_HOST: Final = re.compile(rb"\r\n(?i:x-forwarded-host):")
+_HOST: Final = re.compile(rb"\r\n(?i:host):")
+
+
+def _drop_pattern(names: frozenset[str], prefix: str) -> re.Pattern[bytes]:
+    """Fields named in `names`, or whose name starts with the identity `prefix` with `_`
+    read as `-`, each with the CRLF before it: what `upstream_items` drops."""
+    alternatives = [re.escape(name.encode("ascii")) for name in sorted(names)]
+    spelled = b"".join(b"[-_]" if c == "-" else re.escape(c.encode("ascii")) for c in prefix)
+    alternatives.append(spelled + rb"[^:\r]*")
+    return re.compile(rb"\r\n(?i:" + b"|".join(alternatives) + rb"):[^\r]*")
+
+
+class UpstreamRewrite:
+    """`upstream_items` for the fast path, on a raw field block (`http1`).
+
+    The same rules with the same result, by one regex pass instead of a Python step per
+    field: the fields to drop are cut out of the block, the kept ones go up byte for byte,
+    then the principal and the forwarding fields are appended. A `Connection` field that
+    names anything not dropped anyway (rare) takes `upstream_items` itself. Built once per
+    config."""
+
+    def __init__(
+        self, names: PrincipalHeaders, *, trusted: Sequence[Network], forward_authorization: bool
+    ) -> None:
+        self._names = names
+        self._trusted = tuple(trusted)
+        self._forward_authorization = forward_authorization
+        self._dropped = {
+            from_trusted: _UPSTREAM_DROP[(from_trusted, forward_authorization)]
+            | {"x-forwarded-for"}
+            for from_trusted in (False, True)
+        }
+        self._drop = {
+            from_trusted: _drop_pattern(dropped, names.prefix_cmp)
+            for from_trusted, dropped in self._dropped.items()
+        }
+
+    def block(
+        self,
+        block: bytes,
+        *,
+        principal: Principal,
+        hop: ClientHop,
+        connection: Sequence[str] | None = None,
+        default_host: str | None = None,
+    ) -> bytes:
+        """`connection`: the block's Connection values, when the caller has them."""
+        from_trusted = is_trusted(hop.peer_ip, self._trusted)
+        if connection is None:
+            connection = field_values(block, _CONNECTION)
+        if connection and not connection_tokens(connection) <= self._dropped[from_trusted]:
+            return encode_fields(
+                upstream_items(
+                    parse_fields(block),
+                    principal=principal,
+                    names=self._names,
+                    hop=hop,
+                    trusted=self._trusted,
+                    forward_authorization=self._forward_authorization,
+                    default_host=default_host,
+                )
+            )
+        kept = self._drop[from_trusted].sub(b"", block)
+        if from_trusted:
+            xff = ", ".join([*field_values(block, _X_FORWARDED_FOR), hop.peer_ip])
+            has_proto = _X_FORWARDED_PROTO.search(kept) is not None
+            has_fwd_host = _X_FORWARDED_HOST.search(kept) is not None
+        else:
+            xff, has_proto, has_fwd_host = hop.peer_ip, False, False
+        tail = f"\r\n{X_FORWARDED_FOR}: {xff}"
+        if not has_proto:
+            tail += f"\r\n{X_FORWARDED_PROTO}: {hop.scheme}"
+        if not has_fwd_host and hop.host:
+            tail += f"\r\n{X_FORWARDED_HOST}: {hop.host}"
+        if default_host is not None and _HOST.search(kept) is None:
+            tail += f"\r\nHost: {default_host}"
+        return b"".join((kept, self._names.render_block(principal), tail.encode("latin-1")))

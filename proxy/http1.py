@@ -14,9 +14,9 @@ rewriting in `headers` sees is what goes on the wire.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, Final
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Final, NamedTuple
 
 import httptools
 
@@ -24,99 +24,136 @@ import httptools
 MAX_HEAD: Final = 8190
 HEAD_END: Final = b"\r\n\r\n"
 
-# Request headers that mean the request is not the fast path's to take. (A `Connection:
-# upgrade` request stops llhttp with HttpParserUpgrade before it completes.)
-_HANDOFF_HEADERS: Final = frozenset(
-    {b"content-length", b"transfer-encoding", b"upgrade", b"expect", b"http2-settings"}
+# Header fields are kept as llhttp validated them, in one `bytes` per head: each field
+# *preceded* by CRLF (b"\r\nHost: h\r\nAccept: */*"), so a field is found, dropped or
+# read by one C-level regex over the block instead of a Python call per field. Strict
+# llhttp guarantees what these patterns rely on: every field is `token ":" value`, no
+# whitespace before the colon, no CR, LF or NUL inside a value, no obs-fold.
+
+# The request fields the fast path reads, and those that mean the request is not its to
+# take (a `Connection: upgrade` request stops llhttp with HttpParserUpgrade first): found
+# in one pass.
+_REQUEST_FIELDS: Final = re.compile(
+    rb"\r\n(?i:(host|authorization|connection"
+    rb"|content-length|transfer-encoding|upgrade|expect|http2-settings)):[ \t]*([^\r]*)"
 )
+_FIELD: Final = re.compile(rb"\r\n([^:\r]+):[ \t]*([^\r]*)")
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
+def fields_of(head: bytes) -> bytes:
+    """The field block of a whole head: after the start line, before the blank line."""
+    return head[head.index(b"\r\n") : -4]
+
+
+def parse_fields(block: bytes) -> list[tuple[str, str]]:
+    """(name, value) pairs of a field block, as llhttp reports them: leading whitespace
+    of a value dropped, the rest kept; latin-1, so nothing is lost."""
+    return [
+        (name.decode("latin-1"), value.decode("latin-1")) for name, value in _FIELD.findall(block)
+    ]
+
+
+def field_values(block: bytes, pattern: re.Pattern[bytes]) -> list[str]:
+    return [value.decode("latin-1") for value in pattern.findall(block)]
+
+
+def values_pattern(name: str) -> re.Pattern[bytes]:
+    """A pattern for `field_values`: every value of field `name`."""
+    return re.compile(rb"\r\n(?i:" + re.escape(name.encode("latin-1")) + rb"):[ \t]*([^\r]*)")
+
+
+def encode_fields(fields: Iterable[tuple[str, str]]) -> bytes:
+    return "".join([f"\r\n{name}: {value}" for name, value in fields]).encode("latin-1")
+
+
+class RequestHead(NamedTuple):
     method: str
     target: str
-    headers: tuple[tuple[str, str], ...]
+    # The fields as received, in the block form above.
+    block: bytes
     keep_alive: bool
     # Picked out while parsing: the request path asks for these on every request.
     host: str | None = None
     authorization: tuple[str, ...] = ()
+    connection: tuple[str, ...] = ()
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return parse_fields(self.block)
 
 
-class _HeadCollector:
-    """httptools callbacks for one request head."""
+class HeadParser:
+    """Request heads of one client connection, one at a time, through one llhttp parser.
 
-    __slots__ = (
-        "authorization",
-        "complete",
-        "headers",
-        "host",
-        "keep_alive",
-        "parser",
-        "refuse",
-        "url",
-    )
+    Only the start line and completion are reported by callbacks; the fields are read
+    from the head's bytes. The parser is kept across the keep-alive requests it accepts
+    and must be dropped once `parse` answers None (the connection then leaves the fast
+    path)."""
+
+    __slots__ = ("_complete", "_keep_alive", "_parser")
 
     def __init__(self) -> None:
-        self.url = b""
-        self.headers: list[tuple[str, str]] = []
-        self.host: str | None = None
-        self.authorization: list[str] = []
-        self.refuse = False
-        self.complete = False
-        self.keep_alive = False
-        self.parser: Any = None
+        self._complete = False
+        self._keep_alive = False
+        self._parser: Any = httptools.HttpRequestParser(self)
 
+    # httptools callbacks: only those defined are called.
     def on_headers_complete(self) -> None:
         # Only valid here: llhttp resets its flags once the message completes.
-        self.keep_alive = self.parser.should_keep_alive()
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
-        if lname in _HANDOFF_HEADERS:
-            self.refuse = True
-        text = value.decode("latin-1")
-        self.headers.append((name.decode("latin-1"), text))
-        if lname == b"authorization":
-            self.authorization.append(text)
-        elif lname == b"host" and self.host is None:
-            self.host = text
+        self._keep_alive = self._parser.should_keep_alive()
 
     def on_message_complete(self) -> None:
-        self.complete = True
+        self._complete = True
+
+    def parse(self, head: bytes) -> RequestHead | None:
+        """The request in `head` (one complete head, ending in CRLFCRLF) when the fast
+        path may take it; None when aiohttp must (anything unusual, malformed or
+        carrying a body)."""
+        if len(head) > MAX_HEAD:
+            return None
+        self._complete = False
+        try:
+            self._parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # CONNECT, Upgrade
+            return None
+        if not self._complete:
+            return None
+        # llhttp has checked the request line: `method SP target SP HTTP/x.y`.
+        line_end = head.index(b"\r\n")
+        method, target, version = head[:line_end].split(b" ")
+        if version != b"HTTP/1.1" or method == b"HEAD" or not target.startswith(b"/"):
+            # HEAD: llhttp cannot be told a response answers HEAD (it would wait for the
+            # body). Absolute-form and asterisk-form targets are aiohttp's.
+            return None
+        block = head[line_end:-4]
+        host: str | None = None
+        authorization: list[str] = []
+        connection: list[str] = []
+        for name, value in _REQUEST_FIELDS.findall(block):
+            name = name.lower()
+            if name == b"host":
+                if host is None:
+                    host = value.decode("latin-1")
+            elif name == b"authorization":
+                authorization.append(value.decode("latin-1"))
+            elif name == b"connection":
+                connection.append(value.decode("latin-1"))
+            else:
+                return None  # body framing, upgrade, expect: aiohttp's
+        return RequestHead(
+            method.decode("ascii"),
+            target.decode("latin-1"),
+            block,
+            self._keep_alive,
+            host,
+            tuple(authorization),
+            tuple(connection),
+        )
 
 
 def parse_request_head(head: bytes) -> RequestHead | None:
-    """The request in `head` (one complete head, ending in CRLFCRLF) when the fast path may
-    take it; None when aiohttp must (anything unusual, malformed or carrying a body)."""
-    if len(head) > MAX_HEAD:
-        return None
-    collector = _HeadCollector()
-    parser = collector.parser = httptools.HttpRequestParser(collector)
-    try:
-        parser.feed_data(head)
-    except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # CONNECT, Upgrade
-        return None
-    if collector.refuse or not collector.complete or parser.get_http_version() != "1.1":
-        return None
-    method = parser.get_method().decode("ascii")
-    if method == "HEAD":
-        # llhttp cannot be told a response answers HEAD (it would wait for the body).
-        return None
-    target = collector.url.decode("latin-1")
-    if not target.startswith("/"):
-        return None
-    return RequestHead(
-        method=method,
-        target=target,
-        headers=tuple(collector.headers),
-        keep_alive=collector.keep_alive,
-        host=collector.host,
-        authorization=tuple(collector.authorization),
-    )
+    """`HeadParser.parse` on a parser of its own."""
+    return HeadParser().parse(head)
 
 
 def encode_head(start_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
@@ -129,26 +166,53 @@ def request_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -
     return encode_head(f"{method} {target} HTTP/1.1", headers)
 
 
-@dataclass(frozen=True, slots=True)
-class Framing:
-    """How a response body reaches the client."""
+class Framing(NamedTuple):
+    """How a response body reaches the client, and how it ends upstream."""
 
     has_body: bool
     # Re-frame the body as chunks: the upstream chunked it, or ends it by closing.
     chunked: bool
     length: int | None = None
+    # The upstream ends the body by closing the connection (no length, not chunked).
+    until_close: bool = False
+    # The head carries hop-by-hop fields, which the client must not get: it is rebuilt.
+    hop_by_hop: bool = False
 
 
-def response_framing(status: int, headers: Iterable[tuple[str, str]]) -> Framing:
-    """Framing for the client from the upstream's answer to a body-less, non-HEAD request
+# The response fields framing depends on, and the hop-by-hop ones (RFC 9110 §7.6.1, as
+# `headers.HOP_BY_HOP`): found in one pass.
+_RESPONSE_FIELDS: Final = re.compile(
+    rb"\r\n(?i:(content-length|transfer-encoding|connection|keep-alive|proxy-connection"
+    rb"|proxy-authenticate|proxy-authorization|te|trailer|upgrade)):[ \t]*([^\r]*)"
+)
+
+
+def response_framing(status: int, block: bytes) -> Framing:
+    """Framing from the fields of the upstream's answer to a body-less, non-HEAD request
     (HEAD is never on the fast path)."""
-    if status in _NO_BODY_STATUS or status < 200:
-        return Framing(has_body=False, chunked=False)
-    for name, value in headers:
-        if name.lower() == "content-length":
+    length: int | None = None
+    encodings: list[bytes] = []
+    hop_by_hop = False
+    for name, value in _RESPONSE_FIELDS.findall(block):
+        name = name.lower()
+        if name == b"content-length":
             # llhttp has already refused a malformed or conflicting one.
-            return Framing(has_body=True, chunked=False, length=int(value))
-    return Framing(has_body=True, chunked=True)
+            length = int(value)
+        elif name == b"transfer-encoding":
+            encodings.append(value)
+            hop_by_hop = True
+        else:
+            hop_by_hop = True
+    if status in _NO_BODY_STATUS or status < 200:
+        return Framing(has_body=False, chunked=False, hop_by_hop=hop_by_hop)
+    if encodings:
+        # llhttp has refused Content-Length beside Transfer-Encoding; without a final
+        # `chunked` the body runs until the upstream closes.
+        until_close = b"chunked" not in b",".join(encodings).lower()
+        return Framing(True, True, until_close=until_close, hop_by_hop=True)
+    if length is None:
+        return Framing(True, True, until_close=True, hop_by_hop=hop_by_hop)
+    return Framing(True, False, length, hop_by_hop=hop_by_hop)
 
 
 def response_head(
@@ -166,6 +230,28 @@ def response_head(
     if close:
         out.append(("Connection", "close"))
     return encode_head(f"HTTP/1.1 {status} {reason or 'Unknown'}", out)
+
+
+def client_head(
+    status: int,
+    head: bytes,
+    block: bytes,
+    *,
+    framing: Framing,
+    close: bool,
+    clean: Callable[[list[tuple[str, str]]], list[tuple[str, str]]],
+) -> bytes:
+    """The client's response head from the upstream's `head` (whole, as received) and
+    its `block` of fields.
+
+    The common answer — HTTP/1.1, sized or body-less, no hop-by-hop field — goes out as
+    the upstream wrote it (plus `Connection: close` when this is the connection's last);
+    anything else is rebuilt from its fields, cleaned by `clean` (`headers.client_items`)."""
+    if not framing.hop_by_hop and not framing.chunked and head.startswith(b"HTTP/1.1 "):
+        return head[:-2] + b"Connection: close\r\n\r\n" if close else head
+    status_line = head[: head.index(b"\r\n")].split(b" ", 2)
+    reason = status_line[2].decode("latin-1") if len(status_line) > 2 else ""
+    return response_head(status, reason, clean(parse_fields(block)), framing=framing, close=close)
 
 
 def chunk(data: bytes) -> bytes:

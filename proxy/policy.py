@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import errors
 from .config import Route
@@ -81,8 +81,9 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
     return re.compile(f"^{regex or '/'}$" if regex else "^/$")
 
 
-@dataclass(frozen=True, slots=True)
-class Resolved:
+class Resolved(NamedTuple):
+    """Made per request: a NamedTuple is several times cheaper than a frozen dataclass."""
+
     route: Route
     path: str  # normalized; this is what is forwarded
     query: str | None  # raw, untouched; None when the target had no '?'

@@ -18,17 +18,19 @@ from typing import Final, Protocol, cast
 
 import httptools
 
-from . import errors
+from . import errors, http1
 from .errors import ProxyError
 
 IDLE_SECONDS: Final = 4.0
+# An answer's head (interim answers included) may not grow past this before it ends.
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class Sink(Protocol):
-    def response_head(
-        self, status: int, reason: str, headers: list[tuple[str, str]], chunked: bool
-    ) -> None: ...
+    def response_head(self, status: int, head: bytes, block: bytes, framing: http1.Framing) -> None:
+        """`head` is the upstream's whole response head as received, `block` its fields."""
+
     def response_body(self, data: bytes) -> None: ...
     def response_end(self) -> None: ...
     def flush(self) -> None: ...
@@ -52,8 +54,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink: Sink | None = None
         self.reused = False
         self.idle_since = 0.0
-        self._reason = ""
-        self._headers: list[tuple[str, str]] = []
+        # The bytes of the answer until its head is complete: heads are read from bytes
+        # (`http1`). A 1xx answer's bytes are dropped once it is parsed.
+        self._raw = b""
         self._interim = False
         self._keep_alive = False
         self._head_seen = False
@@ -69,6 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = sink
         self._got_bytes = False
         self._head_seen = False
+        self._raw = b""
         self._last_read = self._loop.time()
         self._pool.busy.add(self)
         self.transport.write(head)
@@ -124,6 +128,11 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._got_bytes = True
         self._last_read = self._loop.time()
+        if not self._head_seen:
+            self._raw = self._raw + data if self._raw else data
+            if len(self._raw) > MAX_RESPONSE_HEAD and self._raw.find(http1.HEAD_END) < 0:
+                self._fail(unavailable(), retryable=False)
+                return
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
@@ -151,35 +160,26 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._reason = ""
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason.decode("latin-1")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
     def on_headers_complete(self) -> None:
+        # The head ends at the first blank line: llhttp has checked that no field holds a
+        # CR or LF.
+        end = self._raw.find(http1.HEAD_END) + len(http1.HEAD_END)
         status = self._parser.get_status_code()
         self._interim = status < 200
-        if self._interim or self.sink is None:
-            return  # 1xx: the real answer follows on the same connection
+        if self._interim:
+            self._raw = self._raw[end:]  # 1xx: the real answer follows on this connection
+            return
+        if self.sink is None:
+            return
+        head = self._raw[:end]
+        self._raw = b""
         self._head_seen = True
         # Only valid here: llhttp resets its flags once the message completes.
         self._keep_alive = self._parser.should_keep_alive()
-        chunked = False
-        self._length_known = False
-        for name, value in self._headers:
-            lname = name.lower()
-            if lname == "content-length":
-                self._length_known = True
-            elif lname == "transfer-encoding" and "chunked" in value.lower():
-                chunked = self._length_known = True
-        if status in (204, 304):
-            self._length_known = True
-        self.sink.response_head(status, self._reason, self._headers, chunked)
+        block = http1.fields_of(head)
+        framing = http1.response_framing(status, block)
+        self._length_known = not framing.until_close
+        self.sink.response_head(status, head, block, framing)
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None:

@@ -48,10 +48,50 @@ def test_parsed_head_keeps_order_case_and_bytes() -> None:
     assert head is not None
     assert head.method == "GET"
     assert head.target == "/p%2Fq?x=%20"
-    assert head.headers == (("Host", "h"), ("X-A", "1"), ("x-a", "caf\xe9"), ("Accept", "*/*"))
+    assert head.block == b"\r\nHost: h\r\nX-A: 1\r\nx-a: caf\xe9\r\nAccept: */*"
+    assert head.pairs() == [("Host", "h"), ("X-A", "1"), ("x-a", "caf\xe9"), ("Accept", "*/*")]
     assert head.keep_alive is True
     # latin-1 both ways: the bytes come back exactly.
-    assert http1.request_head(head.method, head.target, head.headers) == raw
+    assert http1.request_head(head.method, head.target, head.pairs()) == raw
+
+
+@pytest.mark.parametrize(
+    ("block", "pairs"),
+    [
+        (b"", []),
+        (b"\r\nA: 1", [("A", "1")]),
+        # As llhttp reports values: leading whitespace dropped, trailing kept.
+        (b"\r\nA:  x  y \t\r\nB:\r\nc:\t", [("A", "x  y \t"), ("B", ""), ("c", "")]),
+        (b"\r\nA: 1\r\nA: 2", [("A", "1"), ("A", "2")]),
+        (b"\r\nX: a:b:c", [("X", "a:b:c")]),
+    ],
+)
+def test_field_blocks(block: bytes, pairs: list[tuple[str, str]]) -> None:
+    assert http1.parse_fields(block) == pairs
+    head = b"GET / HTTP/1.1" + block + b"\r\n\r\n"
+    assert http1.fields_of(head) == block
+    parsed = http1.parse_request_head(head)
+    assert parsed is not None and parsed.block == block
+
+
+def test_field_values_by_name() -> None:
+    block = b"\r\nX-Forwarded-For: 1.1.1.1\r\nx-forwarded-for:2.2.2.2 \r\nX-Forwarded-Fort: no"
+    pattern = http1.values_pattern("X-Forwarded-For")
+    assert http1.field_values(block, pattern) == ["1.1.1.1", "2.2.2.2 "]
+
+
+def test_one_parser_takes_the_heads_of_a_keep_alive_connection() -> None:
+    parser = http1.HeadParser()
+    first = parser.parse(b"GET /a HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\n\r\n")
+    second = parser.parse(b"DELETE /b?x HTTP/1.1\r\nHost: g\r\n\r\n")
+    third = parser.parse(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert first == http1.RequestHead(
+        "GET", "/a", b"\r\nHost: h\r\nAuthorization: Bearer t", True, "h", ("Bearer t",)
+    )
+    assert second == http1.RequestHead("DELETE", "/b?x", b"\r\nHost: g", True, "g")
+    assert third == http1.RequestHead(
+        "GET", "/c", b"\r\nConnection: close", False, None, (), ("close",)
+    )
 
 
 @pytest.mark.parametrize(
@@ -84,23 +124,75 @@ def test_keep_alive(connection: bytes | None, keep_alive: bool) -> None:
     assert head.keep_alive is keep_alive
 
 
+SIZED_12 = http1.Framing(True, False, 12)
+RECHUNK = http1.Framing(True, True, hop_by_hop=True)
+UNTIL_CLOSE = http1.Framing(True, True, until_close=True)
+NO_BODY = http1.Framing(False, False)
+
+
 @pytest.mark.parametrize(
-    ("status", "headers", "framing"),
+    ("status", "block", "framing"),
     [
-        (200, [("Content-Length", "12")], http1.Framing(True, False, 12)),
-        (200, [("content-length", "0")], http1.Framing(True, False, 0)),
-        (200, [("Transfer-Encoding", "chunked")], http1.Framing(True, True)),
+        (200, b"\r\nContent-Length: 12", SIZED_12),
+        (200, b"\r\ncontent-length:0", http1.Framing(True, False, 0)),
+        (200, b"\r\nX-Content-Length: 3", UNTIL_CLOSE),
+        (200, b"\r\nTransfer-Encoding: chunked", RECHUNK),
+        (200, b"\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: Chunked", RECHUNK),
         # Delimited by the upstream closing: re-framed as chunks for the client.
-        (200, [], http1.Framing(True, True)),
-        (404, [("Content-Type", "text/plain")], http1.Framing(True, True)),
-        (204, [], http1.Framing(False, False)),
-        (304, [("Content-Length", "12")], http1.Framing(False, False)),
+        (200, b"\r\ntransfer-encoding: gzip", UNTIL_CLOSE._replace(hop_by_hop=True)),
+        (200, b"\r\nKeep-Alive: 5\r\nContent-Length: 12", SIZED_12._replace(hop_by_hop=True)),
+        (204, b"\r\nConnection: close", NO_BODY._replace(hop_by_hop=True)),
+        (200, b"", UNTIL_CLOSE),
+        (404, b"\r\nContent-Type: text/plain", UNTIL_CLOSE),
+        (204, b"", NO_BODY),
+        (304, b"\r\nContent-Length: 12", NO_BODY),
+        (103, b"\r\nLink: </a>", NO_BODY),
     ],
 )
-def test_response_framing(
-    status: int, headers: list[tuple[str, str]], framing: http1.Framing
-) -> None:
-    assert http1.response_framing(status, headers) == framing
+def test_response_framing(status: int, block: bytes, framing: http1.Framing) -> None:
+    assert http1.response_framing(status, block) == framing
+
+
+def _clean(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    from proxy.headers import client_items
+
+    return client_items(pairs)
+
+
+@pytest.mark.parametrize(
+    ("head", "close", "out"),
+    [
+        # The common answer goes out as the upstream wrote it, spacing and all.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX:a  \r\n\r\n", False,
+         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX:a  \r\n\r\n"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", True,
+         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", False,
+         b"HTTP/1.1 204 No Content\r\n\r\n"),
+        # Hop-by-hop fields, and those Connection names, are removed: rebuilt.
+        (b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\n"
+         b"X-Secret: 1\r\nContent-Length: 2\r\n\r\n", False,
+         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nA: 1\r\n\r\n", False,
+         b"HTTP/1.1 200 OK\r\nA: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+        # Delimited by close: re-framed as chunks.
+        (b"HTTP/1.1 200 OK\r\nA: 1\r\n\r\n", True,
+         b"HTTP/1.1 200 OK\r\nA: 1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"),
+        # The client hears HTTP/1.1 from the proxy, whatever the upstream spoke.
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n", False,
+         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"),
+        (b"HTTP/1.0 201\r\nContent-Length: 2\r\n\r\n", False,
+         b"HTTP/1.1 201 Unknown\r\nContent-Length: 2\r\n\r\n"),
+        # Not a hop-by-hop field, only alike.
+        (b"HTTP/1.1 200 OK\r\nTE-X: 1\r\nX-Upgrade: 2\r\nContent-Length: 2\r\n\r\n", False,
+         b"HTTP/1.1 200 OK\r\nTE-X: 1\r\nX-Upgrade: 2\r\nContent-Length: 2\r\n\r\n"),
+    ],
+)
+def test_client_head_bytes(head: bytes, close: bool, out: bytes) -> None:
+    status = int(head[9:12])
+    block = http1.fields_of(head)
+    framing = http1.response_framing(status, block)
+    assert http1.client_head(status, head, block, framing=framing, close=close, clean=_clean) == out
 
 
 def test_response_head_bytes() -> None:
