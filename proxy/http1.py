@@ -245,9 +245,14 @@ def client_head(
     its `block` of fields.
 
     The common answer — HTTP/1.1, sized or body-less, no hop-by-hop field — goes out as
-    the upstream wrote it (plus `Connection: close` when this is the connection's last);
+    the upstream wrote it, reason phrase included, (plus `Connection: close` when this is the connection's last);
     anything else is rebuilt from its fields, cleaned by `clean` (`headers.client_items`)."""
-    if not framing.hop_by_hop and not framing.chunked and head.startswith(b"HTTP/1.1 "):
+    if (
+        not framing.hop_by_hop
+        and not framing.chunked
+        and head.startswith(b"HTTP/1.1 ")
+        and head[12:13] == b" "  # `HTTP/1.1 200 `: the status line is whole
+    ):
         return head[:-2] + b"Connection: close\r\n\r\n" if close else head
     status_line = head[: head.index(b"\r\n")].split(b" ", 2)
     reason = status_line[2].decode("latin-1") if len(status_line) > 2 else ""
