@@ -12,7 +12,11 @@ import json
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import Final, TextIO
+
+# "000" … "999": the fractional part of a millisecond or second figure, by table, since
+# formatting a float per request (twice) costs more than the rest of the line.
+_THOUSANDTHS: Final = tuple(f"{i:03d}" for i in range(1000))
 
 
 class JsonFormatter(logging.Formatter):
@@ -83,11 +87,13 @@ class AccessLog:
             if len(self._ips) >= 10_000:
                 self._ips.clear()
             ip = self._ips[client_ip] = json.dumps(client_ip)
+        now_ms = int(time.time() * 1000)
+        us = int(seconds * 1_000_000)
         self._lines.append(
-            f'{{"ts":{time.time():.3f},"level":"info","logger":"proxy.access","msg":"request",'
-            f'"method":"{method}","route":{route_json},"status":{status},'
-            f'"duration_ms":{seconds * 1000:.3f},"principal_type":"{principal_type}",'
-            f'"client_ip":{ip}}}'
+            f'{{"ts":{now_ms // 1000}.{_THOUSANDTHS[now_ms % 1000]},"level":"info",'
+            f'"logger":"proxy.access","msg":"request","method":"{method}","route":{route_json},'
+            f'"status":{status},"duration_ms":{us // 1000}.{_THOUSANDTHS[us % 1000]},'
+            f'"principal_type":"{principal_type}","client_ip":{ip}}}'
         )
         if len(self._lines) >= self._max_lines:
             self.flush()
