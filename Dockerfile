@@ -1,16 +1,20 @@
 # syntax=docker/dockerfile:1.7
-# clerk-auth-proxy: two stages. `build` turns the source into wheels (ours and every
-# dependency's); `runtime` installs those wheels offline into a venv and nothing else, so
-# the final image has no compiler, no build backend, no pip cache and no source tree.
+# clerk-auth-proxy: two stages. `build` turns the source into wheels (ours, with the
+# request path compiled by mypyc, and every dependency's); `runtime` installs those wheels
+# offline into a venv and nothing else, so the final image has no compiler, no build
+# backend, no pip cache and no source tree.
 # tests/test_deploy.py replays both stages' COPY/RUN steps into a clean virtualenv.
 
+# The build stage needs a C compiler (the full image has one); both are the same Debian
+# release and Python, so the compiled wheel runs on the slim one.
+ARG BUILD_IMAGE=python:3.12-bookworm
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BUILD_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY proxy/ ./proxy/
 RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -9,35 +9,47 @@ NODE_STAMP := tests/node/node_modules/.installed
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 
-$(STAMP): pyproject.toml $(BIN)/python
+# The request path is compiled with mypyc (setup.py) into proxy/*.so, which shadow the
+# .py files: a change to any of them rebuilds (no build isolation then: the venv has the
+# compiler's dependencies, so this takes seconds, not a fresh build environment).
+COMPILED_SOURCES := $(shell sed -n 's/^ *"\(proxy\/[a-z0-9_]*\.py\)",$$/\1/p' setup.py)
+BUILT  := $(VENV)/.compiled
+
+$(STAMP): pyproject.toml setup.py $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
+	touch -r $@ $(BUILT)
 
-venv: $(STAMP)
+$(BUILT): $(STAMP) $(COMPILED_SOURCES)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+venv: $(BUILT)
 
 $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-demo: $(STAMP)
+demo: $(BUILT)
 	$(BIN)/clerk-auth-proxy demo --config config/local.yaml
 
-lint: $(STAMP)
+lint: $(BUILT)
 	$(BIN)/ruff check proxy tests $(wildcard bench)
 	$(BIN)/ruff format --check proxy
 
-typecheck: $(STAMP)
+typecheck: $(BUILT)
 	$(BIN)/mypy --strict proxy
 
-pytest: $(STAMP) $(NODE_STAMP)
+pytest: $(BUILT) $(NODE_STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(BUILT)
 	bash bench/run.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache
+	rm -f proxy/*.so *.so

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import __version__, listener
+from . import __version__, compiled, listener
 from .admin import create_admin_app
 from .app import PROXY, Proxy, create_app
 from .config import Config, ConfigError, load_config
@@ -120,6 +120,7 @@ class Server:
                 "clerk_api_url": cfg.clerk.api_url,
                 "listen": f"{cfg.listen.host}:{cfg.listen.port}",
                 "fast_path": front is not None,
+                "compiled": compiled(),
                 "admin": f"{cfg.admin.host}:{cfg.admin.port}",
                 "upstream": cfg.upstream.url,
                 "version": __version__,

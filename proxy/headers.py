@@ -276,7 +276,7 @@ def _drop_pattern(names: frozenset[str], prefix: str) -> re.Pattern[bytes]:
     """Fields named in `names`, or whose name starts with the identity `prefix` with `_`
     read as `-`, each with the CRLF before it: what `upstream_items` drops."""
     alternatives = [re.escape(name.encode("ascii")) for name in sorted(names)]
-    spelled = b"".join(b"[-_]" if c == "-" else re.escape(c.encode("ascii")) for c in prefix)
+    spelled = b"".join([b"[-_]" if c == "-" else re.escape(c.encode("ascii")) for c in prefix])
     alternatives.append(spelled + rb"[^:\r]*")
     return re.compile(rb"\r\n(?i:" + b"|".join(alternatives) + rb"):[^\r]*")
 

@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from typing import Final, TextIO
+from typing import ClassVar, Final, TextIO
 
 # "000" … "999": the fractional part of a millisecond or second figure, by table, since
 # formatting a float per request (twice) costs more than the rest of the line.
@@ -22,7 +22,9 @@ _THOUSANDTHS: Final = tuple(f"{i:03d}" for i in range(1000))
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; `extra` fields become top-level keys."""
 
-    _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+    _STANDARD: ClassVar[frozenset[str]] = frozenset(
+        vars(logging.LogRecord("", 0, "", 0, "", None, None))
+    ) | {"message"}
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {

@@ -1,10 +1,15 @@
 """End-to-end suites run twice: through the fast path's listener (`frontdoor`, what
 `clerk-auth-proxy run` serves) and through aiohttp's server alone (`listen.fast_path:
-false`). Both must give every answer those suites assert."""
+false`). Both must give every answer those suites assert.
+
+The suite tests the request path as it ships: compiled by mypyc (setup.py) into
+proxy/*.so, which shadow the .py files. A .so older than its source would test stale
+code, so the run stops first."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +29,17 @@ BOTH_FRONT_DOORS = {
 }
 
 Serve = Callable[..., Awaitable[TestServer]]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    package = Path(__file__).resolve().parent.parent / "proxy"
+    stale = [
+        built.name
+        for built in package.glob("*.so")
+        if built.stat().st_mtime < (package / (built.name.split(".")[0] + ".py")).stat().st_mtime
+    ]
+    if stale:
+        pytest.exit(f"compiled modules older than their source: {stale}; run `make test`", 2)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

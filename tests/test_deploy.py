@@ -143,6 +143,8 @@ def test_dockerfile_final_stage_shape() -> None:
     args = dict(s.rest.split("=", 1) for s in steps if s.command == "ARG" and "=" in s.rest)
     base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], froms[-1].rest)
     assert re.match(r"python:3\.1[1-9]-slim", base), base
+    build = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], froms[0].rest)
+    assert re.match(r"python:3\.1[1-9]-bookworm AS build", build), "a compiler to build with"
     commands = [s.command for s in final]
     assert "HEALTHCHECK" not in commands
     assert "ADD" not in commands
@@ -277,6 +279,13 @@ def test_runtime_stage_installs_a_working_proxy(tmp_path: Path) -> None:
         cwd=tmp_path,
     ).stdout
     assert str(venv) in where, "proxy comes from the installed wheel, not the source tree"
+    built = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import proxy; print(proxy.compiled())"],
+        capture_output=True, text=True, check=True, cwd=tmp_path,
+    ).stdout.strip()
+    # The build stage has a compiler (as this machine has): the wheel carries the compiled
+    # request path.
+    assert built == "True", "the image's request path is compiled (setup.py, mypyc)"
 
     help_out = subprocess.run(
         [str(exe), "--help"], capture_output=True, text=True, env=env, check=False
