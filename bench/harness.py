@@ -275,6 +275,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name: {"median": statistics.median(runs), "rounds": runs}
             for name, runs in serial_runs.items()
         }
+        if shutil.which("valgrind") and not args.dry_run:
+            # A second proxy, under callgrind, on ports of its own (same upstream, same
+            # emulator): instructions per request do not move with the machine's load.
+            cg_port, cg_admin = free_port(), free_port()
+            cg_config = proxy_config(s.tmp, up_port, clerk_port, cg_port, cg_admin)
+            cg_config = cg_config.rename(s.tmp / "proxy-callgrind.yaml")
+            results["instructions_per_request"] = {}
+            for name in serial_legs:
+                url, headers, _pids = chosen[name]
+                out = subprocess.run(
+                    [PY, "-m", "bench.instructions", str(cg_port), str(cg_config),
+                     "/" + url.split("/", 3)[3], json.dumps(headers)],
+                    cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+                ).stdout
+                count = json.loads(out.strip().splitlines()[-1])["instructions_per_request"]
+                results["instructions_per_request"][name] = count
+                print(f"instructions {name}: {count:.0f}", flush=True)
         for name, runs in rounds.items():
             results["legs"][name] = {
                 "saturation": medians([r["saturation"] for r in runs]),
@@ -356,6 +373,15 @@ def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
         f"{r['settings']['rounds']}): "
         + ", ".join(f"{k} {v['median']:.0f}" for k, v in r.get("serial_cpu_us", {}).items())
         + (f"; (d)/(c) = c/d: **{q['d_over_c_serial_cpu']:.2f}**" if q["d_over_c_serial_cpu"] else ""),
+        *(
+            [
+                "- instructions per request in the proxy (user space, callgrind; steady across "
+                "runs): "
+                + ", ".join(f"{k} {v / 1000:.0f}k" for k, v in r["instructions_per_request"].items())
+            ]
+            if r.get("instructions_per_request")
+            else []
+        ),
         f"- added p90 at {r['settings']['rate']:.0f} req/s, (d) - (a): **{q['added_p90_ms_d_minus_a']:.2f} ms**; "
         f"(d) - (b): {q['added_p90_ms_d_minus_b']:.2f} ms",
         f"- Clerk calls during all HTTP legs: {r['clerk_calls_during_http_legs']}",

@@ -1,5 +1,7 @@
 """RSS of a proxy process holding 0, 10k and 100k cached verifications: each count in a
-fresh subprocess, entries made through the real cache exactly as the verifier makes them.
+fresh subprocess that has imported what `clerk-auth-proxy run` imports, entries made
+through the real cache exactly as the verifier makes them. `jwt_loaded_mb`: what the
+first JWT adds (PyJWT and cryptography load on first use).
 
 - `verified`: every token distinct and accepted; 500 partner machines, 50 scope sets, one
   claims shape — each Principal built from scratch, as parsing Clerk's JSON does. The
@@ -27,7 +29,11 @@ def rss_mb() -> float:
 
 
 async def fill(kind: str, n: int) -> tuple[float, float]:
-    import proxy.app  # noqa: F401 - the whole proxy loaded, as in production
+    # Everything `clerk-auth-proxy run` imports before its first request.
+    import proxy.cli
+    import proxy.frontdoor
+    import proxy.listener
+    import proxy.verifier  # noqa: F401
     from proxy.cache import VerificationCache
     from proxy.config import Cache
     from proxy.errors import TOKEN_INVALID, ProxyError
@@ -66,7 +72,23 @@ def child(kind: str, n: int) -> None:
     print(json.dumps({"kind": kind, "entries": n, "rss_mb": round(total, 1), "cache_mb": round(added, 1)}))
 
 
+def jwt_mb() -> float:
+    """What the first JWT adds: PyJWT and cryptography are imported on first use."""
+    import proxy.cli
+    import proxy.verifier  # noqa: F401
+
+    gc.collect()
+    before = rss_mb()
+    import jwt  # noqa: F401
+    from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: F401
+
+    return rss_mb() - before
+
+
 def main() -> None:
+    if len(sys.argv) == 2 and sys.argv[1] == "jwt":
+        print(json.dumps({"jwt_loaded_mb": round(jwt_mb(), 1)}))
+        return
     if len(sys.argv) > 2:
         child(sys.argv[1], int(sys.argv[2]))
         return
@@ -77,7 +99,11 @@ def main() -> None:
             capture_output=True, text=True, check=True,
         ).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(json.dumps({"rows": rows, "target": "<= 60 MB RSS at 100k"}))
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "jwt"], capture_output=True, text=True, check=True
+    ).stdout
+    extra = json.loads(out.strip().splitlines()[-1])
+    print(json.dumps({"rows": rows, **extra, "target": "<= 60 MB RSS at 100k"}))
 
 
 if __name__ == "__main__":

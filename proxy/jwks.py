@@ -7,6 +7,10 @@ If a fetch fails the last good key set keeps being used.
 
 Time claims are checked here against the injectable clock (PyJWT would use the wall
 clock), so PyJWT only checks the signature, restricted to the RS256 family.
+
+PyJWT (and cryptography under it: about 10 MB of RSS) is imported on the first JWT or
+key set, not at start-up: a proxy whose partners only send opaque M2M tokens never loads
+it.
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
-
-import jwt
+from typing import TYPE_CHECKING, Any, Final
 
 from . import config
 from .clerk import ClerkClient, ClerkUnavailable
 from .errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
 from .tokens import JWT_ALGORITHMS
+
+if TYPE_CHECKING:
+    import jwt
 
 log = logging.getLogger("proxy.jwks")
 
@@ -44,6 +49,8 @@ class KeySet:
 
 def parse_jwks(body: bytes) -> dict[str, jwt.PyJWK]:
     """The RSA signing keys of a JWKS document, by kid; other keys are ignored."""
+    import jwt
+
     data = json.loads(body)
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError("not a JWKS document")
@@ -173,6 +180,8 @@ class Jwks:
         self, token: str, token_type: str | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """(header, claims) of a JWT whose signature and time claims check out."""
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:

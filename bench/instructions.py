@@ -1,0 +1,96 @@
+"""Instructions per request of the proxy (user space), counted by valgrind's callgrind:
+the one measure here that does not move with the machine's load, so it compares commits.
+
+The proxy runs under callgrind with instrumentation off; after a warm-up on one keep-alive
+connection, instrumentation is switched on for N requests sent one at a time, then the
+count is dumped. Kernel work (the socket calls) is not counted; see the CPU figures.
+
+    python -m bench.instructions PROXY_PORT CONFIG LEG_PATH [HEADER-JSON] -> one JSON line
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WARM = 300
+COUNTED = 2000
+
+
+def exchange(sock: socket.socket, request: bytes) -> None:
+    sock.sendall(request)
+    buffered = b""
+    while True:
+        head_end = buffered.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = buffered[:head_end].lower()
+            length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+            if len(buffered) >= head_end + 4 + length:
+                if not head.startswith(b"http/1.1 200"):
+                    raise SystemExit(f"unexpected answer: {head[:40]!r}")
+                return
+        got = sock.recv(65536)
+        if not got:
+            raise SystemExit("the proxy closed the connection")
+        buffered += got
+
+
+def count(port: int, config: str, path: str, headers: dict[str, str]) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="clerk-bench-cg-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+             sys.executable, "-m", "proxy.cli", "run", "--config", config],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as probe:
+                    break
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("the proxy did not start under valgrind")
+                time.sleep(0.5)
+            del probe
+            lines = [f"GET {path} HTTP/1.1", "Host: bench", "User-Agent: bench-openloop/1",
+                     "Accept: */*", "Accept-Encoding: gzip, deflate",
+                     *(f"{k}: {v}" for k, v in headers.items())]
+            request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                for _ in range(WARM):
+                    exchange(sock, request)
+                subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
+                for _ in range(COUNTED):
+                    exchange(sock, request)
+                subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, check=True)
+                subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
+            dumps = sorted(glob.glob(f"{out}*"), key=os.path.getmtime)
+            total = 0
+            for line in Path(dumps[-1]).read_text().splitlines():
+                if line.startswith("totals:"):
+                    total = int(line.split()[1])
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return {"requests": COUNTED, "instructions_per_request": total / COUNTED}
+
+
+def main() -> None:
+    port, config, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    headers = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    print(json.dumps(count(port, config, path, headers)))
+
+
+if __name__ == "__main__":
+    main()
