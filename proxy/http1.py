@@ -67,19 +67,55 @@ def encode_fields(fields: Iterable[tuple[str, str]]) -> bytes:
     return "".join([f"\r\n{name}: {value}" for name, value in fields]).encode("latin-1")
 
 
-class RequestHead(NamedTuple):
-    method: str
-    target: str
-    # The fields as received, in the block form above.
-    block: bytes
-    keep_alive: bool
-    # Picked out while parsing: the request path asks for these on every request.
-    host: str | None = None
-    authorization: tuple[str, ...] = ()
-    connection: tuple[str, ...] = ()
+class RequestHead:
+    """One request head the fast path takes. Immutable (`Final`: mypy checks it, and the
+    compiled class refuses writes). A plain class rather than a NamedTuple or frozen
+    dataclass: one is made per request, and compiled this one costs a tenth as much."""
+
+    __slots__ = ("authorization", "block", "connection", "host", "keep_alive", "method", "target")
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        block: bytes,
+        keep_alive: bool,
+        host: str | None = None,
+        authorization: tuple[str, ...] = (),
+        connection: tuple[str, ...] = (),
+    ) -> None:
+        self.method: Final = method
+        self.target: Final = target
+        # The fields as received, in the block form above.
+        self.block: Final = block
+        self.keep_alive: Final = keep_alive
+        # Picked out while parsing: the request path asks for these on every request.
+        self.host: Final = host
+        self.authorization: Final = authorization
+        self.connection: Final = connection
 
     def pairs(self) -> list[tuple[str, str]]:
         return parse_fields(self.block)
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.method,
+            self.target,
+            self.block,
+            self.keep_alive,
+            self.host,
+            self.authorization,
+            self.connection,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RequestHead) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"RequestHead{self._fields()!r}"
 
 
 class HeadParser:

@@ -99,7 +99,7 @@ class Policy:
     def __init__(self, routes: Sequence[Route], default_route: Route) -> None:
         self._routes = tuple((route, compile_glob(route.path)) for route in routes)
         self._default = default_route
-        self._memo: dict[tuple[str, str], tuple[Route, str]] = {}
+        self._memo: dict[tuple[str, str], Resolved] = {}
 
     def match(self, method: str, path: str) -> Route:
         for route, regex in self._routes:
@@ -111,16 +111,17 @@ class Policy:
 
     def resolve(self, method: str, raw_target: str) -> Resolved:
         path, sep, query = raw_target.partition("?")
-        # Pure in (method, path), so memoized: only accepted paths are remembered.
+        # Pure in (method, path), so memoized: only accepted paths are remembered, and
+        # without a query the Resolved itself is the answer.
         known = self._memo.get((method, path))
         if known is None:
             normalized = normalize_path(path)
-            known = (self.match(method, normalized), normalized)
+            known = Resolved(self.match(method, normalized), normalized, None)
             if len(path) <= MEMO_KEY_MAX:
                 if len(self._memo) >= MEMO_SIZE:
                     self._memo.clear()
                 self._memo[(method, path)] = known
-        return Resolved(known[0], known[1], query if sep else None)
+        return Resolved(known.route, known.path, query) if sep else known
 
     def authorize(
         self, route: Route, principal: Principal, *, token_error: ProxyError | None = None
