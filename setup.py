@@ -13,8 +13,10 @@ import sys
 from setuptools import setup
 
 # The modules every fast-path request runs through. Left out: modules tests patch at run
-# time (cache), and everything off the per-request path.
+# time (cache), the async generator cleanup_ctx needs (lifetime), and everything off the
+# per-request path.
 COMPILED = [
+    "proxy/app.py",
     "proxy/frontdoor.py",
     "proxy/upstream.py",
     "proxy/http1.py",

@@ -20,8 +20,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from . import lifetime, tokens, websocket
 from . import socketio as sio
-from . import tokens, websocket
 from .config import Config, Route
 from .errors import (
     BAD_REQUEST,
@@ -149,7 +149,12 @@ class Proxy:
             fast_prefix=URL(up.url).raw_path.rstrip("/"),
         )
 
-    async def lifespan(self, app: web.Application) -> AsyncIterator[None]:
+    def lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        """For `cleanup_ctx`: the sessions, the fast path's pool and the first Runtime,
+        for the app's life."""
+        return lifetime.paired(self._start, self._stop)
+
+    async def _start(self) -> None:
         up = self._config.upstream
         self._session = new_session(
             connect_timeout=up.connect_timeout, read_timeout=up.read_timeout, pool_size=up.pool_size
@@ -161,18 +166,24 @@ class Proxy:
         self._fast_pool = _fast_pool(self._config)
         try:
             self._runtime = await self._build(self._config)
-            yield
-        finally:
-            if self.front_door_drained is not None:
-                await self.front_door_drained
+        except BaseException:
+            await self._stop()
+            raise
+
+    async def _stop(self) -> None:
+        if self.front_door_drained is not None:
+            await self.front_door_drained
+        if self._fast_pool is not None:
             self._fast_pool.close()
-            for task in self._retired:
-                task.cancel()
-            if self._runtime is not None:
-                await _close_verifier(self._runtime.verifier)
+        for task in self._retired:
+            task.cancel()
+        if self._runtime is not None:
+            await _close_verifier(self._runtime.verifier)
+        if self._session is not None:
             await self._session.close()
+        if self._clerk_session is not None:
             await self._clerk_session.close()
-            self.access_log.flush()
+        self.access_log.flush()
 
     async def reload(self, config: Config) -> None:
         """Swap in a new, already-validated config. In-flight requests finish on the old one."""
