@@ -16,7 +16,7 @@ from typing import Final, NamedTuple
 
 from multidict import CIMultiDict, istr
 
-from .http1 import encode_fields, field_values, parse_fields
+from .http1 import encode_fields, field_values, names_pattern, parse_fields
 from .principal import Principal
 
 # RFC 9110 §7.6.1 plus the legacy ones every proxy strips.
@@ -275,10 +275,10 @@ _HOST: Final = re.compile(rb"\r\n(?i:host):")
 def _drop_pattern(names: frozenset[str], prefix: str) -> re.Pattern[bytes]:
     """Fields named in `names`, or whose name starts with the identity `prefix` with `_`
     read as `-`, each with the CRLF before it: what `upstream_items` drops."""
-    alternatives = [re.escape(name.encode("ascii")) for name in sorted(names)]
     spelled = b"".join([b"[-_]" if c == "-" else re.escape(c.encode("ascii")) for c in prefix])
-    alternatives.append(spelled + rb"[^:\r]*")
-    return re.compile(rb"\r\n(?i:" + b"|".join(alternatives) + rb"):[^\r]*")
+    return re.compile(
+        rb"\r\n(?i:(?:" + names_pattern(names) + rb")|" + spelled + rb"[^:\r]*):[^\r]*"
+    )
 
 
 class UpstreamRewrite:
