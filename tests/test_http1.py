@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from proxy import http1
@@ -212,3 +214,24 @@ def test_chunks_and_simple_responses() -> None:
     assert http1.simple_response(502, "Bad Gateway", [("X", "y")], b"{}", close=False) == (
         b"HTTP/1.1 502 Bad Gateway\r\nX: y\r\nContent-Length: 2\r\n\r\n{}"
     )
+
+
+@pytest.mark.parametrize(
+    ("names", "matches", "misses"),
+    [
+        (["te", "trailer", "transfer-encoding"], ["te", "TE", "Trailer", "transfer-encoding"],
+         ["t", "tex", "tra", "trailers", "transfer", "x-te"]),
+        (["x-http-method", "x-http-method-override"], ["x-http-method", "X-HTTP-Method-Override"],
+         ["x-http", "x-http-method-", "x-http-method-overrides"]),
+        (["a", "ab", "abc"], ["a", "ab", "abc"], ["", "b", "abcd", "ac"]),
+        (["host"], ["host", "HoSt"], ["hos", "hosts", "ghost"]),
+    ],
+)
+def test_names_pattern_matches_exactly_its_names(
+    names: list[str], matches: list[str], misses: list[str]
+) -> None:
+    pattern = re.compile(rb"(?i:" + http1.names_pattern(names) + rb")")
+    for name in matches:
+        assert pattern.fullmatch(name.encode()), name
+    for name in misses:
+        assert not pattern.fullmatch(name.encode()), name
