@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final
 
 import aiohttp
 from aiohttp import web
@@ -50,14 +50,17 @@ def clerk_verifier(config: Config, session: aiohttp.ClientSession, metrics: Metr
     return ClerkVerifier(config, session, metrics)
 
 
-class Routed(NamedTuple):
-    """The request once its route, client IP and token are known. (Made per request: a
-    NamedTuple is several times cheaper to make than a frozen dataclass.)"""
+class Routed:
+    """The request once its route, client IP and token are known. Immutable (`Final`).
+    Made per request: a compiled plain class costs a tenth of a NamedTuple."""
 
-    resolved: Resolved
-    route: Route
-    token: str | None  # None on public routes: they never look at tokens
-    ip: str
+    __slots__ = ("ip", "resolved", "route", "token")
+
+    def __init__(self, resolved: Resolved, route: Route, token: str | None, ip: str) -> None:
+        self.resolved: Final = resolved
+        self.route: Final = route
+        self.token: Final = token  # None on public routes: they never look at tokens
+        self.ip: Final = ip
 
 
 # The principal, and on an optional route the refusal that made it anonymous.

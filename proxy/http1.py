@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 import httptools
 
@@ -234,17 +234,41 @@ def request_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -
     return encode_head(f"{method} {target} HTTP/1.1", headers)
 
 
-class Framing(NamedTuple):
-    """How a response body reaches the client, and how it ends upstream."""
+class Framing:
+    """How a response body reaches the client, and how it ends upstream. Immutable
+    (`Final`); a plain class because one is made per answer (see RequestHead)."""
 
-    has_body: bool
-    # Re-frame the body as chunks: the upstream chunked it, or ends it by closing.
-    chunked: bool
-    length: int | None = None
-    # The upstream ends the body by closing the connection (no length, not chunked).
-    until_close: bool = False
-    # The head carries hop-by-hop fields, which the client must not get: it is rebuilt.
-    hop_by_hop: bool = False
+    __slots__ = ("chunked", "has_body", "hop_by_hop", "length", "until_close")
+
+    def __init__(
+        self,
+        has_body: bool,
+        chunked: bool,
+        length: int | None = None,
+        *,
+        until_close: bool = False,
+        hop_by_hop: bool = False,
+    ) -> None:
+        self.has_body: Final = has_body
+        # Re-frame the body as chunks: the upstream chunked it, or ends it by closing.
+        self.chunked: Final = chunked
+        self.length: Final = length
+        # The upstream ends the body by closing the connection (no length, not chunked).
+        self.until_close: Final = until_close
+        # The head carries hop-by-hop fields, which the client must not get: it is rebuilt.
+        self.hop_by_hop: Final = hop_by_hop
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.has_body, self.chunked, self.length, self.until_close, self.hop_by_hop)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Framing) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return f"Framing{self._fields()!r}"
 
 
 # The response fields framing depends on, and the hop-by-hop ones (RFC 9110 §7.6.1, as

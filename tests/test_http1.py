@@ -141,9 +141,9 @@ NO_BODY = http1.Framing(False, False)
         (200, b"\r\nTransfer-Encoding: chunked", RECHUNK),
         (200, b"\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: Chunked", RECHUNK),
         # Delimited by the upstream closing: re-framed as chunks for the client.
-        (200, b"\r\ntransfer-encoding: gzip", UNTIL_CLOSE._replace(hop_by_hop=True)),
-        (200, b"\r\nKeep-Alive: 5\r\nContent-Length: 12", SIZED_12._replace(hop_by_hop=True)),
-        (204, b"\r\nConnection: close", NO_BODY._replace(hop_by_hop=True)),
+        (200, b"\r\ntransfer-encoding: gzip", http1.Framing(True, True, until_close=True, hop_by_hop=True)),
+        (200, b"\r\nKeep-Alive: 5\r\nContent-Length: 12", http1.Framing(True, False, 12, hop_by_hop=True)),
+        (204, b"\r\nConnection: close", http1.Framing(False, False, hop_by_hop=True)),
         (200, b"", UNTIL_CLOSE),
         (404, b"\r\nContent-Type: text/plain", UNTIL_CLOSE),
         (204, b"", NO_BODY),
