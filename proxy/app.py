@@ -261,8 +261,10 @@ class Proxy:
         raw_target: str,
         getall: Callable[[str], Sequence[str]],
         hop: ClientHop,
+        bearer: Callable[[Sequence[str]], str | None] = tokens.extract_bearer,
     ) -> Routed:
-        """Which route, for whom (client IP) and with which token. Raises 400s."""
+        """Which route, for whom (client IP) and with which token. Raises 400s. `bearer`:
+        `tokens.extract_bearer`, or the connection's memo of it (frontdoor)."""
         resolved = rt.policy.resolve(method, raw_target)
         route = resolved.route
         cfg = rt.config
@@ -271,7 +273,7 @@ class Proxy:
             if cfg.trusted_proxies
             else hop.peer_ip
         )
-        token = None if route.auth == "public" else tokens.extract_bearer(getall("Authorization"))
+        token = None if route.auth == "public" else bearer(getall("Authorization"))
         return Routed(resolved, route, token, ip)
 
     def authenticate_cached(

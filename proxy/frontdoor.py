@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, cast
 
-from . import http1
+from . import http1, tokens
 from .app import Authenticated, Routed, Runtime
 from .errors import ProxyError
 from .headers import ClientHop, client_items
@@ -73,6 +73,10 @@ class FrontDoor(asyncio.Protocol):
         self._route_name = "unmatched"
         self._principal: Principal = ANONYMOUS
         self._recent = Recent()
+        # The last Authorization values and the bearer token they gave: a keep-alive
+        # partner sends the same header on every request (see `_bearer`).
+        self._last_authorization: Sequence[str] = ()
+        self._last_token: str | None = None
         self._started = 0.0
         self._upstream: UpstreamConnection | None = None
         self._upstream_head = b""
@@ -194,7 +198,9 @@ class FrontDoor(asyncio.Protocol):
         if hop.host != head.host:
             hop = self._hop = ClientHop(self._peer, "http", head.host)
         try:
-            routed = self._proxy.route(rt, head.method, head.target, self._getall, hop)
+            routed = self._proxy.route(
+                rt, head.method, head.target, self._getall, hop, self._bearer
+            )
         except ProxyError as refusal:
             del self._buffer[:head_size]
             self._refuse(refusal)
@@ -375,6 +381,15 @@ class FrontDoor(asyncio.Protocol):
             return
         if self._buffer:
             self._next()
+
+    def _bearer(self, values: Sequence[str]) -> str | None:
+        """`tokens.extract_bearer`, remembered for the connection's last header (pure in
+        its values; refusals are not remembered, they raise each time)."""
+        if values and values == self._last_authorization:
+            return self._last_token
+        token = tokens.extract_bearer(values)
+        self._last_authorization, self._last_token = values, token
+        return token
 
     def _getall(self, name: str) -> Sequence[str]:
         assert self._head is not None

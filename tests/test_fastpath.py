@@ -15,7 +15,15 @@ from aiohttp import web
 
 from proxy import frontdoor, listener
 from proxy.app import PROXY, create_app
-from tests.support import FastPathServer, Recorder, StubVerifier, make_config, upstream_app
+from tests.support import (
+    ADMIN,
+    MACHINE,
+    FastPathServer,
+    Recorder,
+    StubVerifier,
+    make_config,
+    upstream_app,
+)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -151,6 +159,33 @@ async def test_keep_alive_on_both_legs(servers: list[Any]) -> None:
     assert [s.raw_path for s in recorder.seen] == [f"/public/{i}" for i in range(5)]
     # One client connection, one upstream connection, reused.
     assert len(set(ports)) == 1
+
+
+async def test_a_connection_changing_its_token_is_judged_by_each_request(
+    servers: list[Any],
+) -> None:
+    """The connection remembers its last Authorization header and token: a new header,
+    a bad one, or none at all must each be judged afresh."""
+    url, recorder, _ = await recording_upstream(servers)
+    proxy = await fast_proxy(servers, url)
+    client = await connect(proxy)
+    sequence = [
+        ("Authorization: Bearer good-machine", 200, MACHINE.id),
+        ("Authorization: Bearer good-machine", 200, MACHINE.id),
+        ("Authorization: Bearer good-admin", 200, ADMIN.id),
+        ("Authorization: Bearer bad-token", 401, None),
+        ("Authorization: Basic Z29vZC1tYWNoaW5l", 401, None),
+        ("X-Other: 1", 401, None),
+        ("Authorization: Bearer good-machine", 200, MACHINE.id),
+    ]
+    for line, status, principal_id in sequence:
+        await client.send(get("/api/x", line))
+        (resp,) = await client.responses(1)
+        assert resp.status == status, line
+        if principal_id is not None:
+            assert header(
+                Response(0, recorder.seen[-1].headers, b""), "X-Auth-Principal-Id"
+            ) == principal_id, line
 
 
 async def test_pipelined_requests_are_answered_in_order(servers: list[Any]) -> None:
