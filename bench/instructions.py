@@ -21,26 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.serial import exchange
+
 WARM = 300
 COUNTED = 2000
-
-
-def exchange(sock: socket.socket, request: bytes) -> None:
-    sock.sendall(request)
-    buffered = b""
-    while True:
-        head_end = buffered.find(b"\r\n\r\n")
-        if head_end >= 0:
-            head = buffered[:head_end].lower()
-            length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-            if len(buffered) >= head_end + 4 + length:
-                if not head.startswith(b"http/1.1 200"):
-                    raise SystemExit(f"unexpected answer: {head[:40]!r}")
-                return
-        got = sock.recv(65536)
-        if not got:
-            raise SystemExit("the proxy closed the connection")
-        buffered += got
 
 
 def count(port: int, config: str, path: str, headers: dict[str, str]) -> dict[str, float]:
@@ -66,7 +50,8 @@ def count(port: int, config: str, path: str, headers: dict[str, str]) -> dict[st
             request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 for _ in range(WARM):
-                    exchange(sock, request)
+                    if not exchange(sock, request):
+                        raise SystemExit("the proxy did not answer 200")
                 subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
                 for _ in range(COUNTED):
                     exchange(sock, request)

@@ -20,28 +20,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def exchange(sock: socket.socket, request: bytes) -> bool:
+    """Send one request and read its whole answer (framed by Content-Length, as every
+    leg's is); True for a 200."""
+    sock.sendall(request)
+    buffered = b""
+    while True:
+        head_end = buffered.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = buffered[:head_end].lower()
+            length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+            if len(buffered) >= head_end + 4 + length:
+                return head.startswith(b"http/1.1 200")
+        got = sock.recv(65536)
+        if not got:
+            raise SystemExit("the server closed the connection")
+        buffered += got
+
+
 def run(port: int, pid: int, seconds: float, path: str, headers: dict[str, str]) -> dict[str, float]:
     lines = [f"GET {path} HTTP/1.1", "Host: bench", *(f"{k}: {v}" for k, v in headers.items())]
     request = ("\r\n".join(lines) + "\r\n\r\n").encode()
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buffered, done, errors = b"", 0, 0
+    done, errors = 0, 0
     before, end = cpu_seconds(pid), time.perf_counter() + seconds
     while time.perf_counter() < end:
-        sock.sendall(request)
-        while True:
-            head_end = buffered.find(b"\r\n\r\n")
-            if head_end >= 0:
-                head = buffered[:head_end].lower()
-                length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-                if len(buffered) >= head_end + 4 + length:
-                    errors += not head.startswith(b"http/1.1 200")
-                    buffered = buffered[head_end + 4 + length :]
-                    break
-            got = sock.recv(65536)
-            if not got:
-                raise SystemExit("the server closed the connection")
-            buffered += got
+        errors += not exchange(sock, request)
         done += 1
     used = cpu_seconds(pid) - before
     sock.close()
