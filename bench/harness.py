@@ -225,15 +225,16 @@ def machine() -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "legs": {}, "settings": vars(args)}
     with stack() as s:
-        up_port, nginx_port, clerk_port = free_port(), free_port(), free_port()
+        up_port, nginx_port, clerk_port, relay_port = free_port(), free_port(), free_port(), free_port()
         proxy_port, admin_port = free_port(), free_port()
         upstream = s.spawn(PY, "-m", "bench.upstream", str(up_port))
         (s.tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=s.tmp, upstream=up_port, port=nginx_port))
         nginx = s.spawn(shutil.which("nginx") or "nginx", "-c", str(s.tmp / "nginx.conf"), "-p", str(s.tmp))
+        relay = s.spawn(PY, "-m", "bench.relay", str(relay_port), str(up_port))
         emulator = s.spawn(PY, "-m", "proxy.cli", "emulate-clerk", "--port", str(clerk_port))
         assert emulator.stdout is not None
         seeded = json.loads(emulator.stdout.readline())
-        for port in (up_port, nginx_port, clerk_port):
+        for port in (up_port, nginx_port, clerk_port, relay_port):
             wait_port(port)
         session_jwt = post_json(f"http://127.0.0.1:{clerk_port}/__emulator/session_tokens",
                                 {"user_id": "user_bench", "expires_in": 3600})["token"]
@@ -246,6 +247,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         legs = {
             "a_direct": (f"http://127.0.0.1:{up_port}/api/x", {}, [upstream.pid]),
             "b_nginx": (f"http://127.0.0.1:{nginx_port}/api/x", {}, tree_pids(nginx.pid)),
+            # Not one of the legs: the floor for any Python proxy (bench/relay.py).
+            "r_python_relay": (f"http://127.0.0.1:{relay_port}/api/x", {}, [relay.pid]),
             "c_proxy_public": (f"http://127.0.0.1:{proxy_port}/public/x", {}, [proxy.pid]),
             "d_proxy_m2m": (f"http://127.0.0.1:{proxy_port}/api/x", m2m, [proxy.pid]),
             "e_proxy_jwt": (f"http://127.0.0.1:{proxy_port}/api/x", jwt, [proxy.pid]),
@@ -323,6 +326,9 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
     def p90(name: str) -> float:
         return float(legs[name]["fixed_rate"]["p90_ms"])
 
+    def cpu_per_1k(name: str) -> float:
+        return float(legs[name]["fixed_rate"]["cpu_s_per_1k"])
+
     by_round = [
         d["saturation"]["rps"] / c["saturation"]["rps"]
         for c, d in zip(legs["c_proxy_public"]["rounds"], legs["d_proxy_m2m"]["rounds"], strict=True)
@@ -341,6 +347,13 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
         "e_over_c_throughput": rps("e_proxy_jwt") / rps("c_proxy_public"),
         "added_p90_ms_d_minus_a": p90("d_proxy_m2m") - p90("a_direct"),
         "added_p90_ms_d_minus_b": p90("d_proxy_m2m") - p90("b_nginx"),
+        "cpu_d": cpu_per_1k("d_proxy_m2m"),
+        "cpu_d_over_b": cpu_per_1k("d_proxy_m2m") / cpu_per_1k("b_nginx"),
+        "cpu_d_over_relay": (
+            cpu_per_1k("d_proxy_m2m") / cpu_per_1k("r_python_relay")
+            if "r_python_relay" in legs
+            else None
+        ),
     }
 
 
@@ -384,6 +397,9 @@ def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
         ),
         f"- added p90 at {r['settings']['rate']:.0f} req/s, (d) - (a): **{q['added_p90_ms_d_minus_a']:.2f} ms**; "
         f"(d) - (b): {q['added_p90_ms_d_minus_b']:.2f} ms",
+        f"- CPU at {r['settings']['rate']:.0f} req/s, (d): **{q['cpu_d']:.3f} vCPU per 1,000 req/s**; "
+        f"(d)/(b) nginx: {q['cpu_d_over_b']:.2f}"
+        + (f"; (d)/(r) Python byte relay: {q['cpu_d_over_relay']:.2f}" if q["cpu_d_over_relay"] else ""),
         f"- Clerk calls during all HTTP legs: {r['clerk_calls_during_http_legs']}",
     ]
     sio = r["legs"].get("f_socketio")
