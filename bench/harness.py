@@ -263,7 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for n in range(args.rounds):
             for name, (url, headers, pids) in chosen.items():
                 one = {"saturation": wrk(url, headers, args.seconds, args.connections),
-                       "fixed_rate": openloop(url, headers, args.rate, args.seconds, pids)}
+                       "fixed_rate": openloop(url, headers, args.rate, args.fixed_seconds, pids)}
                 rounds[name].append(one)
                 print(f"round {n + 1} {name}: {json.dumps(one)}", flush=True)
         serial_legs = [n for n in ("c_proxy_public", "d_proxy_m2m", "e_proxy_jwt") if n in chosen]
@@ -362,7 +362,7 @@ def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
     lines = [
         f"Run: {m['date']}, commit `{m['commit']}`, {m['nproc']} cores ({m['cpu']}); "
         f"wrk -t1 -c{r['settings']['connections']} for {r['settings']['seconds']} s per leg; "
-        f"open loop at {r['settings']['rate']:.0f} req/s for {r['settings']['seconds']} s; "
+        f"open loop at {r['settings']['rate']:.0f} req/s for {r['settings'].get('fixed_seconds', r['settings']['seconds'])} s; "
         f"legs interleaved, {r['settings']['rounds']} rounds, medians shown.",
         "",
         "| leg | saturation req/s | p50 ms | p90 ms | p99 ms | errors | CPU s / 1k req | RSS MB |",
@@ -429,6 +429,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--fixed-seconds", type=int, default=10,
+                        help="length of each fixed-rate run (CPU per request is read over it)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of all legs, interleaved; each figure is the median")
     parser.add_argument("--sio-clients", type=int, default=1000)

@@ -155,10 +155,6 @@ class VerificationCache:
             return entry
         return None
 
-    def count_hit(self) -> None:
-        """A hit answered from a connection's memo of this cache's entry."""
-        self._count_hit.inc()
-
     async def get(
         self,
         key: bytes,

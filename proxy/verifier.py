@@ -110,6 +110,9 @@ class ClerkVerifier:
             config.cache, cache_scope(ck.api_url, ck.secret_key), metrics, now=now
         )
         self.budget = VerificationBudget(config.verification_budget, metrics, now=now)
+        # The cache's own `hit` counter, bound here: a memo hit is counted without a call
+        # into the (uncompiled) cache.
+        self._memo_hits = metrics.verify_cache.labels("hit")
 
     async def start(self) -> None:
         """Nothing to warm: JWKS is fetched on first use, so Clerk being down at start-up
@@ -125,7 +128,7 @@ class ClerkVerifier:
             and recent.token == token
             and self._now() < recent.fresh_until
         ):
-            self.cache.count_hit()
+            self._memo_hits.inc()
             return recent.principal
         entry = self.cache.fresh_entry(self.cache.key(token))
         if entry is None:
