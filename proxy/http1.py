@@ -199,9 +199,13 @@ class HeadParser:
             return None
         if not self._complete:
             return None
-        # llhttp has checked the request line: `method SP target SP HTTP/x.y`.
+        # llhttp has checked the request line: `method SP target SP HTTP/x.y`, though it
+        # lets several spaces stand for one: such a line is aiohttp's, like all oddities.
         line_end = head.index(b"\r\n")
-        method, target, version = head[:line_end].split(b" ")
+        parts = head[:line_end].split(b" ")
+        if len(parts) != 3:
+            return None
+        method, target, version = parts
         if version != b"HTTP/1.1" or method == b"HEAD" or not target.startswith(b"/"):
             # HEAD: llhttp cannot be told a response answers HEAD (it would wait for the
             # body). Absolute-form and asterisk-form targets are aiohttp's.
