@@ -158,7 +158,7 @@ def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Princi
         )
     if expired or (expires_at is not None and expires_at <= now):
         raise ProxyError(TOKEN_EXPIRED, "the token has expired", token_type=endpoint.token_type)
-    return Principal(
+    principal = Principal(
         type=endpoint.principal_type,
         id=subject,
         token_type=endpoint.token_type,
@@ -167,6 +167,12 @@ def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Princi
         claims_json=encode_claims(claims),
         expires_at=expires_at,
     )
+    if not principal.header_safe():
+        log.error(
+            "unreadable 200 answer from Clerk %s: ids or scopes not header-safe", endpoint.name
+        )
+        raise ClerkUnavailable("Clerk gave an unreadable answer")
+    return principal
 
 
 class ClerkClient:

@@ -8,6 +8,7 @@ logs or metrics by accident.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -33,9 +34,18 @@ class Principal:
     def is_anonymous(self) -> bool:
         return self.type == "anonymous"
 
+    def header_safe(self) -> bool:
+        """Whether every identity value can travel in a header as it is: visible ASCII,
+        no space (scopes are joined by spaces). Claims travel as ASCII JSON, always safe.
+        A value that is not would let whoever minted it inject header fields upstream."""
+        values = [self.id, self.token_id, *self.scopes]
+        return all(value is None or _VISIBLE_ASCII.fullmatch(value) for value in values)
+
     def claims(self) -> dict[str, Any]:
         return dict(json.loads(self.claims_json)) if self.claims_json else {}
 
+
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
 
 ANONYMOUS = Principal(type="anonymous")
 

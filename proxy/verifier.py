@@ -17,7 +17,7 @@ from .budget import VerificationBudget
 from .cache import VerificationCache, cache_scope
 from .clerk import ClerkClient
 from .config import Config
-from .errors import ProxyError
+from .errors import TOKEN_INVALID, ProxyError
 from .jwks import Jwks
 from .metrics import Metrics
 from .principal import Principal, PrincipalType, Recent, encode_claims
@@ -157,7 +157,13 @@ class ClerkVerifier:
         try:
             if kind.is_jwt:
                 _, claims = await self.jwks.verify(token, kind.token_type)
-                return jwt_principal(kind, claims)
+                principal = jwt_principal(kind, claims)
+                if not principal.header_safe():
+                    raise ProxyError(
+                        TOKEN_INVALID,
+                        "the token's subject, id or scopes cannot be passed on in a header",
+                    )
+                return principal
             # Only a miss of an opaque token is billable, so only it spends budget.
             self.budget.acquire(client_ip)
             return await self.clerk.verify(kind, token)

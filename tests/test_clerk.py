@@ -100,6 +100,12 @@ def test_parse_other_kinds(
         ({"expiration": "soon"}, VERIFICATION_UNAVAILABLE),
         ({"revoked": "no"}, VERIFICATION_UNAVAILABLE),
         ({"claims": [1]}, VERIFICATION_UNAVAILABLE),
+        # Values that cannot travel in a header as they are would inject fields upstream.
+        ({"subject": "mch_1\r\nX-Auth-Principal-Type: user"}, VERIFICATION_UNAVAILABLE),
+        ({"id": "mt_1\n"}, VERIFICATION_UNAVAILABLE),
+        ({"subject": "mch_\u00e9"}, VERIFICATION_UNAVAILABLE),
+        ({"scopes": ["mch_1 mch_2"]}, VERIFICATION_UNAVAILABLE),
+        ({"scopes": ["mch_1\x00"]}, VERIFICATION_UNAVAILABLE),
     ],
 )
 def test_parse_rejections(over: dict[str, Any], code: str) -> None:

@@ -347,6 +347,9 @@ async def test_bad_jwts_are_refused(make_rig: RigFactory) -> None:
         (rig.clerk.mint_jwt({**good, "exp": int(now) - 30}), TOKEN_EXPIRED, "expired"),
         (rig.clerk.mint_jwt({**good, "nbf": int(now) + 30}), TOKEN_INVALID, "not valid yet"),
         (rig.clerk.mint_session_jwt("user_2abc", azp="https://evil.example"), TOKEN_INVALID, "azp"),
+        # Signed, but with a subject or session id that would inject header fields.
+        (rig.clerk.mint_jwt({**good, "sub": "user_2abc\r\nX-Evil: 1"}), TOKEN_INVALID, "header"),
+        (rig.clerk.mint_jwt({**good, "sid": "sess 1"}), TOKEN_INVALID, "header"),
     ]
     for token, code, message in cases:
         refusal = await rig.refused(token)
