@@ -21,13 +21,10 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from . import lifetime, tokens, websocket
-from . import socketio as sio
 from .config import Config, Route
-from .errors import (
-    BAD_REQUEST,
-    ProxyError,
-)
-from .forward import ClientGone, UpstreamTarget, forward, new_session, read_request_body
+from .dispatch import dispatch
+from .errors import ProxyError
+from .forward import ClientGone, UpstreamTarget, new_session
 from .headers import ClientHop, PrincipalHeaders, UpstreamRewrite, client_ip, upstream_items
 from .logs import AccessLog
 from .metrics import Metrics
@@ -236,8 +233,16 @@ class Proxy:
                 self.admit(rt, routed, authenticated, request.headers.items(), hop)
             )
             url = rt.target.url(routed.resolved.path, routed.resolved.query)
-            response = await self._dispatch(
-                request, rt, url, upstream_headers, principal, routed.ip
+            response = await dispatch(
+                request,
+                session=self.session,
+                rt=rt,
+                metrics=self.metrics,
+                registry=self.ws_registry,
+                url=url,
+                upstream_headers=upstream_headers,
+                principal=principal,
+                ip=routed.ip,
             )
             status = response.status
             return response
@@ -352,87 +357,6 @@ class Proxy:
         logging_cfg = rt.config.logging
         if logging_cfg.access_log and logging_cfg.level in ACCESS_LEVELS:
             self.access_log.record(method, route_name, status, elapsed, principal.type, remote)
-
-    # --- dispatch: WebSocket / Socket.IO / plain HTTP ---------------------------------
-    async def _dispatch(
-        self,
-        request: web.Request,
-        rt: Runtime,
-        url: URL,
-        upstream_headers: CIMultiDict[str],
-        principal: Principal,
-        ip: str,
-    ) -> web.StreamResponse:
-        is_sio = request.path.startswith("/socket.io/")
-        if not is_sio and "Upgrade" not in request.headers:
-            return await self._forward(request, rt, url, upstream_headers)
-        token = tokens.extract_bearer(request.headers.getall("Authorization", ()))
-        ctx = websocket.RelayContext(
-            session=self.session,
-            settings=rt.config.websocket,
-            metrics=self.metrics,
-            verifier=rt.verifier,
-            prefix=rt.config.headers.prefix,
-            registry=self.ws_registry,
-            reverify_seconds=rt.config.cache.ttl_seconds,
-        )
-        if websocket.is_upgrade(request):
-            return await websocket.relay(
-                request,
-                ctx=ctx,
-                upstream_url=url,
-                upstream_headers=upstream_headers,
-                principal=principal,
-                client_ip=ip,
-                socketio=is_sio,
-                header_token=token,
-            )
-        if not is_sio:  # another Upgrade (h2c…): plain HTTP, Upgrade/Connection stripped
-            return await self._forward(request, rt, url, upstream_headers)
-        sio.check_query(request.query_string)
-        if request.method != "POST":  # handshake and long-poll GETs pass through as they are
-            ended = await websocket.end_expired_polling(
-                ctx=ctx,
-                query=request.query_string,
-                client_ip=ip,
-                upstream_url=url,
-                upstream_headers=upstream_headers,
-            )
-            return ended or await self._forward(request, rt, url, upstream_headers)
-        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
-            raise ProxyError(BAD_REQUEST, "compressed Socket.IO POST bodies are not supported")
-        body = await read_request_body(request, rt.config.upstream.max_body_size)
-        body = await websocket.rewrite_polling(
-            body,
-            ctx=ctx,
-            query=request.query_string,
-            principal=principal,
-            client_ip=ip,
-            header_token=token,
-        )
-        # Sent once, never retried: a duplicated polling POST kills the Engine.IO session.
-        return await self._forward(request, rt, url, upstream_headers, body)
-
-    async def _forward(
-        self,
-        request: web.Request,
-        rt: Runtime,
-        url: URL,
-        headers: CIMultiDict[str],
-        body: bytes | None = None,
-    ) -> web.StreamResponse:
-        return await forward(
-            request,
-            session=self.session,
-            url=url,
-            headers=headers,
-            max_body_size=rt.config.upstream.max_body_size,
-            timeouts=rt.timeout,
-            metrics=self.metrics,
-            body=body,
-        )
-
-    # --- end of dispatch ------------------------------------------------------------
 
     def _decided(self, principal: Principal, result: str) -> None:
         self.metrics.decision(principal.token_type or "none", result).inc()
