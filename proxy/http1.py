@@ -2,14 +2,15 @@
 
 The fast path takes only the plainest requests — HTTP/1.1, origin-form target, no body,
 no `Upgrade`/`Expect`, a head under 8 KiB — which is what nearly all API traffic is.
-Everything else is handed to aiohttp's server byte for byte (`TAKEN`/`HANDOFF`), so the
+Everything else is handed to aiohttp's server byte for byte, so the
 fast path never has to get request bodies, upgrades or pipelined body framing right:
 a request that could smuggle (Content-Length with Transfer-Encoding, and anything else
 with a body) is simply not its business. Heads are parsed by llhttp (httptools) in
 strict mode, the same parser family aiohttp uses.
 
-Header values travel as latin-1 `str`: a lossless view of the bytes, so what the header
-rewriting in `headers` sees is what goes on the wire.
+Fields travel as the bytes llhttp validated (the block form below); where (name, value)
+pairs are needed they are latin-1 `str`, a lossless view of those bytes, so what the
+header rewriting in `headers` sees is what goes on the wire.
 """
 
 from __future__ import annotations

@@ -329,7 +329,10 @@ async def test_no_retry_for_a_request_that_is_not_idempotent(servers: list[Any])
         b"NOT HTTP AT ALL\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        # A head that does not end within upstream.MAX_RESPONSE_HEAD is not buffered on.
+        b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 70_000,
     ],
+    ids=["not-http", "two-lengths", "unasked-upgrade", "endless-head"],
 )
 async def test_a_malformed_upstream_answer_is_502(servers: list[Any], answer: bytes) -> None:
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
