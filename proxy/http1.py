@@ -248,10 +248,6 @@ def encode_head(start_line: str, headers: Iterable[tuple[str, str]]) -> bytes:
     return f"{start_line}\r\n{fields}\r\n".encode("latin-1")
 
 
-def request_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
-    return encode_head(f"{method} {target} HTTP/1.1", headers)
-
-
 class Framing(_Record):
     """How a response body reaches the client, and how it ends upstream. Immutable
     (`Final`); a plain class because one is made per answer (see RequestHead)."""
