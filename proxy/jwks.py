@@ -8,9 +8,9 @@ If a fetch fails the last good key set keeps being used.
 Time claims are checked here against the injectable clock (PyJWT would use the wall
 clock), so PyJWT only checks the signature, restricted to the RS256 family.
 
-PyJWT (and cryptography under it: about 10 MB of RSS) is imported on the first JWT or
+PyJWT (and cryptography under it: about 8 MB of RSS) is imported on the first JWT or
 key set, not at start-up: a proxy whose partners only send opaque M2M tokens never loads
-it.
+it. The import holds the event loop once, for about 40 ms on a 2-core box.
 """
 
 from __future__ import annotations
