@@ -16,23 +16,15 @@ from typing import Final, NamedTuple
 
 from multidict import CIMultiDict, istr
 
-from .http1 import encode_fields, field_values, names_pattern, parse_fields
-from .principal import Principal
-
-# RFC 9110 §7.6.1 plus the legacy ones every proxy strips.
-HOP_BY_HOP: frozenset[str] = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
+from .http1 import (
+    HOP_BY_HOP,
+    encode_fields,
+    field_values,
+    names_pattern,
+    parse_fields,
+    values_pattern,
 )
+from .principal import Principal
 
 # A client must not be able to turn a GET-only route into a POST (or vice versa) behind
 # the policy's back: the upstream framework may honour these.
@@ -265,11 +257,11 @@ def for_client(upstream: CIMultiDict[str] | Iterable[tuple[str, str]]) -> CIMult
     return CIMultiDict(client_items(items))
 
 
-_CONNECTION: Final = re.compile(rb"\r\n(?i:connection):[ \t]*([^\r]*)")
-_X_FORWARDED_FOR: Final = re.compile(rb"\r\n(?i:x-forwarded-for):[ \t]*([^\r]*)")
-_X_FORWARDED_PROTO: Final = re.compile(rb"\r\n(?i:x-forwarded-proto):")
-_X_FORWARDED_HOST: Final = re.compile(rb"\r\n(?i:x-forwarded-host):")
-_HOST: Final = re.compile(rb"\r\n(?i:host):")
+_CONNECTION: Final = values_pattern("connection")
+_X_FORWARDED_FOR: Final = values_pattern("x-forwarded-for")
+_X_FORWARDED_PROTO: Final = values_pattern("x-forwarded-proto")
+_X_FORWARDED_HOST: Final = values_pattern("x-forwarded-host")
+_HOST: Final = values_pattern("host")
 
 
 def _drop_pattern(names: frozenset[str], prefix: str) -> re.Pattern[bytes]:

@@ -71,6 +71,21 @@ _REQUEST_FIELDS: Final = re.compile(
     + rb")):[ \t]*([^\r]*)"
 )
 _FIELD: Final = re.compile(rb"\r\n([^:\r]+):[ \t]*([^\r]*)")
+
+# RFC 9110 §7.6.1 plus the legacy ones every proxy strips (both directions; `headers`).
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
@@ -276,18 +291,9 @@ class Framing(_Record):
         return (self.has_body, self.chunked, self.length, self.until_close, self.hop_by_hop)
 
 
-# The response fields framing depends on, and the hop-by-hop ones (RFC 9110 §7.6.1, as
-# `headers.HOP_BY_HOP`): found in one pass.
+# The response fields framing depends on, and the hop-by-hop ones: found in one pass.
 _RESPONSE_FIELDS: Final = re.compile(
-    rb"\r\n(?i:("
-    + names_pattern(
-        [
-            *("content-length", "transfer-encoding", "connection", "keep-alive"),
-            *("proxy-connection", "proxy-authenticate", "proxy-authorization"),
-            *("te", "trailer", "upgrade"),
-        ]
-    )
-    + rb")):[ \t]*([^\r]*)"
+    rb"\r\n(?i:(" + names_pattern(HOP_BY_HOP | {"content-length"}) + rb")):[ \t]*([^\r]*)"
 )
 
 
@@ -349,8 +355,8 @@ def client_head(
     its `block` of fields.
 
     The common answer — HTTP/1.1, sized or body-less, no hop-by-hop field — goes out as
-    the upstream wrote it, reason phrase included, (plus `Connection: close` when this is the connection's last);
-    anything else is rebuilt from its fields, cleaned by `clean` (`headers.client_items`)."""
+    the upstream wrote it, reason phrase included, plus `Connection: close` when it is the
+    connection's last; anything else is rebuilt from its fields, cleaned by `clean` (`headers.client_items`)."""
     if (
         not framing.hop_by_hop
         and not framing.chunked

