@@ -28,16 +28,22 @@ COMPILED = [
     "proxy/loop_metrics.py",
     "proxy/metrics.py",
     "proxy/logs.py",
+    "proxy/entries.py",
+    "proxy/ids.py",
+    "proxy/generations.py",
 ]
 
 
 def extensions() -> list[object]:
+    # The group's shared library is `proxy/_native__mypyc*.so`, inside the package: a
+    # top-level one (group "proxy") is found only from the source tree's own directory,
+    # so an editable install ran only when started from there.
     if os.environ.get("CLERK_AUTH_PROXY_PURE") == "1":
         return []
     try:
         from mypyc.build import mypycify
 
-        modules = mypycify(COMPILED, opt_level="3", group_name="proxy")
+        modules = mypycify(COMPILED, opt_level="3", group_name="proxy._native")
     except (ImportError, SystemExit, Exception) as exc:  # no mypyc, or it refused
         print(f"clerk-auth-proxy: building pure Python ({exc!r})", file=sys.stderr)
         return []
