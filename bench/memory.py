@@ -8,6 +8,9 @@ first JWT adds (PyJWT and cryptography load on first use).
   worst case: every entry carries its own Principal and token id.
 - `rejected`: every token distinct and refused (401), as in a random-token flood — the
   realistic way a cache reaches 100k entries.
+- `sessions`: every token a distinct session JWT of a distinct user, with PyJWT and
+  cryptography loaded (as after the first JWT): the worst case, since nothing an entry
+  holds is shared with another.
 Prints one JSON line."""
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ async def fill(kind: str, n: int) -> tuple[float, float]:
     from proxy.metrics import Metrics
     from proxy.principal import Principal, encode_claims
 
+    if kind == "sessions":
+        import jwt  # noqa: F401
+        from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: F401
+
     cache = VerificationCache(Cache(ttl_seconds=3600, negative_ttl_seconds=3600, max_entries=200_000), b"s" * 32, Metrics())
     gc.collect()
     base = rss_mb()
@@ -54,6 +61,16 @@ async def fill(kind: str, n: int) -> tuple[float, float]:
                 return p
 
             await cache.get(cache.key(f"mt_{i:048d}"), load)
+        elif kind == "sessions":
+            p = Principal(
+                "user", f"user_{i:027d}", "session_token", f"sess_{i:027d}",
+                frozenset(), None, 2_000_000_000.0 + i,
+            )
+
+            async def load_session(p: Principal = p) -> Principal:
+                return p
+
+            await cache.get(cache.key(f"ey{i:048d}"), load_session)
         else:
 
             async def refuse() -> Principal:
@@ -93,7 +110,13 @@ def main() -> None:
         child(sys.argv[1], int(sys.argv[2]))
         return
     rows = []
-    for kind, n in (("verified", 0), ("verified", 10_000), ("verified", 100_000), ("rejected", 100_000)):
+    for kind, n in (
+        ("verified", 0),
+        ("verified", 10_000),
+        ("verified", 100_000),
+        ("rejected", 100_000),
+        ("sessions", 100_000),
+    ):
         out = subprocess.run(
             [sys.executable, "-m", "bench.memory", kind, str(n)],
             capture_output=True, text=True, check=True,

@@ -14,22 +14,19 @@
   the token's own expiry.
 
 Only Principals are cached, never an allow/deny: scopes are checked per request.
+Entries are held packed (`entries.PackedTable`, under 100 bytes each) in the two
+generations of `generations.Generations`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
-import math
 import time
-from collections.abc import Awaitable, Callable, Hashable
-from dataclasses import dataclass
-from typing import TypeVar
-
-from cachetools import LRUCache
+from collections.abc import Awaitable, Callable
 
 from . import config
+from .entries import Entry, Negative, PackedTable, Positive
 from .errors import VERIFICATION_UNAVAILABLE, ProxyError
 from .generations import Generations
 from .metrics import Metrics
@@ -40,55 +37,6 @@ def cache_scope(api_url: str, secret_key: str) -> bytes:
     """Names the Clerk instance without holding the key: api_url + a key id."""
     key_id = hashlib.sha256(secret_key.encode()).hexdigest()[:16]
     return f"{api_url}\x00{key_id}\x00".encode()
-
-
-@dataclass(frozen=True, slots=True)
-class Positive:
-    principal: Principal
-    fresh_until: float
-    keep_until: float  # fresh_until, plus the stale-if-error window capped at expiry
-
-
-@dataclass(frozen=True, slots=True)
-class Negative:
-    code: str
-    message: str
-    token_type: str | None
-    keep_until: float
-
-    def error(self) -> ProxyError:
-        return ProxyError(self.code, self.message, token_type=self.token_type)
-
-
-Entry = Positive | Negative
-
-
-H = TypeVar("H", bound=Hashable)
-
-
-class Shared:
-    """One copy of each subject, scope set and claims string across cached Principals.
-
-    Partners hold many tokens of few machines: without this, 100k cached tokens carry
-    100k identical frozensets and JSON strings (about half of an entry's memory)."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._values: LRUCache[Hashable, Hashable] = LRUCache(size)
-
-    def one(self, value: H) -> H:
-        kept = self._values.get(value)
-        if kept is None:
-            self._values[value] = value
-            return value
-        return kept  # type: ignore[return-value]
-
-    def principal(self, principal: Principal) -> Principal:
-        return dataclasses.replace(
-            principal,
-            id=self.one(principal.id),
-            scopes=self.one(principal.scopes),
-            claims_json=self.one(principal.claims_json),
-        )
 
 
 class VerificationCache:
@@ -105,9 +53,10 @@ class VerificationCache:
         self._metrics = metrics
         self._now = now
         horizon = max(cfg.ttl_seconds + cfg.stale_if_error_seconds, cfg.negative_ttl_seconds, 1.0)
-        self._entries: Generations[bytes, Entry] = Generations(cfg.max_entries, horizon, now())
+        self._entries: Generations[bytes, Entry] = Generations(
+            cfg.max_entries, horizon, now(), PackedTable
+        )
         self._flights: dict[bytes, asyncio.Task[Principal]] = {}
-        self._shared = Shared()
         # Bound once: a label lookup per cache hit is measurable on the hot path.
         self._count_hit = metrics.verify_cache.labels("hit")
         self._count_negative_hit = metrics.verify_cache.labels("negative_hit")
@@ -131,13 +80,12 @@ class VerificationCache:
             fresh = min(fresh, principal.expires_at)
         if fresh <= now:
             return None
-        # One float object for both deadlines unless a stale window is configured.
         keep = fresh
         if self._cfg.stale_if_error_seconds > 0:
             keep = fresh + self._cfg.stale_if_error_seconds
             if principal.expires_at is not None:
                 keep = min(keep, principal.expires_at)
-        return Positive(self._shared.principal(principal), fresh, keep)
+        return Positive(principal, fresh, keep)
 
     def fresh(self, key: bytes) -> Principal | None:
         """The cached Principal when a fresh positive entry exists (counted as a hit), else
@@ -205,13 +153,9 @@ class VerificationCache:
                     return stale.principal
             elif exc.status == 401 and cache_rejections:
                 until = now + self._cfg.negative_ttl_seconds
-                # Cut to the whole second, so that one second's rejections share a single
-                # entry object: a flood of random tokens then costs a key and a dict slot.
-                if math.floor(until) > now:
-                    until = float(math.floor(until))
                 if until > now:
                     rejected = Negative(exc.code, exc.message, exc.token_type, until)
-                    self._entries.set(key, self._shared.one(rejected), now)
+                    self._entries.set(key, rejected, now)
             raise
         now = self._now()
         entry = self.positive(principal, now)
