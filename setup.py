@@ -19,6 +19,7 @@ COMPILED = [
     "proxy/app.py",
     "proxy/frontdoor.py",
     "proxy/upstream.py",
+    "proxy/upstream_head.py",
     "proxy/http1.py",
     "proxy/headers.py",
     "proxy/principal.py",

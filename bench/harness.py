@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from bench.serial import SEQ
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "performance.md"
@@ -171,10 +173,28 @@ def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
+# wrk numbers the headers whose value is `{seq}` (bench.serial.SEQ) on every request.
+WRK_SEQ = """
+local n = 0
+request = function()
+  n = n + 1
+  local h = {}
+  for k, v in pairs(wrk.headers) do
+    h[k] = (v == "SEQ") and string.format("%016x", n) or v
+  end
+  return wrk.format(nil, nil, h)
+end
+""".replace("SEQ", SEQ)
+
+
 def wrk(url: str, headers: dict[str, str], seconds: int, connections: int) -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
+    if SEQ in headers.values():
+        script = Path(tempfile.gettempdir()) / "clerk-bench-seq.lua"
+        script.write_text(WRK_SEQ)
+        cmd += ["-s", str(script)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     result = {"rps": rps}
@@ -263,6 +283,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "r_python_relay": (f"http://127.0.0.1:{relay_port}/api/x", {}, [relay.pid]),
             "c_proxy_public": (f"http://127.0.0.1:{proxy_port}/public/x", {}, [proxy.pid]),
             "d_proxy_m2m": (f"http://127.0.0.1:{proxy_port}/api/x", m2m, [proxy.pid]),
+            # (d) with a header numbered per request (as X-Request-Id or traceparent):
+            # no head repeats, so nothing the proxy remembers per connection applies.
+            "d2_proxy_m2m_varied": (
+                f"http://127.0.0.1:{proxy_port}/api/x", {**m2m, "X-Request-Id": SEQ}, [proxy.pid],
+            ),
             "e_proxy_jwt": (f"http://127.0.0.1:{proxy_port}/api/x", jwt, [proxy.pid]),
         }
         wanted = set(filter(None, args.legs.split(",")))
@@ -278,7 +303,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "fixed_rate": openloop(url, headers, args.rate, args.fixed_seconds, pids)}
                 rounds[name].append(one)
                 print(f"round {n + 1} {name}: {json.dumps(one)}", flush=True)
-        serial_legs = [n for n in ("c_proxy_public", "d_proxy_m2m", "e_proxy_jwt") if n in chosen]
+        serial_legs = [
+            n for n in ("c_proxy_public", "d_proxy_m2m", "d2_proxy_m2m_varied", "e_proxy_jwt")
+            if n in chosen
+        ]
         serial_runs: dict[str, list[float]] = {name: [] for name in serial_legs}
         for n in range(args.rounds):
             for name in serial_legs:
@@ -366,6 +394,15 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
             if "r_python_relay" in legs
             else None
         ),
+        **(
+            {
+                "d2_over_c_throughput": rps("d2_proxy_m2m_varied") / rps("c_proxy_public"),
+                "added_p90_ms_d2_minus_a": p90("d2_proxy_m2m_varied") - p90("a_direct"),
+                "cpu_d2": cpu_per_1k("d2_proxy_m2m_varied"),
+            }
+            if "d2_proxy_m2m_varied" in legs
+            else {}
+        ),
     }
 
 
@@ -412,6 +449,15 @@ def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
         f"- CPU at {r['settings']['rate']:.0f} req/s, (d): **{q['cpu_d']:.3f} vCPU per 1,000 req/s**; "
         f"(d)/(b) nginx: {q['cpu_d_over_b']:.2f}"
         + (f"; (d)/(r) Python byte relay: {q['cpu_d_over_relay']:.2f}" if q["cpu_d_over_relay"] else ""),
+        *(
+            [
+                f"- (d2), every head different: (d2)/(c) throughput **{q['d2_over_c_throughput']:.2f}**; "
+                f"added p90 (d2) - (a) **{q['added_p90_ms_d2_minus_a']:.2f} ms**; "
+                f"CPU **{q['cpu_d2']:.3f} vCPU per 1,000 req/s**"
+            ]
+            if "cpu_d2" in q
+            else []
+        ),
         f"- Clerk calls during all HTTP legs: {r['clerk_calls_during_http_legs']}",
     ]
     sio = r["legs"].get("f_socketio")

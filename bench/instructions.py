@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.serial import exchange
+from bench.serial import Requests, exchange
 
 WARM = 300
 COUNTED = 2000
@@ -47,14 +47,14 @@ def count(port: int, config: str, path: str, headers: dict[str, str]) -> dict[st
             lines = [f"GET {path} HTTP/1.1", "Host: bench", "User-Agent: bench-openloop/1",
                      "Accept: */*", "Accept-Encoding: gzip, deflate",
                      *(f"{k}: {v}" for k, v in headers.items())]
-            request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+            requests = Requests(lines)
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 for _ in range(WARM):
-                    if not exchange(sock, request):
+                    if not exchange(sock, requests.next()):
                         raise SystemExit("the proxy did not answer 200")
                 subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], capture_output=True, check=True)
                 for _ in range(COUNTED):
-                    exchange(sock, request)
+                    exchange(sock, requests.next())
                 subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, check=True)
                 subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
             dumps = sorted(glob.glob(f"{out}*"), key=os.path.getmtime)

@@ -9,7 +9,7 @@ several times the CPU of the server it measures: on a 2-core box it then compete
 the process under test for the same cores and caches, and the CPU figure moves with the
 generator rather than the server.
 
-    python -m bench.openloop URL RATE SECONDS [HEADER-JSON]
+    python -m bench.openloop URL RATE SECONDS [HEADER-JSON]   (a value "{seq}": numbered)
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import sys
 import time
 from collections import deque
 from urllib.parse import urlsplit
+
+from bench.serial import Requests
 
 MAX_CONNECTIONS = 256
 
@@ -37,7 +39,7 @@ class Connection(asyncio.Protocol):
     def send(self, scheduled: float) -> None:
         assert self.transport is not None
         self.scheduled = scheduled
-        self.transport.write(self.gen.request)
+        self.transport.write(self.gen.requests.next())
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -65,15 +67,16 @@ class Generator:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        lines = [
-            f"GET {target} HTTP/1.1",
-            f"Host: {parts.netloc}",
-            "User-Agent: bench-openloop/1",
-            "Accept: */*",
-            "Accept-Encoding: gzip, deflate",
-            *(f"{k}: {v}" for k, v in headers.items()),
-        ]
-        self.request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.requests = Requests(
+            [
+                f"GET {target} HTTP/1.1",
+                f"Host: {parts.netloc}",
+                "User-Agent: bench-openloop/1",
+                "Accept: */*",
+                "Accept-Encoding: gzip, deflate",
+                *(f"{k}: {v}" for k, v in headers.items()),
+            ]
+        )
         self.idle: list[Connection] = []
         self.open = 0
         self.waiting: deque[float] = deque()

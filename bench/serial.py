@@ -14,6 +14,26 @@ import socket
 import sys
 import time
 
+SEQ = "{seq}"  # a header value that becomes a new 16-hex-digit number on every request
+
+
+class Requests:
+    """The bytes of one request, again and again. A header whose value is SEQ gets a
+    fresh number each time, as X-Request-Id or traceparent do in real traffic: then no
+    two heads on a connection are the same bytes (what the proxy remembers per
+    connection does not apply)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self._parts = raw.split(SEQ.encode(), 1)
+        self._n = 0
+
+    def next(self) -> bytes:
+        if len(self._parts) == 1:
+            return self._parts[0]
+        self._n += 1
+        return b"%s%016x%s" % (self._parts[0], self._n, self._parts[1])
+
 
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
@@ -39,14 +59,15 @@ def exchange(sock: socket.socket, request: bytes) -> bool:
 
 
 def run(port: int, pid: int, seconds: float, path: str, headers: dict[str, str]) -> dict[str, float]:
-    lines = [f"GET {path} HTTP/1.1", "Host: bench", *(f"{k}: {v}" for k, v in headers.items())]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    requests = Requests(
+        [f"GET {path} HTTP/1.1", "Host: bench", *(f"{k}: {v}" for k, v in headers.items())]
+    )
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     done, errors = 0, 0
     before, end = cpu_seconds(pid), time.perf_counter() + seconds
     while time.perf_counter() < end:
-        errors += not exchange(sock, request)
+        errors += not exchange(sock, requests.next())
         done += 1
     used = cpu_seconds(pid) - before
     sock.close()

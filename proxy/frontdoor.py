@@ -29,6 +29,7 @@ from .errors import ProxyError
 from .headers import ClientHop, client_items
 from .principal import ANONYMOUS, Principal, Recent
 from .upstream import IDEMPOTENT, UpstreamConnection, UpstreamPool
+from .upstream_head import UpstreamHeads
 
 if TYPE_CHECKING:
     from .listener import FrontDoorServer
@@ -80,6 +81,7 @@ class FrontDoor(asyncio.Protocol):
         self._started = 0.0
         self._upstream: UpstreamConnection | None = None
         self._upstream_head = b""
+        self._heads = UpstreamHeads()
         self._upstream_started = 0.0
         self._task: asyncio.Task[None] | None = None
         self._out: list[bytes] = []
@@ -239,19 +241,9 @@ class FrontDoor(asyncio.Protocol):
         head = self._head
         assert head is not None
         principal = self._principal = self._proxy.authorize(rt, routed, authenticated)
-        block = rt.rewrite.block(
-            head.block,
-            principal=principal,
-            hop=hop,
-            connection=head.connection,
-            default_host=None if head.host is not None else self._proxy.fast_pool.authority,
-        )
-        resolved = routed.resolved
-        target = rt.fast_prefix + resolved.path
-        if resolved.query is not None:
-            target += "?" + resolved.query
-        self._upstream_head = b"".join(
-            (f"{head.method} {target} HTTP/1.1".encode("latin-1"), block, http1.HEAD_END)
+        default_host = None if head.host is not None else self._proxy.fast_pool.authority
+        self._upstream_head = self._heads.build(
+            rt, head, principal, hop, routed.resolved, default_host
         )
         self._send_upstream(retry=head.method in IDEMPOTENT)
 

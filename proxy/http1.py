@@ -187,12 +187,17 @@ class HeadParser:
     and must be dropped once `parse` answers None (the connection then leaves the fast
     path)."""
 
-    __slots__ = ("_complete", "_keep_alive", "_parser")
+    __slots__ = ("_complete", "_keep_alive", "_last", "_last_bytes", "_parser")
 
     def __init__(self) -> None:
         self._complete = False
         self._keep_alive = False
         self._parser: Any = httptools.HttpRequestParser(self)
+        # The last head taken, by its bytes: a keep-alive client polling one URL sends
+        # the same head every time, and llhttp's verdict on the same bytes is the same
+        # (after a complete message it is back in its first state either way).
+        self._last_bytes = b""
+        self._last: RequestHead | None = None
 
     # httptools callbacks: only those defined are called.
     def on_headers_complete(self) -> None:
@@ -206,6 +211,8 @@ class HeadParser:
         """The request in `head` (one complete head, ending in CRLFCRLF) when the fast
         path may take it; None when aiohttp must (anything unusual, malformed or
         carrying a body)."""
+        if head == self._last_bytes:
+            return self._last
         if len(head) > MAX_HEAD:
             return None
         self._complete = False
@@ -241,7 +248,7 @@ class HeadParser:
                 connection.append(value.decode("latin-1"))
             else:
                 return None  # body framing, upgrade, expect: aiohttp's
-        return RequestHead(
+        taken = RequestHead(
             method.decode("ascii"),
             target.decode("latin-1"),
             block,
@@ -250,6 +257,8 @@ class HeadParser:
             tuple(authorization),
             tuple(connection),
         )
+        self._last_bytes, self._last = head, taken
+        return taken
 
 
 def parse_request_head(head: bytes) -> RequestHead | None:

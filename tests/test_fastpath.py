@@ -183,9 +183,50 @@ async def test_a_connection_changing_its_token_is_judged_by_each_request(
         (resp,) = await client.responses(1)
         assert resp.status == status, line
         if principal_id is not None:
-            assert header(
-                Response(0, recorder.seen[-1].headers, b""), "X-Auth-Principal-Id"
-            ) == principal_id, line
+            assert (
+                header(Response(0, recorder.seen[-1].headers, b""), "X-Auth-Principal-Id")
+                == principal_id
+            ), line
+
+
+async def test_a_repeated_request_goes_up_as_its_principal_and_config_say_now(
+    servers: list[Any],
+) -> None:
+    """The same bytes on one connection reuse the parsed head and the rewritten head
+    that went up: until the principal or the config behind them changes."""
+    url, recorder, _ = await recording_upstream(servers)
+    verifier = StubVerifier(principals={"good-machine": MACHINE})
+    app = create_app(make_config(url), verifier=verifier)
+    proxy = FastPathServer(app)
+    await proxy.start_server()
+    servers.append(proxy)
+    client = await connect(proxy)
+    request = get(
+        "/api/x",
+        "Authorization: Bearer good-machine",
+        "X-Auth-Principal-Id: forged",
+        "X-Partner-Principal-Id: forged",
+    )
+
+    async def send() -> Response:
+        await client.send(request)
+        (resp,) = await client.responses(1)
+        assert resp.status == 200
+        return Response(0, recorder.seen[-1].headers, b"")
+
+    first, second = await send(), await send()
+    assert first.headers == second.headers
+    assert header(second, "X-Auth-Principal-Id") == MACHINE.id  # the forged one is gone
+    assert header(second, "X-Partner-Principal-Id") == "forged"  # not ours (yet)
+    verifier.principals = {"good-machine": ADMIN}  # the token now verifies as another
+    assert header(await send(), "X-Auth-Principal-Id") == ADMIN.id
+    await app[PROXY].reload(make_config(url, headers={"prefix": "X-Partner-"}))
+    renamed = await send()
+    assert header(renamed, "X-Partner-Principal-Id") == ADMIN.id  # ours now: replaced
+    assert header(renamed, "X-Auth-Principal-Id") == "forged"  # no longer ours
+    assert header(renamed, "X-Partner-Principal-Id") == header(
+        await send(), "X-Partner-Principal-Id"
+    )
 
 
 async def test_pipelined_requests_are_answered_in_order(servers: list[Any]) -> None:
@@ -206,9 +247,7 @@ async def test_hand_off_to_aiohttp_mid_connection(servers: list[Any]) -> None:
     proxy = await fast_proxy(servers, url)
     client = await connect(proxy)
     body = b'{"a":1}'
-    post = (
-        b"POST /public/echo HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 7\r\n\r\n" + body
-    )
+    post = b"POST /public/echo HTTP/1.1\r\nHost: proxy.test\r\nContent-Length: 7\r\n\r\n" + body
     # A fast request, then one with a body pipelined behind it, then a plain one again.
     await client.send(get("/public/1") + post + get("/public/2"))
     first, second, third = await client.responses(3)
