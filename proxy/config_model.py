@@ -1,0 +1,142 @@
+"""The typed configuration: one frozen `Config` and its parts, with their defaults.
+
+What each key means is in docs/configuration.md; `config` builds these from YAML and
+validates every value, so code holding a `Config` never re-checks one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+AuthMode = Literal["public", "optional", "required"]
+PRINCIPAL_TYPES = ("machine", "user", "api_key", "oauth", "anonymous")
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+    # listen only: plain requests skip aiohttp's server and client (frontdoor.py).
+    fast_path: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    url: str
+    connect_timeout: float = 5.0
+    # Above Socket.IO's pingInterval + pingTimeout (45 s) so long polls survive.
+    read_timeout: float = 60.0
+    # 0 means unlimited.
+    max_body_size: int = 10 * 1024 * 1024
+    # Path the admin /readyz probes; any HTTP answer (even 404) means "up".
+    readiness_path: str = "/"
+    # Concurrent upstream connections; 0: unlimited. Every open WebSocket and every
+    # pending Socket.IO long poll holds one, so a low cap queues live traffic.
+    pool_size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Clerk:
+    api_url: str
+    secret_key: str = field(repr=False)
+    machine_secret_key: str = field(default="", repr=False)
+    # A human name for the Clerk instance this environment trusts (logged at start-up).
+    instance: str = "default"
+    # Expected JWT `iss` (the instance's Frontend API URL); unchecked when empty.
+    issuer: str = ""
+    authorized_parties: tuple[str, ...] = ()
+    timeout: float = 5.0
+    jwks_cache_seconds: float = 3600.0
+    # An unknown `kid` triggers a JWKS refetch at most this often.
+    jwks_min_refetch_seconds: float = 30.0
+    api_version: str = "2026-05-12"
+    clock_skew_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Cache:
+    ttl_seconds: float = 60.0
+    negative_ttl_seconds: float = 10.0
+    max_entries: int = 100_000
+    # 0 disables serving stale positives while Clerk is unreachable.
+    stale_if_error_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    rate: float  # tokens per second
+    burst: int
+
+
+DEFAULT_GLOBAL_BUCKET = Bucket(rate=50.0, burst=200)
+DEFAULT_PER_IP_BUCKET = Bucket(rate=5.0, burst=20)
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationBudget:
+    enabled: bool = True
+    global_: Bucket = DEFAULT_GLOBAL_BUCKET
+    per_ip: Bucket = DEFAULT_PER_IP_BUCKET
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    path: str
+    methods: frozenset[str] | None = None  # None: any method
+    auth: AuthMode = "required"
+    scopes: tuple[str, ...] = ()
+    principal_types: frozenset[str] | None = None  # None: any authenticated type
+
+
+@dataclass(frozen=True, slots=True)
+class Headers:
+    prefix: str = "X-Auth-"
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocket:
+    max_message_size: int = 1024 * 1024
+    allowed_origins: tuple[str, ...] = ()  # empty: any Origin
+    compression: bool = True  # permessage-deflate towards the client
+    upstream_compression: bool = False  # loopback: deflate costs CPU, saves nothing
+    heartbeat_seconds: float = 0.0  # 0: relay the peers' own pings only
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    # How long in-flight requests get to finish after the listener closes.
+    grace_period: float = 25.0
+    # How long /readyz answers 503 while still serving, before the listener closes, so
+    # Kubernetes removes the pod from its endpoints before connections are refused.
+    delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Logging:
+    level: str = "INFO"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    environment: str
+    listen: Listen
+    admin: Listen
+    upstream: Upstream
+    clerk: Clerk
+    cache: Cache
+    verification_budget: VerificationBudget
+    routes: tuple[Route, ...]
+    default_route: Route
+    forward_authorization: bool
+    headers: Headers
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    websocket: WebSocket
+    shutdown: Shutdown
+    logging: Logging
+    workers: int = 1
