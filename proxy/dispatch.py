@@ -12,8 +12,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from . import polling, tokens, websocket
 from . import socketio as sio
-from . import tokens, websocket
 from .errors import BAD_REQUEST, ProxyError
 from .forward import forward, read_request_body
 from .metrics import Metrics
@@ -75,7 +75,7 @@ async def dispatch(
         return await onward()
     sio.check_query(request.query_string)
     if request.method != "POST":  # handshake and long-poll GETs pass through as they are
-        ended = await websocket.end_expired_polling(
+        ended = await polling.end_expired_polling(
             ctx=ctx,
             query=request.query_string,
             client_ip=ip,
@@ -86,7 +86,7 @@ async def dispatch(
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
         raise ProxyError(BAD_REQUEST, "compressed Socket.IO POST bodies are not supported")
     body = await read_request_body(request, rt.config.upstream.max_body_size)
-    body = await websocket.rewrite_polling(
+    body = await polling.rewrite_polling(
         body,
         ctx=ctx,
         query=request.query_string,

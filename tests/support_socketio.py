@@ -15,7 +15,7 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import config, websocket
+from proxy import config, polling, websocket
 from proxy import socketio as sio_codec
 from proxy.errors import TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
 from proxy.metrics import Metrics
@@ -215,7 +215,7 @@ def relay_app(
             if is_sio:
                 sio_codec.check_query(request.query_string)
                 if request.method == "POST":
-                    body = await websocket.rewrite_polling(
+                    body = await polling.rewrite_polling(
                         body,
                         ctx=ctx,
                         query=request.query_string,
