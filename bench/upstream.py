@@ -1,4 +1,6 @@
-"""The benchmark upstream: a minimal aiohttp app answering a small JSON body."""
+"""The benchmark upstream: a minimal aiohttp app answering a small JSON body. A request's
+X-Request-Id comes back on its answer, as services that trace requests do: leg (d2)
+then has no head repeat in either direction."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ BODY = b'{"matches":[{"id":"m1","home":"Ajax","away":"PSV","score":"2-1","minute
 
 
 async def answer(request: web.Request) -> web.Response:
-    return web.Response(body=BODY, content_type="application/json")
+    request_id = request.headers.get("X-Request-Id")
+    headers = {"X-Request-Id": request_id} if request_id is not None else None
+    return web.Response(body=BODY, content_type="application/json", headers=headers)
 
 
 def main() -> None:

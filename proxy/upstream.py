@@ -64,6 +64,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self._paused = False
         self._last_read = 0.0
+        # The last answer's head and what was read from it: an upstream answering the same
+        # resource within one second (its Date) sends the same head bytes again.
+        self._last_head = b""
+        self._last_block = b""
+        self._last_framing = http1.Framing(False, False)
 
     # --- the exchange ---------------------------------------------------------------
 
@@ -176,8 +181,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_seen = True
         # Only valid here: llhttp resets its flags once the message completes.
         self._keep_alive = self._parser.should_keep_alive()
-        block = http1.fields_of(head)
-        framing = http1.response_framing(status, block)
+        if head == self._last_head:
+            block, framing = self._last_block, self._last_framing
+        else:
+            block = http1.fields_of(head)
+            framing = http1.response_framing(status, block)  # status is in the head's bytes
+            self._last_head, self._last_block, self._last_framing = head, block, framing
         self._length_known = not framing.until_close
         self.sink.response_head(status, head, block, framing)
 

@@ -305,6 +305,41 @@ async def test_close_delimited_answer_is_rechunked(servers: list[Any]) -> None:
     assert again.body == b"first second third"
 
 
+async def test_a_repeated_answer_head_is_framed_as_the_answer_it_heads(
+    servers: list[Any],
+) -> None:
+    """An upstream connection remembers the framing of the last answer head it read: the
+    same bytes again reuse it, anything else (here a chunked answer between two equal
+    ones) is read afresh."""
+    fixed = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kind: fixed\r\n\r\nhello"
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n\r\n"
+    )
+    answers = [fixed, fixed, chunked, fixed]
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for answer in answers:  # all on one keep-alive connection
+            await _read_head(reader)
+            writer.write(answer)
+            await writer.drain()
+        await reader.read()
+
+    proxy = await fast_proxy(servers, await raw_upstream(servers, upstream))
+    client = await connect(proxy)
+    got = []
+    for i in range(len(answers)):
+        await client.send(get(f"/public/{i}"))
+        (resp,) = await client.responses(1)
+        got.append((resp.status, header(resp, "X-Kind"), resp.body))
+    assert got == [
+        (200, "fixed", b"hello"),
+        (200, "fixed", b"hello"),
+        (200, "chunked", b"abc"),
+        (200, "fixed", b"hello"),
+    ]
+
+
 async def test_interim_responses_are_dropped(servers: list[Any]) -> None:
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
