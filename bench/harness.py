@@ -30,13 +30,12 @@ from typing import Any
 
 import yaml
 
-from bench.serial import SEQ
+from bench.serial import SEQ, cpu_split
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "performance.md"
 PY = sys.executable
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -52,16 +51,6 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listening on {port} after {timeout}s")
-
-
-def cpu_split(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime
-
-
-def cpu_seconds(pid: int) -> float:
-    return sum(cpu_split(pid))
 
 
 def rss_mb(pid: int) -> float:

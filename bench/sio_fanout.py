@@ -19,7 +19,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from bench.harness import cpu_seconds, free_port, rss_mb, wait_port
+from bench.harness import free_port, rss_mb, wait_port
+from bench.serial import cpu_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -80,8 +80,9 @@ _NegativeIdentity = tuple[str, str, str | None]
 class PackedTable:
     """A dict-like map of 16-byte keys to entries (what `Generations` asks of a table).
 
-    A value read back is equal to the one stored, not the same object; identities (subject,
-    scopes, claims) are shared between the entries of one table."""
+    A value read back is equal to the one stored, not necessarily the same object (the
+    last `RECENT` read are handed back as built); what entries share (type, token type,
+    scopes, claims) is one object per table."""
 
     __slots__ = (
         "_count",
