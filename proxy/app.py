@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -37,6 +37,8 @@ log = logging.getLogger("proxy")
 CLERK_POOL_SIZE = 32
 # Access lines are INFO: a config at WARNING or above asks for none.
 ACCESS_LEVELS = frozenset({"DEBUG", "INFO"})
+# A C static under mypyc: no module lookup per call.
+_perf_counter: Final = time.perf_counter
 
 VerifierFactory = Callable[[Config, aiohttp.ClientSession, Metrics], Verifier]
 
@@ -58,6 +60,35 @@ class Routed:
         self.route: Final = route
         self.token: Final = token  # None on public routes: they never look at tokens
         self.ip: Final = ip
+
+
+class HeadFields(Protocol):
+    """A request's header fields as `Proxy.route` reads them (only those it needs, only
+    when it needs them)."""
+
+    def getall(self, name: str) -> Sequence[str]:
+        """Every value of the field `name` (case-insensitive), in order."""
+        ...
+
+    def bearer(self, authorization: Sequence[str]) -> str | None:
+        """`tokens.extract_bearer` of these Authorization values (the fast path
+        remembers it per connection)."""
+        ...
+
+
+class AiohttpFields:
+    """`HeadFields` of a request aiohttp parsed."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+
+    def getall(self, name: str) -> Sequence[str]:
+        return self._request.headers.getall(name, ())
+
+    def bearer(self, authorization: Sequence[str]) -> str | None:
+        return tokens.extract_bearer(authorization)
 
 
 # The principal, and on an optional route the refusal that made it anonymous.
@@ -215,15 +246,13 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         rt = self.runtime
-        started = time.perf_counter()
+        started = _perf_counter()
         route_name = "unmatched"
         principal: Principal = ANONYMOUS
         status = 500
         try:
             hop = ClientHop(request.remote or "", request.scheme, request.host)
-            routed = self.route(
-                rt, request.method, request.raw_path, lambda n: request.headers.getall(n, ()), hop
-            )
+            routed = self.route(rt, request.method, request.raw_path, AiohttpFields(request), hop)
             route_name = routed.route.name
             authenticated = self.authenticate_cached(rt, routed)
             if authenticated is None:
@@ -260,25 +289,18 @@ class Proxy:
             )
 
     def route(
-        self,
-        rt: Runtime,
-        method: str,
-        raw_target: str,
-        getall: Callable[[str], Sequence[str]],
-        hop: ClientHop,
-        bearer: Callable[[Sequence[str]], str | None] = tokens.extract_bearer,
+        self, rt: Runtime, method: str, raw_target: str, fields: HeadFields, hop: ClientHop
     ) -> Routed:
-        """Which route, for whom (client IP) and with which token. Raises 400s. `bearer`:
-        `tokens.extract_bearer`, or the connection's memo of it (frontdoor)."""
+        """Which route, for whom (client IP) and with which token. Raises 400s."""
         resolved = rt.policy.resolve(method, raw_target)
         route = resolved.route
         cfg = rt.config
         ip = (
-            client_ip(hop, getall("X-Forwarded-For"), cfg.trusted_proxies)
+            client_ip(hop, fields.getall("X-Forwarded-For"), cfg.trusted_proxies)
             if cfg.trusted_proxies
             else hop.peer_ip
         )
-        token = None if route.auth == "public" else bearer(getall("Authorization"))
+        token = None if route.auth == "public" else fields.bearer(fields.getall("Authorization"))
         return Routed(resolved, route, token, ip)
 
     def authenticate_cached(
@@ -352,7 +374,7 @@ class Proxy:
         principal: Principal,
         remote: str | None,
     ) -> None:
-        elapsed = time.perf_counter() - started
+        elapsed = _perf_counter() - started
         self.metrics.observe_request(route_name, method, status, elapsed)
         logging_cfg = rt.config.logging
         if logging_cfg.access_log and logging_cfg.level in ACCESS_LEVELS:

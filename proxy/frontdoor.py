@@ -45,6 +45,10 @@ SOCKETIO_PREFIX: Final = "/socket.io/"
 # Answers up to this size are held until complete and sent in one write, so an upstream
 # dying mid-body still gets a 502 instead of a short 200 (as in `forward`).
 SMALL_BODY: Final = 64 * 1024
+# Final: a C static under mypyc, where `time.perf_counter()` is a module lookup per call
+# (four clock reads a request).
+_perf_counter: Final = time.perf_counter
+_monotonic: Final = time.monotonic
 
 
 def _reason(status: int) -> str:
@@ -66,7 +70,7 @@ class FrontDoor(asyncio.Protocol):
         self._busy = False
         self._in_next = False
         self._reading_paused = False
-        self.idle_since = time.monotonic()
+        self.idle_since = _monotonic()
         self.closing = False
         # The exchange in flight.
         self._head: http1.RequestHead | None = None
@@ -75,7 +79,7 @@ class FrontDoor(asyncio.Protocol):
         self._principal: Principal = ANONYMOUS
         self._recent = Recent()
         # The last Authorization values and the bearer token they gave: a keep-alive
-        # partner sends the same header on every request (see `_bearer`).
+        # partner sends the same header on every request (see `bearer`).
         self._last_authorization: Sequence[str] = ()
         self._last_token: str | None = None
         self._started = 0.0
@@ -188,7 +192,7 @@ class FrontDoor(asyncio.Protocol):
         """Run the request path for `head`; False (nothing done) when aiohttp must."""
         self._busy = True
         self._head = head
-        self._started = time.perf_counter()
+        self._started = _perf_counter()
         self._route_name = "unmatched"
         self._principal = ANONYMOUS
         self._keep_alive = head.keep_alive
@@ -200,9 +204,7 @@ class FrontDoor(asyncio.Protocol):
         if hop.host != head.host:
             hop = self._hop = ClientHop(self._peer, "http", head.host)
         try:
-            routed = self._proxy.route(
-                rt, head.method, head.target, self._getall, hop, self._bearer
-            )
+            routed = self._proxy.route(rt, head.method, head.target, self, hop)
         except ProxyError as refusal:
             del self._buffer[:head_size]
             self._refuse(refusal)
@@ -249,7 +251,7 @@ class FrontDoor(asyncio.Protocol):
 
     def _send_upstream(self, *, retry: bool) -> None:
         pool = self._proxy.fast_pool
-        self._upstream_started = time.perf_counter()
+        self._upstream_started = _perf_counter()
         conn = pool.take()
         if conn is None:
             self._task = asyncio.ensure_future(self._connect(pool, retry))
@@ -295,7 +297,7 @@ class FrontDoor(asyncio.Protocol):
     # --- upstream.Sink ---------------------------------------------------------------------
 
     def response_head(self, status: int, head: bytes, block: bytes, framing: http1.Framing) -> None:
-        self._proxy.metrics.upstream_duration.observe(time.perf_counter() - self._upstream_started)
+        self._proxy.metrics.upstream_duration.observe(_perf_counter() - self._upstream_started)
         self._status = status
         self._chunked = framing.has_body and framing.chunked
         self._holding = framing.length is not None and framing.length <= SMALL_BODY
@@ -345,6 +347,23 @@ class FrontDoor(asyncio.Protocol):
         self._holding = False
         self._refuse(refusal)
 
+    # --- app.HeadFields: what Proxy.route reads of the head --------------------------
+
+    def bearer(self, authorization: Sequence[str]) -> str | None:
+        """`tokens.extract_bearer`, remembered for the connection's last header (pure in
+        its values; refusals are not remembered, they raise each time)."""
+        if authorization and authorization == self._last_authorization:
+            return self._last_token
+        token = tokens.extract_bearer(authorization)
+        self._last_authorization, self._last_token = authorization, token
+        return token
+
+    def getall(self, name: str) -> Sequence[str]:
+        assert self._head is not None
+        if name == "Authorization":
+            return self._head.authorization
+        return http1.field_values(self._head.block, http1.values_pattern(name))
+
     # --- end of an exchange -------------------------------------------------------------
 
     def _finish(self, status: int) -> None:
@@ -364,7 +383,7 @@ class FrontDoor(asyncio.Protocol):
 
     def _done(self, status: int) -> None:
         self._finish(status)
-        self.idle_since = time.monotonic()
+        self.idle_since = _monotonic()
         if self.transport is None:
             return
         if self.closing or not self._keep_alive or self._proxy.draining:
@@ -373,21 +392,6 @@ class FrontDoor(asyncio.Protocol):
             return
         if self._buffer:
             self._next()
-
-    def _bearer(self, values: Sequence[str]) -> str | None:
-        """`tokens.extract_bearer`, remembered for the connection's last header (pure in
-        its values; refusals are not remembered, they raise each time)."""
-        if values and values == self._last_authorization:
-            return self._last_token
-        token = tokens.extract_bearer(values)
-        self._last_authorization, self._last_token = values, token
-        return token
-
-    def _getall(self, name: str) -> Sequence[str]:
-        assert self._head is not None
-        if name == "Authorization":
-            return self._head.authorization
-        return http1.field_values(self._head.block, http1.values_pattern(name))
 
     # --- lifetime ----------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ class FrontDoorServer:
             now = time.monotonic()
             for conn in list(self.connections):
                 conn.close_idle(now)
-            self.proxy.fast_pool.sweep(asyncio.get_running_loop().time())
+            self.proxy.fast_pool.sweep(now)
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, close idle connections, let exchanges in flight finish within

@@ -12,7 +12,6 @@ Same calling convention as prometheus-client: `metric.labels(...).inc()`,
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Iterator, Sequence
 from typing import Generic, TypeVar
@@ -49,8 +48,16 @@ class HistogramChild:
         self.sum = 0.0
 
     def observe(self, amount: float) -> None:
-        # bisect_left finds the first bound >= amount: Prometheus buckets are `le`.
-        self.counts[bisect.bisect_left(self.bounds, amount)] += 1
+        # The first bound >= amount: Prometheus buckets are `le`. Scanned from the smallest
+        # bound because request latencies land in the first few buckets: compiled, that is
+        # a few float compares, against a call into bisect that compares boxed floats.
+        # The last bound is +Inf, so the scan always stops (a NaN lands there too).
+        bounds = self.bounds
+        i = 0
+        last = len(bounds) - 1
+        while i < last and not amount <= bounds[i]:
+            i += 1
+        self.counts[i] += 1
         self.sum += amount
 
 

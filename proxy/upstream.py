@@ -13,6 +13,7 @@ fresh connection.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from typing import Final, Protocol, cast
 
@@ -25,6 +26,9 @@ IDLE_SECONDS: Final = 4.0
 # An answer's head (interim answers included) may not grow past this before it ends.
 MAX_RESPONSE_HEAD: Final = 64 * 1024
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# The clock of read timeouts and idle ages (`sweep` is given the same one). A C static
+# under mypyc; `loop.time()` would be a method lookup and call twice a request.
+_monotonic: Final = time.monotonic
 
 
 class Sink(Protocol):
@@ -48,7 +52,6 @@ def timed_out() -> ProxyError:
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
-        self._loop = pool.loop
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.sink: Sink | None = None
@@ -65,10 +68,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._paused = False
         self._last_read = 0.0
         # The last answer's head and what was read from it: an upstream answering the same
-        # resource within one second (its Date) sends the same head bytes again.
+        # resource within one second (its Date) sends the same head bytes again. All of it
+        # is a pure function of the head's bytes, llhttp's keep-alive verdict included.
         self._last_head = b""
         self._last_block = b""
         self._last_framing = http1.Framing(False, False)
+        self._last_status = 0
+        self._last_keep_alive = False
+        # The size of a whole answer under that head (head plus Content-Length), or -1
+        # when its body is not sized (chunked, or until close) or it is interim.
+        self._last_whole = -1
 
     # --- the exchange ---------------------------------------------------------------
 
@@ -78,7 +87,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self._head_seen = False
         self._raw = b""
-        self._last_read = self._loop.time()
+        self._last_read = _monotonic()
         self._pool.busy.add(self)
         self.transport.write(head)
 
@@ -98,7 +107,7 @@ class UpstreamConnection(asyncio.Protocol):
     def resume(self) -> None:
         if self.transport is not None and self._paused:
             self._paused = False
-            self._last_read = self._loop.time()
+            self._last_read = _monotonic()
             self.transport.resume_reading()
 
     def check_timeout(self, now: float) -> None:
@@ -132,7 +141,15 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.abort()
             return
         self._got_bytes = True
-        self._last_read = self._loop.time()
+        self._last_read = _monotonic()
+        if (
+            len(data) == self._last_whole
+            and not self._head_seen
+            and not self._raw
+            and data.startswith(self._last_head)
+        ):
+            self._whole_repeat(data)
+            return
         if not self._head_seen:
             self._raw = self._raw + data if self._raw else data
             if len(self._raw) > MAX_RESPONSE_HEAD and self._raw.find(http1.HEAD_END) < 0:
@@ -187,8 +204,35 @@ class UpstreamConnection(asyncio.Protocol):
             block = http1.fields_of(head)
             framing = http1.response_framing(status, block)  # status is in the head's bytes
             self._last_head, self._last_block, self._last_framing = head, block, framing
+            self._last_status, self._last_keep_alive = status, self._keep_alive
+            if not framing.has_body:
+                self._last_whole = len(head)
+            elif framing.length is not None:
+                self._last_whole = len(head) + framing.length
+            else:
+                self._last_whole = -1
         self._length_known = not framing.until_close
         self.sink.response_head(status, head, block, framing)
+
+    def _whole_repeat(self, data: bytes) -> None:
+        """A whole answer in one read, under the same head as the last (byte for byte)
+        and exactly as long as that head's Content-Length says: relayed as llhttp would
+        report it, without llhttp. Its head is one llhttp validated, its body opaque
+        bytes of the stated length, and llhttp, which stands between answers when an
+        exchange begins, is left there for the next. Anything else — a body in several
+        reads, a byte too many or too few — goes through llhttp as always."""
+        sink = self.sink
+        assert sink is not None
+        head = self._last_head
+        self._interim = False
+        self._head_seen = True
+        self._length_known = True
+        self._keep_alive = self._last_keep_alive
+        self._pool.whole_repeats += 1
+        sink.response_head(self._last_status, head, self._last_block, self._last_framing)
+        if len(data) > len(head):
+            sink.response_body(data[len(head) :])
+        self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None:
@@ -234,6 +278,9 @@ class UpstreamPool:
         self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         # Connections with an exchange open, for the read-timeout check in `sweep`.
         self.busy: set[UpstreamConnection] = set()
+        # Answers relayed whole without llhttp (`UpstreamConnection._whole_repeat`); the
+        # tests read it.
+        self.whole_repeats = 0
         self.closed = False
 
     def take(self) -> UpstreamConnection | None:
@@ -284,7 +331,7 @@ class UpstreamPool:
             if not waiter.done():
                 waiter.set_result(conn)
                 return
-        conn.idle_since = self.loop.time()
+        conn.idle_since = _monotonic()
         self._idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:

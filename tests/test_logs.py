@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 
 import pytest
 
@@ -32,3 +33,54 @@ async def test_access_line(seconds: float, duration: str) -> None:
         "principal_type": "machine", "client_ip": "203.0.113.7",
     }
     assert (second["method"], second["status"], second["client_ip"]) == ("POST", 503, None)
+
+
+def _expected_duration(seconds: float) -> str:
+    us = int(seconds * 1_000_000)
+    return f"{us // 1000}.{us % 1000:03d}"
+
+
+@pytest.mark.parametrize("max_lines", [1, 7, 256])
+async def test_batches_keep_every_line_in_order(max_lines: int) -> None:
+    # Lines are formatted when a batch is written (every max_lines requests, the timer,
+    # or shutdown): whatever the batching, each request's line is exactly its own.
+    # More kinds than logs._MAX_RENDERED, so the rendered-kinds memo empties midway.
+    out = io.StringIO()
+    log = AccessLog(out, max_lines=max_lines)
+    records = [
+        (
+            ("GET", "POST", "DELETE")[i % 3],
+            f"route-{i % 1500}",
+            (200, 401, 502)[i % 3],
+            (0.0, 0.0004, 0.9999, 1.5, 123.456789)[i % 5],
+            ("machine", "anonymous")[i % 2],
+            None if i % 4 == 0 else f"198.51.100.{i % 200}",
+        )
+        for i in range(3000)
+    ]
+    before = time.time()
+    for record in records:
+        log.record(*record)
+    log.flush()
+    after = time.time()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(records)
+    for line, (method, route, status, seconds, principal_type, ip) in zip(lines, records, strict=True):
+        parsed = json.loads(line)
+        assert before - 0.001 <= parsed.pop("ts") <= after + 0.001
+        assert parsed == {
+            "level": "info", "logger": "proxy.access", "msg": "request", "method": method,
+            "route": route, "status": status, "duration_ms": float(_expected_duration(seconds)),
+            "principal_type": principal_type, "client_ip": ip,
+        }
+        assert f'"duration_ms":{_expected_duration(seconds)},' in line
+
+
+async def test_nothing_pending_writes_nothing() -> None:
+    out = io.StringIO()
+    log = AccessLog(out)
+    log.flush()
+    log.record("GET", "api", 200, 0.001, "machine", None)
+    log.flush()
+    log.flush()
+    assert len(out.getvalue().splitlines()) == 1

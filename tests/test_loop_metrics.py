@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 import proxy.metrics  # noqa: F401 - disables *_created series, as in production
@@ -82,3 +86,22 @@ def test_a_labelled_histogram_needs_labels_and_names_are_registered_once() -> No
         histogram.observe(1.0)
     with pytest.raises(ValueError, match="Duplicated"):
         Histogram("x_seconds", "Time.", buckets=BUCKETS, registry=registry)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.floats(allow_nan=False, min_value=-1.0, max_value=1e6)
+        | st.sampled_from([*BUCKETS, *(math.nextafter(b, 0.0) for b in BUCKETS), math.inf]),
+        max_size=40,
+    )
+)
+def test_histogram_buckets_agree_with_prometheus_client_for_any_values(values: list[float]) -> None:
+    # The bucket scan (first bound >= value, +Inf last) against prometheus-client's own.
+    ours_r, theirs_r = both_registries()
+    ours = LoopHistogram("x_seconds", "Time.", [], ours_r, buckets=BUCKETS)
+    theirs = Histogram("x_seconds", "Time.", buckets=BUCKETS, registry=theirs_r)
+    for value in values:
+        ours.observe(value)
+        theirs.observe(value)
+    assert generate_latest(ours_r) == generate_latest(theirs_r)
