@@ -282,6 +282,33 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes:
     return await reader.readuntil(b"\r\n\r\n")
 
 
+async def one_connection_upstream(servers: list[Any], answers: list[list[bytes]]) -> str:
+    """An upstream answering request i of one keep-alive connection with the writes
+    `answers[i]`, pausing between them so that each arrives in a read of its own."""
+
+    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for writes in answers:
+            await _read_head(reader)
+            for n, piece in enumerate(writes):
+                if n:
+                    await asyncio.sleep(0.05)
+                writer.write(piece)
+                await writer.drain()
+        await reader.read()
+
+    return await raw_upstream(servers, upstream)
+
+
+async def in_turn(proxy: FastPathServer, n: int) -> list[Response]:
+    """n requests on one client connection, each sent once the one before is answered."""
+    client = await connect(proxy)
+    got = []
+    for i in range(n):
+        await client.send(get(f"/public/{i}"))
+        got += await client.responses(1)
+    return got
+
+
 async def test_close_delimited_answer_is_rechunked(servers: list[Any]) -> None:
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_head(reader)
@@ -317,22 +344,9 @@ async def test_a_repeated_answer_head_is_framed_as_the_answer_it_heads(
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Kind: chunked\r\n\r\n"
         b"3\r\nabc\r\n0\r\n\r\n"
     )
-    answers = [fixed, fixed, chunked, fixed]
-
-    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for answer in answers:  # all on one keep-alive connection
-            await _read_head(reader)
-            writer.write(answer)
-            await writer.drain()
-        await reader.read()
-
-    proxy = await fast_proxy(servers, await raw_upstream(servers, upstream))
-    client = await connect(proxy)
-    got = []
-    for i in range(len(answers)):
-        await client.send(get(f"/public/{i}"))
-        (resp,) = await client.responses(1)
-        got.append((resp.status, header(resp, "X-Kind"), resp.body))
+    answers = [[fixed], [fixed], [chunked], [fixed]]
+    proxy = await fast_proxy(servers, await one_connection_upstream(servers, answers))
+    got = [(r.status, header(r, "X-Kind"), r.body) for r in await in_turn(proxy, len(answers))]
     assert got == [
         (200, "fixed", b"hello"),
         (200, "fixed", b"hello"),
@@ -471,91 +485,64 @@ def _pool_repeats(proxy: FastPathServer) -> int:
     return proxy.app[PROXY].fast_pool.whole_repeats
 
 
+FIVE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-K: v\r\n\r\n"
+SIX = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n"
+TWO = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
+NO_BODY = b"HTTP/1.1 204 No Content\r\nX-K: v\r\n\r\n"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+
+
 @pytest.mark.parametrize(
     ("answers", "bodies", "repeats"),
     [
         # Same head, same length, other bytes: the body is whatever arrived.
-        ([(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-K: v\r\n\r\n", [b"hello"])] * 1
-         + [(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-K: v\r\n\r\n", [b"world"])] * 2,
-         [b"hello", b"world", b"world"], 2),
+        ([[FIVE + b"hello"], [FIVE + b"world"], [FIVE + b"world"]], [b"hello", b"world", b"world"], 2),
         # Bodiless answers repeat as heads alone.
-        ([(b"HTTP/1.1 204 No Content\r\nX-K: v\r\n\r\n", [])] * 3, [b"", b"", b""], 2),
+        ([[NO_BODY]] * 3, [b""] * 3, 2),
         # The body in two reads: llhttp reads it, every time.
-        ([(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n", [b"abc", b"def"])] * 3,
-         [b"abcdef"] * 3, 0),
+        ([[SIX + b"abc", b"def"]] * 3, [b"abcdef"] * 3, 0),
         # A chunked answer is never relayed unparsed.
-        ([(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", [b"3\r\nabc\r\n0\r\n\r\n"])] * 3,
-         [b"abc"] * 3, 0),
+        ([[CHUNKED]] * 3, [b"abc"] * 3, 0),
         # After an interim answer llhttp stands between answers too: the final one, whole
         # in its own read, is relayed unparsed.
-        ([(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", [b"ok"]),
-          (b"HTTP/1.1 103 Early Hints\r\n\r\n", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])],
-         [b"ok", b"ok"], 1),
+        ([[TWO + b"ok"], [b"HTTP/1.1 103 Early Hints\r\n\r\n", TWO + b"ok"]], [b"ok", b"ok"], 1),
     ],
     ids=["same-head-other-body", "no-body", "body-in-two-reads", "chunked", "after-interim"],
 )
 async def test_a_whole_repeated_answer_is_relayed_as_llhttp_would(
-    servers: list[Any], answers: list[tuple[bytes, list[bytes]]], bodies: list[bytes], repeats: int
+    servers: list[Any], answers: list[list[bytes]], bodies: list[bytes], repeats: int
 ) -> None:
     """An answer that arrives whole in one read, under the head of the last answer and
     exactly as long as its Content-Length, skips llhttp: the client gets the same bytes
     either way, and anything short of that (a body in pieces, chunks) is parsed."""
-
-    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for head, pieces in answers:  # all on one keep-alive connection
-            await _read_head(reader)
-            writer.write(head + (pieces[0] if pieces else b""))
-            await writer.drain()
-            for piece in pieces[1:]:
-                await asyncio.sleep(0.05)
-                writer.write(piece)
-                await writer.drain()
-        await reader.read()
-
-    proxy = await fast_proxy(servers, await raw_upstream(servers, upstream))
-    client = await connect(proxy)
-    got = []
-    for i in range(len(answers)):
-        await client.send(get(f"/public/{i}"))
-        (resp,) = await client.responses(1)
-        got.append(resp.body)
-    assert got == bodies
+    proxy = await fast_proxy(servers, await one_connection_upstream(servers, answers))
+    assert [r.body for r in await in_turn(proxy, len(answers))] == bodies
     assert _pool_repeats(proxy) == repeats
     assert proxy.app[PROXY].fast_pool.size == 1  # one upstream connection throughout
 
 
-async def test_a_repeated_answer_that_closes_its_connection_still_does(servers: list[Any]) -> None:
-    # The keep-alive verdict is the head's: a repeated `Connection: close` answer ends
-    # its upstream connection like the first one did.
-    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-    connections: list[int] = []
+CLOSING = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+@pytest.mark.parametrize(
+    ("answers", "connections"),
+    [
+        # The keep-alive verdict is the head's: a repeated `Connection: close` answer
+        # ends its upstream connection like the first one did.
+        ([CLOSING] * 3, 3),
+        # One byte past the stated length: not a whole answer, so llhttp reads it, and
+        # the stray byte ends that upstream connection instead of heading the next answer.
+        ([TWO + b"ok", TWO + b"okX", TWO + b"ok"], 2),
+    ],
+    ids=["connection-close", "stray-byte"],
+)
+async def test_a_repeated_answer_ends_its_connection_as_the_first_did(
+    servers: list[Any], answers: list[bytes], connections: int
+) -> None:
+    opened: list[int] = []
 
     async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
-        with contextlib.suppress(asyncio.IncompleteReadError):
-            while await _read_head(reader):
-                writer.write(answer)
-                await writer.drain()
-
-    proxy = await fast_proxy(servers, await raw_upstream(servers, upstream))
-    client = await connect(proxy)
-    for _ in range(3):
-        await client.send(get("/public/x"))
-        (resp,) = await client.responses(1)
-        assert (resp.status, resp.body) == (200, b"ok")
-    assert len(connections) == 3
-    assert _pool_repeats(proxy) == 0  # a new connection has no last answer
-
-
-async def test_extra_bytes_after_a_repeated_answer_are_not_taken_for_it(servers: list[Any]) -> None:
-    # One byte past the stated length: not a whole answer, so llhttp reads it, and the
-    # stray byte ends that upstream connection instead of heading the next answer.
-    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    answers = [answer, answer + b"X", answer]
-    connections: list[int] = []
-
-    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        connections.append(1)
+        opened.append(1)
         with contextlib.suppress(asyncio.IncompleteReadError):
             while answers and await _read_head(reader):
                 writer.write(answers.pop(0))
@@ -563,10 +550,7 @@ async def test_extra_bytes_after_a_repeated_answer_are_not_taken_for_it(servers:
         await reader.read()
 
     proxy = await fast_proxy(servers, await raw_upstream(servers, upstream))
-    client = await connect(proxy)
-    for _ in range(3):
-        await client.send(get("/public/x"))
-        (resp,) = await client.responses(1)
-        assert (resp.status, resp.body) == (200, b"ok")
-    assert len(connections) == 2
-    assert _pool_repeats(proxy) == 0
+    got = [(r.status, r.body) for r in await in_turn(proxy, 3)]
+    assert got == [(200, b"ok")] * 3
+    assert len(opened) == connections
+    assert _pool_repeats(proxy) == 0  # a new connection has no last answer
