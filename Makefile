@@ -22,8 +22,15 @@ $(STAMP): pyproject.toml setup.py $(BIN)/python
 	touch $@
 	touch -r $@ $(BUILT)
 
+# The install above has just compiled everything, but make decided to rebuild $(BUILT)
+# before it ran (the stamp did not exist then): the recipe asks the files themselves,
+# so a fresh checkout compiles once, not twice.
 $(BUILT): $(STAMP) $(COMPILED_SOURCES)
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@if [ -f $@ ] && [ -z "$$(find $(COMPILED_SOURCES) -newer $@)" ]; then \
+		echo "compiled modules are up to date"; \
+	else \
+		$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .; \
+	fi
 	touch $@
 
 venv: $(BUILT)
