@@ -11,8 +11,11 @@ ARG BUILD_IMAGE=python:3.12-bookworm
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
 FROM ${BUILD_IMAGE} AS build
+# CLERK_AUTH_PROXY_REQUIRE_COMPILED: a failed mypyc compilation fails the build, instead of
+# shipping the pure-Python request path (about twice the CPU) with a line in the log.
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1
+    PIP_NO_CACHE_DIR=1 \
+    CLERK_AUTH_PROXY_REQUIRE_COMPILED=1
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY proxy/ ./proxy/

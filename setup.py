@@ -2,7 +2,8 @@
 instructions per proxied request, measured with callgrind: docs/performance.md); every
 other module, and every module on a machine that cannot compile, stays pure Python.
 
-CLERK_AUTH_PROXY_PURE=1 builds pure Python only. `proxy.COMPILED` tells which one runs.
+CLERK_AUTH_PROXY_PURE=1 builds pure Python only; CLERK_AUTH_PROXY_REQUIRE_COMPILED=1 makes a
+failed compilation fail the build. `proxy.compiled()` tells which one runs.
 """
 
 from __future__ import annotations
@@ -45,16 +46,26 @@ def extensions() -> list[object]:
     # so an editable install ran only when started from there.
     if os.environ.get("CLERK_AUTH_PROXY_PURE") == "1":
         return []
+    # The Dockerfile's build stage sets this: an image whose request path fell back to
+    # pure Python would run at about twice the CPU, and say so only in a log line.
+    required = os.environ.get("CLERK_AUTH_PROXY_REQUIRE_COMPILED") == "1"
     try:
         from mypyc.build import mypycify
 
         modules = mypycify(COMPILED, opt_level="3", group_name="proxy._native")
     except (ImportError, SystemExit, Exception) as exc:  # no mypyc, or it refused
+        if required:
+            raise SystemExit(
+                f"clerk-auth-proxy: CLERK_AUTH_PROXY_REQUIRE_COMPILED=1, and mypyc failed ({exc!r})"
+            ) from exc
         print(f"clerk-auth-proxy: building pure Python ({exc!r})", file=sys.stderr)
         return []
     for module in modules:
-        module.optional = True  # no compiler: pure Python, not a failed install
+        # No compiler: pure Python, not a failed install (unless compiled is required).
+        module.optional = not required
     return modules
 
 
-setup(ext_modules=extensions())
+# setuptools runs this file as __main__; the tests import it to call `extensions`.
+if __name__ == "__main__":
+    setup(ext_modules=extensions())

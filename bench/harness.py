@@ -245,6 +245,16 @@ def machine() -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine(), "legs": {}, "settings": vars(args)}
+    # Wall-clock seconds of each phase: `make bench` must stay under ten minutes.
+    phases: dict[str, float] = results.setdefault("phase_seconds", {})
+    mark = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[name] = round(now - mark, 1)
+        mark = now
+
     with stack() as s:
         up_port, nginx_port, clerk_port, relay_port = free_port(), free_port(), free_port(), free_port()
         proxy_port, admin_port = free_port(), free_port()
@@ -263,6 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         proxy = s.spawn(PY, "-m", "proxy.cli", "run", "--config", str(config))
         wait_port(proxy_port)
 
+        phase("start")
         m2m = {"Authorization": f"Bearer {seeded['m2m_token_secret']}"}
         jwt = {"Authorization": f"Bearer {session_jwt}"}
         legs = {
@@ -292,6 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "fixed_rate": openloop(url, headers, args.rate, args.fixed_seconds, pids)}
                 rounds[name].append(one)
                 print(f"round {n + 1} {name}: {json.dumps(one)}", flush=True)
+        phase("http_legs")
         serial_legs = [
             n for n in ("c_proxy_public", "d_proxy_m2m", "d2_proxy_m2m_varied", "e_proxy_jwt")
             if n in chosen
@@ -307,6 +319,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             name: {"median": statistics.median(runs), "rounds": runs}
             for name, runs in serial_runs.items()
         }
+        phase("serial")
         if shutil.which("valgrind") and not args.dry_run:
             # A second proxy, under callgrind, on ports of its own (same upstream, same
             # emulator): instructions per request do not move with the machine's load.
@@ -324,6 +337,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 count = json.loads(out.strip().splitlines()[-1])["instructions_per_request"]
                 results["instructions_per_request"][name] = count
                 print(f"instructions {name}: {count:.0f}", flush=True)
+        phase("instructions")
         for name, runs in rounds.items():
             results["legs"][name] = {
                 "saturation": medians([r["saturation"] for r in runs]),
@@ -343,6 +357,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lines = out.stdout.strip().splitlines()
             results["legs"]["f_socketio"] = json.loads(lines[-1]) if lines else {"error": out.stderr[-2000:]}
             print(f"f_socketio: {json.dumps(results['legs']['f_socketio'])}", flush=True)
+        phase("socketio")
     return results
 
 
@@ -448,6 +463,14 @@ def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
             else []
         ),
         f"- Clerk calls during all HTTP legs: {r['clerk_calls_during_http_legs']}",
+        *(
+            [
+                "- wall-clock seconds of this run by phase: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in r["phase_seconds"].items())
+            ]
+            if r.get("phase_seconds")
+            else []
+        ),
     ]
     sio = r["legs"].get("f_socketio")
     if sio:
@@ -490,8 +513,11 @@ def main() -> None:
     if args.dry_run:
         return
     results["ratios"] = ratios(results)
+    started = time.monotonic()
     results["clerk_cost"] = sub_json("bench.clerk_cost")
     results["memory"] = sub_json("bench.memory")
+    results["phase_seconds"]["clerk_cost_and_memory"] = round(time.monotonic() - started, 1)
+    results["phase_seconds"]["total"] = round(sum(results["phase_seconds"].values()), 1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     for path in (RESULTS / f"{stamp}.json", RESULTS / "latest.json"):

@@ -122,10 +122,13 @@ class AccessLog:
         rendered = self._rendered
         second = -1
         second_text = ""
+        last_kind: tuple[str, str, int, str, str | None] | None = None
+        parts = ("", "")
         for kind, ended, took in zip(self._kinds, self._ended_ms, self._took_us, strict=True):
-            parts = rendered.get(kind)
-            if parts is None:
-                parts = self._render(kind)
+            if kind != last_kind:  # a partner's requests come in runs of one kind
+                last_kind = kind
+                found = rendered.get(kind)
+                parts = found if found is not None else self._render(kind)
             if ended // 1000 != second:  # lines of one batch share their second
                 second = ended // 1000
                 second_text = f'{{"ts":{second}.'

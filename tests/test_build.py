@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 import proxy
 from proxy import frontdoor, headers, http1
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_request_path_runs_compiled() -> None:
@@ -16,3 +21,35 @@ def test_the_request_path_runs_compiled() -> None:
     assert proxy.compiled(), "setup.py built no extensions (no compiler, or mypyc refused)"
     for module in (frontdoor, headers, http1):
         assert module.__file__ is not None and module.__file__.endswith(".so"), module.__name__
+
+
+def _setup_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("setup_under_test", ROOT / "setup.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # not as __main__: setup() does not run
+    return module
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_a_failed_compilation_fails_the_build_only_when_compiled_is_required(
+    required: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The Dockerfile requires it: an image must not fall back to pure Python unannounced.
+    setup = _setup_module()
+    monkeypatch.setattr(setup, "COMPILED", ["proxy/no_such_module.py"])  # mypyc refuses
+    monkeypatch.delenv("CLERK_AUTH_PROXY_PURE", raising=False)
+    if required:
+        monkeypatch.setenv("CLERK_AUTH_PROXY_REQUIRE_COMPILED", "1")
+        with pytest.raises(SystemExit, match="REQUIRE_COMPILED=1, and mypyc failed"):
+            setup.extensions()
+    else:
+        monkeypatch.delenv("CLERK_AUTH_PROXY_REQUIRE_COMPILED", raising=False)
+        assert setup.extensions() == []
+        assert "building pure Python" in capsys.readouterr().err
+
+
+def test_the_image_build_requires_the_compiled_request_path() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    build_stage = dockerfile.split("FROM ${PYTHON_IMAGE}")[0]
+    assert "CLERK_AUTH_PROXY_REQUIRE_COMPILED=1" in build_stage

@@ -47,16 +47,17 @@ async def test_batches_keep_every_line_in_order(max_lines: int) -> None:
     # More kinds than logs._MAX_RENDERED, so the rendered-kinds memo empties midway.
     out = io.StringIO()
     log = AccessLog(out, max_lines=max_lines)
+    # Kinds come in runs of three (k), figures change on every request (i).
     records = [
         (
-            ("GET", "POST", "DELETE")[i % 3],
-            f"route-{i % 1500}",
-            (200, 401, 502)[i % 3],
+            ("GET", "POST", "DELETE")[k % 3],
+            f"route-{k % 1500}",
+            (200, 401, 502)[k % 3],
             (0.0, 0.0004, 0.9999, 1.5, 123.456789)[i % 5],
-            ("machine", "anonymous")[i % 2],
-            None if i % 4 == 0 else f"198.51.100.{i % 200}",
+            ("machine", "anonymous")[k % 2],
+            None if k % 4 == 0 else f"198.51.100.{k % 200}",
         )
-        for i in range(3000)
+        for i, k in ((i, i // 3) for i in range(4500))
     ]
     before = time.time()
     for record in records:
