@@ -21,6 +21,7 @@ from setuptools import setup
 # the per-request path.
 COMPILED = [
     "proxy/app.py",
+    "proxy/runtime.py",
     "proxy/frontdoor.py",
     "proxy/upstream.py",
     "proxy/upstream_head.py",

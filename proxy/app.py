@@ -2,8 +2,8 @@
 
 `Proxy.handle` is the whole request path, top to bottom:
 resolve route → extract token → verify (cache) → authorize → rewrite headers → forward.
-Everything derived from one config lives in a `Runtime` that a reload swaps whole, so a
-request never sees half of an old config and half of a new one.
+Everything derived from one config lives in a `runtime.Runtime` that a reload swaps
+whole, so a request never sees half of an old config and half of a new one.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Final, Protocol
 
 import aiohttp
@@ -24,12 +23,13 @@ from . import lifetime, tokens, websocket
 from .config import Config, Route
 from .dispatch import dispatch
 from .errors import ProxyError
-from .forward import ClientGone, UpstreamTarget, new_session
-from .headers import ClientHop, PrincipalHeaders, UpstreamRewrite, client_ip, upstream_items
+from .forward import ClientGone, new_session
+from .headers import ClientHop, client_ip, upstream_items
 from .logs import AccessLog
 from .metrics import Metrics
-from .policy import Policy, Resolved
+from .policy import Resolved
 from .principal import ANONYMOUS, Principal, Recent, Verifier
+from .runtime import Runtime, build_runtime, same_verification
 from .upstream import UpstreamPool
 
 log = logging.getLogger("proxy")
@@ -95,26 +95,6 @@ class AiohttpFields:
 Authenticated = tuple[Principal, ProxyError | None]
 
 
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """Everything derived from one validated Config."""
-
-    config: Config
-    policy: Policy
-    verifier: Verifier
-    names: PrincipalHeaders
-    # `headers.upstream_items` on raw field blocks, for the fast path.
-    rewrite: UpstreamRewrite
-    target: UpstreamTarget
-    timeout: aiohttp.ClientTimeout
-    # The upstream URL's own path, prepended on the fast path.
-    fast_prefix: str
-
-
-def _same_verification(a: Config, b: Config) -> bool:
-    return (a.clerk, a.cache, a.verification_budget) == (b.clerk, b.cache, b.verification_budget)
-
-
 class Proxy:
     """State shared by the proxy and admin apps for one process."""
 
@@ -161,24 +141,7 @@ class Proxy:
             start = getattr(verifier, "start", None)
             if start is not None:
                 await start()
-        up = config.upstream
-        names = PrincipalHeaders.for_prefix(config.headers.prefix)
-        return Runtime(
-            config=config,
-            policy=Policy(config.routes, config.default_route),
-            verifier=verifier,
-            names=names,
-            rewrite=UpstreamRewrite(
-                names,
-                trusted=config.trusted_proxies,
-                forward_authorization=config.forward_authorization,
-            ),
-            target=UpstreamTarget(URL(up.url)),
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=up.connect_timeout, sock_read=up.read_timeout
-            ),
-            fast_prefix=URL(up.url).raw_path.rstrip("/"),
-        )
+        return build_runtime(config, verifier)
 
     def lifespan(self, app: web.Application) -> AsyncIterator[None]:
         """For `cleanup_ctx`: the sessions, the fast path's pool and the first Runtime,
@@ -219,7 +182,7 @@ class Proxy:
     async def reload(self, config: Config) -> None:
         """Swap in a new, already-validated config. In-flight requests finish on the old one."""
         old = self.runtime
-        keep = old.verifier if _same_verification(old.config, config) else None
+        keep = old.verifier if same_verification(old.config, config) else None
         self._runtime = await self._build(config, keep)
         if old.config.upstream != config.upstream:
             # In-flight exchanges finish on their connections; new ones use the new pool.

@@ -20,7 +20,7 @@ from .metrics import Metrics
 from .principal import Principal
 
 if TYPE_CHECKING:
-    from .app import Runtime
+    from .runtime import Runtime
 
 
 async def dispatch(

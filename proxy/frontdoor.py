@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final, cast
 
 from . import http1, tokens
-from .app import Authenticated, Routed, Runtime
+from .app import Authenticated, Routed
 from .errors import ProxyError
 from .headers import ClientHop, client_items
 from .principal import ANONYMOUS, Principal, Recent
+from .runtime import Runtime
 from .upstream import IDEMPOTENT, UpstreamConnection, UpstreamPool
 from .upstream_head import UpstreamHeads
 

@@ -17,7 +17,7 @@ from .policy import Resolved
 from .principal import Principal
 
 if TYPE_CHECKING:
-    from .app import Runtime
+    from .runtime import Runtime
 
 
 class UpstreamHeads:
