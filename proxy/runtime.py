@@ -9,6 +9,7 @@ it was (`same_verification`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 import aiohttp
 from yarl import URL
@@ -18,6 +19,9 @@ from .forward import UpstreamTarget
 from .headers import PrincipalHeaders, UpstreamRewrite
 from .policy import Policy
 from .principal import Verifier
+
+# Access lines are INFO: a config at WARNING or above asks for none.
+ACCESS_LEVELS: Final = frozenset({"DEBUG", "INFO"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,8 @@ class Runtime:
     timeout: aiohttp.ClientTimeout
     # The upstream URL's own path, prepended on the fast path.
     fast_prefix: str
+    # Whether requests are written to the access log (decided once, read every request).
+    access_log: bool
 
 
 def build_runtime(config: Config, verifier: Verifier) -> Runtime:
@@ -54,6 +60,7 @@ def build_runtime(config: Config, verifier: Verifier) -> Runtime:
             total=None, connect=up.connect_timeout, sock_read=up.read_timeout
         ),
         fast_prefix=URL(up.url).raw_path.rstrip("/"),
+        access_log=config.logging.access_log and config.logging.level in ACCESS_LEVELS,
     )
 
 

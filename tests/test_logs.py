@@ -10,6 +10,8 @@ import time
 import pytest
 
 from proxy.logs import AccessLog
+from proxy.runtime import build_runtime
+from tests.support import StubVerifier, make_config
 
 
 @pytest.mark.parametrize(
@@ -85,3 +87,14 @@ async def test_nothing_pending_writes_nothing() -> None:
     log.flush()
     log.flush()
     assert len(out.getvalue().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("access_log", "level", "written"),
+    [(True, "DEBUG", True), (True, "INFO", True), (True, "WARNING", False), (True, "ERROR", False),
+     (False, "INFO", False), (False, "DEBUG", False)],
+)
+def test_which_configs_write_access_lines(access_log: bool, level: str, written: bool) -> None:
+    # Access lines are INFO: decided once per config (runtime), read on every request.
+    config = make_config(logging={"access_log": access_log, "level": level})
+    assert build_runtime(config, StubVerifier()).access_log is written
