@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.serial import Requests, exchange
+from bench.serial import Requests, client_request, exchange
 
 WARM = 300
 COUNTED = 2000
@@ -44,10 +44,7 @@ def count(port: int, config: str, path: str, headers: dict[str, str]) -> dict[st
                     raise SystemExit("the proxy did not start under valgrind")
                 time.sleep(0.5)
             del probe
-            lines = [f"GET {path} HTTP/1.1", "Host: bench", "User-Agent: bench-openloop/1",
-                     "Accept: */*", "Accept-Encoding: gzip, deflate",
-                     *(f"{k}: {v}" for k, v in headers.items())]
-            requests = Requests(lines)
+            requests = Requests(client_request(path, "bench", headers))
             with socket.create_connection(("127.0.0.1", port)) as sock:
                 for _ in range(WARM):
                     if not exchange(sock, requests.next()):

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from urllib.parse import urlsplit
 
-from bench.serial import Requests
+from bench.serial import Requests, client_request
 
 MAX_CONNECTIONS = 256
 
@@ -67,16 +67,7 @@ class Generator:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         target = parts.path + (f"?{parts.query}" if parts.query else "")
-        self.requests = Requests(
-            [
-                f"GET {target} HTTP/1.1",
-                f"Host: {parts.netloc}",
-                "User-Agent: bench-openloop/1",
-                "Accept: */*",
-                "Accept-Encoding: gzip, deflate",
-                *(f"{k}: {v}" for k, v in headers.items()),
-            ]
-        )
+        self.requests = Requests(client_request(target, parts.netloc, headers))
         self.idle: list[Connection] = []
         self.open = 0
         self.waiting: deque[float] = deque()

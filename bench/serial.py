@@ -17,6 +17,19 @@ import time
 SEQ = "{seq}"  # a header value that becomes a new 16-hex-digit number on every request
 
 
+def client_request(target: str, host: str, headers: dict[str, str]) -> list[str]:
+    """The lines of a GET as an HTTP client library sends it, plus `headers`: what the
+    open-loop legs send, and what the instruction counts are taken on."""
+    return [
+        f"GET {target} HTTP/1.1",
+        f"Host: {host}",
+        "User-Agent: bench-openloop/1",
+        "Accept: */*",
+        "Accept-Encoding: gzip, deflate",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
+
+
 class Requests:
     """The bytes of one request, again and again. A header whose value is SEQ gets a
     fresh number each time, as X-Request-Id or traceparent do in real traffic: then no
