@@ -11,10 +11,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 
-# The request path is compiled with mypyc (setup.py) into proxy/*.so, which shadow the
+# The request path is compiled with mypyc (setup.py) into proxy/**/*.so, which shadow the
 # .py files: a change to any of them rebuilds (no build isolation then: the venv has the
 # compiler's dependencies, so this takes seconds, not a fresh build environment).
-COMPILED_SOURCES := $(shell sed -n 's/^ *"\(proxy\/[a-z0-9_]*\.py\)",$$/\1/p' setup.py)
+COMPILED_SOURCES := $(shell sed -n 's/^ *"\(proxy\/[a-z0-9_/]*\.py\)",$$/\1/p' setup.py)
 BUILT  := $(VENV)/.compiled
 
 $(STAMP): pyproject.toml setup.py $(BIN)/python
@@ -45,6 +45,7 @@ demo: $(BUILT)
 lint: $(BUILT)
 	$(BIN)/ruff check proxy tests $(wildcard bench)
 	$(BIN)/ruff format --check proxy
+	$(BIN)/lint-imports
 
 typecheck: $(BUILT)
 	$(BIN)/mypy --strict proxy
@@ -59,4 +60,4 @@ bench: $(BUILT)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache
-	rm -f proxy/*.so *.so
+	find proxy -name '*.so' -delete; rm -f *.so

@@ -9,13 +9,13 @@ import json
 import random
 import secrets
 
-from proxy.budget import VerificationBudget
-from proxy.cache import VerificationCache
-from proxy.config import Bucket, Cache
-from proxy.config import VerificationBudget as BudgetConfig
-from proxy.errors import ProxyError
-from proxy.metrics import Metrics
-from proxy.principal import Principal
+from proxy.auth.budget import VerificationBudget
+from proxy.auth.cache.store import VerificationCache
+from proxy.config.load import Bucket, Cache
+from proxy.config.load import VerificationBudget as BudgetConfig
+from proxy.core.errors import ProxyError
+from proxy.core.principal import Principal
+from proxy.observe.metrics import Metrics
 
 PRICES = {"usd_at_0.0001": 0.0001, "usd_at_0.00001": 0.00001}
 

@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (s.tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=s.tmp, upstream=up_port, port=nginx_port))
         nginx = s.spawn(shutil.which("nginx") or "nginx", "-c", str(s.tmp / "nginx.conf"), "-p", str(s.tmp))
         relay = s.spawn(PY, "-m", "bench.relay", str(relay_port), str(up_port))
-        emulator = s.spawn(PY, "-m", "proxy.cli", "emulate-clerk", "--port", str(clerk_port))
+        emulator = s.spawn(PY, "-m", "proxy.process.cli", "emulate-clerk", "--port", str(clerk_port))
         assert emulator.stdout is not None
         seeded = json.loads(emulator.stdout.readline())
         for port in (up_port, nginx_port, clerk_port, relay_port):
@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         session_jwt = post_json(f"http://127.0.0.1:{clerk_port}/__emulator/session_tokens",
                                 {"user_id": "user_bench", "expires_in": 3600})["token"]
         config = proxy_config(s.tmp, up_port, clerk_port, proxy_port, admin_port)
-        proxy = s.spawn(PY, "-m", "proxy.cli", "run", "--config", str(config))
+        proxy = s.spawn(PY, "-m", "proxy.process.cli", "run", "--config", str(config))
         wait_port(proxy_port)
 
         phase("start")

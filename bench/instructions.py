@@ -32,7 +32,7 @@ def count(port: int, config: str, path: str, headers: dict[str, str]) -> dict[st
         out = Path(tmp) / "callgrind.out"
         proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-             sys.executable, "-m", "proxy.cli", "run", "--config", config],
+             sys.executable, "-m", "proxy.process.cli", "run", "--config", config],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:

@@ -37,15 +37,11 @@ def rss_mb() -> float:
 
 async def fill(kind: str, n: int) -> dict[str, float]:
     # Everything `clerk-auth-proxy run` imports before its first request.
-    import proxy.cli
-    import proxy.frontdoor
-    import proxy.listener
-    import proxy.verifier  # noqa: F401
-    from proxy.cache import VerificationCache
-    from proxy.config import Cache
-    from proxy.errors import TOKEN_INVALID, ProxyError
-    from proxy.metrics import Metrics
-    from proxy.principal import Principal, encode_claims
+    from proxy.auth.cache.store import VerificationCache
+    from proxy.config.load import Cache
+    from proxy.core.errors import TOKEN_INVALID, ProxyError
+    from proxy.core.principal import Principal, encode_claims
+    from proxy.observe.metrics import Metrics
 
     if kind == "sessions":
         import jwt  # noqa: F401
@@ -99,8 +95,6 @@ def child(kind: str, n: int) -> None:
 
 def jwt_mb() -> float:
     """What the first JWT adds: PyJWT and cryptography are imported on first use."""
-    import proxy.cli
-    import proxy.verifier  # noqa: F401
 
     gc.collect()
     before = rss_mb()

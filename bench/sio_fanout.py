@@ -60,7 +60,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         }))
         procs = [
             subprocess.Popen([sys.executable, "-m", "bench.sio_upstream", str(up_port), "1.0"], cwd=ROOT),
-            subprocess.Popen([sys.executable, "-m", "proxy.cli", "run", "--config", str(config)],
+            subprocess.Popen([sys.executable, "-m", "proxy.process.cli", "run", "--config", str(config)],
                              cwd=ROOT, stderr=subprocess.DEVNULL, env=dict(os.environ)),
         ]
         try:

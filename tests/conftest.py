@@ -17,7 +17,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.app import PROXY
+from proxy.request.app import PROXY
 from tests.support import FastPathServer
 
 BOTH_FRONT_DOORS = {

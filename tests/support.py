@@ -14,11 +14,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from proxy import listener
-from proxy.app import PROXY
-from proxy.config import Config, build_config
-from proxy.errors import TOKEN_INVALID, ProxyError
-from proxy.principal import Principal, Recent
+from proxy.config.load import Config, build_config
+from proxy.core.errors import TOKEN_INVALID, ProxyError
+from proxy.core.principal import Principal, Recent
+from proxy.fastpath import listener
+from proxy.request.app import PROXY
 
 TEST_ENV = {"CLERK_SECRET_KEY": "sk_test_unit"}
 

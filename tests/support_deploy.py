@@ -216,7 +216,7 @@ def validate_manifest(doc: Mapping[str, Any], kube_version: str) -> str:
 
 def exported_metric_names() -> set[str]:
     """Every series name the proxy can export, with the suffixes Prometheus adds."""
-    from proxy.metrics import Metrics
+    from proxy.observe.metrics import Metrics
 
     names: set[str] = set()
     for family in Metrics().registry.collect():

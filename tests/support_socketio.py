@@ -15,11 +15,12 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy import config, polling, websocket
-from proxy import socketio as sio_codec
-from proxy.errors import TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
-from proxy.metrics import Metrics
-from proxy.principal import ANONYMOUS, Principal, Recent
+from proxy.config import model as config
+from proxy.core.errors import TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
+from proxy.core.principal import ANONYMOUS, Principal, Recent
+from proxy.observe.metrics import Metrics
+from proxy.realtime import polling, websocket
+from proxy.realtime import socketio as sio_codec
 
 PARTNER = Principal(
     type="machine",
@@ -255,9 +256,9 @@ def auth_of(packet: str) -> dict[str, Any]:
 def real_app_available() -> str | None:
     """Why `proxy.app.create_app` cannot be used yet, or None."""
     try:
-        import proxy.app  # noqa: F401
+        import proxy.request.app  # noqa: F401
     except ImportError as exc:
-        return f"proxy.app is not importable yet: {exc}"
+        return f"proxy.request.app is not importable yet: {exc}"
     return None
 
 
@@ -276,7 +277,7 @@ def proxy_app(
         return relay_app(
             upstream, book, settings, metrics=metrics, reverify_seconds=reverify_seconds
         )
-    from proxy.app import create_app
+    from proxy.request.app import create_app
     from tests.support import make_config
 
     ws = settings or config.WebSocket()
@@ -300,6 +301,6 @@ def proxy_app(
 def registry_of(app: web.Application) -> websocket.WebSocketRegistry:
     if CTX in app:
         return app[CTX].registry
-    from proxy.app import PROXY
+    from proxy.request.app import PROXY
 
     return app[PROXY].ws_registry

@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from proxy.app import create_app
+from proxy.request.app import create_app
 from tests.support import Recorder, StubVerifier, header_values, make_config, upstream_app
 
 ROUTES = [

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from proxy.app import PROXY, create_app
-from proxy.config import build_config
-from proxy.emulator import ClerkEmulator
+from proxy.config.load import build_config
+from proxy.emulator.app import ClerkEmulator
+from proxy.request.app import PROXY, create_app
 from tests.support import Recorder, config_dict, header_values, upstream_app
 
 ROUTES = [

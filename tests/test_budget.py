@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.budget import TokenBucket, VerificationBudget
-from proxy.config import Bucket
-from proxy.config import VerificationBudget as BudgetConfig
-from proxy.errors import VERIFICATION_BUDGET_EXCEEDED, ProxyError
-from proxy.metrics import Metrics
+from proxy.auth.budget import TokenBucket, VerificationBudget
+from proxy.config.load import Bucket
+from proxy.config.load import VerificationBudget as BudgetConfig
+from proxy.core.errors import VERIFICATION_BUDGET_EXCEEDED, ProxyError
+from proxy.observe.metrics import Metrics
 
 
 class Clock:

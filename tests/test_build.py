@@ -10,7 +10,8 @@ from types import ModuleType
 import pytest
 
 import proxy
-from proxy import frontdoor, headers, http1
+from proxy.fastpath import frontdoor
+from proxy.http import headers, http1
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,18 +8,18 @@ from typing import Any
 
 import pytest
 
-from proxy.cache import VerificationCache, cache_scope
-from proxy.clerk import ClerkUnavailable
-from proxy.config import Cache
-from proxy.errors import (
+from proxy.auth.cache.store import VerificationCache, cache_scope
+from proxy.auth.clerk import ClerkUnavailable
+from proxy.config.load import Cache
+from proxy.core.errors import (
     TOKEN_EXPIRED,
     TOKEN_INVALID,
     VERIFICATION_BUDGET_EXCEEDED,
     VERIFICATION_UNAVAILABLE,
     ProxyError,
 )
-from proxy.metrics import Metrics
-from proxy.principal import Principal
+from proxy.core.principal import Principal
+from proxy.observe.metrics import Metrics
 
 T0 = 1_700_000_000.0
 

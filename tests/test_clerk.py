@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from proxy.clerk import (
+from proxy.auth.clerk import (
     API_KEY,
     M2M,
     OAUTH,
@@ -23,10 +23,10 @@ from proxy.clerk import (
     classify_failure,
     parse_verify_response,
 )
-from proxy.config import Config, build_config
-from proxy.errors import TOKEN_EXPIRED, TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
-from proxy.metrics import Metrics
-from proxy.tokens import TokenKind
+from proxy.auth.tokens import TokenKind
+from proxy.config.load import Config, build_config
+from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
+from proxy.observe.metrics import Metrics
 
 NOW = 1_700_000_000.0
 NOW_MS = int(NOW * 1000)
@@ -307,7 +307,7 @@ async def test_works_over_the_apps_shared_upstream_session(
 ) -> None:
     """The app hands us its one pooled session, built for proxying (no automatic
     headers, no decompression): the Clerk call must still be complete on its own."""
-    from proxy.forward import new_session
+    from proxy.http.forward import new_session
 
     script, url, _ = scripted
     script.answers = [(200, {}, m2m_body())]

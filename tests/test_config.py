@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from proxy.config import (
+from proxy.config.load import (
     ConfigError,
     build_config,
     load_config,
@@ -210,7 +210,7 @@ def test_load_reports_yaml_syntax_with_line(tmp_path: Path) -> None:
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "proxy.cli", *args],
+        [sys.executable, "-m", "proxy.process.cli", *args],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=60, check=False,
     )
 

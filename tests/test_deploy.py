@@ -1,7 +1,7 @@
 """The shipping path, checked without a cluster or a Docker engine: the Dockerfile (hadolint,
 and its runtime stage replayed into a clean virtualenv), the Helm chart (linted, rendered
 for every values file, validated strictly against Kubernetes 1.29 and the newest bundled
-schema, its ConfigMap loaded by proxy.config), the alert rules and the Grafana dashboard
+schema, its ConfigMap loaded by proxy.config.load), the alert rules and the Grafana dashboard
 (every PromQL expression parses and names only metrics the proxy exports)."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from proxy import __version__
-from proxy.config import Config, load_config, parse_duration
+from proxy.config.load import Config, load_config, parse_duration
 from tests.support_deploy import (
     CHART,
     ENVIRONMENTS,

@@ -22,8 +22,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from proxy.emulator import ClerkEmulator, make_fault, seed_demo, serve
-from proxy.emulator_state import M2M_JWT_CAT
+from proxy.emulator.app import ClerkEmulator, make_fault, seed_demo, serve
+from proxy.emulator.state import M2M_JWT_CAT
 
 KEY = "sk_test_emulator"
 M2M_ID = re.compile(r"mt_[0-9a-f]{32}")
@@ -597,7 +597,7 @@ async def test_run_emulator_prints_one_json_line_and_stops_on_sigterm() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from proxy.emulator import run_emulator; run_emulator('127.0.0.1', 0, 'sk_test_cli')",
+        "from proxy.emulator.app import run_emulator; run_emulator('127.0.0.1', 0, 'sk_test_cli')",
         stdout=subprocess.PIPE,
     )
     try:

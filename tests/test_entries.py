@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.entries import (
+from proxy.auth.cache.entries import (
     RECENT,
     RECORD_SIZE,
     Entry,
@@ -17,7 +17,7 @@ from proxy.entries import (
     PackedTable,
     Positive,
 )
-from proxy.principal import Principal
+from proxy.core.principal import Principal
 
 
 def key(i: int) -> bytes:

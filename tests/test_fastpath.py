@@ -14,8 +14,8 @@ import httptools
 import pytest
 from aiohttp import web
 
-from proxy import frontdoor, listener
-from proxy.app import PROXY, create_app
+from proxy.fastpath import frontdoor, listener
+from proxy.request.app import PROXY, create_app
 from tests.support import (
     ADMIN,
     MACHINE,

@@ -15,8 +15,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from proxy.admin import create_admin_app
-from proxy.app import PROXY, create_app
+from proxy.process.admin import create_admin_app
+from proxy.request.app import PROXY, create_app
 from tests.support import Recorder, StubVerifier, header_values, make_config, upstream_app
 
 MB = 1024 * 1024

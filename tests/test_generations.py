@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from proxy.generations import Generations
+from proxy.auth.cache.generations import Generations
 
 
 @dataclass(frozen=True)

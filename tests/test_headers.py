@@ -8,7 +8,8 @@ import ipaddress
 import pytest
 from multidict import CIMultiDict
 
-from proxy.headers import (
+from proxy.core.principal import ANONYMOUS, Principal
+from proxy.http.headers import (
     ClientHop,
     PrincipalHeaders,
     client_ip,
@@ -16,7 +17,6 @@ from proxy.headers import (
     for_client,
     upstream_items,
 )
-from proxy.principal import ANONYMOUS, Principal
 
 NAMES = PrincipalHeaders.for_prefix("X-Auth-")
 HOP = ClientHop(peer_ip="198.51.100.9", scheme="https", host="api.example")

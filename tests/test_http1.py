@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from proxy import http1
+from proxy.http import http1
 
 GET = b"GET /api/x?q=1 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n"
 
@@ -181,7 +181,7 @@ def test_response_framing(status: int, block: bytes, framing: http1.Framing) -> 
 
 
 def _clean(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    from proxy.headers import client_items
+    from proxy.http.headers import client_items
 
     return client_items(pairs)
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import ids
+from proxy.auth.cache import ids
 
 HEX = "0123456789abcdef" * 2
 B62 = "2NNEqL2nrIRdJ194ndJqAHwEfxC"  # a real Clerk id body: 27 base-62 characters

@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_aiohttp import AiohttpServer
 
-from proxy.clerk import ClerkClient
-from proxy.config import Clerk, build_config
-from proxy.errors import TOKEN_EXPIRED, TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
-from proxy.jwks import Jwks, check_claims, parse_jwks
-from proxy.metrics import Metrics
+from proxy.auth.clerk import ClerkClient
+from proxy.auth.jwks import Jwks, check_claims, parse_jwks
+from proxy.config.load import Clerk, build_config
+from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
+from proxy.observe.metrics import Metrics
 
 T0 = 1_700_000_000.0
 

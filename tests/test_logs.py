@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from proxy.logs import AccessLog
-from proxy.runtime import build_runtime
+from proxy.observe.logs import AccessLog
+from proxy.request.runtime import build_runtime
 from tests.support import StubVerifier, make_config
 
 

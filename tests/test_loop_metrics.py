@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-import proxy.metrics  # noqa: F401 - disables *_created series, as in production
-from proxy.loop_metrics import LoopCounter, LoopHistogram
+import proxy.observe.metrics  # noqa: F401 - disables *_created series, as in production
+from proxy.observe.loop_metrics import LoopCounter, LoopHistogram
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 OBSERVATIONS = [0.0, 0.0005, 0.001, 0.00100001, 0.01, 0.05, 0.1, 0.99, 1.0, 1.5, 100.0]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.config import Route
-from proxy.errors import ProxyError
-from proxy.policy import Policy, compile_glob, normalize_path
-from proxy.principal import ANONYMOUS, Principal
+from proxy.config.load import Route
+from proxy.core.errors import ProxyError
+from proxy.core.principal import ANONYMOUS, Principal
+from proxy.request.policy import Policy, compile_glob, normalize_path
 
 ROUTES = (
     Route(name="health", path="/healthz", methods=frozenset({"GET", "HEAD"}), auth="public"),

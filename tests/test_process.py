@@ -68,7 +68,7 @@ async def upstream(aiohttp_server: Any) -> tuple[str, Recorder]:
 
 async def start(config: Path, port: int, admin: int) -> Running:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.cli", "run", "--config", str(config),
+        sys.executable, "-m", "proxy.process.cli", "run", "--config", str(config),
         cwd=ROOT, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
         env={**os.environ, "CLERK_SECRET_KEY": "sk_test_unit"},
     )
@@ -186,7 +186,7 @@ async def test_workers_share_the_port_and_stop_together(
     config = tmp_path / "c.yaml"
     port, admin = write_config(config, url)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.cli", "run", "--config", str(config), "--workers", "2",
+        sys.executable, "-m", "proxy.process.cli", "run", "--config", str(config), "--workers", "2",
         cwd=ROOT, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
         env={**os.environ, "CLERK_SECRET_KEY": "sk_test_unit"},
     )

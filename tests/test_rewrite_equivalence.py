@@ -12,9 +12,15 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import http1
-from proxy.headers import ClientHop, PrincipalHeaders, UpstreamRewrite, client_items, upstream_items
-from proxy.principal import ANONYMOUS, Principal
+from proxy.core.principal import ANONYMOUS, Principal
+from proxy.http import http1
+from proxy.http.headers import (
+    ClientHop,
+    PrincipalHeaders,
+    UpstreamRewrite,
+    client_items,
+    upstream_items,
+)
 
 MACHINE = Principal(
     type="machine", id="mch_1", token_type="m2m_token", token_id="mt_1",

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from proxy import socketio
-from proxy.errors import (
+from proxy.core.errors import (
     TOKEN_INVALID,
     VERIFICATION_BUDGET_EXCEEDED,
     VERIFICATION_UNAVAILABLE,
     ProxyError,
 )
-from proxy.principal import ANONYMOUS, Principal
+from proxy.core.principal import ANONYMOUS, Principal
+from proxy.realtime import socketio
 
 MACHINE = Principal(
     type="machine",

@@ -17,8 +17,8 @@ import pytest
 import socketio
 from aiohttp.test_utils import TestServer
 
-from proxy.errors import TOKEN_EXPIRED, ProxyError
-from proxy.principal import Principal, Recent
+from proxy.core.errors import TOKEN_EXPIRED, ProxyError
+from proxy.core.principal import Principal, Recent
 from tests.support_socketio import (
     PARTNER,
     SioUpstream,

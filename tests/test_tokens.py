@@ -8,9 +8,9 @@ from collections.abc import Mapping
 
 import pytest
 
-from proxy import tokens
-from proxy.errors import BAD_REQUEST, TOKEN_ID_NOT_SECRET, TOKEN_INVALID, ProxyError
-from proxy.tokens import TokenKind
+from proxy.auth import tokens
+from proxy.auth.tokens import TokenKind
+from proxy.core.errors import BAD_REQUEST, TOKEN_ID_NOT_SECRET, TOKEN_INVALID, ProxyError
 
 M2M_SECRET = "mt_" + "a1B2c3D4" * 6
 M2M_ID = "mt_0123456789abcdef0123456789abcdef"

@@ -25,9 +25,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_aiohttp import AiohttpServer
 
-from proxy.config import build_config
-from proxy.emulator import ClerkEmulator
-from proxy.errors import (
+from proxy.auth.tokens import TokenKind
+from proxy.auth.verifier import ClerkVerifier, jwt_principal
+from proxy.config.load import build_config
+from proxy.core.errors import (
     TOKEN_EXPIRED,
     TOKEN_ID_NOT_SECRET,
     TOKEN_INVALID,
@@ -35,10 +36,9 @@ from proxy.errors import (
     VERIFICATION_UNAVAILABLE,
     ProxyError,
 )
-from proxy.metrics import Metrics
-from proxy.principal import Principal, Recent
-from proxy.tokens import TokenKind
-from proxy.verifier import ClerkVerifier, jwt_principal
+from proxy.core.principal import Principal, Recent
+from proxy.emulator.app import ClerkEmulator
+from proxy.observe.metrics import Metrics
 
 KEY = "sk_test_emulator"
 IP = "203.0.113.7"

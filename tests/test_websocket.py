@@ -16,8 +16,8 @@ from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
-from proxy import config
-from proxy.metrics import Metrics
+from proxy.config import model as config
+from proxy.observe.metrics import Metrics
 from tests.support_socketio import (
     PARTNER,
     RawUpstream,

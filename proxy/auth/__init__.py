@@ -1,0 +1,12 @@
+"""Authentication: from a bearer token to a `Principal`, or a refusal.
+
+- `tokens`: what kind of token a string is (opaque prefixes, JWT, the `mt_` id mistake);
+- `clerk`: the Clerk Backend API client (one `ClientSession`, opaque-token verification);
+- `jwks`: the instance's keys and local JWT verification;
+- `budget`: the cost guard on billable Clerk calls;
+- `cache`: verdicts by token hash, with single-flight (a sub-package);
+- `verifier`: the one entry point the request path calls, tying the above together.
+
+May import: `proxy.observe`, `proxy.config`, `proxy.core`. Knows nothing of HTTP requests,
+routes or Socket.IO: the request path hands it a token string and gets a Principal back.
+"""

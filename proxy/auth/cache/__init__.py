@@ -1,0 +1,10 @@
+"""The verification cache: verdicts (Principals and rejections) by token hash.
+
+- `store`: the cache itself: deadlines, negative entries, stale-if-error, single-flight;
+- `generations`: two generations of packed tables, the older dropped wholesale (LRU-ish
+  eviction without per-entry bookkeeping);
+- `entries`: an entry packed into a fixed-size record (`PackedTable`);
+- `ids`: interning of the strings entries repeat (subjects, token ids, scopes).
+
+May import: `proxy.observe`, `proxy.config`, `proxy.core`. Never holds a raw token.
+"""

@@ -1,0 +1,266 @@
+"""The Clerk Backend API client for the three opaque-token verify endpoints.
+
+Response parsing is pure (`parse_verify_response`, `classify_failure`) and tested by
+feeding status/body; `ClerkClient` only adds the HTTP call, one retry and metrics.
+
+The mapping of failures is the point of this module: a token Clerk does not know or
+refuses is the caller's problem (401, negative-cacheable), while Clerk being down,
+slow, rate-limited or refusing *our* key is ours (503 `verification_unavailable`,
+never cached, never blamed on the caller).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+
+from proxy.auth.tokens import TokenKind
+from proxy.config import model as config
+from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
+from proxy.core.principal import Principal, PrincipalType, TokenType, encode_claims
+from proxy.observe.metrics import Metrics
+
+log = logging.getLogger("proxy.clerk")
+
+MAX_RESPONSE_BYTES = 256 * 1024
+RETRY_DELAY = 0.05
+# Retry-After when Clerk gave none: long enough not to hammer, short enough to recover.
+DEFAULT_RETRY_AFTER = 2
+BAD_KEY_RETRY_AFTER = 30
+
+INSTANCE_SCOPED: Final = (
+    "Clerk does not know this token; tokens are scoped to one Clerk instance, so a token "
+    "issued by another instance or environment (e.g. development vs production) is unknown here"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str  # the metrics label
+    path: str
+    body_field: str
+    principal_type: PrincipalType
+    token_type: TokenType
+
+
+M2M: Final = Endpoint("m2m_verify", "/m2m_tokens/verify", "token", "machine", "m2m_token")
+OAUTH: Final = Endpoint(
+    "oauth_verify",
+    "/oauth_applications/access_tokens/verify",
+    "access_token",
+    "oauth",
+    "oauth_token",
+)
+API_KEY: Final = Endpoint("api_key_verify", "/api_keys/verify", "secret", "api_key", "api_key")
+ENDPOINTS: Final[dict[TokenKind, Endpoint]] = {
+    TokenKind.M2M: M2M,
+    TokenKind.OAUTH: OAUTH,
+    TokenKind.API_KEY: API_KEY,
+}
+
+
+class ClerkUnavailable(ProxyError):
+    """503 `verification_unavailable`: our side or Clerk's, never the caller's."""
+
+    def __init__(self, message: str, retry_after: int = DEFAULT_RETRY_AFTER) -> None:
+        super().__init__(VERIFICATION_UNAVAILABLE, message, retry_after=retry_after)
+
+
+def retry_after(headers: Mapping[str, str], default: int = DEFAULT_RETRY_AFTER) -> int:
+    """Clerk sends delta-seconds; anything else falls back to `default`."""
+    value = headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return max(1, min(int(value), 3600))
+    return default
+
+
+def _error_code(body: bytes) -> str:
+    """The first Clerk error code of an error body, for logs (never contains the token)."""
+    try:
+        errors = json.loads(body).get("errors")
+        code = errors[0].get("code")
+    except (ValueError, RecursionError, AttributeError, IndexError, TypeError, KeyError):
+        return "unknown"
+    return code if isinstance(code, str) and code.isascii() and len(code) < 100 else "unknown"
+
+
+def classify_failure(
+    endpoint: Endpoint, status: int, headers: Mapping[str, str], body: bytes
+) -> ProxyError:
+    """The refusal for a non-200 answer. Returned (not raised) so the caller decides on retries."""
+    if status == 404:
+        return ProxyError(TOKEN_INVALID, INSTANCE_SCOPED, token_type=endpoint.token_type)
+    if status in (400, 422):
+        return ProxyError(
+            TOKEN_INVALID, "Clerk rejected this token", token_type=endpoint.token_type
+        )
+    if status in (401, 403):
+        log.error(
+            "Clerk refused the proxy's own secret key (HTTP %d, %s) on %s: check clerk.secret_key "
+            "and clerk.machine_secret_key; every verification fails until this is fixed",
+            status,
+            _error_code(body),
+            endpoint.name,
+        )
+        return ClerkUnavailable("the proxy cannot verify tokens right now", BAD_KEY_RETRY_AFTER)
+    if status == 429:
+        return ClerkUnavailable("Clerk is rate limiting verification", retry_after(headers))
+    return ClerkUnavailable(f"Clerk answered HTTP {status}", retry_after(headers))
+
+
+def _ms(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} is not a number")
+    return float(value) / 1000.0
+
+
+def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Principal:
+    """A 200 answer → Principal, or a rejection. A 200 that says revoked/expired, or whose
+    expiration is past, is a rejection; a 200 we cannot read is Clerk's fault (503)."""
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise ValueError("not an object")
+        if data.get("active") is False:  # OAuth introspection style
+            raise ProxyError(
+                TOKEN_INVALID, "the token is not active", token_type=endpoint.token_type
+            )
+        token_id, subject = data.get("id"), data.get("subject")
+        if not isinstance(token_id, str) or not isinstance(subject, str) or not subject:
+            raise ValueError("id/subject missing")
+        scopes = data.get("scopes") or []
+        if isinstance(scopes, str):
+            scopes = scopes.split()
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise ValueError("scopes is not a list of strings")
+        expires_at = _ms(data.get("expiration"), "expiration")
+        claims = data.get("claims")
+        if claims is not None and not isinstance(claims, dict):
+            raise ValueError("claims is not an object")
+        revoked, expired = data.get("revoked", False), data.get("expired", False)
+        if not isinstance(revoked, bool) or not isinstance(expired, bool):
+            raise ValueError("revoked/expired are not booleans")
+    except (ValueError, RecursionError) as exc:
+        log.error("unreadable 200 answer from Clerk %s: %s", endpoint.name, exc)
+        raise ClerkUnavailable("Clerk gave an unreadable answer") from None
+    if revoked:
+        raise ProxyError(
+            TOKEN_INVALID, "the token has been revoked", token_type=endpoint.token_type
+        )
+    if expired or (expires_at is not None and expires_at <= now):
+        raise ProxyError(TOKEN_EXPIRED, "the token has expired", token_type=endpoint.token_type)
+    principal = Principal(
+        type=endpoint.principal_type,
+        id=subject,
+        token_type=endpoint.token_type,
+        token_id=token_id,
+        scopes=frozenset(scopes),
+        claims_json=encode_claims(claims),
+        expires_at=expires_at,
+    )
+    if not principal.header_safe():
+        log.error(
+            "unreadable 200 answer from Clerk %s: ids or scopes not header-safe", endpoint.name
+        )
+        raise ClerkUnavailable("Clerk gave an unreadable answer")
+    return principal
+
+
+class ClerkClient:
+    def __init__(
+        self,
+        cfg: config.Clerk,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._cfg = cfg
+        self._session = session
+        self._metrics = metrics
+        self._now = now
+        self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+
+    def headers(self, key: str) -> dict[str, str]:
+        return {
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Accept-Encoding": "identity",  # the shared session does not decompress
+            "Clerk-API-Version": self._cfg.api_version,
+            "User-Agent": "clerk-auth-proxy",
+        }
+
+    async def get(self, name: str, path: str) -> tuple[int, Mapping[str, str], bytes]:
+        """One GET with the instance key (JWKS), with metrics; raises ClerkUnavailable."""
+        return await self._call(name, "GET", path, self._cfg.secret_key, None)
+
+    async def verify(self, kind: TokenKind, token: str) -> Principal:
+        endpoint = ENDPOINTS[kind]
+        key = self._cfg.secret_key
+        if kind is TokenKind.M2M and self._cfg.machine_secret_key:
+            key = self._cfg.machine_secret_key
+        payload = json.dumps({endpoint.body_field: token}).encode()
+        failure: ProxyError | None = None
+        for attempt in (1, 2):
+            if attempt == 2:
+                await asyncio.sleep(RETRY_DELAY)
+            try:
+                status, headers, body = await self._call(
+                    endpoint.name, "POST", endpoint.path, key, payload
+                )
+            except ClerkUnavailable as exc:
+                failure = exc
+                continue
+            if status == 200:
+                return parse_verify_response(endpoint, body, self._now())
+            failure = classify_failure(endpoint, status, headers, body)
+            if status < 500:
+                break
+        assert failure is not None
+        if failure.code == VERIFICATION_UNAVAILABLE:
+            log.warning("Clerk %s unavailable: %s", endpoint.name, failure.message)
+        failure.token_type = endpoint.token_type
+        raise failure
+
+    async def _call(
+        self, name: str, method: str, path: str, key: str, payload: bytes | None
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        url = self._cfg.api_url + path
+        started = time.perf_counter()
+        status = "error"
+        try:
+            async with self._session.request(
+                method,
+                url,
+                data=payload,
+                headers=self.headers(key),
+                timeout=self._timeout,
+                allow_redirects=False,
+            ) as resp:
+                status = str(resp.status)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > MAX_RESPONSE_BYTES:
+                        raise ClerkUnavailable("Clerk's answer was too large")
+                    chunks.append(chunk)
+                return resp.status, resp.headers, b"".join(chunks)
+        except TimeoutError:
+            status = "timeout"
+            raise ClerkUnavailable("Clerk did not answer in time") from None
+        except aiohttp.ClientError as exc:
+            raise ClerkUnavailable(f"cannot reach Clerk ({type(exc).__name__})") from None
+        finally:
+            self._metrics.clerk_requests.labels(name, status).inc()
+            self._metrics.clerk_duration.labels(name).observe(time.perf_counter() - started)

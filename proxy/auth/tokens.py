@@ -1,0 +1,152 @@
+"""Bearer extraction and token classification by shape. Pure: no I/O, no clock.
+
+Classification decides which verifier a token goes to and refuses, without calling
+Clerk, everything that cannot be a Clerk credential. JWT header and payload are only
+*inspected* here (unverified); the signature is checked in `jwks`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from proxy.core.errors import BAD_REQUEST, TOKEN_ID_NOT_SECRET, TOKEN_INVALID, ProxyError
+from proxy.core.principal import TokenType
+
+# Session JWTs carrying organisation claims run to a few KiB; nothing Clerk mints
+# comes near this, and aiohttp's header limit (16 KiB in app.py) is the outer bound.
+MAX_JWT_LENGTH = 8192
+MAX_OPAQUE_LENGTH = 512
+MIN_OPAQUE_SECRET = 16
+MAX_JWT_SEGMENT_JSON = 6144
+
+# RFC 7235 token68; real bearer tokens never need the trailing '='.
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_M2M_ID = re.compile(r"mt_[0-9a-f]{32}")
+_OPAQUE_BODY = re.compile(r"[A-Za-z0-9_\-]+")
+_B64URL = re.compile(r"[A-Za-z0-9_\-]*")
+JWT_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
+# Clerk marks JWT-format M2M tokens with this header claim.
+M2M_JWT_CAT = "cl_B7d4PD333AAA"
+
+
+class TokenKind(enum.Enum):
+    M2M = "m2m"
+    OAUTH = "oauth"
+    API_KEY = "api_key"
+    SESSION_JWT = "session_jwt"
+    M2M_JWT = "m2m_jwt"
+    OAUTH_JWT = "oauth_jwt"
+
+    @property
+    def is_jwt(self) -> bool:
+        return self in (TokenKind.SESSION_JWT, TokenKind.M2M_JWT, TokenKind.OAUTH_JWT)
+
+    @property
+    def token_type(self) -> TokenType:
+        return _TOKEN_TYPES[self]
+
+
+_TOKEN_TYPES: dict[TokenKind, TokenType] = {
+    TokenKind.M2M: "m2m_token",
+    TokenKind.M2M_JWT: "m2m_token",
+    TokenKind.OAUTH: "oauth_token",
+    TokenKind.OAUTH_JWT: "oauth_token",
+    TokenKind.API_KEY: "api_key",
+    TokenKind.SESSION_JWT: "session_token",
+}
+
+_OPAQUE_PREFIXES = (("mt_", TokenKind.M2M), ("oat_", TokenKind.OAUTH), ("ak_", TokenKind.API_KEY))
+
+
+def _invalid(message: str, token_type: str | None = None) -> ProxyError:
+    return ProxyError(TOKEN_INVALID, message, token_type=token_type)
+
+
+def extract_bearer(values: Sequence[str]) -> str | None:
+    """The bearer credential from all `Authorization` header values of a request.
+
+    None when there is none or the scheme is not Bearer (Basic etc. are not ours to
+    judge, so the request is simply unauthenticated); two headers are ambiguous (400).
+    """
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ProxyError(BAD_REQUEST, "send exactly one Authorization header")
+    scheme, _, credential = values[0].strip(" \t").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    credential = credential.strip(" \t")
+    if not credential:
+        raise _invalid("the Bearer credential is empty")
+    if len(credential) > MAX_JWT_LENGTH:
+        raise _invalid("the Bearer credential is too long")
+    if not _TOKEN68.fullmatch(credential):
+        raise _invalid("the Bearer credential is not a well-formed token")
+    return credential
+
+
+def classify(token: str) -> TokenKind:
+    """What kind of Clerk token this is, judged by shape alone.
+
+    Raises `TOKEN_ID_NOT_SECRET` for an M2M token id and `TOKEN_INVALID` for anything
+    that is not shaped like a Clerk token, so neither costs a Clerk call.
+    """
+    if len(token) > MAX_JWT_LENGTH:
+        raise _invalid("the token is too long")
+    if _M2M_ID.fullmatch(token):
+        raise ProxyError(
+            TOKEN_ID_NOT_SECRET,
+            "this is an M2M token id (mt_ followed by 32 hex digits), not a token: send the "
+            "token secret that Clerk showed once when the token was created",
+            token_type="m2m_token",
+        )
+    for prefix, kind in _OPAQUE_PREFIXES:
+        if token.startswith(prefix):
+            body = token[len(prefix) :]
+            if (
+                len(token) > MAX_OPAQUE_LENGTH
+                or len(body) < MIN_OPAQUE_SECRET
+                or not _OPAQUE_BODY.fullmatch(body)
+            ):
+                raise _invalid(f"malformed {prefix} token", kind.token_type)
+            return kind
+    if token.count(".") == 2:
+        return _classify_jwt(token)
+    raise _invalid("not a Clerk token (expected mt_, oat_, ak_ or a JWT)")
+
+
+def _b64json(segment: str, what: str) -> dict[str, Any]:
+    if not segment or len(segment) > MAX_JWT_SEGMENT_JSON or not _B64URL.fullmatch(segment):
+        raise _invalid(f"malformed JWT {what}")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError, RecursionError):
+        raise _invalid(f"malformed JWT {what}") from None
+    if not isinstance(value, dict):
+        raise _invalid(f"malformed JWT {what}")
+    return value
+
+
+def _classify_jwt(token: str) -> TokenKind:
+    header_b64, payload_b64, signature = token.split(".")
+    header = _b64json(header_b64, "header")
+    payload = _b64json(payload_b64, "payload")
+    if not signature or not _B64URL.fullmatch(signature):
+        raise _invalid("unsigned or malformed JWT")
+    # Refused here, before any key lookup: `none` and HMAC (HS/RS confusion) never verify.
+    if header.get("alg") not in JWT_ALGORITHMS:
+        raise _invalid("JWT algorithm not allowed (RS256, RS384 or RS512 only)")
+    typ = header.get("typ")
+    if isinstance(typ, str) and typ.lower() in ("at+jwt", "application/at+jwt"):
+        return TokenKind.OAUTH_JWT
+    sub = payload.get("sub")
+    if header.get("cat") == M2M_JWT_CAT or (isinstance(sub, str) and sub.startswith("mch_")):
+        return TokenKind.M2M_JWT
+    return TokenKind.SESSION_JWT

@@ -1,0 +1,421 @@
+"""YAML → one frozen, typed `Config` (`config_model`), validated once.
+
+Every problem is collected (not just the first) as a `ConfigIssue` naming the file, the
+key path and why, so `check-config` can print them all at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from proxy.config.model import (
+    DEFAULT_GLOBAL_BUCKET,
+    DEFAULT_PER_IP_BUCKET,
+    HTTP_METHODS,
+    PRINCIPAL_TYPES,
+    AuthMode,
+    Bucket,
+    Cache,
+    Clerk,
+    Config,
+    Headers,
+    Listen,
+    Logging,
+    Route,
+    Shutdown,
+    Upstream,
+    VerificationBudget,
+    WebSocket,
+)
+from proxy.config.values import (
+    ConfigError,
+    ConfigIssue,
+    Reader,
+    bool_value,
+    float_value,
+    http_url,
+    network,
+    non_negative_int,
+    parse_duration,
+    parse_size,
+    port,
+    positive_int,
+    str_list,
+    str_value,
+    substitute_env,
+    validate_glob,
+)
+
+__all__ = [
+    "DEFAULT_GLOBAL_BUCKET",
+    "DEFAULT_PER_IP_BUCKET",
+    "HTTP_METHODS",
+    "PRINCIPAL_TYPES",
+    "AuthMode",
+    "Bucket",
+    "Cache",
+    "Clerk",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "Headers",
+    "Listen",
+    "Logging",
+    "Route",
+    "Shutdown",
+    "Upstream",
+    "VerificationBudget",
+    "WebSocket",
+    "build_config",
+    "load_config",
+    "parse_duration",
+    "parse_size",
+    "substitute_env",
+    "validate_glob",
+]
+
+_LISTEN_KEYS = {"host", "port"}
+_NO_STRINGS: tuple[str, ...] = ()
+_ROUTE_KEYS = {"name", "path", "methods", "auth", "scopes", "principal_types"}
+
+
+def _listen(r: Reader, raw: Any, key: str, default_port: int) -> Listen:
+    client_facing = key == "listen"
+    sec = r.section(raw, key, _LISTEN_KEYS | {"fast_path"} if client_facing else _LISTEN_KEYS)
+    return Listen(
+        host=r.get(sec, key, "host", str_value, "0.0.0.0"),
+        port=r.get(sec, key, "port", port, default_port),
+        fast_path=r.get(sec, key, "fast_path", bool_value, True) if client_facing else False,
+    )
+
+
+def _route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None:
+    allowed = _ROUTE_KEYS - {"path"} if default else _ROUTE_KEYS
+    if not isinstance(raw, dict):
+        r.problem(key, f"expected a mapping, got {type(raw).__name__}")
+        return None
+    r.section(raw, key, allowed)
+    name = r.get(raw, key, "name", str_value, "default" if default else "")
+    path = "/**"
+    if not default:
+        p = r.required(raw, key, "path")
+        if p is not None:
+            try:
+                validate_glob(str_value(p))
+                path = str_value(p)
+            except (ValueError, TypeError) as exc:
+                r.problem(f"{key}.path", str(exc))
+        if not name:
+            name = path
+    auth = r.get(raw, key, "auth", str_value, "required")
+    if auth not in ("public", "optional", "required"):
+        r.problem(f"{key}.auth", f"must be public, optional or required, got {auth!r}")
+        auth = "required"
+    methods_raw = r.get(raw, key, "methods", str_list, _NO_STRINGS)
+    methods: frozenset[str] | None = None
+    if methods_raw:
+        methods = frozenset(m.upper() for m in methods_raw)
+        bad = sorted(m for m in methods if m not in HTTP_METHODS)
+        if bad:
+            r.problem(f"{key}.methods", f"unknown HTTP method(s): {', '.join(bad)}")
+        if "GET" in methods:
+            methods = methods | {"HEAD"}  # HEAD is GET without a body
+    scopes = r.get(raw, key, "scopes", str_list, _NO_STRINGS)
+    ptypes_raw = r.get(raw, key, "principal_types", str_list, _NO_STRINGS)
+    ptypes = frozenset(ptypes_raw) if ptypes_raw else None
+    if ptypes:
+        bad = sorted(t for t in ptypes if t not in PRINCIPAL_TYPES)
+        if bad:
+            r.problem(
+                f"{key}.principal_types",
+                f"unknown principal type(s) {', '.join(bad)}; known: {', '.join(PRINCIPAL_TYPES)}",
+            )
+    if auth == "public" and (scopes or ptypes):
+        r.problem(key, "a public route cannot require scopes or principal_types")
+    return Route(
+        name=name,
+        path=path,
+        methods=methods,
+        auth=auth,  # type: ignore[arg-type]
+        scopes=scopes,
+        principal_types=ptypes,
+    )
+
+
+_TOP_KEYS = {
+    "environment",
+    "listen",
+    "admin",
+    "upstream",
+    "clerk",
+    "cache",
+    "verification_budget",
+    "routes",
+    "default_route",
+    "forward_authorization",
+    "headers",
+    "trusted_proxies",
+    "websocket",
+    "shutdown",
+    "logging",
+    "workers",
+}
+
+
+def build_config(
+    raw: Any, *, file: str, env: Mapping[str, str] | None = None, base_dir: Path | None = None
+) -> Config:
+    """Validate an already-parsed YAML tree. Raises ConfigError listing every problem."""
+    r = Reader(file, env if env is not None else os.environ, base_dir or Path("."))
+    top = r.section(raw, "", _TOP_KEYS)
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(r.issues)
+
+    up = r.section(
+        top.get("upstream"),
+        "upstream",
+        {
+            "url",
+            "connect_timeout",
+            "read_timeout",
+            "max_body_size",
+            "readiness_path",
+            "pool_size",
+        },
+    )
+    up_url = r.required(up, "upstream", "url")
+    try:
+        up_url = http_url(up_url) if up_url is not None else "http://127.0.0.1:3000"
+    except (ValueError, TypeError) as exc:
+        r.problem("upstream.url", str(exc))
+        up_url = "http://127.0.0.1:3000"
+    upstream = Upstream(
+        url=up_url,
+        connect_timeout=r.get(up, "upstream", "connect_timeout", parse_duration, 5.0),
+        read_timeout=r.get(up, "upstream", "read_timeout", parse_duration, 60.0),
+        max_body_size=r.get(up, "upstream", "max_body_size", parse_size, 10 * 1024 * 1024),
+        readiness_path=r.get(up, "upstream", "readiness_path", str_value, "/"),
+        pool_size=r.get(up, "upstream", "pool_size", non_negative_int, 0),
+    )
+    if not upstream.readiness_path.startswith("/"):
+        r.problem("upstream.readiness_path", "must start with '/'")
+
+    ck = r.section(
+        top.get("clerk"),
+        "clerk",
+        {
+            "api_url",
+            "secret_key",
+            "secret_key_file",
+            "machine_secret_key",
+            "machine_secret_key_file",
+            "instance",
+            "issuer",
+            "authorized_parties",
+            "timeout",
+            "jwks_cache_seconds",
+            "jwks_min_refetch_seconds",
+            "api_version",
+            "clock_skew_seconds",
+        },
+    )
+    api_url = r.get(ck, "clerk", "api_url", http_url, "https://api.clerk.com")
+    secret_key = r.secret(ck, "clerk", "secret_key", required=True)
+    if secret_key and not secret_key.startswith(("sk_live_", "sk_test_")):
+        r.problem(
+            "clerk.secret_key", "expected a Clerk instance secret key (sk_live_… or sk_test_…)"
+        )
+    machine_key = r.secret(ck, "clerk", "machine_secret_key", required=False)
+    if machine_key and not machine_key.startswith("ak_"):
+        r.problem("clerk.machine_secret_key", "expected a Clerk machine secret key (ak_…)")
+    issuer = r.get(ck, "clerk", "issuer", str_value, "")
+    if issuer:
+        try:
+            http_url(issuer)
+        except ValueError as exc:
+            r.problem("clerk.issuer", str(exc))
+    clerk = Clerk(
+        api_url=api_url,
+        secret_key=secret_key,
+        machine_secret_key=machine_key,
+        instance=r.get(ck, "clerk", "instance", str_value, "default"),
+        issuer=issuer.rstrip("/"),
+        authorized_parties=r.get(ck, "clerk", "authorized_parties", str_list, _NO_STRINGS),
+        timeout=r.get(ck, "clerk", "timeout", parse_duration, 5.0),
+        jwks_cache_seconds=r.get(ck, "clerk", "jwks_cache_seconds", parse_duration, 3600.0),
+        jwks_min_refetch_seconds=r.get(
+            ck, "clerk", "jwks_min_refetch_seconds", parse_duration, 30.0
+        ),
+        api_version=r.get(ck, "clerk", "api_version", str_value, "2026-05-12"),
+        clock_skew_seconds=r.get(ck, "clerk", "clock_skew_seconds", parse_duration, 5.0),
+    )
+
+    ca = r.section(
+        top.get("cache"),
+        "cache",
+        {
+            "ttl_seconds",
+            "negative_ttl_seconds",
+            "max_entries",
+            "stale_if_error_seconds",
+        },
+    )
+    cache = Cache(
+        ttl_seconds=r.get(ca, "cache", "ttl_seconds", parse_duration, 60.0),
+        negative_ttl_seconds=r.get(ca, "cache", "negative_ttl_seconds", parse_duration, 10.0),
+        max_entries=r.get(ca, "cache", "max_entries", positive_int, 100_000),
+        stale_if_error_seconds=r.get(ca, "cache", "stale_if_error_seconds", parse_duration, 0.0),
+    )
+
+    vb = r.section(
+        top.get("verification_budget"), "verification_budget", {"enabled", "global", "per_ip"}
+    )
+
+    def bucket(name: str, default: Bucket) -> Bucket:
+        key = f"verification_budget.{name}"
+        sec = r.section(vb.get(name), key, {"rate", "burst"})
+        rate = r.get(sec, key, "rate", float_value, default.rate)
+        if rate <= 0:
+            r.problem(f"{key}.rate", "must be greater than 0")
+        return Bucket(rate=rate, burst=r.get(sec, key, "burst", positive_int, default.burst))
+
+    budget = VerificationBudget(
+        enabled=r.get(vb, "verification_budget", "enabled", bool_value, True),
+        global_=bucket("global", DEFAULT_GLOBAL_BUCKET),
+        per_ip=bucket("per_ip", DEFAULT_PER_IP_BUCKET),
+    )
+
+    routes: list[Route] = []
+    raw_routes = top.get("routes")
+    if raw_routes is not None and not isinstance(raw_routes, list):
+        r.problem("routes", f"expected a list, got {type(raw_routes).__name__}")
+    else:
+        seen: set[str] = set()
+        for i, item in enumerate(raw_routes or []):
+            route = _route(r, item, f"routes[{i}]", default=False)
+            if route is None:
+                continue
+            if route.name in seen:
+                r.problem(f"routes[{i}].name", f"duplicate route name {route.name!r}")
+            seen.add(route.name)
+            routes.append(route)
+    default_route = _route(r, top.get("default_route") or {}, "default_route", default=True)
+
+    hd = r.section(top.get("headers"), "headers", {"prefix"})
+    prefix = r.get(hd, "headers", "prefix", str_value, "X-Auth-")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*-", prefix):
+        r.problem("headers.prefix", f"must be a header-name prefix ending in '-', got {prefix!r}")
+
+    ws = r.section(
+        top.get("websocket"),
+        "websocket",
+        {
+            "max_message_size",
+            "allowed_origins",
+            "compression",
+            "upstream_compression",
+            "heartbeat_seconds",
+        },
+    )
+    websocket = WebSocket(
+        max_message_size=r.get(ws, "websocket", "max_message_size", parse_size, 1024 * 1024),
+        allowed_origins=r.get(ws, "websocket", "allowed_origins", str_list, _NO_STRINGS),
+        compression=r.get(ws, "websocket", "compression", bool_value, True),
+        upstream_compression=r.get(ws, "websocket", "upstream_compression", bool_value, False),
+        heartbeat_seconds=r.get(ws, "websocket", "heartbeat_seconds", parse_duration, 0.0),
+    )
+
+    sd = r.section(top.get("shutdown"), "shutdown", {"grace_period", "delay"})
+    lg = r.section(top.get("logging"), "logging", {"level", "access_log"})
+    level = r.get(lg, "logging", "level", str_value, "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        r.problem(
+            "logging.level", f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}"
+        )
+        level = "INFO"
+
+    trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for i, item in enumerate(r.get(top, "", "trusted_proxies", str_list, _NO_STRINGS)):
+        try:
+            trusted.append(network(item))
+        except ValueError as exc:
+            r.problem(f"trusted_proxies[{i}]", str(exc))
+
+    cfg = Config(
+        source=file,
+        environment=r.get(top, "", "environment", str_value, "local"),
+        listen=_listen(r, top.get("listen"), "listen", 8080),
+        admin=_listen(r, top.get("admin"), "admin", 9090),
+        upstream=upstream,
+        clerk=clerk,
+        cache=cache,
+        verification_budget=budget,
+        routes=tuple(routes),
+        default_route=default_route or Route(name="default", path="/**"),
+        forward_authorization=r.get(top, "", "forward_authorization", bool_value, False),
+        headers=Headers(prefix=prefix),
+        trusted_proxies=tuple(trusted),
+        websocket=websocket,
+        shutdown=Shutdown(
+            grace_period=r.get(sd, "shutdown", "grace_period", parse_duration, 25.0),
+            delay=r.get(sd, "shutdown", "delay", parse_duration, 0.0),
+        ),
+        logging=Logging(
+            level=level, access_log=r.get(lg, "logging", "access_log", bool_value, True)
+        ),
+        workers=r.get(top, "", "workers", positive_int, 1),
+    )
+    if cfg.listen.port and cfg.listen.port == cfg.admin.port and cfg.listen.host == cfg.admin.host:
+        r.problem("admin.port", "must differ from listen.port")
+    if r.issues:
+        raise ConfigError(r.issues)
+    return cfg
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, substitute `${VAR}`, parse and validate one YAML file."""
+    p = Path(path)
+    file = str(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(file, "", f"cannot read file: {exc.strerror}")]) from None
+    environ = env if env is not None else os.environ
+    issues: list[ConfigIssue] = []
+    # Substitute per line so an unset variable can be reported with its line number;
+    # comments are skipped so documentation examples do not demand variables.
+    out_lines = []
+    for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
+        code, hash_, comment = (
+            line.partition(" #") if not line.lstrip().startswith("#") else ("", "", line)
+        )
+        new, missing = substitute_env(code, environ)
+        for name in missing:
+            issues.append(
+                ConfigIssue(
+                    file,
+                    f"line {lineno}",
+                    f"environment variable {name} is not set (missing secret?)",
+                )
+            )
+        out_lines.append(new + hash_ + comment)
+    try:
+        raw = yaml.safe_load("".join(out_lines))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError([*issues, ConfigIssue(file, where, f"invalid YAML: {exc}")]) from None
+    try:
+        cfg = build_config(raw, file=file, env=environ, base_dir=p.parent)
+    except ConfigError as exc:
+        raise ConfigError(issues + exc.issues) from None
+    if issues:
+        raise ConfigError(issues)
+    return cfg

@@ -1,0 +1,372 @@
+"""A Clerk Backend API emulator: the real wire contract on a local socket, plus faults.
+
+Used by the test suite, `make demo`, the benchmark and users' own integration tests
+(docs/emulator.md). The Clerk routes answer at both `/v1/...` and the unversioned path.
+Everything under `/__emulator/` is NOT Clerk's: it lets out-of-process users mint tokens,
+switch faults and read call counts. Never expose an emulator beyond loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+from aiohttp import web
+
+from proxy.emulator.state import DEFAULT_SECRET_KEY, ClerkInstance, IssuedToken, Machine
+from proxy.emulator.wire import Answer, clerk_error, not_found, parse_body
+
+__all__ = [
+    "ClerkEmulator",
+    "IssuedToken",
+    "Machine",
+    "Running",
+    "run_emulator",
+    "seed_demo",
+    "serve",
+]
+
+FAULT_KINDS: Final = frozenset({"slow", "error", "rate_limit", "down", "unauthorized"})
+VERIFY_ENDPOINTS: Final = frozenset({"m2m_verify", "oauth_verify", "api_key_verify"})
+# Applied in this order: a slow answer can still be an error; a dropped one is nothing.
+FAULT_ORDER: Final = ("down", "slow", "unauthorized", "rate_limit", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One switched-on fault. `times`: how many more requests it hits (None: until cleared)."""
+
+    kind: str
+    seconds: float = 1.0  # slow
+    status: int = 500  # error
+    retry_after: int = 1  # rate_limit
+    jwks: bool = False  # also hit GET /v1/jwks
+    create: bool = False  # also hit m2m create/revoke
+    times: int | None = None
+
+    def applies_to(self, endpoint: str) -> bool:
+        if endpoint in VERIFY_ENDPOINTS:
+            return True
+        if endpoint == "jwks":
+            return self.jwks
+        return self.create
+
+
+def make_fault(kind: str, params: Mapping[str, Any]) -> Fault:
+    """Validate `set_fault` arguments (from Python or the control endpoint)."""
+    if kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault {kind!r}; one of {sorted(FAULT_KINDS)}")
+    allowed = {"seconds", "status", "retry_after", "jwks", "create", "times"}
+    unknown = set(params) - allowed
+    if unknown:
+        raise ValueError(f"unknown fault parameters {sorted(unknown)}")
+    fault = Fault(kind, **params)
+    if not 500 <= fault.status <= 599:
+        raise ValueError("error status must be 5xx")
+    if fault.seconds < 0 or fault.retry_after < 0 or (fault.times is not None and fault.times < 1):
+        raise ValueError("seconds, retry_after and times must not be negative")
+    return fault
+
+
+def fault_answer(fault: Fault) -> Answer | None:
+    """What Clerk would answer in this failure; None for faults that are not an answer."""
+    if fault.kind == "unauthorized":
+        return clerk_error(
+            401,
+            "authentication_invalid",
+            "Invalid authentication",
+            "The provided Clerk Secret Key is invalid (emulator fault).",
+        )
+    if fault.kind == "rate_limit":
+        limited = clerk_error(
+            429, "too_many_requests", "Too many requests", "Too many requests, retry later."
+        )
+        return Answer(429, limited.body, {"Retry-After": str(fault.retry_after)})
+    if fault.kind == "error":
+        return clerk_error(
+            fault.status,
+            "internal_clerk_error",
+            "Oops, an unexpected error occurred",
+            "There was an internal error on our servers (emulator fault).",
+        )
+    return None
+
+
+Handler = Callable[[web.Request, bytes], Answer]
+
+
+class ClerkEmulator(ClerkInstance):
+    """One emulated Clerk instance with its aiohttp app (`.app`), faults and call counts."""
+
+    def __init__(
+        self, secret_key: str = DEFAULT_SECRET_KEY, *, now: Callable[[], float] = time.time
+    ) -> None:
+        super().__init__(secret_key, now=now)
+        self.calls: Counter[str] = Counter()
+        self.faults: dict[str, Fault] = {}
+        self.app = self._build_app()
+
+    def set_fault(self, kind: str, **params: Any) -> None:
+        """Switch on a fault: slow(seconds), error(status), rate_limit(retry_after), down,
+        unauthorized; each also takes jwks=, create= (extra endpoints) and times=."""
+        self.faults[kind] = make_fault(kind, params)
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def _take_faults(self, endpoint: str) -> list[Fault]:
+        hit = [f for k in FAULT_ORDER if (f := self.faults.get(k)) and f.applies_to(endpoint)]
+        for fault in hit:
+            if fault.times is not None:
+                if fault.times <= 1:
+                    del self.faults[fault.kind]
+                else:
+                    self.faults[fault.kind] = Fault(**{**asdict(fault), "times": fault.times - 1})
+        return hit
+
+    # -- HTTP -------------------------------------------------------------------------
+
+    def _clerk_route(
+        self, endpoint: str, handler: Handler
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def route(request: web.Request) -> web.StreamResponse:
+            self.calls[endpoint] += 1
+            raw = await request.read()
+            for fault in self._take_faults(endpoint):
+                if fault.kind == "down":
+                    return _drop(request)
+                if fault.kind == "slow":
+                    await asyncio.sleep(fault.seconds)
+                elif (answer := fault_answer(fault)) is not None:
+                    return _json(answer)
+            return _json(handler(request, raw))
+
+        return route
+
+    def _build_app(self) -> web.Application:
+        auth = _authorization
+        clerk: list[tuple[str, str, str, Handler]] = [
+            ("POST", "/m2m_tokens", "m2m_create", lambda r, b: self.create_m2m(auth(r), b)),
+            ("POST", "/m2m_tokens/verify", "m2m_verify", lambda r, b: self.verify_m2m(auth(r), b)),
+            (
+                "POST",
+                "/m2m_tokens/{token_id}/revoke",
+                "m2m_revoke",
+                lambda r, b: self.revoke_m2m(auth(r), r.match_info["token_id"], b),
+            ),
+            (
+                "POST",
+                "/oauth_applications/access_tokens/verify",
+                "oauth_verify",
+                lambda r, b: self.verify_oauth(auth(r), b),
+            ),
+            (
+                "POST",
+                "/api_keys/verify",
+                "api_key_verify",
+                lambda r, b: self.verify_api_key(auth(r), b),
+            ),
+            ("GET", "/jwks", "jwks", lambda r, b: self.jwks(auth(r))),
+        ]
+        app = web.Application()
+        for method, path, endpoint, handler in clerk:
+            route = self._clerk_route(endpoint, handler)
+            app.router.add_route(method, "/v1" + path, route)
+            app.router.add_route(method, path, route)
+        control = EmulatorControl(self)
+        app.router.add_get("/__emulator/calls", control.calls)
+        app.router.add_get("/__emulator/faults", control.get_faults)
+        app.router.add_post("/__emulator/faults", control.set_fault)
+        app.router.add_delete("/__emulator/faults", control.clear_faults)
+        app.router.add_post("/__emulator/reset", control.reset)
+        app.router.add_post("/__emulator/machines", control.machines)
+        app.router.add_post("/__emulator/m2m_tokens", control.m2m_tokens)
+        app.router.add_post("/__emulator/session_tokens", control.session_tokens)
+        app.router.add_post("/__emulator/api_keys", control.api_keys)
+        app.router.add_post("/__emulator/oauth_tokens", control.oauth_tokens)
+        app.router.add_route("*", "/{tail:.*}", _unknown_route)
+        return app
+
+
+def _authorization(request: web.Request) -> str | None:
+    return request.headers.get("Authorization")
+
+
+def _json(answer: Answer) -> web.Response:
+    return web.json_response(dict(answer.body), status=answer.status, headers=answer.headers)
+
+
+def _drop(request: web.Request) -> web.StreamResponse:
+    """Close the socket with no HTTP answer: the client sees a disconnect, as when Clerk is
+    unreachable mid-request."""
+    if request.transport is not None:
+        request.transport.close()
+    # aiohttp cannot write to a closed transport and drops the response quietly.
+    return web.Response(status=500)
+
+
+async def _unknown_route(request: web.Request) -> web.Response:
+    return _json(not_found())
+
+
+def _bad(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
+
+
+def _bad_options(required: str, exc: Exception) -> web.Response:
+    detail = f"{type(exc).__name__}: {exc}"[:200]
+    return _bad(f'"{required}" is required; other keys are the Python method\'s options ({detail})')
+
+
+class EmulatorControl:
+    """`/__emulator/...`: not Clerk's API; the Python API, over HTTP, for other processes."""
+
+    def __init__(self, emu: ClerkEmulator) -> None:
+        self.emu = emu
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        body = parse_body(await request.read())
+        if isinstance(body, Answer):
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "body must be a JSON object"}),
+                content_type="application/json",
+            )
+        return body
+
+    async def calls(self, request: web.Request) -> web.Response:
+        return web.json_response(dict(self.emu.calls))
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response({k: asdict(f) for k, f in self.emu.faults.items()})
+
+    async def set_fault(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        kind = body.pop("kind", None)
+        if not isinstance(kind, str):
+            return _bad('"kind" is required')
+        try:
+            self.emu.set_fault(kind, **body)
+        except (TypeError, ValueError) as exc:
+            return _bad(str(exc))
+        return await self.get_faults(request)
+
+    async def clear_faults(self, request: web.Request) -> web.Response:
+        self.emu.clear_faults()
+        return web.json_response({})
+
+    async def reset(self, request: web.Request) -> web.Response:
+        """Faults and call counts back to zero; machines and tokens stay."""
+        self.emu.clear_faults()
+        self.emu.calls.clear()
+        return web.json_response({})
+
+    async def machines(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        name, scoped = body.get("name", "machine"), body.get("scoped_machines", [])
+        if not isinstance(name, str) or not isinstance(scoped, list):
+            return _bad('"name" must be a string and "scoped_machines" a list')
+        return web.json_response(asdict(self.emu.create_machine(name, scoped)))
+
+    async def m2m_tokens(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        try:
+            issued = self.emu.create_m2m_token(body.pop("machine_id"), **body)
+        except (KeyError, TypeError, ValueError) as exc:
+            return _bad_options("machine_id", exc)
+        return web.json_response(asdict(issued))
+
+    async def session_tokens(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        try:
+            token = self.emu.mint_session_jwt(body.pop("user_id"), **body)
+        except (KeyError, TypeError, ValueError) as exc:
+            return _bad_options("user_id", exc)
+        return web.json_response({"token": token})
+
+    async def api_keys(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        try:
+            secret = self.emu.create_api_key(body.pop("subject"), **body)
+        except (KeyError, TypeError, ValueError) as exc:
+            return _bad_options("subject", exc)
+        return web.json_response({"secret": secret})
+
+    async def oauth_tokens(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        jwt_format = body.pop("token_format", "opaque") == "jwt"
+        try:
+            if jwt_format:
+                token = self.emu.mint_oauth_jwt(body.pop("user_id"), **body)
+            else:
+                token = self.emu.create_oauth_token(**body)
+        except (KeyError, TypeError, ValueError) as exc:
+            return _bad_options("user_id", exc)
+        return web.json_response({"token": token})
+
+
+def seed_demo(emu: ClerkEmulator) -> dict[str, str]:
+    """The `make demo` fixture: machine "scores-partner" may call machine "scores-api";
+    one opaque M2M token (24 h) for the partner."""
+    api = emu.create_machine("scores-api")
+    partner = emu.create_machine("scores-partner", scoped_machines=[api.id])
+    token = emu.create_m2m_token(partner.id, seconds_until_expiration=86400)
+    return {
+        "secret_key": emu.secret_key,
+        "scores_api_machine_id": api.id,
+        "scores_api_machine_secret_key": api.secret_key,
+        "scores_partner_machine_id": partner.id,
+        "scores_partner_machine_secret_key": partner.secret_key,
+        "m2m_token_id": token.id,
+        "m2m_token_secret": token.secret,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    emulator: ClerkEmulator
+    runner: web.AppRunner
+    url: str
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def serve(host: str, port: int, *, secret_key: str = DEFAULT_SECRET_KEY) -> Running:
+    """Start an emulator on host:port (0 picks a free port); `close()` the result to stop."""
+    emu = ClerkEmulator(secret_key)
+    runner = web.AppRunner(emu.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]  # the real port when 0 was asked for
+    return Running(emu, runner, f"http://{host}:{bound}")
+
+
+async def _run_forever(host: str, port: int, secret_key: str) -> None:
+    running = await serve(host, port, secret_key=secret_key)
+    seeded = seed_demo(running.emulator)
+    print(json.dumps({"url": running.url, **seeded}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await running.close()
+
+
+def run_emulator(host: str, port: int, secret_key: str) -> None:
+    """Blocking: serve until SIGINT/SIGTERM; prints the seeded demo tokens as one JSON line."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_run_forever(host, port, secret_key))
+    sys.stdout.flush()

@@ -1,0 +1,407 @@
+"""The state of one emulated Clerk instance and the rules of its API, without I/O.
+
+`ClerkInstance` owns the instance secret key, its RSA signing key, machines and issued
+tokens, and answers each Backend API call as an `Answer` from the `Authorization` value
+and the raw request body. `emulator` only adds HTTP, faults and call counting, so every
+rule here is one the real Clerk applies (NOTES.md "Clerk Backend API"): which key may
+see which token (404 otherwise), revoked/expired answered as 200 with flags, JWTs
+signed with the instance key.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import string
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from proxy.emulator.wire import (
+    Answer,
+    TokenKind,
+    TokenRecord,
+    bad_instance_key,
+    bad_machine_key,
+    bearer,
+    not_found,
+    param_invalid,
+    param_missing,
+    parse_body,
+)
+
+BASE62: Final = string.ascii_letters + string.digits
+# Clerk marks JWT-format M2M tokens with this header claim.
+M2M_JWT_CAT: Final = "cl_B7d4PD333AAA"
+DEFAULT_USER: Final = "user_2emulatorDefaultUser000001"
+DEFAULT_CLIENT_ID: Final = "oauth_client_emulator"
+DEFAULT_AZP: Final = "http://localhost:3000"
+# The emulator's instance key unless told otherwise (demo, docs and tests use it).
+DEFAULT_SECRET_KEY: Final = "sk_test_emulator"
+
+
+def b62(n: int) -> str:
+    return "".join(secrets.choice(BASE62) for _ in range(n))
+
+
+def _b64url_uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Machine:
+    id: str
+    secret_key: str
+    name: str = ""
+    scoped_machines: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    id: str
+    secret: str
+    expiration_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who called: the instance itself (secret key) or one machine (its `ak_` key)."""
+
+    machine: Machine | None
+
+
+class ClerkInstance:
+    """One Clerk instance: keys, machines, opaque tokens and the rules of its API."""
+
+    def __init__(
+        self, secret_key: str = DEFAULT_SECRET_KEY, *, now: Callable[[], float] = time.time
+    ) -> None:
+        self.secret_key = secret_key
+        self.now = now
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = "ins_" + b62(27)
+        self.issuer = f"https://emulator-{secrets.token_hex(4)}.clerk.accounts.dev"
+        numbers = self.private_key.public_key().public_numbers()
+        self.public_jwk: dict[str, str] = {
+            "use": "sig",
+            "kty": "RSA",
+            "kid": self.kid,
+            "alg": "RS256",
+            "n": _b64url_uint(numbers.n),
+            "e": _b64url_uint(numbers.e),
+        }
+        self.machines: dict[str, Machine] = {}
+        self._machine_keys: dict[str, Machine] = {}
+        self._by_secret: dict[str, TokenRecord] = {}
+        self._by_id: dict[str, TokenRecord] = {}
+
+    def now_ms(self) -> int:
+        return int(self.now() * 1000)
+
+    # -- minting (the Python API tests use) -----------------------------------------
+
+    def create_machine(self, name: str, scoped_machines: Iterable[str] = ()) -> Machine:
+        machine = Machine("mch_" + b62(27), "ak_" + b62(40), name, tuple(scoped_machines))
+        self.machines[machine.id] = machine
+        self._machine_keys[machine.secret_key] = machine
+        return machine
+
+    def _store(self, secret: str, record: TokenRecord) -> None:
+        self._by_secret[secret] = record
+        self._by_id[record.id] = record
+
+    def _expiry(self, seconds: float | None) -> int | None:
+        return None if seconds is None else self.now_ms() + int(seconds * 1000)
+
+    def create_m2m_token(
+        self,
+        machine_id: str,
+        *,
+        scopes: Iterable[str] | None = None,
+        seconds_until_expiration: float | None = None,
+        claims: Mapping[str, Any] | None = None,
+    ) -> IssuedToken:
+        # An unknown machine id is allowed: tests may want a subject no machine owns.
+        machine = self.machines.get(machine_id, Machine(machine_id, ""))
+        now = self.now_ms()
+        record = TokenRecord(
+            kind="m2m",
+            id="mt_" + secrets.token_hex(16),
+            subject=machine_id,
+            scopes=list(machine.scoped_machines if scopes is None else scopes),
+            claims=dict(claims) if claims is not None else None,
+            expiration_ms=self._expiry(seconds_until_expiration),
+            created_ms=now,
+            updated_ms=now,
+        )
+        # Longer than an id and base62, so a secret can never look like `mt_` + 32 hex.
+        secret = "mt_" + b62(48)
+        self._store(secret, record)
+        return IssuedToken(record.id, secret, record.expiration_ms)
+
+    def revoke_m2m_token(self, token_id: str, reason: str | None = None) -> None:
+        record = self._by_id.get(token_id)
+        if record is None:
+            raise KeyError(f"unknown token id {token_id!r}")
+        record.revoked = True
+        record.revocation_reason = reason
+        record.updated_ms = self.now_ms()
+
+    def create_oauth_token(
+        self,
+        user_id: str = DEFAULT_USER,
+        *,
+        scopes: Iterable[str] = (),
+        client_id: str = DEFAULT_CLIENT_ID,
+        expires_in: float | None = 3600,
+    ) -> str:
+        now = self.now_ms()
+        record = TokenRecord(
+            kind="oauth",
+            id="oat_" + b62(27),
+            subject=user_id,
+            scopes=list(scopes),
+            claims=None,
+            expiration_ms=self._expiry(expires_in),
+            created_ms=now,
+            updated_ms=now,
+            client_id=client_id,
+        )
+        secret = "oat_" + b62(40)
+        self._store(secret, record)
+        return secret
+
+    def create_api_key(
+        self,
+        subject: str,
+        *,
+        scopes: Iterable[str] = (),
+        claims: Mapping[str, Any] | None = None,
+        expires_in: float | None = None,
+        name: str = "emulator key",
+    ) -> str:
+        now = self.now_ms()
+        record = TokenRecord(
+            kind="api_key",
+            id="ak_" + b62(27),
+            subject=subject,
+            scopes=list(scopes),
+            claims=dict(claims) if claims is not None else None,
+            expiration_ms=self._expiry(expires_in),
+            created_ms=now,
+            updated_ms=now,
+            name=name,
+            created_by=subject if subject.startswith("user_") else None,
+        )
+        secret = "ak_" + b62(40)
+        self._store(secret, record)
+        return secret
+
+    def mint_jwt(self, claims: Mapping[str, Any], headers: Mapping[str, Any] | None = None) -> str:
+        """Sign anything with the instance key; `headers` override the default kid/typ."""
+        head: dict[str, Any] = {"kid": self.kid, "typ": "JWT", **(headers or {})}
+        return jwt.encode(dict(claims), self.private_key, algorithm="RS256", headers=head)
+
+    def _times(self, expires_in: float) -> dict[str, int]:
+        now = int(self.now())
+        return {"iat": now, "nbf": now, "exp": now + int(expires_in)}
+
+    def mint_session_jwt(
+        self,
+        user_id: str,
+        *,
+        sid: str | None = None,
+        azp: str | None = None,
+        expires_in: float = 60,
+        org_id: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        kid: str | None = None,
+    ) -> str:
+        claims: dict[str, Any] = {
+            "azp": azp or DEFAULT_AZP,
+            "iss": self.issuer,
+            "sub": user_id,
+            "sid": sid or "sess_" + b62(27),
+            "jti": secrets.token_hex(10),
+            "v": 2,
+            **self._times(expires_in),
+        }
+        if org_id:
+            claims["o"] = {"id": org_id, "rol": "member", "slg": org_id.removeprefix("org_")}
+        claims.update(extra or {})
+        return self.mint_jwt(claims, {"kid": kid} if kid else None)
+
+    def mint_m2m_jwt(
+        self, machine_id: str, *, scopes: Iterable[str] = (), expires_in: float = 3600
+    ) -> str:
+        scope_list = list(scopes)
+        if not scope_list and machine_id in self.machines:
+            scope_list = list(self.machines[machine_id].scoped_machines)
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": machine_id,
+            "jti": "mt_" + secrets.token_hex(16),
+            **self._times(expires_in),
+        }
+        if scope_list:
+            claims["scopes"] = " ".join(scope_list)
+        return self.mint_jwt(claims, {"cat": M2M_JWT_CAT})
+
+    def mint_oauth_jwt(
+        self,
+        user_id: str,
+        *,
+        scopes: Iterable[str] = (),
+        client_id: str = DEFAULT_CLIENT_ID,
+        expires_in: float = 3600,
+    ) -> str:
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": user_id,
+            "client_id": client_id,
+            "jti": "oat_" + b62(27),
+            "scope": " ".join(scopes),
+            **self._times(expires_in),
+        }
+        return self.mint_jwt(claims, {"typ": "at+jwt"})
+
+    # -- the Backend API --------------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> Caller | Answer:
+        key = bearer(authorization)
+        # Bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
+        if key is not None and secrets.compare_digest(
+            key.encode(errors="replace"), self.secret_key.encode()
+        ):
+            return Caller(None)
+        if key is not None and key.startswith("ak_"):
+            machine = self._machine_keys.get(key)
+            return Caller(machine) if machine else bad_machine_key()
+        return bad_instance_key()
+
+    def _verify(
+        self, kind: TokenKind, field_names: tuple[str, ...], raw: bytes, caller: Caller
+    ) -> Answer:
+        body = parse_body(raw)
+        if isinstance(body, Answer):
+            return body
+        value = next((body[n] for n in field_names if n in body), None)
+        if value is None:
+            return param_missing(field_names[0])
+        if not isinstance(value, str) or not value:
+            return param_invalid(field_names[0], "must be a non-empty string")
+        record = self._by_secret.get(value)
+        if record is None or record.kind != kind:
+            return not_found()
+        # A machine only sees tokens meant for it; Clerk does not say the token exists.
+        if caller.machine and caller.machine.id not in record.scopes:
+            return not_found()
+        now = self.now_ms()
+        if not record.revoked and not (record.expiration_ms and record.expiration_ms <= now):
+            record.last_used_ms = now
+        return Answer(200, record.body(now))
+
+    def verify_m2m(self, authorization: str | None, raw: bytes) -> Answer:
+        caller = self.authenticate(authorization)
+        if isinstance(caller, Answer):
+            return caller
+        return self._verify("m2m", ("token", "secret"), raw, caller)
+
+    def verify_oauth(self, authorization: str | None, raw: bytes) -> Answer:
+        caller = self.authenticate(authorization)
+        if isinstance(caller, Answer):
+            return caller
+        if caller.machine:
+            return bad_instance_key()
+        return self._verify("oauth", ("access_token",), raw, caller)
+
+    def verify_api_key(self, authorization: str | None, raw: bytes) -> Answer:
+        caller = self.authenticate(authorization)
+        if isinstance(caller, Answer):
+            return caller
+        if caller.machine:
+            return bad_instance_key()
+        return self._verify("api_key", ("secret",), raw, caller)
+
+    def create_m2m(self, authorization: str | None, raw: bytes) -> Answer:
+        caller = self.authenticate(authorization)
+        if isinstance(caller, Answer):
+            return caller
+        body = parse_body(raw)
+        if isinstance(body, Answer):
+            return body
+        machine = caller.machine
+        if machine is None:  # the instance key names the machine in the body
+            key = body.get("machine_secret_key")
+            if key is None:
+                return param_missing("machine_secret_key")
+            machine = self._machine_keys.get(key) if isinstance(key, str) else None
+            if machine is None:
+                return bad_machine_key()
+        seconds = body.get("seconds_until_expiration")
+        if seconds is not None and (
+            isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0
+        ):
+            return param_invalid("seconds_until_expiration", "must be a positive number")
+        claims = body.get("claims")
+        if claims is not None and not isinstance(claims, dict):
+            return param_invalid("claims", "must be an object")
+        token_format = body.get("token_format", "opaque")
+        if token_format not in ("opaque", "jwt"):
+            return param_invalid("token_format", 'must be "opaque" or "jwt"')
+        if token_format == "jwt":
+            return self._create_m2m_jwt(machine, seconds, claims)
+        issued = self.create_m2m_token(machine.id, seconds_until_expiration=seconds, claims=claims)
+        record = self._by_id[issued.id]
+        return Answer(200, {**record.body(self.now_ms()), "token": issued.secret})
+
+    def _create_m2m_jwt(
+        self, machine: Machine, seconds: float | None, claims: dict[str, Any] | None
+    ) -> Answer:
+        lifetime = seconds if seconds is not None else 3600
+        token = self.mint_m2m_jwt(machine.id, expires_in=lifetime)
+        payload = jwt.decode(token, options={"verify_signature": False})
+        now = self.now_ms()
+        record = TokenRecord(
+            kind="m2m",
+            id=payload["jti"],
+            subject=machine.id,
+            scopes=list(machine.scoped_machines),
+            claims=claims,
+            expiration_ms=payload["exp"] * 1000,
+            created_ms=now,
+            updated_ms=now,
+        )
+        # JWT-format tokens are verified locally and cannot be revoked: nothing is stored.
+        return Answer(200, {**record.body(now), "token": token})
+
+    def revoke_m2m(self, authorization: str | None, token_id: str, raw: bytes) -> Answer:
+        caller = self.authenticate(authorization)
+        if isinstance(caller, Answer):
+            return caller
+        body = parse_body(raw)
+        if isinstance(body, Answer):
+            return body
+        reason = body.get("revocation_reason")
+        if reason is not None and not isinstance(reason, str):
+            return param_invalid("revocation_reason", "must be a string")
+        record = self._by_id.get(token_id)
+        if record is None or record.kind != "m2m":
+            return not_found()
+        if caller.machine and caller.machine.id not in (record.subject, *record.scopes):
+            return not_found()
+        self.revoke_m2m_token(token_id, reason)
+        return Answer(200, record.body(self.now_ms()))
+
+    def jwks(self, authorization: str | None) -> Answer:
+        caller = self.authenticate(authorization)
+        if isinstance(caller, Answer):
+            return caller
+        return (
+            bad_instance_key() if caller.machine else Answer(200, {"keys": [dict(self.public_jwk)]})
+        )

@@ -1,0 +1,410 @@
+"""The fast path: the client-facing listener, taking plain API requests itself.
+
+Each client connection starts as a `FrontDoor`. For a request its `http1.HeadParser`
+accepts (HTTP/1.1, no body, no upgrade, not Socket.IO), it runs the same request path
+as `Proxy.handle` — route → authenticate (cache first) → admit → forward → finished —
+with callbacks instead of coroutines, and relays the answer from a raw upstream
+connection (`upstream`). A cache hit costs no task, future or header object beyond the
+rewrite itself. The first request it does not accept is handed, with every byte still
+unread, to aiohttp's own protocol for that connection (`transport.set_protocol`), which
+then owns the connection for good: bodies, WebSockets, Socket.IO, oddities. The
+listener that makes them, sweeps idle ones and drains them is `listener`.
+
+Requests on one connection are answered in order, one at a time (pipelined requests
+wait in the buffer), exactly like aiohttp's server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Final, cast
+
+from proxy.auth import tokens
+from proxy.core.errors import ProxyError
+from proxy.core.principal import ANONYMOUS, Principal, Recent
+from proxy.fastpath.upstream_head import UpstreamHeads
+from proxy.http import http1
+from proxy.http.headers import ClientHop, client_items
+from proxy.http.upstream import IDEMPOTENT, UpstreamConnection, UpstreamPool
+from proxy.request.app import Authenticated, Proxy, Routed
+from proxy.request.runtime import Runtime
+
+log = logging.getLogger("proxy")
+
+# aiohttp's keep-alive default: an idle client connection (or one stuck mid-head) is
+# closed after this long.
+KEEPALIVE: Final = 75.0
+# Pipelined bytes buffered while a request is answered before reading pauses.
+MAX_BUFFER: Final = 64 * 1024
+SOCKETIO_PREFIX: Final = "/socket.io/"
+# Answers up to this size are held until complete and sent in one write, so an upstream
+# dying mid-body still gets a 502 instead of a short 200 (as in `forward`).
+SMALL_BODY: Final = 64 * 1024
+# Final: a C static under mypyc, where `time.perf_counter()` is a module lookup per call
+# (four clock reads a request).
+_perf_counter: Final = time.perf_counter
+_monotonic: Final = time.monotonic
+
+
+def _reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+class FrontDoor(asyncio.Protocol):
+    def __init__(
+        self,
+        proxy: Proxy,
+        connections: set[FrontDoor],
+        aiohttp_protocol: Callable[[], asyncio.Protocol],
+    ) -> None:
+        # The listener's set of live connections (it sweeps and drains them) and its
+        # aiohttp handler factory: passed in, so this module does not import the listener.
+        self._connections = connections
+        self._aiohttp_protocol = aiohttp_protocol
+        self._proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._peer = ""
+        self._hop = ClientHop("", "http", None)
+        self._parser = http1.HeadParser()
+        self._busy = False
+        self._in_next = False
+        self._reading_paused = False
+        self.idle_since = _monotonic()
+        self.closing = False
+        # The exchange in flight.
+        self._head: http1.RequestHead | None = None
+        self._rt: Runtime | None = None
+        self._route_name = "unmatched"
+        self._principal: Principal = ANONYMOUS
+        self._recent = Recent()
+        # The last Authorization values and the bearer token they gave: a keep-alive
+        # partner sends the same header on every request (see `bearer`).
+        self._last_authorization: Sequence[str] = ()
+        self._last_token: str | None = None
+        self._started = 0.0
+        self._upstream: UpstreamConnection | None = None
+        self._upstream_head = b""
+        self._heads = UpstreamHeads()
+        self._upstream_started = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._out: list[bytes] = []
+        self._chunked = False
+        self._status = 0
+        self._head_sent = False
+        self._holding = False
+        self._keep_alive = True
+        self._retry = False
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if isinstance(peer, tuple) else ""
+        self._hop = ClientHop(self._peer, "http", None)
+        self._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if self._busy:
+            if len(self._buffer) > MAX_BUFFER and self.transport is not None:
+                self._reading_paused = True
+                self.transport.pause_reading()
+            return
+        self._next()
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes still gets the answer in flight, then the close.
+        if not self._busy and self.transport is not None:
+            self.transport.close()
+        self.closing = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self.transport = None
+        if not self._busy:
+            return
+        # The client went away mid-exchange: drop the upstream leg, count it as 499.
+        if self._task is not None:
+            self._task.cancel()
+        if self._upstream is not None:
+            self._upstream.abandon()
+            self._upstream = None
+        self._finish(499)
+
+    def pause_writing(self) -> None:
+        if self._upstream is not None:
+            self._upstream.pause()
+
+    def resume_writing(self) -> None:
+        if self._upstream is not None:
+            self._upstream.resume()
+
+    # --- reading requests -------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Take the next request in the buffer, if a whole head is there."""
+        if self._in_next:
+            return
+        self._in_next = True
+        try:
+            while not self._busy and self.transport is not None and not self.closing:
+                end = self._buffer.find(http1.HEAD_END)
+                if end < 0:
+                    if len(self._buffer) > http1.MAX_HEAD:
+                        self._hand_off()
+                    return
+                end += len(http1.HEAD_END)
+                head = self._parser.parse(bytes(self._buffer[:end]))
+                if head is None or not self._start(head, end):
+                    self._hand_off()
+                    return
+            if not self._busy and self.closing and self.transport is not None:
+                self.transport.close()
+        finally:
+            self._in_next = False
+            if self._reading_paused and len(self._buffer) <= MAX_BUFFER and self.transport:
+                self._reading_paused = False
+                self.transport.resume_reading()
+
+    def _hand_off(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._connections.discard(self)
+        handler = self._aiohttp_protocol()
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        self.transport = None
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if data:
+            handler.data_received(data)
+
+    # --- the request path (see Proxy.handle for the same steps in aiohttp) ---------------
+
+    def _start(self, head: http1.RequestHead, head_size: int) -> bool:
+        """Run the request path for `head`; False (nothing done) when aiohttp must."""
+        self._busy = True
+        self._head = head
+        self._started = _perf_counter()
+        self._route_name = "unmatched"
+        self._principal = ANONYMOUS
+        self._keep_alive = head.keep_alive
+        self._head_sent = False
+        self._holding = False
+        self._out = []
+        rt = self._rt = self._proxy.runtime
+        hop = self._hop
+        if hop.host != head.host:
+            hop = self._hop = ClientHop(self._peer, "http", head.host)
+        try:
+            routed = self._proxy.route(rt, head.method, head.target, self, hop)
+        except ProxyError as refusal:
+            del self._buffer[:head_size]
+            self._refuse(refusal)
+            return True
+        if routed.resolved.path.startswith(SOCKETIO_PREFIX):
+            # Socket.IO polling carries CONNECT packets and grants: aiohttp's side has that
+            # logic. Judged on the normalized path, so no spelling slips past.
+            self._busy = False
+            return False
+        del self._buffer[:head_size]
+        self._route_name = routed.route.name
+        try:
+            authenticated = self._proxy.authenticate_cached(rt, routed, self._recent)
+            if authenticated is None:
+                self._task = asyncio.ensure_future(self._authenticate(rt, routed, hop))
+                return True
+            self._admitted(rt, routed, authenticated, hop)
+        except ProxyError as refusal:
+            self._refuse(refusal)
+        return True
+
+    async def _authenticate(self, rt: Runtime, routed: Routed, hop: ClientHop) -> None:
+        try:
+            authenticated = await self._proxy.authenticate(rt, routed)
+            self._task = None
+            self._admitted(rt, routed, authenticated, hop)
+        except ProxyError as refusal:
+            self._task = None
+            self._refuse(refusal)
+
+    def _admitted(
+        self, rt: Runtime, routed: Routed, authenticated: Authenticated, hop: ClientHop
+    ) -> None:
+        if self.transport is None:
+            return
+        head = self._head
+        assert head is not None
+        principal = self._principal = self._proxy.authorize(rt, routed, authenticated)
+        default_host = None if head.host is not None else self._proxy.fast_pool.authority
+        self._upstream_head = self._heads.build(
+            rt, head, principal, hop, routed.resolved, default_host
+        )
+        self._send_upstream(retry=head.method in IDEMPOTENT)
+
+    def _send_upstream(self, *, retry: bool) -> None:
+        pool = self._proxy.fast_pool
+        self._upstream_started = _perf_counter()
+        conn = pool.take()
+        if conn is None:
+            self._task = asyncio.ensure_future(self._connect(pool, retry))
+            return
+        self._upstream = conn
+        self._retry = retry
+        conn.send(self._upstream_head, self)
+
+    async def _connect(self, pool: UpstreamPool, retry: bool) -> None:
+        try:
+            conn = await pool.connect()
+        except ProxyError as refusal:
+            self._task = None
+            self._count_upstream_error(refusal)
+            self._refuse(refusal)
+            return
+        self._task = None
+        if self.transport is None:  # the client left while we connected
+            pool.release(conn)
+            return
+        self._upstream = conn
+        # A fresh connection that fails gets no second try.
+        self._retry = retry and conn.reused
+        conn.send(self._upstream_head, self)
+
+    def _refuse(self, refusal: ProxyError) -> None:
+        if self.transport is not None:
+            self.transport.write(
+                http1.simple_response(
+                    refusal.status,
+                    _reason(refusal.status),
+                    refusal.headers().items(),
+                    refusal.body(),
+                    close=not self._keep_alive,
+                )
+            )
+        self._done(refusal.status)
+
+    def _count_upstream_error(self, refusal: ProxyError) -> None:
+        kind = "timeout" if refusal.status == 504 else "unavailable"
+        self._proxy.metrics.upstream_errors.labels(kind=kind).inc()
+
+    # --- upstream.Sink ---------------------------------------------------------------------
+
+    def response_head(self, status: int, head: bytes, block: bytes, framing: http1.Framing) -> None:
+        self._proxy.metrics.upstream_duration.observe(_perf_counter() - self._upstream_started)
+        self._status = status
+        self._chunked = framing.has_body and framing.chunked
+        self._holding = framing.length is not None and framing.length <= SMALL_BODY
+        if self.closing or self._proxy.draining:
+            self._keep_alive = False
+        self._out.append(
+            http1.client_head(
+                status, head, block, framing=framing, close=not self._keep_alive, clean=client_items
+            )
+        )
+
+    def response_body(self, data: bytes) -> None:
+        self._out.append(http1.chunk(data) if self._chunked else data)
+
+    def response_end(self) -> None:
+        if self._chunked:
+            self._out.append(http1.LAST_CHUNK)
+        self._upstream = None
+        self._holding = False
+        self.flush()
+        self._done(self._status)
+
+    def flush(self) -> None:
+        if self._holding or not self._out:
+            return
+        if self.transport is not None:
+            self.transport.write(b"".join(self._out))
+            self._head_sent = True
+        self._out.clear()
+
+    def upstream_failed(self, refusal: ProxyError, *, retryable: bool) -> None:
+        self._upstream = None
+        if self.transport is None:
+            return
+        if retryable and self._retry and not self._head_sent:
+            # A kept-alive connection the upstream had already closed: try once more.
+            self._retry = False
+            self._send_upstream(retry=False)
+            return
+        self._count_upstream_error(refusal)
+        if self._head_sent:
+            # Too late for a status: the client sees a truncated response.
+            self.transport.abort()
+            self._finish(self._status)
+            return
+        self._out.clear()
+        self._holding = False
+        self._refuse(refusal)
+
+    # --- app.HeadFields: what Proxy.route reads of the head --------------------------
+
+    def bearer(self, authorization: Sequence[str]) -> str | None:
+        """`tokens.extract_bearer`, remembered for the connection's last header (pure in
+        its values; refusals are not remembered, they raise each time)."""
+        if authorization and authorization == self._last_authorization:
+            return self._last_token
+        token = tokens.extract_bearer(authorization)
+        self._last_authorization, self._last_token = authorization, token
+        return token
+
+    def getall(self, name: str) -> Sequence[str]:
+        assert self._head is not None
+        if name == "Authorization":
+            return self._head.authorization
+        return http1.field_values(self._head.block, http1.values_pattern(name))
+
+    # --- end of an exchange -------------------------------------------------------------
+
+    def _finish(self, status: int) -> None:
+        if self._busy and self._rt is not None and self._head is not None:
+            self._proxy.finished(
+                self._rt,
+                self._route_name,
+                self._head.method,
+                status,
+                self._started,
+                self._principal,
+                self._peer,
+            )
+        self._busy = False
+        self._head = None
+        self._rt = None
+
+    def _done(self, status: int) -> None:
+        self._finish(status)
+        self.idle_since = _monotonic()
+        if self.transport is None:
+            return
+        if self.closing or not self._keep_alive or self._proxy.draining:
+            self.closing = True
+            self.transport.close()
+            return
+        if self._buffer:
+            self._next()
+
+    # --- lifetime ----------------------------------------------------------------------
+
+    def close_idle(self, now: float, *, force: bool = False) -> None:
+        if self.transport is None or self._busy:
+            return
+        if force or now - self.idle_since > KEEPALIVE:
+            self.closing = True
+            self.transport.close()

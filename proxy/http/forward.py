@@ -1,0 +1,210 @@
+"""Streaming HTTP forwarding to the upstream.
+
+Bodies pass through byte for byte in both directions and are never buffered whole:
+the client's framing is kept (Content-Length when it sent one), nothing is decompressed.
+Failures are mapped by *who* failed: the upstream (502/504, counted) or the client
+(gone mid-stream: the upstream request is cancelled and nothing is counted against it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.core import errors
+from proxy.core.errors import ProxyError
+from proxy.http.headers import for_client
+from proxy.observe.metrics import Metrics
+
+CHUNK = 64 * 1024
+# Answers up to this size (with a Content-Length) are read whole and sent in one write.
+SMALL_BODY = 64 * 1024
+
+
+class ClientGone(Exception):
+    """The downstream client went away; not an upstream failure."""
+
+
+def new_session(
+    *, connect_timeout: float, read_timeout: float, pool_size: int
+) -> aiohttp.ClientSession:
+    """The one pooled session per app: no cookie jar (it would replay one caller's
+    upstream cookies to the next), no decompression, no total timeout (long polls and
+    streams are legitimate), no automatic headers beyond what the client sent."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=pool_size, limit_per_host=pool_size, ttl_dns_cache=300
+        ),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        raise_for_status=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    base: URL
+
+    def url(self, path: str, query: str | None) -> URL:
+        """The upstream URL from the already-normalized path and the raw query,
+        both kept exactly as they are (encoded=True: no re-quoting)."""
+        target = path if query is None else f"{path}?{query}"
+        return URL(str(self.base) + target, encoded=True)
+
+
+def _body_length(request: web.Request) -> int | None:
+    value = request.headers.get("Content-Length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _too_large(limit: int) -> ProxyError:
+    return ProxyError(errors.PAYLOAD_TOO_LARGE, f"request body exceeds the limit of {limit} bytes")
+
+
+async def stream_request_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    """The client's body chunk by chunk, refused past `limit` (0: unlimited)."""
+    seen = 0
+    try:
+        async for chunk in request.content.iter_any():
+            seen += len(chunk)
+            if limit and seen > limit:
+                raise _too_large(limit)
+            yield chunk
+    except (ConnectionResetError, asyncio.IncompleteReadError, aiohttp.ClientPayloadError) as exc:
+        raise ClientGone() from exc
+
+
+async def read_request_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, for the few requests the proxy must rewrite (Socket.IO polling)."""
+    if limit and (length := _body_length(request)) is not None and length > limit:
+        raise _too_large(limit)
+    return b"".join([chunk async for chunk in stream_request_body(request, limit)])
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, kind):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+async def forward(
+    request: web.Request,
+    *,
+    session: aiohttp.ClientSession,
+    url: URL,
+    headers: CIMultiDict[str],
+    max_body_size: int,
+    timeouts: aiohttp.ClientTimeout,
+    metrics: Metrics,
+    body: bytes | None = None,
+) -> web.StreamResponse:
+    """Send `request` to `url` and stream the answer back. Raises ProxyError before the
+    response has started; after that, a failure can only abort the client connection.
+
+    `body` replaces the client's body when the proxy rewrote it (Socket.IO polling)."""
+    length = _body_length(request)
+    if max_body_size and length is not None and length > max_body_size:
+        raise _too_large(max_body_size)
+    data: AsyncIterator[bytes] | bytes | None = None
+    if body is not None:
+        data = body
+        headers["Content-Length"] = str(len(body))
+    elif request.body_exists:
+        data = stream_request_body(request, max_body_size)
+        if length is not None:
+            # Keep the client's framing: aiohttp only chunks when no length is given.
+            headers["Content-Length"] = str(length)
+    elif request.method not in ("GET", "HEAD", "DELETE", "OPTIONS", "TRACE"):
+        headers["Content-Length"] = "0"
+
+    started = time.perf_counter()
+    try:
+        upstream = await session.request(
+            request.method,
+            url,
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            timeout=timeouts,
+            compress=None,
+            chunked=None,
+        )
+    except ProxyError:
+        raise
+    except Exception as exc:
+        raise _map_upstream_error(exc, metrics) from None
+    metrics.upstream_duration.observe(time.perf_counter() - started)
+
+    try:
+        headers_out = for_client(upstream.headers.items())
+        length = upstream.content_length
+        if length is not None and length <= SMALL_BODY and _has_body(request, upstream.status):
+            # The common API answer: one read, one write of headers and body together.
+            try:
+                body = await upstream.read()
+            except Exception as exc:
+                raise _map_upstream_error(exc, metrics) from None
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, body=body, headers=headers_out
+            )
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(headers_out)
+        if not _has_body(request, upstream.status):
+            # No body on the wire; aiohttp must not invent chunked framing either.
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        if "Content-Length" not in response.headers and request.version >= (1, 1):
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
+            if _is_client_side(exc, request):
+                raise ClientGone() from exc
+            raise
+        await response.write_eof()
+        return response
+    finally:
+        upstream.release() if upstream.content.at_eof() else upstream.close()
+
+
+def _has_body(request: web.Request, status: int) -> bool:
+    return status not in (204, 304) and request.method != "HEAD"
+
+
+def _is_client_side(exc: BaseException, request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _map_upstream_error(exc: BaseException, metrics: Metrics) -> BaseException:
+    if _find(exc, ClientGone) is not None:
+        return ClientGone()
+    refusal = _find(exc, ProxyError)
+    if refusal is not None:
+        return refusal
+    if isinstance(exc, asyncio.CancelledError):
+        return exc
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError | aiohttp.ConnectionTimeoutError):
+        metrics.upstream_errors.labels(kind="timeout").inc()
+        return ProxyError(errors.UPSTREAM_TIMEOUT, "the upstream did not answer in time")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        metrics.upstream_errors.labels(kind="unavailable").inc()
+        return ProxyError(errors.UPSTREAM_UNAVAILABLE, "the upstream is unavailable")
+    return exc

@@ -1,0 +1,347 @@
+"""Header rewriting for both legs of the proxy. Pure: headers in, headers out.
+
+Order matters on the way up: hop-by-hop headers (including those a client names in
+`Connection`) and every client-sent identity header are removed *before* the proxy adds
+its own, so `Connection: X-Auth-Principal-Id` cannot delete what the proxy injects and a
+client cannot smuggle a principal in under any spelling.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from multidict import CIMultiDict, istr
+
+from proxy.core.principal import Principal
+from proxy.http.http1 import (
+    HOP_BY_HOP,
+    encode_fields,
+    field_values,
+    names_pattern,
+    parse_fields,
+    values_pattern,
+)
+
+# A client must not be able to turn a GET-only route into a POST (or vice versa) behind
+# the policy's back: the upstream framework may honour these.
+METHOD_OVERRIDE: frozenset[str] = frozenset(
+    {"x-http-method-override", "x-http-method", "x-method-override"}
+)
+
+# Only meaningful from a trusted hop; from anyone else they are spoofable.
+FORWARDING: frozenset[str] = frozenset(
+    {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"}
+)
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+X_FORWARDED_FOR = istr("X-Forwarded-For")
+X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
+X_FORWARDED_HOST = istr("X-Forwarded-Host")
+# Distinct Principals rendered before the memo starts over (cache hits repeat a few).
+RENDER_MEMO_SIZE = 4096
+
+
+def connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    """Header names listed in (possibly several) `Connection` headers, lower-cased."""
+    names: set[str] = set()
+    for value in values:
+        for token in value.split(","):
+            token = token.strip().lower()
+            if token:
+                names.add(token)
+    return frozenset(names)
+
+
+def identity_prefix(prefix: str) -> str:
+    """The comparison form of the configured prefix: lower-case, `_` read as `-`."""
+    return prefix.lower().replace("_", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalHeaders:
+    """The injected header names for one configured prefix, built once per config."""
+
+    prefix_cmp: str
+    type: istr
+    id: istr
+    token_type: istr
+    token_id: istr
+    scopes: istr
+    claims: istr
+
+    @classmethod
+    def for_prefix(cls, prefix: str) -> PrincipalHeaders:
+        return cls(
+            prefix_cmp=identity_prefix(prefix),
+            type=istr(prefix + "Principal-Type"),
+            id=istr(prefix + "Principal-Id"),
+            token_type=istr(prefix + "Token-Type"),
+            token_id=istr(prefix + "Token-Id"),
+            scopes=istr(prefix + "Scopes"),
+            claims=istr(prefix + "Claims"),
+        )
+
+    # The rendering of recently seen Principals: cache hits return the same Principal
+    # object, so the hot path renders each one once. Keyed by id(), with the object kept
+    # beside it so the id cannot be reused while the memo holds it.
+    _memo: dict[int, tuple[Principal, tuple[tuple[istr, str], ...], bytes]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def render(self, principal: Principal) -> tuple[tuple[istr, str], ...]:
+        return self._rendered(principal)[1]
+
+    def render_block(self, principal: Principal) -> bytes:
+        """`render` as a field block (`http1`), for the fast path."""
+        return self._rendered(principal)[2]
+
+    def _rendered(
+        self, principal: Principal
+    ) -> tuple[Principal, tuple[tuple[istr, str], ...], bytes]:
+        kept = self._memo.get(id(principal))
+        if kept is not None and kept[0] is principal:
+            return kept
+        pairs = self._render(principal)
+        if len(self._memo) >= RENDER_MEMO_SIZE:
+            self._memo.clear()
+        kept = self._memo[id(principal)] = (principal, pairs, encode_fields(pairs))
+        return kept
+
+    def _render(self, principal: Principal) -> tuple[tuple[istr, str], ...]:
+        out: list[tuple[istr, str]] = [(self.type, principal.type)]
+        if principal.id:
+            out.append((self.id, principal.id))
+        if principal.token_type:
+            out.append((self.token_type, principal.token_type))
+        if principal.token_id:
+            out.append((self.token_id, principal.token_id))
+        if not principal.is_anonymous:
+            out.append((self.scopes, " ".join(sorted(principal.scopes))))
+        if principal.claims_json:
+            out.append((self.claims, principal.claims_json))
+        return tuple(out)
+
+
+class ClientHop:
+    """What the proxy knows about the connection the request arrived on. Immutable
+    (`Final`). A plain class: the request path reads it on every request, and compiled,
+    its fields are read directly where a NamedTuple's go through a descriptor lookup."""
+
+    __slots__ = ("host", "peer_ip", "scheme")
+
+    def __init__(self, peer_ip: str, scheme: str, host: str | None) -> None:
+        self.peer_ip: Final = peer_ip
+        self.scheme: Final = scheme
+        self.host: Final = host
+
+    def __repr__(self) -> str:
+        return f"ClientHop({self.peer_ip!r}, {self.scheme!r}, {self.host!r})"
+
+
+def is_trusted(ip: str, trusted: Sequence[Network]) -> bool:
+    if not trusted:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in trusted)
+
+
+def client_ip(hop: ClientHop, xff_values: Sequence[str], trusted: Sequence[Network]) -> str:
+    """The address the request is attributed to (per-IP budget, logs).
+
+    Walk X-Forwarded-For from the right while hops are trusted proxies; the first
+    untrusted address is the client. Without trusted proxies this is the peer.
+    """
+    if not is_trusted(hop.peer_ip, trusted):
+        return hop.peer_ip
+    chain = [p.strip() for v in xff_values for p in v.split(",") if p.strip()]
+    for candidate in reversed(chain):
+        if not is_trusted(candidate, trusted):
+            return candidate
+    return chain[0] if chain else hop.peer_ip
+
+
+# What is always dropped on the way up, by (peer is a trusted proxy, forward Authorization).
+_UPSTREAM_DROP: dict[tuple[bool, bool], frozenset[str]] = {
+    (trusted, keep_auth): HOP_BY_HOP
+    | METHOD_OVERRIDE
+    | (frozenset() if trusted else FORWARDING)
+    | (frozenset() if keep_auth else frozenset({"authorization"}))
+    for trusted in (False, True)
+    for keep_auth in (False, True)
+}
+
+
+def _without_connection_named(
+    kept: list[tuple[str, str, str]], connection: list[str]
+) -> list[tuple[str, str, str]]:
+    named = connection_tokens(connection)
+    return [item for item in kept if item[2] not in named]
+
+
+def upstream_items(
+    incoming: CIMultiDict[str] | Iterable[tuple[str, str]],
+    *,
+    principal: Principal,
+    names: PrincipalHeaders,
+    hop: ClientHop,
+    trusted: Sequence[Network],
+    forward_authorization: bool,
+    default_host: str | None = None,
+) -> list[tuple[str, str]]:
+    """Headers to send upstream: cleaned of hop-by-hop, identity, override and (from
+    untrusted peers) forwarding headers; then the principal and X-Forwarded-* added.
+    One pass over the client's headers: this runs on every request."""
+    items = incoming.items() if isinstance(incoming, CIMultiDict) else incoming
+    from_trusted = is_trusted(hop.peer_ip, trusted)
+    drop = _UPSTREAM_DROP[(from_trusted, forward_authorization)]
+    prefix = names.prefix_cmp
+    kept: list[tuple[str, str, str]] = []
+    connection: list[str] = []
+    prior_xff: list[str] = []
+    has_proto = has_host = has_fwd_host = False
+    for name, value in items:
+        lname = name.lower()
+        if lname in drop:
+            if lname == "connection":
+                connection.append(value)
+            continue
+        if lname.replace("_", "-").startswith(prefix):
+            continue
+        if lname == "x-forwarded-for":
+            prior_xff.append(value)
+            continue
+        kept.append((name, value, lname))
+    if connection:
+        kept = _without_connection_named(kept, connection)
+    out: list[tuple[str, str]] = []
+    for name, value, lname in kept:
+        if lname == "host":
+            has_host = True
+        elif lname == "x-forwarded-proto":
+            has_proto = True
+        elif lname == "x-forwarded-host":
+            has_fwd_host = True
+        out.append((name, value))
+    out.extend(names.render(principal))
+    out.append((X_FORWARDED_FOR, ", ".join([*prior_xff, hop.peer_ip])))
+    if not has_proto:
+        out.append((X_FORWARDED_PROTO, hop.scheme))
+    if not has_fwd_host and hop.host:
+        out.append((X_FORWARDED_HOST, hop.host))
+    if not has_host and default_host is not None:
+        out.append(("Host", default_host))
+    return out
+
+
+def client_items(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Response headers to send back: hop-by-hop (and `Connection`-named) removed.
+
+    Content-Length stays: the proxy streams the body with the upstream's framing."""
+    kept: list[tuple[str, str, str]] = []
+    connection: list[str] = []
+    for name, value in upstream:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == "connection":
+                connection.append(value)
+            continue
+        kept.append((name, value, lname))
+    if connection:
+        kept = _without_connection_named(kept, connection)
+    return [(name, value) for name, value, _ in kept]
+
+
+def for_client(upstream: CIMultiDict[str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    items = upstream.items() if isinstance(upstream, CIMultiDict) else upstream
+    return CIMultiDict(client_items(items))
+
+
+_CONNECTION: Final = values_pattern("connection")
+_X_FORWARDED_FOR: Final = values_pattern("x-forwarded-for")
+_X_FORWARDED_PROTO: Final = values_pattern("x-forwarded-proto")
+_X_FORWARDED_HOST: Final = values_pattern("x-forwarded-host")
+_HOST: Final = values_pattern("host")
+
+
+def _drop_pattern(names: frozenset[str], prefix: str) -> re.Pattern[bytes]:
+    """Fields named in `names`, or whose name starts with the identity `prefix` with `_`
+    read as `-`, each with the CRLF before it: what `upstream_items` drops."""
+    spelled = b"".join([b"[-_]" if c == "-" else re.escape(c.encode("ascii")) for c in prefix])
+    return re.compile(
+        rb"\r\n(?i:(?:" + names_pattern(names) + rb")|" + spelled + rb"[^:\r]*):[^\r]*"
+    )
+
+
+class UpstreamRewrite:
+    """`upstream_items` for the fast path, on a raw field block (`http1`).
+
+    The same rules with the same result, by one regex pass instead of a Python step per
+    field: the fields to drop are cut out of the block, the kept ones go up byte for byte,
+    then the principal and the forwarding fields are appended. A `Connection` field that
+    names anything not dropped anyway (rare) takes `upstream_items` itself. Built once per
+    config."""
+
+    def __init__(
+        self, names: PrincipalHeaders, *, trusted: Sequence[Network], forward_authorization: bool
+    ) -> None:
+        self._names = names
+        self._trusted = tuple(trusted)
+        self._forward_authorization = forward_authorization
+        self._dropped = {
+            from_trusted: _UPSTREAM_DROP[(from_trusted, forward_authorization)]
+            | {"x-forwarded-for"}
+            for from_trusted in (False, True)
+        }
+        self._drop = {
+            from_trusted: _drop_pattern(dropped, names.prefix_cmp)
+            for from_trusted, dropped in self._dropped.items()
+        }
+
+    def block(
+        self,
+        block: bytes,
+        *,
+        principal: Principal,
+        hop: ClientHop,
+        connection: Sequence[str] | None = None,
+        default_host: str | None = None,
+    ) -> bytes:
+        """`connection`: the block's Connection values, when the caller has them."""
+        from_trusted = is_trusted(hop.peer_ip, self._trusted)
+        if connection is None:
+            connection = field_values(block, _CONNECTION)
+        if connection and not connection_tokens(connection) <= self._dropped[from_trusted]:
+            return encode_fields(
+                upstream_items(
+                    parse_fields(block),
+                    principal=principal,
+                    names=self._names,
+                    hop=hop,
+                    trusted=self._trusted,
+                    forward_authorization=self._forward_authorization,
+                    default_host=default_host,
+                )
+            )
+        kept = self._drop[from_trusted].sub(b"", block)
+        if from_trusted:
+            xff = ", ".join([*field_values(block, _X_FORWARDED_FOR), hop.peer_ip])
+            has_proto = _X_FORWARDED_PROTO.search(kept) is not None
+            has_fwd_host = _X_FORWARDED_HOST.search(kept) is not None
+        else:
+            xff, has_proto, has_fwd_host = hop.peer_ip, False, False
+        tail = f"\r\n{X_FORWARDED_FOR}: {xff}"
+        if not has_proto:
+            tail += f"\r\n{X_FORWARDED_PROTO}: {hop.scheme}"
+        if not has_fwd_host and hop.host:
+            tail += f"\r\n{X_FORWARDED_HOST}: {hop.host}"
+        if default_host is not None and _HOST.search(kept) is None:
+            tail += f"\r\nHost: {default_host}"
+        return b"".join((kept, self._names.render_block(principal), tail.encode("latin-1")))

@@ -1,0 +1,369 @@
+"""The fast path's upstream leg: raw keep-alive HTTP/1.1 connections to the upstream.
+
+One `UpstreamConnection` carries one exchange at a time and reports the response to a
+`Sink` (the client connection) as it is parsed — head, body pieces, end — with no
+coroutine, future or header object in between: this is the per-request work that
+aiohttp's client spends most of its time on. The pool is LIFO and drops connections
+idle for IDLE_SECONDS, below Node's default keep-alive timeout (5 s), so the proxy
+normally closes an idle connection before the upstream does; when the upstream wins
+that race anyway, an idempotent request that got no byte back is retried once on a
+fresh connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Final, Protocol, cast
+
+import httptools
+
+from proxy.core import errors
+from proxy.core.errors import ProxyError
+from proxy.http import http1
+
+IDLE_SECONDS: Final = 4.0
+# An answer's head (interim answers included) may not grow past this before it ends.
+MAX_RESPONSE_HEAD: Final = 64 * 1024
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+# The clock of read timeouts and idle ages (`sweep` is given the same one). A C static
+# under mypyc; `loop.time()` would be a method lookup and call twice a request.
+_monotonic: Final = time.monotonic
+
+
+class Sink(Protocol):
+    def response_head(self, status: int, head: bytes, block: bytes, framing: http1.Framing) -> None:
+        """`head` is the upstream's whole response head as received, `block` its fields."""
+
+    def response_body(self, data: bytes) -> None: ...
+    def response_end(self) -> None: ...
+    def flush(self) -> None: ...
+    def upstream_failed(self, refusal: ProxyError, *, retryable: bool) -> None: ...
+
+
+def unavailable() -> ProxyError:
+    return ProxyError(errors.UPSTREAM_UNAVAILABLE, "the upstream is unavailable")
+
+
+def timed_out() -> ProxyError:
+    return ProxyError(errors.UPSTREAM_TIMEOUT, "the upstream did not answer in time")
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.sink: Sink | None = None
+        self.reused = False
+        self.idle_since = 0.0
+        # The bytes of the answer until its head is complete: heads are read from bytes
+        # (`http1`). A 1xx answer's bytes are dropped once it is parsed.
+        self._raw = b""
+        self._interim = False
+        self._keep_alive = False
+        self._head_seen = False
+        self._length_known = False
+        self._got_bytes = False
+        self._paused = False
+        self._last_read = 0.0
+        # The last answer's head and what was read from it: an upstream answering the same
+        # resource within one second (its Date) sends the same head bytes again. All of it
+        # is a pure function of the head's bytes, llhttp's keep-alive verdict included.
+        self._last_head = b""
+        self._last_block = b""
+        self._last_framing = http1.Framing(False, False)
+        self._last_status = 0
+        self._last_keep_alive = False
+        # The size of a whole answer under that head (head plus Content-Length), or -1
+        # when its body is not sized (chunked, or until close) or it is interim.
+        self._last_whole = -1
+
+    # --- the exchange ---------------------------------------------------------------
+
+    def send(self, head: bytes, sink: Sink) -> None:
+        assert self.transport is not None
+        self.sink = sink
+        self._got_bytes = False
+        self._head_seen = False
+        self._raw = b""
+        self._last_read = _monotonic()
+        self._pool.busy.add(self)
+        self.transport.write(head)
+
+    def abandon(self) -> None:
+        """The client went away: this connection's response is unwanted, so it cannot
+        be reused either."""
+        self.sink = None
+        self._pool.busy.discard(self)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause(self) -> None:
+        if self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None and self._paused:
+            self._paused = False
+            self._last_read = _monotonic()
+            self.transport.resume_reading()
+
+    def check_timeout(self, now: float) -> None:
+        """Called about once a second (`UpstreamPool.sweep`) while an exchange is open: a
+        timer per request would cost more than the whole header rewrite."""
+        if self.sink is None or self._paused:  # waiting on a slow client is not a timeout
+            return
+        if now - self._last_read >= self._pool.read_timeout:
+            self._fail(timed_out(), retryable=False)
+
+    def _fail(self, refusal: ProxyError, *, retryable: bool) -> None:
+        sink, self.sink = self.sink, None
+        self._pool.busy.discard(self)
+        if self.transport is not None:
+            self.transport.abort()
+        if sink is not None:
+            sink.upstream_failed(refusal, retryable=retryable)
+
+    # --- asyncio.Protocol -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:
+            # Bytes on an idle connection: the upstream broke framing; never reuse it.
+            self._pool.forget(self)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        self._got_bytes = True
+        self._last_read = _monotonic()
+        if (
+            len(data) == self._last_whole
+            and not self._head_seen
+            and not self._raw
+            and data.startswith(self._last_head)
+        ):
+            self._whole_repeat(data)
+            return
+        if not self._head_seen:
+            self._raw = self._raw + data if self._raw else data
+            if len(self._raw) > MAX_RESPONSE_HEAD and self._raw.find(http1.HEAD_END) < 0:
+                self._fail(unavailable(), retryable=False)
+                return
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # Malformed, or a 101 to a request that asked for no upgrade.
+            self._fail(unavailable(), retryable=False)
+            return
+        if self.sink is not None:
+            self.sink.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._pool.forget(self)
+        self.transport = None
+        sink, self.sink = self.sink, None
+        self._pool.busy.discard(self)
+        if sink is None:
+            return
+        if self._head_seen and not self._length_known and exc is None:
+            # A body delimited by the upstream closing: this is its end.
+            sink.response_end()
+            return
+        sink.upstream_failed(unavailable(), retryable=self.reused and not self._got_bytes)
+
+    def eof_received(self) -> bool | None:
+        return None  # close: a half-closed upstream connection is of no further use
+
+    # --- httptools callbacks ------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        # The head ends at the first blank line: llhttp has checked that no field holds a
+        # CR or LF.
+        end = self._raw.find(http1.HEAD_END) + len(http1.HEAD_END)
+        status = self._parser.get_status_code()
+        self._interim = status < 200
+        if self._interim:
+            self._raw = self._raw[end:]  # 1xx: the real answer follows on this connection
+            return
+        if self.sink is None:
+            return
+        head = self._raw[:end]
+        self._raw = b""
+        self._head_seen = True
+        # Only valid here: llhttp resets its flags once the message completes.
+        self._keep_alive = self._parser.should_keep_alive()
+        if head == self._last_head:
+            block, framing = self._last_block, self._last_framing
+        else:
+            block = http1.fields_of(head)
+            framing = http1.response_framing(status, block)  # status is in the head's bytes
+            self._last_head, self._last_block, self._last_framing = head, block, framing
+            self._last_status, self._last_keep_alive = status, self._keep_alive
+            if not framing.has_body:
+                self._last_whole = len(head)
+            elif framing.length is not None:
+                self._last_whole = len(head) + framing.length
+            else:
+                self._last_whole = -1
+        self._length_known = not framing.until_close
+        self.sink.response_head(status, head, block, framing)
+
+    def _whole_repeat(self, data: bytes) -> None:
+        """A whole answer in one read, under the same head as the last (byte for byte)
+        and exactly as long as that head's Content-Length says: relayed as llhttp would
+        report it, without llhttp. Its head is one llhttp validated, its body opaque
+        bytes of the stated length, and llhttp, which stands between answers when an
+        exchange begins, is left there for the next. Anything else — a body in several
+        reads, a byte too many or too few — goes through llhttp as always."""
+        sink = self.sink
+        assert sink is not None
+        head = self._last_head
+        self._interim = False
+        self._head_seen = True
+        self._length_known = True
+        self._keep_alive = self._last_keep_alive
+        self._pool.whole_repeats += 1
+        sink.response_head(self._last_status, head, self._last_block, self._last_framing)
+        if len(data) > len(head):
+            sink.response_body(data[len(head) :])
+        self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            self.sink.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            return
+        sink, self.sink = self.sink, None
+        self._pool.busy.discard(self)
+        # Back in the pool before the client hears the end, so a pipelined next request
+        # can reuse this connection.
+        if self._keep_alive and self.transport is not None and not self.transport.is_closing():
+            self._pool.release(self)
+        elif self.transport is not None:
+            self.transport.close()
+        if sink is not None:
+            sink.response_end()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream host:port; `limit` 0 means unlimited."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        limit: int = 0,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.host = host
+        self.port = port
+        # The Host header for a request that arrived without one.
+        self.authority = f"{host}:{port}"
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.limit = limit
+        self._idle: list[UpstreamConnection] = []
+        self._open: set[UpstreamConnection] = set()
+        self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
+        # Connections with an exchange open, for the read-timeout check in `sweep`.
+        self.busy: set[UpstreamConnection] = set()
+        # Answers relayed whole without llhttp (`UpstreamConnection._whole_repeat`); the
+        # tests read it.
+        self.whole_repeats = 0
+        self.closed = False
+
+    def take(self) -> UpstreamConnection | None:
+        """An idle connection, without waiting; None when one must be made (`connect`)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        """A new connection, or one released while waiting for room under `limit`.
+        Raises ProxyError (502/504)."""
+        if self.limit and len(self._open) >= self.limit:
+            waiter: asyncio.Future[UpstreamConnection | None] = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                handed = await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+            if handed is not None:
+                return handed
+        conn = UpstreamConnection(self)
+        self._open.add(conn)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await self.loop.create_connection(lambda: conn, self.host, self.port)
+        except TimeoutError:
+            self.forget(conn)
+            raise timed_out() from None
+        except OSError:
+            self.forget(conn)
+            raise unavailable() from None
+        except BaseException:  # cancelled: the client went away
+            self.forget(conn)
+            raise
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if self.closed:
+            if conn.transport is not None:
+                conn.transport.close()
+            return
+        conn.reused = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        conn.idle_since = _monotonic()
+        self._idle.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        self._open.discard(conn)
+        if conn in self._idle:
+            self._idle.remove(conn)
+        # Room under the limit: let one waiter make a connection of its own.
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                break
+
+    def sweep(self, now: float) -> None:
+        """Called about once a second: fail exchanges past the read timeout; close
+        connections idle for longer than IDLE_SECONDS (the oldest are at the front)."""
+        for conn in list(self.busy):
+            conn.check_timeout(now)
+        while self._idle and now - self._idle[0].idle_since > IDLE_SECONDS:
+            conn = self._idle.pop(0)
+            if conn.transport is not None:
+                conn.transport.close()
+
+    def close(self) -> None:
+        """Close idle connections; busy ones close when their exchange ends."""
+        self.closed = True
+        for conn in self._idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self._idle.clear()
+
+    @property
+    def size(self) -> int:
+        return len(self._open)

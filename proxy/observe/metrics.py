@@ -1,0 +1,173 @@
+"""Prometheus metrics, one registry per app so tests can build many apps side by side.
+
+Labels are closed sets (route names from config, token types, results, status codes):
+never a path, a token or a principal id. The metrics updated on every request are
+`loop_metrics` types (no lock per update); the rest are prometheus-client's.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+from proxy import __version__
+from proxy.observe.loop_metrics import CounterChild, HistogramChild, LoopCounter, LoopHistogram
+
+# `*_created` series double the scrape size and no dashboard or alert of ours reads them.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+MAX_CACHED_CHILDREN = 4096
+
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = LoopCounter(
+            "authproxy_requests_total",
+            "Requests answered, by route name, method and status code.",
+            ["route", "method", "code"],
+            registry=r,
+        )
+        self.request_duration = LoopHistogram(
+            "authproxy_request_duration_seconds",
+            "Time from request received to response finished, by route name.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_duration = LoopHistogram(
+            "authproxy_upstream_duration_seconds",
+            "Time until the upstream answered with its response headers.",
+            [],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "authproxy_upstream_errors_total",
+            "Upstream failures by kind (unavailable, timeout).",
+            ["kind"],
+            registry=r,
+        )
+        self.auth_decisions = LoopCounter(
+            "authproxy_auth_decisions_total",
+            "Authentication/authorization decisions by token type and result.",
+            ["token_type", "result"],
+            registry=r,
+        )
+        self.verify_cache = LoopCounter(
+            "authproxy_verify_cache_total",
+            "Verification cache lookups: hit, miss, negative_hit, stale.",
+            ["result"],
+            registry=r,
+        )
+        self.clerk_requests = Counter(
+            "authproxy_clerk_requests_total",
+            "Calls to Clerk's Backend API by endpoint and HTTP status (or 'error').",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.clerk_duration = Histogram(
+            "authproxy_clerk_request_duration_seconds",
+            "Clerk Backend API call latency by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.budget_rejections = Counter(
+            "authproxy_verification_budget_rejections_total",
+            "Verifications refused by the cost guard, by scope (global, per_ip).",
+            ["scope"],
+            registry=r,
+        )
+        self.websocket_connections = Gauge(
+            "authproxy_websocket_connections",
+            "Open client WebSocket connections.",
+            registry=r,
+        )
+        self.websocket_messages = Counter(
+            "authproxy_websocket_messages_total",
+            "WebSocket messages relayed, by direction (client_to_upstream, upstream_to_client).",
+            ["direction"],
+            registry=r,
+        )
+        self.socketio_connects = Counter(
+            "authproxy_socketio_connects_total",
+            "Socket.IO CONNECT packets rewritten, by principal type.",
+            ["principal_type"],
+            registry=r,
+        )
+        self.socketio_disconnects = Counter(
+            "authproxy_socketio_expiry_disconnects_total",
+            "Socket.IO namespaces and WebSockets closed because the principal's token expired.",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "authproxy_config_reloads_total",
+            "Configuration reloads by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "authproxy_build_info", "Build information.", ["version"], registry=r
+        )
+        self.build_info.labels(version=__version__).set(1)
+
+        # Label children looked up once per distinct label set, not once per request;
+        # typed, so that compiled calls to them are direct.
+        self._request_children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = {}
+        # Both label values come from closed sets (token kinds, error codes).
+        self._decision_children: dict[tuple[str, str], CounterChild] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            # The method is client-controlled: unknown ones share one label value so a
+            # client cannot grow the series count.
+            label = method if method in KNOWN_METHODS else "other"
+            children = (
+                self.requests.labels(route, label, str(status)),
+                self.request_duration.labels(route),
+            )
+            if len(self._request_children) < MAX_CACHED_CHILDREN:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def decision(self, token_type: str, result: str) -> CounterChild:
+        """The `auth_decisions` child for a (token type, result) pair, looked up once."""
+        key = (token_type, result)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.auth_decisions.labels(token_type, result)
+        return child
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

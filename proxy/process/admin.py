@@ -1,0 +1,47 @@
+"""The admin listener: /healthz, /readyz and /metrics, never exposed with the API."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from proxy.request.app import PROXY, Proxy
+
+
+def create_admin_app(proxy: Proxy) -> web.Application:
+    """/healthz, /readyz and /metrics on their own listener, never exposed with the API."""
+    admin = web.Application()
+    admin[PROXY] = proxy
+    admin.router.add_get("/healthz", _healthz)
+    admin.router.add_get("/readyz", _readyz)
+    admin.router.add_get("/metrics", _metrics)
+    return admin
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    proxy = request.app[PROXY]
+    if proxy.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    try:
+        rt = proxy.runtime
+        up = rt.config.upstream
+        timeout = aiohttp.ClientTimeout(total=up.connect_timeout + 1.0, connect=up.connect_timeout)
+        async with proxy.session.get(
+            up.url + up.readiness_path, timeout=timeout, allow_redirects=False
+        ) as resp:
+            await resp.read()
+    except (AssertionError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        reason = type(exc).__name__
+        return web.json_response({"status": "upstream unavailable", "reason": reason}, status=503)
+    return web.json_response({"status": "ready", "environment": rt.config.environment})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = request.app[PROXY].metrics.render()
+    return web.Response(
+        body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )

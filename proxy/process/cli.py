@@ -1,0 +1,115 @@
+"""`clerk-auth-proxy`: run, check-config, emulate-clerk, demo (argument parsing and exit
+codes; serving one config is `server.Server`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from proxy import __version__
+from proxy.config.load import Config, ConfigError, load_config
+from proxy.observe.logs import configure_logging
+from proxy.process.server import Server
+from proxy.process.workers import REUSE_PORT_ENV, run_workers
+
+
+def _run_loop(coro_factory: object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        asyncio.run(coro_factory())  # type: ignore[operator]
+    else:
+        uvloop.run(coro_factory())  # type: ignore[operator]
+
+
+def _load_or_exit(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{len(exc.issues)} problem(s) in {path}:", file=sys.stderr)
+        for issue in exc.issues:
+            print(f"  {issue}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.config)
+    configure_logging(config.logging.level)
+    workers = args.workers or config.workers
+    if workers > 1:
+        return run_workers(workers, args.config)
+
+    reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"
+
+    async def main() -> None:
+        await Server(config, Path(args.config), reuse_port=reuse_port).serve()
+
+    _run_loop(main)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.config)
+    print(
+        f"{args.config}: OK (environment {config.environment}, "
+        f"Clerk instance {config.clerk.instance} at {config.clerk.api_url}, "
+        f"{len(config.routes)} routes)"
+    )
+    return 0
+
+
+def cmd_emulate_clerk(args: argparse.Namespace) -> int:
+    from proxy.emulator import run_emulator
+
+    run_emulator(args.host, args.port, args.secret_key)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.process.demo import run_demo
+
+    return run_demo(args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clerk-auth-proxy",
+        description="Authenticating reverse proxy for APIs behind Clerk.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve the proxy and the admin port")
+    run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument(
+        "--workers", type=int, default=0, help="processes sharing the port (SO_REUSEPORT)"
+    )
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file; exit 2 on problems")
+    check.add_argument("--config", required=True)
+    check.set_defaults(func=cmd_check_config)
+
+    emu = sub.add_parser("emulate-clerk", help="serve a Clerk Backend API emulator for tests")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=3100)
+    emu.add_argument("--secret-key", default="sk_test_emulator")
+    emu.set_defaults(func=cmd_emulate_clerk)
+
+    demo = sub.add_parser("demo", help="proxy + demo upstream + Clerk emulator, all local")
+    demo.add_argument("--config", default="config/local.yaml")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""`make demo`: the proxy with its embedded local stack, all on loopback.
+
+Starts the Clerk emulator and a small live-scores upstream (REST, plus Socket.IO when
+python-socketio is installed), then the proxy with `config/local.yaml`, mints a real M2M
+token at the emulator and prints curl lines that work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from proxy.config.load import ConfigError, load_config
+from proxy.observe.logs import configure_logging
+
+MATCHES = [
+    {"id": "m1", "home": "Ajax", "away": "PSV", "score": "2-1", "minute": 67},
+    {"id": "m2", "home": "Celtic", "away": "Rangers", "score": "0-0", "minute": 12},
+]
+
+
+def demo_upstream() -> web.Application:
+    """A stand-in for the live-scores API: it trusts the proxy's X-Auth-* headers."""
+
+    def principal(request: web.Request) -> dict[str, str]:
+        return {k: v for k, v in request.headers.items() if k.lower().startswith("x-auth-")}
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def matches(request: web.Request) -> web.Response:
+        return web.json_response({"matches": MATCHES, "seen_principal": principal(request)})
+
+    async def anything(request: web.Request) -> web.Response:
+        return web.json_response({"path": request.path, "seen_principal": principal(request)})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/api/v1/matches", matches)
+    app.router.add_get("/api/v1/matches/{tail:.*}", matches)
+    try:
+        import socketio  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - demo without the test extras
+        pass
+    else:
+        sio = socketio.AsyncServer(async_mode="aiohttp", cors_allowed_origins="*")
+
+        @sio.event  # type: ignore[untyped-decorator]
+        async def connect(sid: str, environ: object, auth: dict[str, object] | None) -> None:
+            who = (auth or {}).get("principal") or {"type": "anonymous"}
+            await sio.save_session(sid, {"principal": who})
+            await sio.emit("welcome", {"principal": who}, to=sid)
+
+        @sio.event  # type: ignore[untyped-decorator]
+        async def join(sid: str, room: str) -> dict[str, object]:
+            who = (await sio.get_session(sid))["principal"]
+            if room != "public" and who.get("type") == "anonymous":
+                await sio.emit(
+                    "error", {"room": room, "message": "authentication required"}, to=sid
+                )
+                return {"ok": False}
+            await sio.enter_room(sid, room)
+            return {"ok": True, "room": room}
+
+        sio.attach(app)
+    app.router.add_route("*", "/{tail:.*}", anything)
+    return app
+
+
+async def _site(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def _demo(config_path: str) -> None:
+    from proxy.emulator import ClerkEmulator, seed_demo
+    from proxy.process.server import Server
+
+    emulator = ClerkEmulator(secret_key=os.environ.get("CLERK_SECRET_KEY", "sk_test_emulator"))
+    clerk_url = os.environ.get("CLERK_API_URL", "http://127.0.0.1:3100")
+    upstream_url = os.environ.get("UPSTREAM_URL", "http://127.0.0.1:3000")
+    os.environ.setdefault("CLERK_API_URL", clerk_url)
+    os.environ.setdefault("UPSTREAM_URL", upstream_url)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        raise SystemExit(2) from None
+
+    c, u = urlsplit(clerk_url), urlsplit(upstream_url)
+    runners = [
+        await _site(emulator.app, c.hostname or "127.0.0.1", c.port or 3100),
+        await _site(demo_upstream(), u.hostname or "127.0.0.1", u.port or 3000),
+    ]
+    seeded = seed_demo(emulator)
+    secret, token_id = seeded["m2m_token_secret"], seeded["m2m_token_id"]
+
+    base = f"http://{config.listen.host}:{config.listen.port}"
+    print(
+        "\n".join(
+            [
+                "",
+                f"clerk-auth-proxy demo: proxy {base}, admin http://{config.admin.host}:{config.admin.port}",
+                f"  Clerk emulator {clerk_url}, demo upstream {upstream_url}",
+                "",
+                "A partner call with a valid M2M token (expect 200 and the principal the API saw):",
+                f"  curl -s -H 'Authorization: Bearer {secret}' {base}/api/v1/matches",
+                "The #1 partner mistake, the token id instead of the secret (401 token_id_not_secret):",
+                f"  curl -s -H 'Authorization: Bearer {token_id}' {base}/api/v1/matches",
+                "No token (401 token_missing):",
+                f"  curl -s {base}/api/v1/matches",
+                "Metrics:",
+                f"  curl -s http://{config.admin.host}:{config.admin.port}/metrics | grep authproxy_",
+                "",
+                json.dumps({"m2m_token_secret": secret, "m2m_token_id": token_id}),
+                "",
+            ]
+        ),
+        flush=True,
+    )
+    try:
+        await Server(config, Path(config_path)).serve()
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+
+
+def run_demo(config_path: str) -> int:
+    configure_logging("INFO")
+    logging.getLogger("proxy.access").setLevel(logging.INFO)
+    asyncio.run(_demo(config_path))
+    return 0

@@ -1,0 +1,144 @@
+"""Serving one config in one process: both listeners, reload on SIGHUP or a changed
+file, and the orderly shutdown.
+
+Process life: SIGTERM/SIGINT → /readyz 503 → (shutdown.delay) → stop accepting → in-flight
+requests get shutdown.grace_period to finish → exit 0. SIGHUP or a changed config file →
+reload; a new config that fails validation is logged and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy import __version__, compiled
+from proxy.config.load import Config, ConfigError, load_config
+from proxy.fastpath import listener
+from proxy.process.admin import create_admin_app
+from proxy.request.app import PROXY, Proxy, create_app
+
+log = logging.getLogger("proxy")
+
+CONFIG_POLL_SECONDS = 2.0
+
+
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()  # follows symlinks: Kubernetes swaps ConfigMap files via a symlink
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class Server:
+    """Both listeners of one process and their orderly shutdown."""
+
+    def __init__(self, config: Config, config_path: Path, *, reuse_port: bool = False) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.reuse_port = reuse_port
+        self.app = create_app(config)
+        self.proxy: Proxy = self.app[PROXY]
+        self.admin = create_admin_app(self.proxy)
+        self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+
+    async def reload(self, reason: str) -> bool:
+        async with self._reload_lock:
+            try:
+                new = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                self.proxy.metrics.config_reloads.labels("failed").inc()
+                log.error(
+                    "config reload failed; keeping the running config",
+                    extra={"reason": reason, "problems": [str(i) for i in exc.issues]},
+                )
+                return False
+            await self.proxy.reload(new)
+            self.config = new
+            self.proxy.metrics.config_reloads.labels("ok").inc()
+            log.info("config reloaded", extra={"reason": reason, "environment": new.environment})
+            return True
+
+    async def _watch_config(self) -> None:
+        last = _file_signature(self.config_path)
+        while True:
+            await asyncio.sleep(CONFIG_POLL_SECONDS)
+            current = _file_signature(self.config_path)
+            if current is not None and current != last:
+                last = current
+                await self.reload("file changed")
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def serve(self) -> None:
+        cfg = self.config
+        runner = web.AppRunner(
+            self.app,
+            auto_decompress=False,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=cfg.shutdown.grace_period,
+        )
+        admin_runner = web.AppRunner(self.admin, access_log=None, handle_signals=False)
+        await runner.setup()
+        await admin_runner.setup()
+        front: listener.FrontDoorServer | None = None
+        if cfg.listen.fast_path and cfg.upstream.url.startswith("http://"):
+            front = await listener.serve(
+                self.proxy, runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port
+            )
+        else:
+            site = web.TCPSite(
+                runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port, backlog=1024
+            )
+            await site.start()
+        admin_site = web.TCPSite(
+            admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=self.reuse_port
+        )
+        await admin_site.start()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        watcher = asyncio.create_task(self._watch_config())
+        log.info(
+            "serving",
+            extra={
+                "environment": cfg.environment,
+                "clerk_instance": cfg.clerk.instance,
+                "clerk_api_url": cfg.clerk.api_url,
+                "listen": f"{cfg.listen.host}:{cfg.listen.port}",
+                "fast_path": front is not None,
+                "compiled": compiled(),
+                "admin": f"{cfg.admin.host}:{cfg.admin.port}",
+                "upstream": cfg.upstream.url,
+                "version": __version__,
+                "pid": os.getpid(),
+            },
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            watcher.cancel()
+            self.proxy.draining = True
+            log.info("draining", extra={"grace_period": self.config.shutdown.grace_period})
+            if self.config.shutdown.delay:
+                await asyncio.sleep(self.config.shutdown.delay)
+            # Closes the listener, lets in-flight requests finish within the grace
+            # period, then cancels what is left — on the fast path's connections and on
+            # aiohttp's (handed-off ones included) at the same time.
+            if front is not None:
+                self.proxy.front_door_drained = asyncio.ensure_future(
+                    front.drain(self.config.shutdown.grace_period)
+                )
+            await runner.cleanup()
+            await admin_runner.cleanup()
+            log.info("stopped")

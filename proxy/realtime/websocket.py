@@ -1,0 +1,404 @@
+"""The WebSocket relay, with the Socket.IO CONNECT rewriter on `/socket.io/`.
+
+The upstream is connected first, with the client's subprotocols, and the client is then
+accepted with the one the upstream chose, so a refusal is still an HTTP answer. Both legs
+run with `autoclose=False, autoping=False`: pings, pongs and close frames (code and
+reason) are relayed, not answered by the proxy. A verified principal is watched for the
+life of the socket: when its token expires (or a re-verification fails) a Socket.IO
+namespace gets a DISCONNECT on both legs and a plain WebSocket is closed with 1008.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.config import model as config
+from proxy.core import principal
+from proxy.core.errors import BAD_REQUEST, UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, ProxyError
+from proxy.core.principal import Principal
+from proxy.observe import metrics
+from proxy.realtime import socketio as sio
+from proxy.realtime.socketio import Grant, GrantBook, Watch, same_identity, watch_for
+
+Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+POLICY_VIOLATION: Final = 1008
+UNSUPPORTED_DATA: Final = 1003
+GOING_AWAY: Final = 1001
+# Close codes that must never be put on the wire (RFC 6455 §7.4.1) and what to say instead.
+_UNSENDABLE: Final = {0: 1000, 1005: 1000, 1006: GOING_AWAY, 1015: GOING_AWAY}
+_SERVER_GONE: Final = ("41", "44")  # the upstream ended or refused a namespace
+_UPGRADE_PACKET: Final = "5"
+
+
+class WebSocketRegistry:
+    """Open relays (closed with 1001 on shutdown) and the grants of CONNECTs that came
+    over polling, for the WebSocket each session upgrades to."""
+
+    def __init__(self, grants: GrantBook | None = None) -> None:
+        self._links: set[_Link] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.grants = grants if grants is not None else GrantBook()
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def track(self, link: _Link) -> None:
+        self._links.add(link)
+        self._idle.clear()
+
+    def untrack(self, link: _Link) -> None:
+        self._links.discard(link)
+        if not self._links:
+            self._idle.set()
+
+    async def close_all(self, code: int = GOING_AWAY, reason: str = "proxy shutting down") -> None:
+        await asyncio.gather(*(link.close(code, reason) for link in list(self._links)))
+
+    async def drain(self, grace: float) -> None:
+        """Give open sockets `grace` seconds to end on their own, then close the rest
+        with 1001 (clients reconnect, through another pod)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        await self.close_all()
+
+
+@dataclass(frozen=True, slots=True)
+class RelayContext:
+    session: aiohttp.ClientSession
+    settings: config.WebSocket
+    metrics: metrics.Metrics
+    verifier: principal.Verifier
+    prefix: str
+    # Keep one registry per app across config reloads: it is what shutdown closes.
+    registry: WebSocketRegistry = field(default_factory=WebSocketRegistry)
+    # Re-verify a live socket's token this often (the cache TTL); 0: only at expiry.
+    reverify_seconds: float = 0.0
+    clock: Callable[[], float] = time.time
+
+
+def is_upgrade(request: web.Request) -> bool:
+    connection = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
+    return (
+        request.method == "GET"
+        and request.headers.get("Upgrade", "").strip().lower() == "websocket"
+        and "upgrade" in connection
+    )
+
+
+def check_origin(origin: str | None, allowed: tuple[str, ...]) -> None:
+    """Browsers always send Origin; other clients (Node, Python) usually do not and are
+    not exposed to cross-site WebSocket hijacking, so a missing Origin passes."""
+    if not allowed or origin is None:
+        return
+    if origin.rstrip("/").lower() not in {a.rstrip("/").lower() for a in allowed}:
+        raise ProxyError(BAD_REQUEST, "this Origin may not open WebSockets", status=403)
+
+
+def client_protocols(request: web.Request) -> tuple[str, ...]:
+    values = request.headers.getall("Sec-WebSocket-Protocol", ())
+    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+
+
+async def relay(
+    request: web.Request,
+    *,
+    ctx: RelayContext,
+    upstream_url: URL,
+    upstream_headers: Mapping[str, str] | CIMultiDict[str],
+    principal: Principal,
+    client_ip: str,
+    socketio: bool,
+    header_token: str | None = None,
+) -> web.StreamResponse:
+    settings = ctx.settings
+    check_origin(request.headers.get("Origin"), settings.allowed_origins)
+    if socketio:
+        sio.check_query(request.query_string)
+    probe = web.WebSocketResponse()
+    if not probe.can_prepare(request).ok:
+        raise ProxyError(BAD_REQUEST, "invalid WebSocket upgrade request")
+    upstream = await _connect_upstream(ctx, upstream_url, upstream_headers, request)
+    client = web.WebSocketResponse(
+        protocols=(upstream.protocol,) if upstream.protocol else (),
+        autoclose=False,
+        autoping=False,
+        max_msg_size=settings.max_message_size,
+        compress=settings.compression,
+        heartbeat=settings.heartbeat_seconds or None,
+    )
+    try:
+        await client.prepare(request)
+    except BaseException:
+        await upstream.close(code=GOING_AWAY)
+        raise
+    sid = sio.sid_of(request.query_string) if socketio else None
+    link = _Link(ctx, client, upstream, client_ip, principal, header_token, socketio, sid)
+    link.adopt(ctx.registry.grants.take(sid) if socketio else [Grant("", principal, header_token)])
+    ctx.registry.track(link)
+    ctx.metrics.websocket_connections.inc()
+    try:
+        await link.run()
+    finally:
+        ctx.registry.untrack(link)
+        ctx.metrics.websocket_connections.dec()
+    return client
+
+
+async def _connect_upstream(
+    ctx: RelayContext,
+    url: URL,
+    headers: Mapping[str, str] | CIMultiDict[str],
+    request: web.Request,
+) -> aiohttp.ClientWebSocketResponse:
+    # The handshake headers are the proxy's own per leg: the client's key, version and
+    # extensions must not reach the upstream (deflate is negotiated per leg).
+    clean = CIMultiDict(
+        (k, v) for k, v in headers.items() if not k.lower().startswith("sec-websocket-")
+    )
+    settings = ctx.settings
+    try:
+        return await ctx.session.ws_connect(
+            url,
+            protocols=client_protocols(request),
+            headers=clean,
+            autoclose=False,
+            autoping=False,
+            max_msg_size=settings.max_message_size,
+            compress=15 if settings.upstream_compression else 0,
+            heartbeat=settings.heartbeat_seconds or None,
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        if 400 <= exc.status < 500:
+            message = f"the upstream refused the WebSocket upgrade (HTTP {exc.status})"
+            raise ProxyError(BAD_REQUEST, message, status=exc.status) from None
+        ctx.metrics.upstream_errors.labels("unavailable").inc()
+        raise ProxyError(
+            UPSTREAM_UNAVAILABLE, "the upstream did not accept the WebSocket"
+        ) from None
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        ctx.metrics.upstream_errors.labels("timeout").inc()
+        raise ProxyError(UPSTREAM_TIMEOUT, "the upstream did not answer in time") from None
+    except (aiohttp.ClientError, OSError):
+        ctx.metrics.upstream_errors.labels("unavailable").inc()
+        raise ProxyError(UPSTREAM_UNAVAILABLE, "the upstream is unavailable") from None
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        self.code, self.reason = code, reason
+
+
+class _Link:
+    """One client socket relayed to one upstream socket."""
+
+    def __init__(
+        self,
+        ctx: RelayContext,
+        client: web.WebSocketResponse,
+        upstream: aiohttp.ClientWebSocketResponse,
+        client_ip: str,
+        header_principal: Principal,
+        header_token: str | None,
+        socketio: bool,
+        sid: str | None,
+    ) -> None:
+        self.ctx, self.client, self.upstream = ctx, client, upstream
+        self.client_ip = client_ip
+        self.header_principal, self.header_token = header_principal, header_token
+        # A plain WebSocket is watched under the namespace "".
+        self.socketio = socketio
+        self.sid = sid
+        self.watches: dict[str, Watch] = {}  # by namespace; "" for a plain WebSocket
+        self.changed = asyncio.Event()
+        self.attachments = 0  # binary frames the client announced (BINARY_EVENT/ACK)
+        self.ended: tuple[int, str] | None = None  # how the first leg to end ended
+        self.closing: asyncio.Future[tuple[bool | BaseException, bool | BaseException]] | None = (
+            None
+        )
+        m = ctx.metrics.websocket_messages
+        self.up_count = m.labels("client_to_upstream")
+        self.down_count = m.labels("upstream_to_client")
+
+    async def verify(self, token: str) -> Principal:
+        return await self.ctx.verifier.verify(token, self.client_ip)
+
+    def adopt(self, grants: list[Grant]) -> None:
+        now = self.ctx.clock()
+        for grant in grants:
+            watch = watch_for(grant, now, self.ctx.reverify_seconds)
+            if watch is None:
+                self.watches.pop(grant.namespace, None)
+            else:
+                self.watches[grant.namespace] = watch
+        self.changed.set()
+
+    # -- the pumps ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        pumps = [
+            asyncio.create_task(self._pump(self.client, self.upstream, up=True)),
+            asyncio.create_task(self._pump(self.upstream, self.client, up=False)),
+        ]
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when aiohttp cancels the handler because the client's transport closed.
+            watchdog.cancel()
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(watchdog, *pumps, return_exceptions=True)
+            await self.close(*(self.ended or (GOING_AWAY, "")))
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close both legs once, with the first code asked for; later callers wait for
+        that same close (shielded: a cancelled caller must not abort the handshake)."""
+        if self.closing is None:
+            code = _UNSENDABLE.get(code, code)
+            message = reason.encode()[:123]
+            self.closing = asyncio.gather(
+                self.client.close(code=code, message=message),
+                self.upstream.close(code=code, message=message),
+                return_exceptions=True,
+            )
+        await asyncio.shield(self.closing)
+
+    async def _pump(self, src: Socket, dst: Socket, *, up: bool) -> None:
+        """Relay until `src` ends; the first leg to end says how both are closed."""
+        ended = await self._relay(src, dst, up=up)
+        if self.ended is None:
+            self.ended = ended
+
+    async def _relay(self, src: Socket, dst: Socket, *, up: bool) -> tuple[int, str]:
+        count = self.up_count if up else self.down_count
+        try:
+            while True:
+                msg = await src.receive()
+                kind = msg.type
+                if kind is WSMsgType.TEXT:
+                    text: str | None = msg.data
+                    if self.socketio:
+                        if not up:
+                            self._from_upstream(msg.data)
+                        elif msg.data.startswith(sio.CONNECT):
+                            text = await self._connect(msg.data)
+                        else:
+                            self._from_client(msg.data)
+                    if text is not None:
+                        await dst.send_str(text)
+                        count.inc()
+                elif kind is WSMsgType.BINARY:
+                    if up and self.socketio:
+                        if self.attachments == 0:
+                            raise _Refused(UNSUPPORTED_DATA, "binary packet outside an attachment")
+                        self.attachments -= 1
+                    await dst.send_bytes(msg.data)
+                    count.inc()
+                elif kind is WSMsgType.PING:
+                    await dst.ping(msg.data)
+                elif kind is WSMsgType.PONG:
+                    await dst.pong(msg.data)
+                elif kind is WSMsgType.CLOSE:
+                    return int(msg.data or 0), str(msg.extra or "")
+                elif kind is WSMsgType.ERROR:
+                    error_code = getattr(msg.data, "code", None)
+                    if isinstance(error_code, int):  # aiohttp's WebSocketError, e.g. 1009
+                        return error_code, str(msg.data.args[-1])
+                    return 1011, "relay error"
+                else:  # CLOSING/CLOSED: the connection dropped or we are closing it
+                    return GOING_AWAY, ""
+        except _Refused as refused:
+            return refused.code, refused.reason
+        except (ConnectionError, aiohttp.ClientError):
+            return GOING_AWAY, ""
+
+    def _from_client(self, text: str) -> None:
+        """Bookkeeping on client packets other than CONNECT (which are rewritten)."""
+        if text.startswith(("45", "46")):
+            self.attachments += sio.binary_attachments(text)
+        elif text.startswith(sio.DISCONNECT):
+            self.watches.pop(sio.namespace_of(text), None)
+        elif text == _UPGRADE_PACKET:
+            # The client finished its polling requests before upgrading: every CONNECT
+            # it sent over polling has been rewritten and remembered by now.
+            self.adopt(self.ctx.registry.grants.take(self.sid))
+
+    def _from_upstream(self, text: str) -> None:
+        if text.startswith(_SERVER_GONE):
+            self.watches.pop(sio.namespace_of(text), None)
+
+    async def _connect(self, text: str) -> str | None:
+        try:
+            out, grant = await sio.rewrite_connect(
+                text,
+                header_principal=self.header_principal,
+                header_token=self.header_token,
+                verify=self.verify,
+            )
+        except ProxyError as error:
+            if not sio.is_unavailable(error):
+                raise _Refused(POLICY_VIOLATION, f"{error.code}: {error.message}") from None
+            # Clerk is down: a partner must not be silently downgraded to anonymous.
+            data: dict[str, object] = {"code": error.code}
+            if error.retry_after is not None:
+                data["retry_after"] = error.retry_after
+            namespace = sio.namespace_of(text)
+            packet = sio.connect_error_packet(namespace, error.message, data)
+            await self.client.send_str(packet)
+            return None
+        self.ctx.metrics.socketio_connects.labels(grant.principal.type).inc()
+        self.adopt([grant])
+        return out
+
+    # -- expiry ---------------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        while True:
+            self.changed.clear()
+            due = min((w.due for w in self.watches.values() if w.due is not None), default=None)
+            timeout = None if due is None else max(0.0, due - self.ctx.clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), timeout)
+            now = self.ctx.clock()
+            for namespace, watch in list(self.watches.items()):
+                if watch.due is not None and watch.due <= now:
+                    await self._recheck(namespace, watch, now)
+
+    async def _recheck(self, namespace: str, watch: Watch, now: float) -> None:
+        old = watch.grant.principal
+        if (old.expires_at is None or old.expires_at > now) and watch.grant.token:
+            fresh: Principal | None
+            try:
+                fresh = await self.verify(watch.grant.token)
+            except ProxyError as error:
+                # Clerk unavailable: keep the socket and try again later.
+                fresh = old if sio.is_unavailable(error) else None
+            if fresh is not None and same_identity(fresh, old):
+                if self.watches.get(namespace) is watch:
+                    grant = dataclasses.replace(watch.grant, principal=fresh)
+                    self.watches[namespace] = Watch(grant, now + self.ctx.reverify_seconds)
+                return
+        if self.watches.get(namespace) is not watch:
+            return  # reconnected meanwhile
+        del self.watches[namespace]
+        self.ctx.metrics.socketio_disconnects.inc()
+        if not self.socketio:
+            await self.close(POLICY_VIOLATION, "token expired")
+            return
+        packet = sio.disconnect_packet(namespace)
+        await asyncio.gather(
+            self.client.send_str(packet), self.upstream.send_str(packet), return_exceptions=True
+        )

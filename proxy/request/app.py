@@ -1,0 +1,405 @@
+"""The client-facing aiohttp application and the request path.
+
+`Proxy.handle` is the whole request path, top to bottom:
+resolve route → extract token → verify (cache) → authorize → rewrite headers → forward.
+Everything derived from one config lives in a `runtime.Runtime` that a reload swaps
+whole, so a request never sees half of an old config and half of a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Final, Protocol
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.auth import tokens
+from proxy.config.load import Config, Route
+from proxy.core.errors import ProxyError
+from proxy.core.principal import ANONYMOUS, Principal, Recent, Verifier
+from proxy.http.forward import ClientGone, new_session
+from proxy.http.headers import ClientHop, client_ip, upstream_items
+from proxy.http.upstream import UpstreamPool
+from proxy.observe.logs import AccessLog
+from proxy.observe.metrics import Metrics
+from proxy.realtime import websocket
+from proxy.request import lifetime
+from proxy.request.dispatch import dispatch
+from proxy.request.policy import Resolved
+from proxy.request.runtime import Runtime, build_runtime, same_verification
+
+log = logging.getLogger("proxy")
+
+CLERK_POOL_SIZE = 32
+# A C static under mypyc: no module lookup per call.
+_perf_counter: Final = time.perf_counter
+
+VerifierFactory = Callable[[Config, aiohttp.ClientSession, Metrics], Verifier]
+
+
+def clerk_verifier(config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> Verifier:
+    from proxy.auth.verifier import ClerkVerifier
+
+    return ClerkVerifier(config, session, metrics)
+
+
+class Routed:
+    """The request once its route, client IP and token are known. Immutable (`Final`).
+    Made per request: a compiled plain class costs a tenth of a NamedTuple."""
+
+    __slots__ = ("ip", "resolved", "route", "token")
+
+    def __init__(self, resolved: Resolved, route: Route, token: str | None, ip: str) -> None:
+        self.resolved: Final = resolved
+        self.route: Final = route
+        self.token: Final = token  # None on public routes: they never look at tokens
+        self.ip: Final = ip
+
+
+class HeadFields(Protocol):
+    """A request's header fields as `Proxy.route` reads them (only those it needs, only
+    when it needs them)."""
+
+    def getall(self, name: str) -> Sequence[str]:
+        """Every value of the field `name` (case-insensitive), in order."""
+        ...
+
+    def bearer(self, authorization: Sequence[str]) -> str | None:
+        """`tokens.extract_bearer` of these Authorization values (the fast path
+        remembers it per connection)."""
+        ...
+
+
+class AiohttpFields:
+    """`HeadFields` of a request aiohttp parsed."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+
+    def getall(self, name: str) -> Sequence[str]:
+        return self._request.headers.getall(name, ())
+
+    def bearer(self, authorization: Sequence[str]) -> str | None:
+        return tokens.extract_bearer(authorization)
+
+
+# The principal, and on an optional route the refusal that made it anonymous.
+Authenticated = tuple[Principal, ProxyError | None]
+
+
+class Proxy:
+    """State shared by the proxy and admin apps for one process."""
+
+    def __init__(self, config: Config, metrics: Metrics, verifier_factory: VerifierFactory) -> None:
+        self.metrics = metrics
+        self.verifier_factory = verifier_factory
+        self.draining = False
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
+        # Clerk gets its own small pool so upstream load can never starve verification.
+        self._clerk_session: aiohttp.ClientSession | None = None
+        self._runtime: Runtime | None = None
+        # The fast path's raw upstream connections (frontdoor.py, upstream.py), and its
+        # listener's drain, which the app's cleanup waits for before closing them.
+        self._fast_pool: UpstreamPool | None = None
+        self.front_door_drained: asyncio.Future[None] | None = None
+        self._retired: set[asyncio.Task[None]] = set()
+        # Open WebSockets (closed with 1001 on shutdown) and polling CONNECT grants; one
+        # per process so a config reload keeps them.
+        self.ws_registry = websocket.WebSocketRegistry()
+        self.access_log = AccessLog()
+
+    # -- lifetime ------------------------------------------------------------------
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Proxy used outside its app's lifetime"
+        return self._session
+
+    @property
+    def fast_pool(self) -> UpstreamPool:
+        assert self._fast_pool is not None, "Proxy used outside its app's lifetime"
+        return self._fast_pool
+
+    @property
+    def runtime(self) -> Runtime:
+        assert self._runtime is not None, "Proxy used outside its app's lifetime"
+        return self._runtime
+
+    async def _build(self, config: Config, verifier: Verifier | None = None) -> Runtime:
+        if verifier is None:
+            assert self._clerk_session is not None
+            verifier = self.verifier_factory(config, self._clerk_session, self.metrics)
+            start = getattr(verifier, "start", None)
+            if start is not None:
+                await start()
+        return build_runtime(config, verifier)
+
+    def lifespan(self, app: web.Application) -> AsyncIterator[None]:
+        """For `cleanup_ctx`: the sessions, the fast path's pool and the first Runtime,
+        for the app's life."""
+        return lifetime.paired(self._start, self._stop)
+
+    async def _start(self) -> None:
+        up = self._config.upstream
+        self._session = new_session(
+            connect_timeout=up.connect_timeout, read_timeout=up.read_timeout, pool_size=up.pool_size
+        )
+        clerk = self._config.clerk
+        self._clerk_session = new_session(
+            connect_timeout=clerk.timeout, read_timeout=clerk.timeout, pool_size=CLERK_POOL_SIZE
+        )
+        self._fast_pool = _fast_pool(self._config)
+        try:
+            self._runtime = await self._build(self._config)
+        except BaseException:
+            await self._stop()
+            raise
+
+    async def _stop(self) -> None:
+        if self.front_door_drained is not None:
+            await self.front_door_drained
+        if self._fast_pool is not None:
+            self._fast_pool.close()
+        for task in self._retired:
+            task.cancel()
+        if self._runtime is not None:
+            await _close_verifier(self._runtime.verifier)
+        if self._session is not None:
+            await self._session.close()
+        if self._clerk_session is not None:
+            await self._clerk_session.close()
+        self.access_log.flush()
+
+    async def reload(self, config: Config) -> None:
+        """Swap in a new, already-validated config. In-flight requests finish on the old one."""
+        old = self.runtime
+        keep = old.verifier if same_verification(old.config, config) else None
+        self._runtime = await self._build(config, keep)
+        if old.config.upstream != config.upstream:
+            # In-flight exchanges finish on their connections; new ones use the new pool.
+            self.fast_pool.close()
+            self._fast_pool = _fast_pool(config)
+        self._config = config
+        if keep is None:
+            # Requests in flight may still hold the old verifier; close it once they are done.
+            task = asyncio.create_task(_close_later(old.verifier, config.shutdown.grace_period))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+        for changed, what in (
+            (old.config.listen != config.listen, "listen"),
+            (old.config.admin != config.admin, "admin"),
+            (old.config.workers != config.workers, "workers"),
+            (old.config.upstream.pool_size != config.upstream.pool_size, "upstream.pool_size"),
+        ):
+            if changed:
+                log.warning("config reload: %s changed; it takes effect on restart", what)
+
+    # -- the request path ----------------------------------------------------------
+    # `handle` (aiohttp) and `frontdoor.FrontDoor` (the fast path) run the same steps,
+    # in this order: route → authenticate (cache first) → admit → forward → finished.
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        rt = self.runtime
+        started = _perf_counter()
+        route_name = "unmatched"
+        principal: Principal = ANONYMOUS
+        status = 500
+        try:
+            hop = ClientHop(request.remote or "", request.scheme, request.host)
+            routed = self.route(rt, request.method, request.raw_path, AiohttpFields(request), hop)
+            route_name = routed.route.name
+            authenticated = self.authenticate_cached(rt, routed)
+            if authenticated is None:
+                authenticated = await self.authenticate(rt, routed)
+            principal = authenticated[0]
+            upstream_headers = CIMultiDict(
+                self.admit(rt, routed, authenticated, request.headers.items(), hop)
+            )
+            url = rt.target.url(routed.resolved.path, routed.resolved.query)
+            response = await dispatch(
+                request,
+                session=self.session,
+                rt=rt,
+                metrics=self.metrics,
+                registry=self.ws_registry,
+                url=url,
+                upstream_headers=upstream_headers,
+                principal=principal,
+                ip=routed.ip,
+            )
+            status = response.status
+            return response
+        except ProxyError as refusal:
+            status = refusal.status
+            return web.Response(
+                status=refusal.status, body=refusal.body(), headers=refusal.headers()
+            )
+        except ClientGone:
+            status = 499  # nginx's code for "client closed request"; never sent
+            raise ConnectionResetError("client went away") from None
+        finally:
+            self.finished(
+                rt, route_name, request.method, status, started, principal, request.remote
+            )
+
+    def route(
+        self, rt: Runtime, method: str, raw_target: str, fields: HeadFields, hop: ClientHop
+    ) -> Routed:
+        """Which route, for whom (client IP) and with which token. Raises 400s."""
+        resolved = rt.policy.resolve(method, raw_target)
+        route = resolved.route
+        cfg = rt.config
+        ip = (
+            client_ip(hop, fields.getall("X-Forwarded-For"), cfg.trusted_proxies)
+            if cfg.trusted_proxies
+            else hop.peer_ip
+        )
+        token = None if route.auth == "public" else fields.bearer(fields.getall("Authorization"))
+        return Routed(resolved, route, token, ip)
+
+    def authenticate_cached(
+        self, rt: Runtime, routed: Routed, recent: Recent | None = None
+    ) -> Authenticated | None:
+        """The answer when it needs no waiting (public route, no token, cache hit).
+        `recent` is the client connection's memo of its last hit, where there is one."""
+        if routed.token is None:
+            return ANONYMOUS, None
+        principal = rt.verifier.cached(routed.token, recent)
+        return None if principal is None else (principal, None)
+
+    async def authenticate(self, rt: Runtime, routed: Routed) -> Authenticated:
+        """Who the caller is. On an `optional` route a bad token means anonymous (the
+        documented Socket.IO fallback); Clerk being unavailable never does."""
+        if routed.token is None:
+            return ANONYMOUS, None
+        try:
+            return await rt.verifier.verify(routed.token, routed.ip), None
+        except ProxyError as refusal:
+            if routed.route.auth == "optional" and refusal.is_auth_failure:
+                self.metrics.auth_decisions.labels(
+                    refusal.token_type or "unknown", "anonymous_fallback"
+                ).inc()
+                return ANONYMOUS, refusal
+            self._decided_refusal(None, refusal)
+            raise
+
+    def admit(
+        self,
+        rt: Runtime,
+        routed: Routed,
+        authenticated: Authenticated,
+        incoming: Iterable[tuple[str, str]],
+        hop: ClientHop,
+        default_host: str | None = None,
+    ) -> list[tuple[str, str]]:
+        """Authorize (raises 401/403) and build the upstream's headers (with `default_host`
+        as Host when the client sent none). The fast path calls `authorize` and then
+        `rt.rewrite`, the same rewrite on raw bytes."""
+        principal = self.authorize(rt, routed, authenticated)
+        cfg = rt.config
+        return upstream_items(
+            incoming,
+            principal=principal,
+            names=rt.names,
+            hop=hop,
+            trusted=cfg.trusted_proxies,
+            forward_authorization=cfg.forward_authorization,
+            default_host=default_host,
+        )
+
+    def authorize(self, rt: Runtime, routed: Routed, authenticated: Authenticated) -> Principal:
+        """The principal, when it may use the route; raises 401/403."""
+        principal, token_error = authenticated
+        try:
+            rt.policy.authorize(routed.route, principal, token_error=token_error)
+        except ProxyError as refusal:
+            self._decided_refusal(principal, refusal)
+            raise
+        self._decided(principal, "allowed")
+        return principal
+
+    def finished(
+        self,
+        rt: Runtime,
+        route_name: str,
+        method: str,
+        status: int,
+        started: float,
+        principal: Principal,
+        remote: str | None,
+    ) -> None:
+        elapsed = _perf_counter() - started
+        self.metrics.observe_request(route_name, method, status, elapsed)
+        if rt.access_log:
+            self.access_log.record(method, route_name, status, elapsed, principal.type, remote)
+
+    def _decided(self, principal: Principal, result: str) -> None:
+        self.metrics.decision(principal.token_type or "none", result).inc()
+
+    def _decided_refusal(self, principal: Principal | None, refusal: ProxyError) -> None:
+        token_type = refusal.token_type or (principal.token_type if principal else None)
+        self.metrics.decision(token_type or "none", refusal.code).inc()
+
+
+def _fast_pool(config: Config) -> UpstreamPool:
+    up = config.upstream
+    url = URL(up.url)
+    return UpstreamPool(
+        url.raw_host or "127.0.0.1",
+        url.port or 80,
+        connect_timeout=up.connect_timeout,
+        read_timeout=up.read_timeout,
+        limit=up.pool_size,
+    )
+
+
+async def _close_verifier(verifier: Verifier) -> None:
+    close = getattr(verifier, "close", None)
+    if close is not None:
+        await close()
+
+
+async def _close_later(verifier: Verifier, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await _close_verifier(verifier)
+
+
+PROXY = web.AppKey("proxy", Proxy)
+
+
+def create_app(
+    config: Config,
+    *,
+    verifier: Verifier | None = None,
+    verifier_factory: VerifierFactory | None = None,
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """The client-facing app. Pass `verifier` (tests) or `verifier_factory`; by default
+    tokens are verified against Clerk."""
+    factory = verifier_factory or clerk_verifier
+    if verifier is not None:
+        fixed = verifier
+
+        def factory(config: Config, session: aiohttp.ClientSession, metrics: Metrics) -> Verifier:
+            return fixed
+
+    proxy = Proxy(config, metrics or Metrics(), factory)
+    app = web.Application(handler_args={"max_field_size": 16 * 1024})
+    app[PROXY] = proxy
+    app.cleanup_ctx.append(proxy.lifespan)
+    # on_shutdown runs before aiohttp waits for handlers: sockets get the grace period,
+    # then are closed with 1001 on both legs.
+    app.on_shutdown.append(
+        lambda _: proxy.ws_registry.drain(proxy.runtime.config.shutdown.grace_period)
+    )
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app

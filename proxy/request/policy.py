@@ -1,0 +1,158 @@
+"""Route policy: which route a request is, and whether its principal may pass. Pure.
+
+The path is normalized *before* matching and the normalized form is what gets forwarded,
+so the upstream always receives exactly the path the policy judged. Anything that two
+parsers could read two ways (encoded `/` or `\\`, NUL, `;`, `#`, climbing above root)
+is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Final
+
+from proxy.config.load import Route
+from proxy.core import errors
+from proxy.core.errors import ProxyError
+from proxy.core.principal import Principal
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})")
+# Escapes that would change how the path splits into segments, or that downstream
+# parsers disagree on: refused instead of decoded.
+_REFUSED_ESCAPES = frozenset({"2F", "5C", "00", "3B", "23"})
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\;#]")
+
+
+def _bad(message: str) -> ProxyError:
+    return ProxyError(errors.BAD_REQUEST, message)
+
+
+def _decode_unreserved(m: re.Match[str]) -> str:
+    hexpair = m.group(1).upper()
+    if hexpair in _REFUSED_ESCAPES:
+        raise _bad("the path contains an encoded character that is not allowed")
+    char = chr(int(hexpair, 16))
+    return char if char in _UNRESERVED else f"%{hexpair}"
+
+
+def normalize_path(raw_path: str) -> str:
+    """RFC 3986 normalization of an origin-form path, refusing ambiguity."""
+    if not raw_path.startswith("/"):
+        raise _bad("the request target must be an absolute path")
+    if _BAD_CHARS.search(raw_path):
+        raise _bad("the path contains a character that is not allowed")
+    if "%" in raw_path:
+        if re.search(r"%(?![0-9A-Fa-f]{2})", raw_path):
+            raise _bad("the path contains a malformed percent-escape")
+        raw_path = _PCT.sub(_decode_unreserved, raw_path)
+    out: list[str] = []
+    segments = raw_path.split("/")[1:]
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == "" and not last:
+            continue  # merge repeated slashes
+        if segment == ".":
+            if last:
+                out.append("")
+            continue
+        if segment == "..":
+            if not out or out == [""]:
+                raise _bad("the path climbs above the root")
+            out.pop()
+            if last:
+                out.append("")
+            continue
+        out.append(segment)
+    return "/" + "/".join(out)
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """`*` within one segment, `**` any number of whole segments (including none)."""
+    parts = pattern.split("/")[1:]
+    regex = ""
+    for i, part in enumerate(parts):
+        if part == "**":
+            # `/a/**` matches `/a`, `/a/` and `/a/x/y`.
+            regex += "(?:/.*)?" if i == len(parts) - 1 else "(?:/[^/]*)*"
+            continue
+        regex += "/" + "[^/]*".join(re.escape(p) for p in part.split("*"))
+    return re.compile(f"^{regex or '/'}$" if regex else "^/$")
+
+
+class Resolved:
+    """Where a request target goes. Immutable (`Final`). A plain class: compiled, it is
+    made and read directly, where a NamedTuple's fields go through a descriptor lookup."""
+
+    __slots__ = ("path", "query", "route")
+
+    def __init__(self, route: Route, path: str, query: str | None) -> None:
+        self.route: Final = route
+        self.path: Final = path  # normalized; this is what is forwarded
+        self.query: Final = query  # raw, untouched; None when the target had no '?'
+
+    def __repr__(self) -> str:
+        return f"Resolved({self.route.name!r}, {self.path!r}, {self.query!r})"
+
+
+# Distinct (method, path) resolutions remembered; an API has few, a scanner many, so
+# the memo is simply emptied when full.
+MEMO_SIZE = 4096
+MEMO_KEY_MAX = 256  # longer paths are resolved afresh: the memo stays under ~2 MB
+
+
+class Policy:
+    def __init__(self, routes: Sequence[Route], default_route: Route) -> None:
+        self._routes = tuple((route, compile_glob(route.path)) for route in routes)
+        self._default = default_route
+        self._memo: dict[tuple[str, str], Resolved] = {}
+
+    def match(self, method: str, path: str) -> Route:
+        for route, regex in self._routes:
+            if route.methods is not None and method not in route.methods:
+                continue
+            if regex.match(path):
+                return route
+        return self._default
+
+    def resolve(self, method: str, raw_target: str) -> Resolved:
+        path, sep, query = raw_target.partition("?")
+        # Pure in (method, path), so memoized: only accepted paths are remembered, and
+        # without a query the Resolved itself is the answer.
+        known = self._memo.get((method, path))
+        if known is None:
+            normalized = normalize_path(path)
+            known = Resolved(self.match(method, normalized), normalized, None)
+            if len(path) <= MEMO_KEY_MAX:
+                if len(self._memo) >= MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[(method, path)] = known
+        return Resolved(known.route, known.path, query) if sep else known
+
+    def authorize(
+        self, route: Route, principal: Principal, *, token_error: ProxyError | None = None
+    ) -> None:
+        if route.auth == "public":
+            return
+        if principal.is_anonymous:
+            if route.auth == "required":
+                raise token_error or ProxyError(
+                    errors.TOKEN_MISSING, "this route requires a bearer token"
+                )
+            return
+        if route.principal_types is not None and principal.type not in route.principal_types:
+            allowed = ", ".join(sorted(route.principal_types))
+            raise ProxyError(
+                errors.INSUFFICIENT_SCOPE,
+                f"this route is for {allowed} principals, not {principal.type}",
+                token_type=principal.token_type,
+            )
+        if route.scopes and not principal.scopes.issuperset(route.scopes):
+            missing = [s for s in route.scopes if s not in principal.scopes]
+            raise ProxyError(
+                errors.INSUFFICIENT_SCOPE,
+                f"the token lacks the scope(s): {' '.join(missing)}",
+                scope=" ".join(route.scopes),
+                token_type=principal.token_type,
+            )
