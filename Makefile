@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test lint typecheck pytest bench clean venv
+.PHONY: demo test lint typecheck pytest bench instructions clean venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,11 @@ test: lint typecheck pytest
 
 bench: $(BUILT)
 	bash bench/run.sh
+
+# Only the callgrind instructions per request of legs (c), (d), (d2), (e): about a minute,
+# steady across runs, what "within N% of before" compares.
+instructions: $(BUILT)
+	bash bench/run.sh --instructions-only --skip-sio
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -21,8 +21,10 @@ from setuptools import setup
 # the per-request path.
 COMPILED = [
     "proxy/request/app.py",
+    "proxy/request/routed.py",
     "proxy/request/runtime.py",
     "proxy/fastpath/frontdoor.py",
+    "proxy/fastpath/fields.py",
     "proxy/http/upstream.py",
     "proxy/fastpath/upstream_head.py",
     "proxy/http/http1.py",

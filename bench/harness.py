@@ -293,11 +293,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wanted = set(filter(None, args.legs.split(",")))
         chosen = {name: leg for name, leg in legs.items() if not wanted or name in wanted}
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
-        for url, headers, _pids in chosen.values():
+        # --instructions-only: no timed legs, only the callgrind counts (a minute, and
+        # steady across runs: what a change's "within N% of before" compares).
+        timed_rounds = 0 if args.instructions_only else args.rounds
+        for url, headers, _pids in chosen.values() if timed_rounds else ():
             wrk(url, headers, 1, 8)  # warm: connections, caches, JWKS
         # Legs interleaved, round after round: a noisy neighbour then slows every leg a
         # little instead of one leg a lot, and the median per leg is compared.
-        for n in range(args.rounds):
+        for n in range(timed_rounds):
             for name, (url, headers, pids) in chosen.items():
                 one = {"saturation": wrk(url, headers, args.seconds, args.connections),
                        "fixed_rate": openloop(url, headers, args.rate, args.fixed_seconds, pids)}
@@ -309,7 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if n in chosen
         ]
         serial_runs: dict[str, list[float]] = {name: [] for name in serial_legs}
-        for n in range(args.rounds):
+        for n in range(timed_rounds):
             for name in serial_legs:
                 url, headers, pids = chosen[name]
                 one = serial(proxy_port, pids[0], url, headers, args.seconds)
@@ -318,6 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["serial_cpu_us"] = {
             name: {"median": statistics.median(runs), "rounds": runs}
             for name, runs in serial_runs.items()
+            if runs
         }
         phase("serial")
         if shutil.which("valgrind") and not args.dry_run:
@@ -338,6 +342,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results["instructions_per_request"][name] = count
                 print(f"instructions {name}: {count:.0f}", flush=True)
         phase("instructions")
+        if args.instructions_only:
+            return results
         for name, runs in rounds.items():
             results["legs"][name] = {
                 "saturation": medians([r["saturation"] for r in runs]),
@@ -506,10 +512,15 @@ def main() -> None:
     parser.add_argument("--sio-clients", type=int, default=1000)
     parser.add_argument("--skip-sio", action="store_true")
     parser.add_argument("--legs", default="", help="comma-separated leg names (default: all)")
+    parser.add_argument("--instructions-only", action="store_true",
+                        help="only the callgrind instruction counts per leg, printed as JSON")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the HTTP legs only; write no results and no table")
     args = parser.parse_args()
     results = run(args)
+    if args.instructions_only:
+        print(json.dumps(results.get("instructions_per_request", {})))
+        return
     if args.dry_run:
         return
     results["ratios"] = ratios(results)

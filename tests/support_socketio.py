@@ -19,7 +19,7 @@ from proxy.config import model as config
 from proxy.core.errors import TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
 from proxy.core.principal import ANONYMOUS, Principal, Recent
 from proxy.observe.metrics import Metrics
-from proxy.realtime import polling, websocket
+from proxy.realtime import handshake, polling, websocket
 from proxy.realtime import socketio as sio_codec
 
 PARTNER = Principal(
@@ -201,7 +201,7 @@ def relay_app(
         url = URL(str(upstream).rstrip("/") + request.raw_path, encoded=True)
         is_sio = sio_codec.is_socketio_path(request.path)
         try:
-            if websocket.is_upgrade(request):
+            if handshake.is_upgrade(request):
                 return await websocket.relay(
                     request,
                     ctx=ctx,

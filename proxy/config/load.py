@@ -34,6 +34,7 @@ from proxy.config.model import (
     VerificationBudget,
     WebSocket,
 )
+from proxy.config.routes import parse_route
 from proxy.config.values import (
     ConfigError,
     ConfigIssue,
@@ -83,7 +84,6 @@ __all__ = [
 
 _LISTEN_KEYS = {"host", "port"}
 _NO_STRINGS: tuple[str, ...] = ()
-_ROUTE_KEYS = {"name", "path", "methods", "auth", "scopes", "principal_types"}
 
 
 def _listen(r: Reader, raw: Any, key: str, default_port: int) -> Listen:
@@ -93,59 +93,6 @@ def _listen(r: Reader, raw: Any, key: str, default_port: int) -> Listen:
         host=r.get(sec, key, "host", str_value, "0.0.0.0"),
         port=r.get(sec, key, "port", port, default_port),
         fast_path=r.get(sec, key, "fast_path", bool_value, True) if client_facing else False,
-    )
-
-
-def _route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None:
-    allowed = _ROUTE_KEYS - {"path"} if default else _ROUTE_KEYS
-    if not isinstance(raw, dict):
-        r.problem(key, f"expected a mapping, got {type(raw).__name__}")
-        return None
-    r.section(raw, key, allowed)
-    name = r.get(raw, key, "name", str_value, "default" if default else "")
-    path = "/**"
-    if not default:
-        p = r.required(raw, key, "path")
-        if p is not None:
-            try:
-                validate_glob(str_value(p))
-                path = str_value(p)
-            except (ValueError, TypeError) as exc:
-                r.problem(f"{key}.path", str(exc))
-        if not name:
-            name = path
-    auth = r.get(raw, key, "auth", str_value, "required")
-    if auth not in ("public", "optional", "required"):
-        r.problem(f"{key}.auth", f"must be public, optional or required, got {auth!r}")
-        auth = "required"
-    methods_raw = r.get(raw, key, "methods", str_list, _NO_STRINGS)
-    methods: frozenset[str] | None = None
-    if methods_raw:
-        methods = frozenset(m.upper() for m in methods_raw)
-        bad = sorted(m for m in methods if m not in HTTP_METHODS)
-        if bad:
-            r.problem(f"{key}.methods", f"unknown HTTP method(s): {', '.join(bad)}")
-        if "GET" in methods:
-            methods = methods | {"HEAD"}  # HEAD is GET without a body
-    scopes = r.get(raw, key, "scopes", str_list, _NO_STRINGS)
-    ptypes_raw = r.get(raw, key, "principal_types", str_list, _NO_STRINGS)
-    ptypes = frozenset(ptypes_raw) if ptypes_raw else None
-    if ptypes:
-        bad = sorted(t for t in ptypes if t not in PRINCIPAL_TYPES)
-        if bad:
-            r.problem(
-                f"{key}.principal_types",
-                f"unknown principal type(s) {', '.join(bad)}; known: {', '.join(PRINCIPAL_TYPES)}",
-            )
-    if auth == "public" and (scopes or ptypes):
-        r.problem(key, "a public route cannot require scopes or principal_types")
-    return Route(
-        name=name,
-        path=path,
-        methods=methods,
-        auth=auth,  # type: ignore[arg-type]
-        scopes=scopes,
-        principal_types=ptypes,
     )
 
 
@@ -299,14 +246,14 @@ def build_config(
     else:
         seen: set[str] = set()
         for i, item in enumerate(raw_routes or []):
-            route = _route(r, item, f"routes[{i}]", default=False)
+            route = parse_route(r, item, f"routes[{i}]", default=False)
             if route is None:
                 continue
             if route.name in seen:
                 r.problem(f"routes[{i}].name", f"duplicate route name {route.name!r}")
             seen.add(route.name)
             routes.append(route)
-    default_route = _route(r, top.get("default_route") or {}, "default_route", default=True)
+    default_route = parse_route(r, top.get("default_route") or {}, "default_route", default=True)
 
     hd = r.section(top.get("headers"), "headers", {"prefix"})
     prefix = r.get(hd, "headers", "prefix", str_value, "X-Auth-")

@@ -1,5 +1,5 @@
 """The vocabulary every layer shares: the verified `Principal` and the refusals the proxy
 answers itself (`ProxyError` and its spec codes).
 
-Imports nothing from `proxy`: it is the bottom layer.
+May import: nothing from `proxy`: it is the bottom layer.
 """

@@ -21,7 +21,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from proxy.emulator.state import DEFAULT_SECRET_KEY, ClerkInstance, IssuedToken, Machine
+from proxy.emulator.backend import BackendApi
+from proxy.emulator.state import DEFAULT_SECRET_KEY, IssuedToken, Machine
 from proxy.emulator.wire import Answer, clerk_error, not_found, parse_body
 
 __all__ = [
@@ -103,7 +104,7 @@ def fault_answer(fault: Fault) -> Answer | None:
 Handler = Callable[[web.Request, bytes], Answer]
 
 
-class ClerkEmulator(ClerkInstance):
+class ClerkEmulator(BackendApi):
     """One emulated Clerk instance with its aiohttp app (`.app`), faults and call counts."""
 
     def __init__(

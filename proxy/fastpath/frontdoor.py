@@ -20,17 +20,18 @@ import asyncio
 import http
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Final, cast
 
-from proxy.auth import tokens
 from proxy.core.errors import ProxyError
 from proxy.core.principal import ANONYMOUS, Principal, Recent
+from proxy.fastpath.fields import HeadFieldsMemo
 from proxy.fastpath.upstream_head import UpstreamHeads
 from proxy.http import http1
 from proxy.http.headers import ClientHop, client_items
 from proxy.http.upstream import IDEMPOTENT, UpstreamConnection, UpstreamPool
-from proxy.request.app import Authenticated, Proxy, Routed
+from proxy.request.app import Proxy
+from proxy.request.routed import Authenticated, Routed
 from proxy.request.runtime import Runtime
 
 log = logging.getLogger("proxy")
@@ -87,8 +88,7 @@ class FrontDoor(asyncio.Protocol):
         self._recent = Recent()
         # The last Authorization values and the bearer token they gave: a keep-alive
         # partner sends the same header on every request (see `bearer`).
-        self._last_authorization: Sequence[str] = ()
-        self._last_token: str | None = None
+        self._fields = HeadFieldsMemo()
         self._started = 0.0
         self._upstream: UpstreamConnection | None = None
         self._upstream_head = b""
@@ -211,7 +211,8 @@ class FrontDoor(asyncio.Protocol):
         if hop.host != head.host:
             hop = self._hop = ClientHop(self._peer, "http", head.host)
         try:
-            routed = self._proxy.route(rt, head.method, head.target, self, hop)
+            self._fields.head = head
+            routed = self._proxy.route(rt, head.method, head.target, self._fields, hop)
         except ProxyError as refusal:
             del self._buffer[:head_size]
             self._refuse(refusal)
@@ -353,23 +354,6 @@ class FrontDoor(asyncio.Protocol):
         self._out.clear()
         self._holding = False
         self._refuse(refusal)
-
-    # --- app.HeadFields: what Proxy.route reads of the head --------------------------
-
-    def bearer(self, authorization: Sequence[str]) -> str | None:
-        """`tokens.extract_bearer`, remembered for the connection's last header (pure in
-        its values; refusals are not remembered, they raise each time)."""
-        if authorization and authorization == self._last_authorization:
-            return self._last_token
-        token = tokens.extract_bearer(authorization)
-        self._last_authorization, self._last_token = authorization, token
-        return token
-
-    def getall(self, name: str) -> Sequence[str]:
-        assert self._head is not None
-        if name == "Authorization":
-            return self._head.authorization
-        return http1.field_values(self._head.block, http1.values_pattern(name))
 
     # --- end of an exchange -------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from proxy.core.errors import BAD_REQUEST, UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABL
 from proxy.core.principal import Principal
 from proxy.observe import metrics
 from proxy.realtime import socketio as sio
+from proxy.realtime.handshake import check_origin, client_protocols
 from proxy.realtime.socketio import Grant, GrantBook, Watch, same_identity, watch_for
 
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
@@ -87,29 +88,6 @@ class RelayContext:
     # Re-verify a live socket's token this often (the cache TTL); 0: only at expiry.
     reverify_seconds: float = 0.0
     clock: Callable[[], float] = time.time
-
-
-def is_upgrade(request: web.Request) -> bool:
-    connection = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
-    return (
-        request.method == "GET"
-        and request.headers.get("Upgrade", "").strip().lower() == "websocket"
-        and "upgrade" in connection
-    )
-
-
-def check_origin(origin: str | None, allowed: tuple[str, ...]) -> None:
-    """Browsers always send Origin; other clients (Node, Python) usually do not and are
-    not exposed to cross-site WebSocket hijacking, so a missing Origin passes."""
-    if not allowed or origin is None:
-        return
-    if origin.rstrip("/").lower() not in {a.rstrip("/").lower() for a in allowed}:
-        raise ProxyError(BAD_REQUEST, "this Origin may not open WebSockets", status=403)
-
-
-def client_protocols(request: web.Request) -> tuple[str, ...]:
-    values = request.headers.getall("Sec-WebSocket-Protocol", ())
-    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
 
 
 async def relay(

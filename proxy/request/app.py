@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Final, Protocol
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Final
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.auth import tokens
-from proxy.config.load import Config, Route
+from proxy.config.load import Config
 from proxy.core.errors import ProxyError
 from proxy.core.principal import ANONYMOUS, Principal, Recent, Verifier
 from proxy.http.forward import ClientGone, new_session
@@ -31,7 +30,7 @@ from proxy.observe.metrics import Metrics
 from proxy.realtime import websocket
 from proxy.request import lifetime
 from proxy.request.dispatch import dispatch
-from proxy.request.policy import Resolved
+from proxy.request.routed import AiohttpFields, Authenticated, HeadFields, Routed
 from proxy.request.runtime import Runtime, build_runtime, same_verification
 
 log = logging.getLogger("proxy")
@@ -47,52 +46,6 @@ def clerk_verifier(config: Config, session: aiohttp.ClientSession, metrics: Metr
     from proxy.auth.verifier import ClerkVerifier
 
     return ClerkVerifier(config, session, metrics)
-
-
-class Routed:
-    """The request once its route, client IP and token are known. Immutable (`Final`).
-    Made per request: a compiled plain class costs a tenth of a NamedTuple."""
-
-    __slots__ = ("ip", "resolved", "route", "token")
-
-    def __init__(self, resolved: Resolved, route: Route, token: str | None, ip: str) -> None:
-        self.resolved: Final = resolved
-        self.route: Final = route
-        self.token: Final = token  # None on public routes: they never look at tokens
-        self.ip: Final = ip
-
-
-class HeadFields(Protocol):
-    """A request's header fields as `Proxy.route` reads them (only those it needs, only
-    when it needs them)."""
-
-    def getall(self, name: str) -> Sequence[str]:
-        """Every value of the field `name` (case-insensitive), in order."""
-        ...
-
-    def bearer(self, authorization: Sequence[str]) -> str | None:
-        """`tokens.extract_bearer` of these Authorization values (the fast path
-        remembers it per connection)."""
-        ...
-
-
-class AiohttpFields:
-    """`HeadFields` of a request aiohttp parsed."""
-
-    __slots__ = ("_request",)
-
-    def __init__(self, request: web.Request) -> None:
-        self._request = request
-
-    def getall(self, name: str) -> Sequence[str]:
-        return self._request.headers.getall(name, ())
-
-    def bearer(self, authorization: Sequence[str]) -> str | None:
-        return tokens.extract_bearer(authorization)
-
-
-# The principal, and on an optional route the refusal that made it anonymous.
-Authenticated = tuple[Principal, ProxyError | None]
 
 
 class Proxy:

@@ -17,7 +17,7 @@ from proxy.core.errors import BAD_REQUEST, ProxyError
 from proxy.core.principal import Principal
 from proxy.http.forward import forward, read_request_body
 from proxy.observe.metrics import Metrics
-from proxy.realtime import polling, websocket
+from proxy.realtime import handshake, polling, websocket
 from proxy.realtime import socketio as sio
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ async def dispatch(
         registry=registry,
         reverify_seconds=rt.config.cache.ttl_seconds,
     )
-    if websocket.is_upgrade(request):
+    if handshake.is_upgrade(request):
         return await websocket.relay(
             request,
             ctx=ctx,
