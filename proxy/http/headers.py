@@ -38,12 +38,16 @@ FORWARDING: frozenset[str] = frozenset(
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# A Principal, its header pairs and the same as a field block.
+Rendered = tuple[Principal, tuple[tuple[istr, str], ...], bytes]
 
 X_FORWARDED_FOR = istr("X-Forwarded-For")
 X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST = istr("X-Forwarded-Host")
 # Distinct Principals rendered before the memo starts over (cache hits repeat a few).
 RENDER_MEMO_SIZE = 4096
+# Principal objects remembered by identity in front of it.
+RECENT_OBJECTS = 256
 
 
 def connection_tokens(values: Iterable[str]) -> frozenset[str]:
@@ -86,12 +90,15 @@ class PrincipalHeaders:
             claims=istr(prefix + "Claims"),
         )
 
-    # The rendering of recently seen Principals: cache hits return the same Principal
-    # object, so the hot path renders each one once. Keyed by id(), with the object kept
-    # beside it so the id cannot be reused while the memo holds it.
-    _memo: dict[int, tuple[Principal, tuple[tuple[istr, str], ...], bytes]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    # The rendering of each Principal, by value: every re-verification of a token builds
+    # a new, equal Principal, and keyed by object each copy took an entry of its own (a
+    # rendering and the Principal it kept alive) until the memo was full — RSS crept for
+    # minutes after every token's TTL (issue 19). In front of it, the objects seen
+    # recently, by id (cache hits hand back the same object: a pointer compare instead of
+    # hashing seven fields), each kept beside its id so the id cannot be reused while it
+    # is there. Both are bounded: copies by RECENT_OBJECTS, renderings by RENDER_MEMO_SIZE.
+    _memo: dict[Principal, Rendered] = field(default_factory=dict, compare=False, repr=False)
+    _recent: dict[int, Rendered] = field(default_factory=dict, compare=False, repr=False)
 
     def render(self, principal: Principal) -> tuple[tuple[istr, str], ...]:
         return self._rendered(principal)[1]
@@ -100,16 +107,21 @@ class PrincipalHeaders:
         """`render` as a field block (`http1`), for the fast path."""
         return self._rendered(principal)[2]
 
-    def _rendered(
-        self, principal: Principal
-    ) -> tuple[Principal, tuple[tuple[istr, str], ...], bytes]:
-        kept = self._memo.get(id(principal))
+    def _rendered(self, principal: Principal) -> Rendered:
+        recent = self._recent
+        kept = recent.get(id(principal))
         if kept is not None and kept[0] is principal:
             return kept
-        pairs = self._render(principal)
-        if len(self._memo) >= RENDER_MEMO_SIZE:
-            self._memo.clear()
-        kept = self._memo[id(principal)] = (principal, pairs, encode_fields(pairs))
+        kept = self._memo.get(principal)
+        if kept is None:
+            pairs = self._render(principal)
+            if len(self._memo) >= RENDER_MEMO_SIZE:
+                self._memo.clear()
+            kept = self._memo[principal] = (principal, pairs, encode_fields(pairs))
+        if len(recent) >= RECENT_OBJECTS:
+            recent.clear()
+        # The object asked about, not the equal one rendered first: its id is the key.
+        kept = recent[id(principal)] = (principal, kept[1], kept[2])
         return kept
 
     def _render(self, principal: Principal) -> tuple[tuple[istr, str], ...]:
