@@ -2,25 +2,147 @@
 
 Each worker is a full proxy with its own verification cache, so a token costs up to N
 Clerk calls per TTL instead of one (see docs/performance.md). The kernel spreads new
-connections across workers. The parent only supervises: it forwards SIGTERM/SIGINT/SIGHUP
-and exits with the first non-zero worker status.
+connections across workers. The parent only supervises: it forwards SIGTERM/SIGINT/SIGHUP,
+and a worker that dies while nobody asked it to stop is logged (which one, and the signal
+or exit code) and started again. Past `RESTART_LIMIT` restarts within `RESTART_WINDOW`
+seconds the workers are crash-looping: the parent stops the others and exits 1, so the
+pod restarts with Kubernetes' back-off instead of spinning. A worker that exits 2 (its
+config or its port is wrong: restarting would not help) stops them all with 2.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Final
 
-REUSE_PORT_ENV = "CLERK_AUTH_PROXY_REUSE_PORT"
+REUSE_PORT_ENV: Final = "CLERK_AUTH_PROXY_REUSE_PORT"
+# Kubernetes' own restart back-off starts at 10 s: five deaths a minute is no transient.
+RESTART_LIMIT: Final = 5
+RESTART_WINDOW: Final = 60.0
+# The exit code of a worker whose config or port is wrong (cli's "usage" code).
+EXIT_USAGE: Final = 2
+EXIT_CRASH_LOOP: Final = 1
+POLL_SECONDS: Final = 0.1
+
+log = logging.getLogger("proxy.workers")
 
 
-def run_workers(count: int, config_path: str) -> int:
-    env = dict(os.environ, **{REUSE_PORT_ENV: "1"})
-    cmd = [
+def death_cause(returncode: int) -> dict[str, object]:
+    """A worker's end for a log line: `{"signal": "SIGKILL"}` or `{"exit_code": 3}`."""
+    if returncode < 0:
+        try:
+            return {"signal": signal.Signals(-returncode).name}
+        except ValueError:
+            return {"signal": f"signal {-returncode}"}
+    return {"exit_code": returncode}
+
+
+def exit_status(returncode: int) -> int:
+    """A worker's status as the parent's own exit code: a signal `n` is `128 + n`, as a
+    shell reports it, instead of Python's `256 - n` for a negative code."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Supervisor:
+    """The workers of one `run --workers N` and what happens when one dies."""
+
+    def __init__(
+        self,
+        count: int,
+        spawn: Callable[[], subprocess.Popen[bytes]],
+        *,
+        limit: int = RESTART_LIMIT,
+        window: float = RESTART_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._spawn = spawn
+        self._limit = limit
+        self._window = window
+        self._clock = clock
+        self._restarts: deque[float] = deque()
+        self._count = count
+        self.stopping = False
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        self.workers = [self._start(i) for i in range(self._count)]
+
+    def _start(self, index: int) -> subprocess.Popen[bytes]:
+        child = self._spawn()
+        log.info("worker started", extra={"worker": index, "pid": child.pid})
+        return child
+
+    def signal_all(self, signum: int) -> None:
+        for child in self.workers:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        self.stopping = True
+        self.signal_all(signum)
+
+    def check(self) -> int | None:
+        """Restart the workers that died; the parent's exit code once it must end."""
+        for index, child in enumerate(self.workers):
+            code = child.poll()
+            if code is None or self.stopping:
+                continue
+            cause = death_cause(code)
+            if code == EXIT_USAGE:
+                log.error(
+                    "worker exited: its config or port is wrong; stopping the others",
+                    extra={"worker": index, "pid": child.pid, **cause},
+                )
+                self.stop()
+                return EXIT_USAGE
+            now = self._clock()
+            while self._restarts and now - self._restarts[0] > self._window:
+                self._restarts.popleft()
+            if len(self._restarts) >= self._limit:
+                log.error(
+                    "workers are crash-looping; stopping",
+                    extra={
+                        "worker": index,
+                        "pid": child.pid,
+                        **cause,
+                        "restarts": len(self._restarts),
+                        "window_seconds": self._window,
+                    },
+                )
+                self.stop()
+                return EXIT_CRASH_LOOP
+            self._restarts.append(now)
+            log.error(
+                "worker died; restarting it", extra={"worker": index, "pid": child.pid, **cause}
+            )
+            self.workers[index] = self._start(index)
+        return None
+
+    def wait(self) -> int:
+        """Supervise until every worker has ended; the parent's exit code."""
+        verdict: int | None = None
+        while True:
+            if verdict is None:
+                verdict = self.check()
+            if self.stopping and all(child.poll() is not None for child in self.workers):
+                break
+            time.sleep(POLL_SECONDS)
+        if verdict is not None:
+            return verdict
+        # Stopped on request: 0 when every worker drained cleanly.
+        return max((exit_status(c.returncode or 0) for c in self.workers), default=0)
+
+
+def worker_command(config_path: str) -> Sequence[str]:
+    return [
         sys.executable,
         "-m",
         "proxy.process.cli",
@@ -30,22 +152,21 @@ def run_workers(count: int, config_path: str) -> int:
         "--workers",
         "1",
     ]
-    children = [subprocess.Popen(cmd, env=env) for _ in range(count)]  # noqa: S603
 
-    def forward(signum: int, frame: FrameType | None) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
-    status = 0
-    while any(child.poll() is None for child in children):
-        for child in children:
-            code = child.poll()
-            if code not in (None, 0) and status == 0:
-                # One worker died: take the others down so the pod restarts cleanly.
-                status = code
-                forward(signal.SIGTERM, None)
-        time.sleep(0.2)
-    return status or max((c.returncode or 0) for c in children)
+def run_workers(count: int, config_path: str) -> int:
+    env = dict(os.environ, **{REUSE_PORT_ENV: "1"})
+    cmd = worker_command(config_path)
+    supervisor = Supervisor(count, lambda: subprocess.Popen(cmd, env=env))  # noqa: S603
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        supervisor.stop(signum)
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        supervisor.signal_all(signum)
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    supervisor.start()
+    return supervisor.wait()
