@@ -19,13 +19,20 @@ from proxy.auth.clerk import (
     M2M,
     OAUTH,
     ClerkClient,
+    ClerkSettingRefusal,
     Endpoint,
     classify_failure,
     parse_verify_response,
 )
 from proxy.auth.tokens import TokenKind
 from proxy.config.load import Config, build_config
-from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
+from proxy.core.errors import (
+    TOKEN_EXPIRED,
+    TOKEN_INVALID,
+    VERIFICATION_NOT_ENABLED,
+    VERIFICATION_UNAVAILABLE,
+    ProxyError,
+)
 from proxy.observe.metrics import Metrics
 
 NOW = 1_700_000_000.0
@@ -92,7 +99,7 @@ def test_parse_other_kinds(
         ({"expired": True}, TOKEN_EXPIRED),
         ({"expiration": NOW_MS}, TOKEN_EXPIRED),
         ({"expiration": NOW_MS - 1}, TOKEN_EXPIRED),
-        ({"active": False}, TOKEN_INVALID),
+        ({"active": False}, TOKEN_EXPIRED),  # the spec: "not active (expired)"
         # A 200 we cannot read is Clerk's problem, not the caller's.
         ({"subject": None}, VERIFICATION_UNAVAILABLE),
         ({"id": 5}, VERIFICATION_UNAVAILABLE),
@@ -131,6 +138,7 @@ CLERK_ERROR = json.dumps(
     [
         (404, {}, TOKEN_INVALID, None),
         (400, {}, TOKEN_INVALID, None),
+        (422, {}, VERIFICATION_NOT_ENABLED, 60),  # an instance setting, not the caller
         (401, {}, VERIFICATION_UNAVAILABLE, 30),
         (403, {}, VERIFICATION_UNAVAILABLE, 30),
         (429, {"Retry-After": "17"}, VERIFICATION_UNAVAILABLE, 17),
@@ -144,6 +152,25 @@ def test_classify_failure(
 ) -> None:
     err = classify_failure(M2M, status, headers, CLERK_ERROR)
     assert (err.code, err.retry_after) == (code, retry_after)
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (
+            b'{"errors":[{"code":"api_keys_not_enabled","message":"m","long_message":"l"}]}',
+            "api_keys_not_enabled",
+        ),
+        (b'{"errors":[{"code":"Bad Code\\nX"}]}', "unknown"),  # never a free-form label value
+        (b"not json", "unknown"),
+        (b'{"errors":[]}', "unknown"),
+    ],
+)
+def test_422_names_clerks_code(body: bytes, named: str) -> None:
+    err = classify_failure(API_KEY, 422, {}, body)
+    assert isinstance(err, ClerkSettingRefusal)
+    assert (err.status, err.clerk_code, err.token_type) == (503, named, "api_key")
+    assert named in err.message
 
 
 def test_404_explains_instance_scoping() -> None:

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from proxy.emulator.app import ClerkEmulator, make_fault, seed_demo, serve
-from proxy.emulator.state import M2M_JWT_CAT
+from proxy.emulator.state import M2M_JWT_CAT, SESSION_JWT_CAT
 
 KEY = "sk_test_emulator"
 M2M_ID = re.compile(r"mt_[0-9a-f]{32}")
@@ -66,6 +66,8 @@ def call(client: Client) -> Call:
             headers["Authorization"] = f"Bearer {key}"
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else b"")
         async with client.post(path, data=data, headers=headers) as resp:
+            # Exactly this: Clerk's JS SDK parses a body as JSON on no other value.
+            assert resp.headers["Content-Type"] == "application/json"
             return resp.status, await resp.json()
 
     return call
@@ -98,7 +100,7 @@ async def test_m2m_create_with_the_machine_key(
         {"seconds_until_expiration": 60, "claims": {"tier": "gold"}},
         key=partner.secret_key,
     )
-    assert status == 200
+    assert status == 201  # the spec's answer; clerk-backend-api fails on anything else
     assert set(body) == M2M_FIELDS | {"token"}
     assert M2M_ID.fullmatch(body["id"])
     assert body["token"].startswith("mt_") and not M2M_ID.fullmatch(body["token"])
@@ -116,27 +118,114 @@ async def test_m2m_create_with_the_machine_key(
     assert verified["id"] == body["id"]
 
 
-async def test_m2m_create_with_the_instance_key_names_the_machine(
-    emu: ClerkEmulator, call: Call
-) -> None:
+async def test_m2m_create_takes_only_a_machine_key(emu: ClerkEmulator, call: Call) -> None:
+    # The spec: "Must be authenticated via a Machine Secret Key"; the body has no field
+    # naming a machine (additionalProperties: false).
     partner = emu.create_machine("partner")
-    status, body = await call("/v1/m2m_tokens", {"machine_secret_key": partner.secret_key})
-    assert (status, body["subject"], body["expiration"]) == (200, partner.id, None)
     status, body = await call("/v1/m2m_tokens", {})
-    assert status == 400
-    assert body["errors"][0]["code"] == "form_param_missing"
-    assert body["errors"][0]["meta"] == {"param_name": "machine_secret_key"}
+    assert (status, body["errors"][0]["code"]) == (401, "authentication_invalid")
+    status, body = await call(
+        "/v1/m2m_tokens", {"machine_secret_key": partner.secret_key}, key=partner.secret_key
+    )
+    assert (status, body["errors"][0]["code"]) == (400, "form_param_unknown")
+    # What Clerk's JS SDK sends when nothing is chosen: nulls, and the default format.
+    status, body = await call(
+        "/v1/m2m_tokens",
+        {"seconds_until_expiration": None, "claims": None, "token_format": "opaque"},
+        key=partner.secret_key,
+    )
+    assert (status, body["subject"], body["expiration"], body["claims"]) == (
+        201,
+        partner.id,
+        None,
+        None,
+    )
 
 
 async def test_m2m_create_jwt_format(emu: ClerkEmulator, call: Call, client: Client) -> None:
     api = emu.create_machine("scores-api")
     partner = emu.create_machine("partner", scoped_machines=[api.id])
-    status, body = await call("/m2m_tokens", {"token_format": "jwt"}, key=partner.secret_key)
-    assert status == 200
+    status, body = await call(
+        "/m2m_tokens",
+        {"token_format": "jwt", "seconds_until_expiration": 600, "claims": {"tier": "gold"}},
+        key=partner.secret_key,
+    )
+    assert status == 201
     token = body["token"]
     assert jwt.get_unverified_header(token)["cat"] == M2M_JWT_CAT
     claims = await verify_with_jwks(client, token, emu.now())
-    assert (claims["sub"], claims["jti"], claims["scopes"]) == (partner.id, body["id"], api.id)
+    # Clerk sets iss, sub, exp, nbf, iat, jti; the creator's claims come beside them, and
+    # no `scopes` claim of the emulator's own.
+    assert claims == {
+        "tier": "gold",
+        "iss": emu.issuer,
+        "sub": partner.id,
+        "jti": body["id"],
+        "iat": int(emu.now()),
+        "nbf": int(emu.now()),
+        "exp": int(emu.now()) + 600,
+    }
+    assert body["scopes"] == [api.id] and body["claims"] == {"tier": "gold"}
+
+
+async def test_m2m_jwt_creator_claims_never_replace_clerks(emu: ClerkEmulator) -> None:
+    token = emu.mint_m2m_jwt("mch_2abc", claims={"sub": "mch_evil", "scopes": "x", "aud": ["y"]})
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert (claims["sub"], claims["scopes"], claims["aud"]) == ("mch_2abc", "x", ["y"])
+
+
+async def test_m2m_list(emu: ClerkEmulator, client: Client, clock: Clock) -> None:
+    api = emu.create_machine("scores-api")
+    partner = emu.create_machine("partner", scoped_machines=[api.id])
+    other = emu.create_machine("other")
+    live = emu.create_m2m_token(partner.id)
+    revoked = emu.create_m2m_token(partner.id)
+    emu.revoke_m2m_token(revoked.id)
+    short = emu.create_m2m_token(partner.id, seconds_until_expiration=10)
+    emu.create_m2m_token(other.id)
+    clock.t += 11
+
+    async def listed(query: str, key: str = KEY) -> tuple[int, dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {key}"}
+        async with client.get(f"/v1/m2m_tokens?{query}", headers=headers) as resp:
+            assert resp.headers["Content-Type"] == "application/json"
+            return resp.status, await resp.json()
+
+    status, body = await listed(f"subject={partner.id}")
+    assert (status, [t["id"] for t in body["m2m_tokens"]], body["total_count"]) == (
+        200,
+        [live.id],
+        1,
+    )
+    assert set(body["m2m_tokens"][0]) == M2M_FIELDS
+    _, body = await listed(f"subject={partner.id}&revoked=true&expired=true")
+    assert [t["id"] for t in body["m2m_tokens"]] == [short.id, revoked.id, live.id]  # newest first
+    _, body = await listed(f"subject={partner.id}&revoked=true&expired=true&limit=1&offset=1")
+    assert ([t["id"] for t in body["m2m_tokens"]], body["total_count"]) == ([revoked.id], 3)
+    # A machine key lists its own machine's tokens only.
+    assert (await listed(f"subject={partner.id}", partner.secret_key))[0] == 200
+    assert (await listed(f"subject={other.id}", partner.secret_key))[0] == 403
+    status, body = await listed("")
+    assert (status, body["errors"][0]["meta"]) == (400, {"param_name": "subject"})
+    assert (await listed(f"subject={partner.id}&limit=500"))[0] == 400
+
+
+async def test_m2m_create_reuses_a_live_token(emu: ClerkEmulator, call: Call, clock: Clock) -> None:
+    partner = emu.create_machine("partner")
+    ask = {"seconds_until_expiration": 600, "min_remaining_ttl_seconds": 300}
+    _, first = await call("/m2m_tokens", ask, key=partner.secret_key)
+    clock.t += 200  # 400 s left: still reusable
+    _, again = await call("/m2m_tokens", ask, key=partner.secret_key)
+    assert (again["id"], again["token"]) == (first["id"], first["token"])
+    clock.t += 200  # 200 s left: a new one
+    _, fresh = await call("/m2m_tokens", ask, key=partner.secret_key)
+    assert fresh["id"] != first["id"]
+    status, body = await call(
+        "/m2m_tokens",
+        {"seconds_until_expiration": 60, "min_remaining_ttl_seconds": 60},
+        key=partner.secret_key,
+    )
+    assert (status, body["errors"][0]["meta"]) == (400, {"param_name": "min_remaining_ttl_seconds"})
 
 
 @pytest.mark.parametrize(
@@ -159,15 +248,30 @@ async def test_m2m_create_refuses_bad_params(
 
 
 @pytest.mark.parametrize("prefix", ["", "/v1"])
-@pytest.mark.parametrize("field", ["token", "secret"])
-async def test_m2m_verify_both_paths_both_body_forms(
-    emu: ClerkEmulator, call: Call, prefix: str, field: str
-) -> None:
+async def test_m2m_verify_both_paths(emu: ClerkEmulator, call: Call, prefix: str) -> None:
     issued = emu.create_m2m_token(emu.create_machine("partner").id, claims={"a": 1})
-    status, body = await call(f"{prefix}/m2m_tokens/verify", {field: issued.secret})
+    status, body = await call(f"{prefix}/m2m_tokens/verify", {"token": issued.secret})
     assert status == 200
     assert (body["id"], body["claims"], body["expiration"]) == (issued.id, {"a": 1}, None)
     assert "token" not in body and "secret" not in body
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        # The spec's body is {"token"} only (additionalProperties: false): the `secret`
+        # that clerk-backend-api's authenticate_request sends is refused, as by Clerk.
+        ("/m2m_tokens/verify", {"secret": "mt_x"}, "secret"),
+        ("/m2m_tokens/verify", {"token": "mt_x", "extra": 1}, "extra"),
+        ("/api_keys/verify", {"secret": "ak_x", "token": "ak_x"}, "token"),
+    ],
+)
+async def test_verify_refuses_unknown_body_fields(
+    call: Call, path: str, body: dict[str, Any], param: str
+) -> None:
+    status, answer = await call(path, body)
+    assert (status, answer["errors"][0]["code"]) == (400, "form_param_unknown")
+    assert answer["errors"][0]["meta"] == {"param_name": param}
 
 
 ENVELOPE = {"message", "long_message", "code"}
@@ -336,7 +440,9 @@ async def test_oauth_verify_body(emu: ClerkEmulator, call: Call, clock: Clock) -
     assert token.startswith("oat_")
     status, body = await call("/oauth_applications/access_tokens/verify", {"access_token": token})
     assert status == 200
-    assert set(body) == M2M_FIELDS | {"client_id"}
+    # The spec's OAuth answer has neither claims nor last_used_at, and 32-hex ids.
+    assert set(body) == M2M_FIELDS - {"claims", "last_used_at"} | {"client_id"}
+    assert re.fullmatch(r"oat_[0-9a-f]{32}", body["id"])
     assert (body["object"], body["subject"], body["client_id"]) == (
         "clerk_idp_oauth_access_token",
         "user_2abc",
@@ -344,6 +450,30 @@ async def test_oauth_verify_body(emu: ClerkEmulator, call: Call, clock: Clock) -
     )
     assert body["scopes"] == ["profile", "email"]
     assert body["expiration"] == int(clock.t * 1000) + 3_600_000
+    # The deprecated `secret` field the spec still lists, and other fields, are taken.
+    status, again = await call(
+        "/oauth_applications/access_tokens/verify", {"secret": token, "client_hint": 1}
+    )
+    assert (status, again["id"]) == (200, body["id"])
+
+
+async def test_oauth_verify_of_a_jwt_access_token(
+    emu: ClerkEmulator, call: Call, clock: Clock
+) -> None:
+    token = emu.mint_oauth_jwt("user_2abc", scopes=("profile",), client_id="cl_1", expires_in=60)
+    path = "/oauth_applications/access_tokens/verify"
+    status, body = await call(path, {"access_token": token})
+    assert (status, body["subject"], body["client_id"], body["scopes"]) == (
+        200,
+        "user_2abc",
+        "cl_1",
+        ["profile"],
+    )
+    clock.t += 61
+    # Expired: the spec's second answer, and nothing else in it.
+    assert await call(path, {"access_token": token}) == (200, {"active": False})
+    foreign = ClerkEmulator(KEY, now=clock).mint_oauth_jwt("user_2abc")
+    assert (await call(path, {"access_token": foreign}))[0] == 404
 
 
 @pytest.mark.parametrize("subject", ["user_2abc", "org_2abc", "mch_2abc"])
@@ -353,6 +483,7 @@ async def test_api_key_verify_body(emu: ClerkEmulator, call: Call, subject: str)
     status, body = await call("/v1/api_keys/verify", {"secret": secret})
     assert status == 200
     assert set(body) == M2M_FIELDS | {"type", "name", "description", "created_by"}
+    assert re.fullmatch(r"ak_[0-9a-f]{32}", body["id"])
     assert (body["object"], body["type"], body["subject"]) == ("api_key", "api_key", subject)
     assert (body["scopes"], body["claims"]) == (["scores:read"], {"plan": "pro"})
     assert body["created_by"] == (subject if subject.startswith("user_") else None)
@@ -398,10 +529,12 @@ async def test_jwks_verifies_minted_jwts(emu: ClerkEmulator, client: Client, clo
     }
     assert claims["exp"] - claims["iat"] == 60 and claims["o"]["id"] == "org_9"
     assert "azp" in claims
-    m2m = emu.mint_m2m_jwt("mch_2abc", scopes=("mch_a", "mch_b"))
+    assert jwt.get_unverified_header(session)["cat"] == SESSION_JWT_CAT
+    m2m = emu.mint_m2m_jwt("mch_2abc", claims={"region": "eu"})
     assert jwt.get_unverified_header(m2m)["cat"] == M2M_JWT_CAT
     claims = await verify_with_jwks(client, m2m, clock.t)
-    assert (claims["sub"], claims["scopes"]) == ("mch_2abc", "mch_a mch_b")
+    assert (claims["sub"], claims["region"]) == ("mch_2abc", "eu")
+    assert set(claims) == {"iss", "sub", "exp", "nbf", "iat", "jti", "region"}
     assert M2M_ID.fullmatch(claims["jti"])
     oauth = emu.mint_oauth_jwt("user_2abc", scopes=("profile",), client_id="cl_1")
     assert jwt.get_unverified_header(oauth)["typ"] == "at+jwt"

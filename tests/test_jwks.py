@@ -44,17 +44,6 @@ def clerk_cfg(url: str = "http://127.0.0.1:1", **over: Any) -> Clerk:
         ({"exp": T0 + 60, "nbf": T0 + 4}, {}, None),
         ({"exp": T0 + 60, "nbf": T0 + 6}, {}, TOKEN_INVALID),
         ({"exp": T0 + 60, "iat": T0 + 6}, {}, TOKEN_INVALID),
-        ({"exp": T0 + 60, "azp": "https://app.example"}, {}, None),
-        (
-            {"exp": T0 + 60, "azp": "https://app.example"},
-            {"authorized_parties": ["https://app.example"]},
-            None,
-        ),
-        (
-            {"exp": T0 + 60, "azp": "https://evil.example"},
-            {"authorized_parties": ["https://app.example"]},
-            TOKEN_INVALID,
-        ),
         (
             {"exp": T0 + 60, "iss": "https://clerk.example/"},
             {"issuer": "https://clerk.example"},

@@ -5,12 +5,19 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
 from proxy.auth import tokens
 from proxy.auth.tokens import TokenKind
-from proxy.core.errors import BAD_REQUEST, TOKEN_ID_NOT_SECRET, TOKEN_INVALID, ProxyError
+from proxy.core.errors import (
+    BAD_REQUEST,
+    TOKEN_ID_NOT_SECRET,
+    TOKEN_INVALID,
+    TOKEN_TYPE_MISMATCH,
+    ProxyError,
+)
 
 M2M_SECRET = "mt_" + "a1B2c3D4" * 6
 M2M_ID = "mt_0123456789abcdef0123456789abcdef"
@@ -82,13 +89,61 @@ def test_extract_bearer_refusals(values: list[str], code: str) -> None:
         (jwt_shape(RS, {"sub": "user_1", "sid": "sess_1"}), TokenKind.SESSION_JWT),
         (jwt_shape({**RS, "alg": "RS384"}, {"sub": "user_1"}), TokenKind.SESSION_JWT),
         (jwt_shape({**RS, "alg": "RS512"}, {"sub": "mch_1"}), TokenKind.M2M_JWT),
-        (jwt_shape({**RS, "cat": tokens.M2M_JWT_CAT}, {"sub": "x"}), TokenKind.M2M_JWT),
         (jwt_shape({**RS, "typ": "at+jwt"}, {"sub": "user_1"}), TokenKind.OAUTH_JWT),
         (jwt_shape({**RS, "typ": "application/at+jwt"}, {"sub": "user_1"}), TokenKind.OAUTH_JWT),
     ],
 )
 def test_classify(token: str, kind: TokenKind) -> None:
     assert tokens.classify(token) is kind
+
+
+SESSION_CAT, M2M_CAT = tokens.SESSION_JWT_CAT, tokens.M2M_JWT_CAT
+TEMPLATE_CAT, IGNORE_CAT = tokens.TEMPLATE_JWT_CAT, tokens.IGNORE_JWT_CAT
+
+
+@pytest.mark.parametrize(
+    ("header", "sub", "expected"),
+    [
+        # Clerk's signals (@clerk/backend tokens/machine.ts, jwtCategories.ts): sub mch_ first,
+        # then typ at+jwt, else a session; cat and typ must agree with the class.
+        ({"typ": "JWT", "cat": SESSION_CAT}, "user_1", TokenKind.SESSION_JWT),
+        ({"cat": IGNORE_CAT}, "user_1", TokenKind.SESSION_JWT),
+        ({}, "user_1", TokenKind.SESSION_JWT),  # minted before categories: accepted
+        ({"typ": "JWT", "cat": M2M_CAT}, "mch_1", TokenKind.M2M_JWT),
+        ({}, "mch_1", TokenKind.M2M_JWT),
+        ({"typ": "at+jwt"}, "user_1", TokenKind.OAUTH_JWT),
+        ({"typ": "at+jwt", "cat": IGNORE_CAT}, "user_1", TokenKind.OAUTH_JWT),
+        ({"typ": "at+jwt"}, None, TokenKind.OAUTH_JWT),  # sub is checked after the signature
+        ({"typ": "JWT"}, 7, TokenKind.SESSION_JWT),  # likewise: refused as "no subject"
+        # Mismatches: 401 token_type_mismatch, each naming the class it was judged as.
+        ({"cat": TEMPLATE_CAT}, "user_1", "session_token"),  # a JWT-template token
+        ({"cat": M2M_CAT}, "user_1", "session_token"),  # M2M category, user subject
+        ({"cat": "cl_unknown"}, "user_1", "session_token"),
+        ({"typ": "foo"}, "user_1", "session_token"),
+        ({"typ": "AT+JWT"}, "user_1", "session_token"),  # typ compared exactly, as Clerk does
+        ({"typ": None}, "user_1", "session_token"),
+        ({"cat": SESSION_CAT}, "mch_1", "m2m_token"),  # machine subject, session category
+        ({"cat": TEMPLATE_CAT}, "mch_1", "m2m_token"),
+        ({"cat": IGNORE_CAT}, "mch_1", "m2m_token"),  # Clerk's M2M check allows only its own
+        ({"typ": "at+jwt"}, "mch_1", "m2m_token"),  # sub mch_ wins, and typ must be JWT
+        ({"typ": "at+jwt", "cat": M2M_CAT}, "user_1", "oauth_token"),  # stricter than Clerk
+        ({"typ": "at+jwt", "cat": TEMPLATE_CAT}, "user_1", "oauth_token"),  # stricter
+    ],
+)
+def test_classify_by_clerk_signals(
+    header: dict[str, Any], sub: Any, expected: TokenKind | str
+) -> None:
+    token = jwt_shape({**RS, **header}, {} if sub is None else {"sub": sub})
+    if isinstance(expected, TokenKind):
+        assert tokens.classify(token) is expected
+        return
+    with pytest.raises(ProxyError) as info:
+        tokens.classify(token)
+    assert (info.value.code, info.value.status, info.value.token_type) == (
+        TOKEN_TYPE_MISMATCH,
+        401,
+        expected,
+    )
 
 
 @pytest.mark.parametrize(

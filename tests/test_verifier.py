@@ -33,6 +33,7 @@ from proxy.core.errors import (
     TOKEN_ID_NOT_SECRET,
     TOKEN_INVALID,
     VERIFICATION_BUDGET_EXCEEDED,
+    VERIFICATION_NOT_ENABLED,
     VERIFICATION_UNAVAILABLE,
     ProxyError,
 )
@@ -290,12 +291,18 @@ async def test_every_token_kind_is_verified(make_rig: RigFactory) -> None:
         "session_token",
         "sess_2abc",
     )
-    m2m_jwt = await rig.verify(rig.clerk.mint_m2m_jwt(machine.id, scopes=("mch_api",)))
+    m2m_jwt = await rig.verify(rig.clerk.mint_m2m_jwt(machine.id, claims={"scopes": "mch_api"}))
     assert (m2m_jwt.type, m2m_jwt.id, m2m_jwt.token_type) == ("machine", machine.id, "m2m_token")
-    assert m2m_jwt.scopes == {"mch_api"}
-    oauth = await rig.verify(rig.clerk.create_oauth_token("user_2abc", scopes=("profile", "email")))
+    # The creator chose that claim: it travels as a claim, never as a scope.
+    assert m2m_jwt.scopes == frozenset()
+    assert m2m_jwt.claims() == {"scopes": "mch_api"}
+    oauth = await rig.verify(
+        rig.clerk.create_oauth_token("user_2abc", scopes=("profile", "email"), client_id="cl_9")
+    )
     assert (oauth.type, oauth.id, oauth.token_type) == ("oauth", "user_2abc", "oauth_token")
-    assert oauth.scopes == {"profile", "email"}
+    assert (oauth.scopes, oauth.client_id) == ({"profile", "email"}, "cl_9")
+    oauth_jwt = await rig.verify(rig.clerk.mint_oauth_jwt("user_2abc", client_id="cl_8"))
+    assert (oauth_jwt.type, oauth_jwt.client_id) == ("oauth", "cl_8")
     key = await rig.verify(rig.clerk.create_api_key("org_2abc", scopes=("scores:read",)))
     assert (key.type, key.id, key.token_type) == ("api_key", "org_2abc", "api_key")
     assert key.scopes == {"scores:read"}
@@ -331,6 +338,7 @@ async def test_bad_jwts_are_refused(make_rig: RigFactory) -> None:
     good = {
         "sub": "user_2abc",
         "sid": "sess_1",
+        "azp": "https://app.example",
         "iat": int(now),
         "nbf": int(now),
         "exp": int(now) + 60,
@@ -404,7 +412,7 @@ async def test_no_token_in_logs_or_metrics(
         (
             TokenKind.M2M_JWT,
             {"sub": "mch_1", "jti": "mt_1", "exp": 5, "scopes": "mch_a mch_b"},
-            ("machine", "mch_1", "m2m_token", "mt_1", None),
+            ("machine", "mch_1", "m2m_token", "mt_1", '{"scopes":"mch_a mch_b"}'),
         ),
         (
             TokenKind.OAUTH_JWT,
@@ -420,16 +428,41 @@ def test_jwt_principal(kind: TokenKind, claims: dict[str, Any], expected: tuple[
 
 
 @pytest.mark.parametrize(
-    ("claims", "scopes"),
-    [
-        ({"scopes": "mch_a mch_b"}, {"mch_a", "mch_b"}),
-        ({"aud": ["mch_a"]}, {"mch_a"}),
-        ({"aud": "mch_a"}, {"mch_a"}),
-        ({}, set()),
-    ],
+    "claims",
+    [{"scopes": "mch_a scores:admin"}, {"aud": ["scores:admin"]}, {"aud": "mch_a"}, {}],
 )
-def test_m2m_jwt_scopes(claims: dict[str, Any], scopes: set[str]) -> None:
-    assert jwt_principal(TokenKind.M2M_JWT, {"sub": "mch_1", **claims}).scopes == scopes
+def test_m2m_jwt_claims_never_become_scopes(claims: dict[str, Any]) -> None:
+    # Clerk sets only iss, sub, exp, nbf, iat and jti on an M2M JWT: `scopes` and `aud`
+    # are whatever its creator asked for, so they are claims, never scopes.
+    principal = jwt_principal(TokenKind.M2M_JWT, {"sub": "mch_1", "exp": 5, **claims})
+    assert principal.scopes == frozenset()
+    assert principal.claims() == claims
+
+
+async def test_an_instance_setting_is_not_the_callers_fault(
+    make_rig: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig = await make_rig()
+    secret = rig.clerk.create_api_key("user_2abc", scopes=("scores:read",))
+    rig.clerk.api_keys_enabled = False
+    for attempt in (1, 2):
+        refusal = await rig.refused(secret)
+        assert (refusal.status, refusal.code) == (503, VERIFICATION_NOT_ENABLED)
+        assert "api_keys_not_enabled" in refusal.message
+        # Not negative-cached: every attempt asks Clerk again (once: a 422 is not retried).
+        assert rig.calls("api_key_verify") == attempt
+    assert rig.cache_count("negative_hit") == 0
+    counted = rig.metrics.registry.get_sample_value(
+        "authproxy_clerk_setting_refusals_total",
+        {"endpoint": "api_key_verify", "code": "api_keys_not_enabled"},
+    )
+    assert counted == 2
+    assert any(
+        r.levelname == "ERROR" and "api_keys_not_enabled" in r.getMessage() for r in caplog.records
+    )
+    # Once the operator turns the setting on, the same key works at once.
+    rig.clerk.api_keys_enabled = True
+    assert (await rig.verify(secret)).scopes == {"scores:read"}
 
 
 async def test_machine_secret_key_sees_only_tokens_scoped_to_its_machine(

@@ -3,6 +3,7 @@
 - `tokens`: what kind of token a string is (opaque prefixes, JWT, the `mt_` id mistake);
 - `clerk`: the Clerk Backend API client (one `ClientSession`, opaque-token verification);
 - `jwks`: the instance's keys and local JWT verification;
+- `clerk_jwt`: what each class of Clerk JWT must carry, and what of it may authorize;
 - `budget`: the cost guard on billable Clerk calls;
 - `cache`: verdicts by token hash, with single-flight (a sub-package);
 - `verifier`: the one entry point the request path calls, tying the above together.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +24,13 @@ import aiohttp
 
 from proxy.auth.tokens import TokenKind
 from proxy.config import model as config
-from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
+from proxy.core.errors import (
+    TOKEN_EXPIRED,
+    TOKEN_INVALID,
+    VERIFICATION_NOT_ENABLED,
+    VERIFICATION_UNAVAILABLE,
+    ProxyError,
+)
 from proxy.core.principal import Principal, PrincipalType, TokenType, encode_claims
 from proxy.observe.metrics import Metrics
 
@@ -34,6 +41,9 @@ RETRY_DELAY = 0.05
 # Retry-After when Clerk gave none: long enough not to hammer, short enough to recover.
 DEFAULT_RETRY_AFTER = 2
 BAD_KEY_RETRY_AFTER = 30
+# An instance setting changes when an operator changes it, not in seconds.
+SETTING_RETRY_AFTER = 60
+_CLERK_CODE = re.compile(r"[a-z0-9_]{1,64}")
 
 INSTANCE_SCOPED: Final = (
     "Clerk does not know this token; tokens are scoped to one Clerk instance, so a token "
@@ -81,14 +91,31 @@ def retry_after(headers: Mapping[str, str], default: int = DEFAULT_RETRY_AFTER) 
     return default
 
 
-def _error_code(body: bytes) -> str:
-    """The first Clerk error code of an error body, for logs (never contains the token)."""
+def error_code(body: bytes) -> str:
+    """The first Clerk error code of an error body, for logs and a metric label: Clerk's
+    codes are snake_case words, anything else is "unknown" (never the token)."""
     try:
         errors = json.loads(body).get("errors")
         code = errors[0].get("code")
     except (ValueError, RecursionError, AttributeError, IndexError, TypeError, KeyError):
         return "unknown"
-    return code if isinstance(code, str) and code.isascii() and len(code) < 100 else "unknown"
+    return code if isinstance(code, str) and _CLERK_CODE.fullmatch(code) else "unknown"
+
+
+class ClerkSettingRefusal(ProxyError):
+    """503 `verification_not_enabled`: Clerk understood the call and refuses it because of
+    how the instance is set up (422, e.g. `api_keys_not_enabled`). No caller can fix it
+    and no retry will: the operator has to change the instance's settings."""
+
+    def __init__(self, endpoint: Endpoint, clerk_code: str) -> None:
+        super().__init__(
+            VERIFICATION_NOT_ENABLED,
+            f"this Clerk instance does not verify {endpoint.token_type} tokens "
+            f"(Clerk: {clerk_code}); the proxy's operator has to enable them in Clerk",
+            retry_after=SETTING_RETRY_AFTER,
+            token_type=endpoint.token_type,
+        )
+        self.clerk_code = clerk_code
 
 
 def classify_failure(
@@ -97,7 +124,9 @@ def classify_failure(
     """The refusal for a non-200 answer. Returned (not raised) so the caller decides on retries."""
     if status == 404:
         return ProxyError(TOKEN_INVALID, INSTANCE_SCOPED, token_type=endpoint.token_type)
-    if status in (400, 422):
+    if status == 422:
+        return ClerkSettingRefusal(endpoint, error_code(body))
+    if status == 400:
         return ProxyError(
             TOKEN_INVALID, "Clerk rejected this token", token_type=endpoint.token_type
         )
@@ -106,7 +135,7 @@ def classify_failure(
             "Clerk refused the proxy's own secret key (HTTP %d, %s) on %s: check clerk.secret_key "
             "and clerk.machine_secret_key; every verification fails until this is fixed",
             status,
-            _error_code(body),
+            error_code(body),
             endpoint.name,
         )
         return ClerkUnavailable("the proxy cannot verify tokens right now", BAD_KEY_RETRY_AFTER)
@@ -130,10 +159,10 @@ def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Princi
         data = json.loads(body)
         if not isinstance(data, dict):
             raise ValueError("not an object")
-        if data.get("active") is False:  # OAuth introspection style
-            raise ProxyError(
-                TOKEN_INVALID, "the token is not active", token_type=endpoint.token_type
-            )
+        if data.get("active") is False:
+            # The OAuth verify answer for a JWT access token that is no longer active:
+            # the spec says "not active (expired)".
+            raise ProxyError(TOKEN_EXPIRED, "the token has expired", token_type=endpoint.token_type)
         token_id, subject = data.get("id"), data.get("subject")
         if not isinstance(token_id, str) or not isinstance(subject, str) or not subject:
             raise ValueError("id/subject missing")
@@ -146,6 +175,9 @@ def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Princi
         claims = data.get("claims")
         if claims is not None and not isinstance(claims, dict):
             raise ValueError("claims is not an object")
+        client_id = data.get("client_id") if endpoint is OAUTH else None
+        if client_id is not None and not isinstance(client_id, str):
+            raise ValueError("client_id is not a string")
         revoked, expired = data.get("revoked", False), data.get("expired", False)
         if not isinstance(revoked, bool) or not isinstance(expired, bool):
             raise ValueError("revoked/expired are not booleans")
@@ -166,6 +198,7 @@ def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Princi
         scopes=frozenset(scopes),
         claims_json=encode_claims(claims),
         expires_at=expires_at,
+        client_id=client_id or None,
     )
     if not principal.header_safe():
         log.error(
@@ -229,6 +262,14 @@ class ClerkClient:
         assert failure is not None
         if failure.code == VERIFICATION_UNAVAILABLE:
             log.warning("Clerk %s unavailable: %s", endpoint.name, failure.message)
+        elif isinstance(failure, ClerkSettingRefusal):
+            log.error(
+                "Clerk refuses %s verification because of an instance setting (HTTP 422, %s): "
+                "enable it for this instance in Clerk, or stop routing these tokens here",
+                endpoint.token_type,
+                failure.clerk_code,
+            )
+            self._metrics.clerk_setting_refusals.labels(endpoint.name, failure.clerk_code).inc()
         failure.token_type = endpoint.token_type
         raise failure
 

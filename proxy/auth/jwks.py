@@ -91,7 +91,8 @@ def check_claims(
     now: float,
     token_type: str | None = None,
 ) -> None:
-    """exp (required), nbf and iat with `clock_skew_seconds`; iss and azp when configured."""
+    """exp (required), nbf and iat with `clock_skew_seconds`; iss when configured. What each
+    class of Clerk JWT requires besides (sub, azp, sts) is `clerk_jwt`'s."""
     skew = cfg.clock_skew_seconds
     exp = _number(claims, "exp", token_type)
     if exp is None:
@@ -106,9 +107,6 @@ def check_claims(
         raise _invalid("the token was issued in the future", token_type)
     if cfg.issuer and str(claims.get("iss", "")).rstrip("/") != cfg.issuer:
         raise _invalid("the token was issued by another Clerk instance", token_type)
-    azp = claims.get("azp")
-    if cfg.authorized_parties and azp is not None and azp not in cfg.authorized_parties:
-        raise _invalid("the token was issued for another origin (azp)", token_type)
 
 
 class Jwks:

@@ -15,7 +15,13 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from proxy.core.errors import BAD_REQUEST, TOKEN_ID_NOT_SECRET, TOKEN_INVALID, ProxyError
+from proxy.core.errors import (
+    BAD_REQUEST,
+    TOKEN_ID_NOT_SECRET,
+    TOKEN_INVALID,
+    TOKEN_TYPE_MISMATCH,
+    ProxyError,
+)
 from proxy.core.principal import TokenType
 
 # Session JWTs carrying organisation claims run to a few KiB; nothing Clerk mints
@@ -31,8 +37,18 @@ _M2M_ID = re.compile(r"mt_[0-9a-f]{32}")
 _OPAQUE_BODY = re.compile(r"[A-Za-z0-9_\-]+")
 _B64URL = re.compile(r"[A-Za-z0-9_\-]*")
 JWT_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
-# Clerk marks JWT-format M2M tokens with this header claim.
+# Clerk's JWT categories: the header `cat` that tells apart the classes of JWT one
+# instance key signs (@clerk/backend src/tokens/jwtCategories.ts). "Ignore" is stamped on
+# every class by instances that opted out, so it says nothing. Absent: minted before
+# categories existed, accepted as Clerk's SDK accepts it.
+SESSION_JWT_CAT = "cl_B7d4PD111AAA"
+TEMPLATE_JWT_CAT = "cl_B7d4PD222AAA"
 M2M_JWT_CAT = "cl_B7d4PD333AAA"
+IGNORE_JWT_CAT = "cl_I7d4PD111III"
+# RFC 9068 access-token types, compared exactly as Clerk's SDK compares them.
+OAUTH_JWT_TYPES = ("at+jwt", "application/at+jwt")
+MACHINE_SUB_PREFIX = "mch_"
+_ABSENT: Any = object()
 
 
 class TokenKind(enum.Enum):
@@ -134,7 +150,14 @@ def _b64json(segment: str, what: str) -> dict[str, Any]:
     return value
 
 
+def _mismatch(message: str, token_type: str | None) -> ProxyError:
+    return ProxyError(TOKEN_TYPE_MISMATCH, message, token_type=token_type)
+
+
 def _classify_jwt(token: str) -> TokenKind:
+    """Clerk's own signals, in the order Clerk's SDK reads them: `sub` starting with
+    `mch_` is an M2M JWT, header `typ` at+jwt an OAuth JWT, anything else a session
+    token; the header `cat` and `typ` must then agree with that class."""
     header_b64, payload_b64, signature = token.split(".")
     header = _b64json(header_b64, "header")
     payload = _b64json(payload_b64, "payload")
@@ -143,10 +166,39 @@ def _classify_jwt(token: str) -> TokenKind:
     # Refused here, before any key lookup: `none` and HMAC (HS/RS confusion) never verify.
     if header.get("alg") not in JWT_ALGORITHMS:
         raise _invalid("JWT algorithm not allowed (RS256, RS384 or RS512 only)")
-    typ = header.get("typ")
-    if isinstance(typ, str) and typ.lower() in ("at+jwt", "application/at+jwt"):
-        return TokenKind.OAUTH_JWT
-    sub = payload.get("sub")
-    if header.get("cat") == M2M_JWT_CAT or (isinstance(sub, str) and sub.startswith("mch_")):
+    typ, cat, sub = header.get("typ", _ABSENT), header.get("cat", _ABSENT), payload.get("sub")
+    if isinstance(sub, str) and sub.startswith(MACHINE_SUB_PREFIX):
+        if cat is not _ABSENT and cat != M2M_JWT_CAT:
+            raise _mismatch(
+                "the token names a machine (sub mch_...) but its category (header cat) is not "
+                "Clerk's M2M token category",
+                "m2m_token",
+            )
+        if typ is not _ABSENT and typ != "JWT":
+            raise _mismatch("an M2M JWT must have header typ JWT", "m2m_token")
         return TokenKind.M2M_JWT
+    if typ in OAUTH_JWT_TYPES:
+        # Stricter than Clerk's SDK, which does not look at an OAuth JWT's category: a
+        # token of another class never passes as an OAuth access token.
+        if cat in (M2M_JWT_CAT, TEMPLATE_JWT_CAT):
+            raise _mismatch(
+                "the token says it is an OAuth access token (typ at+jwt) but its category "
+                "(header cat) is another Clerk token class",
+                "oauth_token",
+            )
+        return TokenKind.OAUTH_JWT
+    if cat is not _ABSENT and cat not in (SESSION_JWT_CAT, IGNORE_JWT_CAT):
+        if cat == M2M_JWT_CAT:
+            why = "it carries Clerk's M2M token category but its sub is not a machine (mch_...)"
+        elif cat == TEMPLATE_JWT_CAT:
+            why = "it is a JWT-template token (header cat), which Clerk never accepts as a session"
+        else:
+            why = "its category (header cat) is none of Clerk's session, M2M or template categories"
+        raise _mismatch(f"not a session token: {why}", "session_token")
+    if typ is not _ABSENT and typ != "JWT":
+        raise _mismatch(
+            "unknown JWT type (header typ): JWT for session and M2M tokens, at+jwt for OAuth "
+            "access tokens",
+            "session_token",
+        )
     return TokenKind.SESSION_JWT

@@ -7,8 +7,7 @@ the request path's (app.py), which sees every decision including policy refusals
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Final
+from collections.abc import Callable
 
 import aiohttp
 
@@ -16,81 +15,15 @@ from proxy.auth import tokens
 from proxy.auth.budget import VerificationBudget
 from proxy.auth.cache.store import VerificationCache, cache_scope
 from proxy.auth.clerk import ClerkClient
+from proxy.auth.clerk_jwt import check_class_claims, jwt_principal
 from proxy.auth.jwks import Jwks
 from proxy.auth.tokens import TokenKind
 from proxy.config.load import Config
 from proxy.core.errors import TOKEN_INVALID, ProxyError
-from proxy.core.principal import Principal, PrincipalType, Recent, encode_claims
+from proxy.core.principal import Principal, Recent
 from proxy.observe.metrics import Metrics
 
-# Registered JWT claims and Clerk's own session/M2M claims; everything else is "custom"
-# and goes to the upstream as X-Auth-Claims.
-STANDARD_CLAIMS: Final = frozenset(
-    {
-        "iss",
-        "sub",
-        "aud",
-        "exp",
-        "nbf",
-        "iat",
-        "jti",
-        "sid",
-        "azp",
-        "v",
-        "fva",
-        "sts",
-        "pla",
-        "fea",
-        "scope",
-        "scopes",
-        "scp",
-        "client_id",
-        "cid",
-        "typ",
-    }
-)
-
-
-def _scopes(value: Any) -> frozenset[str]:
-    if isinstance(value, str):
-        return frozenset(value.split())
-    if isinstance(value, list):
-        return frozenset(s for s in value if isinstance(s, str))
-    return frozenset()
-
-
-def _str_claim(claims: Mapping[str, Any], name: str) -> str | None:
-    value = claims.get(name)
-    return value if isinstance(value, str) and value else None
-
-
-def jwt_principal(kind: TokenKind, claims: Mapping[str, Any]) -> Principal:
-    """Map verified JWT claims to a Principal."""
-    ptype: PrincipalType
-    if kind is TokenKind.M2M_JWT:
-        ptype = "machine"
-        # Clerk puts the machines a token may reach in `scopes`, or in `aud` instead.
-        scopes = _scopes(claims.get("scopes")) or _scopes(claims.get("aud"))
-        token_id = _str_claim(claims, "jti")
-    elif kind is TokenKind.OAUTH_JWT:
-        ptype = "oauth"
-        scopes = _scopes(claims.get("scope")) or _scopes(claims.get("scp"))
-        token_id = _str_claim(claims, "jti")
-    else:
-        ptype = "user"
-        scopes = _scopes(claims.get("scope")) or _scopes(claims.get("scp"))
-        token_id = _str_claim(claims, "sid") or _str_claim(claims, "jti")
-    custom = {k: v for k, v in claims.items() if k not in STANDARD_CLAIMS}
-    exp = claims.get("exp")
-    return Principal(
-        type=ptype,
-        id=_str_claim(claims, "sub"),
-        token_type=kind.token_type,
-        token_id=token_id,
-        scopes=scopes,
-        claims_json=encode_claims(custom),
-        expires_at=float(exp) if isinstance(exp, int | float) else None,
-    )
+__all__ = ["ClerkVerifier", "jwt_principal"]
 
 
 class ClerkVerifier:
@@ -103,6 +36,7 @@ class ClerkVerifier:
         now: Callable[[], float] = time.time,
     ) -> None:
         ck = config.clerk
+        self._clerk_cfg = ck
         self._now = now
         self.clerk = ClerkClient(ck, session, metrics, now=now)
         self.jwks = Jwks(ck, self.clerk, now=now)
@@ -157,6 +91,7 @@ class ClerkVerifier:
         try:
             if kind.is_jwt:
                 _, claims = await self.jwks.verify(token, kind.token_type)
+                check_class_claims(kind, claims, self._clerk_cfg)
                 principal = jwt_principal(kind, claims)
                 if not principal.header_safe():
                     raise ProxyError(

@@ -9,9 +9,13 @@ TOKEN_MISSING: Final = "token_missing"
 TOKEN_ID_NOT_SECRET: Final = "token_id_not_secret"
 TOKEN_INVALID: Final = "token_invalid"
 TOKEN_EXPIRED: Final = "token_expired"
+# A JWT whose Clerk class signals (sub prefix, header cat and typ) disagree.
+TOKEN_TYPE_MISMATCH: Final = "token_type_mismatch"
 INSUFFICIENT_SCOPE: Final = "insufficient_scope"
 BAD_REQUEST: Final = "bad_request"
 VERIFICATION_UNAVAILABLE: Final = "verification_unavailable"
+# Clerk refuses to verify a kind of token because of an instance setting (its 422).
+VERIFICATION_NOT_ENABLED: Final = "verification_not_enabled"
 VERIFICATION_BUDGET_EXCEEDED: Final = "verification_budget_exceeded"
 UPSTREAM_UNAVAILABLE: Final = "upstream_unavailable"
 UPSTREAM_TIMEOUT: Final = "upstream_timeout"
@@ -22,9 +26,11 @@ STATUS: Final[dict[str, int]] = {
     TOKEN_ID_NOT_SECRET: 401,
     TOKEN_INVALID: 401,
     TOKEN_EXPIRED: 401,
+    TOKEN_TYPE_MISMATCH: 401,
     INSUFFICIENT_SCOPE: 403,
     BAD_REQUEST: 400,
     VERIFICATION_UNAVAILABLE: 503,
+    VERIFICATION_NOT_ENABLED: 503,
     VERIFICATION_BUDGET_EXCEEDED: 429,
     UPSTREAM_UNAVAILABLE: 502,
     UPSTREAM_TIMEOUT: 504,

@@ -29,6 +29,9 @@ class Principal:
     claims_json: str | None = None
     # Unix seconds; None means the token carries no expiry of its own.
     expires_at: float | None = None
+    # The OAuth application (client) an OAuth access token was issued to, as Clerk states
+    # it (verify answer or the token's `client_id` claim); None for every other kind.
+    client_id: str | None = None
 
     @property
     def is_anonymous(self) -> bool:
@@ -38,7 +41,7 @@ class Principal:
         """Whether every identity value can travel in a header as it is: visible ASCII,
         no space (scopes are joined by spaces). Claims travel as ASCII JSON, always safe.
         A value that is not would let whoever minted it inject header fields upstream."""
-        values = [self.id, self.token_id, *self.scopes]
+        values = [self.id, self.token_id, self.client_id, *self.scopes]
         return all(value is None or _VISIBLE_ASCII.fullmatch(value) for value in values)
 
     def claims(self) -> dict[str, Any]:

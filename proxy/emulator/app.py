@@ -156,6 +156,7 @@ class ClerkEmulator(BackendApi):
         auth = _authorization
         clerk: list[tuple[str, str, str, Handler]] = [
             ("POST", "/m2m_tokens", "m2m_create", lambda r, b: self.create_m2m(auth(r), b)),
+            ("GET", "/m2m_tokens", "m2m_list", lambda r, b: self.list_m2m(auth(r), r.query)),
             ("POST", "/m2m_tokens/verify", "m2m_verify", lambda r, b: self.verify_m2m(auth(r), b)),
             (
                 "POST",
@@ -202,7 +203,13 @@ def _authorization(request: web.Request) -> str | None:
 
 
 def _json(answer: Answer) -> web.Response:
-    return web.json_response(dict(answer.body), status=answer.status, headers=answer.headers)
+    # Exactly `application/json`, no charset: Clerk's JS SDK parses nothing else as JSON.
+    return web.Response(
+        body=json.dumps(dict(answer.body)).encode(),
+        status=answer.status,
+        headers=answer.headers,
+        content_type="application/json",
+    )
 
 
 def _drop(request: web.Request) -> web.StreamResponse:

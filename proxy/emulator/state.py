@@ -24,9 +24,14 @@ from proxy.emulator.wire import (
 )
 
 BASE62: Final = string.ascii_letters + string.digits
-# Clerk marks JWT-format M2M tokens with this header claim.
+# Clerk marks the class of a JWT in its header `cat`: session tokens and M2M tokens.
+SESSION_JWT_CAT: Final = "cl_B7d4PD111AAA"
 M2M_JWT_CAT: Final = "cl_B7d4PD333AAA"
-DEFAULT_USER: Final = "user_2emulatorDefaultUser000001"
+# The claims Clerk itself sets on an M2M JWT; claims given at creation come beside them
+# and never replace them.
+M2M_JWT_RESERVED: Final = frozenset({"iss", "sub", "exp", "nbf", "iat", "jti"})
+# `user_` + 27 characters, as Clerk's ids (the spec's pattern ^user_\w{27}$).
+DEFAULT_USER: Final = "user_2emulatorDefaultUser0000001"
 DEFAULT_CLIENT_ID: Final = "oauth_client_emulator"
 DEFAULT_AZP: Final = "http://localhost:3000"
 # The emulator's instance key unless told otherwise (demo, docs and tests use it).
@@ -88,6 +93,10 @@ class ClerkInstance:
         self._machine_keys: dict[str, Machine] = {}
         self._by_secret: dict[str, TokenRecord] = {}
         self._by_id: dict[str, TokenRecord] = {}
+        self._secret_of: dict[str, str] = {}
+        # An instance setting: with it off, Clerk answers API key verification with 422
+        # `api_keys_not_enabled` (not the caller's fault, nothing a retry fixes).
+        self.api_keys_enabled = True
 
     def now_ms(self) -> int:
         return int(self.now() * 1000)
@@ -103,6 +112,7 @@ class ClerkInstance:
     def _store(self, secret: str, record: TokenRecord) -> None:
         self._by_secret[secret] = record
         self._by_id[record.id] = record
+        self._secret_of[record.id] = secret
 
     def _expiry(self, seconds: float | None) -> int | None:
         return None if seconds is None else self.now_ms() + int(seconds * 1000)
@@ -152,7 +162,7 @@ class ClerkInstance:
         now = self.now_ms()
         record = TokenRecord(
             kind="oauth",
-            id="oat_" + b62(27),
+            id="oat_" + secrets.token_hex(16),
             subject=user_id,
             scopes=list(scopes),
             claims=None,
@@ -177,7 +187,7 @@ class ClerkInstance:
         now = self.now_ms()
         record = TokenRecord(
             kind="api_key",
-            id="ak_" + b62(27),
+            id="ak_" + secrets.token_hex(16),
             subject=subject,
             scopes=list(scopes),
             claims=dict(claims) if claims is not None else None,
@@ -223,23 +233,30 @@ class ClerkInstance:
         if org_id:
             claims["o"] = {"id": org_id, "rol": "member", "slg": org_id.removeprefix("org_")}
         claims.update(extra or {})
-        return self.mint_jwt(claims, {"kid": kid} if kid else None)
+        head: dict[str, Any] = {"cat": SESSION_JWT_CAT}
+        if kid:
+            head["kid"] = kid
+        return self.mint_jwt(claims, head)
 
     def mint_m2m_jwt(
-        self, machine_id: str, *, scopes: Iterable[str] = (), expires_in: float = 3600
+        self,
+        machine_id: str,
+        *,
+        claims: Mapping[str, Any] | None = None,
+        expires_in: float = 3600,
     ) -> str:
-        scope_list = list(scopes)
-        if not scope_list and machine_id in self.machines:
-            scope_list = list(self.machines[machine_id].scoped_machines)
-        claims: dict[str, Any] = {
+        """A JWT-format M2M token as Clerk mints it: iss, sub, exp, nbf, iat, jti set by
+        Clerk; `claims` (the creator's custom claims, `scopes` or `aud` included) beside
+        them, never replacing them."""
+        custom = {k: v for k, v in (claims or {}).items() if k not in M2M_JWT_RESERVED}
+        payload: dict[str, Any] = {
+            **custom,
             "iss": self.issuer,
             "sub": machine_id,
             "jti": "mt_" + secrets.token_hex(16),
             **self._times(expires_in),
         }
-        if scope_list:
-            claims["scopes"] = " ".join(scope_list)
-        return self.mint_jwt(claims, {"cat": M2M_JWT_CAT})
+        return self.mint_jwt(payload, {"cat": M2M_JWT_CAT})
 
     def mint_oauth_jwt(
         self,
@@ -253,7 +270,7 @@ class ClerkInstance:
             "iss": self.issuer,
             "sub": user_id,
             "client_id": client_id,
-            "jti": "oat_" + b62(27),
+            "jti": "oat_" + secrets.token_hex(16),
             "scope": " ".join(scopes),
             **self._times(expires_in),
         }

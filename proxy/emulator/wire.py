@@ -42,6 +42,7 @@ class TokenRecord:
     created_by: str | None = None
 
     def body(self, now_ms: int) -> dict[str, Any]:
+        """The answer's object, with exactly the fields the spec's schema allows."""
         common: dict[str, Any] = {
             "id": self.id,
             "subject": self.subject,
@@ -58,6 +59,8 @@ class TokenRecord:
         if self.kind == "m2m":
             return {"object": "machine_to_machine_token", **common}
         if self.kind == "oauth":
+            # The OAuth answer has neither claims nor last_used_at (additionalProperties: false).
+            del common["claims"], common["last_used_at"]
             return {"object": "clerk_idp_oauth_access_token", "client_id": self.client_id, **common}
         return {
             "object": "api_key",
@@ -128,7 +131,41 @@ def param_invalid(name: str, why: str) -> Answer:
     )
 
 
-def parse_body(raw: bytes) -> dict[str, Any] | Answer:
+def param_unknown(name: str) -> Answer:
+    return clerk_error(
+        400,
+        "form_param_unknown",
+        f"{name} is not a valid parameter for this request.",
+        f"{name} is not a valid parameter for this request.",
+        meta={"param_name": name},
+    )
+
+
+def forbidden(long_message: str) -> Answer:
+    return clerk_error(403, "authorization_invalid", "Unauthorized request", long_message)
+
+
+def machine_key_required() -> Answer:
+    return clerk_error(
+        401,
+        "authentication_invalid",
+        "Invalid authentication",
+        "This endpoint must be authenticated with a Machine Secret Key, not an instance key.",
+    )
+
+
+def parse_body(raw: bytes, allowed: frozenset[str] | None = None) -> dict[str, Any] | Answer:
+    """A JSON object body; an empty body is an empty object (Clerk treats it as no params).
+    `allowed`: the body schema has additionalProperties: false, and these are its keys."""
+    body = _parse_object(raw)
+    if isinstance(body, dict) and allowed is not None:
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            return param_unknown(unknown[0])
+    return body
+
+
+def _parse_object(raw: bytes) -> dict[str, Any] | Answer:
     """A JSON object body; an empty body is an empty object (Clerk treats it as no params)."""
     if not raw.strip():
         return {}

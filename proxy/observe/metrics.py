@@ -100,6 +100,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.clerk_setting_refusals = Counter(
+            "authproxy_clerk_setting_refusals_total",
+            "Verifications Clerk refused because of an instance setting (HTTP 422), by "
+            "endpoint and Clerk's error code (e.g. api_keys_not_enabled).",
+            ["endpoint", "code"],
+            registry=r,
+        )
         self.budget_rejections = Counter(
             "authproxy_verification_budget_rejections_total",
             "Verifications refused by the cost guard, by scope (global, per_ip).",

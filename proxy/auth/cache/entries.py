@@ -73,7 +73,10 @@ _NEGATIVE: Final = 1
 RECENT: Final = 512
 
 # A subject that packs into the record is not part of the identity (None there).
-_PositiveIdentity = tuple[PrincipalType, str | None, TokenType | None, frozenset[str], str | None]
+# (type, subject when not packed, token type, scopes, claims JSON, OAuth client id)
+_PositiveIdentity = tuple[
+    PrincipalType, str | None, TokenType | None, frozenset[str], str | None, str | None
+]
 _NegativeIdentity = tuple[str, str, str | None]
 
 
@@ -179,7 +182,7 @@ class PackedTable:
             self._overflow.pop(key, None)
         sub_form, sub_area = ids.pack(p.id, self._prefixes)
         subject = p.id if sub_form == ids.UNPACKED else None
-        identity = (p.type, subject, p.token_type, p.scopes, p.claims_json)
+        identity = (p.type, subject, p.token_type, p.scopes, p.claims_json, p.client_id)
         return _RECORD.pack(
             key,
             id_form << 1 | sub_form << 4,
@@ -198,7 +201,7 @@ class PackedTable:
         if flags & _NEGATIVE:
             code, message, rejected_type = self._rejections[ident]
             return Negative(code, message, rejected_type, keep)
-        ptype, subject, token_type, scopes, claims_json = self._principals[ident]
+        ptype, subject, token_type, scopes, claims_json, client_id = self._principals[ident]
         id_form, sub_form = flags >> 1 & 7, flags >> 4 & 7
         if id_form == ids.UNPACKED:
             token_id = self._overflow.get(key)
@@ -214,6 +217,7 @@ class PackedTable:
             scopes,
             claims_json,
             None if math.isnan(expires) else expires,
+            client_id,
         )
         return Positive(principal, fresh, keep)
 
