@@ -141,9 +141,22 @@ def sign(key: rsa.RSAPrivateKey, kid: str, alg: str = "RS256", **claims: Any) ->
 @pytest.mark.parametrize("alg", ["RS256", "RS384", "RS512"])
 async def test_valid_signatures(env: tuple[JwksServer, Jwks, Clock], alg: str) -> None:
     served, jwks, _ = env
+    served.keys = [jwk(KEY_A, "ins_a", alg=alg)]
     header, claims = await jwks.verify(sign(KEY_A, "ins_a", alg))
     assert (header["alg"], claims["sub"]) == (alg, "user_1")
     assert served.auth == ["Bearer sk_test_instance"]
+
+
+@pytest.mark.parametrize("alg", ["RS384", "RS512"])
+async def test_a_key_signs_only_for_its_own_algorithm(
+    env: tuple[JwksServer, Jwks, Clock], alg: str
+) -> None:
+    # The served key says RS256 (as Clerk's do): a token signed RS384 with it is refused,
+    # as Clerk's SDK refuses it (WebCrypto imports the key for its `alg` only).
+    _, jwks, _ = env
+    with pytest.raises(ProxyError) as info:
+        await jwks.verify(sign(KEY_A, "ins_a", alg))
+    assert info.value.code == TOKEN_INVALID and "algorithm" in info.value.message
 
 
 def public_pem(key: rsa.RSAPrivateKey) -> bytes:

@@ -192,6 +192,10 @@ class Jwks:
         key = await self.key(kid)
         if key is None:
             raise _invalid(UNKNOWN_KEY, token_type)
+        if key.algorithm_name != alg:
+            # A key is for the algorithm its JWK names (RS256 when it names none); Clerk's
+            # SDK (WebCrypto) refuses the mismatch too.
+            raise _invalid("the JWT's algorithm is not the one its signing key is for", token_type)
         try:
             claims = jwt.decode(
                 token,
