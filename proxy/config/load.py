@@ -35,6 +35,7 @@ from proxy.config.model import (
     WebSocket,
 )
 from proxy.config.routes import parse_route
+from proxy.config.shared import revocation, shared_cache
 from proxy.config.values import (
     ConfigError,
     ConfigIssue,
@@ -113,6 +114,7 @@ _TOP_KEYS = {
     "shutdown",
     "logging",
     "workers",
+    "revocation",
 }
 
 
@@ -212,6 +214,7 @@ def build_config(
             "negative_ttl_seconds",
             "max_entries",
             "stale_if_error_seconds",
+            "shared",
         },
     )
     cache = Cache(
@@ -219,6 +222,7 @@ def build_config(
         negative_ttl_seconds=r.get(ca, "cache", "negative_ttl_seconds", parse_duration, 10.0),
         max_entries=r.get(ca, "cache", "max_entries", positive_int, 100_000),
         stale_if_error_seconds=r.get(ca, "cache", "stale_if_error_seconds", parse_duration, 0.0),
+        shared=shared_cache(r, ca.get("shared")),
     )
 
     vb = r.section(
@@ -318,6 +322,7 @@ def build_config(
             level=level, access_log=r.get(lg, "logging", "access_log", bool_value, True)
         ),
         workers=r.get(top, "", "workers", positive_int, 1),
+        revocation=revocation(r, top.get("revocation")),
     )
     if cfg.listen.port and cfg.listen.port == cfg.admin.port and cfg.listen.host == cfg.admin.host:
         r.problem("admin.port", "must differ from listen.port")

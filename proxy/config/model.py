@@ -57,12 +57,50 @@ class Clerk:
 
 
 @dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """Where the shared level is, parsed from `cache.shared.url`."""
+
+    kind: Literal["single", "sentinel", "cluster"]
+    tls: bool
+    hosts: tuple[tuple[str, int], ...]
+    db: int = 0
+    service: str = ""  # Sentinel: the monitored primary's name
+
+
+@dataclass(frozen=True, slots=True)
+class SharedCache:
+    """`cache.shared`: the second level in Redis/Valkey (docs/verification.md)."""
+
+    target: RedisTarget
+    url: str  # as configured, without credentials (for logs)
+    username: str = ""
+    password: str = field(default="", repr=False)
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # Every Redis call is bounded by this; a few ms, so a slow Redis costs little.
+    timeout: float = 0.01
+    connect_timeout: float = 0.5
+    breaker_failures: int = 5
+    breaker_seconds: float = 5.0
+    # How long a process waits for another one's verification of the same token.
+    flight_wait: float = 1.0
+    # The cost guard's buckets in Redis: the configured rates hold for the whole cluster.
+    budget: bool = True
+    # Revocations are re-read this often (and on every reconnect) in case one was missed.
+    resync_seconds: float = 5.0
+    key_prefix: str = "clerk-auth-proxy"
+
+
+@dataclass(frozen=True, slots=True)
 class Cache:
     ttl_seconds: float = 60.0
     negative_ttl_seconds: float = 10.0
     max_entries: int = 100_000
     # 0 disables serving stale positives while Clerk is unreachable.
     stale_if_error_seconds: float = 0.0
+    # The second level in Redis/Valkey; None: this process's cache only.
+    shared: SharedCache | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +160,15 @@ class Logging:
 
 
 @dataclass(frozen=True, slots=True)
+class Revocation:
+    """`revocation`: the admin port's POST /revoke (off without a secret)."""
+
+    secret: str = field(default="", repr=False)
+    # How long a revoked id stays refused when its expiry is not known.
+    default_ttl_seconds: float = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     environment: str
@@ -140,3 +187,4 @@ class Config:
     shutdown: Shutdown
     logging: Logging
     workers: int = 1
+    revocation: Revocation = Revocation()

@@ -1,10 +1,12 @@
-"""The admin listener: /healthz, /readyz and /metrics, never exposed with the API."""
+"""The admin listener: /healthz, /readyz, /metrics and POST /revoke (`revoke`), never
+exposed with the API."""
 
 from __future__ import annotations
 
 import aiohttp
 from aiohttp import web
 
+from proxy.process.revoke import handle_revoke
 from proxy.request.app import PROXY, Proxy
 
 
@@ -15,6 +17,7 @@ def create_admin_app(proxy: Proxy) -> web.Application:
     admin.router.add_get("/healthz", _healthz)
     admin.router.add_get("/readyz", _readyz)
     admin.router.add_get("/metrics", _metrics)
+    admin.router.add_post("/revoke", handle_revoke)
     return admin
 
 

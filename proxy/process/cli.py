@@ -13,6 +13,7 @@ from pathlib import Path
 from proxy import __version__
 from proxy.config.load import Config, ConfigError, load_config
 from proxy.observe.logs import configure_logging
+from proxy.process import revoke
 from proxy.process.server import Server
 from proxy.process.workers import REUSE_PORT_ENV, run_workers
 
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="proxy + demo upstream + Clerk emulator, all local")
     demo.add_argument("--config", default="config/local.yaml")
     demo.set_defaults(func=cmd_demo)
+
+    revoke.add_parser(sub)
     return parser
 
 

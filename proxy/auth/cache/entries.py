@@ -69,6 +69,9 @@ _RECORD: Final = struct.Struct(f"<16sBIddd{ids.AREA}s{ids.AREA}s")
 RECORD_SIZE: Final = _RECORD.size
 
 _NEGATIVE: Final = 1
+# Where a record's token id and subject areas start (after key, flags, identity, 3 times).
+_ID_AT: Final = KEY_SIZE + 1 + 4 + 3 * 8
+_SUBJECT_AT: Final = _ID_AT + ids.AREA
 
 RECENT: Final = 512
 
@@ -165,6 +168,35 @@ class PackedTable:
         self._count += 1
         if 2 * self._count > self._mask + 1:
             self._grow()
+
+    def matching(self, token_id: str | None, subject: str | None) -> list[tuple[bytes, Positive]]:
+        """The positive entries whose token id is `token_id` or whose subject is `subject`
+        (a revocation). Ids are compared packed, so only a match is decoded."""
+        targets: list[tuple[int, int, int, bytes]] = []
+        for value, shift, at in ((token_id, 1, _ID_AT), (subject, 4, _SUBJECT_AT)):
+            if value is not None:
+                form, area = ids.pack(value, self._prefixes)
+                targets.append((shift, at, form, area.ljust(ids.AREA, b"\0")))
+        found: list[tuple[bytes, Positive]] = []
+        records = self._records
+        for n in range(self._count):
+            start = n * RECORD_SIZE
+            flags = records[start + KEY_SIZE]
+            if flags & _NEGATIVE:
+                continue
+            for shift, at, form, area in targets:
+                if flags >> shift & 7 != form:
+                    continue
+                if form == ids.UNPACKED or records[start + at : start + at + ids.AREA] == area:
+                    entry = self._decode(n)
+                    assert isinstance(entry, Positive)
+                    p = entry.principal
+                    if (token_id is not None and p.token_id == token_id) or (
+                        subject is not None and p.id == subject
+                    ):
+                        found.append((bytes(records[start : start + KEY_SIZE]), entry))
+                        break
+        return found
 
     # -- records
 

@@ -103,6 +103,10 @@ class Generations(Generic[K, V]):
         self._young.pop(key, None)
         self._old.pop(key, None)
 
+    def tables(self) -> tuple[Table[K, V], Table[K, V]]:
+        """Both generations, young first (a revocation scans them)."""
+        return self._young, self._old
+
     def _put(self, key: K, entry: V, now: float) -> None:
         young = self._young
         if now >= self._rotate_at or (key not in young and len(young) >= self._half):

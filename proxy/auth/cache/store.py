@@ -24,13 +24,27 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from proxy.auth.cache.entries import Entry, Negative, PackedTable, Positive
 from proxy.auth.cache.generations import Generations
 from proxy.config import model as config
-from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
+from proxy.core.errors import TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
 from proxy.core.principal import Principal
 from proxy.observe.metrics import Metrics
+
+
+class SecondLevel(Protocol):
+    """A cache level behind this one, shared with other processes (`proxy.auth.shared`)."""
+
+    async def fetch(self, key: bytes) -> Entry | None:
+        """Its entry for `key`, or None: then this process loads and calls `store`. Never
+        raises; may wait (bounded) for another process that is loading the same key."""
+        ...
+
+    def store(self, key: bytes, entry: Entry | None) -> None:
+        """What the load gave (None: nothing to keep); called once after every None fetch."""
+        ...
 
 
 def cache_scope(api_url: str, secret_key: str) -> bytes:
@@ -57,6 +71,10 @@ class VerificationCache:
             cfg.max_entries, horizon, now(), PackedTable
         )
         self._flights: dict[bytes, asyncio.Task[Principal]] = {}
+        # Set by the verifier when configured: the shared level (asked inside a flight,
+        # before `load`) and the revocation check (a loaded Principal it denies is a 401).
+        self.second: SecondLevel | None = None
+        self.denied: Callable[[Principal], bool] | None = None
         # Bound once: a label lookup per cache hit is measurable on the hot path.
         self._count_hit = metrics.verify_cache.labels("hit")
         self._count_negative_hit = metrics.verify_cache.labels("negative_hit")
@@ -142,13 +160,22 @@ class VerificationCache:
     async def _load(
         self, key: bytes, load: Callable[[], Awaitable[Principal]], cache_rejections: bool
     ) -> Principal:
+        # JWTs (cache_rejections False) are verified here, cheaper than a round trip.
+        second = self.second if cache_rejections else None
+        if second is not None:
+            shared = await second.fetch(key)
+            if shared is not None:
+                return self._adopt(key, shared)
         try:
             principal = await load()
         except ProxyError as exc:
             now = self._now()
+            rejected: Negative | None = None
             if exc.code == VERIFICATION_UNAVAILABLE:
                 stale = self._entries.get(key, now)
                 if isinstance(stale, Positive) and now < stale.keep_until:
+                    if second is not None:
+                        second.store(key, None)
                     self._metrics.verify_cache.labels("stale").inc()
                     return stale.principal
             elif exc.status == 401 and cache_rejections:
@@ -156,14 +183,70 @@ class VerificationCache:
                 if until > now:
                     rejected = Negative(exc.code, exc.message, exc.token_type, until)
                     self._entries.set(key, rejected, now)
+            if second is not None:
+                second.store(key, rejected)
+            raise
+        except BaseException:
+            if second is not None:
+                second.store(key, None)
             raise
         now = self._now()
         entry = self.positive(principal, now)
+        if second is not None:
+            # What Clerk said is shared as it is; revocation is each process's own check.
+            second.store(key, entry)
+        if self.denied is not None and self.denied(principal):
+            raise self._revoked(key, principal, now)
         if entry is not None:
             self._entries.set(key, entry, now)
         else:
             self._entries.pop(key)
         return principal
+
+    def _adopt(self, key: bytes, entry: Entry) -> Principal:
+        """Take an entry from the second level with the deadlines it was written with,
+        never later than this process would have set them itself."""
+        now = self._now()
+        if isinstance(entry, Negative):
+            keep = min(entry.keep_until, now + self._cfg.negative_ttl_seconds)
+            self._entries.set(key, Negative(entry.code, entry.message, entry.token_type, keep), now)
+            raise entry.error()
+        principal = entry.principal
+        if self.denied is not None and self.denied(principal):
+            raise self._revoked(key, principal, now)
+        fresh = min(entry.fresh_until, now + self._cfg.ttl_seconds)
+        keep = min(entry.keep_until, fresh + self._cfg.stale_if_error_seconds)
+        self._entries.set(key, Positive(principal, fresh, keep), now)
+        return principal
+
+    def _revoked(self, key: bytes, principal: Principal, now: float) -> ProxyError:
+        self._entries.pop(key)
+        refusal = ProxyError(
+            TOKEN_INVALID, "the token has been revoked", token_type=principal.token_type
+        )
+        until = now + self._cfg.negative_ttl_seconds
+        if until > now:
+            rejected = Negative(refusal.code, refusal.message, refusal.token_type, until)
+            self._entries.set(key, rejected, now)
+        return refusal
+
+    def drop(self, token_id: str | None, subject: str | None) -> tuple[int, float | None]:
+        """Drop the positive entries of a revoked token id or subject: how many, and the
+        latest expiry among them (None when none was found or one never expires)."""
+        dropped = 0
+        latest: float | None = None
+        unbounded = False
+        for table in self._entries.tables():
+            assert isinstance(table, PackedTable)
+            for found, entry in table.matching(token_id, subject):
+                table.pop(found)
+                dropped += 1
+                expires = entry.principal.expires_at
+                if expires is None:
+                    unbounded = True
+                elif latest is None or expires > latest:
+                    latest = expires
+        return dropped, None if unbounded else latest
 
     async def close(self) -> None:
         flights = list(self._flights.values())

@@ -1,0 +1,146 @@
+"""The connection to Redis/Valkey: a redis-py asyncio client from `cache.shared`, and
+`Connection.call`, which bounds every call on the request path and never raises.
+
+Every call made for a request runs under `asyncio.timeout(cache.shared.timeout)` (a few
+ms) and the breaker: a slow, hung or absent server costs a miss at most that much, and
+after `breaker_failures` in a row nothing until the breaker's probe succeeds. A failure
+is a metric and None — the caller goes on to Clerk; it never becomes the request's error.
+redis-py drops a connection whose call was cut off, so a late answer cannot be read as
+the next call's. Its own retries are off: a retry is the breaker's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from proxy.auth.shared.breaker import Breaker
+from proxy.auth.shared.metrics import SharedMetrics
+from proxy.config.model import SharedCache
+
+log = logging.getLogger("proxy.shared")
+
+T = TypeVar("T")
+Client = Redis | RedisCluster
+
+MAX_CONNECTIONS = 64
+
+
+def _common(cfg: SharedCache) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "username": cfg.username or None,
+        "password": cfg.password or None,
+        "socket_connect_timeout": cfg.connect_timeout,
+        "socket_timeout": max(cfg.connect_timeout, cfg.timeout),
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": "clerk-auth-proxy",
+    }
+    if cfg.target.tls:
+        kwargs.update(
+            ssl=True,
+            ssl_ca_certs=cfg.ca_file or None,
+            ssl_certfile=cfg.cert_file or None,
+            ssl_keyfile=cfg.key_file or None,
+            ssl_cert_reqs="required",
+        )
+    return kwargs
+
+
+def connect(cfg: SharedCache) -> tuple[Client, Redis]:
+    """(the client for commands, a client for pub/sub). Connects lazily: no I/O here."""
+    target = cfg.target
+    common = _common(cfg)
+    if target.kind == "cluster":
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
+            max_connections=MAX_CONNECTIONS,
+            **common,
+        )
+        # Classic PUBLISH reaches every node of a cluster: one node is enough to listen on.
+        host, port = target.hosts[0]
+        return cluster, Redis(host=host, port=port, **common)
+    if target.kind == "sentinel":
+        sentinel_kwargs = {k: v for k, v in common.items() if k != "client_name"}
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(target.hosts),
+            sentinel_kwargs=sentinel_kwargs,
+            db=target.db,
+            max_connections=MAX_CONNECTIONS,
+            **common,
+        )
+        primary = sentinel.master_for(target.service, db=target.db, **common)
+        return primary, sentinel.master_for(target.service, db=target.db, **common)
+    host, port = target.hosts[0]
+    client = Redis(host=host, port=port, db=target.db, max_connections=MAX_CONNECTIONS, **common)
+    return client, Redis(host=host, port=port, db=target.db, **common)
+
+
+class Connection:
+    def __init__(
+        self,
+        cfg: SharedCache,
+        metrics: SharedMetrics,
+        *,
+        clients: tuple[Client, Redis] | None = None,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.client, self.listener = clients if clients is not None else connect(cfg)
+        self.metrics = metrics
+        self.breaker = Breaker(cfg.breaker_failures, cfg.breaker_seconds, now=now)
+        metrics.watch_breaker(lambda: self.breaker.state != "closed")
+        self._timeout = cfg.timeout
+
+    async def call(self, op: str, make: Callable[[Client], Awaitable[T]]) -> T | None:
+        """`make(client)` within the request bound, or None (counted) when Redis failed."""
+        if not self.breaker.allow():
+            self.metrics.errors.labels(op, "breaker_open").inc()
+            return None
+        started = time.perf_counter()
+        kind = "connection"
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await make(self.client)
+        except TimeoutError:
+            kind = "timeout"
+        except (RedisError, OSError) as exc:
+            kind = "timeout" if "Timeout" in type(exc).__name__ else "connection"
+        except BaseException:
+            # Cancelled (shutdown): a probe must not leave the breaker waiting for it.
+            self.breaker.failed()
+            raise
+        else:
+            self.breaker.succeeded()
+            self.metrics.latency.labels(op).observe(time.perf_counter() - started)
+            return result
+        was_closed = self.breaker.state == "closed"
+        self.breaker.failed()
+        self.metrics.errors.labels(op, kind).inc()
+        if was_closed and self.breaker.state != "closed":
+            log.warning(
+                "shared cache unreachable; using the first level and the per-pod budget",
+                extra={"op": op, "kind": kind, "retry_in": self.cfg.breaker_seconds},
+            )
+        return None
+
+    async def admin(self, make: Callable[[Client], Awaitable[T]]) -> T:
+        """An operator's call (revocation): the connect timeout, not the request bound, and
+        no breaker — it raises, and the operator is told."""
+        async with asyncio.timeout(self.cfg.connect_timeout + 1.0):
+            return await make(self.client)
+
+    async def close(self) -> None:
+        for client in (self.client, self.listener):
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()

@@ -1,0 +1,168 @@
+"""`SharedLevel`: the second level of the verification cache, in Redis/Valkey, with
+cluster-wide single-flight. The first level (`cache.store`) asks it inside its own
+flight, so one process asks at most once per token at a time.
+
+`fetch(key)` is one round trip (a script): the entry when one is there; otherwise it
+takes the token's lock if it is free — this process then verifies and `store`s — or
+learns that another process is verifying it, and waits for that one's answer (its
+"landed" message, at most `flight_wait`), then reads it. Without an answer in time, or
+when Redis fails, it returns None and this process verifies on its own: a slow or absent
+cluster never blocks a request for longer than the bound.
+
+`store(key, entry)` writes what Clerk said, with the deadlines the first level keeps
+(the value expires from Redis at the entry's `keep_until`; nothing extends it later),
+releases the lock when it is this process's, and announces the landing. It runs in the
+background: the request does not wait for the write.
+
+Keys (`{…}` is a Cluster hash tag: an entry and its lock live on one node):
+`<prefix>:<instance>:{<key hex>}:e` and `…:l`. `<instance>` names the Clerk instance
+(the first level's scope), so two instances never share entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from proxy.auth.cache.entries import Entry, Negative
+from proxy.auth.shared import codec
+from proxy.auth.shared.connection import Connection
+from proxy.auth.shared.events import Events, landed_message
+
+# GET the entry; else SET the lock if free. Returns {value or false, 1 if locked by us}.
+FETCH: Final = """
+local value = redis.call('GET', KEYS[1])
+if value then return {value, 0} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
+return {false, 0}
+"""
+
+# SET the entry (when there is one) for its remaining life, DEL the lock when it is
+# ours, and announce the landing.
+STORE: Final = """
+if ARGV[2] ~= '' then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+
+class SharedLevel:
+    def __init__(
+        self,
+        connection: Connection,
+        events: Events,
+        namespace: str,
+        mac: bytes,
+        *,
+        lock_seconds: float,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._conn = connection
+        self._events = events
+        self._namespace = namespace
+        self._mac = mac
+        self._now = now
+        self._lock_ms = max(1, int(lock_seconds * 1000))
+        self._wait = connection.cfg.flight_wait
+        self._metrics = connection.metrics
+        self._fetch = connection.client.register_script(FETCH)
+        self._store = connection.client.register_script(STORE)
+        # Locks this process holds: key -> its lock value.
+        self._leases: dict[bytes, bytes] = {}
+        self._writes: set[asyncio.Task[Any]] = set()
+
+    def keys(self, key: bytes) -> list[str]:
+        tag = f"{self._namespace}:{{{key.hex()}}}"
+        return [tag + ":e", tag + ":l"]
+
+    async def fetch(self, key: bytes) -> Entry | None:
+        """The shared entry for `key`, or None: then the caller verifies and `store`s."""
+        keys = self.keys(key)
+        lease = secrets.token_bytes(8)
+        found = await self._conn.call(
+            "fetch", lambda c: self._fetch(keys=keys, args=[lease, self._lock_ms], client=c)
+        )
+        if found is None:
+            self._metrics.lookups.labels("error").inc()
+            return None
+        value, locked = found
+        if value:
+            return self._read(key, keys, value)
+        if locked:
+            self._leases[key] = lease
+            self._metrics.lookups.labels("miss").inc()
+            self._metrics.flights.labels("led").inc()
+            return None
+        # Another process is verifying this token: its answer, within the bound.
+        await self._events.landed(key, self._wait)
+        value = await self._conn.call("get", lambda c: c.get(keys[0]))
+        if value:
+            entry = self._read(key, keys, value)
+            if entry is not None:
+                self._metrics.flights.labels("followed").inc()
+                return entry
+        self._metrics.lookups.labels("miss").inc()
+        self._metrics.flights.labels("waited_out").inc()
+        return None
+
+    def _read(self, key: bytes, keys: list[str], value: Any) -> Entry | None:
+        entry = codec.decode(key, value, self._mac)
+        now = self._now()
+        if entry is None:
+            # Forged, garbled or of another format: never trusted, verified again (and
+            # overwritten by what that verification gives).
+            self._metrics.lookups.labels("garbled").inc()
+            return None
+        if now >= entry.keep_until:
+            self._metrics.lookups.labels("miss").inc()
+            return None
+        if isinstance(entry, Negative):
+            self._metrics.lookups.labels("negative_hit").inc()
+            return entry
+        if now >= entry.fresh_until:
+            # Only stale: the first level may still serve it if Clerk is down, but it is a
+            # miss for verification purposes.
+            self._metrics.lookups.labels("miss").inc()
+            return None
+        self._metrics.lookups.labels("hit").inc()
+        return entry
+
+    def store(self, key: bytes, entry: Entry | None) -> None:
+        """Write `entry` (None: nothing to write, e.g. Clerk was down) and release the lock."""
+        lease = self._leases.pop(key, b"")
+        value = b""
+        ttl_ms = 0
+        if entry is not None:
+            ttl_ms = int((entry.keep_until - self._now()) * 1000)
+            if ttl_ms > 0:
+                value = codec.encode(key, entry, self._mac)
+        if not value and not lease:
+            return
+        keys = self.keys(key)
+        args: list[bytes | int | str] = [
+            lease,
+            value,
+            max(ttl_ms, 1),
+            self._events.channel,
+            landed_message(key),
+        ]
+        task = asyncio.ensure_future(
+            self._conn.call("store", lambda c: self._store(keys=keys, args=args, client=c))
+        )
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def close(self) -> None:
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+
+def namespace(prefix: str, scope: bytes) -> str:
+    """`<prefix>:<instance id>`: the first level's scope, hashed (it holds the API URL and a
+    key id, neither of which belongs in a key name)."""
+    return f"{prefix}:{hashlib.sha256(scope).hexdigest()[:16]}"

@@ -1,0 +1,176 @@
+"""Revocation from outside: the admin port's `POST /revoke`, and `clerk-auth-proxy revoke`,
+which calls it.
+
+The endpoint needs `Authorization: Bearer <revocation.secret>` (from a file); it is off
+(404) without one. Body: `{"token_id": "mt_…"}` or `{"subject": "mch_…"}`, and
+optionally `"reason"`, `"ttl_seconds"` (how long to refuse; by default the token's
+expiry when known, else `revocation.default_ttl_seconds`) and `"at_clerk": true` (also
+revoke the token at Clerk: M2M tokens and API keys, by id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import math
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from proxy.request.app import PROXY
+
+MAX_BODY = 4096
+MAX_TTL = 10 * 365 * 86_400.0
+
+
+def refusal(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}},
+        status=status,
+        headers={"Cache-Control": "no-store", **headers},
+    )
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def parse_request(raw: bytes) -> tuple[str, str, str, float | None, bool]:
+    """(kind, value, reason, ttl, at_clerk), or BadRequest saying what is wrong."""
+    from proxy.auth.shared.revocation import valid_value
+
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BadRequest("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - {"token_id", "subject", "reason", "ttl_seconds", "at_clerk"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    given = [k for k in ("token_id", "subject") if k in body]
+    if len(given) != 1:
+        raise BadRequest("give exactly one of token_id and subject")
+    kind = given[0]
+    value = body[kind]
+    if not valid_value(value):
+        raise BadRequest(f"{kind} must be a Clerk id: visible ASCII, at most 256 characters")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 200:
+        raise BadRequest("reason must be a string of at most 200 characters")
+    ttl = body.get("ttl_seconds")
+    if ttl is not None and (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not math.isfinite(ttl)
+        or not 0 < ttl <= MAX_TTL
+    ):
+        raise BadRequest("ttl_seconds must be a number of seconds above 0 (at most 10 years)")
+    at_clerk = body.get("at_clerk", False)
+    if not isinstance(at_clerk, bool):
+        raise BadRequest("at_clerk must be true or false")
+    if at_clerk and kind != "token_id":
+        raise BadRequest("Clerk revokes tokens by id only: at_clerk needs token_id")
+    return kind, value, reason, None if ttl is None else float(ttl), at_clerk
+
+
+async def handle_revoke(request: web.Request) -> web.Response:
+    proxy = request.app[PROXY]
+    rt = proxy.runtime
+    secret = rt.config.revocation.secret
+    if not secret:
+        return refusal(404, "revocation_disabled", "revocation.secret is not configured")
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return refusal(
+            401,
+            "token_missing",
+            "send Authorization: Bearer <revocation secret>",
+            **{"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(given.strip().encode(), secret.encode()):
+        return refusal(
+            401,
+            "token_invalid",
+            "wrong revocation secret",
+            **{"WWW-Authenticate": 'Bearer error="invalid_token"'},
+        )
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        return refusal(413, "payload_too_large", f"at most {MAX_BODY} bytes")
+    try:
+        kind, value, reason, ttl, at_clerk = parse_request(raw)
+    except BadRequest as exc:
+        return refusal(400, "bad_request", str(exc))
+    revoke = getattr(rt.verifier, "revoke", None)
+    if revoke is None:
+        return refusal(404, "revocation_disabled", "this verifier cannot revoke")
+    outcome = await revoke(kind, value, ttl=ttl, reason=reason, at_clerk=at_clerk)
+    body: dict[str, Any] = outcome.body()
+    status = 200
+    if outcome.error is not None:
+        status = 503
+        body["error"] = {"code": "revocation_unavailable", "message": outcome.error}
+    clerk = getattr(outcome, "clerk", None)
+    if clerk is not None:
+        body["clerk"] = clerk
+        if clerk.get("status") != "revoked" and status == 200:
+            status = 502
+            body["error"] = {"code": "clerk_revoke_failed", "message": clerk.get("message", "")}
+    return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+
+
+# -- the CLI
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "revoke",
+        help="revoke a token id or a subject on every proxy (through one's admin port)",
+    )
+    p.add_argument("--admin-url", required=True, help="e.g. http://127.0.0.1:9090")
+    p.add_argument("--secret-file", required=True, help="file holding revocation.secret")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--token-id", help="the token's id (mt_…, ak_…, oat_…, sess_…)")
+    who.add_argument("--subject", help="every token of this machine/user (mch_…, user_…)")
+    p.add_argument("--reason", default="")
+    p.add_argument("--ttl", type=float, help="seconds to refuse (default: the token's expiry)")
+    p.add_argument("--at-clerk", action="store_true", help="also revoke it at Clerk")
+    p.set_defaults(func=cmd_revoke)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    try:
+        secret = Path(args.secret_file).read_text().strip()
+    except OSError as exc:
+        print(f"cannot read --secret-file {args.secret_file!r}: {exc.strerror}", file=sys.stderr)
+        return 2
+    body: dict[str, Any] = {"reason": args.reason, "at_clerk": args.at_clerk}
+    if args.token_id:
+        body["token_id"] = args.token_id
+    else:
+        body["subject"] = args.subject
+    if args.ttl is not None:
+        body["ttl_seconds"] = args.ttl
+    request = urllib.request.Request(  # noqa: S310 - the operator's own admin URL
+        args.admin_url.rstrip("/") + "/revoke",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+            status, answer = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, answer = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cannot reach {args.admin_url}: {exc}", file=sys.stderr)
+        return 1
+    print(answer.decode(errors="replace"))
+    return 0 if status == 200 else 1

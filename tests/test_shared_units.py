@@ -1,0 +1,166 @@
+"""The shared level's pure parts, as tables: the breaker, the value codec, the URL parser,
+the revoked set. No server here (tests/test_shared_level.py has the real ones)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from proxy.auth.cache.entries import Negative, Positive
+from proxy.auth.shared import codec
+from proxy.auth.shared.breaker import Breaker
+from proxy.auth.shared.events import parse_revocation, revoked_message
+from proxy.auth.shared.revocation import Revoked, parse_member
+from proxy.config.shared import redis_target
+from proxy.core.principal import Principal
+
+MAC = codec.mac_key("sk_test_unit", b"scope")
+KEY = bytes(range(16))
+MACHINE = Principal(
+    "machine",
+    "mch_2xYpartner000000000000000001",
+    "m2m_token",
+    "mt_0123456789abcdef0123456789abcdef",
+    frozenset({"mch_a", "mch_b"}),
+    '{"tier":"gold"}',
+    1_900_000_000.0,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_breaker_opens_after_failures_in_a_row_and_one_probe_decides() -> None:
+    clock = Clock()
+    b = Breaker(3, 5.0, now=clock)
+    for _ in range(2):
+        assert b.allow()
+        b.failed()
+    assert b.allow()
+    b.succeeded()  # a success resets the count
+    for _ in range(3):
+        assert b.allow()
+        b.failed()
+    assert b.state == "open" and not b.allow()
+    clock.t += 5.0
+    assert b.state == "half_open"
+    assert b.allow()  # the probe
+    assert not b.allow()  # only one at a time
+    b.failed()  # the probe failed: open again for the full time
+    assert b.state == "open" and not b.allow()
+    clock.t += 5.0
+    assert b.allow()
+    b.succeeded()
+    assert b.state == "closed" and b.allow()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        Positive(MACHINE, 1000.0, 1060.0),
+        Positive(Principal("user", None, None, None, frozenset(), None, None), 5.0, 5.0),
+        Negative("token_invalid", "the token has been revoked", "m2m_token", 1010.0),
+        Negative("token_expired", "the token has expired", None, 1010.0),
+    ],
+)
+def test_codec_round_trip(entry: Positive | Negative) -> None:
+    value = codec.encode(KEY, entry, MAC)
+    assert codec.decode(KEY, value, MAC) == entry
+    # No token goes into a value: only what the Principal holds.
+    assert b"sk_test" not in value
+
+
+def _forge(payload: object) -> bytes:
+    body = json.dumps(payload).encode()
+    return codec.FORMAT + codec._tag(MAC, KEY, body) + body
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("not bytes", "1abc"),
+        ("empty", b""),
+        ("other format", b"2" + codec.encode(KEY, Positive(MACHINE, 1.0, 2.0), MAC)[1:]),
+        ("truncated", codec.encode(KEY, Positive(MACHINE, 1.0, 2.0), MAC)[:-3]),
+        ("deadline moved", codec.encode(KEY, Positive(MACHINE, 1.0, 2.0), MAC)[:-4] + b"9.0}"),
+        ("another key's value", codec.encode(bytes(16), Positive(MACHINE, 1.0, 2.0), MAC)),
+        ("another instance's MAC", codec.encode(KEY, Positive(MACHINE, 1.0, 2.0), b"k" * 32)),
+        ("signed garbage", _forge("hello")),
+        ("anonymous principal", _forge({"p": ["anonymous", None, None, None, [], None, None], "f": 1, "k": 2})),
+        ("fresh after keep", _forge({"p": ["machine", "mch_x", "m2m_token", "mt_x", [], None, None], "f": 3, "k": 2})),
+        ("header-unsafe id", _forge({"p": ["machine", "mch x\r\n", "m2m_token", "mt_x", [], None, None], "f": 1, "k": 2})),
+        ("a 503 as a rejection", _forge({"n": ["verification_unavailable", "m", None], "k": 2})),
+        ("unknown code", _forge({"n": ["nope", "m", None], "k": 2})),
+        ("NaN deadline", codec.FORMAT + codec._tag(MAC, KEY, b'{"n":["token_invalid","m",null],"k":NaN}') + b'{"n":["token_invalid","m",null],"k":NaN}'),
+        ("claims not an object", _forge({"p": ["machine", "mch_x", "m2m_token", "mt_x", [], "[1]", None], "f": 1, "k": 2})),
+        ("scopes not strings", _forge({"p": ["machine", "mch_x", "m2m_token", "mt_x", [1], None, None], "f": 1, "k": 2})),
+        ("bool as time", _forge({"n": ["token_invalid", "m", None], "k": True})),
+    ],
+)
+def test_codec_refuses_what_it_did_not_write(name: str, value: object) -> None:
+    assert codec.decode(KEY, value, MAC) is None, name
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "tls", "hosts", "db", "service"),
+    [
+        ("redis://127.0.0.1", "single", False, (("127.0.0.1", 6379),), 0, ""),
+        ("rediss://cache.svc:6380/2", "single", True, (("cache.svc", 6380),), 2, ""),
+        ("redis://[::1]:7000", "single", False, (("::1", 7000),), 0, ""),
+        ("redis+sentinel://s1,s2:26380/mymaster/1", "sentinel", False, (("s1", 26379), ("s2", 26380)), 1, "mymaster"),
+        ("rediss+cluster://n1:7000,n2:7001", "cluster", True, (("n1", 7000), ("n2", 7001)), 0, ""),
+    ],
+)
+def test_redis_urls(url: str, kind: str, tls: bool, hosts: tuple[tuple[str, int], ...], db: int, service: str) -> None:
+    t = redis_target(url)
+    assert (t.kind, t.tls, t.hosts, t.db, t.service) == (kind, tls, hosts, db, service)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://x", "expected a URL starting with"),
+        ("redis://:secret@host", "credentials do not go in the URL"),
+        ("redis://user:secret@host", "credentials do not go in the URL"),
+        ("redis://a,b", "several hosts"),
+        ("redis+sentinel://s1", "names the primary"),
+        ("redis+cluster://n1/3", "database number"),
+        ("redis://h:99999", "bad port"),
+        ("redis://h?ssl=1", "query strings"),
+    ],
+)
+def test_bad_redis_urls(url: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        redis_target(url)
+
+
+def test_revoked_set_refuses_until_the_end_and_forgets_after() -> None:
+    clock = Clock()
+    revoked = Revoked(now=clock)
+    assert revoked.add("token_id", MACHINE.token_id or "", 160.0)
+    assert not revoked.add("token_id", MACHINE.token_id or "", 150.0)  # an earlier end adds nothing
+    assert revoked.denies(MACHINE)
+    other = Principal("machine", "mch_other", "m2m_token", "mt_other")
+    assert not revoked.denies(other)
+    assert revoked.add("subject", "mch_other", 120.0)
+    assert revoked.denies(other)
+    clock.t = 130.0
+    assert not revoked.denies(other) and revoked.denies(MACHINE)
+    clock.t = 160.0
+    assert not revoked.denies(MACHINE)
+    assert not revoked.add("token_id", "mt_past", 100.0)  # already over
+
+
+def test_revocation_messages_and_members() -> None:
+    assert parse_revocation(revoked_message("subject", "mch_x", 12.5)) == ("subject", "mch_x", 12.5)
+    for bad in (b"R{", b"R[]", b'R{"kind":"user","value":"x","until":1}', b'R{"kind":"subject","value":"","until":1}', b'R{"kind":"subject","value":"x","until":true}'):
+        assert parse_revocation(bad) is None
+    assert parse_member("token_id:mt_1") == ("token_id", "mt_1")
+    assert parse_member("subject:a b") is None
+    assert parse_member("other:x") is None
