@@ -216,10 +216,13 @@ def validate_manifest(doc: Mapping[str, Any], kube_version: str) -> str:
 
 def exported_metric_names() -> set[str]:
     """Every series name the proxy can export, with the suffixes Prometheus adds."""
+    from proxy.auth.shared.metrics import shared_metrics
     from proxy.observe.metrics import Metrics
 
+    metrics = Metrics()
+    shared_metrics(metrics.registry)  # registered with the verifier when cache.shared is on
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    for family in metrics.registry.collect():
         if family.type == "histogram":
             names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
         elif family.type == "counter":

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prometheus_client.registry import CollectorRegistry
 
+from proxy.auth.shared.metrics import shared_metrics
 from proxy.core import errors
 from proxy.observe.metrics import Metrics
 
@@ -34,6 +35,7 @@ def test_every_error_code_is_documented_and_every_documented_code_exists() -> No
 def test_every_metric_is_documented_and_every_documented_metric_exists() -> None:
     registry = CollectorRegistry()
     Metrics(registry)
+    shared_metrics(registry)  # registered with the verifier when cache.shared is on
     exported = {
         family.name + ("_total" if family.type == "counter" else "")
         for family in registry.collect()

@@ -301,7 +301,7 @@ class ClerkClient:
         return {
             "status": "failed",
             "http_status": status,
-            "message": f"Clerk answered HTTP {status} ({_error_code(body)})",
+            "message": f"Clerk answered HTTP {status} ({error_code(body)})",
         }
 
     async def _call(

@@ -54,7 +54,7 @@ class ClerkVerifier:
             shared_metrics(metrics.registry),
             now=now,
         )
-        self.cache.denied = self.revocations.revoked.denies
+        self.cache.denied = self.revocations.denies
         self.cluster: Cluster | None = None
         if config.cache.shared is not None:
             self.cluster = Cluster(config, scope, metrics, self.revocations.apply)

@@ -22,16 +22,26 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.core.errors import (
+    BAD_REQUEST,
+    CLERK_REVOKE_FAILED,
+    PAYLOAD_TOO_LARGE,
+    REVOCATION_DISABLED,
+    REVOCATION_UNAVAILABLE,
+    STATUS,
+    TOKEN_INVALID,
+    TOKEN_MISSING,
+)
 from proxy.request.app import PROXY
 
 MAX_BODY = 4096
 MAX_TTL = 10 * 365 * 86_400.0
 
 
-def refusal(status: int, code: str, message: str, **headers: str) -> web.Response:
+def refusal(code: str, message: str, **headers: str) -> web.Response:
     return web.json_response(
         {"error": {"code": code, "message": message}},
-        status=status,
+        status=STATUS[code],
         headers={"Cache-Control": "no-store", **headers},
     )
 
@@ -84,45 +94,45 @@ async def handle_revoke(request: web.Request) -> web.Response:
     rt = proxy.runtime
     secret = rt.config.revocation.secret
     if not secret:
-        return refusal(404, "revocation_disabled", "revocation.secret is not configured")
+        return refusal(REVOCATION_DISABLED, "revocation.secret is not configured")
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         return refusal(
             401,
-            "token_missing",
+            TOKEN_MISSING,
             "send Authorization: Bearer <revocation secret>",
             **{"WWW-Authenticate": "Bearer"},
         )
     if not hmac.compare_digest(given.strip().encode(), secret.encode()):
         return refusal(
             401,
-            "token_invalid",
+            TOKEN_INVALID,
             "wrong revocation secret",
             **{"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
     raw = await request.content.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
-        return refusal(413, "payload_too_large", f"at most {MAX_BODY} bytes")
+        return refusal(PAYLOAD_TOO_LARGE, f"at most {MAX_BODY} bytes")
     try:
         kind, value, reason, ttl, at_clerk = parse_request(raw)
     except BadRequest as exc:
-        return refusal(400, "bad_request", str(exc))
+        return refusal(BAD_REQUEST, str(exc))
     revoke = getattr(rt.verifier, "revoke", None)
     if revoke is None:
-        return refusal(404, "revocation_disabled", "this verifier cannot revoke")
+        return refusal(REVOCATION_DISABLED, "this verifier cannot revoke")
     outcome = await revoke(kind, value, ttl=ttl, reason=reason, at_clerk=at_clerk)
     body: dict[str, Any] = outcome.body()
     status = 200
     if outcome.error is not None:
-        status = 503
-        body["error"] = {"code": "revocation_unavailable", "message": outcome.error}
+        status = STATUS[REVOCATION_UNAVAILABLE]
+        body["error"] = {"code": REVOCATION_UNAVAILABLE, "message": outcome.error}
     clerk = getattr(outcome, "clerk", None)
     if clerk is not None:
         body["clerk"] = clerk
         if clerk.get("status") != "revoked" and status == 200:
-            status = 502
-            body["error"] = {"code": "clerk_revoke_failed", "message": clerk.get("message", "")}
+            status = STATUS[CLERK_REVOKE_FAILED]
+            body["error"] = {"code": CLERK_REVOKE_FAILED, "message": clerk.get("message", "")}
     return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
 

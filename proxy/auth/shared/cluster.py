@@ -24,6 +24,7 @@ from proxy.auth.shared.level import SharedLevel, namespace
 from proxy.auth.shared.metrics import SharedMetrics, shared_metrics
 from proxy.auth.shared.revocation import Revoked
 from proxy.config.model import Config
+from proxy.core.principal import Principal
 from proxy.observe.metrics import Metrics
 
 log = logging.getLogger("proxy.shared")
@@ -143,6 +144,13 @@ class Revocations:
         self._metrics = metrics
         self._now = now
         self.cluster: Cluster | None = None
+
+    def denies(self, principal: Principal) -> bool:
+        """Whether `principal`'s token id or subject is revoked here (counted)."""
+        if self.revoked.denies(principal):
+            self._metrics.revoked_refusals.inc()
+            return True
+        return False
 
     def apply(self, kind: str, value: str, until: float, source: str) -> int:
         """Refuse `value` here until `until` and drop its first-level entries."""
