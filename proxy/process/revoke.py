@@ -99,14 +99,12 @@ async def handle_revoke(request: web.Request) -> web.Response:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         return refusal(
-            401,
             TOKEN_MISSING,
             "send Authorization: Bearer <revocation secret>",
             **{"WWW-Authenticate": "Bearer"},
         )
     if not hmac.compare_digest(given.strip().encode(), secret.encode()):
         return refusal(
-            401,
             TOKEN_INVALID,
             "wrong revocation secret",
             **{"WWW-Authenticate": 'Bearer error="invalid_token"'},
