@@ -42,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(config.logging.level)
     workers = args.workers or config.workers
     if workers > 1:
-        return run_workers(workers, args.config)
+        return run_workers(workers, args.config, config.admin.host, config.admin.port)
 
     reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"
 

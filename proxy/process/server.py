@@ -9,6 +9,7 @@ reload; a new config that fails validation is logged and the old one keeps servi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from proxy import __version__, compiled
 from proxy.config.load import Config, ConfigError, load_config
 from proxy.fastpath import listener
 from proxy.process.admin import create_admin_app
+from proxy.process.gateway import ADMIN_SOCKET_ENV
 from proxy.request.app import PROXY, Proxy, create_app
 
 log = logging.getLogger("proxy")
@@ -99,9 +101,18 @@ class Server:
                 runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port, backlog=1024
             )
             await site.start()
-        admin_site = web.TCPSite(
-            admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=self.reuse_port
-        )
+        admin_socket = os.environ.get(ADMIN_SOCKET_ENV)
+        admin_site: web.BaseSite
+        if admin_socket:
+            # A worker of `run --workers N`: the supervisor serves the admin port for all
+            # of them (gateway), and reaches this worker's admin app here.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(admin_socket)
+            admin_site = web.UnixSite(admin_runner, admin_socket)
+        else:
+            admin_site = web.TCPSite(
+                admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=self.reuse_port
+            )
         await admin_site.start()
 
         loop = asyncio.get_running_loop()
@@ -118,7 +129,7 @@ class Server:
                 "listen": f"{cfg.listen.host}:{cfg.listen.port}",
                 "fast_path": front is not None,
                 "compiled": compiled(),
-                "admin": f"{cfg.admin.host}:{cfg.admin.port}",
+                "admin": admin_socket or f"{cfg.admin.host}:{cfg.admin.port}",
                 "upstream": cfg.upstream.url,
                 "version": __version__,
                 "pid": os.getpid(),

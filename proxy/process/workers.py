@@ -1,7 +1,9 @@
 """`--workers N`: N independent processes sharing the listen port via SO_REUSEPORT.
 
 Each worker is a full proxy with its own verification cache, so a token costs up to N
-Clerk calls per TTL instead of one (see docs/performance.md). The kernel spreads new
+Clerk calls per TTL instead of one — unless `cache.shared` is configured, then the
+workers share verification through it (see docs/performance.md). The parent serves the
+admin port for all of them (`gateway`: one /metrics). The kernel spreads new
 connections across workers. The parent only supervises: it forwards SIGTERM/SIGINT/SIGHUP,
 and a worker that dies while nobody asked it to stop is logged (which one, and the signal
 or exit code) and started again. Past `RESTART_LIMIT` restarts within `RESTART_WINDOW`
@@ -14,14 +16,19 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Final
+
+from proxy.process.gateway import ADMIN_SOCKET_ENV, Gateway
 
 REUSE_PORT_ENV: Final = "CLERK_AUTH_PROXY_REUSE_PORT"
 # Kubernetes' own restart back-off starts at 10 s: five deaths a minute is no transient.
@@ -57,7 +64,7 @@ class Supervisor:
     def __init__(
         self,
         count: int,
-        spawn: Callable[[], subprocess.Popen[bytes]],
+        spawn: Callable[[int], subprocess.Popen[bytes]],
         *,
         limit: int = RESTART_LIMIT,
         window: float = RESTART_WINDOW,
@@ -76,7 +83,7 @@ class Supervisor:
         self.workers = [self._start(i) for i in range(self._count)]
 
     def _start(self, index: int) -> subprocess.Popen[bytes]:
-        child = self._spawn()
+        child = self._spawn(index)
         log.info("worker started", extra={"worker": index, "pid": child.pid})
         return child
 
@@ -154,10 +161,29 @@ def worker_command(config_path: str) -> Sequence[str]:
     ]
 
 
-def run_workers(count: int, config_path: str) -> int:
+def run_workers(count: int, config_path: str, admin_host: str, admin_port: int) -> int:
     env = dict(os.environ, **{REUSE_PORT_ENV: "1"})
     cmd = worker_command(config_path)
-    supervisor = Supervisor(count, lambda: subprocess.Popen(cmd, env=env))  # noqa: S603
+    # Each worker's admin app on a socket of its own; the supervisor's gateway serves the
+    # admin port for all of them (one /metrics), restarted workers included.
+    sockets_dir = Path(tempfile.mkdtemp(prefix="clerk-auth-proxy-"))
+    sockets = [sockets_dir / f"worker-{i}.sock" for i in range(count)]
+
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        own = dict(env, **{ADMIN_SOCKET_ENV: str(sockets[index])})
+        return subprocess.Popen(cmd, env=own)  # noqa: S603
+
+    gateway = Gateway(admin_host, admin_port, sockets)
+    try:
+        gateway.start()
+    except OSError as exc:
+        log.error(
+            "cannot listen on the admin port",
+            extra={"admin": f"{admin_host}:{admin_port}", "key": "admin.port", "error": str(exc)},
+        )
+        shutil.rmtree(sockets_dir, ignore_errors=True)
+        return EXIT_USAGE
+    supervisor = Supervisor(count, spawn)
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
         supervisor.stop(signum)
@@ -169,4 +195,8 @@ def run_workers(count: int, config_path: str) -> int:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     supervisor.start()
-    return supervisor.wait()
+    try:
+        return supervisor.wait()
+    finally:
+        gateway.stop()
+        shutil.rmtree(sockets_dir, ignore_errors=True)

@@ -1,0 +1,83 @@
+"""`run --workers N` is one process from outside: the supervisor's admin port answers for
+all workers — one /metrics whose counters are the workers' sums and never go down, even
+when a worker is killed and replaced — and /revoke reaches every worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import Recorder
+from tests.test_process import Running, upstream, write_config
+from tests.test_workers import start_workers, wait_for
+
+__all__ = ["upstream"]  # a fixture
+
+SECRET = "workers-revoke-secret-0123"
+
+
+def requests_total(text: str, route: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "authproxy_requests_total" and sample.labels.get("route") == route:
+                total += sample.value
+    return total
+
+
+async def scrape(running: Running) -> str:
+    async with aiohttp.ClientSession() as s, s.get(running.admin_url("/metrics")) as resp:
+        assert resp.status == 200
+        return await resp.text()
+
+
+async def hit(running: Running, n: int) -> None:
+    for _ in range(n):
+        async with aiohttp.ClientSession() as fresh:  # new connections spread over workers
+            async with fresh.get(running.url("/public/x")) as resp:
+                assert resp.status == 200
+
+
+async def test_one_metrics_for_all_workers_that_never_goes_down(
+    tmp_path: Path, upstream: tuple[str, Recorder]
+) -> None:
+    url, _ = upstream
+    config = tmp_path / "c.yaml"
+    port, admin = write_config(config, url, revocation={"secret": SECRET})
+    running = await start_workers(config, port, admin, 2)
+    try:
+        serving = await wait_for(running, "serving", 2)
+        await hit(running, 20)
+        first = requests_total(await scrape(running), "public")
+        again = requests_total(await scrape(running), "public")
+        # Every scrape sees every worker: 20 each time, not one worker's share.
+        assert first == again == 20
+        text = await scrape(running)
+        assert text.count("authproxy_build_info{") == 1
+        assert 'authproxy_build_info{version="' in text and "} 1.0" in text.split("authproxy_build_info{", 1)[1].split("\n", 1)[0]
+        # A worker killed and replaced: what it had counted is kept.
+        os.kill(serving[0]["pid"], signal.SIGKILL)
+        await wait_for(running, "serving", 3)
+        await hit(running, 10)
+        assert requests_total(await scrape(running), "public") == 30
+        # /revoke goes to every worker.
+        async with aiohttp.ClientSession() as s:
+            async with s.post(
+                running.admin_url("/revoke"),
+                json={"subject": "mch_nobody", "ttl_seconds": 60},
+                headers={"Authorization": f"Bearer {SECRET}"},
+            ) as resp:
+                body = await resp.json()
+                assert resp.status == 200, body
+                assert body["workers"] == {"total": 2, "applied": 2}
+            async with s.get(running.admin_url("/readyz")) as resp:
+                assert resp.status == 200 and (await resp.json())["ready"] == 2
+    finally:
+        if running.proc.returncode is None:
+            running.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(running.proc.wait(), 30) == 0
