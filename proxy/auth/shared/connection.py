@@ -6,7 +6,8 @@ ms) and the breaker: a slow, hung or absent server costs a miss at most that muc
 after `breaker_failures` in a row nothing until the breaker's probe succeeds. A failure
 is a metric and None — the caller goes on to Clerk; it never becomes the request's error.
 redis-py drops a connection whose call was cut off, so a late answer cannot be read as
-the next call's. Its own retries are off: a retry is the breaker's decision.
+the next call's. It retries a failed call once, at once, on a fresh connection (within
+the same bound): a pooled connection to a server that restarted fails on first use.
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def _common(cfg: SharedCache) -> dict[str, Any]:
         "password": cfg.password or None,
         "socket_connect_timeout": cfg.connect_timeout,
         "socket_timeout": max(cfg.connect_timeout, cfg.timeout),
-        "retry": Retry(NoBackoff(), 0),
+        # One immediate retry on a new connection: a pooled connection whose server went
+        # away fails at once on its next use, and that is no reason to skip Redis (the
+        # request bound still holds: the retry runs inside it).
+        "retry": Retry(NoBackoff(), 1),
         "client_name": "clerk-auth-proxy",
     }
     if cfg.target.tls:
