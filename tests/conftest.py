@@ -23,6 +23,8 @@ from tests.support import FastPathServer
 BOTH_FRONT_DOORS = {
     "tests.test_forward",
     "tests.test_attacks",
+    "tests.test_front_door_rows",
+    "tests.test_log_lines",
     "tests.test_auth_e2e",
     "tests.test_websocket",
     "tests.test_socketio_e2e",
@@ -34,10 +36,11 @@ Serve = Callable[..., Awaitable[TestServer]]
 def pytest_sessionstart(session: pytest.Session) -> None:
     package = Path(__file__).resolve().parent.parent / "proxy"
     stale = [
-        built.name
-        for built in package.glob("*.so")
+        str(built.relative_to(package))
+        for built in package.rglob("*.so")
         if not built.name.startswith("_native__mypyc")  # the group's shared library
-        and built.stat().st_mtime < (package / (built.name.split(".")[0] + ".py")).stat().st_mtime
+        and built.stat().st_mtime
+        < (built.parent / (built.name.split(".")[0] + ".py")).stat().st_mtime
     ]
     if stale:
         pytest.exit(f"compiled modules older than their source: {stale}; run `make test`", 2)

@@ -165,7 +165,8 @@ def test_for_client_drops_hop_by_hop_and_named() -> None:
         ([("Host", "api.example")], ["api.example"]),
         ([("host", "api.example")], ["api.example"]),
         ([], ["127.0.0.1:9000"]),  # no Host from the client: the upstream's authority
-        ([("Host", "api.example"), ("Connection", "host")], ["127.0.0.1:9000"]),
+        # `Connection` cannot name Host away (issue 17, row 10).
+        ([("Host", "api.example"), ("Connection", "host")], ["api.example"]),
     ],
 )
 def test_default_host_only_when_the_client_sent_none(

@@ -20,6 +20,7 @@ VERIFICATION_BUDGET_EXCEEDED: Final = "verification_budget_exceeded"
 UPSTREAM_UNAVAILABLE: Final = "upstream_unavailable"
 UPSTREAM_TIMEOUT: Final = "upstream_timeout"
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
+HTTP_VERSION_NOT_SUPPORTED: Final = "http_version_not_supported"
 # The admin port's POST /revoke (docs/spec.md "Admin port").
 REVOCATION_DISABLED: Final = "revocation_disabled"
 REVOCATION_UNAVAILABLE: Final = "revocation_unavailable"
@@ -39,6 +40,7 @@ STATUS: Final[dict[str, int]] = {
     UPSTREAM_UNAVAILABLE: 502,
     UPSTREAM_TIMEOUT: 504,
     PAYLOAD_TOO_LARGE: 413,
+    HTTP_VERSION_NOT_SUPPORTED: 505,
     REVOCATION_DISABLED: 404,
     REVOCATION_UNAVAILABLE: 503,
     CLERK_REVOKE_FAILED: 502,

@@ -251,10 +251,7 @@ class FrontDoor(asyncio.Protocol):
         head = self._head
         assert head is not None
         principal = self._principal = self._proxy.authorize(rt, routed, authenticated)
-        default_host = None if head.host is not None else self._proxy.fast_pool.authority
-        self._upstream_head = self._heads.build(
-            rt, head, principal, hop, routed.resolved, default_host
-        )
+        self._upstream_head = self._heads.build(rt, head, principal, hop, routed.resolved)
         self._send_upstream(retry=head.method in IDEMPOTENT)
 
     def _send_upstream(self, *, retry: bool) -> None:

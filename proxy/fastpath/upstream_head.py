@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 class UpstreamHeads:
-    __slots__ = ("_default_host", "_head", "_hop", "_principal", "_resolved", "_rt", "_sent")
+    __slots__ = ("_head", "_hop", "_principal", "_resolved", "_rt", "_sent")
 
     def __init__(self) -> None:
         self._head: http1.RequestHead | None = None
@@ -29,7 +29,6 @@ class UpstreamHeads:
         self._hop: ClientHop | None = None
         self._resolved: Resolved | None = None
         self._rt: Runtime | None = None
-        self._default_host: str | None = None
         self._sent = b""
 
     def build(
@@ -39,7 +38,6 @@ class UpstreamHeads:
         principal: Principal,
         hop: ClientHop,
         resolved: Resolved,
-        default_host: str | None,
     ) -> bytes:
         # Identity, not equality: every input is immutable, so the same objects give the
         # same bytes, and the check costs a few pointer compares.
@@ -49,7 +47,6 @@ class UpstreamHeads:
             and hop is self._hop
             and resolved is self._resolved
             and rt is self._rt
-            and default_host == self._default_host
         ):
             return self._sent
         block = rt.rewrite.block(
@@ -57,7 +54,6 @@ class UpstreamHeads:
             principal=principal,
             hop=hop,
             connection=head.connection,
-            default_host=default_host,
         )
         target = rt.fast_prefix + resolved.path
         if resolved.query is not None:
@@ -66,6 +62,6 @@ class UpstreamHeads:
             (f"{head.method} {target} HTTP/1.1".encode("latin-1"), block, http1.HEAD_END)
         )
         self._head, self._principal, self._hop = head, principal, hop
-        self._resolved, self._rt, self._default_host = resolved, rt, default_host
+        self._resolved, self._rt = resolved, rt
         self._sent = sent
         return sent

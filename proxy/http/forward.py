@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -32,6 +35,20 @@ class ClientGone(Exception):
     """The downstream client went away; not an upstream failure."""
 
 
+class CleanConnector(aiohttp.TCPConnector):
+    """aiohttp's pool, handing out only clean connections. Bytes an upstream sends on a
+    connection after its answer (an unsolicited second answer) wait in the connection's
+    buffer, and aiohttp would read them as the next request's answer — another caller's
+    request: a connection holding any is closed instead of reused."""
+
+    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        while True:
+            conn = await super()._get(key, traces)
+            if conn is None or conn.protocol is None or not conn.protocol.should_close:
+                return conn
+            conn.close()
+
+
 def new_session(
     *, connect_timeout: float, read_timeout: float, pool_size: int
 ) -> aiohttp.ClientSession:
@@ -39,9 +56,7 @@ def new_session(
     upstream cookies to the next), no decompression, no total timeout (long polls and
     streams are legitimate), no automatic headers beyond what the client sent."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=pool_size, limit_per_host=pool_size, ttl_dns_cache=300
-        ),
+        connector=CleanConnector(limit=pool_size, limit_per_host=pool_size, ttl_dns_cache=300),
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
@@ -168,8 +183,14 @@ async def forward(
             await response.prepare(request)
             await response.write_eof()
             return response
-        if "Content-Length" not in response.headers and request.version >= (1, 1):
-            response.enable_chunked_encoding()
+        if "Content-Length" not in response.headers:
+            if request.version >= (1, 1):
+                response.enable_chunked_encoding()
+            else:
+                # An HTTP/1.0 client knows no chunks: the close ends the body, even when
+                # it asked to keep the connection, and the answer says so.
+                response.force_close()
+                response.headers["Connection"] = "close"
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_chunked(CHUNK):

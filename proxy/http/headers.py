@@ -180,10 +180,31 @@ def client_ip(hop: ClientHop, xff_values: Sequence[str], trusted: Sequence[Netwo
     return chain[0] if chain else hop.peer_ip
 
 
+# Fields the proxy drops, frames by or answers itself. Spelt with `_` for any `-`, a
+# client's copy is dropped whoever sends it: upstreams that fold `_` into `-` (several
+# WSGI/CGI servers) would read it as the real field. nginx drops every underscored name.
+SPECIAL: frozenset[str] = (
+    HOP_BY_HOP | METHOD_OVERRIDE | FORWARDING | {"content-length", "expect", "http2-settings"}
+)
+
+
+def underscored(name: str) -> list[str]:
+    """The spellings of `name` with `_` for at least one of its `-`."""
+    parts = name.split("-")
+    spellings = [parts[0]]
+    for part in parts[1:]:
+        spellings = [s + sep + part for s in spellings for sep in "-_"]
+    return [spelling for spelling in spellings if spelling != name]
+
+
+UNDERSCORED: frozenset[str] = frozenset(u for name in SPECIAL for u in underscored(name))
+
 # What is always dropped on the way up, by (peer is a trusted proxy, forward Authorization).
+# `Expect` too: the proxy answers `100 Continue` itself (`dispatch`), as nginx does.
 _UPSTREAM_DROP: dict[tuple[bool, bool], frozenset[str]] = {
     (trusted, keep_auth): HOP_BY_HOP
     | METHOD_OVERRIDE
+    | {"expect"}
     | (frozenset() if trusted else FORWARDING)
     | (frozenset() if keep_auth else frozenset({"authorization"}))
     for trusted in (False, True)
@@ -194,7 +215,8 @@ _UPSTREAM_DROP: dict[tuple[bool, bool], frozenset[str]] = {
 def _without_connection_named(
     kept: list[tuple[str, str, str]], connection: list[str]
 ) -> list[tuple[str, str, str]]:
-    named = connection_tokens(connection)
+    # A client may not name Host away: the upstream would get none, or the proxy's own.
+    named = connection_tokens(connection) - {"host"}
     return [item for item in kept if item[2] not in named]
 
 
@@ -225,7 +247,8 @@ def upstream_items(
             if lname == "connection":
                 connection.append(value)
             continue
-        if lname.replace("_", "-").startswith(prefix):
+        folded = lname.replace("_", "-")
+        if folded.startswith(prefix) or (folded != lname and folded in SPECIAL):
             continue
         if lname == "x-forwarded-for":
             prior_xff.append(value)
@@ -313,7 +336,7 @@ class UpstreamRewrite:
             for from_trusted in (False, True)
         }
         self._drop = {
-            from_trusted: _drop_pattern(dropped, names.prefix_cmp)
+            from_trusted: _drop_pattern(dropped | UNDERSCORED, names.prefix_cmp)
             for from_trusted, dropped in self._dropped.items()
         }
 

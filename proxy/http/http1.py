@@ -23,6 +23,8 @@ import httptools
 
 # aiohttp's own line limit; longer heads are aiohttp's to accept or refuse.
 MAX_HEAD: Final = 8190
+# aiohttp's server refuses a head with more fields than this (400); such heads are its.
+MAX_FIELDS: Final = 128
 HEAD_END: Final = b"\r\n\r\n"
 
 # Header fields are kept as llhttp validated them, in one `bytes` per head: each field
@@ -222,10 +224,15 @@ class HeadParser:
             return None
         if not self._complete:
             return None
+        # llhttp skips empty lines (and stray CRs) before the request line (RFC 9112
+        # §2.2): so must the split below, or they would stay in the method.
+        start = 0
+        if head[0] == 13 or head[0] == 10:
+            start = len(head) - len(head.lstrip(b"\r\n"))
         # llhttp has checked the request line: `method SP target SP HTTP/x.y`, though it
         # lets several spaces stand for one: such a line is aiohttp's, like all oddities.
-        line_end = head.index(b"\r\n")
-        parts = head[:line_end].split(b" ")
+        line_end = head.index(b"\r\n", start)
+        parts = head[start:line_end].split(b" ")
         if len(parts) != 3:
             return None
         method, target, version = parts
@@ -234,20 +241,25 @@ class HeadParser:
             # body). Absolute-form and asterisk-form targets are aiohttp's.
             return None
         block = head[line_end:-4]
+        if block.count(b"\r\n") > MAX_FIELDS:
+            return None
         host: str | None = None
         authorization: list[str] = []
         connection: list[str] = []
         for name, value in _REQUEST_FIELDS.findall(block):
             name = name.lower()
             if name == b"host":
-                if host is None:
-                    host = value.decode("latin-1")
+                if host is not None:
+                    return None  # two: aiohttp refuses them (RFC 9112 §3.2)
+                host = value.decode("latin-1")
             elif name == b"authorization":
                 authorization.append(value.decode("latin-1"))
             elif name == b"connection":
                 connection.append(value.decode("latin-1"))
             else:
                 return None  # body framing, upgrade, expect: aiohttp's
+        if host is None:
+            return None  # an HTTP/1.1 request without Host: refused on aiohttp's side
         taken = RequestHead(
             method.decode("ascii"),
             target.decode("latin-1"),

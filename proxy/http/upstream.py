@@ -68,6 +68,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_bytes = False
         self._paused = False
         self._last_read = 0.0
+        # The sink whose answer llhttp has just completed: the exchange ends once the
+        # read that completed it is parsed to its end, not inside llhttp's callback, so
+        # bytes after the answer are seen first (`on_message_begin`).
+        self._ending: Sink | None = None
+        # Bytes beyond one framed answer: the upstream broke framing. The connection ends
+        # with the exchange; it is never pooled and the extra bytes reach nobody.
+        self._broken = False
         # The last answer's head and what was read from it: an upstream answering the same
         # resource within one second (its Date) sends the same head bytes again. All of it
         # is a pure function of the head's bytes, llhttp's keep-alive verdict included.
@@ -159,10 +166,15 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            # Malformed, or a 101 to a request that asked for no upgrade.
-            self._fail(unavailable(), retryable=False)
-            return
-        if self.sink is not None:
+            # Malformed, or a 101 to a request that asked for no upgrade; after a whole
+            # answer, garbage that follows it (the answer stands, the connection ends).
+            if self._ending is None:
+                self._fail(unavailable(), retryable=False)
+                return
+            self._broken = True
+        if self._ending is not None:
+            self._end_exchange()
+        elif self.sink is not None:
             self.sink.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -233,25 +245,39 @@ class UpstreamConnection(asyncio.Protocol):
         sink.response_head(self._last_status, head, self._last_block, self._last_framing)
         if len(data) > len(head):
             sink.response_body(data[len(head) :])
-        self.on_message_complete()
+        self._ending, self.sink = sink, None
+        self._end_exchange()
+
+    def on_message_begin(self) -> None:
+        if self._ending is not None:
+            # A second answer in the read that completed the first: unsolicited.
+            self._broken = True
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None:
             self.sink.response_body(body)
 
     def on_message_complete(self) -> None:
-        if self._interim:
+        if self._interim or self.sink is None:
             return
-        sink, self.sink = self.sink, None
+        # The rest of this read belongs to no exchange: nothing more reaches this sink.
+        self._ending, self.sink = self.sink, None
+
+    def _end_exchange(self) -> None:
+        sink = self._ending
+        assert sink is not None
+        self._ending = None
         self._pool.busy.discard(self)
+        transport = self.transport
         # Back in the pool before the client hears the end, so a pipelined next request
-        # can reuse this connection.
-        if self._keep_alive and self.transport is not None and not self.transport.is_closing():
+        # can reuse this connection: only when it is clean, and only here, once.
+        if self._broken or not self._keep_alive or transport is None or transport.is_closing():
+            self._pool.forget(self)
+            if transport is not None:
+                transport.close()
+        else:
             self._pool.release(self)
-        elif self.transport is not None:
-            self.transport.close()
-        if sink is not None:
-            sink.response_end()
+        sink.response_end()
 
 
 class UpstreamPool:
@@ -269,8 +295,6 @@ class UpstreamPool:
         self.loop = asyncio.get_running_loop()
         self.host = host
         self.port = port
-        # The Host header for a request that arrived without one.
-        self.authority = f"{host}:{port}"
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.limit = limit

@@ -1,7 +1,9 @@
 """Structured logs: one JSON object per line on stderr.
 
 Nothing here formats tokens: callers pass only closed-set fields (route names, status
-codes, principal types), and the access log never carries a path or query string.
+codes, principal types) and the method, and the access log never carries a path or query
+string. Every string is JSON-encoded (ASCII), so no byte a client sends can end a line or
+add a field.
 """
 
 from __future__ import annotations
@@ -107,10 +109,14 @@ class AccessLog:
         method, route, status, principal_type, client_ip = kind
         if len(self._rendered) >= _MAX_RENDERED:
             self._rendered.clear()
+        # Every string is JSON-encoded, closed sets included: a method is whatever token
+        # a parser let through, and nothing a client sends may end a line or add a field.
         rendered = self._rendered[kind] = (
-            f',"level":"info","logger":"proxy.access","msg":"request","method":"{method}",'
-            f'"route":{json.dumps(route)},"status":{status},"duration_ms":',
-            f',"principal_type":"{principal_type}","client_ip":{json.dumps(client_ip)}}}\n',
+            f',"level":"info","logger":"proxy.access","msg":"request",'
+            f'"method":{json.dumps(method)},"route":{json.dumps(route)},"status":{status},'
+            '"duration_ms":',
+            f',"principal_type":{json.dumps(principal_type)},'
+            f'"client_ip":{json.dumps(client_ip)}}}\n',
         )
         return rendered
 

@@ -22,6 +22,7 @@ from yarl import URL
 from proxy.config.load import Config
 from proxy.core.errors import ProxyError
 from proxy.core.principal import ANONYMOUS, Principal, Recent, Verifier
+from proxy.http.conformance import check_request
 from proxy.http.forward import ClientGone, new_session
 from proxy.http.headers import ClientHop, client_ip, upstream_items
 from proxy.http.upstream import UpstreamPool
@@ -29,7 +30,7 @@ from proxy.observe.logs import AccessLog
 from proxy.observe.metrics import Metrics
 from proxy.realtime import websocket
 from proxy.request import lifetime
-from proxy.request.dispatch import dispatch
+from proxy.request.dispatch import dispatch, expect_later
 from proxy.request.routed import AiohttpFields, Authenticated, HeadFields, Routed
 from proxy.request.runtime import Runtime, build_runtime, same_verification
 
@@ -167,6 +168,7 @@ class Proxy:
         principal: Principal = ANONYMOUS
         status = 500
         try:
+            check_request(request)
             hop = ClientHop(request.remote or "", request.scheme, request.host)
             routed = self.route(rt, request.method, request.raw_path, AiohttpFields(request), hop)
             route_name = routed.route.name
@@ -354,5 +356,5 @@ def create_app(
     app.on_shutdown.append(
         lambda _: proxy.ws_registry.drain(proxy.runtime.config.shutdown.grace_period)
     )
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle, expect_handler=expect_later)
     return app

@@ -24,6 +24,26 @@ if TYPE_CHECKING:
     from proxy.request.runtime import Runtime
 
 
+async def expect_later(request: web.Request) -> None:
+    """The route's expect handler: promises nothing before the request is admitted
+    (aiohttp's default answers `100 Continue` before any handler runs; a request refused
+    with 401 would have invited its body for nothing). See `continue_if_expected`."""
+
+
+async def continue_if_expected(request: web.Request) -> None:
+    """RFC 9110 §10.1.1, nginx's way: the proxy itself answers `100 Continue` to an
+    admitted HTTP/1.1 request that expects it, and `Expect` is not forwarded (`headers`),
+    so no upstream is waited on for a 100 it may never send. Other expectations are
+    ignored, as nginx does."""
+    if (
+        request.version == aiohttp.HttpVersion11
+        and request.body_exists
+        and request.headers.get("Expect", "").lower() == "100-continue"
+    ):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer's own size starts after the 100
+
+
 async def dispatch(
     request: web.Request,
     *,
@@ -48,6 +68,7 @@ async def dispatch(
             body=body,
         )
 
+    await continue_if_expected(request)
     is_sio = request.path.startswith("/socket.io/")
     if not is_sio and "Upgrade" not in request.headers:
         return await onward()
