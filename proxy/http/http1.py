@@ -76,8 +76,8 @@ _FIELD: Final = re.compile(rb"\r\n([^:\r]+):[ \t]*([^\r]*)")
 
 # RFC 9110 §7.6.1 plus the legacy ones every proxy strips (both directions; `headers`).
 HOP_BY_HOP: Final = frozenset(
-    "connection keep-alive proxy-connection proxy-authenticate proxy-authorization"
-    " te trailer transfer-encoding upgrade".split()
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization"}
+    | {"te", "trailer", "transfer-encoding", "upgrade"}
 )
 _NO_BODY_STATUS: Final = frozenset({204, 304})
 
