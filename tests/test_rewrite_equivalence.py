@@ -36,6 +36,8 @@ SPECIAL = [
     "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Real-IP",
     "X-Auth-Principal-Id", "X-Auth-Scopes", "x-auth-", "X-Authorization", "X-Auth", "Auth",
     "X-Scores-Auth-Principal-Type", "Accept", "User-Agent", "Cookie", "TEX", "X-TE",
+    # Heads with these are aiohttp's; only their `_` spellings reach the block rewrite.
+    "Content_Length", "Transfer_Encoding", "HTTP2_Settings", "Content_Lengthy",
 ]
 TOKEN_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_!#$%&'*+.^`|~"
 

@@ -34,10 +34,11 @@ HEAD_END: Final = b"\r\n\r\n"
 # whitespace before the colon, no CR, LF or NUL inside a value, no obs-fold.
 
 
-def names_pattern(names: Iterable[str]) -> bytes:
+def names_pattern(names: Iterable[str], dash: bytes = b"\\-") -> bytes:
     """A regex source matching exactly one of `names` (lower-case; use under `(?i:)`), as
     a trie: at a field's first letter only the names that start with it are tried, which
-    makes a pass over a block a third cheaper than a flat alternation."""
+    makes a pass over a block a third cheaper than a flat alternation. Each `-` in a
+    name matches `dash` (`[-_]`: any spelling with `_` for `-` too)."""
     tree: dict[str, Any] = {}
     for name in names:
         node = tree
@@ -47,7 +48,7 @@ def names_pattern(names: Iterable[str]) -> bytes:
 
     def emit(node: dict[str, Any]) -> bytes:
         branches = [
-            re.escape(char.encode("ascii")) + emit(child)
+            (dash if char == "-" else re.escape(char.encode("ascii"))) + emit(child)
             for char, child in sorted(node.items())
             if char
         ]
@@ -232,7 +233,8 @@ class HeadParser:
             # body). Absolute-form and asterisk-form targets are aiohttp's.
             return None
         block = head[line_end:-4]
-        if block.count(b"\r\n") > MAX_FIELDS:
+        # A field takes at least 4 bytes (`\r\nX:`): short blocks need no count.
+        if len(block) > 4 * MAX_FIELDS and block.count(b"\r\n") > MAX_FIELDS:
             return None
         host: str | None = None
         authorization: list[str] = []
