@@ -128,6 +128,10 @@ class Route:
     auth: AuthMode = "required"
     scopes: tuple[str, ...] = ()
     principal_types: frozenset[str] | None = None  # None: any authenticated type
+    # Allow-lists of what Clerk itself asserts: machine ids (`mch_…`, the `sub` Clerk sets
+    # on M2M tokens) and OAuth application client ids. None: not restricted.
+    machines: frozenset[str] | None = None
+    oauth_clients: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,27 @@
-"""`routes:` and `default_route:` entries → `Route`s: globs, methods, auth mode, scopes and
-principal types, every problem named by its key."""
+"""`routes:` and `default_route:` entries → `Route`s: globs, methods, auth mode, scopes,
+principal types and the allow-lists of machines and OAuth clients, every problem named by
+its key."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from proxy.config.model import HTTP_METHODS, PRINCIPAL_TYPES, Route
 from proxy.config.values import Reader, str_list, str_value, validate_glob
 
 _NO_STRINGS: tuple[str, ...] = ()
-_ROUTE_KEYS = {"name", "path", "methods", "auth", "scopes", "principal_types"}
+_ROUTE_KEYS = {
+    "name",
+    "path",
+    "methods",
+    "auth",
+    "scopes",
+    "principal_types",
+    "machines",
+    "oauth_clients",
+}
+_MACHINE_ID = re.compile(r"mch_[A-Za-z0-9]{1,64}")
 
 
 def parse_route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None:
@@ -55,8 +67,20 @@ def parse_route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None
                 f"{key}.principal_types",
                 f"unknown principal type(s) {', '.join(bad)}; known: {', '.join(PRINCIPAL_TYPES)}",
             )
+    machines, clients = _allow_lists(r, raw, key)
+    if (machines or clients) and ptypes is None:
+        # An allow-list admits only its own kind unless principal_types says otherwise.
+        ptypes = frozenset(
+            kind for kind, listed in (("machine", machines), ("oauth", clients)) if listed
+        )
+    lists = (("machine", machines, "machines"), ("oauth", clients, "oauth_clients"))
+    for kind, listed, list_key in lists:
+        if listed and ptypes is not None and kind not in ptypes:
+            r.problem(f"{key}.{list_key}", f"has no effect: principal_types does not admit {kind}")
     if auth == "public" and (scopes or ptypes):
-        r.problem(key, "a public route cannot require scopes or principal_types")
+        r.problem(
+            key, "a public route cannot require scopes, principal_types, machines or oauth_clients"
+        )
     return Route(
         name=name,
         path=path,
@@ -64,4 +88,29 @@ def parse_route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None
         auth=auth,  # type: ignore[arg-type]
         scopes=scopes,
         principal_types=ptypes,
+        machines=machines,
+        oauth_clients=clients,
+    )
+
+
+def _allow_lists(
+    r: Reader, raw: dict[str, Any], key: str
+) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    machines_raw = r.get(raw, key, "machines", str_list, _NO_STRINGS)
+    bad = [m for m in machines_raw if not _MACHINE_ID.fullmatch(m)]
+    if bad:
+        r.problem(
+            f"{key}.machines",
+            f"expected Clerk machine ids (mch_ followed by letters and digits), got {bad[0]!r}",
+        )
+    clients_raw = r.get(raw, key, "oauth_clients", str_list, _NO_STRINGS)
+    if any(not c or not c.isprintable() or " " in c for c in clients_raw):
+        r.problem(f"{key}.oauth_clients", "expected OAuth client ids (no spaces or blanks)")
+    if "machines" in raw and not machines_raw:
+        r.problem(f"{key}.machines", "an empty list would admit no machine: remove the key")
+    if "oauth_clients" in raw and not clients_raw:
+        r.problem(f"{key}.oauth_clients", "an empty list would admit no client: remove the key")
+    return (
+        frozenset(machines_raw) if machines_raw else None,
+        frozenset(clients_raw) if clients_raw else None,
     )

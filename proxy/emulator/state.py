@@ -103,8 +103,15 @@ class ClerkInstance:
 
     # -- minting (the Python API tests use) -----------------------------------------
 
-    def create_machine(self, name: str, scoped_machines: Iterable[str] = ()) -> Machine:
-        machine = Machine("mch_" + b62(27), "ak_" + b62(40), name, tuple(scoped_machines))
+    def create_machine(
+        self, name: str, scoped_machines: Iterable[str] = (), *, machine_id: str | None = None
+    ) -> Machine:
+        """A machine; `machine_id` fixes its id (e.g. one a proxy config already names)."""
+        if machine_id is not None and not machine_id.startswith("mch_"):
+            raise ValueError("a machine id starts with mch_")
+        machine = Machine(
+            machine_id or "mch_" + b62(27), "ak_" + b62(40), name, tuple(scoped_machines)
+        )
         self.machines[machine.id] = machine
         self._machine_keys[machine.secret_key] = machine
         return machine

@@ -148,6 +148,28 @@ class Policy:
                 f"this route is for {allowed} principals, not {principal.type}",
                 token_type=principal.token_type,
             )
+        # Allow-lists name what Clerk asserts (a machine's id, an OAuth application's
+        # client id); each narrows its own kind only.
+        if (
+            route.machines is not None
+            and principal.type == "machine"
+            and principal.id not in route.machines
+        ):
+            raise ProxyError(
+                errors.INSUFFICIENT_SCOPE,
+                f"machine {principal.id} is not on this route's list of machines",
+                token_type=principal.token_type,
+            )
+        if (
+            route.oauth_clients is not None
+            and principal.type == "oauth"
+            and principal.client_id not in route.oauth_clients
+        ):
+            raise ProxyError(
+                errors.INSUFFICIENT_SCOPE,
+                "the OAuth application this token was issued to is not on this route's list",
+                token_type=principal.token_type,
+            )
         if route.scopes and not principal.scopes.issuperset(route.scopes):
             missing = [s for s in route.scopes if s not in principal.scopes]
             raise ProxyError(
