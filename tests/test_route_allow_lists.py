@@ -223,3 +223,26 @@ async def test_the_configuration_worked_example(stack_factory: Any) -> None:
     theirs = e.mint_oauth_jwt("user_2abc", client_id="client_2")
     assert await status("/api/v1/apps/x", mine) == (200, None)
     assert await status("/api/v1/apps/x", theirs) == (403, "insufficient_scope")
+
+
+def test_the_client_id_survives_the_shared_level() -> None:
+    """An OAuth principal read back from Redis keeps its client id: without it the
+    allow-list would refuse (closed, but wrong). Entries written before carry none."""
+    import hmac
+    import json
+
+    from proxy.auth.cache.entries import Positive
+    from proxy.auth.shared import codec
+
+    mac, key = codec.mac_key("sk_test_x", b"scope"), bytes(16)
+    entry = Positive(OAUTH, 100.0, 100.0)
+    assert codec.decode(key, codec.encode(key, entry, mac), mac) == entry
+    old = {
+        "p": ["oauth", "user_2abc", "oauth_token", "oat_1", ["read"], None, None],
+        "f": 1,
+        "k": 1,
+    }
+    body = json.dumps(old).encode()
+    tag = hmac.new(mac, key + b"\x00" + body, "sha256").digest()[: codec.TAG_SIZE]
+    decoded = codec.decode(key, codec.FORMAT + tag + body, mac)
+    assert isinstance(decoded, Positive) and decoded.principal.client_id is None

@@ -54,6 +54,7 @@ def encode(key: bytes, entry: Entry, mac: bytes) -> bytes:
                 sorted(p.scopes),
                 p.claims_json,
                 p.expires_at,
+                p.client_id,
             ],
             "f": entry.fresh_until,
             "k": entry.keep_until,
@@ -96,14 +97,18 @@ def _entry(payload: Any) -> Entry | None:
             return None
         return Negative(code, message, token_type, keep)
     fresh = _time(payload["f"])
-    ptype, subject, token_type, token_id, scopes, claims_json, expires_at = payload["p"]
+    fields = payload["p"]
+    # The OAuth client id came later (issue 16's allow-lists): seven fields mean none.
+    if len(fields) == 7:
+        fields = [*fields, None]
+    ptype, subject, token_type, token_id, scopes, claims_json, expires_at, client_id = fields
     if ptype not in PRINCIPAL_TYPES or fresh > keep:
         return None
     if token_type is not None and token_type not in TOKEN_TYPES:
         return None
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         return None
-    for value in (subject, token_id, claims_json):
+    for value in (subject, token_id, claims_json, client_id):
         if value is not None and not isinstance(value, str):
             return None
     if claims_json is not None:
@@ -118,6 +123,7 @@ def _entry(payload: Any) -> Entry | None:
         frozenset(scopes),
         claims_json,
         None if expires_at is None else _time(expires_at),
+        client_id,
     )
     if not principal.header_safe():
         return None
