@@ -16,6 +16,7 @@ from proxy.auth.budget import VerificationBudget
 from proxy.auth.cache.store import VerificationCache, cache_scope
 from proxy.auth.clerk import ClerkClient
 from proxy.auth.clerk_jwt import check_class_claims, jwt_principal
+from proxy.auth.issuers import Issuers, not_clerk
 from proxy.auth.jwks import Jwks
 from proxy.auth.shared.cluster import Cluster, Outcome, Revocations
 from proxy.auth.shared.metrics import shared_metrics
@@ -60,6 +61,7 @@ class ClerkVerifier:
             self.cluster = Cluster(config, scope, metrics, self.revocations.apply)
             self.revocations.cluster = self.cluster
             self.cache.second = self.cluster.level
+        self.issuers = Issuers(config.issuers, ck.issuer, session, metrics, now=now)
         # The cache's own `hit` counter, bound here: a memo hit is counted without a call
         # into the (uncompiled) cache.
         self._memo_hits = metrics.verify_cache.labels("hit")
@@ -115,6 +117,14 @@ class ClerkVerifier:
         cached = self.cache.fresh(key)
         if cached is not None:
             return cached
+        if self.issuers:
+            issuer, header, foreign = self.issuers.route(token)
+            if issuer is not None and header is not None:
+                return await self.cache.get(
+                    key, lambda: issuer.verify_jwt(token, header), cache_rejections=False
+                )
+            if foreign is not None:
+                return await self._foreign(key, token, client_ip, foreign)
         kind = tokens.classify(token)
         # A JWT refusal is cheap to recompute and may stop being one (JWKS rotation,
         # nbf reached), so only Clerk's answers are negative-cached.
@@ -123,6 +133,19 @@ class ClerkVerifier:
             lambda: self._load(kind, token, client_ip),
             cache_rejections=not kind.is_jwt,
         )
+
+    async def _foreign(self, key: bytes, token: str, client_ip: str, iss: str) -> Principal:
+        """A JWT naming an issuer that is not configured, while `clerk.issuer` is unset:
+        Clerk's to judge; if it is not Clerk's either, the refusal names the issuer."""
+        try:
+            kind = tokens.classify(token)
+            return await self.cache.get(
+                key, lambda: self._load(kind, token, client_ip), cache_rejections=False
+            )
+        except ProxyError as exc:
+            if exc.code != TOKEN_INVALID:
+                raise
+            raise not_clerk(iss, self.issuers.served) from None
 
     async def _load(self, kind: TokenKind, token: str, client_ip: str) -> Principal:
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from proxy.config.issuers import parse_issuers
 from proxy.config.model import (
     DEFAULT_GLOBAL_BUCKET,
     DEFAULT_PER_IP_BUCKET,
@@ -34,7 +35,7 @@ from proxy.config.model import (
     VerificationBudget,
     WebSocket,
 )
-from proxy.config.routes import parse_route
+from proxy.config.routes import check_route_issuers, parse_route
 from proxy.config.shared import revocation, shared_cache
 from proxy.config.values import (
     ConfigError,
@@ -115,6 +116,7 @@ _TOP_KEYS = {
     "logging",
     "workers",
     "revocation",
+    "issuers",
 }
 
 
@@ -244,6 +246,7 @@ def build_config(
     )
 
     routes: list[Route] = []
+    keyed: list[tuple[str, Route]] = []
     raw_routes = top.get("routes")
     if raw_routes is not None and not isinstance(raw_routes, list):
         r.problem("routes", f"expected a list, got {type(raw_routes).__name__}")
@@ -257,7 +260,10 @@ def build_config(
                 r.problem(f"routes[{i}].name", f"duplicate route name {route.name!r}")
             seen.add(route.name)
             routes.append(route)
+            keyed.append((f"routes[{i}]", route))
     default_route = parse_route(r, top.get("default_route") or {}, "default_route", default=True)
+    if default_route is not None:
+        keyed.append(("default_route", default_route))
 
     hd = r.section(top.get("headers"), "headers", {"prefix"})
     prefix = r.get(hd, "headers", "prefix", str_value, "X-Auth-")
@@ -323,7 +329,9 @@ def build_config(
         ),
         workers=r.get(top, "", "workers", positive_int, 1),
         revocation=revocation(r, top.get("revocation")),
+        issuers=parse_issuers(r, top.get("issuers"), clerk.issuer),
     )
+    check_route_issuers(r, keyed, {i.name for i in cfg.issuers})
     if cfg.listen.port and cfg.listen.port == cfg.admin.port and cfg.listen.host == cfg.admin.host:
         r.problem("admin.port", "must differ from listen.port")
     if r.issues:

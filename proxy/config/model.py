@@ -93,6 +93,56 @@ class SharedCache:
 
 
 @dataclass(frozen=True, slots=True)
+class MachineRule:
+    """One way an issuer marks a client-credentials token; any rule that matches does."""
+
+    sub: str | None = None  # `sub` equals this, with `{client_id}` replaced
+    claim: str | None = None  # this claim is present (and equals `value`, when given)
+    value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimMapping:
+    """How an issuer's verified claims become a Principal (docs/configuration.md)."""
+
+    client_id: tuple[str, ...] = ("client_id",)  # first present claim names the client
+    machine: tuple[MachineRule, ...] = (MachineRule(sub="{client_id}"),)  # RFC 9068 §2.2
+    scopes: tuple[str, ...] = ("scope",)  # first present; a string is space-separated
+    forward: tuple[str, ...] = ()  # claims passed on in X-Auth-Claims
+    require: tuple[tuple[str, str], ...] = ()  # (claim, value) pairs that must hold
+
+
+@dataclass(frozen=True, slots=True)
+class Introspection:
+    """RFC 7662 introspection of this issuer's opaque tokens."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    endpoint: str = ""  # empty: the discovery document's introspection_endpoint
+    auth_method: str = "client_secret_basic"  # or client_secret_post
+    token_prefix: str = ""  # which opaque tokens are this issuer's; empty: every other one
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """An OAuth 2.0 issuer beside Clerk whose access tokens this API accepts."""
+
+    name: str
+    issuer: str  # compared exactly with a token's `iss`
+    audiences: tuple[str, ...]
+    preset: str = "rfc9068"
+    jwks_url: str = ""  # empty: from discovery
+    algorithms: tuple[str, ...] = ("RS256",)
+    token_types: tuple[str, ...] = ("at+jwt",)  # header `typ`; "" accepts a token without one
+    leeway_seconds: float = 5.0
+    claims: ClaimMapping = ClaimMapping()
+    jwks_cache_seconds: float = 3600.0
+    jwks_min_refetch_seconds: float = 30.0
+    timeout: float = 5.0
+    introspection: Introspection | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Cache:
     ttl_seconds: float = 60.0
     negative_ttl_seconds: float = 10.0
@@ -121,6 +171,15 @@ class VerificationBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class IssuerRule:
+    """What a route asks of the principals of one issuer (routes[].issuers.<name>)."""
+
+    scopes: tuple[str, ...] = ()
+    clients: frozenset[str] | None = None  # allowed principal ids (client ids of machines)
+    principal_types: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     path: str
@@ -132,6 +191,9 @@ class Route:
     # on M2M tokens) and OAuth application client ids. None: not restricted.
     machines: frozenset[str] | None = None
     oauth_clients: frozenset[str] | None = None
+    # None: every issuer, and the rules above are Clerk's only. Else the issuers accepted,
+    # each with its own rules; "clerk" names Clerk (whose rules are the ones above).
+    issuers: tuple[tuple[str, IssuerRule], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,3 +254,4 @@ class Config:
     logging: Logging
     workers: int = 1
     revocation: Revocation = Revocation()
+    issuers: tuple[Issuer, ...] = ()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from proxy.config.model import HTTP_METHODS, PRINCIPAL_TYPES, Route
+from proxy.config.model import HTTP_METHODS, PRINCIPAL_TYPES, IssuerRule, Route
 from proxy.config.values import Reader, str_list, str_value, validate_glob
 
 _NO_STRINGS: tuple[str, ...] = ()
@@ -20,8 +20,10 @@ _ROUTE_KEYS = {
     "principal_types",
     "machines",
     "oauth_clients",
+    "issuers",
 }
 _MACHINE_ID = re.compile(r"mch_[A-Za-z0-9]{1,64}")
+_RULE_KEYS = {"scopes", "clients", "principal_types"}
 
 
 def parse_route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None:
@@ -81,6 +83,9 @@ def parse_route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None
         r.problem(
             key, "a public route cannot require scopes, principal_types, machines or oauth_clients"
         )
+    issuers = _issuers(r, raw.get("issuers"), f"{key}.issuers")
+    if auth == "public" and issuers is not None:
+        r.problem(key, "a public route cannot name issuers")
     return Route(
         name=name,
         path=path,
@@ -90,6 +95,7 @@ def parse_route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None
         principal_types=ptypes,
         machines=machines,
         oauth_clients=clients,
+        issuers=issuers,
     )
 
 
@@ -114,3 +120,50 @@ def _allow_lists(
         frozenset(machines_raw) if machines_raw else None,
         frozenset(clients_raw) if clients_raw else None,
     )
+
+
+def _types(r: Reader, raw: dict[str, Any], key: str) -> frozenset[str] | None:
+    names = r.get(raw, key, "principal_types", str_list, _NO_STRINGS)
+    bad = sorted(t for t in names if t not in PRINCIPAL_TYPES)
+    if bad:
+        r.problem(f"{key}.principal_types", f"unknown principal type(s) {', '.join(bad)}")
+    return frozenset(names) if names else None
+
+
+def _issuers(r: Reader, raw: Any, key: str) -> tuple[tuple[str, IssuerRule], ...] | None:
+    """`issuers:` as a list of names (no rules of their own) or a mapping name → rules.
+    Whether each name is configured is checked once issuers are read (`check_route_issuers`)."""
+    if raw is None:
+        return None
+    if isinstance(raw, list) and all(isinstance(n, str) for n in raw):
+        raw = {n: None for n in raw}
+    if not isinstance(raw, dict) or not raw:
+        r.problem(key, "expected a non-empty list of issuer names or a mapping name → rules")
+        return None
+    out: list[tuple[str, IssuerRule]] = []
+    for name, rules in raw.items():
+        k = f"{key}.{name}"
+        sec = r.section(rules, k, _RULE_KEYS)
+        if name == "clerk" and sec:
+            r.problem(k, "Clerk's rules are the route's own scopes/principal_types: set them there")
+        clients = r.get(sec, k, "clients", str_list, _NO_STRINGS)
+        out.append(
+            (
+                str(name),
+                IssuerRule(
+                    scopes=r.get(sec, k, "scopes", str_list, _NO_STRINGS),
+                    clients=frozenset(clients) if clients else None,
+                    principal_types=_types(r, sec, k),
+                ),
+            )
+        )
+    return tuple(out)
+
+
+def check_route_issuers(r: Reader, routes: list[tuple[str, Route]], names: set[str]) -> None:
+    """Every issuer a route names must be configured (or be clerk)."""
+    for key, route in routes:
+        for name, _ in route.issuers or ():
+            if name != "clerk" and name not in names:
+                known = ", ".join(sorted({"clerk", *names}))
+                r.problem(f"{key}.issuers.{name}", f"no issuer of that name (known: {known})")

@@ -25,6 +25,8 @@ HTTP_VERSION_NOT_SUPPORTED: Final = "http_version_not_supported"
 REVOCATION_DISABLED: Final = "revocation_disabled"
 REVOCATION_UNAVAILABLE: Final = "revocation_unavailable"
 CLERK_REVOKE_FAILED: Final = "clerk_revoke_failed"
+# A valid token of an issuer the route does not accept (routes[].issuers).
+ISSUER_NOT_ALLOWED: Final = "issuer_not_allowed"
 
 STATUS: Final[dict[str, int]] = {
     TOKEN_MISSING: 401,
@@ -44,6 +46,7 @@ STATUS: Final[dict[str, int]] = {
     REVOCATION_DISABLED: 404,
     REVOCATION_UNAVAILABLE: 503,
     CLERK_REVOKE_FAILED: 502,
+    ISSUER_NOT_ALLOWED: 403,
 }
 
 

@@ -32,6 +32,9 @@ class Principal:
     # The OAuth application (client) an OAuth access token was issued to, as Clerk states
     # it (verify answer or the token's `client_id` claim); None for every other kind.
     client_id: str | None = None
+    # The configured name of the issuer that vouched for it (`issuers[].name`); None
+    # for Clerk. Route rules are per issuer: the same scope from two is not the same.
+    issuer: str | None = None
 
     @property
     def is_anonymous(self) -> bool:

@@ -77,6 +77,7 @@ class PrincipalHeaders:
     token_id: istr
     scopes: istr
     claims: istr
+    issuer: istr
 
     @classmethod
     def for_prefix(cls, prefix: str) -> PrincipalHeaders:
@@ -88,6 +89,7 @@ class PrincipalHeaders:
             token_id=istr(prefix + "Token-Id"),
             scopes=istr(prefix + "Scopes"),
             claims=istr(prefix + "Claims"),
+            issuer=istr(prefix + "Issuer"),
         )
 
     # The rendering of each Principal, by value: every re-verification of a token builds
@@ -136,6 +138,8 @@ class PrincipalHeaders:
             out.append((self.scopes, " ".join(sorted(principal.scopes))))
         if principal.claims_json:
             out.append((self.claims, principal.claims_json))
+        if principal.issuer:  # absent for Clerk: today's bytes stay as they were
+            out.append((self.issuer, principal.issuer))
         return tuple(out)
 
 

@@ -107,6 +107,20 @@ class Metrics:
             ["endpoint", "code"],
             registry=r,
         )
+        self.issuer_requests = Counter(
+            "authproxy_issuer_requests_total",
+            "Calls to other OAuth issuers (discovery, jwks, introspect) by HTTP status (or "
+            "'timeout', 'error').",
+            ["issuer", "endpoint", "status"],
+            registry=r,
+        )
+        self.issuer_duration = Histogram(
+            "authproxy_issuer_request_duration_seconds",
+            "Latency of calls to other OAuth issuers by endpoint.",
+            ["issuer", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.budget_rejections = Counter(
             "authproxy_verification_budget_rejections_total",
             "Verifications refused by the cost guard, by scope (global, per_ip).",

@@ -156,7 +156,7 @@ def principal_auth(principal: Principal) -> dict[str, Any]:
     """`auth.principal` as SPEC.md fixes it."""
     if principal.is_anonymous:
         return {"type": "anonymous"}
-    return {
+    auth: dict[str, Any] = {
         "type": principal.type,
         "id": principal.id,
         "token_type": principal.token_type,
@@ -164,6 +164,9 @@ def principal_auth(principal: Principal) -> dict[str, Any]:
         "scopes": sorted(principal.scopes),
         "claims": principal.claims(),
     }
+    if principal.issuer:  # as X-Auth-Issuer: named for other issuers, absent for Clerk
+        auth["issuer"] = principal.issuer
+    return auth
 
 
 def encode_connect(packet: ConnectPacket, principal: Principal) -> str:

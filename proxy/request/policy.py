@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from typing import Final
 
-from proxy.config.load import Route
+from proxy.config.model import IssuerRule, Route
 from proxy.core import errors
 from proxy.core.errors import ProxyError
 from proxy.core.principal import Principal
@@ -141,6 +141,10 @@ class Policy:
                     errors.TOKEN_MISSING, "this route requires a bearer token"
                 )
             return
+        if (principal.issuer is not None or route.issuers is not None) and _issuer_rules(
+            route, principal
+        ):
+            return
         if route.principal_types is not None and principal.type not in route.principal_types:
             allowed = ", ".join(sorted(route.principal_types))
             raise ProxyError(
@@ -178,3 +182,60 @@ class Policy:
                 scope=" ".join(route.scopes),
                 token_type=principal.token_type,
             )
+
+
+_NO_RULES: Final = IssuerRule()
+
+
+def _issuer_rules(route: Route, principal: Principal) -> bool:
+    """Judge `principal` by the route's rules for its issuer. True when that settled it
+    (another issuer's principal, allowed); False when Clerk's route-level rules apply.
+    Raises 403 otherwise: the same scope word from two issuers is not one permission."""
+    name = principal.issuer or "clerk"
+    rule: IssuerRule | None = None
+    if route.issuers is not None:
+        for listed, listed_rule in route.issuers:
+            if listed == name:
+                rule = listed_rule
+                break
+        else:
+            accepted = ", ".join(n for n, _ in route.issuers)
+            raise ProxyError(
+                errors.ISSUER_NOT_ALLOWED,
+                f"this route does not accept tokens of {name} (it accepts: {accepted})",
+                token_type=principal.token_type,
+            )
+    if principal.issuer is None:
+        return False
+    if rule is None:
+        if route.scopes:
+            raise ProxyError(
+                errors.INSUFFICIENT_SCOPE,
+                f"this route's scopes are Clerk's; a token of {name} needs the route to name "
+                f"its own (routes[].issuers.{name}.scopes)",
+                scope=" ".join(route.scopes),
+                token_type=principal.token_type,
+            )
+        rule = _NO_RULES
+    types = rule.principal_types or route.principal_types
+    if types is not None and principal.type not in types:
+        raise ProxyError(
+            errors.INSUFFICIENT_SCOPE,
+            f"this route is for {', '.join(sorted(types))} principals, not {principal.type}",
+            token_type=principal.token_type,
+        )
+    if rule.clients is not None and principal.client_id not in rule.clients:
+        raise ProxyError(
+            errors.INSUFFICIENT_SCOPE,
+            f"client {principal.client_id} of {name} is not allowed on this route",
+            token_type=principal.token_type,
+        )
+    if rule.scopes and not principal.scopes.issuperset(rule.scopes):
+        missing = [s for s in rule.scopes if s not in principal.scopes]
+        raise ProxyError(
+            errors.INSUFFICIENT_SCOPE,
+            f"the token lacks the {name} scope(s): {' '.join(missing)}",
+            scope=" ".join(rule.scopes),
+            token_type=principal.token_type,
+        )
+    return True

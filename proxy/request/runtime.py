@@ -66,4 +66,9 @@ def build_runtime(config: Config, verifier: Verifier) -> Runtime:
 
 def same_verification(a: Config, b: Config) -> bool:
     """Whether a reload from `a` to `b` may keep the verifier (and its cache)."""
-    return (a.clerk, a.cache, a.verification_budget) == (b.clerk, b.cache, b.verification_budget)
+    return (a.clerk, a.cache, a.verification_budget, a.issuers) == (
+        b.clerk,
+        b.cache,
+        b.verification_budget,
+        b.issuers,
+    )

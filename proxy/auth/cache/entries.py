@@ -76,9 +76,10 @@ _SUBJECT_AT: Final = _ID_AT + ids.AREA
 RECENT: Final = 512
 
 # A subject that packs into the record is not part of the identity (None there).
-# (type, subject when not packed, token type, scopes, claims JSON, OAuth client id)
+# (type, subject when not packed, token type, scopes, claims JSON, OAuth client id,
+# issuer name)
 _PositiveIdentity = tuple[
-    PrincipalType, str | None, TokenType | None, frozenset[str], str | None, str | None
+    PrincipalType, str | None, TokenType | None, frozenset[str], str | None, str | None, str | None
 ]
 _NegativeIdentity = tuple[str, str, str | None]
 
@@ -214,7 +215,7 @@ class PackedTable:
             self._overflow.pop(key, None)
         sub_form, sub_area = ids.pack(p.id, self._prefixes)
         subject = p.id if sub_form == ids.UNPACKED else None
-        identity = (p.type, subject, p.token_type, p.scopes, p.claims_json, p.client_id)
+        identity = (p.type, subject, p.token_type, p.scopes, p.claims_json, p.client_id, p.issuer)
         return _RECORD.pack(
             key,
             id_form << 1 | sub_form << 4,
@@ -233,7 +234,7 @@ class PackedTable:
         if flags & _NEGATIVE:
             code, message, rejected_type = self._rejections[ident]
             return Negative(code, message, rejected_type, keep)
-        ptype, subject, token_type, scopes, claims_json, client_id = self._principals[ident]
+        ptype, subject, token_type, scopes, claims_json, client_id, issuer = self._principals[ident]
         id_form, sub_form = flags >> 1 & 7, flags >> 4 & 7
         if id_form == ids.UNPACKED:
             token_id = self._overflow.get(key)
@@ -250,6 +251,7 @@ class PackedTable:
             claims_json,
             None if math.isnan(expires) else expires,
             client_id,
+            issuer,
         )
         return Positive(principal, fresh, keep)
 

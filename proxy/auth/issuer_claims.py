@@ -1,0 +1,140 @@
+"""An issuer's verified claims → a Principal, or a refusal. Pure: no I/O, clock injected.
+
+Checks (RFC 9068 §4, RFC 7519): `iss` exactly the configured issuer, `aud` naming one
+of the configured audiences, `exp` required, `exp`/`nbf`/`iat` with the issuer's leeway,
+and the issuer's required claim values (Keycloak's payload `typ: Bearer`). Then the
+claim mapping: a client-credentials token (any `machine` rule matches) is a `machine`
+principal whose id is the client id; any other token acts for a user (`oauth`, id =
+`sub`). Only the configured `forward` claims reach the upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from proxy.config.model import ClaimMapping, Issuer, MachineRule
+from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
+from proxy.core.principal import Principal, TokenType, encode_claims
+
+# A refusal before the mapping knows whether the token was a machine's.
+REFUSED_AS: Final[TokenType] = "oauth_token"
+
+
+def _invalid(message: str) -> ProxyError:
+    return ProxyError(TOKEN_INVALID, message, token_type=REFUSED_AS)
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _invalid(f"the token's {name} claim is not a number")
+    return float(value)
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list):
+        return tuple(v for v in value if isinstance(v, str))
+    return ()
+
+
+def check_claims(
+    claims: Mapping[str, Any], cfg: Issuer, now: float, *, require_iss: bool = True
+) -> None:
+    """Raises 401 `token_invalid`/`token_expired` unless the claims hold for `cfg`."""
+    iss = claims.get("iss")
+    if (require_iss or iss is not None) and iss != cfg.issuer:
+        raise _invalid(f"the token was not issued by {cfg.issuer}")
+    audiences = _strings(claims.get("aud"))
+    if not audiences:
+        raise _invalid("the token names no audience (aud)")
+    if not set(audiences) & set(cfg.audiences):
+        raise _invalid(
+            f"the token is for another API (aud); this API is {', '.join(cfg.audiences)}"
+        )
+    leeway = cfg.leeway_seconds
+    exp = _number(claims, "exp")
+    if exp is None:
+        raise _invalid("the token has no expiry")
+    if now > exp + leeway:
+        raise ProxyError(TOKEN_EXPIRED, "the token has expired", token_type=REFUSED_AS)
+    nbf = _number(claims, "nbf")
+    if nbf is not None and now + leeway < nbf:
+        raise _invalid("the token is not valid yet")
+    iat = _number(claims, "iat")
+    if iat is not None and now + leeway < iat:
+        raise _invalid("the token was issued in the future")
+    for name, value in cfg.claims.require:
+        if claims.get(name) != value:
+            raise _invalid(f"the token's {name} claim is not {value!r}")
+
+
+def _first_string(claims: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
+    for name in names:
+        value = claims.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _matches(rule: MachineRule, claims: Mapping[str, Any], client_id: str | None) -> bool:
+    if rule.sub is not None:
+        return client_id is not None and claims.get("sub") == rule.sub.replace(
+            "{client_id}", client_id
+        )
+    value = claims.get(rule.claim or "")
+    if rule.value is None:
+        return value not in (None, "", [])
+    return rule.value in _strings(value)
+
+
+def _scopes(claims: Mapping[str, Any], mapping: ClaimMapping) -> frozenset[str]:
+    for name in mapping.scopes:
+        value = claims.get(name)
+        if isinstance(value, str):
+            return frozenset(value.split())
+        if isinstance(value, list):
+            return frozenset(s for s in value if isinstance(s, str) and s)
+    return frozenset()
+
+
+def map_principal(claims: Mapping[str, Any], cfg: Issuer) -> Principal:
+    """The Principal for claims that passed `check_claims`."""
+    mapping = cfg.claims
+    client_id = _first_string(claims, mapping.client_id)
+    machine = any(_matches(rule, claims, client_id) for rule in mapping.machine)
+    token_type: TokenType
+    if machine:
+        if client_id is None:
+            raise _invalid("a client-credentials token that names no client")
+        ptype, pid, token_type = "machine", client_id, "m2m_token"
+    else:
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise _invalid("the token names no subject (sub)")
+        ptype, pid, token_type = "oauth", sub, "oauth_token"
+    jti = claims.get("jti")
+    exp = claims.get("exp")
+    forward = {name: claims[name] for name in mapping.forward if name in claims}
+    principal = Principal(
+        type=ptype,  # type: ignore[arg-type]
+        id=pid,
+        token_type=token_type,
+        token_id=jti if isinstance(jti, str) and jti else None,
+        scopes=_scopes(claims, mapping),
+        claims_json=encode_claims(forward),
+        expires_at=float(exp) if isinstance(exp, int | float) else None,
+        client_id=client_id,
+        issuer=cfg.name,
+    )
+    if not principal.header_safe():
+        raise ProxyError(
+            TOKEN_INVALID,
+            "the token's client, subject, id or scopes cannot be passed on in a header",
+            token_type=token_type,
+        )
+    return principal

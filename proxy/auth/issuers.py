@@ -1,0 +1,177 @@
+"""Other OAuth 2.0 issuers: which one a token belongs to, and its verification there.
+
+A JWT goes to the issuer its `iss` names (exact string), and only there: its key
+comes from that issuer's own key set, so a kid of another issuer's set, or a key two
+issuers both publish under one kid, never verifies a token that names the other.
+Nothing is tried in turn. A token whose `iss` names an issuer we do not serve is a 401
+that says so (when `clerk.issuer` is set; else it is Clerk's to judge, see `verifier`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import aiohttp
+
+from proxy.auth import jws
+from proxy.auth.discovery import Discovery
+from proxy.auth.issuer_claims import REFUSED_AS, check_claims, map_principal
+from proxy.auth.issuer_http import IssuerHttp, IssuerUnavailable
+from proxy.auth.keyset import Fetched, KeySetCache
+from proxy.config.model import Issuer
+from proxy.core.errors import TOKEN_INVALID, ProxyError
+from proxy.core.principal import Principal
+from proxy.observe.metrics import Metrics
+
+_B64URL: Final = re.compile(r"[A-Za-z0-9_\-]+")
+# An `iss` is echoed in a refusal only when it is a plain, short, printable URL.
+_SHOWABLE: Final = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]{1,200}")
+MAX_SEGMENT: Final = 6144
+
+
+def _segment(segment: str) -> dict[str, Any] | None:
+    if not segment or len(segment) > MAX_SEGMENT or not _B64URL.fullmatch(segment):
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The unverified (header, payload) of a compact JWT; None when it is not one."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    header, payload = _segment(parts[0]), _segment(parts[1])
+    if header is None or payload is None:
+        return None
+    return header, payload
+
+
+def unserved(iss: str, served: Sequence[str]) -> ProxyError:
+    who = iss if _SHOWABLE.fullmatch(iss) else "an issuer"
+    return ProxyError(
+        TOKEN_INVALID,
+        f"the token was issued by {who}, which this proxy does not serve "
+        f"(it accepts tokens of: {', '.join(served)})",
+        token_type=REFUSED_AS,
+    )
+
+
+def not_clerk(iss: str, served: Sequence[str]) -> ProxyError:
+    who = iss if _SHOWABLE.fullmatch(iss) else "an issuer"
+    return ProxyError(
+        TOKEN_INVALID,
+        f"the token names {who}, which is not a configured issuer, and it does not verify "
+        f"as this Clerk instance's token (this proxy accepts tokens of: {', '.join(served)})",
+        token_type=REFUSED_AS,
+    )
+
+
+def _typ_accepted(header: Mapping[str, Any], accepted: Sequence[str]) -> bool:
+    typ = header.get("typ")
+    if typ is None:
+        return "" in accepted
+    if not isinstance(typ, str):
+        return False
+    # Media type names are case-insensitive; "application/" may be left out (RFC 7515 §4.1.9).
+    short = typ.lower().removeprefix("application/")
+    return any(short == a.lower().removeprefix("application/") for a in accepted if a)
+
+
+class IssuerVerifier:
+    def __init__(
+        self,
+        cfg: Issuer,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self._now = now
+        self.http = IssuerHttp(cfg, session, metrics)
+        self.discovery = Discovery(self.http, now=now)
+        self.keys = KeySetCache(
+            self._fetch_jwks,
+            name=f"issuer {cfg.name}",
+            max_age=cfg.jwks_cache_seconds,
+            min_refetch=cfg.jwks_min_refetch_seconds,
+            now=now,
+        )
+
+    async def _fetch_jwks(self) -> Fetched:
+        url = self.cfg.jwks_url or (await self.discovery.metadata()).jwks_uri
+        return await self.http.get("jwks", url)
+
+    def _unavailable(self) -> ProxyError:
+        return IssuerUnavailable(f"cannot fetch issuer {self.cfg.name}'s signing keys")
+
+    async def verify_jwt(self, token: str, header: Mapping[str, Any]) -> Principal:
+        cfg = self.cfg
+        alg, kid = jws.check_header(
+            header, cfg.algorithms, refuse_embedded_keys=True, token_type=REFUSED_AS
+        )
+        if not _typ_accepted(header, cfg.token_types):
+            shown = [t or "(none)" for t in cfg.token_types]
+            raise jws.invalid(
+                f"the JWT's typ is not one issuer {cfg.name} uses for access tokens "
+                f"({', '.join(shown)})",
+                REFUSED_AS,
+            )
+        key = await self.keys.key(kid, self._unavailable)
+        if key is None:
+            raise jws.invalid(
+                f"the token is signed by a key issuer {cfg.name} does not publish", REFUSED_AS
+            )
+        claims = jws.verify_signature(token, key, alg, REFUSED_AS)
+        check_claims(claims, cfg, self._now())
+        return map_principal(claims, cfg)
+
+
+class Issuers:
+    """Every configured issuer, found by a token's `iss`."""
+
+    def __init__(
+        self,
+        cfgs: Sequence[Issuer],
+        clerk_issuer: str,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.by_iss = {c.issuer: IssuerVerifier(c, session, metrics, now=now) for c in cfgs}
+        self._clerk_issuer = clerk_issuer
+        self.served = ("clerk", *(c.name for c in cfgs))
+
+    def __bool__(self) -> bool:
+        return bool(self.by_iss)
+
+    def route(self, token: str) -> tuple[IssuerVerifier | None, dict[str, Any] | None, str | None]:
+        """(verifier, header, None) for a JWT of a configured issuer; (None, None, iss) for
+        one whose `iss` is not configured but may be Clerk's; (None, None, None) for
+        anything else. Raises 401 for an `iss` that is neither ours nor Clerk's."""
+        parts = peek(token)
+        if parts is None:
+            return None, None, None
+        header, payload = parts
+        iss = payload.get("iss")
+        if not isinstance(iss, str):
+            return None, None, None
+        verifier = self.by_iss.get(iss)
+        if verifier is not None:
+            return verifier, header, None
+        if self._clerk_issuer:
+            if iss.rstrip("/") != self._clerk_issuer:
+                raise unserved(iss, self.served)
+            return None, None, None
+        return None, None, iss
