@@ -1,5 +1,5 @@
-"""`clerk-auth-proxy`: run, check-config, emulate-clerk, demo (argument parsing and exit
-codes; serving one config is `server.Server`)."""
+"""`clerk-auth-proxy`: run, check-config, emulate-clerk, emulate-issuer, demo (argument
+parsing and exit codes; serving one config is `server.Server`)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,13 @@ def cmd_emulate_clerk(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emulate_issuer(args: argparse.Namespace) -> int:
+    from proxy.emulator import run_issuer_emulator
+
+    run_issuer_emulator(args.host, args.port)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.process.demo import run_demo
 
@@ -100,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--port", type=int, default=3100)
     emu.add_argument("--secret-key", default="sk_test_emulator")
     emu.set_defaults(func=cmd_emulate_clerk)
+
+    iss = sub.add_parser(
+        "emulate-issuer",
+        help="serve an OAuth 2.0 issuer emulator (client credentials, JWKS, introspection)",
+    )
+    iss.add_argument("--host", default="127.0.0.1")
+    iss.add_argument("--port", type=int, default=3200)
+    iss.set_defaults(func=cmd_emulate_issuer)
 
     demo = sub.add_parser("demo", help="proxy + demo upstream + Clerk emulator, all local")
     demo.add_argument("--config", default="config/local.yaml")
