@@ -110,6 +110,7 @@ async def issuer_stack(aiohttp_server: Any) -> AsyncIterator[Any]:
         *,
         routes: list[dict[str, Any]] | None = None,
         emulator_options: dict[str, Any] | None = None,
+        clerk_issuer: bool = True,
         **overrides: Any,
     ) -> IssuerStack:
         entries = entries if entries is not None else {"authgear": authgear_entry}
@@ -132,8 +133,9 @@ async def issuer_stack(aiohttp_server: Any) -> AsyncIterator[Any]:
         raw["clerk"] = {
             "api_url": str(clerk_server.make_url("")).rstrip("/"),
             "secret_key": "sk_test_issuers",
-            "issuer": clerk.issuer,
         }
+        if clerk_issuer:
+            raw["clerk"]["issuer"] = clerk.issuer
         raw["issuers"] = raw_issuers
         raw.update(overrides)
         config = build_config(raw, file="issuers.yaml", env={})

@@ -75,6 +75,22 @@ async def test_a_token_of_an_unserved_issuer_is_refused_by_name(issuer_stack: An
     assert sum(s.issuers["authgear"].calls.values()) == 0
 
 
+async def test_without_clerk_issuer_a_stranger_is_clerks_to_refuse_by_name(
+    issuer_stack: Any,
+) -> None:
+    s: IssuerStack = await issuer_stack(clerk_issuer=False)
+    stranger = IssuerEmulator("https://login.stranger.example")
+    token = stranger.mint({"iss": stranger.issuer, "aud": API, "exp": time.time() + 60})
+    status, _, body = await s.get("/api/v1/matches", token)
+    assert (status, body["error"]["code"]) == (401, "token_invalid")
+    assert "names https://login.stranger.example, which is not a configured issuer" in (
+        body["error"]["message"]
+    )
+    # Clerk's own session tokens still pass, their iss unchecked as before.
+    session = s.clerk.mint_session_jwt("user_1")
+    assert (await s.get("/api/v1/matches", session))[0] == 200
+
+
 async def test_an_unshowable_issuer_is_not_echoed(issuer_stack: Any) -> None:
     s: IssuerStack = await issuer_stack()
     stranger = IssuerEmulator("x")

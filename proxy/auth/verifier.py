@@ -22,7 +22,7 @@ from proxy.auth.shared.cluster import Cluster, Outcome, Revocations
 from proxy.auth.shared.metrics import shared_metrics
 from proxy.auth.tokens import TokenKind
 from proxy.config.load import Config
-from proxy.core.errors import TOKEN_INVALID, ProxyError
+from proxy.core.errors import TOKEN_INVALID, TOKEN_TYPE_MISMATCH, ProxyError
 from proxy.core.principal import Principal, Recent
 from proxy.observe.metrics import Metrics
 
@@ -143,7 +143,7 @@ class ClerkVerifier:
                 key, lambda: self._load(kind, token, client_ip), cache_rejections=False
             )
         except ProxyError as exc:
-            if exc.code != TOKEN_INVALID:
+            if exc.code not in (TOKEN_INVALID, TOKEN_TYPE_MISMATCH):
                 raise
             raise not_clerk(iss, self.issuers.served) from None
 
