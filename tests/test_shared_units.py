@@ -65,6 +65,13 @@ def test_breaker_opens_after_failures_in_a_row_and_one_probe_decides() -> None:
     [
         Positive(MACHINE, 1000.0, 1060.0),
         Positive(Principal("user", None, None, None, frozenset(), None, None), 5.0, 5.0),
+        # Another issuer's principal keeps its issuer (route rules are per issuer) and client.
+        Positive(
+            Principal("machine", "svc-a", "m2m_token", "j1", frozenset({"scores:read"}),
+                      None, 2000.0, client_id="svc-a", issuer="authgear"),
+            1000.0,
+            1060.0,
+        ),
         Negative("token_invalid", "the token has been revoked", "m2m_token", 1010.0),
         Negative("token_expired", "the token has expired", None, 1010.0),
     ],
@@ -79,6 +86,13 @@ def test_codec_round_trip(entry: Positive | Negative) -> None:
 def _forge(payload: object) -> bytes:
     body = json.dumps(payload).encode()
     return codec.FORMAT + codec._tag(MAC, KEY, body) + body
+
+
+def test_codec_reads_entries_written_before_client_id_and_issuer() -> None:
+    body = b'{"p":["machine","mch_1","m2m_token","mt_1",["a"],null,null],"f":1.0,"k":2.0}'
+    entry = codec.decode(KEY, codec.FORMAT + codec._tag(MAC, KEY, body) + body, MAC)
+    assert isinstance(entry, Positive)
+    assert (entry.principal.issuer, entry.principal.client_id) == (None, None)
 
 
 @pytest.mark.parametrize(

@@ -55,6 +55,7 @@ def encode(key: bytes, entry: Entry, mac: bytes) -> bytes:
                 p.claims_json,
                 p.expires_at,
                 p.client_id,
+                p.issuer,
             ],
             "f": entry.fresh_until,
             "k": entry.keep_until,
@@ -97,18 +98,21 @@ def _entry(payload: Any) -> Entry | None:
             return None
         return Negative(code, message, token_type, keep)
     fresh = _time(payload["f"])
+    # client_id (issue 16) and issuer (issue 21) came later: an entry without them is a
+    # Clerk principal without an OAuth client, all that its writer could produce.
     fields = payload["p"]
-    # The OAuth client id came later (issue 16's allow-lists): seven fields mean none.
-    if len(fields) == 7:
-        fields = [*fields, None]
-    ptype, subject, token_type, token_id, scopes, claims_json, expires_at, client_id = fields
+    if len(fields) in (7, 8):
+        fields = [*fields, *([None] * (9 - len(fields)))]
+    ptype, subject, token_type, token_id, scopes, claims_json, expires_at, client_id, issuer = (
+        fields
+    )
     if ptype not in PRINCIPAL_TYPES or fresh > keep:
         return None
     if token_type is not None and token_type not in TOKEN_TYPES:
         return None
     if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
         return None
-    for value in (subject, token_id, claims_json, client_id):
+    for value in (subject, token_id, claims_json, client_id, issuer):
         if value is not None and not isinstance(value, str):
             return None
     if claims_json is not None:
@@ -124,6 +128,7 @@ def _entry(payload: Any) -> Entry | None:
         claims_json,
         None if expires_at is None else _time(expires_at),
         client_id,
+        issuer,
     )
     if not principal.header_safe():
         return None
