@@ -36,6 +36,12 @@ ROUTES: list[dict[str, Any]] = [
         "auth": "required",
         "issuers": {"clerk": {}, "authgear": {"clients": ["svc-a"]}},
     },
+    {
+        "name": "clerk-machines",
+        "path": "/api/v1/clerk-machines/**",
+        "auth": "required",
+        "machines": ["mch_2xPartner"],
+    },
     {"name": "socketio", "path": "/socket.io/**", "auth": "optional"},
 ]
 

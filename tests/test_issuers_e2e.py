@@ -113,6 +113,9 @@ async def test_route_rules_are_per_issuer(issuer_stack: Any) -> None:
     status, _, body = await s.get("/api/v1/admin/x", admin_token)
     assert (status, body["error"]["code"]) == (403, "insufficient_scope")
     assert "issuers.authgear" in body["error"]["message"]
+    # A Clerk machine allow-list is Clerk's too: no authgear machine passes it.
+    status, _, body = await s.get("/api/v1/clerk-machines/x", a)
+    assert (status, body["error"]["code"]) == (403, "insufficient_scope")
     # feeds: authgear's own rule (feeds:read); Clerk is not listed there.
     assert (await s.get("/api/v1/feeds/live", a))[0] == 200
     status, headers, body = await s.get("/api/v1/feeds/live", b)

@@ -208,12 +208,12 @@ def _issuer_rules(route: Route, principal: Principal) -> bool:
     if principal.issuer is None:
         return False
     if rule is None:
-        if route.scopes:
+        if route.scopes or route.machines is not None or route.oauth_clients is not None:
             raise ProxyError(
                 errors.INSUFFICIENT_SCOPE,
-                f"this route's scopes are Clerk's; a token of {name} needs the route to name "
-                f"its own (routes[].issuers.{name}.scopes)",
-                scope=" ".join(route.scopes),
+                f"this route's scopes and allow-lists are Clerk's; a token of {name} needs the "
+                f"route to name its own (routes[].issuers.{name})",
+                scope=" ".join(route.scopes) or None,
                 token_type=principal.token_type,
             )
         rule = _NO_RULES
