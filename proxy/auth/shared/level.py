@@ -92,44 +92,52 @@ class SharedLevel:
             return None
         value, locked = found
         if value:
-            return self._read(key, keys, value)
+            entry = self._read(key, value)
+            if entry is not None:
+                return entry
+            # There, but past its deadline (Redis drops it a moment later) or not ours:
+            # replacing it is one process's job, as for a missing one.
+            locked = await self._conn.call(
+                "lock", lambda c: c.set(keys[1], lease, nx=True, px=self._lock_ms)
+            )
+            if locked is None:
+                self._metrics.lookups.labels("error").inc()
+                return None
+        self._metrics.lookups.labels("miss").inc()
         if locked:
             self._leases[key] = lease
-            self._metrics.lookups.labels("miss").inc()
             self._metrics.flights.labels("led").inc()
             return None
         # Another process is verifying this token: its answer, within the bound.
         await self._events.landed(key, self._wait)
         value = await self._conn.call("get", lambda c: c.get(keys[0]))
-        if value:
-            entry = self._read(key, keys, value)
-            if entry is not None:
-                self._metrics.flights.labels("followed").inc()
-                return entry
-        self._metrics.lookups.labels("miss").inc()
+        entry = self._read(key, value, count=False) if value else None
+        if entry is not None:
+            self._metrics.flights.labels("followed").inc()
+            return entry
         self._metrics.flights.labels("waited_out").inc()
         return None
 
-    def _read(self, key: bytes, keys: list[str], value: Any) -> Entry | None:
+    def _read(self, key: bytes, value: Any, *, count: bool = True) -> Entry | None:
+        """A usable entry (counted as a hit), or None: expired, only stale, or not ours
+        (counted as `garbled`: forged, garbled or of another format — never trusted)."""
         entry = codec.decode(key, value, self._mac)
-        now = self._now()
         if entry is None:
-            # Forged, garbled or of another format: never trusted, verified again (and
-            # overwritten by what that verification gives).
             self._metrics.lookups.labels("garbled").inc()
             return None
-        if now >= entry.keep_until:
-            self._metrics.lookups.labels("miss").inc()
-            return None
+        now = self._now()
         if isinstance(entry, Negative):
-            self._metrics.lookups.labels("negative_hit").inc()
+            if now >= entry.keep_until:
+                return None
+            if count:
+                self._metrics.lookups.labels("negative_hit").inc()
             return entry
+        # Past its fresh period an entry is a miss here: the first level keeps its own
+        # stale copy for when Clerk is down.
         if now >= entry.fresh_until:
-            # Only stale: the first level may still serve it if Clerk is down, but it is a
-            # miss for verification purposes.
-            self._metrics.lookups.labels("miss").inc()
             return None
-        self._metrics.lookups.labels("hit").inc()
+        if count:
+            self._metrics.lookups.labels("hit").inc()
         return entry
 
     def store(self, key: bytes, entry: Entry | None) -> None:
