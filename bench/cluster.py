@@ -228,6 +228,50 @@ async def l2_leg(ports: list[int], clerk: int, machine: str, samples: int) -> di
     }
 
 
+async def l2_in_process_leg(redis: int, clerk: int, machine: str, samples: int) -> dict[str, Any]:
+    """The verifier's own cost of a second-level hit over a first-level hit, without the
+    HTTP hops: two verifiers (two caches) on one Redis; A verifies, B's `verify` is the
+    second-level hit, B's `cached` after it the first-level hit."""
+    from proxy.auth.verifier import ClerkVerifier
+    from proxy.config.load import build_config
+    from proxy.observe.metrics import Metrics
+
+    raw = {
+        "upstream": {"url": "http://127.0.0.1:1"},
+        "clerk": {"api_url": f"http://127.0.0.1:{clerk}", "secret_key": SECRET},
+        "cache": {"shared": {"url": f"redis://127.0.0.1:{redis}", "timeout": "50ms"}},
+        "verification_budget": {"enabled": False},
+    }
+    config = build_config(raw, file="bench.yaml", env={})
+    l1: list[float] = []
+    l2: list[float] = []
+    async with aiohttp.ClientSession() as s:
+        a, b = ClerkVerifier(config, s, Metrics()), ClerkVerifier(config, s, Metrics())
+        await a.start()
+        await b.start()
+        tokens = [(await new_token(s, clerk, machine))["secret"] for _ in range(samples)]
+        for token in tokens:
+            await a.verify(token, "127.0.0.1")
+        await asyncio.sleep(0.2)  # A's writes land
+        for token in tokens:
+            t = time.perf_counter()
+            await b.verify(token, "127.0.0.1")
+            l2.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            assert b.cached(token) is not None
+            l1.append(time.perf_counter() - t)
+        await a.close()
+        await b.close()
+    ms = 1000.0
+    return {
+        "samples": samples,
+        "l1_hit_p90_ms": round(pct(l1, 0.9) * ms, 4),
+        "l2_hit_p50_ms": round(statistics.median(l2) * ms, 3),
+        "l2_hit_p90_ms": round(pct(l2, 0.9) * ms, 3),
+        "added_p90_ms": round((pct(l2, 0.9) - pct(l1, 0.9)) * ms, 3),
+    }
+
+
 async def revocation_leg(ports: list[int], admins: list[int], clerk: int, machine: str, count: int) -> dict[str, Any]:
     delays: list[float] = []
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as s:
@@ -296,6 +340,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     results["herd_shared"]["shared_level_after"] = await shared_counts(admins)
                 if shared:
                     results["l2_hit"] = await l2_leg(ports, clerk, machine, args.samples)
+                    results["l2_hit_in_process"] = await l2_in_process_leg(redis_port, clerk, machine, args.samples)
                     results["revocation"] = await revocation_leg(ports, admins, clerk, machine, args.revocations)
                 fleet.stop(procs)
         finally:

@@ -687,3 +687,57 @@ def test_dashboard_estimates_clerk_cost_with_a_price_variable() -> None:
         if any("$price_per_call" in t["expr"] for t in p.get("targets", []))
     ]
     assert cost and all(p["fieldConfig"]["defaults"]["unit"] == "currencyUSD" for p in cost)
+
+
+def test_shared_cache_and_revocation_secrets_mount_and_load(tmp_path: Path) -> None:
+    """sharedCache and revocation render into the config and mount their Secrets as files
+    the config reads (password, CA, revocation secret): never into the ConfigMap."""
+    _need("helm_python")
+    _need("kubernetes_validate")
+    redis_dir, revoke_dir = tmp_path / "redis", tmp_path / "revoke"
+    values = {
+        "sharedCache": {
+            "enabled": True,
+            "url": "rediss+sentinel://sentinel-0:26379,sentinel-1:26379/mymaster",
+            "username": "proxy",
+            "secretName": "scores-redis",
+            "passwordKey": "password",
+            "caKey": "ca.crt",
+            "mountPath": str(redis_dir),
+            "settings": {"timeout": "20ms", "flight_wait": "500ms"},
+        },
+        "revocation": {"secretName": "scores-revocation", "mountPath": str(revoke_dir)},
+    }
+    docs = manifests(render_chart(values))
+    for doc in docs:
+        validate_manifest(doc, "1.29.0")
+    (deploy,) = by_kind(docs, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    (proxy,) = pod["initContainers"]
+    mounts = {m["mountPath"]: m["name"] for m in proxy["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes[mounts[str(redis_dir)]]["secret"]["secretName"] == "scores-redis"
+    assert volumes[mounts[str(revoke_dir)]]["secret"]["secretName"] == "scores-revocation"
+    (cm,) = by_kind(docs, "ConfigMap")
+    assert "password:" not in cm["data"]["config.yaml"]
+    redis_dir.mkdir()
+    revoke_dir.mkdir()
+    (redis_dir / "password").write_text("redis-password\n")
+    (redis_dir / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    (revoke_dir / "secret").write_text("a-revocation-secret-0123\n")
+    cfg = _config_from_configmap(docs, tmp_path)
+    shared = cfg.cache.shared
+    assert shared is not None
+    assert (shared.target.kind, shared.target.tls, shared.target.service) == ("sentinel", True, "mymaster")
+    assert (shared.username, shared.password, shared.timeout, shared.flight_wait) == ("proxy", "redis-password", 0.02, 0.5)
+    assert shared.ca_file == str(redis_dir / "ca.crt")
+    assert cfg.revocation.secret == "a-revocation-secret-0123"
+    # Off by default: nothing rendered, nothing mounted.
+    default = manifests(render_chart({}))
+    assert _config_from_configmap(default, tmp_path).cache.shared is None
+
+
+def test_shared_cache_needs_a_url() -> None:
+    _need("helm_python")
+    with pytest.raises(Exception, match="sharedCache.url"):
+        render_chart({"sharedCache": {"enabled": True}})

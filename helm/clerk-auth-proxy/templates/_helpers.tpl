@@ -45,7 +45,31 @@ ${VAR} reference would put a secret into the ConfigMap.
 {{- fail (printf "config.clerk.%s must be a ${VAR} reference (the key comes from the Secret %q via secretKeyRef), never a literal key" $key $.Values.clerkSecret.name) -}}
 {{- end -}}
 {{- end -}}
-{{- toYaml .Values.config -}}
+{{- $config := deepCopy .Values.config -}}
+{{- $shared := .Values.sharedCache | default dict -}}
+{{- if $shared.enabled -}}
+{{- if not $shared.url -}}
+{{- fail "sharedCache.enabled needs sharedCache.url (redis://, rediss://, redis+sentinel:// or redis+cluster://)" -}}
+{{- end -}}
+{{- $cache := get $config "cache" | default dict -}}
+{{- $entry := dict "url" $shared.url -}}
+{{- if $shared.username }}{{- $_ := set $entry "username" $shared.username -}}{{- end -}}
+{{- if and $shared.secretName $shared.passwordKey -}}
+{{- $_ := set $entry "password_file" (printf "%s/%s" $shared.mountPath $shared.passwordKey) -}}
+{{- end -}}
+{{- if and $shared.secretName $shared.caKey -}}
+{{- $_ := set $entry "ca_file" (printf "%s/%s" $shared.mountPath $shared.caKey) -}}
+{{- end -}}
+{{- $_ := set $cache "shared" (merge $entry ($shared.settings | default dict)) -}}
+{{- $_ := set $config "cache" $cache -}}
+{{- end -}}
+{{- $revocation := .Values.revocation | default dict -}}
+{{- if $revocation.secretName -}}
+{{- $section := get $config "revocation" | default dict -}}
+{{- $_ := set $section "secret_file" (printf "%s/%s" $revocation.mountPath $revocation.secretKey) -}}
+{{- $_ := set $config "revocation" $section -}}
+{{- end -}}
+{{- toYaml $config -}}
 {{- end -}}
 
 {{- define "clerk-auth-proxy.image" -}}
@@ -125,6 +149,16 @@ PUBLIC: the proxy container, as one list item. Put it under `initContainers:` wh
       mountPath: {{ .Values.clerkSecret.mountPath | quote }}
       readOnly: true
     {{- end }}
+    {{- if and .Values.sharedCache.enabled .Values.sharedCache.secretName }}
+    - name: clerk-auth-proxy-redis-secret
+      mountPath: {{ .Values.sharedCache.mountPath | quote }}
+      readOnly: true
+    {{- end }}
+    {{- if .Values.revocation.secretName }}
+    - name: clerk-auth-proxy-revocation-secret
+      mountPath: {{ .Values.revocation.mountPath | quote }}
+      readOnly: true
+    {{- end }}
 {{- end -}}
 
 {{/* PUBLIC: the volumes the proxy container mounts, as list items. */}}
@@ -139,6 +173,18 @@ PUBLIC: the proxy container, as one list item. Put it under `initContainers:` wh
 - name: clerk-auth-proxy-clerk-secret
   secret:
     secretName: {{ .Values.clerkSecret.name | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- if and .Values.sharedCache.enabled .Values.sharedCache.secretName }}
+- name: clerk-auth-proxy-redis-secret
+  secret:
+    secretName: {{ .Values.sharedCache.secretName | quote }}
+    defaultMode: 0440
+{{- end }}
+{{- if .Values.revocation.secretName }}
+- name: clerk-auth-proxy-revocation-secret
+  secret:
+    secretName: {{ .Values.revocation.secretName | quote }}
     defaultMode: 0440
 {{- end }}
 {{- end -}}
