@@ -209,6 +209,10 @@ async def test_revocation_reaches_every_node_and_outlives_a_missed_message(stack
         return [(await s.get(n, token.secret))[0] for n in range(3)] == [401] * 3
 
     await _until(refused_everywhere, 1.0)
+    # Gone from the shared level too (the receiving nodes knew its key).
+    verifier = s.nodes[0].proxy.app[PROXY].runtime.verifier
+    entry = f"{verifier.cluster.namespace}:{{{verifier.cache.key(token.secret).hex()}}}:e"  # type: ignore[attr-defined]
+    assert await s.redis.exists(entry) == 0
     status, body = await s.get(2, token.secret)
     assert body["error"] == {"code": "token_invalid", "message": "the token has been revoked"}
     assert (await s.get(1, other.secret))[0] == 200  # another token of the same machine

@@ -78,7 +78,7 @@ class ClerkVerifier:
         if self.cluster is not None:
             await self.cluster.close()
 
-    def _drop(self, kind: str, value: str) -> tuple[int, float | None]:
+    def _drop(self, kind: str, value: str) -> tuple[list[bytes], float | None]:
         self._memo = object()
         if kind == "token_id":
             return self.cache.drop(value, None)

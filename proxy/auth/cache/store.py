@@ -192,10 +192,11 @@ class VerificationCache:
             raise
         now = self._now()
         entry = self.positive(principal, now)
+        denied = self.denied is not None and self.denied(principal)
         if second is not None:
-            # What Clerk said is shared as it is; revocation is each process's own check.
-            second.store(key, entry)
-        if self.denied is not None and self.denied(principal):
+            # A revoked token's entry stays out of the shared level (it was dropped there).
+            second.store(key, None if denied else entry)
+        if denied:
             raise self._revoked(key, principal, now)
         if entry is not None:
             self._entries.set(key, entry, now)
@@ -230,17 +231,17 @@ class VerificationCache:
             self._entries.set(key, rejected, now)
         return refusal
 
-    def drop(self, token_id: str | None, subject: str | None) -> tuple[int, float | None]:
-        """Drop the positive entries of a revoked token id or subject: how many, and the
+    def drop(self, token_id: str | None, subject: str | None) -> tuple[list[bytes], float | None]:
+        """Drop the positive entries of a revoked token id or subject: their keys, and the
         latest expiry among them (None when none was found or one never expires)."""
-        dropped = 0
+        dropped: list[bytes] = []
         latest: float | None = None
         unbounded = False
         for table in self._entries.tables():
             assert isinstance(table, PackedTable)
             for found, entry in table.matching(token_id, subject):
                 table.pop(found)
-                dropped += 1
+                dropped.append(found)
                 expires = entry.principal.expires_at
                 if expires is None:
                     unbounded = True

@@ -133,7 +133,7 @@ class Revocations:
     def __init__(
         self,
         default_ttl: float,
-        drop: Callable[[str, str], tuple[int, float | None]],
+        drop: Callable[[str, str], tuple[list[bytes], float | None]],
         metrics: SharedMetrics,
         *,
         now: Callable[[], float] = time.time,
@@ -157,12 +157,20 @@ class Revocations:
         if not self.revoked.add(kind, value, until):
             return 0
         self._metrics.revocations.labels(source, kind).inc()
-        dropped, _ = self._drop(kind, value)
-        if dropped:
-            self._metrics.revoked_entries.inc(dropped)
+        dropped = self._forget(kind, value)[0]
         if source != "resync":
             log.info("revoked", extra={"kind": kind, "until": until, "source": source})
         return dropped
+
+    def _forget(self, kind: str, value: str) -> tuple[int, float | None]:
+        """Drop the entries of `value` from the first level, and the same keys from the
+        shared level: (how many, the latest expiry among them)."""
+        keys, expiry = self._drop(kind, value)
+        if keys:
+            self._metrics.revoked_entries.inc(len(keys))
+            if self.cluster is not None:
+                self.cluster.level.forget(keys)
+        return len(keys), expiry
 
     async def revoke(self, kind: str, value: str, *, ttl: float | None) -> Outcome:
         """An operator's revocation: here at once, then stored and announced."""
@@ -173,7 +181,7 @@ class Revocations:
         else:
             # Until the token's own expiry when an entry here knows it; a subject (or an
             # id nothing here has seen) for the default time.
-            dropped, expiry = self._drop(kind, value)
+            dropped, expiry = self._forget(kind, value)
             if kind == "token_id" and expiry is not None and expiry > now:
                 until = expiry
             else:

@@ -25,7 +25,7 @@ import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from proxy.auth.cache.entries import Entry, Negative
@@ -159,9 +159,16 @@ class SharedLevel:
             self._events.channel,
             landed_message(key),
         ]
-        task = asyncio.ensure_future(
-            self._conn.call("store", lambda c: self._store(keys=keys, args=args, client=c))
-        )
+        self._background("store", lambda c: self._store(keys=keys, args=args, client=c))
+
+    def forget(self, keys: list[bytes]) -> None:
+        """Remove these entries (a revocation: the processes that hold them in their first
+        level know their keys; the others refuse the Principal when they read it)."""
+        names = [self.keys(key)[0] for key in keys]
+        self._background("forget", lambda c: c.unlink(*names))
+
+    def _background(self, op: str, make: Callable[[Any], Awaitable[Any]]) -> None:
+        task = asyncio.ensure_future(self._conn.call(op, make))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
