@@ -739,5 +739,5 @@ def test_shared_cache_and_revocation_secrets_mount_and_load(tmp_path: Path) -> N
 
 def test_shared_cache_needs_a_url() -> None:
     _need("helm_python")
-    with pytest.raises(Exception, match="sharedCache.url"):
+    with pytest.raises(Exception, match=r"sharedCache\.url"):
         render_chart({"sharedCache": {"enabled": True}})
