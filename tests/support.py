@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,10 +230,16 @@ def dumps(obj: Any) -> str:
 
 
 class FastPathServer(TestServer):
-    """A TestServer whose listener is the fast path (`listener`), as `clerk-auth-proxy
-    run` serves by default; requests it does not take go to the app's aiohttp server."""
+    """A TestServer whose listener is the proxy's own (`listener`), as `clerk-auth-proxy
+    run` serves: with the fast path (the default), requests it does not take go to the
+    app's aiohttp server; with `fast_path=False` aiohttp serves every connection, still
+    timed and drained by the listener."""
 
     front: listener.FrontDoorServer | None = None
+
+    def __init__(self, app: web.Application, *, fast_path: bool = True, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.fast_path = fast_path
 
     async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
         if self.runner:
@@ -241,7 +248,8 @@ class FastPathServer(TestServer):
         self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
         await self.runner.setup()
         self.front = await listener.serve(
-            self.app[PROXY], self.runner, self.host, self.port or 0, reuse_port=False
+            self.app[PROXY], self.runner, self.host, self.port or 0, reuse_port=False,
+            fast_path=self.fast_path,
         )
         self.host, self.port = self.front.sockets[0]
         self.scheme = "http"
@@ -249,7 +257,6 @@ class FastPathServer(TestServer):
 
     async def close(self) -> None:
         if self.started and not self.closed and self.front is not None:
-            proxy = self.app[PROXY]
-            grace = proxy.runtime.config.shutdown.grace_period
-            proxy.front_door_drained = asyncio.ensure_future(self.front.drain(grace))
+            grace = self.app[PROXY].runtime.config.shutdown.grace_period
+            await self.front.drain(time.monotonic() + grace)
         await super().close()

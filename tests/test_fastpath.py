@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -458,9 +459,10 @@ async def test_idle_client_connections_are_closed_after_keepalive(servers: list[
     await client.send(get("/public/x"))
     await client.responses(1)
     (conn,) = _front(proxy).connections
-    conn.close_idle(conn.idle_since + frontdoor.KEEPALIVE / 2)
+    idle = proxy.app[PROXY].runtime.config.connections.idle_timeout
+    _front(proxy).doorway.sweep(conn.clock.since + idle / 2)
     assert conn.transport is not None
-    conn.close_idle(conn.idle_since + frontdoor.KEEPALIVE + 1)
+    _front(proxy).doorway.sweep(conn.clock.since + idle + 1)
     assert await client.closed()
 
 
@@ -472,7 +474,7 @@ async def test_drain_closes_idle_connections_and_finishes_busy_ones(servers: lis
     await idle.responses(1)
     await busy.send(get("/public/slow?delay=0.5"))
     await asyncio.sleep(0.1)
-    drain = asyncio.ensure_future(_front(proxy).drain(5))
+    drain = asyncio.ensure_future(_front(proxy).drain(time.monotonic() + 5))
     assert await idle.closed()
     (resp,) = await busy.responses(1)
     assert resp.status == 200

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from proxy.config.connections import parse_connections
 from proxy.config.issuers import parse_issuers
 from proxy.config.model import (
     DEFAULT_GLOBAL_BUCKET,
@@ -117,6 +118,7 @@ _TOP_KEYS = {
     "workers",
     "revocation",
     "issuers",
+    "connections",
 }
 
 
@@ -330,6 +332,7 @@ def build_config(
         workers=r.get(top, "", "workers", positive_int, 1),
         revocation=revocation(r, top.get("revocation")),
         issuers=parse_issuers(r, top.get("issuers"), clerk.issuer),
+        connections=parse_connections(r, top.get("connections")),
     )
     check_route_issuers(r, keyed, {i.name for i in cfg.issuers})
     if cfg.listen.port and cfg.listen.port == cfg.admin.port and cfg.listen.host == cfg.admin.host:

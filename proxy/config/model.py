@@ -10,6 +10,10 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from proxy.core.timeouts import ConnectionPolicy
+
+DEFAULT_CONNECTIONS = ConnectionPolicy()
+
 AuthMode = Literal["public", "optional", "required"]
 PRINCIPAL_TYPES = ("machine", "user", "api_key", "oauth", "anonymous")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
@@ -255,3 +259,4 @@ class Config:
     workers: int = 1
     revocation: Revocation = Revocation()
     issuers: tuple[Issuer, ...] = ()
+    connections: ConnectionPolicy = DEFAULT_CONNECTIONS

@@ -27,6 +27,8 @@ REVOCATION_UNAVAILABLE: Final = "revocation_unavailable"
 CLERK_REVOKE_FAILED: Final = "clerk_revoke_failed"
 # A valid token of an issuer the route does not accept (routes[].issuers).
 ISSUER_NOT_ALLOWED: Final = "issuer_not_allowed"
+REQUEST_TIMEOUT: Final = "request_timeout"
+TOO_MANY_CONNECTIONS: Final = "too_many_connections"
 
 STATUS: Final[dict[str, int]] = {
     TOKEN_MISSING: 401,
@@ -47,6 +49,8 @@ STATUS: Final[dict[str, int]] = {
     REVOCATION_UNAVAILABLE: 503,
     CLERK_REVOKE_FAILED: 502,
     ISSUER_NOT_ALLOWED: 403,
+    REQUEST_TIMEOUT: 408,
+    TOO_MANY_CONNECTIONS: 503,
 }
 
 

@@ -20,11 +20,12 @@ import asyncio
 import http
 import logging
 import time
-from collections.abc import Callable
 from typing import Final, cast
 
 from proxy.core.errors import ProxyError
 from proxy.core.principal import ANONYMOUS, Principal, Recent
+from proxy.core.timeouts import IDLE, ConnectionClock
+from proxy.fastpath.doorway import Doorway, expire_transport, peer_address
 from proxy.fastpath.fields import HeadFieldsMemo
 from proxy.fastpath.upstream_head import UpstreamHeads
 from proxy.http import http1
@@ -36,9 +37,6 @@ from proxy.request.runtime import Runtime
 
 log = logging.getLogger("proxy")
 
-# aiohttp's keep-alive default: an idle client connection (or one stuck mid-head) is
-# closed after this long.
-KEEPALIVE: Final = 75.0
 # Pipelined bytes buffered while a request is answered before reading pauses.
 MAX_BUFFER: Final = 64 * 1024
 SOCKETIO_PREFIX: Final = "/socket.io/"
@@ -59,16 +57,11 @@ def _reason(status: int) -> str:
 
 
 class FrontDoor(asyncio.Protocol):
-    def __init__(
-        self,
-        proxy: Proxy,
-        connections: set[FrontDoor],
-        aiohttp_protocol: Callable[[], asyncio.Protocol],
-    ) -> None:
-        # The listener's set of live connections (it sweeps and drains them) and its
-        # aiohttp handler factory: passed in, so this module does not import the listener.
-        self._connections = connections
-        self._aiohttp_protocol = aiohttp_protocol
+    def __init__(self, proxy: Proxy, doorway: Doorway) -> None:
+        # The listener's bookkeeping (live connections, per-address counts, the clock
+        # it sweeps with): passed in, so this module does not import the listener.
+        self._doorway = doorway
+        self.clock = ConnectionClock(doorway.policy, _monotonic())
         self._proxy = proxy
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -78,7 +71,6 @@ class FrontDoor(asyncio.Protocol):
         self._busy = False
         self._in_next = False
         self._reading_paused = False
-        self.idle_since = _monotonic()
         self.closing = False
         # The exchange in flight.
         self._head: http1.RequestHead | None = None
@@ -108,13 +100,17 @@ class FrontDoor(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, only alike.
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self._peer = peer[0] if isinstance(peer, tuple) else ""
+        self._peer = peer_address(transport)
         self._hop = ClientHop(self._peer, "http", None)
-        self._connections.add(self)
+        if not self._doorway.admit(self, transport, self._peer):
+            self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # nothing more is served: dropped (a 408's lingering close reads on)
         self._buffer += data
+        if self.clock.phase == IDLE:  # the first byte of a head: its clock starts
+            self.clock.received(_monotonic())
         if self._busy:
             if len(self._buffer) > MAX_BUFFER and self.transport is not None:
                 self._reading_paused = True
@@ -130,7 +126,7 @@ class FrontDoor(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._connections.discard(self)
+        self._doorway.release(self, self._peer)
         self.transport = None
         if not self._busy:
             return
@@ -180,24 +176,20 @@ class FrontDoor(asyncio.Protocol):
     def _hand_off(self) -> None:
         transport = self.transport
         assert transport is not None
-        self._connections.discard(self)
-        handler = self._aiohttp_protocol()
         data = bytes(self._buffer)
         self._buffer.clear()
         if self._reading_paused:
             self._reading_paused = False
             transport.resume_reading()
         self.transport = None
-        transport.set_protocol(handler)
-        handler.connection_made(transport)
-        if data:
-            handler.data_received(data)
+        self._doorway.hand_off(self, transport, self.clock, self._peer, data)
 
     # --- the request path (see Proxy.handle for the same steps in aiohttp) ---------------
 
     def _start(self, head: http1.RequestHead, head_size: int) -> bool:
         """Run the request path for `head`; False (nothing done) when aiohttp must."""
         self._busy = True
+        self.clock.head_done(_monotonic())
         self._head = head
         self._started = _perf_counter()
         self._route_name = "unmatched"
@@ -371,7 +363,7 @@ class FrontDoor(asyncio.Protocol):
 
     def _done(self, status: int) -> None:
         self._finish(status)
-        self.idle_since = _monotonic()
+        self.clock.answered(_monotonic())
         if self.transport is None:
             return
         if self.closing or not self._keep_alive or self._proxy.draining:
@@ -379,13 +371,17 @@ class FrontDoor(asyncio.Protocol):
             self.transport.close()
             return
         if self._buffer:
+            # What came meanwhile is the next head: timed as a head from now.
+            self.clock.received(_monotonic())
             self._next()
 
     # --- lifetime ----------------------------------------------------------------------
 
-    def close_idle(self, now: float, *, force: bool = False) -> None:
-        if self.transport is None or self._busy:
-            return
-        if force or now - self.idle_since > KEEPALIVE:
-            self.closing = True
-            self.transport.close()
+    def expire(self, reason: str) -> None:
+        """The listener's verdict (`ConnectionClock.expired`: never while busy)."""
+        self.closing = True
+        expire_transport(self.transport, self.clock)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()

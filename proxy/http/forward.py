@@ -23,6 +23,7 @@ from yarl import URL
 
 from proxy.core import errors
 from proxy.core.errors import ProxyError
+from proxy.core.timeouts import clock_of
 from proxy.http.headers import for_client
 from proxy.observe.metrics import Metrics
 
@@ -86,10 +87,21 @@ def _too_large(limit: int) -> ProxyError:
 
 
 async def stream_request_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    """The client's body chunk by chunk, refused past `limit` (0: unlimited)."""
+    """The client's body chunk by chunk, refused past `limit` (0: unlimited). The time
+    spent waiting for each chunk is the client's, and the connection's clock weighs it
+    against the minimum body rate; the time between chunks (pushing upstream) is not."""
     seen = 0
+    clock = clock_of(request.transport)
+    content = request.content
     try:
-        async for chunk in request.content.iter_any():
+        while True:
+            if clock is not None:
+                clock.body_wait(time.monotonic())
+            chunk = await content.readany()
+            if clock is not None:
+                clock.body_chunk(len(chunk), time.monotonic())
+            if not chunk:
+                return
             seen += len(chunk)
             if limit and seen > limit:
                 raise _too_large(limit)

@@ -149,6 +149,18 @@ class Metrics:
             "Socket.IO namespaces and WebSockets closed because the principal's token expired.",
             registry=r,
         )
+        self.client_connections = Gauge(
+            "authproxy_client_connections",
+            "Open client connections, both doors (the fast path's and aiohttp's).",
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "authproxy_connections_closed_total",
+            "Client connections the proxy closed, by reason (idle, head_timeout, body_rate, "
+            "websocket_idle, per_address_limit, drain_idle, drain_deadline).",
+            ["reason"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "authproxy_config_reloads_total",
             "Configuration reloads by result (ok, failed).",

@@ -13,6 +13,8 @@ import contextlib
 import logging
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 from aiohttp import web
@@ -27,6 +29,11 @@ from proxy.request.app import PROXY, Proxy, create_app
 log = logging.getLogger("proxy")
 
 CONFIG_POLL_SECONDS = 2.0
+# aiohttp's own shutdown wait per connection: the drain has ended them all before it runs.
+AIOHTTP_SHUTDOWN = 0.25
+# The part of the promised `delay + grace + 1 s` left for the closing handshakes and
+# clean-up after the grace period; past it the backstop exits.
+EXIT_MARGIN = 0.9
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:
@@ -86,21 +93,25 @@ class Server:
             auto_decompress=False,
             access_log=None,
             handle_signals=False,
-            shutdown_timeout=cfg.shutdown.grace_period,
+            keepalive_timeout=listener.backstop_keepalive(cfg.connections),
+            # By the time aiohttp's shutdown runs, the drain has ended every connection.
+            shutdown_timeout=AIOHTTP_SHUTDOWN,
         )
-        admin_runner = web.AppRunner(self.admin, access_log=None, handle_signals=False)
+        admin_runner = web.AppRunner(
+            self.admin, access_log=None, handle_signals=False, shutdown_timeout=AIOHTTP_SHUTDOWN
+        )
         await runner.setup()
         await admin_runner.setup()
-        front: listener.FrontDoorServer | None = None
-        if cfg.listen.fast_path and cfg.upstream.url.startswith("http://"):
-            front = await listener.serve(
-                self.proxy, runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port
-            )
-        else:
-            site = web.TCPSite(
-                runner, cfg.listen.host, cfg.listen.port, reuse_port=self.reuse_port, backlog=1024
-            )
-            await site.start()
+        # One listener for both doors: the fast path needs a plain-HTTP upstream.
+        fast_path = cfg.listen.fast_path and cfg.upstream.url.startswith("http://")
+        front = await listener.serve(
+            self.proxy,
+            runner,
+            cfg.listen.host,
+            cfg.listen.port,
+            reuse_port=self.reuse_port,
+            fast_path=fast_path,
+        )
         admin_socket = os.environ.get(ADMIN_SOCKET_ENV)
         admin_site: web.BaseSite
         if admin_socket:
@@ -127,7 +138,7 @@ class Server:
                 "clerk_instance": cfg.clerk.instance,
                 "clerk_api_url": cfg.clerk.api_url,
                 "listen": f"{cfg.listen.host}:{cfg.listen.port}",
-                "fast_path": front is not None,
+                "fast_path": fast_path,
                 "compiled": compiled(),
                 "admin": admin_socket or f"{cfg.admin.host}:{cfg.admin.port}",
                 "upstream": cfg.upstream.url,
@@ -139,17 +150,40 @@ class Server:
             await self._stop.wait()
         finally:
             watcher.cancel()
-            self.proxy.draining = True
-            log.info("draining", extra={"grace_period": self.config.shutdown.grace_period})
-            if self.config.shutdown.delay:
-                await asyncio.sleep(self.config.shutdown.delay)
-            # Closes the listener, lets in-flight requests finish within the grace
-            # period, then cancels what is left — on the fast path's connections and on
-            # aiohttp's (handed-off ones included) at the same time.
-            if front is not None:
-                self.proxy.front_door_drained = asyncio.ensure_future(
-                    front.drain(self.config.shutdown.grace_period)
-                )
+            await self._shut_down(front, runner, admin_runner)
+
+    async def _shut_down(
+        self, front: listener.FrontDoorServer, runner: web.AppRunner, admin: web.AppRunner
+    ) -> None:
+        """/readyz 503 at once; the listener closes after `delay`; what is in flight
+        flows until `delay + grace`; then 1001s, cuts and exit — within `delay + grace +
+        1 s` whatever the process holds (a backstop exits it there)."""
+        shutdown = self.config.shutdown
+        self.proxy.draining = True
+        log.info("draining", extra={"grace_period": shutdown.grace_period, "delay": shutdown.delay})
+        deadline = time.monotonic() + shutdown.delay + shutdown.grace_period
+        backstop = exit_at(deadline + EXIT_MARGIN)
+        try:
+            if shutdown.delay:
+                await asyncio.sleep(shutdown.delay)
+            await front.drain(deadline)
             await runner.cleanup()
-            await admin_runner.cleanup()
-            log.info("stopped")
+            await admin.cleanup()
+        finally:
+            backstop.cancel()
+        log.info("stopped")
+
+
+def exit_at(when: float) -> threading.Timer:
+    """A thread that ends the process at `when` (`time.monotonic()`) if the shutdown has
+    not: Kubernetes would SIGKILL it a little later, mid-write."""
+
+    def now_or_never() -> None:
+        log.error("shutdown overran its deadline; exiting now")
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(max(0.0, when - time.monotonic()), now_or_never)
+    timer.daemon = True
+    timer.start()
+    return timer

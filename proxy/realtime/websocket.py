@@ -27,6 +27,7 @@ from proxy.config import model as config
 from proxy.core import principal
 from proxy.core.errors import BAD_REQUEST, UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, ProxyError
 from proxy.core.principal import Principal
+from proxy.core.timeouts import ConnectionClock, clock_of
 from proxy.observe import metrics
 from proxy.realtime import socketio as sio
 from proxy.realtime.handshake import check_origin, client_protocols
@@ -127,6 +128,11 @@ async def relay(
     link.adopt(ctx.registry.grants.take(sid) if socketio else [Grant("", principal, header_token)])
     ctx.registry.track(link)
     ctx.metrics.websocket_connections.inc()
+    # Idle sockets are the listener's to close (connections.websocket_idle_timeout):
+    # every frame either way is activity, and the close is a close frame on both legs.
+    link.clock = clock = clock_of(request.transport)
+    if clock is not None:
+        clock.upgraded(time.monotonic(), link.close_soon)
     try:
         await link.run()
     finally:
@@ -206,6 +212,8 @@ class _Link:
         self.closing: asyncio.Future[tuple[bool | BaseException, bool | BaseException]] | None = (
             None
         )
+        self.clock: ConnectionClock | None = None
+        self._closer: asyncio.Task[None] | None = None
         m = ctx.metrics.websocket_messages
         self.up_count = m.labels("client_to_upstream")
         self.down_count = m.labels("upstream_to_client")
@@ -254,6 +262,11 @@ class _Link:
             )
         await asyncio.shield(self.closing)
 
+    def close_soon(self, reason: str) -> None:
+        """`close(1001)` from a callback (the listener's sweep)."""
+        if self._closer is None:
+            self._closer = asyncio.ensure_future(self.close(GOING_AWAY, reason))
+
     async def _pump(self, src: Socket, dst: Socket, *, up: bool) -> None:
         """Relay until `src` ends; the first leg to end says how both are closed."""
         ended = await self._relay(src, dst, up=up)
@@ -265,6 +278,8 @@ class _Link:
         try:
             while True:
                 msg = await src.receive()
+                if self.clock is not None:
+                    self.clock.frame(time.monotonic())
                 kind = msg.type
                 if kind is WSMsgType.TEXT:
                     text: str | None = msg.data

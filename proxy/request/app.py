@@ -22,6 +22,7 @@ from yarl import URL
 from proxy.config.load import Config
 from proxy.core.errors import ProxyError
 from proxy.core.principal import ANONYMOUS, Principal, Recent, Verifier
+from proxy.core.timeouts import clock_of
 from proxy.http.conformance import check_request
 from proxy.http.forward import ClientGone, new_session
 from proxy.http.headers import ClientHop, client_ip, upstream_items
@@ -39,6 +40,7 @@ log = logging.getLogger("proxy")
 CLERK_POOL_SIZE = 32
 # A C static under mypyc: no module lookup per call.
 _perf_counter: Final = time.perf_counter
+_monotonic: Final = time.monotonic
 
 VerifierFactory = Callable[[Config, aiohttp.ClientSession, Metrics], Verifier]
 
@@ -61,10 +63,9 @@ class Proxy:
         # Clerk gets its own small pool so upstream load can never starve verification.
         self._clerk_session: aiohttp.ClientSession | None = None
         self._runtime: Runtime | None = None
-        # The fast path's raw upstream connections (frontdoor.py, upstream.py), and its
-        # listener's drain, which the app's cleanup waits for before closing them.
+        # The fast path's raw upstream connections (frontdoor.py, upstream.py); the
+        # listener's drain has ended every client of theirs before the app's cleanup.
         self._fast_pool: UpstreamPool | None = None
-        self.front_door_drained: asyncio.Future[None] | None = None
         self._retired: set[asyncio.Task[None]] = set()
         # Open WebSockets (closed with 1001 on shutdown) and polling CONNECT grants; one
         # per process so a config reload keeps them.
@@ -119,8 +120,6 @@ class Proxy:
             raise
 
     async def _stop(self) -> None:
-        if self.front_door_drained is not None:
-            await self.front_door_drained
         if self._fast_pool is not None:
             self._fast_pool.close()
         for task in self._retired:
@@ -167,6 +166,11 @@ class Proxy:
         route_name = "unmatched"
         principal: Principal = ANONYMOUS
         status = 500
+        # The connection's clock (proxy.core.timeouts): the head is in; what follows is
+        # timed by the body's rate, then by the upstream.
+        clock = clock_of(request.transport)
+        if clock is not None:
+            clock.head_done(_monotonic())
         try:
             check_request(request)
             hop = ClientHop(request.remote or "", request.scheme, request.host)
@@ -192,19 +196,28 @@ class Proxy:
                 ip=routed.ip,
             )
             status = response.status
-            return response
+            return self._last_if_draining(response)
         except ProxyError as refusal:
             status = refusal.status
-            return web.Response(
-                status=refusal.status, body=refusal.body(), headers=refusal.headers()
+            return self._last_if_draining(
+                web.Response(status=refusal.status, body=refusal.body(), headers=refusal.headers())
             )
         except ClientGone:
             status = 499  # nginx's code for "client closed request"; never sent
             raise ConnectionResetError("client went away") from None
         finally:
+            if clock is not None:
+                clock.answered(_monotonic())
             self.finished(
                 rt, route_name, request.method, status, started, principal, request.remote
             )
+
+    def _last_if_draining(self, response: web.StreamResponse) -> web.StreamResponse:
+        """While draining, an answer not yet started says `Connection: close` (a streamed
+        one ends its connection as it turns idle: the listener closes idle ones)."""
+        if self.draining and not response.prepared:
+            response.force_close()
+        return response
 
     def route(
         self, rt: Runtime, method: str, raw_target: str, fields: HeadFields, hop: ClientHop
@@ -351,10 +364,8 @@ def create_app(
     app = web.Application(handler_args={"max_field_size": 16 * 1024})
     app[PROXY] = proxy
     app.cleanup_ctx.append(proxy.lifespan)
-    # on_shutdown runs before aiohttp waits for handlers: sockets get the grace period,
-    # then are closed with 1001 on both legs.
-    app.on_shutdown.append(
-        lambda _: proxy.ws_registry.drain(proxy.runtime.config.shutdown.grace_period)
-    )
+    # The listener's drain gave open sockets their grace period and closed them with
+    # 1001 (fastpath.listener); any left when aiohttp shuts down are closed at once.
+    app.on_shutdown.append(lambda _: proxy.ws_registry.close_all())
     app.router.add_route("*", "/{tail:.*}", proxy.handle, expect_handler=expect_later)
     return app

@@ -1,0 +1,243 @@
+"""What every client connection shares, whichever door holds it: the listener's set of
+live connections, the per-address count, the close counter, a coarse clock, and
+`Guarded` — aiohttp's protocol for one connection, wrapped so the listener still sees
+it (its bytes, its phase, its close).
+
+aiohttp's `RequestHandler` has no head or body timeout and, built by `AppRunner`, a
+keep-alive of 3,630 s; a connection it holds is therefore timed here, by the same
+`ConnectionClock` the fast path's `FrontDoor` uses (`proxy.core.timeouts`), and swept by
+the same listener. The request path reports the phases it alone can see (head done,
+body waits and chunks, answered, upgraded) to `clock_of(transport)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import time
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from proxy.core.errors import REQUEST_TIMEOUT, TOO_MANY_CONNECTIONS, ProxyError
+from proxy.core.timeouts import (
+    DRAIN_DEADLINE,
+    IDLE,
+    PER_ADDRESS_LIMIT,
+    UPGRADED,
+    ConnectionClock,
+    ConnectionPolicy,
+)
+from proxy.http import http1
+from proxy.observe.metrics import Metrics
+
+AiohttpProtocolFactory = Callable[[], asyncio.Protocol]
+
+# How long a connection closed with a 408 keeps reading (and dropping) what still comes.
+LINGER = 1.0
+
+
+class Held(Protocol):
+    """A live client connection as the listener sweeps it."""
+
+    clock: ConnectionClock
+
+    def expire(self, reason: str) -> None:
+        """Close the connection for `reason` (counted by the caller)."""
+        ...
+
+    def abort(self) -> None: ...
+
+
+def _refusal_bytes(refusal: ProxyError) -> bytes:
+    return http1.simple_response(
+        refusal.status,
+        http.HTTPStatus(refusal.status).phrase,
+        refusal.headers().items(),
+        refusal.body(),
+        close=True,
+    )
+
+
+TIMED_OUT = _refusal_bytes(
+    ProxyError(REQUEST_TIMEOUT, "the request did not arrive within the connection's timeouts")
+)
+OVER_LIMIT = _refusal_bytes(
+    ProxyError(
+        TOO_MANY_CONNECTIONS,
+        "this client address holds too many connections to the proxy",
+        retry_after=1,
+    )
+)
+
+
+class Doorway:
+    """The listener's bookkeeping, passed to each connection it makes (so the doors do
+    not import the listener)."""
+
+    def __init__(
+        self,
+        policy: ConnectionPolicy,
+        metrics: Metrics,
+        aiohttp_protocol: AiohttpProtocolFactory,
+    ) -> None:
+        self.policy = policy
+        self.metrics = metrics
+        self.aiohttp_protocol = aiohttp_protocol
+        self.connections: set[Held] = set()
+        self._per_address: dict[str, int] = {}
+
+    def admit(self, conn: Held, transport: asyncio.BaseTransport, address: str) -> bool:
+        """Count `conn` against its address; False (answered 503 and closed) over the
+        limit. Every admitted connection is `release`d exactly once."""
+        count = self._per_address.get(address, 0) + 1
+        limit = self.policy.max_per_address
+        if limit and count > limit:
+            self.count(PER_ADDRESS_LIMIT)
+            cast(asyncio.Transport, transport).write(OVER_LIMIT)
+            transport.close()
+            return False
+        self._per_address[address] = count
+        self.connections.add(conn)
+        self.metrics.client_connections.inc()
+        return True
+
+    def release(self, conn: Held, address: str) -> None:
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        self.metrics.client_connections.dec()
+        count = self._per_address.get(address, 0) - 1
+        if count > 0:
+            self._per_address[address] = count
+        else:
+            self._per_address.pop(address, None)
+
+    def swap(self, old: Held, new: Held) -> None:
+        """`new` holds the connection `old` held (a hand-off): same count, same address."""
+        self.connections.discard(old)
+        self.connections.add(new)
+
+    def count(self, reason: str) -> None:
+        self.metrics.connections_closed.labels(reason).inc()
+
+    def sweep(self, now: float, *, draining: bool = False) -> None:
+        """Close every connection that has overstayed (or, draining, is idle)."""
+        for conn in list(self.connections):
+            reason = conn.clock.expired(now, draining=draining)
+            if reason is not None:
+                self.count(reason)
+                conn.expire(reason)
+                conn.clock.closed()
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            self.count(DRAIN_DEADLINE)
+            conn.abort()
+
+    def guarded(self) -> Guarded:
+        """A connection aiohttp serves from the start (no fast path)."""
+        return Guarded(
+            self, self.aiohttp_protocol(), ConnectionClock(self.policy, time.monotonic())
+        )
+
+    def hand_off(
+        self,
+        old: Held,
+        transport: asyncio.Transport,
+        clock: ConnectionClock,
+        address: str,
+        data: bytes,
+    ) -> Guarded:
+        """aiohttp takes `old`'s connection from here on; `clock` goes on timing it."""
+        guarded = Guarded(self, self.aiohttp_protocol(), clock, address)
+        self.swap(old, guarded)
+        transport.set_protocol(guarded)
+        guarded.adopt(transport)
+        if data:
+            guarded.data_received(data)
+        return guarded
+
+
+def expire_transport(transport: asyncio.Transport | None, clock: ConnectionClock) -> bool:
+    """Close for a timeout. When nothing of an answer has been sent, a 408 goes first
+    and the connection lingers (nginx's lingering close): the write side is shut after
+    the 408 and what the client still sends is read and dropped for `LINGER` seconds, so
+    its kernel does not answer our close with a reset that destroys the 408. True when
+    lingering: the caller must drop what arrives."""
+    if transport is None or transport.is_closing():
+        return False
+    if not clock.answerable():
+        transport.close()
+        return False
+    transport.write(TIMED_OUT)
+    if transport.can_write_eof():
+        transport.write_eof()
+    asyncio.get_running_loop().call_later(LINGER, transport.close)
+    return True
+
+
+class Guarded(asyncio.Protocol):
+    """aiohttp's protocol for one connection, with the listener watching."""
+
+    def __init__(
+        self, doorway: Doorway, inner: asyncio.Protocol, clock: ConnectionClock, address: str = ""
+    ) -> None:
+        self._doorway = doorway
+        self.inner = inner
+        self.clock = clock
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.lingering = False
+
+    def adopt(self, transport: asyncio.Transport) -> None:
+        """Take over a connection the fast path admitted."""
+        self.transport = transport
+        self.inner.connection_made(transport)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.address = peer_address(transport)
+        if self._doorway.admit(self, transport, self.address):
+            self.inner.connection_made(transport)
+        else:
+            self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
+        clock = self.clock
+        if clock.phase == IDLE or clock.phase == UPGRADED:
+            clock.received(time.monotonic())
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:
+            return  # never admitted: aiohttp never saw it
+        self.transport = None
+        self._doorway.release(self, self.address)
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def expire(self, reason: str) -> None:
+        closer = self.clock.closer
+        if closer is not None:
+            closer(reason)  # a WebSocket: a close frame, then the relay ends
+            return
+        self.lingering = expire_transport(self.transport, self.clock)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+def peer_address(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) else ""
