@@ -25,6 +25,9 @@ COMPILED = [
     "proxy/request/runtime.py",
     "proxy/fastpath/frontdoor.py",
     "proxy/fastpath/fields.py",
+    # Each connection's clock and the listener's bookkeeping: three clock calls a request.
+    "proxy/core/timeouts.py",
+    "proxy/fastpath/doorway.py",
     "proxy/http/upstream.py",
     "proxy/fastpath/upstream_head.py",
     "proxy/http/http1.py",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -394,18 +395,48 @@ def test_rendered_configmap_is_the_environment_config(env: str, tmp_path: Path) 
     assert from_chart.environment == env
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"config": {"shutdown": {"grace_period": "90s", "delay": "1.5s"}}},
+        {"config": {"shutdown": {"grace_period": "2m", "delay": "250ms"}}, "sidecar": {"native": False}},
+        {"config": {"shutdown": {"grace_period": 7}}, "app": {"preStopSleepSeconds": 3, "shutdownSeconds": 0}},
+    ],
+    ids=["as-shipped", "longer-grace", "plain-container", "short"],
+)
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_termination_grace_covers_the_drain(env: str, tmp_path: Path) -> None:
-    docs = _render(env)
+def test_termination_grace_is_derived_from_the_drain(
+    env: str, overrides: dict[str, Any], tmp_path: Path
+) -> None:
+    """Kubernetes SIGKILLs at terminationGracePeriodSeconds: the chart derives it from the
+    values it must cover, as the proxy reads them (its exit bound: delay + grace + 1 s)."""
+    _need("helm_python")
+    docs = manifests(render_chart(deep_merge(values_file(env), overrides)))
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    values = deep_merge(deep_merge(defaults, values_file(env)), overrides)
     cfg = _config_from_configmap(docs, tmp_path)
     (deploy,) = by_kind(docs, "Deployment")
     pod = deploy["spec"]["template"]["spec"]
-    (app,) = pod["containers"]
+    (app,) = [c for c in pod["containers"] if c["name"] == values["app"]["name"]]
     sleep = app["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
-    budget = int(sleep[1]) + cfg.shutdown.delay + cfg.shutdown.grace_period
-    # A few seconds for the app's own exit and the kubelet's bookkeeping.
-    assert pod["terminationGracePeriodSeconds"] >= budget + 5
+    app_part = int(sleep[1]) + values["app"]["shutdownSeconds"]
+    proxy_part = cfg.shutdown.delay + cfg.shutdown.grace_period + 1
+    both = app_part + proxy_part if values["sidecar"]["native"] else max(app_part, proxy_part)
+    expected = math.ceil(both + values["terminationMarginSeconds"])
+    assert pod["terminationGracePeriodSeconds"] == expected
+    assert expected >= proxy_part + 1
+
+
+def test_termination_grace_set_by_hand_must_cover_the_drain() -> None:
+    _need("helm_python")
+    (deploy,) = by_kind(_render("production", terminationGracePeriodSeconds=300), "Deployment")
+    assert deploy["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 300
+    with pytest.raises(Exception, match="below the 46 s the drain needs"):
+        _render("production", terminationGracePeriodSeconds=30)
+    with pytest.raises(Exception, match="not a duration: soon"):
+        _render("production", config={"shutdown": {"grace_period": "soon"}})
 
 
 def test_production_manifest_has_what_the_issue_requires() -> None:

@@ -188,3 +188,47 @@ PUBLIC: the proxy container, as one list item. Put it under `initContainers:` wh
     defaultMode: 0440
 {{- end }}
 {{- end -}}
+
+{{/*
+Seconds in a duration as the proxy's config reads it: 30, 1.5, "30s", "250ms", "1.5m",
+"2h", "1d" (proxy/config/values.py parse_duration). Anything else fails the render.
+*/}}
+{{- define "clerk-auth-proxy.seconds" -}}
+{{- $v := . -}}
+{{- if or (kindIs "float64" $v) (kindIs "int" $v) (kindIs "int64" $v) -}}
+{{- $v | float64 -}}
+{{- else if and (kindIs "string" $v) (regexMatch "^\\s*[0-9]+(\\.[0-9]+)?\\s*(ms|s|m|h|d)?\\s*$" $v) -}}
+{{- $number := regexFind "[0-9]+(\\.[0-9]+)?" $v | float64 -}}
+{{- $unit := regexFind "(ms|s|m|h|d)\\s*$" $v | trim -}}
+{{- $scale := get (dict "" 1.0 "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0) $unit -}}
+{{- mulf $number $scale -}}
+{{- else -}}
+{{- fail (printf "not a duration: %v (expected 30, 30s, 250ms, 1.5m, 2h or 1d)" $v) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+PUBLIC: terminationGracePeriodSeconds, from the values it must cover. The app's part:
+its preStop sleep and its own shutdown. The proxy's part: shutdown.delay +
+shutdown.grace_period + 1 s (it exits within that, whatever it holds). A native sidecar
+gets SIGTERM only after the app has exited (one after the other); a plain container gets
+it with the app (the longer of the two). Plus terminationMarginSeconds.
+*/}}
+{{- define "clerk-auth-proxy.terminationGracePeriodSeconds" -}}
+{{- $shutdown := .Values.config.shutdown | default dict -}}
+{{- $delay := include "clerk-auth-proxy.seconds" (hasKey $shutdown "delay" | ternary $shutdown.delay 0) | float64 -}}
+{{- $grace := include "clerk-auth-proxy.seconds" (hasKey $shutdown "grace_period" | ternary $shutdown.grace_period 25) | float64 -}}
+{{- $proxy := addf $delay $grace 1 -}}
+{{- $app := addf .Values.app.preStopSleepSeconds (.Values.app.shutdownSeconds | default 0) -}}
+{{- $both := .Values.sidecar.native | ternary (addf $app $proxy) (maxf $app $proxy) -}}
+{{- $derived := addf $both .Values.terminationMarginSeconds | ceil | int -}}
+{{- $set := .Values.terminationGracePeriodSeconds -}}
+{{- if not (kindIs "invalid" $set) -}}
+{{- if lt (int $set) $derived -}}
+{{- fail (printf "terminationGracePeriodSeconds %v is below the %d s the drain needs (app.preStopSleepSeconds + app.shutdownSeconds + config.shutdown.delay + config.shutdown.grace_period + 1 + terminationMarginSeconds); leave it unset to derive it" $set $derived) -}}
+{{- end -}}
+{{- int $set -}}
+{{- else -}}
+{{- $derived -}}
+{{- end -}}
+{{- end -}}
