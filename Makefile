@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test lint typecheck pytest bench instructions clean venv redis-server
+.PHONY: demo test lint typecheck pytest bench instructions soak clean venv redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -164,3 +166,18 @@ async def _drain(running: Running, session: aiohttp.ClientSession) -> None:
     await sio.disconnect()
     cut = [line for line in running.lines if line.get("msg") == "request" and line["status"] == 499]
     assert cut, "the stuck upload is counted as cut (499)"
+
+
+def test_the_backstop_ends_a_shutdown_that_overruns() -> None:
+    """Whatever hangs in the clean-up, the process is gone at its deadline (exit 1, logged)."""
+    code = (
+        "import time\n"
+        "from proxy.process.server import exit_at\n"
+        "exit_at(time.monotonic() + 0.3)\n"
+        "time.sleep(30)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=20, check=False)
+    assert done.returncode == 1
+    assert time.monotonic() - started < 10
+    assert b"shutdown overran its deadline" in done.stderr
