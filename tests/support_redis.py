@@ -103,6 +103,8 @@ class Server:
         self.tls = tls
         self.port = port or unused_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra: list[str] = []  # before the options (a config file, --sentinel)
+        self.args: list[str] = []  # after them
         directory.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -112,6 +114,7 @@ class Server:
     def start(self) -> Server:
         args = [
             self.binary,
+            *self.extra,
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
@@ -129,6 +132,7 @@ class Server:
                 "--tls-ca-cert-file", str(self.tls.ca),
                 "--tls-auth-clients", "no",
             ]  # fmt: skip
+        args += self.args
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -159,3 +163,52 @@ class Server:
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+
+def start_sentinel(binary: str, directory: Path, primary: Server) -> Server:
+    """A Sentinel (the same binary in sentinel mode) watching `primary` as `mymaster`."""
+    sentinel = Server(binary, directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "sentinel.conf"
+    conf.write_text(
+        f"port {sentinel.port}\nbind 127.0.0.1\n"
+        f"sentinel monitor mymaster 127.0.0.1 {primary.port} 1\n"
+    )
+    sentinel.extra = [str(conf), "--sentinel"]
+    return sentinel.start()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is a port too, and free."""
+    for _ in range(1000):
+        port = unused_port()
+        if port + 10_000 < 65_536:
+            with contextlib.suppress(OSError), socket.socket() as probe:
+                probe.bind(("127.0.0.1", port + 10_000))
+                return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def start_cluster(binary: str, directory: Path, nodes: int = 3) -> list[Server]:
+    """A Redis Cluster of `nodes` primaries, its slots assigned (redis-cli --cluster create)."""
+    servers = []
+    for n in range(nodes):
+        server = Server(binary, directory / f"node{n}", port=_cluster_port())
+        server.args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        servers.append(server.start())
+    cli = shutil.which("redis-cli") or "redis-cli"
+    subprocess.run(
+        [cli, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in servers),
+         "--cluster-replicas", "0", "--cluster-yes"],
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            [cli, "-p", str(servers[0].port), "cluster", "info"],
+            capture_output=True, text=True, timeout=5, check=False,
+        ).stdout
+        if "cluster_state:ok" in out:
+            return servers
+        time.sleep(0.05)
+    raise RuntimeError("the cluster did not become ready")

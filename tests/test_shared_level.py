@@ -23,7 +23,14 @@ from proxy.emulator.app import ClerkEmulator
 from proxy.process.admin import create_admin_app
 from proxy.request.app import PROXY, create_app
 from tests.support import Recorder, config_dict, upstream_app
-from tests.support_redis import Server, make_tls, redis_binary, valkey_binary
+from tests.support_redis import (
+    Server,
+    make_tls,
+    redis_binary,
+    start_cluster,
+    start_sentinel,
+    valkey_binary,
+)
 
 SECRET = "sk_test_shared"
 REVOKE_SECRET = "revoke-secret-0123456789"
@@ -351,3 +358,29 @@ async def test_the_revoke_command_goes_through_the_admin_port(stack: Any, tmp_pa
     )  # fmt: skip
     out, _ = await proc.communicate()
     assert proc.returncode == 1 and json.loads(out)["error"]["code"] == "token_invalid"
+
+
+async def test_sentinel_and_cluster_urls(stack: Any, tmp_path: Path) -> None:
+    """The same sharing through a Sentinel (redis+sentinel://) and a 3-node Redis Cluster
+    (redis+cluster://): the scripts' keys share a hash tag, the channel reaches every node."""
+    binary = redis_binary() or ""
+    primary = Server(binary, tmp_path / "primary").start()
+    sentinel = start_sentinel(binary, tmp_path / "sentinel", primary)
+    cluster = start_cluster(binary, tmp_path / "cluster")
+    try:
+        for url in (
+            f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster",
+            "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster),
+        ):
+            s: Stack = await stack(2, url=url, verification_budget={"global": {"rate": 10, "burst": 10}})
+            token = s.emulator.create_m2m_token(s.emulator.create_machine("partner").id)
+            assert (await s.get(0, token.secret))[0] == 200
+            assert (await s.get(1, token.secret))[0] == 200
+            assert s.verifies == 1, url
+            assert s.nodes[1].metric("authproxy_shared_budget_total", result="allowed") == 0
+            assert s.nodes[0].metric("authproxy_shared_budget_total", result="allowed") == 1
+            assert (await s.revoke(0, token_id=token.id))[0] == 200
+            await _until(lambda s=s, t=token.secret: _is_refused(s, 1, t), 2.0)  # type: ignore[misc]
+    finally:
+        for server in (sentinel, primary, *cluster):
+            server.stop()

@@ -84,7 +84,8 @@ class Cluster:
         await self.connection.close()
 
     async def _resync(self) -> None:
-        rows = await revocation.read_all(self.connection.listener, self.revoked_key, time.time())
+        # The command client, not the listener: in a Cluster the set lives on its slot's node.
+        rows = await revocation.read_all(self.connection.client, self.revoked_key, time.time())
         for kind, value, until in rows:
             self._on_revoked(kind, value, until, "resync")
 
