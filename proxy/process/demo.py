@@ -1,8 +1,9 @@
 """`make demo`: the proxy with its embedded local stack, all on loopback.
 
-Starts the Clerk emulator and a small live-scores upstream (REST, plus Socket.IO when
-python-socketio is installed), then the proxy with `config/local.yaml`, mints a real M2M
-token at the emulator and prints curl lines that work.
+Starts the Clerk emulator, an OAuth issuer emulator and a small live-scores upstream
+(REST, plus Socket.IO when python-socketio is installed), then the proxy with
+`config/local.yaml`, mints a real M2M token at the Clerk emulator, registers a
+client-credentials partner at the issuer emulator, and prints curl lines that work.
 """
 
 from __future__ import annotations
@@ -82,12 +83,15 @@ async def _site(app: web.Application, host: str, port: int) -> web.AppRunner:
 
 
 async def _demo(config_path: str) -> None:
-    from proxy.emulator import ClerkEmulator, seed_demo
+    from proxy.emulator import ClerkEmulator, IssuerEmulator, seed_demo, seed_issuer_demo
     from proxy.process.server import Server
 
     emulator = ClerkEmulator(secret_key=os.environ.get("CLERK_SECRET_KEY", "sk_test_emulator"))
     clerk_url = os.environ.get("CLERK_API_URL", "http://127.0.0.1:3100")
     upstream_url = os.environ.get("UPSTREAM_URL", "http://127.0.0.1:3000")
+    issuer_url = os.environ.get("ISSUER_URL", "http://127.0.0.1:3200")
+    os.environ.setdefault("ISSUER_URL", issuer_url)
+    issuer = IssuerEmulator(issuer_url)
     os.environ.setdefault("CLERK_API_URL", clerk_url)
     os.environ.setdefault("UPSTREAM_URL", upstream_url)
     try:
@@ -97,13 +101,20 @@ async def _demo(config_path: str) -> None:
             print(issue, file=sys.stderr)
         raise SystemExit(2) from None
 
-    c, u = urlsplit(clerk_url), urlsplit(upstream_url)
+    c, u, i = urlsplit(clerk_url), urlsplit(upstream_url), urlsplit(issuer_url)
     runners = [
+        await _site(issuer.app, i.hostname or "127.0.0.1", i.port or 3200),
         await _site(emulator.app, c.hostname or "127.0.0.1", c.port or 3100),
         await _site(demo_upstream(), u.hostname or "127.0.0.1", u.port or 3000),
     ]
     seeded = seed_demo(emulator)
     secret, token_id = seeded["m2m_token_secret"], seeded["m2m_token_id"]
+    partner = seed_issuer_demo(issuer)
+    (resource,) = partner.resources
+    token_request = (
+        f"curl -s -u {partner.client_id}:{partner.client_secret} -d grant_type=client_credentials "
+        f"-d resource={resource} {issuer_url}/oauth2/token"
+    )
 
     base = f"http://{config.listen.host}:{config.listen.port}"
     print(
@@ -111,18 +122,30 @@ async def _demo(config_path: str) -> None:
             [
                 "",
                 f"clerk-auth-proxy demo: proxy {base}, admin http://{config.admin.host}:{config.admin.port}",
-                f"  Clerk emulator {clerk_url}, demo upstream {upstream_url}",
+                f"  Clerk emulator {clerk_url}, issuer emulator {issuer_url}, "
+                f"demo upstream {upstream_url}",
                 "",
                 "A partner call with a valid M2M token (expect 200 and the principal the API saw):",
                 f"  curl -s -H 'Authorization: Bearer {secret}' {base}/api/v1/matches",
                 "The #1 partner mistake, the token id instead of the secret (401 token_id_not_secret):",
                 f"  curl -s -H 'Authorization: Bearer {token_id}' {base}/api/v1/matches",
+                "A client-credentials partner of another OAuth issuer (Authgear's tokens, from the",
+                "issuer emulator): get a token with its client id and secret, then call the API:",
+                f"  TOKEN=$({token_request} | python3 -c 'import json,sys; "
+                "print(json.load(sys.stdin)[\"access_token\"])')",
+                f'  curl -s -H "Authorization: Bearer $TOKEN" {base}/api/v1/matches',
                 "No token (401 token_missing):",
                 f"  curl -s {base}/api/v1/matches",
                 "Metrics:",
                 f"  curl -s http://{config.admin.host}:{config.admin.port}/metrics | grep authproxy_",
                 "",
-                json.dumps({"m2m_token_secret": secret, "m2m_token_id": token_id}),
+                json.dumps(
+                    {
+                        "m2m_token_secret": secret,
+                        "m2m_token_id": token_id,
+                        "issuer_token_request": token_request,
+                    }
+                ),
                 "",
             ]
         ),
