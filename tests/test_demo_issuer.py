@@ -43,8 +43,8 @@ async def test_the_demo_prints_a_working_client_credentials_line() -> None:
             if line.startswith("{"):
                 seeded = json.loads(line)
         shown = "\n".join(lines)
-        token_line = next(l for l in lines if l.strip().startswith("TOKEN=$("))
-        call_line = next(l for l in lines if "Bearer $TOKEN" in l)
+        token_line = next(x for x in lines if x.strip().startswith("TOKEN=$("))
+        call_line = next(x for x in lines if "Bearer $TOKEN" in x)
         assert seeded["issuer_token_request"] in shown
         for _ in range(50):  # the proxy listens a moment after the lines are printed
             check = await asyncio.create_subprocess_shell(

@@ -132,7 +132,7 @@ async def _demo(config_path: str) -> None:
                 "A client-credentials partner of another OAuth issuer (Authgear's tokens, from the",
                 "issuer emulator): get a token with its client id and secret, then call the API:",
                 f"  TOKEN=$({token_request} | python3 -c 'import json,sys; "
-                "print(json.load(sys.stdin)[\"access_token\"])')",
+                'print(json.load(sys.stdin)["access_token"])\')',
                 f'  curl -s -H "Authorization: Bearer $TOKEN" {base}/api/v1/matches',
                 "No token (401 token_missing):",
                 f"  curl -s {base}/api/v1/matches",
