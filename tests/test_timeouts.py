@@ -146,6 +146,14 @@ def test_zero_turns_a_timeout_off() -> None:
     assert rate_off.expired(1e6) is None
 
 
+def test_busy_is_never_timed() -> None:
+    clock = ConnectionClock(POLICY, 0.0)
+    clock.received(1)
+    clock.busy()
+    assert clock.expired(1e9) is None
+    assert not clock.answerable()
+
+
 def test_a_closed_connection_is_judged_once() -> None:
     clock = ConnectionClock(POLICY, 0.0)
     assert clock.expired(100) == IDLE_TIMEOUT

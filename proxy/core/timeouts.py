@@ -104,6 +104,11 @@ class ConnectionClock:
         self.phase, self.since = BUSY, now
         self.budget = self.policy.body_grace
 
+    def busy(self) -> None:
+        """`head_done` without the time (the fast path's: busy is never timed, and it
+        takes no body)."""
+        self.phase = BUSY
+
     def body_wait(self, now: float) -> None:
         """The proxy waits for body bytes from the client."""
         self.phase, self.since = BODY, now

@@ -189,7 +189,7 @@ class FrontDoor(asyncio.Protocol):
     def _start(self, head: http1.RequestHead, head_size: int) -> bool:
         """Run the request path for `head`; False (nothing done) when aiohttp must."""
         self._busy = True
-        self.clock.head_done(_monotonic())
+        self.clock.busy()
         self._head = head
         self._started = _perf_counter()
         self._route_name = "unmatched"
