@@ -21,9 +21,11 @@ import aiohttp
 
 from proxy.auth import jws
 from proxy.auth.discovery import Discovery
+from proxy.auth.introspection import Introspector
 from proxy.auth.issuer_claims import REFUSED_AS, check_claims, map_principal
 from proxy.auth.issuer_http import IssuerHttp, IssuerUnavailable
 from proxy.auth.keyset import Fetched, KeySetCache
+from proxy.config.issuers import CLERK_PREFIXES
 from proxy.config.model import Issuer
 from proxy.core.errors import TOKEN_INVALID, ProxyError
 from proxy.core.principal import Principal
@@ -100,6 +102,9 @@ class IssuerVerifier:
         self._now = now
         self.http = IssuerHttp(cfg, session, metrics)
         self.discovery = Discovery(self.http, now=now)
+        self.introspector = (
+            Introspector(self.http, self.discovery, now=now) if cfg.introspection else None
+        )
         self.keys = KeySetCache(
             self._fetch_jwks,
             name=f"issuer {cfg.name}",
@@ -152,17 +157,37 @@ class Issuers:
         self.by_iss = {c.issuer: IssuerVerifier(c, session, metrics, now=now) for c in cfgs}
         self._clerk_issuer = clerk_issuer
         self.served = ("clerk", *(c.name for c in cfgs))
+        # Opaque tokens: by prefix, longest first; then the one issuer without a prefix
+        # (config allows at most one), which takes only tokens that are not JWT-shaped.
+        self._prefixed: list[tuple[str, IssuerVerifier]] = []
+        self._catch_all: IssuerVerifier | None = None
+        for verifier in self.by_iss.values():
+            intro = verifier.cfg.introspection
+            if intro is not None and intro.token_prefix:
+                self._prefixed.append((intro.token_prefix, verifier))
+            elif intro is not None:
+                self._catch_all = verifier
+        self._prefixed.sort(key=lambda pv: -len(pv[0]))
 
     def __bool__(self) -> bool:
         return bool(self.by_iss)
 
+    def _opaque(self, token: str) -> IssuerVerifier | None:
+        if self._catch_all is None or token.startswith(CLERK_PREFIXES) or token.count(".") == 2:
+            return None
+        return self._catch_all
+
     def route(self, token: str) -> tuple[IssuerVerifier | None, dict[str, Any] | None, str | None]:
-        """(verifier, header, None) for a JWT of a configured issuer; (None, None, iss) for
-        one whose `iss` is not configured but may be Clerk's; (None, None, None) for
-        anything else. Raises 401 for an `iss` that is neither ours nor Clerk's."""
+        """(verifier, header, None) for a JWT of a configured issuer; (verifier, None, None)
+        for an opaque token an issuer introspects; (None, None, iss) for a JWT whose `iss`
+        is not configured but may be Clerk's; (None, None, None) for anything else (Clerk's).
+        Raises 401 for an `iss` that is neither ours nor Clerk's."""
+        for prefix, by_prefix in self._prefixed:
+            if token.startswith(prefix):
+                return by_prefix, None, None
         parts = peek(token)
         if parts is None:
-            return None, None, None
+            return self._opaque(token), None, None
         header, payload = parts
         iss = payload.get("iss")
         if not isinstance(iss, str):

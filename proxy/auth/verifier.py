@@ -16,7 +16,7 @@ from proxy.auth.budget import VerificationBudget
 from proxy.auth.cache.store import VerificationCache, cache_scope
 from proxy.auth.clerk import ClerkClient
 from proxy.auth.clerk_jwt import check_class_claims, jwt_principal
-from proxy.auth.issuers import Issuers, not_clerk
+from proxy.auth.issuers import Issuers, IssuerVerifier, not_clerk
 from proxy.auth.jwks import Jwks
 from proxy.auth.shared.cluster import Cluster, Outcome, Revocations
 from proxy.auth.shared.metrics import shared_metrics
@@ -123,6 +123,8 @@ class ClerkVerifier:
                 return await self.cache.get(
                     key, lambda: issuer.verify_jwt(token, header), cache_rejections=False
                 )
+            if issuer is not None:
+                return await self.cache.get(key, lambda: self._introspect(issuer, token, client_ip))
             if foreign is not None:
                 return await self._foreign(key, token, client_ip, foreign)
         kind = tokens.classify(token)
@@ -146,6 +148,12 @@ class ClerkVerifier:
             if exc.code not in (TOKEN_INVALID, TOKEN_TYPE_MISMATCH):
                 raise
             raise not_clerk(iss, self.issuers.served) from None
+
+    async def _introspect(self, issuer: IssuerVerifier, token: str, client_ip: str) -> Principal:
+        """An opaque token of another issuer: billable like Clerk's, so it spends budget."""
+        assert issuer.introspector is not None
+        self.budget.acquire(client_ip)
+        return await issuer.introspector.principal(token)
 
     async def _load(self, kind: TokenKind, token: str, client_ip: str) -> Principal:
         try:

@@ -1,0 +1,133 @@
+"""RFC 7662 token introspection: an issuer's opaque access tokens, judged by the issuer.
+
+`judge_answer` is pure (status and body in, Principal or refusal out); `Introspector`
+adds the call. The mapping of failures is Clerk's (clerk.py): the issuer saying the
+token is not active is the caller's problem (401, negative-cacheable), while the issuer
+being down, slow, rate-limiting or refusing *our* credentials is ours (503
+`verification_unavailable`, never cached, never the caller's fault).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+from urllib.parse import quote_plus, urlencode
+
+from proxy.auth.discovery import Discovery
+from proxy.auth.issuer_claims import REFUSED_AS, map_principal
+from proxy.auth.issuer_http import IssuerHttp, IssuerUnavailable, retry_after
+from proxy.config.model import Issuer
+from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
+from proxy.core.principal import Principal
+
+log = logging.getLogger("proxy.introspection")
+
+BAD_CREDENTIALS_RETRY_AFTER: Final = 30
+
+
+def _inactive(message: str) -> ProxyError:
+    return ProxyError(TOKEN_INVALID, message, token_type=REFUSED_AS)
+
+
+def _time(data: Mapping[str, Any], name: str) -> float | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} is not a number")
+    return float(value)
+
+
+def judge_answer(
+    cfg: Issuer, status: int, headers: Mapping[str, str], body: bytes, now: float
+) -> Principal:
+    """The Principal an introspection answer vouches for, or the refusal it means."""
+    name = cfg.name
+    if status in (401, 403):
+        log.error(
+            "issuer %s refused the proxy's introspection credentials (HTTP %d): check "
+            "issuers[].introspection.client_id/client_secret; its opaque tokens fail until fixed",
+            name,
+            status,
+        )
+        raise IssuerUnavailable(
+            "the proxy cannot verify tokens right now", BAD_CREDENTIALS_RETRY_AFTER
+        )
+    if status != 200:
+        raise IssuerUnavailable(f"issuer {name} answered HTTP {status}", retry_after(headers))
+    try:
+        data = json.loads(body)
+        if not isinstance(data, dict) or not isinstance(data.get("active"), bool):
+            raise ValueError("no boolean `active`")
+        if not data["active"]:
+            raise _inactive(f"issuer {name} says the token is not active")
+        exp, nbf = _time(data, "exp"), _time(data, "nbf")
+        audiences = data.get("aud")
+        if isinstance(audiences, str):
+            audiences = [audiences]
+        if audiences is not None and not isinstance(audiences, list):
+            raise ValueError("aud is neither a string nor a list")
+    except (ValueError, RecursionError) as exc:
+        log.error("unreadable introspection answer from issuer %s: %s", name, exc)
+        raise IssuerUnavailable(f"issuer {name} gave an unreadable answer") from None
+    # RFC 7662 leaves every field but `active` optional: what is there must hold.
+    if data.get("iss") is not None and data["iss"] != cfg.issuer:
+        raise _inactive(f"the token was not issued by {cfg.issuer}")
+    if audiences is not None and not set(audiences) & set(cfg.audiences):
+        raise _inactive(
+            f"the token is for another API (aud); this API is {', '.join(cfg.audiences)}"
+        )
+    if exp is not None and now > exp + cfg.leeway_seconds:
+        raise ProxyError(TOKEN_EXPIRED, "the token has expired", token_type=REFUSED_AS)
+    if nbf is not None and now + cfg.leeway_seconds < nbf:
+        raise _inactive("the token is not valid yet")
+    for claim, value in cfg.claims.require:
+        if data.get(claim) != value:
+            raise _inactive(f"the token's {claim} is not {value!r}")
+    return map_principal(data, cfg)
+
+
+class Introspector:
+    def __init__(
+        self, http: IssuerHttp, discovery: Discovery, *, now: Callable[[], float] = time.time
+    ) -> None:
+        intro = http.cfg.introspection
+        assert intro is not None
+        self._http = http
+        self._discovery = discovery
+        self._now = now
+        self._cfg = intro
+        self._headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        self._form = {"token_type_hint": "access_token"}
+        if intro.auth_method == "client_secret_basic":
+            # RFC 6749 §2.3.1: each part form-urlencoded before base64.
+            raw = f"{quote_plus(intro.client_id)}:{quote_plus(intro.client_secret)}"
+            self._headers["Authorization"] = "Basic " + base64.b64encode(raw.encode()).decode()
+        else:
+            self._form = {
+                **self._form,
+                "client_id": intro.client_id,
+                "client_secret": intro.client_secret,
+            }
+
+    async def _endpoint(self) -> str:
+        if self._cfg.endpoint:
+            return self._cfg.endpoint
+        found = (await self._discovery.metadata()).introspection_endpoint
+        if found is None:
+            raise IssuerUnavailable(
+                f"issuer {self._http.cfg.name} publishes no introspection endpoint"
+            )
+        return found
+
+    async def principal(self, token: str) -> Principal:
+        url = await self._endpoint()
+        body = urlencode({"token": token, **self._form}).encode()
+        status, headers, answer = await self._http.call(
+            "introspect", "POST", url, data=body, headers=self._headers
+        )
+        return judge_answer(self._http.cfg, status, headers, answer, self._now())
