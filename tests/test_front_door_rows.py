@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
@@ -256,3 +259,41 @@ async def test_row10_connection_cannot_name_host_away(rig: Rig) -> None:
     (seen,) = rig.upstream.received
     assert field(seen.fields, "Host") == [b"proxy.test"]
     assert field(seen.fields, "X-Drop") == []
+
+
+# --- 2 with real clients -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_row2_curl_sends_a_large_body_with_expect(rig: Rig, tmp_path: Path) -> None:
+    """curl sends `Expect: 100-continue` on its own for a body over 1 MiB (over 1 KiB in
+    older versions) and waits (here up to 30 s) for the 100: `-v` shows whether it came."""
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 2_000_000)
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sv", "--expect100-timeout", "30", "--data-binary", f"@{body}",
+        "-H", "Content-Type: application/octet-stream",
+        f"http://127.0.0.1:{rig.port}/public/curl/ok",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, err
+    assert b"> Expect: 100-continue" in err
+    assert b"< HTTP/1.1 100 Continue" in err
+    assert out == b"ok /public/curl/ok"
+    (seen,) = rig.upstream.received
+    assert len(seen.body) == 2_000_000
+    assert field(seen.fields, "Expect") == []
+
+
+async def test_row2_aiohttp_client_with_expect100(rig: Rig) -> None:
+    async with aiohttp.ClientSession() as client:
+        async with client.post(
+            f"http://127.0.0.1:{rig.port}/public/aio/ok", data=b"y" * 5000, expect100=True,
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as resp:
+            assert resp.status == 200
+            assert await resp.read() == b"ok /public/aio/ok"
+    (seen,) = rig.upstream.received
+    assert seen.body == b"y" * 5000
+    assert field(seen.fields, "Expect") == []
