@@ -227,8 +227,9 @@ class Exchange:
 async def exchange(
     port: int, request: bytes, *, idle: float = 0.3, limit: float = 5.0, half_close: bool = False
 ) -> Exchange:
-    """Send `request`, read until the proxy closes, nothing arrives for `idle` seconds
-    after the last byte, or `limit` seconds in all."""
+    """Send `request`, read until the proxy closes, or for `idle` seconds more once what
+    arrived ends in whole answers (before that, and after a partial answer, up to `limit`
+    seconds in all: a loaded machine may be slow to answer, not wrong)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     sock = writer.get_extra_info("socket")
     if sock is not None:
@@ -241,8 +242,10 @@ async def exchange(
             writer.write_eof()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limit
+        settled = False
         while True:
-            wait = min(idle, deadline - loop.time())
+            left = deadline - loop.time()
+            wait = min(idle, left) if settled else left
             if wait <= 0:
                 break
             try:
@@ -256,6 +259,8 @@ async def exchange(
                 closed = True
                 break
             data += chunk
+            answers, rest = parse_answers(bytes(data), False)
+            settled = bool(answers) and rest == ""
     finally:
         writer.close()
         with contextlib.suppress(Exception):

@@ -406,11 +406,12 @@ async def test_no_retry_for_a_request_that_is_not_idempotent(servers: list[Any])
     client = await connect(proxy)
     await client.send(get("/public/x"))
     assert (await client.responses(1))[0].status == 200
-    # A body-less POST is on the fast path, and must not be sent twice.
+    # A body-less POST is aiohttp's (it goes up with `Content-Length: 0`, as aiohttp's
+    # door sends it): on a connection of aiohttp's pool, never on the fast path's one
+    # that this upstream would reset, and never retried there either.
     await client.send(b"POST /public/x HTTP/1.1\r\nHost: proxy.test\r\n\r\n")
     (resp,) = await client.responses(1)
-    assert resp.status == 502
-    assert b"upstream_unavailable" in resp.body
+    assert (resp.status, resp.body) == (200, b"ok")
 
 
 @pytest.mark.parametrize(

@@ -297,3 +297,26 @@ async def test_row2_aiohttp_client_with_expect100(rig: Rig) -> None:
     (seen,) = rig.upstream.received
     assert seen.body == b"y" * 5000
     assert field(seen.fields, "Expect") == []
+
+
+# --- the differences the issue saw where nothing reached the upstream ---------------------
+
+
+async def test_a_fragment_in_the_query_is_refused(rig: Rig) -> None:
+    got = await exchange(rig.port, get("/public/q/ok?a=1#frag"), idle=0.3)
+    assert status(got.data) == 400
+    assert rig.upstream.received == []
+
+
+async def test_an_unasked_101_is_502_and_the_tunnel_reaches_nobody(rig: Rig) -> None:
+    got = await exchange(rig.port, get("/public/s/switch") + get("/public/s/ok"), limit=4)
+    answers, _ = parse_answers(got.data, got.closed)
+    assert [a.status for a in answers][:1] == [502]
+    assert b"RAW-TUNNEL" not in got.data
+
+
+async def test_a_head_in_pieces_is_answered_as_aiohttp_would(rig: Rig) -> None:
+    """Bare-LF heads never show CRLFCRLF: refused at once, not waited on."""
+    got = await exchange(rig.port, b"GET /public/p/ok HTTP/1.1\nHost: proxy.test\n\n", idle=0.3)
+    assert status(got.data) == 400
+    assert got.closed

@@ -157,7 +157,10 @@ class FrontDoor(asyncio.Protocol):
             while not self._busy and self.transport is not None and not self.closing:
                 end = self._buffer.find(http1.HEAD_END)
                 if end < 0:
-                    if len(self._buffer) > http1.MAX_HEAD:
+                    # Only heads that arrive whole are the fast path's: a partial one is
+                    # aiohttp's to wait for or refuse as its bytes come (bare LFs, a NUL),
+                    # byte for byte as its own door would.
+                    if self._buffer:
                         self._hand_off()
                     return
                 end += len(http1.HEAD_END)

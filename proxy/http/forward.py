@@ -61,7 +61,7 @@ def new_session(
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=read_timeout),
-        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
         raise_for_status=False,
     )
 
@@ -175,6 +175,12 @@ async def forward(
     except Exception as exc:
         raise _map_upstream_error(exc, metrics) from None
     metrics.upstream_duration.observe(time.perf_counter() - started)
+    if upstream.status < 200:
+        # A 101 to a request that asked for no upgrade (interim answers never get here):
+        # the connection is no longer HTTP. A 502, as the fast path and nginx answer.
+        upstream.close()
+        metrics.upstream_errors.labels(kind="unavailable").inc()
+        raise ProxyError(errors.UPSTREAM_UNAVAILABLE, "the upstream is unavailable")
 
     try:
         headers_out = for_client(upstream.headers.items())

@@ -21,10 +21,10 @@ from proxy.http.http1 import (
     HOP_BY_HOP,
     encode_fields,
     field_values,
-    names_pattern,
     parse_fields,
     values_pattern,
 )
+from proxy.http.names import names_pattern
 
 # A client must not be able to turn a GET-only route into a POST (or vice versa) behind
 # the policy's back: the upstream framework may honour these.

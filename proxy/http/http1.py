@@ -21,6 +21,8 @@ from typing import Any, Final
 
 import httptools
 
+from proxy.http.names import names_pattern
+
 # aiohttp's own line limit; longer heads are aiohttp's to accept or refuse.
 MAX_HEAD: Final = 8190
 # aiohttp's server refuses a head with more fields than this (400); such heads are its.
@@ -32,32 +34,6 @@ HEAD_END: Final = b"\r\n\r\n"
 # read by one C-level regex over the block instead of a Python call per field. Strict
 # llhttp guarantees what these patterns rely on: every field is `token ":" value`, no
 # whitespace before the colon, no CR, LF or NUL inside a value, no obs-fold.
-
-
-def names_pattern(names: Iterable[str], dash: bytes = b"\\-") -> bytes:
-    """A regex source matching exactly one of `names` (lower-case; use under `(?i:)`), as
-    a trie: at a field's first letter only the names that start with it are tried, which
-    makes a pass over a block a third cheaper than a flat alternation. Each `-` in a
-    name matches `dash` (`[-_]`: any spelling with `_` for `-` too)."""
-    tree: dict[str, Any] = {}
-    for name in names:
-        node = tree
-        for char in name:
-            node = node.setdefault(char, {})
-        node[""] = {}
-
-    def emit(node: dict[str, Any]) -> bytes:
-        branches = [
-            (dash if char == "-" else re.escape(char.encode("ascii"))) + emit(child)
-            for char, child in sorted(node.items())
-            if char
-        ]
-        if not branches:
-            return b""
-        body = branches[0] if len(branches) == 1 else b"(?:" + b"|".join(branches) + b")"
-        return b"(?:" + body + b")?" if "" in node else body
-
-    return emit(tree)
 
 
 # The request fields the fast path reads, and those that mean the request is not its to
@@ -81,6 +57,9 @@ HOP_BY_HOP: Final = frozenset(
     | {"te", "trailer", "transfer-encoding", "upgrade"}
 )
 _NO_BODY_STATUS: Final = frozenset({204, 304})
+# The methods the fast path takes: those whose body-less requests aiohttp's door also
+# forwards without `Content-Length: 0` (its client adds one to DELETE, POST, PUT...).
+_METHODS: Final = frozenset({b"GET", b"OPTIONS", b"TRACE"})
 
 
 def fields_of(head: bytes) -> bytes:
@@ -228,7 +207,7 @@ class HeadParser:
         if len(parts) != 3:
             return None
         method, target, version = parts
-        if version != b"HTTP/1.1" or method == b"HEAD" or not target.startswith(b"/"):
+        if version != b"HTTP/1.1" or method not in _METHODS or not target.startswith(b"/"):
             # HEAD: llhttp cannot be told a response answers HEAD (it would wait for the
             # body). Absolute-form and asterisk-form targets are aiohttp's.
             return None

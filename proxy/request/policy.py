@@ -118,6 +118,10 @@ class Policy:
 
     def resolve(self, method: str, raw_target: str) -> Resolved:
         path, sep, query = raw_target.partition("?")
+        if sep and "#" in query:
+            # A fragment is never part of a request target (RFC 9112 §3.2): aiohttp would
+            # drop it, the fast path forward it; neither, it is refused.
+            raise ProxyError(errors.BAD_REQUEST, "a request target has no fragment ('#')")
         # Pure in (method, path), so memoized: only accepted paths are remembered, and
         # without a query the Resolved itself is the answer.
         known = self._memo.get((method, path))
