@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test lint typecheck pytest bench instructions soak clean venv redis-server
+.PHONY: demo test lint typecheck pytest bench instructions soak fuzz clean venv redis-server
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,14 @@ soak: $(BUILT)
 # steady across runs, what "within N% of before" compares.
 instructions: $(BUILT)
 	bash bench/run.sh --instructions-only --skip-sio
+
+# The differential generator for far longer than `make test` runs it (FUZZ_EXAMPLES batches
+# of 100 cases, random seeds, shrinking on): a case the doors disagree on is shrunk and
+# kept in tests/corpus/regressions.json, which `make test` replays from then on.
+FUZZ_EXAMPLES ?= 300
+fuzz: $(BUILT)
+	DIFFERENTIAL_FUZZ=1 DIFFERENTIAL_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:logging \
+		tests/test_differential.py -k generated
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache

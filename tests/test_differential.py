@@ -113,14 +113,20 @@ def cases(draw: st.DrawFn) -> tuple[bytes, bool]:
     return pipeline + tail, draw(st.integers(0, 9)) == 0
 
 
-def keep_failing(raw: bytes, half_close: bool) -> None:
-    """`make fuzz`: a failing case joins the regressions the suite replays."""
+RUN = f"{os.getpid()}-{next(_TAGS)}"
+
+
+def keep_failing(failing: list[tuple[bytes, bool]]) -> None:
+    """`make fuzz`: the cases a failing batch disagreed on join the regressions the suite
+    replays. Each failing run of a batch replaces this fuzz run's earlier ones, so what
+    stays is the last — hypothesis ends on the shrunk example."""
     path = CORPUS / "regressions.json"
     data = json.loads(path.read_text())
-    entry = {"raw": raw.decode("latin-1"), "half_close": half_close}
-    if entry not in data["cases"]:
-        data["cases"].append(entry)
-        path.write_text(json.dumps(data, indent=1) + "\n")
+    kept = [entry for entry in data["cases"] if entry.get("run") != RUN]
+    kept += [{"raw": raw.decode("latin-1"), "half_close": half_close, "run": RUN}
+             for raw, half_close in failing]
+    data["cases"] = kept
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 @settings(
@@ -141,11 +147,12 @@ async def test_generated_heads_pipelines_and_upstreams(
     tags = [f"g{next(_TAGS)}" for _ in batch]
     run = [Case(tag, tagged(raw, tag), half_close, "generated")
            for tag, (raw, half_close) in zip(tags, batch, strict=True)]
-    problems = []
+    problems, failing = [], []
     for case, fast, aio in await doors.run(run):
         if fast != aio and explain(case, fast, aio) is None:
-            if FUZZING:
-                keep_failing(batch[tags.index(case.tag)][0], case.half_close)
+            failing.append(batch[tags.index(case.tag)])
             problems.append(f"{case.raw!r} half_close={case.half_close}\n  fast: {fast.brief()}"
                             f"\n  aio:  {aio.brief()}")
+    if failing and FUZZING:
+        keep_failing(failing)
     assert not problems, f"{len(problems)} unexplained differences:\n" + "\n".join(problems[:10])
