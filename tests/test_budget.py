@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.auth.budget import TokenBucket, VerificationBudget
+from proxy.auth.budget import TokenBucket, VerificationBudget, source_of
 from proxy.config.load import Bucket
 from proxy.config.load import VerificationBudget as BudgetConfig
 from proxy.core.errors import VERIFICATION_BUDGET_EXCEEDED, ProxyError
@@ -24,10 +24,10 @@ SMALL = Bucket(1.0, 5)
 
 
 def budget(
-    global_: Bucket = ROOMY, per_ip: Bucket = SMALL, **kw: object
+    global_: Bucket = ROOMY, per_ip: Bucket = SMALL, reserve: float = 0.0, **kw: object
 ) -> tuple[VerificationBudget, Clock, Metrics]:
     clock, metrics = Clock(), Metrics()
-    cfg = BudgetConfig(enabled=True, global_=global_, per_ip=per_ip)
+    cfg = BudgetConfig(enabled=True, global_=global_, per_ip=per_ip, reserved_for_known=reserve)
     return VerificationBudget(cfg, metrics, now=clock, **kw), clock, metrics  # type: ignore[arg-type]
 
 
@@ -116,3 +116,58 @@ def test_disabled_budget_never_refuses() -> None:
     cfg = BudgetConfig(enabled=False, global_=Bucket(1.0, 1), per_ip=Bucket(1.0, 1))
     b = VerificationBudget(cfg, now=clock)
     assert passes(b, "a", 100) == 100
+
+
+@pytest.mark.parametrize(
+    ("ip", "v4", "v6", "source"),
+    [
+        ("203.0.113.7", 32, 64, "203.0.113.7"),
+        ("203.0.113.7", 24, 64, "203.0.113.0/24"),
+        ("::ffff:203.0.113.7", 24, 64, "203.0.113.0/24"),  # IPv4-mapped: its IPv4 address
+        ("2001:db8:1:2:aaaa::1", 32, 64, "2001:db8:1:2::/64"),  # a host's whole /64
+        ("2001:db8:1:2:aaaa::1", 32, 128, "2001:db8:1:2:aaaa::1"),
+        ("2001:db8:1:2:aaaa::1", 32, 48, "2001:db8:1::/48"),
+        ("fe80::1%eth0", 32, 64, "fe80::/64"),
+        ("", 32, 64, ""),  # no address known: one source for all of those
+        ("not-an-ip", 24, 64, "not-an-ip"),
+    ],
+)
+def test_source_of(ip: str, v4: int, v6: int, source: str) -> None:
+    assert source_of(ip, v4, v6) == source
+
+
+def test_addresses_of_one_prefix_share_one_source_bucket() -> None:
+    clock, metrics = Clock(), Metrics()
+    cfg = BudgetConfig(global_=ROOMY, per_ip=SMALL, ipv4_prefix=24, ipv6_prefix=64)
+    b = VerificationBudget(cfg, metrics, now=clock)
+    assert sum(passes(b, f"198.51.100.{i}", 5) for i in range(1, 50)) == 5
+    assert passes(b, "198.51.101.1", 5) == 5  # the next /24 pays on its own
+    assert sum(passes(b, f"2001:db8::{i:x}", 5) for i in range(1, 50)) == 5
+    assert passes(b, "2001:db8:0:1::1", 5) == 5
+
+
+def test_a_flood_of_unknown_tokens_never_reaches_the_reserve() -> None:
+    b, clock, metrics = budget(global_=Bucket(1.0, 20), per_ip=Bucket(1.0, 5), reserve=0.25)
+    flood = sum(passes(b, f"10.1.{i // 256}.{i % 256}", 5) for i in range(1000))
+    assert flood == 15  # 20 less the reserve of 5
+    # Known tokens re-verify from the reserve, never refused with a 429.
+    assert [b.known_wait() for _ in range(5)] == [0.0] * 5
+    assert b.known_wait() == pytest.approx(1.0)  # empty now: deferred, nothing spent
+    assert rejections(metrics, "known") == 1
+    # On the refill, known tokens come first: the flood waits until the reserve is back.
+    clock.t += 3.0
+    assert passes(b, "10.9.9.9", 1) == 0
+    assert b.known_wait() == 0.0
+    clock.t += 4.0
+    assert passes(b, "10.9.9.8", 1) == 1
+
+
+def test_the_reserve_never_takes_the_whole_bucket() -> None:
+    b, _, _ = budget(global_=Bucket(1.0, 1), per_ip=Bucket(1.0, 5), reserve=0.9)
+    assert passes(b, "a", 1) == 1
+
+
+def test_disabled_budget_never_defers_known_tokens() -> None:
+    cfg = BudgetConfig(enabled=False, global_=Bucket(1.0, 1), per_ip=Bucket(1.0, 1))
+    b = VerificationBudget(cfg, now=Clock())
+    assert [b.known_wait() for _ in range(10)] == [0.0] * 10

@@ -208,43 +208,126 @@ async def test_a_cancelled_caller_does_not_cancel_the_flight() -> None:
     assert len(cache) == 1
 
 
-async def test_stale_if_error_serves_through_an_outage_until_expiry() -> None:
-    cache, clock, metrics = make(ttl_seconds=10, stale_if_error_seconds=100)
-    load = Loader(machine(T0 + 30))
-    await get(cache, load)
-    load.result = ClerkUnavailable("down")
-    clock.t = T0 + 20  # past the ttl, inside the stale window and the token's life
-    assert (await get(cache, load)).id == "mch_1"
-    assert count(metrics, "stale") == 1
-    clock.t = T0 + 30  # the token's own expiry ends it, stale window or not
-    with pytest.raises(ProxyError) as info:
-        await get(cache, load)
-    assert info.value.code == VERIFICATION_UNAVAILABLE
-
-
-async def test_stale_if_error_never_serves_a_rejected_token() -> None:
+async def test_the_stale_window_keeps_an_entry_known_until_the_token_expires() -> None:
     cache, clock, _ = make(ttl_seconds=10, stale_if_error_seconds=100)
-    load = Loader(machine(None))
-    await get(cache, load)
-    clock.t = T0 + 11
-    load.result = ProxyError(TOKEN_INVALID, "revoked")
-    with pytest.raises(ProxyError):
-        await get(cache, load)
-    load.result = ClerkUnavailable("down")
-    with pytest.raises(ProxyError) as info:
-        await get(cache, load)
-    assert info.value.code == TOKEN_INVALID  # negative hit, not the stale positive
+    key = cache.key("mt_tok")
+    await get(cache, Loader(machine(T0 + 30)))
+    clock.t = T0 + 20  # past the ttl, inside the stale window and the token's life
+    assert cache.fresh(key) is None
+    entry = cache.known(key, clock.t)
+    assert entry is not None and entry.keep_until == T0 + 30
+    clock.t = T0 + 30  # the token's own expiry ends it, stale window or not
+    assert cache.known(key, clock.t) is None
 
 
 async def test_stale_is_off_by_default() -> None:
     cache, clock, _ = make(ttl_seconds=10)
-    load = Loader(machine(None))
-    await get(cache, load)
-    clock.t = T0 + 11
-    load.result = ClerkUnavailable("down")
+    key = cache.key("mt_tok")
+    await get(cache, Loader(machine(None)))
+    clock.t = T0 + 10
+    assert cache.known(key, clock.t) is None
+
+
+@pytest.mark.parametrize(
+    ("result", "cache_rejections", "left"),
+    [
+        (machine(None), True, "fresh"),  # valid: a new entry, fresh from the check
+        (ProxyError(TOKEN_INVALID, "revoked"), True, "negative"),
+        (ProxyError(TOKEN_INVALID, "bad signature"), False, "nothing"),  # a JWT: dropped
+        (ClerkUnavailable("down"), True, "stale"),  # our failure: the entry stays
+        (ProxyError(VERIFICATION_BUDGET_EXCEEDED, "later"), True, "stale"),
+    ],
+)
+async def test_a_background_check_replaces_drops_or_keeps_the_entry(
+    result: Principal | ProxyError, cache_rejections: bool, left: str
+) -> None:
+    cache, clock, _ = make(ttl_seconds=10, stale_if_error_seconds=100)
+    key = cache.key("mt_tok")
+    await get(cache, Loader(machine(None)))
+    clock.t = T0 + 15  # stale
+    flight = cache.start(key, Loader(result), cache_rejections=cache_rejections)
+    assert cache.in_flight(key)
+    await asyncio.gather(flight, return_exceptions=True)
+    assert not cache.in_flight(key)
+    entry = cache.known(key, clock.t)
+    if left == "fresh":
+        assert entry is not None and entry.fresh_until == T0 + 25
+    elif left == "stale":
+        assert entry is not None and entry.fresh_until == T0 + 10
+    else:
+        assert entry is None
+        negative = left == "negative"
+        with pytest.raises(ProxyError) as info:
+            await cache.get(key, Loader(ClerkUnavailable("down")))
+        assert (info.value.code == TOKEN_INVALID) is negative
+
+
+async def test_freshness_starts_when_the_check_started_not_when_it_landed() -> None:
+    cache, clock, _ = make(ttl_seconds=10)
+    key = cache.key("mt_tok")
+    gate = asyncio.Event()
+    flight = cache.start(key, Loader(machine(None), gate))
+    clock.t = T0 + 4  # Clerk took 4 s
+    gate.set()
+    await flight
+    entry = cache.known(key, clock.t)
+    assert entry is not None and entry.fresh_until == T0 + 10
+    # An answer slower than the ttl is not cached at all.
+    other = cache.key("mt_other")
+    gate.clear()
+    flight = cache.start(other, Loader(machine(None), gate))
+    clock.t = T0 + 15
+    gate.set()
+    await flight
+    assert cache.known(other, clock.t) is None
+
+
+@pytest.mark.parametrize(
+    ("ttl", "ahead", "expires_in", "window"),
+    [
+        (60.0, 0.2, None, (48.0, 54.0)),  # the last fifth, jittered over its first half
+        (60.0, 0.5, 3600.0, (30.0, 45.0)),
+        (60.0, 0.0, None, (60.0, 60.0)),  # off: the fresh period's end
+        (60.0, 0.2, 30.0, (30.0, 30.0)),  # the fresh period ends at expiry: nothing to gain
+    ],
+)
+def test_refresh_points_fall_in_the_window_and_spread(
+    ttl: float, ahead: float, expires_in: float | None, window: tuple[float, float]
+) -> None:
+    cache, _, _ = make(ttl_seconds=ttl, refresh_ahead=ahead)
+    expires = None if expires_in is None else T0 + expires_in
+    entry = cache.positive(machine(expires), T0)
+    assert entry is not None
+    points = [cache.refresh_at(cache.key(f"mt_{i}"), entry) - T0 for i in range(2000)]
+    low, high = window
+    assert all(low <= p <= high for p in points)
+    if high > low:
+        # Keys are hashes: the points cover the window evenly (each tenth gets its share).
+        tenths = [0] * 10
+        for p in points:
+            tenths[min(9, int((p - low) / (high - low) * 10))] += 1
+        assert min(tenths) > 120
+
+
+async def test_a_waiter_past_its_deadline_gets_503_and_the_flight_fills_the_cache() -> None:
+    cache, _, metrics = make()
+    key = cache.key("mt_tok")
+    gate = asyncio.Event()
+    load = Loader(machine(None), gate)
     with pytest.raises(ProxyError) as info:
-        await get(cache, load)
-    assert info.value.code == VERIFICATION_UNAVAILABLE
+        await cache.get(key, load, deadline=0.05)
+    assert (info.value.code, info.value.retry_after) == (VERIFICATION_UNAVAILABLE, 1)
+    assert cache.in_flight(key)
+    assert metrics.registry.get_sample_value(
+        "authproxy_verification_deadline_exceeded_total"
+    ) == 1
+    # The retry joins the same flight: still one call.
+    retry = asyncio.create_task(cache.get(key, load, deadline=5))
+    await asyncio.sleep(0)
+    gate.set()
+    assert (await retry).id == "mch_1"
+    assert load.calls == 1
+    assert cache.fresh(key) is not None
 
 
 async def test_max_entries_bounds_memory() -> None:

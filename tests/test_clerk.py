@@ -3,8 +3,11 @@ failure mapping against a scripted local server that records what it received.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -264,7 +267,8 @@ async def test_request_shape(
     [
         ([(500, {}, b"{}"), (200, {}, m2m_body())], 2, None, None),  # one quick retry
         ([(502, {}, b"{}")], 2, VERIFICATION_UNAVAILABLE, 2),
-        ([(503, {"Retry-After": "9"}, b"{}")], 2, VERIFICATION_UNAVAILABLE, 9),
+        # Clerk asked for 9 s: no quick retry (and no call before they pass: below).
+        ([(503, {"Retry-After": "9"}, b"{}")], 1, VERIFICATION_UNAVAILABLE, 9),
         ([(429, {"Retry-After": "4"}, CLERK_ERROR)], 1, VERIFICATION_UNAVAILABLE, 4),
         ([(404, {}, CLERK_ERROR)], 1, TOKEN_INVALID, None),
         ([(401, {}, CLERK_ERROR)], 1, VERIFICATION_UNAVAILABLE, 30),
@@ -366,3 +370,108 @@ async def test_a_large_answer_is_read_whole(
     script.answers = [(200, {}, m2m_body(claims=claims))]
     p = await client(url, session, Metrics()).verify(TokenKind.M2M, SECRET)
     assert p.claims() == claims
+
+
+# --- the gate: Retry-After, backoff and one probe, across calls -------------------------
+
+
+class Mono:
+    """The gate's clock: real time (the quick retry sleeps), plus jumps made by hand."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+        self._start = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.t + time.monotonic() - self._start
+
+
+def gated(
+    url: str, session: aiohttp.ClientSession, metrics: Metrics, mono: Mono
+) -> ClerkClient:
+    cfg = clerk_config(url, backoff_initial="100ms", backoff_max="2s").clerk
+    return ClerkClient(cfg, session, metrics, now=lambda: NOW, monotonic=mono)
+
+
+def held(metrics: Metrics, reason: str) -> float:
+    value = metrics.registry.get_sample_value("authproxy_clerk_calls_held_total", {"reason": reason})
+    return value or 0.0
+
+
+async def test_retry_after_holds_every_call_until_it_passes(
+    scripted: tuple[Script, str, aiohttp.ClientSession],
+) -> None:
+    script, url, session = scripted
+    script.answers = [(429, {"Retry-After": "5"}, CLERK_ERROR), (200, {}, m2m_body())]
+    metrics, mono = Metrics(), Mono()
+    c = gated(url, session, metrics, mono)
+    with pytest.raises(ProxyError) as info:
+        await c.verify(TokenKind.M2M, SECRET)
+    assert info.value.retry_after == 5
+    for t in (0.0, 1.0, 4.9):  # every caller, every token: no call to Clerk
+        mono.t = 100.0 + t
+        with pytest.raises(ProxyError) as info:
+            await c.verify(TokenKind.OAUTH, "oat_" + "x" * 32)
+        assert info.value.code == VERIFICATION_UNAVAILABLE
+        # Our pause is Clerk's plus up to 10 % jitter on top.
+        assert math.ceil(5.0 - t) <= info.value.retry_after <= math.ceil(5.5 - t)
+        assert info.value.token_type == "oauth_token"
+    assert len(script.seen) == 1
+    assert held(metrics, "retry_after") == 3
+    mono.t = 100.0 + 5.6  # past it (and its jitter of at most 10 %)
+    assert (await c.verify(TokenKind.M2M, SECRET)).type == "machine"
+    assert len(script.seen) == 2
+
+
+async def test_an_outage_costs_one_probe_per_pause_however_many_callers(
+    scripted: tuple[Script, str, aiohttp.ClientSession],
+) -> None:
+    script, url, session = scripted
+    script.answers = [(503, {}, b"{}")]
+    metrics, mono = Metrics(), Mono()
+    c = gated(url, session, metrics, mono)
+    calls_per_step = []
+    for _ in range(8):
+        before = len(script.seen)
+        results = await asyncio.gather(
+            *(c.verify(TokenKind.M2M, SECRET) for _ in range(50)), return_exceptions=True
+        )
+        assert all(isinstance(r, ProxyError) and r.status == 503 for r in results)
+        calls_per_step.append(len(script.seen) - before)
+        mono.t += 2.5  # past the longest pause (backoff_max 2 s)
+    # At the onset the 50 calls already out fail together, and one of them probes again
+    # after the first pause; from then on, one probe per pause.
+    assert calls_per_step == [51] + [1] * 7
+    assert c.gate.failures == 9
+    assert held(metrics, "backoff") + held(metrics, "probe") == 49 * 8
+
+
+async def test_the_probe_that_succeeds_opens_the_gate_for_everyone(
+    scripted: tuple[Script, str, aiohttp.ClientSession],
+) -> None:
+    script, url, session = scripted
+    script.answers = [(500, {}, b"{}"), (500, {}, b"{}"), (200, {}, m2m_body())]
+    metrics, mono = Metrics(), Mono()
+    c = gated(url, session, metrics, mono)
+    with pytest.raises(ProxyError):
+        await c.verify(TokenKind.M2M, SECRET)  # a call and its quick retry
+    mono.t += 1.0
+    assert (await c.verify(TokenKind.M2M, SECRET)).type == "machine"
+    results = await asyncio.gather(*(c.verify(TokenKind.M2M, SECRET) for _ in range(5)))
+    assert len(results) == 5 and len(script.seen) == 8
+    assert c.gate.failures == 0
+
+
+async def test_a_refusal_from_clerk_is_not_an_outage(
+    scripted: tuple[Script, str, aiohttp.ClientSession],
+) -> None:
+    script, url, session = scripted
+    script.answers = [(404, {}, CLERK_ERROR)]
+    metrics, mono = Metrics(), Mono()
+    c = gated(url, session, metrics, mono)
+    for _ in range(5):
+        with pytest.raises(ProxyError) as info:
+            await c.verify(TokenKind.M2M, SECRET)
+        assert info.value.code == TOKEN_INVALID
+    assert len(script.seen) == 5
+    assert c.held() is None

@@ -53,6 +53,16 @@ class Clock:
         return self.t
 
 
+class Mono:
+    """The Clerk gate's clock: real time (its quick retry sleeps), plus jumps by hand."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.skipped
+
+
 @dataclass
 class Rig:
     clerk: ClerkEmulator
@@ -60,6 +70,7 @@ class Rig:
     clock: Clock
     metrics: Metrics
     url: str
+    mono: Mono
 
     def calls(self, endpoint: str = "m2m_verify") -> int:
         return int(self.clerk.calls[endpoint])
@@ -71,6 +82,20 @@ class Rig:
         with pytest.raises(ProxyError) as info:
             await self.verifier.verify(token, ip)
         return info.value
+
+    async def settle(self) -> None:
+        """Let background checks land."""
+        await self.verifier.cache.idle()
+
+    def skip_gate(self, seconds: float = 60.0) -> None:
+        """Move the gate's clock past any pause (Retry-After, backoff)."""
+        self.mono.skipped += seconds
+
+    def background(self, trigger: str, result: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "authproxy_verify_background_total", {"trigger": trigger, "result": result}
+        )
+        return value or 0.0
 
     def cache_count(self, result: str) -> float:
         value = self.metrics.registry.get_sample_value(
@@ -111,13 +136,13 @@ async def make_rig(aiohttp_server: AiohttpServer) -> AsyncIterator[RigFactory]:
             },
             over,
         )
-        metrics = Metrics()
+        metrics, mono = Metrics(), Mono()
         verifier = ClerkVerifier(
-            build_config(raw, file="test", env={}), session, metrics, now=clock
+            build_config(raw, file="test", env={}), session, metrics, now=clock, monotonic=mono
         )
         await verifier.start()
         verifiers.append(verifier)
-        return Rig(clerk, verifier, clock, metrics, url)
+        return Rig(clerk, verifier, clock, metrics, url, mono)
 
     yield make
     for v in verifiers:
@@ -228,6 +253,10 @@ async def test_clerk_failures_are_503_and_not_cached(
     )
     assert refusal.headers()["Retry-After"] == str(retry_after)
     rig.clerk.clear_faults()
+    calls = rig.calls()
+    refusal = await rig.refused(issued.secret)  # the gate holds: no call while it pauses
+    assert (refusal.code, rig.calls()) == (VERIFICATION_UNAVAILABLE, calls)
+    rig.skip_gate()
     assert (await rig.verify(issued.secret)).token_id == issued.id  # nothing was cached
 
 
@@ -559,3 +588,196 @@ async def test_a_memo_filled_by_another_verifier_is_ignored(make_rig: RigFactory
     recent = Recent()
     assert old.verifier.cached(issued.secret, recent) is not None
     assert new.verifier.cached(issued.secret, recent) is None
+
+
+# --- known tokens never wait: refresh ahead, the stale window, budget by payer ----------
+
+
+async def test_a_busy_token_is_refreshed_ahead_and_never_meets_a_miss(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(cache={"ttl_seconds": 10})  # refresh ahead 0.2: at 8-9 s
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    start = rig.clock.t
+    for _ in range(600):  # a request every 0.1 s for a minute
+        rig.clock.t += 0.1
+        assert (await rig.verify(issued.secret)).token_id == issued.id
+        await asyncio.sleep(0)  # let a background check land, as the event loop would
+    await rig.settle()
+    assert rig.cache_count("miss") == 1  # the first request only
+    # One call per fresh period, each at 80-90 % of it (8-9 s, plus up to one 0.1 s step
+    # to the next request): 60 s of them after the first.
+    assert 1 + int(60 / 9.1) <= rig.calls() <= 1 + int(60 / 8)
+    assert rig.background("ahead", "valid") == rig.calls() - 1
+    assert rig.clock.t - start == pytest.approx(60)
+
+
+async def test_a_quiet_token_is_not_refreshed(make_rig: RigFactory) -> None:
+    rig = await make_rig(cache={"ttl_seconds": 10})
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    await rig.verify(issued.secret)
+    rig.clock.t += 5
+    await rig.verify(issued.secret)  # before the refresh point: nothing starts
+    await rig.settle()
+    assert rig.calls() == 1
+    rig.clock.t += 6  # past the fresh period (no stale window): a plain miss
+    await rig.verify(issued.secret)
+    assert (rig.calls(), rig.cache_count("miss")) == (2, 2)
+
+
+async def test_a_connection_memo_ends_at_the_refresh_point(make_rig: RigFactory) -> None:
+    rig = await make_rig(cache={"ttl_seconds": 10})
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    await rig.verify(issued.secret)
+    recent = Recent()
+    assert rig.verifier.cached(issued.secret, recent) is not None
+    assert 8.0 <= recent.fresh_until - rig.clock.t <= 9.0
+    rig.clock.t = recent.fresh_until
+    assert rig.verifier.cached(issued.secret, recent) is not None  # the cache answers
+    await rig.settle()
+    assert rig.calls() == 2  # and the refresh started from there
+
+
+async def test_a_token_revoked_is_refused_within_one_ttl_of_the_revocation(
+    make_rig: RigFactory,
+) -> None:
+    """Refresh ahead must not extend a revoked token's life: each check starts a new fresh
+    period from the check, and a busy token is checked before its period ends."""
+    ttl = 10.0
+    rig = await make_rig(cache={"ttl_seconds": ttl, "stale_if_error_seconds": 60})
+    machine = rig.clerk.create_machine("partner")
+    for offset in (0.5, 3.0, 7.9, 8.7, 9.5):  # revoked at several points of a fresh period
+        issued = rig.clerk.create_m2m_token(machine.id)
+        await rig.verify(issued.secret)
+        first_check = rig.clock.t
+        revoked_at: float | None = None
+        while True:
+            rig.clock.t += 0.05
+            if revoked_at is None and rig.clock.t >= first_check + ttl + offset:
+                rig.clerk.revoke_m2m_token(issued.id)
+                revoked_at = rig.clock.t
+            try:
+                await rig.verify(issued.secret)
+            except ProxyError as refusal:
+                assert refusal.code == TOKEN_INVALID
+                break
+            await asyncio.sleep(0)
+        assert revoked_at is not None and rig.clock.t - revoked_at <= ttl
+
+
+async def test_the_stale_window_answers_at_once_with_one_background_check(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(
+        cache={"ttl_seconds": 10, "stale_if_error_seconds": 600}, clerk={"timeout": 5}
+    )
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    await rig.verify(issued.secret)
+    rig.clerk.set_fault("slow", seconds=0.5)
+    rig.clock.t += 11  # stale now
+    started = time.monotonic()
+    results = [await rig.verify(issued.secret) for _ in range(100)]
+    assert time.monotonic() - started < 0.4  # nobody waited for the slow Clerk
+    assert {p.token_id for p in results} == {issued.id}
+    assert rig.cache_count("stale") == 100
+    await rig.settle()
+    assert rig.calls() == 2  # the first verification and one background check
+    assert rig.background("stale", "valid") == 1
+    assert rig.verifier.cache.fresh(rig.verifier.cache.key(issued.secret)) is not None
+
+
+async def test_a_background_check_that_finds_the_token_revoked_ends_it(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(cache={"ttl_seconds": 10, "stale_if_error_seconds": 600})
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    await rig.verify(issued.secret)
+    rig.clerk.revoke_m2m_token(issued.id)
+    rig.clock.t += 11
+    assert (await rig.verify(issued.secret)).token_id == issued.id  # served while checking
+    await rig.settle()
+    refusal = await rig.refused(issued.secret)  # the next request is refused
+    assert "revoked" in refusal.message
+    assert rig.background("stale", "rejected") == 1
+
+
+async def test_an_outage_costs_a_known_token_nothing_and_clerk_one_probe_per_pause(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(cache={"ttl_seconds": 10, "stale_if_error_seconds": 600})
+    machine = rig.clerk.create_machine("partner")
+    known = [rig.clerk.create_m2m_token(machine.id) for _ in range(20)]
+    for issued in known:
+        await rig.verify(issued.secret)
+    rig.clerk.set_fault("down")
+    before = rig.calls()
+    for _ in range(30):  # 30 s of requests, stale after the first 10
+        rig.clock.t += 1
+        for issued in known:
+            assert (await rig.verify(issued.secret)).token_id == issued.id
+            await asyncio.sleep(0)
+        await rig.settle()
+    # Without the gate: a check per token per request in the window, each with a retry.
+    # With it: the calls out when the outage began, then one probe per pause.
+    assert rig.calls() - before <= 20 + 5
+    assert rig.background("ahead", "deferred") + rig.background("stale", "deferred") > 0
+
+
+async def test_retry_after_is_honoured_for_every_token_and_spends_no_budget(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(verification_budget={"global": {"rate": 1, "burst": 100}})
+    machine = rig.clerk.create_machine("partner")
+    rig.clerk.set_fault("rate_limit", retry_after=30)
+    first = await rig.refused(rig.clerk.create_m2m_token(machine.id).secret)
+    assert first.retry_after == 30
+    for _ in range(50):
+        refusal = await rig.refused(rig.clerk.create_m2m_token(machine.id).secret)
+        assert refusal.code == VERIFICATION_UNAVAILABLE and 1 <= refusal.retry_after <= 33
+    assert rig.calls() == 1
+    assert rig.verifier.budget._global.tokens >= 98  # held calls spent nothing
+
+
+async def test_a_known_token_is_never_refused_by_the_budget(make_rig: RigFactory) -> None:
+    rig = await make_rig(
+        cache={"ttl_seconds": 10},
+        verification_budget={
+            "global": {"rate": 0.5, "burst": 8},  # a reserve of 2 for known tokens
+            "per_ip": {"rate": 100, "burst": 100},
+        },
+    )
+    machine = rig.clerk.create_machine("partner")
+    partner = rig.clerk.create_m2m_token(machine.id)
+    await rig.verify(partner.secret, ip="192.0.2.1")
+    # A flood of unknown tokens from other addresses takes what it may of the bucket.
+    for i in range(100):
+        with pytest.raises(ProxyError):
+            await rig.verify("mt_" + secrets.token_hex(24), ip=f"198.51.100.{i}")
+    assert rig.calls() == 1 + 5  # 8 less the reserve of 2, less the partner's own
+    rig.clock.t += 9.0  # past the partner's refresh point (8-9 s), still fresh
+    assert (await rig.verify(partner.secret, ip="192.0.2.1")).token_id == partner.id
+    await rig.settle()
+    assert rig.background("ahead", "valid") == 1  # paid from the reserve
+    assert rig.calls() == 7
+
+
+async def test_a_miss_waits_at_most_the_deadline_and_its_call_fills_the_cache(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(clerk={"miss_deadline": "100ms", "timeout": 5})
+    issued = rig.clerk.create_m2m_token(rig.clerk.create_machine("partner").id)
+    rig.clerk.set_fault("slow", seconds=0.5)
+    started = time.monotonic()
+    refusal = await rig.refused(issued.secret)
+    assert time.monotonic() - started < 0.4
+    assert (refusal.status, refusal.code, refusal.retry_after) == (503, VERIFICATION_UNAVAILABLE, 1)
+    again = await rig.refused(issued.secret)  # joins the same call: still one
+    assert again.code == VERIFICATION_UNAVAILABLE
+    await rig.settle()
+    rig.clerk.clear_faults()
+    assert (await rig.verify(issued.secret)).token_id == issued.id
+    assert rig.calls() == 1
+    assert rig.metrics.registry.get_sample_value(
+        "authproxy_verification_deadline_exceeded_total"
+    ) == 2
+    assert rig.metrics.registry.get_sample_value("authproxy_verification_deadline_seconds") == 0.1

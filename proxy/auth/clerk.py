@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from proxy.auth.gate import CallGate, Held
 from proxy.auth.tokens import TokenKind
 from proxy.config import model as config
 from proxy.core.errors import (
@@ -38,7 +40,9 @@ log = logging.getLogger("proxy.clerk")
 
 MAX_RESPONSE_BYTES = 256 * 1024
 _ID: Final = re.compile(r"[a-z]+_[A-Za-z0-9]{1,128}")
-RETRY_DELAY = 0.05
+# A failure right after good answers is retried once when the gate's first pause (about
+# backoff_initial) is at most this long.
+QUICK_RETRY = 0.5
 # Retry-After when Clerk gave none: long enough not to hammer, short enough to recover.
 DEFAULT_RETRY_AFTER = 2
 BAD_KEY_RETRY_AFTER = 30
@@ -90,6 +94,12 @@ def retry_after(headers: Mapping[str, str], default: int = DEFAULT_RETRY_AFTER) 
     if value.isdigit():
         return max(1, min(int(value), 3600))
     return default
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Clerk's Retry-After in seconds for the gate, None when it sent none we can read."""
+    value = headers.get("Retry-After", "").strip()
+    return float(min(int(value), 3600)) if value.isdigit() else None
 
 
 def error_code(body: bytes) -> str:
@@ -217,12 +227,20 @@ class ClerkClient:
         metrics: Metrics,
         *,
         now: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cfg = cfg
         self._session = session
         self._metrics = metrics
         self._now = now
+        self._monotonic = monotonic
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+        # One per Clerk instance (this client): its pauses hold every verify call.
+        self.gate = CallGate(cfg.backoff_initial, cfg.backoff_max)
+        self._held = {
+            reason: metrics.clerk_calls_held.labels(reason)
+            for reason in ("retry_after", "backoff", "probe")
+        }
 
     def headers(self, key: str) -> dict[str, str]:
         return {
@@ -238,28 +256,59 @@ class ClerkClient:
         """One GET with the instance key (JWKS), with metrics; raises ClerkUnavailable."""
         return await self._call(name, "GET", path, self._cfg.secret_key, None)
 
+    def held(self) -> ClerkUnavailable | None:
+        """The refusal a verify call would get from the gate right now, else None. Lets the
+        verifier skip a call (and spending budget on it) while Clerk asked us to wait."""
+        held = self.gate.held(self._monotonic())
+        return None if held is None else self._refusal(*held)
+
     async def verify(self, kind: TokenKind, token: str) -> Principal:
+        """One verification, through the gate: refused without a call while Clerk's
+        Retry-After or our backoff runs; a lone failure is retried once, as the probe."""
         endpoint = ENDPOINTS[kind]
         key = self._cfg.secret_key
         if kind is TokenKind.M2M and self._cfg.machine_secret_key:
             key = self._cfg.machine_secret_key
         payload = json.dumps({endpoint.body_field: token}).encode()
+        gate = self.gate
         failure: ProxyError | None = None
         for attempt in (1, 2):
-            if attempt == 2:
-                await asyncio.sleep(RETRY_DELAY)
+            held = gate.enter(self._monotonic())
+            if held is not None:
+                refusal = self._refusal(*held)
+                refusal.token_type = endpoint.token_type
+                raise refusal if failure is None else failure
+            probe = gate.failures > 0
             try:
                 status, headers, body = await self._call(
                     endpoint.name, "POST", endpoint.path, key, payload
                 )
             except ClerkUnavailable as exc:
+                gate.failed(self._monotonic())
                 failure = exc
-                continue
-            if status == 200:
-                return parse_verify_response(endpoint, body, self._now())
-            failure = classify_failure(endpoint, status, headers, body)
-            if status < 500:
+            except BaseException:
+                if probe:
+                    gate.abandoned()  # cancelled: another call may find out instead
+                raise
+            else:
+                if status == 200:
+                    gate.succeeded()
+                    return parse_verify_response(endpoint, body, self._now())
+                failure = classify_failure(endpoint, status, headers, body)
+                if status == 429:
+                    gate.throttled(self._monotonic(), retry_after_seconds(headers))
+                    break
+                if status < 500:
+                    gate.succeeded()  # Clerk answered: a refusal, not an outage
+                    break
+                gate.failed(self._monotonic(), retry_after_seconds(headers))
+            # A lone failure after good answers is retried once, when the first pause is
+            # short; in an outage the pauses grow and only the probe calls.
+            wait = gate.held(self._monotonic())
+            if attempt == 2 or gate.failures != 1 or (wait is not None and wait[0] > QUICK_RETRY):
                 break
+            if wait is not None:
+                await asyncio.sleep(wait[0])
         assert failure is not None
         if failure.code == VERIFICATION_UNAVAILABLE:
             log.warning("Clerk %s unavailable: %s", endpoint.name, failure.message)
@@ -303,6 +352,15 @@ class ClerkClient:
             "http_status": status,
             "message": f"Clerk answered HTTP {status} ({error_code(body)})",
         }
+
+    def _refusal(self, seconds: float, reason: Held) -> ClerkUnavailable:
+        self._held[reason].inc()
+        message = (
+            "Clerk is rate limiting verification; waiting for its Retry-After"
+            if reason == "retry_after"
+            else "Clerk is failing; verification is paused and retried with backoff"
+        )
+        return ClerkUnavailable(message, max(1, math.ceil(seconds)))
 
     async def _call(
         self, name: str, method: str, path: str, key: str, payload: bytes | None

@@ -1,4 +1,8 @@
-"""`ClerkVerifier`: classify → cache → budget (misses only) → Clerk or JWKS → Principal.
+"""`ClerkVerifier`: classify → cache → budget → Clerk or JWKS → Principal.
+
+Known tokens never wait for Clerk: a fresh entry is a hit; past its refresh point (or in
+its stale window) it is still the answer, and one background re-verification starts.
+Unknown tokens wait for their flight up to the miss deadline.
 
 Metrics counted here: verify_cache and the Clerk request metrics. auth_decisions is
 the request path's (app.py), which sees every decision including policy refusals.
@@ -6,8 +10,10 @@ the request path's (app.py), which sees every decision including policy refusals
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Final
 
 import aiohttp
 
@@ -28,8 +34,18 @@ from proxy.observe.metrics import Metrics
 
 __all__ = ["ClerkVerifier", "jwt_principal"]
 
+# After a background check that failed (not a rejection), the next one for that token
+# waits this long: one bad answer must not become one Clerk call per request.
+CHECK_PAUSE: Final = 1.0
+MAX_PAUSED: Final = 10_000
+
 
 class ClerkVerifier:
+    """The cache answers known tokens at once — fresh, due for a refresh, or stale — and
+    their re-verification runs in the background, one flight per token, paid from the
+    budget's reserve for known tokens; an unknown token waits for its own flight at most
+    `clerk.miss_deadline`, paid by its source."""
+
     def __init__(
         self,
         config: Config,
@@ -37,11 +53,13 @@ class ClerkVerifier:
         metrics: Metrics,
         *,
         now: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         ck = config.clerk
         self._clerk_cfg = ck
         self._now = now
-        self.clerk = ClerkClient(ck, session, metrics, now=now)
+        self._metrics = metrics
+        self.clerk = ClerkClient(ck, session, metrics, now=now, monotonic=monotonic)
         self.jwks = Jwks(ck, self.clerk, now=now)
         scope = cache_scope(ck.api_url, ck.secret_key)
         self.cache = VerificationCache(config.cache, scope, metrics, now=now)
@@ -62,9 +80,13 @@ class ClerkVerifier:
             self.revocations.cluster = self.cluster
             self.cache.second = self.cluster.level
         self.issuers = Issuers(config.issuers, ck.issuer, session, metrics, now=now)
-        # The cache's own `hit` counter, bound here: a memo hit is counted without a call
-        # into the (uncompiled) cache.
-        self._memo_hits = metrics.verify_cache.labels("hit")
+        self._deadline = ck.miss_deadline
+        metrics.verification_deadline.set(ck.miss_deadline)
+        # Bound once: a label lookup per cache hit is measurable on the hot path.
+        self._hits = metrics.verify_cache.labels("hit")
+        self._stale = metrics.verify_cache.labels("stale")
+        # Keys whose last background check failed, with when the next may start.
+        self._paused: dict[bytes, float] = {}
 
     async def start(self) -> None:
         """Nothing to warm: JWKS is fetched on first use, so Clerk being down at start-up
@@ -95,67 +117,126 @@ class ClerkVerifier:
         return outcome
 
     def cached(self, token: str, recent: Recent | None = None) -> Principal | None:
+        now = self._now()
         if (
             recent is not None
             and recent.owner is self._memo
             and recent.token == token
-            and self._now() < recent.fresh_until
+            and now < recent.fresh_until
         ):
-            self._memo_hits.inc()
+            self._hits.inc()
             return recent.principal
-        entry = self.cache.fresh_entry(self.cache.key(token))
-        if entry is None:
-            return None
-        if recent is not None:
-            recent.owner, recent.token = self._memo, token
-            recent.principal, recent.fresh_until = entry.principal, entry.fresh_until
-        return entry.principal
+        return self._known(self.cache.key(token), token, recent, now)
 
     async def verify(self, token: str, client_ip: str) -> Principal:
         key = self.cache.key(token)
-        # Only well-formed tokens are ever cached, so a hit needs no classification.
-        cached = self.cache.fresh(key)
-        if cached is not None:
-            return cached
+        principal = self._known(key, token, None, self._now())
+        if principal is not None:
+            return principal
+        load, billable, _ = self._loader(token, client_ip)
+        return await self.cache.get(key, load, cache_rejections=billable, deadline=self._deadline)
+
+    def _loader(
+        self, token: str, client_ip: str | None
+    ) -> tuple[Callable[[], Awaitable[Principal]], bool, bool]:
+        """How to verify `token` (for a miss, or a known token's background check:
+        `client_ip` None); whether that is billable (an opaque token: Clerk's or another
+        issuer's introspection), and so has its rejections cached; and whether it is a
+        Clerk call (through the gate). A JWT refusal is not cached: it is cheap to
+        recompute and may stop being one (JWKS rotation, nbf reached)."""
         if self.issuers:
             issuer, header, foreign = self.issuers.route(token)
             if issuer is not None and header is not None:
-                return await self.cache.get(
-                    key, lambda: issuer.verify_jwt(token, header), cache_rejections=False
-                )
+                return (lambda: issuer.verify_jwt(token, header)), False, False
             if issuer is not None:
-                return await self.cache.get(key, lambda: self._introspect(issuer, token, client_ip))
+                return (lambda: self._introspect(issuer, token, client_ip)), True, False
             if foreign is not None:
-                return await self._foreign(key, token, client_ip, foreign)
+                return (lambda: self._foreign(token, client_ip, foreign)), False, False
         kind = tokens.classify(token)
-        # A JWT refusal is cheap to recompute and may stop being one (JWKS rotation,
-        # nbf reached), so only Clerk's answers are negative-cached.
-        return await self.cache.get(
-            key,
-            lambda: self._load(kind, token, client_ip),
-            cache_rejections=not kind.is_jwt,
-        )
+        opaque = not kind.is_jwt
+        return (lambda: self._load(kind, token, client_ip)), opaque, opaque
 
-    async def _foreign(self, key: bytes, token: str, client_ip: str, iss: str) -> Principal:
+    async def _foreign(self, token: str, client_ip: str | None, iss: str) -> Principal:
         """A JWT naming an issuer that is not configured, while `clerk.issuer` is unset:
         Clerk's to judge; if it is not Clerk's either, the refusal names the issuer."""
         try:
-            kind = tokens.classify(token)
-            return await self.cache.get(
-                key, lambda: self._load(kind, token, client_ip), cache_rejections=False
-            )
+            return await self._load(tokens.classify(token), token, client_ip)
         except ProxyError as exc:
             if exc.code not in (TOKEN_INVALID, TOKEN_TYPE_MISMATCH):
                 raise
             raise not_clerk(iss, self.issuers.served) from None
 
-    async def _introspect(self, issuer: IssuerVerifier, token: str, client_ip: str) -> Principal:
-        """An opaque token of another issuer: billable like Clerk's, so it spends budget."""
+    async def _introspect(
+        self, issuer: IssuerVerifier, token: str, client_ip: str | None
+    ) -> Principal:
+        """An opaque token of another issuer: billable like Clerk's, so it spends budget
+        (a known token's background check: already paid from the reserve)."""
         assert issuer.introspector is not None
-        self.budget.acquire(client_ip)
+        if client_ip is not None:
+            self.budget.acquire(client_ip)
         return await issuer.introspector.principal(token)
 
-    async def _load(self, kind: TokenKind, token: str, client_ip: str) -> Principal:
+    def _known(self, key: bytes, token: str, recent: Recent | None, now: float) -> Principal | None:
+        """The answer when the cache knows the token as valid: fresh, due for a refresh,
+        or stale (the last two start one background check). None: `verify` decides."""
+        entry = self.cache.known(key, now)
+        if entry is None:
+            return None
+        if now < entry.fresh_until:
+            self._hits.inc()
+            refresh_at = self.cache.refresh_at(key, entry)
+            if now < refresh_at:
+                # The memo answers until the refresh point, so that a request past it
+                # reaches the check below.
+                if recent is not None:
+                    recent.owner, recent.token = self._memo, token
+                    recent.principal, recent.fresh_until = entry.principal, refresh_at
+            else:
+                self._recheck(key, token, "ahead", now)
+            return entry.principal
+        # The stale window: answered at once, while one background check runs.
+        self._stale.inc()
+        self._recheck(key, token, "stale", now)
+        return entry.principal
+
+    def _recheck(self, key: bytes, token: str, trigger: str, now: float) -> None:
+        """Start the one background re-verification of a known token, unless one is in
+        flight, its last one failed a moment ago, or Clerk or the budget say wait."""
+        if self.cache.in_flight(key):
+            return
+        paused = self._paused.get(key)
+        if paused is not None:
+            if now < paused:
+                return
+            del self._paused[key]
+        load, billable, clerk = self._loader(token, None)
+        # Opaque tokens' checks are billable; Clerk's also pass its gate.
+        if (clerk and self.clerk.held() is not None) or (billable and self.budget.known_wait() > 0):
+            self._metrics.verify_background.labels(trigger, "deferred").inc()
+            return
+        flight = self.cache.start(key, load, cache_rejections=billable)
+        flight.add_done_callback(self._checked(key, trigger))
+
+    def _checked(self, key: bytes, trigger: str) -> Callable[[asyncio.Task[Principal]], None]:
+        def done(task: asyncio.Task[Principal]) -> None:
+            if task.cancelled():
+                return
+            error = task.exception()
+            if error is None:
+                result = "valid"
+            elif isinstance(error, ProxyError) and error.status == 401:
+                result = "rejected"  # the entry is gone: the next request is refused
+            else:
+                result = "unavailable"  # the entry stays; no new check for a moment
+                if len(self._paused) >= MAX_PAUSED:
+                    self._paused.clear()
+                self._paused[key] = self._now() + CHECK_PAUSE
+            self._metrics.verify_background.labels(trigger, result).inc()
+
+        return done
+
+    async def _load(self, kind: TokenKind, token: str, client_ip: str | None) -> Principal:
+        """Verify; `client_ip` None: a known token's background check, already paid for."""
         try:
             if kind.is_jwt:
                 _, claims = await self.jwks.verify(token, kind.token_type)
@@ -167,13 +248,20 @@ class ClerkVerifier:
                         "the token's subject, id or scopes cannot be passed on in a header",
                     )
                 return principal
-            # Only a miss of an opaque token is billable, so only it spends budget: the
-            # cluster's when it is shared and reachable, else this process's.
-            cluster = self.cluster
-            if cluster is not None and cluster.budget is not None:
-                await cluster.budget.acquire(client_ip, self.budget.acquire)
-            else:
-                self.budget.acquire(client_ip)
+            if client_ip is not None:
+                # While Clerk asked us to wait, a miss is refused before it spends budget.
+                held = self.clerk.held()
+                if held is not None:
+                    raise held
+                # Only a miss of an opaque token is billable, so only it spends budget: the
+                # cluster's when it is shared and reachable, else this process's. A known
+                # token's background check was paid from this process's reserve.
+                cluster = self.cluster
+                if cluster is not None and cluster.budget is not None:
+                    source = self.budget.source(client_ip)
+                    await cluster.budget.acquire(source, self.budget.acquire)
+                else:
+                    self.budget.acquire(client_ip)
             return await self.clerk.verify(kind, token)
         except ProxyError as exc:
             exc.token_type = exc.token_type or kind.token_type

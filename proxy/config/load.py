@@ -44,13 +44,16 @@ from proxy.config.values import (
     Reader,
     bool_value,
     float_value,
+    fraction,
     http_url,
     network,
     non_negative_int,
     parse_duration,
     parse_size,
     port,
+    positive_duration,
     positive_int,
+    prefix_len,
     str_list,
     str_value,
     substitute_env,
@@ -177,6 +180,9 @@ def build_config(
             "jwks_min_refetch_seconds",
             "api_version",
             "clock_skew_seconds",
+            "miss_deadline",
+            "backoff_initial",
+            "backoff_max",
         },
     )
     api_url = r.get(ck, "clerk", "api_url", http_url, "https://api.clerk.com")
@@ -208,7 +214,12 @@ def build_config(
         ),
         api_version=r.get(ck, "clerk", "api_version", str_value, "2026-05-12"),
         clock_skew_seconds=r.get(ck, "clerk", "clock_skew_seconds", parse_duration, 5.0),
+        miss_deadline=r.get(ck, "clerk", "miss_deadline", positive_duration, 1.0),
+        backoff_initial=r.get(ck, "clerk", "backoff_initial", positive_duration, 0.1),
+        backoff_max=r.get(ck, "clerk", "backoff_max", positive_duration, 10.0),
     )
+    if clerk.backoff_max < clerk.backoff_initial:
+        r.problem("clerk.backoff_max", "must not be less than clerk.backoff_initial")
 
     ca = r.section(
         top.get("cache"),
@@ -219,6 +230,7 @@ def build_config(
             "max_entries",
             "stale_if_error_seconds",
             "shared",
+            "refresh_ahead",
         },
     )
     cache = Cache(
@@ -227,24 +239,34 @@ def build_config(
         max_entries=r.get(ca, "cache", "max_entries", positive_int, 100_000),
         stale_if_error_seconds=r.get(ca, "cache", "stale_if_error_seconds", parse_duration, 0.0),
         shared=shared_cache(r, ca.get("shared")),
+        refresh_ahead=r.get(ca, "cache", "refresh_ahead", fraction, 0.2),
     )
 
     vb = r.section(
-        top.get("verification_budget"), "verification_budget", {"enabled", "global", "per_ip"}
+        top.get("verification_budget"),
+        "verification_budget",
+        {"enabled", "global", "per_ip", "reserved_for_known"},
     )
+    prefixes = {"ipv4_prefix", "ipv6_prefix"}
 
     def bucket(name: str, default: Bucket) -> Bucket:
         key = f"verification_budget.{name}"
-        sec = r.section(vb.get(name), key, {"rate", "burst"})
+        keys = {"rate", "burst"} | (prefixes if name == "per_ip" else set())
+        sec = r.section(vb.get(name), key, keys)
         rate = r.get(sec, key, "rate", float_value, default.rate)
         if rate <= 0:
             r.problem(f"{key}.rate", "must be greater than 0")
         return Bucket(rate=rate, burst=r.get(sec, key, "burst", positive_int, default.burst))
 
+    raw_per_ip = vb.get("per_ip")
+    per_ip: dict[str, Any] = raw_per_ip if isinstance(raw_per_ip, dict) else {}
     budget = VerificationBudget(
         enabled=r.get(vb, "verification_budget", "enabled", bool_value, True),
         global_=bucket("global", DEFAULT_GLOBAL_BUCKET),
         per_ip=bucket("per_ip", DEFAULT_PER_IP_BUCKET),
+        ipv4_prefix=r.get(per_ip, "verification_budget.per_ip", "ipv4_prefix", prefix_len(32), 32),
+        ipv6_prefix=r.get(per_ip, "verification_budget.per_ip", "ipv6_prefix", prefix_len(128), 64),
+        reserved_for_known=r.get(vb, "verification_budget", "reserved_for_known", fraction, 0.25),
     )
 
     routes: list[Route] = []

@@ -58,6 +58,13 @@ class Clerk:
     jwks_min_refetch_seconds: float = 30.0
     api_version: str = "2026-05-12"
     clock_skew_seconds: float = 5.0
+    # A token the cache does not know waits at most this long for its verification, then
+    # gets 503; the call goes on and fills the cache for the retry.
+    miss_deadline: float = 1.0
+    # The pause after a failed verify call (5xx, timeout, no connection): doubled per
+    # consecutive failure, jittered, capped; Clerk's Retry-After is a floor.
+    backoff_initial: float = 0.1
+    backoff_max: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +158,14 @@ class Cache:
     ttl_seconds: float = 60.0
     negative_ttl_seconds: float = 10.0
     max_entries: int = 100_000
-    # 0 disables serving stale positives while Clerk is unreachable.
+    # The stale window: past its fresh period an entry is served at once while one
+    # background check runs, and while checks fail. 0 turns it off.
     stale_if_error_seconds: float = 0.0
     # The second level in Redis/Valkey; None: this process's cache only.
     shared: SharedCache | None = None
+    # The last this fraction of a fresh period is where a request starts a background
+    # re-verification (at a point jittered per token); 0 turns refresh ahead off.
+    refresh_ahead: float = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +183,11 @@ class VerificationBudget:
     enabled: bool = True
     global_: Bucket = DEFAULT_GLOBAL_BUCKET
     per_ip: Bucket = DEFAULT_PER_IP_BUCKET
+    # Unknown tokens are charged to their source: the client address masked to these.
+    ipv4_prefix: int = 32
+    ipv6_prefix: int = 64
+    # The share of the global burst only re-verifications of known-valid tokens may use.
+    reserved_for_known: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,13 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"expected a duration like 30s, 250ms or 2m, got {value!r}")
 
 
+def positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be greater than 0")
+    return seconds
+
+
 def parse_size(value: Any) -> int:
     """`1048576`, `512KiB`, `10MB`, `1g` → bytes."""
     if isinstance(value, bool):
@@ -252,6 +259,26 @@ def float_value(v: Any) -> float:
         except ValueError:
             pass
     raise TypeError(f"expected a number, got {v!r}")
+
+
+def fraction(v: Any) -> float:
+    """A share, 0 ≤ x < 1."""
+    x = float_value(v)
+    if not 0 <= x < 1:
+        raise ValueError(f"must be at least 0 and less than 1, got {x}")
+    return x
+
+
+def prefix_len(bits: int) -> Callable[[Any], int]:
+    """A network prefix length for an address of `bits` bits."""
+
+    def conv(v: Any) -> int:
+        n = int_value(v)
+        if not 1 <= n <= bits:
+            raise ValueError(f"must be a prefix length from 1 to {bits}, got {n}")
+        return n
+
+    return conv
 
 
 def port(v: Any) -> int:

@@ -83,7 +83,8 @@ class Metrics:
         )
         self.verify_cache = LoopCounter(
             "authproxy_verify_cache_total",
-            "Verification cache lookups: hit, miss, negative_hit, stale.",
+            "Verification cache lookups: hit, miss, coalesced, negative_hit, stale (served from "
+            "the stale window).",
             ["result"],
             registry=r,
         )
@@ -123,8 +124,34 @@ class Metrics:
         )
         self.budget_rejections = Counter(
             "authproxy_verification_budget_rejections_total",
-            "Verifications refused by the cost guard, by scope (global, per_ip).",
+            "Verifications refused by the cost guard, by scope (per_ip, global), and background "
+            "re-verifications of known tokens deferred because even the reserve was empty (known).",
             ["scope"],
+            registry=r,
+        )
+        self.clerk_calls_held = Counter(
+            "authproxy_clerk_calls_held_total",
+            "Clerk verify calls not made: Clerk's Retry-After running (retry_after), backing off "
+            "after failures (backoff), or the one probe call still out (probe).",
+            ["reason"],
+            registry=r,
+        )
+        self.verify_background = Counter(
+            "authproxy_verify_background_total",
+            "Background re-verifications of cached tokens by trigger (ahead: before the fresh "
+            "period ends; stale: in the stale window) and result (valid, rejected, unavailable, "
+            "deferred: not started while Clerk or the budget said wait).",
+            ["trigger", "result"],
+            registry=r,
+        )
+        self.verification_deadline = Gauge(
+            "authproxy_verification_deadline_seconds",
+            "How long a token the cache does not know waits for its verification (clerk.miss_deadline).",
+            registry=r,
+        )
+        self.verification_deadline_exceeded = Counter(
+            "authproxy_verification_deadline_exceeded_total",
+            "Requests answered 503 at the miss deadline while their verification went on.",
             registry=r,
         )
         self.websocket_connections = Gauge(

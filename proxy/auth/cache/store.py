@@ -3,15 +3,23 @@
 - Keys are SHA-256 of the token under a scope naming the Clerk instance (api_url and a
   hash of the secret key): the raw token is never stored, and a config pointing at
   another instance never sees this instance's entries.
-- A positive entry is fresh for min(ttl_seconds, expiry - now); a token without expiry
-  for ttl_seconds. A hit never extends an entry (its deadline is fixed at insertion).
-- Rejections (401s) are cached for negative_ttl_seconds. Failures of our own (503 and
-  the budget's 429) are never cached.
-- Concurrent misses of one key share one load; a caller that goes away does not cancel
-  it for the others, and every waiter of a failed load gets the same refusal.
-- With stale_if_error_seconds > 0 a positive entry is kept that much longer and served,
-  counted as `stale`, when a reload fails with `verification_unavailable` — never past
-  the token's own expiry.
+- A positive entry is fresh for min(ttl_seconds, expiry - checked) from the moment its
+  check started (`checked_at`, before the Clerk call: a slow answer never stretches a
+  token's life past one TTL from when Clerk looked at it); a token without expiry for
+  ttl_seconds. A hit never extends an entry.
+- Its **refresh point** (`refresh_at`) is derived, not stored: in the last
+  `refresh_ahead` share of the fresh period, jittered per token by its key. From there a
+  request may start a background re-verification (`start`); the verifier decides when.
+- With stale_if_error_seconds > 0 a positive entry is kept that much past its freshness
+  (never past the token's own expiry): the stale window, where the verifier answers
+  from it while one background check runs (`known` returns it).
+- Rejections (401s) are cached for negative_ttl_seconds; a rejection that lands for a
+  key whose rejections are not cached (JWTs) drops a positive entry instead. Failures of
+  our own (503 and the budget's 429) are never cached and leave an entry as it was.
+- One flight per key at a time, misses and background checks alike: concurrent misses
+  share it, a caller that goes away does not cancel it for the others, every waiter of a
+  failed flight gets the same refusal, and a waiter past its deadline leaves it running
+  (it fills the cache for the retry).
 
 Only Principals are cached, never an allow/deny: scopes are checked per request.
 Entries are held packed (`entries.PackedTable`, under 100 bytes each) in the two
@@ -22,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -75,6 +85,10 @@ class VerificationCache:
         # before `load`) and the revocation check (a loaded Principal it denies is a 401).
         self.second: SecondLevel | None = None
         self.denied: Callable[[Principal], bool] | None = None
+        self._lead = cfg.ttl_seconds * cfg.refresh_ahead
+        # Per process: pods sharing one entry (the shared level) refresh at different points,
+        # and the first one's answer spares the others their call.
+        self._salt = random.randrange(256)
         # Bound once: a label lookup per cache hit is measurable on the hot path.
         self._count_hit = metrics.verify_cache.labels("hit")
         self._count_negative_hit = metrics.verify_cache.labels("negative_hit")
@@ -89,14 +103,13 @@ class VerificationCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def positive(self, principal: Principal, now: float) -> Positive | None:
-        """The entry for a fresh verification, or None when it must not be cached."""
-        fresh = now + self._cfg.ttl_seconds
+    def positive(self, principal: Principal, checked_at: float) -> Positive | None:
+        """The entry for a verification that started at `checked_at`, or None when it must
+        not be cached (the token expired, or the answer came too late to be fresh)."""
+        fresh = checked_at + self._cfg.ttl_seconds
         if principal.expires_at is not None:
-            if principal.expires_at <= now:
-                return None
             fresh = min(fresh, principal.expires_at)
-        if fresh <= now:
+        if fresh <= self._now():
             return None
         keep = fresh
         if self._cfg.stale_if_error_seconds > 0:
@@ -105,21 +118,34 @@ class VerificationCache:
                 keep = min(keep, principal.expires_at)
         return Positive(principal, fresh, keep)
 
+    def refresh_at(self, key: bytes, entry: Positive) -> float:
+        """When a request should start re-verifying the entry: a point in the last
+        `refresh_ahead` share of its fresh period, jittered by the key (a hash: uniform, so
+        tokens verified together refresh apart). `fresh_until` when a check could not
+        extend it (refresh ahead off, or the fresh period ends at the token's expiry)."""
+        lead = self._lead
+        expires = entry.principal.expires_at
+        if lead <= 0.0 or (expires is not None and entry.fresh_until >= expires):
+            return entry.fresh_until
+        return entry.fresh_until - lead * (1.0 - (key[15] ^ self._salt) / 512.0)
+
+    def known(self, key: bytes, now: float) -> Positive | None:
+        """The positive entry for `key`, fresh or in its stale window; counts nothing."""
+        entry = self._entries.get(key, now)
+        return entry if isinstance(entry, Positive) else None
+
     def fresh(self, key: bytes) -> Principal | None:
         """The cached Principal when a fresh positive entry exists (counted as a hit), else
-        None and nothing counted: the hot path's answer without a coroutine."""
-        entry = self.fresh_entry(key)
-        return None if entry is None else entry.principal
-
-    def fresh_entry(self, key: bytes) -> Positive | None:
-        """`fresh`, with the entry's deadline: until then nothing replaces the entry (a
-        reload happens only on a miss)."""
+        None and nothing counted."""
         now = self._now()
         entry = self._entries.get(key, now)
         if isinstance(entry, Positive) and now < entry.fresh_until:
             self._count_hit.inc()
-            return entry
+            return entry.principal
         return None
+
+    def in_flight(self, key: bytes) -> bool:
+        return key in self._flights
 
     async def get(
         self,
@@ -127,8 +153,11 @@ class VerificationCache:
         load: Callable[[], Awaitable[Principal]],
         *,
         cache_rejections: bool = True,
+        deadline: float | None = None,
     ) -> Principal:
-        """The cached Principal for `key`, or `load()`'s, shared by concurrent callers."""
+        """The cached Principal for `key`, or `load()`'s, shared by concurrent callers.
+        With a `deadline`, a caller waits at most that many seconds for the flight, then
+        gets 503 `verification_unavailable` while the flight goes on."""
         now = self._now()
         entry = self._entries.get(key, now)
         if isinstance(entry, Negative):
@@ -140,13 +169,37 @@ class VerificationCache:
         flight = self._flights.get(key)
         if flight is None:
             self._metrics.verify_cache.labels("miss").inc()
-            flight = asyncio.ensure_future(self._load(key, load, cache_rejections))
-            self._flights[key] = flight
-            flight.add_done_callback(self._landed(key))
+            flight = self.start(key, load, cache_rejections=cache_rejections)
         else:
             self._metrics.verify_cache.labels("coalesced").inc()
-        # shield: a caller cancelled mid-wait must not cancel the load for the others.
-        return await asyncio.shield(flight)
+        if deadline is None:
+            # shield: a caller cancelled mid-wait must not cancel the load for the others.
+            return await asyncio.shield(flight)
+        # asyncio.wait neither cancels the flight at the deadline nor when this caller is
+        # cancelled.
+        await asyncio.wait((flight,), timeout=deadline)
+        if flight.done():
+            return flight.result()
+        self._metrics.verification_deadline_exceeded.inc()
+        raise ProxyError(
+            VERIFICATION_UNAVAILABLE,
+            "verifying this token is taking longer than usual; retry shortly",
+            retry_after=max(1, math.ceil(deadline)),
+        )
+
+    def start(
+        self,
+        key: bytes,
+        load: Callable[[], Awaitable[Principal]],
+        *,
+        cache_rejections: bool = True,
+    ) -> asyncio.Task[Principal]:
+        """Start the one flight for `key` (the caller has checked there is none): its
+        answer lands in the cache whoever waits for it, or nobody (a background check)."""
+        flight = asyncio.ensure_future(self._load(key, load, cache_rejections, self._now()))
+        self._flights[key] = flight
+        flight.add_done_callback(self._landed(key))
+        return flight
 
     def _landed(self, key: bytes) -> Callable[[asyncio.Task[Principal]], None]:
         def done(task: asyncio.Task[Principal]) -> None:
@@ -158,31 +211,33 @@ class VerificationCache:
         return done
 
     async def _load(
-        self, key: bytes, load: Callable[[], Awaitable[Principal]], cache_rejections: bool
+        self,
+        key: bytes,
+        load: Callable[[], Awaitable[Principal]],
+        cache_rejections: bool,
+        checked_at: float,
     ) -> Principal:
         # JWTs (cache_rejections False) are verified here, cheaper than a round trip.
         second = self.second if cache_rejections else None
         if second is not None:
             shared = await second.fetch(key)
             if shared is not None:
-                return self._adopt(key, shared)
+                if self._newer(key, shared):
+                    return self._adopt(key, shared)
+                # What we hold already, due for its re-check: Clerk decides, and what it
+                # says is written back over it for the other processes.
         try:
             principal = await load()
         except ProxyError as exc:
-            now = self._now()
             rejected: Negative | None = None
-            if exc.code == VERIFICATION_UNAVAILABLE:
-                stale = self._entries.get(key, now)
-                if isinstance(stale, Positive) and now < stale.keep_until:
-                    if second is not None:
-                        second.store(key, None)
-                    self._metrics.verify_cache.labels("stale").inc()
-                    return stale.principal
-            elif exc.status == 401 and cache_rejections:
+            if exc.status == 401:
+                now = self._now()
                 until = now + self._cfg.negative_ttl_seconds
-                if until > now:
+                if cache_rejections and until > now:
                     rejected = Negative(exc.code, exc.message, exc.token_type, until)
                     self._entries.set(key, rejected, now)
+                else:
+                    self._entries.pop(key)  # never served from an older positive entry
             if second is not None:
                 second.store(key, rejected)
             raise
@@ -191,7 +246,7 @@ class VerificationCache:
                 second.store(key, None)
             raise
         now = self._now()
-        entry = self.positive(principal, now)
+        entry = self.positive(principal, checked_at)
         denied = self.denied is not None and self.denied(principal)
         if second is not None:
             # A revoked token's entry stays out of the shared level (it was dropped there).
@@ -203,6 +258,16 @@ class VerificationCache:
         else:
             self._entries.pop(key)
         return principal
+
+    def _newer(self, key: bytes, shared: Entry) -> bool:
+        """Whether the shared level's entry is news to this process: a rejection, or a
+        positive entry fresh for longer than the one held here."""
+        held = self._entries.get(key, self._now())
+        return not (
+            isinstance(shared, Positive)
+            and isinstance(held, Positive)
+            and shared.fresh_until <= held.fresh_until
+        )
 
     def _adopt(self, key: bytes, entry: Entry) -> Principal:
         """Take an entry from the second level with the deadlines it was written with,
@@ -248,6 +313,12 @@ class VerificationCache:
                 elif latest is None or expires > latest:
                     latest = expires
         return dropped, None if unbounded else latest
+
+    async def idle(self) -> None:
+        """Wait until no flight is out (tests and simulations; failures are the flights'
+        waiters' business)."""
+        while self._flights:
+            await asyncio.gather(*self._flights.values(), return_exceptions=True)
 
     async def close(self) -> None:
         flights = list(self._flights.values())
