@@ -18,7 +18,7 @@ from proxy.config.load import (
     substitute_env,
     validate_glob,
 )
-from tests.support import config_dict
+from tests.support import TEST_ENV, config_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = {"CLERK_SECRET_KEY": "sk_live_example", "CLERK_MACHINE_SECRET_KEY": "ak_example"}
@@ -144,6 +144,14 @@ def _issues(raw: Any, env: dict[str, str] | None = None) -> list[str]:
         ({"logging": {"level": "LOUD"}}, "bad.yaml: logging.level: must be DEBUG"),
         ({"headers": {"prefix": "X Auth"}}, "bad.yaml: headers.prefix: must be a header-name prefix"),
         ({"verification_budget": {"per_ip": {"rate": 0}}}, "bad.yaml: verification_budget.per_ip.rate: must be greater than 0"),
+        ({"verification_budget": {"per_ip": {"ipv4_prefix": 33}}}, "bad.yaml: verification_budget.per_ip.ipv4_prefix: must be a prefix length from 1 to 32"),
+        ({"verification_budget": {"per_ip": {"ipv6_prefix": 0}}}, "bad.yaml: verification_budget.per_ip.ipv6_prefix: must be a prefix length from 1 to 128"),
+        ({"verification_budget": {"global": {"ipv4_prefix": 24}}}, "bad.yaml: verification_budget.global.ipv4_prefix: unknown key"),
+        ({"verification_budget": {"reserved_for_known": 1}}, "bad.yaml: verification_budget.reserved_for_known: must be at least 0 and less than 1"),
+        ({"cache": {"refresh_ahead": -0.1}}, "bad.yaml: cache.refresh_ahead: must be at least 0 and less than 1"),
+        ({"cache": {"refresh_ahead": "soon"}}, "bad.yaml: cache.refresh_ahead: expected a number"),
+        ({"clerk": {"miss_deadline": 0}}, "bad.yaml: clerk.miss_deadline: must be greater than 0"),
+        ({"clerk": {"backoff_initial": "1s", "backoff_max": "500ms"}}, "bad.yaml: clerk.backoff_max: must not be less than clerk.backoff_initial"),
         ({"admin": {"port": 8080}, "listen": {"port": 8080}}, "bad.yaml: admin.port: must differ from listen.port"),
     ],
 )
@@ -232,3 +240,28 @@ def test_check_config_cli_ok_and_exit_2(tmp_path: Path) -> None:
     assert "4 problem(s)" in done.stderr
     for key in ("listen.port", "upstream.url", "clerk.secret_key", "wat"):
         assert f"{bad}: {key}:" in done.stderr
+
+
+def test_verification_keys_and_their_defaults() -> None:
+    default = build_config(config_dict("http://127.0.0.1:3000"), file="t.yaml", env=TEST_ENV)
+    assert (default.clerk.miss_deadline, default.clerk.backoff_initial, default.clerk.backoff_max) == (
+        1.0,
+        0.1,
+        10.0,
+    )
+    assert default.cache.refresh_ahead == 0.2
+    vb = default.verification_budget
+    assert (vb.ipv4_prefix, vb.ipv6_prefix, vb.reserved_for_known) == (32, 64, 0.25)
+    raw = config_dict(
+        "http://127.0.0.1:3000",
+        clerk={"api_url": "http://127.0.0.1:1", "secret_key": "sk_test_unit", "miss_deadline": "250ms",
+               "backoff_initial": "50ms", "backoff_max": "2m"},
+        cache={"refresh_ahead": 0.3},
+        verification_budget={"reserved_for_known": 0.5, "per_ip": {"rate": 2, "burst": 4, "ipv4_prefix": 24,
+                                                                   "ipv6_prefix": 56}},
+    )
+    cfg = build_config(raw, file="t.yaml", env=TEST_ENV)
+    assert (cfg.clerk.miss_deadline, cfg.clerk.backoff_initial, cfg.clerk.backoff_max) == (0.25, 0.05, 120.0)
+    assert cfg.cache.refresh_ahead == 0.3
+    vb = cfg.verification_budget
+    assert (vb.ipv4_prefix, vb.ipv6_prefix, vb.reserved_for_known, vb.per_ip.burst) == (24, 56, 0.5, 4)

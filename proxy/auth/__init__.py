@@ -2,9 +2,10 @@
 
 - `tokens`: what kind of token a string is (opaque prefixes, JWT, the `mt_` id mistake);
 - `clerk`: the Clerk Backend API client (one `ClientSession`, opaque-token verification);
+- `gate`: when Clerk may be called again (Retry-After, backoff with jitter, one probe);
 - `jwks`: the instance's keys and local JWT verification;
 - `clerk_jwt`: what each class of Clerk JWT must carry, and what of it may authorize;
-- `budget`: the cost guard on billable Clerk calls;
+- `budget`: the cost guard on billable Clerk calls, charged to who pays;
 - `cache`: verdicts by token hash, with single-flight (a sub-package);
 - `verifier`: the one entry point the request path calls, tying the above together.
 

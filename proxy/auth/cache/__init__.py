@@ -1,6 +1,7 @@
 """The verification cache: verdicts (Principals and rejections) by token hash.
 
-- `store`: the cache itself: deadlines, negative entries, stale-if-error, single-flight;
+- `store`: the cache itself: deadlines and refresh points, negative entries, the stale
+  window, one flight per key (with deadlines for waiters);
 - `generations`: two generations of packed tables, the older dropped wholesale (LRU-ish
   eviction without per-entry bookkeeping);
 - `entries`: an entry packed into a fixed-size record (`PackedTable`);
