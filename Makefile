@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test lint typecheck pytest bench instructions soak fuzz clean venv redis-server
+.PHONY: demo test lint typecheck pytest bench instructions soak fuzz clean venv redis-server faults
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ bench: $(BUILT)
 SOAK_MINUTES ?= 30
 soak: $(BUILT)
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
+
+# Clerk down / slow / rate limiting for a minute each and a 100k-token flood, under steady
+# partner load, through real sockets (about six minutes; tests/test_faults.py runs it short).
+faults: $(BUILT)
+	$(BIN)/python -m bench.faults
 
 # Only the callgrind instructions per request of legs (c), (d), (d2), (e): about a minute,
 # steady across runs, what "within N% of before" compares.
