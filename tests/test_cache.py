@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from proxy.auth.cache.entries import Positive
 from proxy.auth.cache.store import VerificationCache, cache_scope
 from proxy.auth.clerk import ClerkUnavailable
 from proxy.config.load import Cache
@@ -354,3 +355,41 @@ async def test_fresh_answers_only_fresh_positives_and_counts_them() -> None:
     with pytest.raises(ProxyError):
         await cache.get(bad, Loader(ProxyError(TOKEN_INVALID, "no")))
     assert cache.fresh(bad) is None  # a negative entry is for the slow path to raise
+
+
+class FakeSecond:
+    """A shared level holding one entry per key, as another process wrote it."""
+
+    def __init__(self) -> None:
+        self.entries: dict[bytes, Any] = {}
+        self.stored: list[Any] = []
+
+    async def fetch(self, key: bytes) -> Any:
+        return self.entries.get(key)
+
+    def store(self, key: bytes, entry: Any) -> None:
+        self.stored.append(entry)
+        if entry is not None:
+            self.entries[key] = entry
+
+
+async def test_a_re_check_adopts_a_newer_shared_entry_and_asks_clerk_past_the_same_one() -> None:
+    cache, clock, _ = make(ttl_seconds=10)
+    second = FakeSecond()
+    cache.second = second
+    key = cache.key("mt_tok")
+    load = Loader(machine(None))
+    await cache.get(key, load)
+    assert load.calls == 1 and len(second.stored) == 1  # written for the others
+    clock.t = T0 + 9  # due for its re-check; the shared level holds the same entry
+    await cache.start(key, load)
+    assert load.calls == 2  # the same entry is no news: Clerk decides
+    held = cache.known(key, clock.t)
+    assert held is not None and held.fresh_until == T0 + 19
+    # Another process re-checked it meanwhile: its newer entry spares our call.
+    second.entries[key] = Positive(machine(None), T0 + 25, T0 + 25)
+    clock.t = T0 + 18
+    await cache.start(key, load)
+    assert load.calls == 2
+    held = cache.known(key, clock.t)
+    assert held is not None and held.fresh_until == T0 + 25

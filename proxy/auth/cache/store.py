@@ -88,7 +88,7 @@ class VerificationCache:
         self._lead = cfg.ttl_seconds * cfg.refresh_ahead
         # Per process: pods sharing one entry (the shared level) refresh at different points,
         # and the first one's answer spares the others their call.
-        self._salt = random.randrange(256)
+        self._salt = random.randrange(256)  # noqa: S311 (jitter, not a secret)
         # Bound once: a label lookup per cache hit is measurable on the hot path.
         self._count_hit = metrics.verify_cache.labels("hit")
         self._count_negative_hit = metrics.verify_cache.labels("negative_hit")
@@ -221,11 +221,10 @@ class VerificationCache:
         second = self.second if cache_rejections else None
         if second is not None:
             shared = await second.fetch(key)
-            if shared is not None:
-                if self._newer(key, shared):
-                    return self._adopt(key, shared)
-                # What we hold already, due for its re-check: Clerk decides, and what it
-                # says is written back over it for the other processes.
+            # Not newer than what is held here (due for its re-check): Clerk decides, and
+            # what it says is written back over it for the other processes.
+            if shared is not None and self._newer(key, shared):
+                return self._adopt(key, shared)
         try:
             principal = await load()
         except ProxyError as exc:
