@@ -241,3 +241,18 @@ async def test_authlib_jose_verifies_the_emulators_tokens(issuer_stack: Any) -> 
     assert claims["sub"] == f"client_id_{claims['client_id']}"
     assert claims["aud"] == API
     assert set(claims) == {"jti", "iss", "aud", "iat", "exp", "client_id", "scope", "sub"}
+
+
+async def test_an_issuer_token_is_refreshed_ahead_by_its_own_issuer_never_by_clerk(
+    issuer_stack: Any,
+) -> None:
+    s: IssuerStack = await issuer_stack(cache={"ttl_seconds": 1, "refresh_ahead": 0.5})
+    token = await machine_token(s, scope="scores:read")
+    assert (await s.get("/api/v1/matches/today", token))[0] == 200
+    await asyncio.sleep(0.8)  # past the refresh point (0.5-0.75 s), still fresh
+    assert (await s.get("/api/v1/matches/today", token))[0] == 200
+    await asyncio.sleep(0.1)
+    metrics = s.metrics()
+    assert 'authproxy_verify_background_total{result="valid",trigger="ahead"} 1.0' in metrics
+    assert sum(s.clerk.calls.values()) == 0  # never judged as a Clerk token
+    assert 'result="miss"} 1.0' in metrics  # the first request only
