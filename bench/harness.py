@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,7 +132,9 @@ http {{
 """
 
 
-def proxy_config(tmp: Path, upstream: int, clerk: int, port: int, admin: int) -> Path:
+def proxy_config(
+    tmp: Path, upstream: int, clerk: int, port: int, admin: int, issuer: str = ""
+) -> Path:
     raw = {
         "environment": "bench",
         "listen": {"host": "127.0.0.1", "port": port},
@@ -146,9 +149,25 @@ def proxy_config(tmp: Path, upstream: int, clerk: int, port: int, admin: int) ->
         ],
         "logging": {"level": "INFO", "access_log": True},
     }
+    if issuer:  # leg (g): another OAuth issuer (the issuer emulator, Authgear's tokens)
+        raw["issuers"] = [{"name": "bench-issuer", "preset": "authgear", "issuer": issuer,
+                           "audiences": [ISSUER_RESOURCE]}]
     path = tmp / "proxy.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+ISSUER_RESOURCE = "https://api.scores.example"
+
+
+def client_credentials_token(seeded: dict[str, Any]) -> str:
+    """A token from the issuer emulator's token endpoint, as a partner gets one."""
+    form = urllib.parse.urlencode({"grant_type": "client_credentials", "resource": seeded["resource"],
+                                   "client_id": seeded["client_id"],
+                                   "client_secret": seeded["client_secret"]}).encode()
+    req = urllib.request.Request(seeded["token_endpoint"], data=form)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return str(json.loads(resp.read())["access_token"])
 
 
 def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +276,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     with stack() as s:
         up_port, nginx_port, clerk_port, relay_port = free_port(), free_port(), free_port(), free_port()
+        issuer_port = free_port()
         proxy_port, admin_port = free_port(), free_port()
         upstream = s.spawn(PY, "-m", "bench.upstream", str(up_port))
         (s.tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=s.tmp, upstream=up_port, port=nginx_port))
@@ -265,11 +285,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         emulator = s.spawn(PY, "-m", "proxy.process.cli", "emulate-clerk", "--port", str(clerk_port))
         assert emulator.stdout is not None
         seeded = json.loads(emulator.stdout.readline())
+        issuer_emu = s.spawn(PY, "-m", "proxy.process.cli", "emulate-issuer", "--port", str(issuer_port))
+        assert issuer_emu.stdout is not None
+        issuer_seeded = json.loads(issuer_emu.stdout.readline())
         for port in (up_port, nginx_port, clerk_port, relay_port):
             wait_port(port)
         session_jwt = post_json(f"http://127.0.0.1:{clerk_port}/__emulator/session_tokens",
                                 {"user_id": "user_bench", "expires_in": 3600})["token"]
-        config = proxy_config(s.tmp, up_port, clerk_port, proxy_port, admin_port)
+        issuer_jwt = client_credentials_token(issuer_seeded)
+        config = proxy_config(s.tmp, up_port, clerk_port, proxy_port, admin_port,
+                              issuer_seeded["issuer"])
         proxy = s.spawn(PY, "-m", "proxy.process.cli", "run", "--config", str(config))
         wait_port(proxy_port)
 
@@ -289,6 +314,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"http://127.0.0.1:{proxy_port}/api/x", {**m2m, "X-Request-Id": SEQ}, [proxy.pid],
             ),
             "e_proxy_jwt": (f"http://127.0.0.1:{proxy_port}/api/x", jwt, [proxy.pid]),
+            # (e) with a client-credentials JWT of another issuer (Authgear's claims).
+            "g_proxy_issuer_jwt": (
+                f"http://127.0.0.1:{proxy_port}/api/x",
+                {"Authorization": f"Bearer {issuer_jwt}"},
+                [proxy.pid],
+            ),
         }
         wanted = set(filter(None, args.legs.split(",")))
         chosen = {name: leg for name, leg in legs.items() if not wanted or name in wanted}
@@ -308,7 +339,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"round {n + 1} {name}: {json.dumps(one)}", flush=True)
         phase("http_legs")
         serial_legs = [
-            n for n in ("c_proxy_public", "d_proxy_m2m", "d2_proxy_m2m_varied", "e_proxy_jwt")
+            n for n in ("c_proxy_public", "d_proxy_m2m", "d2_proxy_m2m_varied", "e_proxy_jwt",
+                        "g_proxy_issuer_jwt")
             if n in chosen
         ]
         serial_runs: dict[str, list[float]] = {name: [] for name in serial_legs}
@@ -328,7 +360,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # A second proxy, under callgrind, on ports of its own (same upstream, same
             # emulator): instructions per request do not move with the machine's load.
             cg_port, cg_admin = free_port(), free_port()
-            cg_config = proxy_config(s.tmp, up_port, clerk_port, cg_port, cg_admin)
+            cg_config = proxy_config(s.tmp, up_port, clerk_port, cg_port, cg_admin,
+                                     issuer_seeded["issuer"])
             cg_config = cg_config.rename(s.tmp / "proxy-callgrind.yaml")
             results["instructions_per_request"] = {}
             for name in serial_legs:
@@ -395,6 +428,12 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
         "d_over_c_throughput": rps("d_proxy_m2m") / rps("c_proxy_public"),
         "d_over_b_throughput": rps("d_proxy_m2m") / rps("b_nginx"),
         "e_over_c_throughput": rps("e_proxy_jwt") / rps("c_proxy_public"),
+        # Issue 21's target: an issuer JWT within 5% of (e)'s CPU per request.
+        "g_over_e_cpu": (
+            cpu_per_1k("g_proxy_issuer_jwt") / cpu_per_1k("e_proxy_jwt")
+            if "g_proxy_issuer_jwt" in legs and "e_proxy_jwt" in legs
+            else None
+        ),
         "added_p90_ms_d_minus_a": p90("d_proxy_m2m") - p90("a_direct"),
         "added_p90_ms_d_minus_b": p90("d_proxy_m2m") - p90("b_nginx"),
         "cpu_d": cpu_per_1k("d_proxy_m2m"),

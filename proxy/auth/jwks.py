@@ -1,9 +1,11 @@
 """The instance JWKS and local JWT verification (session, JWT-format M2M and OAuth tokens).
 
-Keys are fetched from `{api_url}/v1/jwks` with the instance key and cached for
-`jwks_cache_seconds`. An unknown `kid` (key rotation) triggers a refetch at most once
-per `jwks_min_refetch_seconds`, so forged kids cannot turn into a flood of fetches.
-If a fetch fails the last good key set keeps being used.
+Keys are fetched from `{api_url}/v1/jwks` with the instance key and held by the key-set
+cache every issuer shares (`keyset`): kept for the answer's Cache-Control max-age within
+[`jwks_min_refetch_seconds`, `jwks_cache_seconds`] (`jwks_cache_seconds` without one); an
+unknown `kid` (key rotation) triggers a refetch at most once per
+`jwks_min_refetch_seconds`, so forged kids cannot turn into a flood of fetches; if a
+fetch fails the last good key set keeps being used.
 
 Time claims are checked here against the injectable clock (PyJWT would use the wall
 clock), so PyJWT only checks the signature, restricted to the RS256 family.
@@ -15,15 +17,14 @@ it. The import holds the event loop once, for about 40 ms on a 2-core box.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from proxy.auth.clerk import ClerkClient, ClerkUnavailable
+from proxy.auth.keyset import Fetched, Key, KeySetCache
 from proxy.auth.tokens import JWT_ALGORITHMS
 from proxy.config import model as config
 from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
@@ -33,18 +34,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("proxy.jwks")
 
-FAILED_FETCH_BACKOFF = 5.0
-
 UNKNOWN_KEY: Final = (
     "the token is signed by a key this Clerk instance does not use; tokens are scoped to one "
     "Clerk instance, so a token issued by another instance or environment is not valid here"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class KeySet:
-    keys: Mapping[str, jwt.PyJWK]
-    fetched_at: float
 
 
 def parse_jwks(body: bytes) -> dict[str, jwt.PyJWK]:
@@ -70,6 +63,10 @@ def parse_jwks(body: bytes) -> dict[str, jwt.PyJWK]:
         except jwt.PyJWTError:
             continue
     return keys
+
+
+def _unavailable() -> ProxyError:
+    return ClerkUnavailable("cannot fetch Clerk's signing keys")
 
 
 def _invalid(message: str, token_type: str | None) -> ProxyError:
@@ -110,6 +107,9 @@ def check_claims(
 
 
 class Jwks:
+    """Clerk's key set, held by the shared `keyset.KeySetCache` (Cache-Control, unknown-kid
+    refetch rate limit, last good keys on outage), fetched with the instance key."""
+
     def __init__(
         self,
         cfg: config.Clerk,
@@ -120,59 +120,26 @@ class Jwks:
         self._cfg = cfg
         self._client = client
         self._now = now
-        self._set: KeySet | None = None
-        self._last_fetch = float("-inf")
-        self._last_ok = False
-        self._lock = asyncio.Lock()
+        self.keys = KeySetCache(
+            self._fetch_set,
+            name="Clerk",
+            max_age=cfg.jwks_cache_seconds,
+            min_refetch=cfg.jwks_min_refetch_seconds,
+            now=now,
+        )
 
-    async def _fetch(self) -> None:
-        self._last_fetch = self._now()
-        self._last_ok = False
-        try:
-            status, _, body = await self._client.get("jwks", "/v1/jwks")
-            if status in (401, 403):
-                raise ValueError(f"HTTP {status}: Clerk refused the proxy's own secret key")
-            if status != 200:
-                raise ValueError(f"HTTP {status}")
-            keys = parse_jwks(body)
-        except ClerkUnavailable as exc:
-            log.warning("JWKS fetch failed: %s", exc.message)
-            return
-        except (ValueError, RecursionError) as exc:
-            log.error("JWKS fetch from Clerk failed: %s", exc)
-            return
-        self._set = KeySet(keys, self._now())
-        self._last_ok = True
+    async def _fetch_set(self) -> Fetched:
+        status, headers, body = await self._client.get("jwks", "/v1/jwks")
+        if status in (401, 403):
+            log.error("JWKS fetch: Clerk refused the proxy's own secret key (HTTP %d)", status)
+        return status, headers, body
 
-    def _due(self, kid: str, now: float) -> bool:
-        current, since = self._set, now - self._last_fetch
-        stale = current is None or now - current.fetched_at >= self._cfg.jwks_cache_seconds
-        if stale:
-            # After a failed fetch, back off so an outage does not queue every JWT
-            # request behind one more fetch that times out.
-            return self._last_ok or since >= min(
-                FAILED_FETCH_BACKOFF, self._cfg.jwks_min_refetch_seconds
-            )
-        assert current is not None
-        return kid not in current.keys and since >= self._cfg.jwks_min_refetch_seconds
-
-    async def key(self, kid: str) -> jwt.PyJWK | None:
-        """The key for `kid`, fetching/refetching as the cache rules allow.
+    async def key(self, kid: str) -> Key | None:
+        """The RSA key for `kid`, fetching/refetching as the cache rules allow.
 
         Raises ClerkUnavailable when no key set could be fetched yet."""
-        current = self._set
-        if (
-            current is not None
-            and kid in current.keys
-            and self._now() - current.fetched_at < self._cfg.jwks_cache_seconds
-        ):
-            return current.keys[kid]
-        async with self._lock:  # one fetch at a time; waiters re-check its outcome
-            if self._due(kid, self._now()):
-                await self._fetch()
-            if self._set is None:
-                raise ClerkUnavailable("cannot fetch Clerk's signing keys")
-            return self._set.keys.get(kid)
+        key = await self.keys.key(kid, _unavailable)
+        return key if key is not None and key.kty == "RSA" else None
 
     async def verify(
         self, token: str, token_type: str | None = None
@@ -192,7 +159,7 @@ class Jwks:
         key = await self.key(kid)
         if key is None:
             raise _invalid(UNKNOWN_KEY, token_type)
-        if key.algorithm_name != alg:
+        if (key.alg or "RS256") != alg:
             # A key is for the algorithm its JWK names (RS256 when it names none); Clerk's
             # SDK (WebCrypto) refuses the mismatch too.
             raise _invalid("the JWT's algorithm is not the one its signing key is for", token_type)
