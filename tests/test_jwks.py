@@ -104,11 +104,13 @@ class JwksServer:
     status: int = 200
     fetches: int = 0
     auth: list[str] = field(default_factory=list)
+    cache_control: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         self.fetches += 1
         self.auth.append(request.headers.get("Authorization", ""))
-        return web.json_response({"keys": self.keys}, status=self.status)
+        headers = {"Cache-Control": self.cache_control} if self.cache_control else {}
+        return web.json_response({"keys": self.keys}, status=self.status, headers=headers)
 
 
 class Clock:
@@ -270,3 +272,25 @@ async def test_failed_fetches_back_off(env: tuple[JwksServer, Jwks, Clock]) -> N
     served.status = 200
     await jwks.verify(sign(KEY_A, "ins_a"))
     assert served.fetches == 2
+
+
+async def test_cache_control_sets_how_long_keys_are_kept(env: tuple[JwksServer, Jwks, Clock]) -> None:
+    served, jwks, clock = env
+    served.cache_control = "public, max-age=60"  # within [30, 300]: kept 60 s
+    token = sign(KEY_A, "ins_a", exp=T0 + 10_000)
+    await jwks.verify(token)
+    clock.t += 59
+    await jwks.verify(token)
+    assert served.fetches == 1
+    clock.t += 2
+    await jwks.verify(token)
+    assert served.fetches == 2
+    served.cache_control = "no-store"  # as short as allowed: the refetch interval
+    clock.t += 61
+    await jwks.verify(token)
+    clock.t += 29
+    await jwks.verify(token)
+    assert served.fetches == 3
+    clock.t += 2
+    await jwks.verify(token)
+    assert served.fetches == 4
