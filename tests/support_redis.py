@@ -189,13 +189,17 @@ def _cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
-def start_cluster(binary: str, directory: Path, nodes: int = 3) -> list[Server]:
-    """A Redis Cluster of `nodes` primaries, its slots assigned (redis-cli --cluster create)."""
+def start_cluster(
+    binary: str, directory: Path, started: list[Server], nodes: int = 3
+) -> list[Server]:
+    """A Redis Cluster of `nodes` primaries, its slots assigned (redis-cli --cluster create).
+    Each node is added to `started` as soon as it runs, so the caller stops it on failure."""
     servers = []
     for n in range(nodes):
         server = Server(binary, directory / f"node{n}", port=_cluster_port())
         server.args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         servers.append(server.start())
+        started.append(server)
     cli = shutil.which("redis-cli") or "redis-cli"
     subprocess.run(
         [cli, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in servers),

@@ -364,10 +364,13 @@ async def test_sentinel_and_cluster_urls(stack: Any, tmp_path: Path) -> None:
     """The same sharing through a Sentinel (redis+sentinel://) and a 3-node Redis Cluster
     (redis+cluster://): the scripts' keys share a hash tag, the channel reaches every node."""
     binary = redis_binary() or ""
-    primary = Server(binary, tmp_path / "primary").start()
-    sentinel = start_sentinel(binary, tmp_path / "sentinel", primary)
-    cluster = start_cluster(binary, tmp_path / "cluster")
+    started: list[Server] = []
     try:
+        primary = Server(binary, tmp_path / "primary").start()
+        started.append(primary)
+        sentinel = start_sentinel(binary, tmp_path / "sentinel", primary)
+        started.append(sentinel)
+        cluster = start_cluster(binary, tmp_path / "cluster", started)
         for url in (
             f"redis+sentinel://127.0.0.1:{sentinel.port}/mymaster",
             "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster),
@@ -382,5 +385,5 @@ async def test_sentinel_and_cluster_urls(stack: Any, tmp_path: Path) -> None:
             assert (await s.revoke(0, token_id=token.id))[0] == 200
             await _until(lambda s=s, t=token.secret: _is_refused(s, 1, t), 2.0)  # type: ignore[misc]
     finally:
-        for server in (sentinel, primary, *cluster):
+        for server in reversed(started):
             server.stop()
