@@ -4,6 +4,10 @@
 - `clerk`: the Clerk Backend API client (one `ClientSession`, opaque-token verification);
 - `gate`: when Clerk may be called again (Retry-After, backoff with jitter, one probe);
 - `jwks`: the instance's keys and local JWT verification;
+- `keyset`: a JWKS fetched and cached as careful verifiers do (Clerk's and every issuer's);
+- `jws`: header rules, key/algorithm fit and the signature check, for every issuer;
+- `issuers`, `issuer_claims`, `issuer_http`, `discovery`, `introspection`: other OAuth 2.0
+  issuers (routing by `iss`, claim checks and mapping, discovery, RFC 7662);
 - `clerk_jwt`: what each class of Clerk JWT must carry, and what of it may authorize;
 - `budget`: the cost guard on billable Clerk calls, charged to who pays;
 - `cache`: verdicts by token hash, with single-flight (a sub-package);
