@@ -137,6 +137,7 @@ def proxy_config(
 ) -> Path:
     raw = {
         "environment": "bench",
+        "allow_inline_secrets": True,  # the emulator's key
         "listen": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": admin},
         "upstream": {"url": f"http://127.0.0.1:{upstream}", "readiness_path": "/healthz"},

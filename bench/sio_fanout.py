@@ -50,7 +50,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "sio.yaml"
         config.write_text(yaml.safe_dump({
-            "environment": "bench", "listen": {"host": "127.0.0.1", "port": port},
+            "environment": "bench", "allow_inline_secrets": True, "listen": {"host": "127.0.0.1", "port": port},
             "admin": {"host": "127.0.0.1", "port": admin},
             "upstream": {"url": f"http://127.0.0.1:{up_port}"},
             "clerk": {"api_url": f"http://127.0.0.1:{args.clerk_port}", "secret_key": "sk_test_emulator"},

@@ -83,12 +83,25 @@ def test_bad_globs(glob: str) -> None:
         validate_glob(glob)
 
 
+# The key of each shipped config's instance: production and staging share production's.
+KEY_OF = {
+    "production": "sk_live_example",
+    "staging": "sk_live_example",
+    "test": "sk_test_example",
+    "local": "sk_test_example",
+}
+
+
+def shipped_env(name: str, tmp_path: Path) -> dict[str, str]:
+    key_file = tmp_path / f"{name}_secret_key"
+    key_file.write_text(KEY_OF[name] + "\n")
+    return {"CLERK_SECRET_KEY": KEY_OF[name], "CLERK_MACHINE_SECRET_KEY": "ak_example",
+            "CLERK_SECRET_KEY_FILE": str(key_file)}
+
+
 @pytest.mark.parametrize("name", ["production", "staging", "test", "local"])
 def test_shipped_configs_validate(name: str, tmp_path: Path) -> None:
-    key_file = tmp_path / "secret_key"
-    key_file.write_text("sk_live_example\n")
-    env = {**SECRETS, "CLERK_SECRET_KEY_FILE": str(key_file)}
-    cfg = load_config(ROOT / "config" / f"{name}.yaml", env=env)
+    cfg = load_config(ROOT / "config" / f"{name}.yaml", env=shipped_env(name, tmp_path))
     assert cfg.environment == name
     assert cfg.clerk.secret_key.startswith(("sk_live_", "sk_test_"))
     assert [r.name for r in cfg.routes][:2] == ["health", "matches"]
@@ -96,15 +109,17 @@ def test_shipped_configs_validate(name: str, tmp_path: Path) -> None:
     assert cfg.upstream.read_timeout > 45  # Socket.IO pingInterval + pingTimeout
 
 
-def test_environments_name_different_clerk_instances(tmp_path: Path) -> None:
-    key_file = tmp_path / "k"
-    key_file.write_text("sk_live_example")
-    env = {**SECRETS, "CLERK_SECRET_KEY_FILE": str(key_file)}
-    instances = {
-        n: load_config(ROOT / "config" / f"{n}.yaml", env=env).clerk.instance
+def test_environments_name_their_clerk_instances(tmp_path: Path) -> None:
+    """Staging runs against the production instance (README, docs/deploy.md, its budget
+    comment): its config says so, by name and by kind; test and local have their own."""
+    clerk = {
+        n: load_config(ROOT / "config" / f"{n}.yaml", env=shipped_env(n, tmp_path)).clerk
         for n in ("production", "staging", "test", "local")
     }
-    assert len(set(instances.values())) == 4
+    assert clerk["staging"].instance == clerk["production"].instance == "scores-production"
+    assert clerk["staging"].instance_type == clerk["production"].instance_type == "production"
+    assert clerk["test"].instance_type == clerk["local"].instance_type == "development"
+    assert len({c.instance for c in clerk.values()}) == 3
 
 
 def _issues(raw: Any, env: dict[str, str] | None = None) -> list[str]:
@@ -226,9 +241,8 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def test_check_config_cli_ok_and_exit_2(tmp_path: Path) -> None:
     import os
 
-    env = {**os.environ, **SECRETS, "CLERK_SECRET_KEY_FILE": str(tmp_path / "k")}
-    (tmp_path / "k").write_text("sk_live_example")
     for name in ("production", "staging", "test", "local"):
+        env = {**os.environ, **shipped_env(name, tmp_path)}
         done = _cli("check-config", "--config", f"config/{name}.yaml", env=env)
         assert done.returncode == 0, done.stderr
         assert "OK" in done.stdout

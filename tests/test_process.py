@@ -55,6 +55,7 @@ class Running:
 def write_config(path: Path, upstream: str, **overrides: Any) -> tuple[int, int]:
     port, admin = unused_port(), unused_port()
     raw = config_dict(upstream, listen={"port": port}, admin={"port": admin}, **overrides)
+    raw["clerk"]["secret_key"] = "${CLERK_SECRET_KEY}"  # never written in a file
     path.write_text(yaml.safe_dump(raw))
     return port, admin
 

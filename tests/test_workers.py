@@ -97,3 +97,25 @@ async def test_workers_that_keep_dying_stop_the_parent_with_exit_1(
     finally:
         if running.proc.returncode is None:
             running.proc.kill()
+
+
+async def test_a_worker_that_exits_2_stops_them_all_with_2(
+    tmp_path: Path, upstream: tuple[str, Recorder]
+) -> None:
+    """Its config (or port) is wrong: restarting would fail the same way."""
+    url, _ = upstream
+    config = tmp_path / "c.yaml"
+    port, admin = write_config(config, url)
+    running = await start_workers(config, port, admin, 2)
+    try:
+        serving = await wait_for(running, "serving", 2)
+        config.write_text("upstream: {url: 'not a url'}\n")
+        os.kill(serving[0]["pid"], signal.SIGKILL)  # its replacement reads the broken file
+        assert await asyncio.wait_for(running.proc.wait(), 30) == 2
+        await asyncio.wait_for(running._reader, 10)
+        (line,) = lines(running, "worker exited: its config or port is wrong; stopping the others")
+        assert line["exit_code"] == 2
+        assert len(lines(running, "stopped")) == 1  # the other worker drained
+    finally:
+        if running.proc.returncode is None:
+            running.proc.kill()

@@ -1,7 +1,10 @@
 """Configuration: YAML in, one typed, validated `Config` out (uvicorn's `Config` shape).
 
 - `model`: the typed model (`Config` and its parts), frozen, read on every request;
-- `values`: parsing of durations, sizes, `${VAR}` and `*_file` secrets;
+- `values`: parsing of durations, sizes and `*_file` secrets, and the walker `Reader`;
+- `sources`: `${VAR}` substitution, remembering which variables each key's value reads;
+- `clerk_keys`: the Clerk keys' kind, instance type and place (never written in the file);
+- `routes`: one route entry; `advice`: what a valid config may still get wrong (warnings);
 - `load`: YAML -> `Config`, every problem named by file, key and why.
 
 May import: `proxy.core` only. Everything above reads its `Config`; nothing here knows

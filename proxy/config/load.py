@@ -1,11 +1,13 @@
-"""YAML → one frozen, typed `Config` (`config_model`), validated once.
+"""YAML → one frozen, typed `Config` (`model`), validated once.
 
 Every problem is collected (not just the first) as a `ConfigIssue` naming the file, the
-key path and why, so `check-config` can print them all at once.
+key path and why, so `check-config` can print them all at once. What is valid but
+probably a mistake goes to `Config.warnings`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
@@ -15,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from proxy.config.advice import upstream_warnings
+from proxy.config.clerk_keys import check_keys, instance_type
 from proxy.config.connections import parse_connections
 from proxy.config.issuers import parse_issuers
 from proxy.config.model import (
@@ -38,6 +42,7 @@ from proxy.config.model import (
 )
 from proxy.config.routes import check_route_issuers, parse_route
 from proxy.config.shared import revocation, shared_cache
+from proxy.config.sources import Source, substitute, substitute_env
 from proxy.config.values import (
     ConfigError,
     ConfigIssue,
@@ -56,7 +61,6 @@ from proxy.config.values import (
     prefix_len,
     str_list,
     str_value,
-    substitute_env,
     validate_glob,
 )
 
@@ -104,6 +108,7 @@ def _listen(r: Reader, raw: Any, key: str, default_port: int) -> Listen:
 
 _TOP_KEYS = {
     "environment",
+    "allow_inline_secrets",
     "listen",
     "admin",
     "upstream",
@@ -126,13 +131,23 @@ _TOP_KEYS = {
 
 
 def build_config(
-    raw: Any, *, file: str, env: Mapping[str, str] | None = None, base_dir: Path | None = None
+    raw: Any,
+    *,
+    file: str,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+    sources: Mapping[str, Source] | None = None,
 ) -> Config:
-    """Validate an already-parsed YAML tree. Raises ConfigError listing every problem."""
-    r = Reader(file, env if env is not None else os.environ, base_dir or Path("."))
+    """Validate an already-parsed YAML tree. Raises ConfigError listing every problem.
+    `sources` (from the file's text) lets messages name variables and finds keys written
+    in the file."""
+    sources = sources or {}
+    variables = {path: src.variables for path, src in sources.items() if src.variables}
+    r = Reader(file, env if env is not None else os.environ, base_dir or Path("."), variables)
     top = r.section(raw, "", _TOP_KEYS)
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(r.issues)
+    environment = r.get(top, "", "environment", str_value, "local")
 
     up = r.section(
         top.get("upstream"),
@@ -173,6 +188,7 @@ def build_config(
             "machine_secret_key",
             "machine_secret_key_file",
             "instance",
+            "instance_type",
             "issuer",
             "authorized_parties",
             "timeout",
@@ -187,13 +203,17 @@ def build_config(
     )
     api_url = r.get(ck, "clerk", "api_url", http_url, "https://api.clerk.com")
     secret_key = r.secret(ck, "clerk", "secret_key", required=True)
-    if secret_key and not secret_key.startswith(("sk_live_", "sk_test_")):
-        r.problem(
-            "clerk.secret_key", "expected a Clerk instance secret key (sk_live_… or sk_test_…)"
-        )
     machine_key = r.secret(ck, "clerk", "machine_secret_key", required=False)
-    if machine_key and not machine_key.startswith("ak_"):
-        r.problem("clerk.machine_secret_key", "expected a Clerk machine secret key (ak_…)")
+    kind, said_by = instance_type(r, ck, environment)
+    check_keys(
+        r,
+        secret_key=secret_key,
+        machine_key=machine_key,
+        kind=kind,
+        said_by=said_by,
+        allow_inline=r.get(top, "", "allow_inline_secrets", bool_value, False),
+        written={path: src.written for path, src in sources.items()},
+    )
     issuer = r.get(ck, "clerk", "issuer", str_value, "")
     if issuer:
         try:
@@ -205,6 +225,7 @@ def build_config(
         secret_key=secret_key,
         machine_secret_key=machine_key,
         instance=r.get(ck, "clerk", "instance", str_value, "default"),
+        instance_type=kind,
         issuer=issuer.rstrip("/"),
         authorized_parties=r.get(ck, "clerk", "authorized_parties", str_list, _NO_STRINGS),
         timeout=r.get(ck, "clerk", "timeout", parse_duration, 5.0),
@@ -331,7 +352,7 @@ def build_config(
 
     cfg = Config(
         source=file,
-        environment=r.get(top, "", "environment", str_value, "local"),
+        environment=environment,
         listen=_listen(r, top.get("listen"), "listen", 8080),
         admin=_listen(r, top.get("admin"), "admin", 9090),
         upstream=upstream,
@@ -355,6 +376,9 @@ def build_config(
         revocation=revocation(r, top.get("revocation")),
         issuers=parse_issuers(r, top.get("issuers"), clerk.issuer),
         connections=parse_connections(r, top.get("connections")),
+        variables=variables,
+        warnings=upstream_warnings(upstream.url),
+        inputs=tuple(r.files),
     )
     check_route_issuers(r, keyed, {i.name for i in cfg.issuers})
     if cfg.listen.port and cfg.listen.port == cfg.admin.port and cfg.listen.host == cfg.admin.host:
@@ -373,34 +397,23 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except OSError as exc:
         raise ConfigError([ConfigIssue(file, "", f"cannot read file: {exc.strerror}")]) from None
     environ = env if env is not None else os.environ
-    issues: list[ConfigIssue] = []
-    # Substitute per line so an unset variable can be reported with its line number;
-    # comments are skipped so documentation examples do not demand variables.
-    out_lines = []
-    for lineno, line in enumerate(text.splitlines(keepends=True), start=1):
-        code, hash_, comment = (
-            line.partition(" #") if not line.lstrip().startswith("#") else ("", "", line)
+    done = substitute(text, environ)
+    issues = [
+        ConfigIssue(
+            file, f"line {lineno}", f"environment variable {name} is not set (missing secret?)"
         )
-        new, missing = substitute_env(code, environ)
-        for name in missing:
-            issues.append(
-                ConfigIssue(
-                    file,
-                    f"line {lineno}",
-                    f"environment variable {name} is not set (missing secret?)",
-                )
-            )
-        out_lines.append(new + hash_ + comment)
+        for lineno, name in done.missing
+    ]
     try:
-        raw = yaml.safe_load("".join(out_lines))
+        raw = yaml.safe_load(done.text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
         raise ConfigError([*issues, ConfigIssue(file, where, f"invalid YAML: {exc}")]) from None
     try:
-        cfg = build_config(raw, file=file, env=environ, base_dir=p.parent)
+        cfg = build_config(raw, file=file, env=environ, base_dir=p.parent, sources=done.sources())
     except ConfigError as exc:
         raise ConfigError(issues + exc.issues) from None
     if issues:
         raise ConfigError(issues)
-    return cfg
+    return dataclasses.replace(cfg, inputs=(file, *cfg.inputs))

@@ -7,6 +7,7 @@ validates every value, so code holding a `Config` never re-checks one.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,6 +50,8 @@ class Clerk:
     machine_secret_key: str = field(default="", repr=False)
     # A human name for the Clerk instance this environment trusts (logged at start-up).
     instance: str = "default"
+    # "production", "development", or "" when neither it nor `environment` says.
+    instance_type: str = ""
     # Expected JWT `iss` (the instance's Frontend API URL); unchecked when empty.
     issuer: str = ""
     authorized_parties: tuple[str, ...] = ()
@@ -276,3 +279,12 @@ class Config:
     revocation: Revocation = Revocation()
     issuers: tuple[Issuer, ...] = ()
     connections: ConnectionPolicy = DEFAULT_CONNECTIONS
+    # Not part of what the config says (two files saying the same compare equal):
+    # key path -> the environment variables its value was read from, so a message can
+    # name the one to change; what is valid but probably wrong, as (key, why).
+    variables: Mapping[str, tuple[str, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    warnings: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    # The files it was read from (the config file, secret files), to notice a change.
+    inputs: tuple[str, ...] = field(default=(), compare=False)

@@ -1,6 +1,6 @@
 """Typed values inside a config file, and the walker that reports every problem.
 
-Durations, sizes, URLs, `${VAR}` references, path globs and secrets: each parser raises
+Durations, sizes, URLs, path globs and secrets: each parser raises
 ValueError/TypeError with a message meant for a human, and `Reader` turns those into
 `ConfigIssue`s naming the file and key path instead of stopping at the first.
 """
@@ -96,25 +96,6 @@ def parse_size(value: Any) -> int:
     raise ValueError(f"expected a size like 10MB or 512KiB, got {value!r}")
 
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-
-
-def substitute_env(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
-    """Expand `${VAR}` / `${VAR:-default}`; return the text and the names left unset."""
-    missing: list[str] = []
-
-    def repl(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in env and (env[name] != "" or default is None):
-            return env[name]
-        if default is not None:
-            return default
-        missing.append(name)
-        return ""
-
-    return _ENV_REF.sub(repl, text), missing
-
-
 _GLOB_OK = re.compile(r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/\-{}]*$")
 
 
@@ -139,10 +120,20 @@ T = TypeVar("T")
 class Reader:
     """Walks the raw YAML tree, recording every problem instead of stopping at the first."""
 
-    def __init__(self, file: str, env: Mapping[str, str], base_dir: Path) -> None:
+    def __init__(
+        self,
+        file: str,
+        env: Mapping[str, str],
+        base_dir: Path,
+        variables: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
         self.file = file
         self.env = env
         self.base_dir = base_dir
+        # key path -> the `${VAR}`s its value reads (sources.py), so messages can name them
+        self.variables: Mapping[str, tuple[str, ...]] = variables or {}
+        # Secret files read: a change to one is a change of the config (reload).
+        self.files: list[str] = []
         self.issues: list[ConfigIssue] = []
 
     def problem(self, key: str, why: str) -> None:
@@ -178,7 +169,8 @@ class Reader:
         return raw[name]
 
     def secret(self, raw: dict[str, Any], key: str, name: str, *, required: bool) -> str:
-        """`name` (usually `${ENV}`) or `name_file` (a mounted secret), never both."""
+        """`name` (usually `${ENV}`) or `name_file` (a mounted secret), never both. A
+        problem names the variable this file reads the secret (or its file) from."""
         path = f"{key}.{name}"
         inline, file_ref = raw.get(name), raw.get(f"{name}_file")
         if inline not in (None, "") and file_ref not in (None, ""):
@@ -188,24 +180,38 @@ class Reader:
             p = Path(str(file_ref))
             if not p.is_absolute():
                 p = self.base_dir / p
+            self.files.append(str(p))
             try:
                 value = p.read_text().strip()
             except OSError as exc:
-                self.problem(f"{path}_file", f"cannot read secret file {str(p)!r}: {exc.strerror}")
+                why = f"cannot read secret file {str(p)!r}: {exc.strerror}"
+                self.problem(f"{path}_file", why + self._file_hint(f"{path}_file"))
                 return ""
             if not value:
-                self.problem(f"{path}_file", f"secret file {str(p)!r} is empty")
+                why = f"secret file {str(p)!r} is empty"
+                self.problem(f"{path}_file", why + self._file_hint(f"{path}_file"))
             return value
         if inline in (None, ""):
             if required:
-                self.problem(
-                    path, f"missing secret: set it via an environment variable or {name}_file"
+                names = self.variables.get(path, ())
+                how = (
+                    f"set {names[0]} (this file reads {name} from it)"
+                    if names
+                    else f"set it via an environment variable or {name}_file"
                 )
+                self.problem(path, "missing secret: " + how)
             return ""
         if not isinstance(inline, str):
             self.problem(path, f"expected a string, got {type(inline).__name__}")
             return ""
         return inline
+
+    def _file_hint(self, path: str) -> str:
+        names = self.variables.get(path, ())
+        if names:
+            # The key itself in an environment variable is not read by this file.
+            return f"; set {names[0]} to the path of a file that holds it"
+        return f"; mount the key there or change {path}"
 
 
 def str_value(v: Any) -> str:

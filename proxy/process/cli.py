@@ -1,5 +1,10 @@
 """`clerk-auth-proxy`: run, check-config, emulate-clerk, emulate-issuer, demo (argument
-parsing and exit codes; serving one config is `server.Server`)."""
+parsing and exit codes; serving one config is `server.Server`).
+
+Exit codes: 0 after a clean stop; 2 when the config is invalid or a listener's address
+cannot be had (one log line naming the address and the config key); 1 when `--workers`
+gives up on workers that keep dying.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from proxy import __version__
 from proxy.config.load import Config, ConfigError, load_config
 from proxy.observe.logs import configure_logging
 from proxy.process import revoke
+from proxy.process.ports import ListenError, probe
 from proxy.process.server import Server
 from proxy.process.workers import REUSE_PORT_ENV, run_workers
 
@@ -41,23 +47,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
     configure_logging(config.logging.level)
     workers = args.workers or config.workers
-    if workers > 1:
-        return run_workers(workers, args.config, config.admin.host, config.admin.port)
+    try:
+        if workers > 1:
+            # N workers would each fail on a taken port: one look first, one line.
+            for key, where in (("listen", config.listen), ("admin", config.admin)):
+                probe(where.host, where.port, key, config.variables)
+            return run_workers(workers, args.config, config.admin.host, config.admin.port)
 
-    reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"
+        reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"
 
-    async def main() -> None:
-        await Server(config, Path(args.config), reuse_port=reuse_port).serve()
+        async def main() -> None:
+            await Server(config, Path(args.config), reuse_port=reuse_port).serve()
 
-    _run_loop(main)
+        _run_loop(main)
+    except ListenError as exc:
+        exc.log()
+        return 2
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
+    for key, why in config.warnings:
+        print(f"warning: {args.config}: {key}: {why}", file=sys.stderr)
+    kind = f" ({config.clerk.instance_type})" if config.clerk.instance_type else ""
     print(
         f"{args.config}: OK (environment {config.environment}, "
-        f"Clerk instance {config.clerk.instance} at {config.clerk.api_url}, "
+        f"Clerk instance {config.clerk.instance}{kind} at {config.clerk.api_url}, "
         f"{len(config.routes)} routes)"
     )
     return 0

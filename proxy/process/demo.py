@@ -3,7 +3,10 @@
 Starts the Clerk emulator, an OAuth issuer emulator and a small live-scores upstream
 (REST, plus Socket.IO when python-socketio is installed), then the proxy with
 `config/local.yaml`, mints a real M2M token at the Clerk emulator, registers a
-client-credentials partner at the issuer emulator, and prints curl lines that work.
+client-credentials partner at the issuer emulator, and, once all five listen, prints curl
+lines that work. An address already taken is one log line naming it, its config key and
+the variable that moves it (`PROXY_PORT`, `ADMIN_PORT`, `UPSTREAM_URL`, `CLERK_API_URL`,
+`ISSUER_URL`), and exit code 2.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -20,6 +24,7 @@ from aiohttp import web
 
 from proxy.config.load import ConfigError, load_config
 from proxy.observe.logs import configure_logging
+from proxy.process.ports import ListenError, bind
 
 MATCHES = [
     {"id": "m1", "home": "Ajax", "away": "PSV", "score": "2-1", "minute": 67},
@@ -75,10 +80,16 @@ def demo_upstream() -> web.Application:
     return app
 
 
-async def _site(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def _site(
+    app: web.Application, host: str, port: int, key: str, variables: Mapping[str, tuple[str, ...]]
+) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await bind(web.TCPSite(runner, host, port).start, host, port, key, variables)
+    except ListenError:
+        await runner.cleanup()
+        raise
     return runner
 
 
@@ -102,11 +113,26 @@ async def _demo(config_path: str) -> None:
         raise SystemExit(2) from None
 
     c, u, i = urlsplit(clerk_url), urlsplit(upstream_url), urlsplit(issuer_url)
-    runners = [
-        await _site(issuer.app, i.hostname or "127.0.0.1", i.port or 3200),
-        await _site(emulator.app, c.hostname or "127.0.0.1", c.port or 3100),
-        await _site(demo_upstream(), u.hostname or "127.0.0.1", u.port or 3000),
-    ]
+    names: Mapping[str, tuple[str, ...]] = {
+        "clerk.api_url": ("CLERK_API_URL",),
+        "upstream.url": ("UPSTREAM_URL",),
+        "issuers[0].issuer": ("ISSUER_URL",),
+    }
+    runners: list[web.AppRunner] = []
+    try:
+        for app, where, default, key in (
+            (issuer.app, i, 3200, "issuers[0].issuer"),
+            (emulator.app, c, 3100, "clerk.api_url"),
+            (demo_upstream(), u, 3000, "upstream.url"),
+        ):
+            host, port = where.hostname or "127.0.0.1", where.port or default
+            runners.append(await _site(app, host, port, key, names))
+        server = Server(config, Path(config_path))
+        await server.start()
+    except ListenError:
+        for runner in runners:
+            await runner.cleanup()
+        raise
     seeded = seed_demo(emulator)
     secret, token_id = seeded["m2m_token_secret"], seeded["m2m_token_id"]
     partner = seed_issuer_demo(issuer)
@@ -152,7 +178,7 @@ async def _demo(config_path: str) -> None:
         flush=True,
     )
     try:
-        await Server(config, Path(config_path)).serve()
+        await server.run()
     finally:
         for runner in runners:
             await runner.cleanup()
@@ -161,5 +187,9 @@ async def _demo(config_path: str) -> None:
 def run_demo(config_path: str) -> int:
     configure_logging("INFO")
     logging.getLogger("proxy.access").setLevel(logging.INFO)
-    asyncio.run(_demo(config_path))
+    try:
+        asyncio.run(_demo(config_path))
+    except ListenError as exc:
+        exc.log()
+        return 2
     return 0

@@ -3,7 +3,10 @@ file, and the orderly shutdown.
 
 Process life: SIGTERM/SIGINT → /readyz 503 → (shutdown.delay) → stop accepting → in-flight
 requests get shutdown.grace_period to finish → exit 0. SIGHUP or a changed config file →
-reload; a new config that fails validation is logged and the old one keeps serving.
+reload; a new config that fails validation is logged and the old one keeps serving. A
+reload happens once per change: the config file and the secret files it reads are compared
+with what the running config was loaded from, so an edit followed by SIGHUP (the watcher
+and the signal both noticing) loads once, and a SIGHUP with nothing changed loads nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from proxy.config.load import Config, ConfigError, load_config
 from proxy.fastpath import listener
 from proxy.process.admin import create_admin_app
 from proxy.process.gateway import ADMIN_SOCKET_ENV
+from proxy.process.ports import ListenError, bind
 from proxy.request.app import PROXY, Proxy, create_app
 
 log = logging.getLogger("proxy")
@@ -36,12 +40,25 @@ AIOHTTP_SHUTDOWN = 0.25
 EXIT_MARGIN = 0.9
 
 
-def _file_signature(path: Path) -> tuple[int, int, int] | None:
+Signature = tuple[tuple[int, int, int] | None, ...]
+
+
+def _file_signature(path: str) -> tuple[int, int, int] | None:
     try:
-        st = path.stat()  # follows symlinks: Kubernetes swaps ConfigMap files via a symlink
+        st = os.stat(path)  # follows symlinks: Kubernetes swaps ConfigMap files via a symlink
     except OSError:
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def inputs_signature(config: Config) -> Signature:
+    """What the files a config was read from look like now."""
+    return tuple(_file_signature(path) for path in config.inputs)
+
+
+def log_warnings(config: Config) -> None:
+    for key, why in config.warnings:
+        log.warning("config: %s", why, extra={"key": key})
 
 
 class Server:
@@ -56,9 +73,17 @@ class Server:
         self.admin = create_admin_app(self.proxy)
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._loaded = inputs_signature(config)
+        self._runners: list[web.AppRunner] = []
+        self._front: listener.FrontDoorServer | None = None
 
     async def reload(self, reason: str) -> bool:
         async with self._reload_lock:
+            # Read before loading: a change made while loading is seen by the next look.
+            seen = inputs_signature(self.config)
+            if seen == self._loaded:
+                log.info("config unchanged; not reloaded", extra={"reason": reason})
+                return False
             try:
                 new = await asyncio.to_thread(load_config, self.config_path)
             except ConfigError as exc:
@@ -68,18 +93,25 @@ class Server:
                     extra={"reason": reason, "problems": [str(i) for i in exc.issues]},
                 )
                 return False
+            if new.inputs != self.config.inputs:
+                # It names other secret files: signed as they were when loaded.
+                seen = inputs_signature(new)
             await self.proxy.reload(new)
             self.config = new
+            self._loaded = seen
             self.proxy.metrics.config_reloads.labels("ok").inc()
             log.info("config reloaded", extra={"reason": reason, "environment": new.environment})
+            log_warnings(new)
             return True
 
     async def _watch_config(self) -> None:
-        last = _file_signature(self.config_path)
+        last = self._loaded
         while True:
             await asyncio.sleep(CONFIG_POLL_SECONDS)
-            current = _file_signature(self.config_path)
-            if current is not None and current != last:
+            current = inputs_signature(self.config)
+            # A file that is away (mid-swap) is looked at again; one that failed to
+            # load is not retried until it changes again.
+            if None not in current and current != last and current != self._loaded:
                 last = current
                 await self.reload("file changed")
 
@@ -87,6 +119,11 @@ class Server:
         self._stop.set()
 
     async def serve(self) -> None:
+        await self.start()
+        await self.run()
+
+    async def start(self) -> None:
+        """Bind both listeners, or raise ListenError having closed what was opened."""
         cfg = self.config
         runner = web.AppRunner(
             self.app,
@@ -100,52 +137,75 @@ class Server:
         admin_runner = web.AppRunner(
             self.admin, access_log=None, handle_signals=False, shutdown_timeout=AIOHTTP_SHUTDOWN
         )
+        self._runners = [runner, admin_runner]
         await runner.setup()
         await admin_runner.setup()
+        listen, admin, names = cfg.listen, cfg.admin, cfg.variables
         # One listener for both doors: the fast path needs a plain-HTTP upstream.
-        fast_path = cfg.listen.fast_path and cfg.upstream.url.startswith("http://")
-        front = await listener.serve(
-            self.proxy,
-            runner,
-            cfg.listen.host,
-            cfg.listen.port,
-            reuse_port=self.reuse_port,
-            fast_path=fast_path,
-        )
-        admin_socket = os.environ.get(ADMIN_SOCKET_ENV)
-        admin_site: web.BaseSite
-        if admin_socket:
-            # A worker of `run --workers N`: the supervisor serves the admin port for all
-            # of them (gateway), and reaches this worker's admin app here.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(admin_socket)
-            admin_site = web.UnixSite(admin_runner, admin_socket)
-        else:
-            admin_site = web.TCPSite(
-                admin_runner, cfg.admin.host, cfg.admin.port, reuse_port=self.reuse_port
+        fast_path = listen.fast_path and cfg.upstream.url.startswith("http://")
+        try:
+            self._front = await bind(
+                lambda: listener.serve(
+                    self.proxy,
+                    runner,
+                    listen.host,
+                    listen.port,
+                    reuse_port=self.reuse_port,
+                    fast_path=fast_path,
+                ),
+                listen.host,
+                listen.port,
+                "listen",
+                names,
             )
-        await admin_site.start()
+            admin_socket = os.environ.get(ADMIN_SOCKET_ENV)
+            admin_site: web.BaseSite
+            if admin_socket:
+                # A worker of `run --workers N`: the supervisor serves the admin port for
+                # all of them (gateway), and reaches this worker's admin app here.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(admin_socket)
+                admin_site = web.UnixSite(admin_runner, admin_socket)
+                await admin_site.start()
+            else:
+                admin_site = web.TCPSite(
+                    admin_runner, admin.host, admin.port, reuse_port=self.reuse_port
+                )
+                await bind(admin_site.start, admin.host, admin.port, "admin", names)
+        except ListenError:
+            if self._front is not None:
+                await self._front.drain(time.monotonic())
+            await runner.cleanup()
+            await admin_runner.cleanup()
+            raise
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
-        watcher = asyncio.create_task(self._watch_config())
         log.info(
             "serving",
             extra={
                 "environment": cfg.environment,
                 "clerk_instance": cfg.clerk.instance,
                 "clerk_api_url": cfg.clerk.api_url,
-                "listen": f"{cfg.listen.host}:{cfg.listen.port}",
+                "listen": f"{listen.host}:{listen.port}",
                 "fast_path": fast_path,
                 "compiled": compiled(),
-                "admin": admin_socket or f"{cfg.admin.host}:{cfg.admin.port}",
+                "admin": admin_socket or f"{admin.host}:{admin.port}",
                 "upstream": cfg.upstream.url,
                 "version": __version__,
                 "pid": os.getpid(),
             },
         )
+        log_warnings(cfg)
+
+    async def run(self) -> None:
+        """Serve until asked to stop, then drain (after `start`)."""
+        runner, admin_runner = self._runners
+        front = self._front
+        assert front is not None, "start() first"
+        watcher = asyncio.create_task(self._watch_config())
         try:
             await self._stop.wait()
         finally:

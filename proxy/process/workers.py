@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Final
 
 from proxy.process.gateway import ADMIN_SOCKET_ENV, Gateway
+from proxy.process.ports import ListenError
 
 REUSE_PORT_ENV: Final = "CLERK_AUTH_PROXY_REUSE_PORT"
 # Kubernetes' own restart back-off starts at 10 s: five deaths a minute is no transient.
@@ -77,6 +78,7 @@ class Supervisor:
         self._restarts: deque[float] = deque()
         self._count = count
         self.stopping = False
+        self._stop_signal = 0
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
@@ -93,6 +95,8 @@ class Supervisor:
                 child.send_signal(signum)
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
+        if not self.stopping:
+            self._stop_signal = signum
         self.stopping = True
         self.signal_all(signum)
 
@@ -144,8 +148,10 @@ class Supervisor:
             time.sleep(POLL_SECONDS)
         if verdict is not None:
             return verdict
-        # Stopped on request: 0 when every worker drained cleanly.
-        return max((exit_status(c.returncode or 0) for c in self.workers), default=0)
+        # Stopped on request: 0 when every worker drained cleanly, or ended by the signal
+        # it was asked to stop with (one still starting has no handler for it yet).
+        codes = [c.returncode or 0 for c in self.workers]
+        return max((exit_status(c) for c in codes if c != -self._stop_signal), default=0)
 
 
 def worker_command(config_path: str) -> Sequence[str]:
@@ -177,12 +183,9 @@ def run_workers(count: int, config_path: str, admin_host: str, admin_port: int) 
     try:
         gateway.start()
     except OSError as exc:
-        log.error(
-            "cannot listen on the admin port",
-            extra={"admin": f"{admin_host}:{admin_port}", "key": "admin.port", "error": str(exc)},
-        )
         shutil.rmtree(sockets_dir, ignore_errors=True)
-        return EXIT_USAGE
+        # The cli's one line and exit code 2, as for a single process.
+        raise ListenError(admin_host, admin_port, "admin", exc, {}) from None
     supervisor = Supervisor(count, spawn)
 
     def on_stop(signum: int, frame: FrameType | None) -> None:

@@ -59,6 +59,8 @@ class Proxy:
         self.verifier_factory = verifier_factory
         self.draining = False
         self._config = config
+        # What the keys that only a restart applies say while this process lives.
+        self._started = config
         self._session: aiohttp.ClientSession | None = None
         # Clerk gets its own small pool so upstream load can never starve verification.
         self._clerk_session: aiohttp.ClientSession | None = None
@@ -147,11 +149,14 @@ class Proxy:
             task = asyncio.create_task(_close_later(old.verifier, config.shutdown.grace_period))
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
+        # Against what runs, not the previous file: a reload that puts `listen` back to
+        # the bound address changes nothing.
+        started = self._started
         for changed, what in (
-            (old.config.listen != config.listen, "listen"),
-            (old.config.admin != config.admin, "admin"),
-            (old.config.workers != config.workers, "workers"),
-            (old.config.upstream.pool_size != config.upstream.pool_size, "upstream.pool_size"),
+            (started.listen != config.listen, "listen"),
+            (started.admin != config.admin, "admin"),
+            (started.workers != config.workers, "workers"),
+            (started.upstream.pool_size != config.upstream.pool_size, "upstream.pool_size"),
         ):
             if changed:
                 log.warning("config reload: %s changed; it takes effect on restart", what)
