@@ -321,3 +321,15 @@ async def test_one_connection_switching_tokens_gets_each_tokens_principal(stack_
                 else:
                     assert resp.status == 401
     assert s.emulator.calls["m2m_verify"] == 3  # a, b and the bad one; the rest are hits
+
+
+async def test_a_principal_without_scopes_gets_no_scopes_field(stack_factory: Any) -> None:
+    """A session token grants no scopes: no `X-Auth-Scopes` at all, not an empty one."""
+    s: Stack = await stack_factory()
+    e = s.emulator
+    assert (await s.get("/api/v1/matches", e.mint_session_jwt("user_2abc", expires_in=60)))[0] == 200
+    seen = s.recorder.last.headers
+    assert header_values(seen, "X-Auth-Principal-Type") == ["user"]
+    assert header_values(seen, "X-Auth-Scopes") == []
+    assert (await s.get("/api/v1/matches", e.create_api_key("user_2key", scopes=["read"])))[0] == 200
+    assert header_values(s.recorder.last.headers, "X-Auth-Scopes") == ["read"]

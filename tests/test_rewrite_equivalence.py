@@ -26,6 +26,8 @@ MACHINE = Principal(
     type="machine", id="mch_1", token_type="m2m_token", token_id="mt_1",
     scopes=frozenset({"b", "a"}), claims_json='{"k":"v"}',
 )
+# A session: no scopes, so no scopes field (both rewrites).
+SESSION = Principal(type="user", id="user_1", token_type="session_token", token_id="sess_1")
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"),)
 
 # Names that the rewrites treat specially, and some that only look alike.
@@ -86,7 +88,7 @@ def as_parsed(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
 @given(
     pairs=fields(),
     spacing=st.sampled_from(["", " ", "  ", "\t"]),
-    principal=st.sampled_from([MACHINE, ANONYMOUS]),
+    principal=st.sampled_from([MACHINE, SESSION, ANONYMOUS]),
     peer=st.sampled_from(["10.1.2.3", "198.51.100.9"]),
     host=st.sampled_from([None, "api.example", "h:8080"]),
     trusted=st.sampled_from([(), TRUSTED]),

@@ -134,7 +134,8 @@ class PrincipalHeaders:
             out.append((self.token_type, principal.token_type))
         if principal.token_id:
             out.append((self.token_id, principal.token_id))
-        if not principal.is_anonymous:
+        if principal.scopes:
+            # None at all, not an empty field, when the token grants none (sessions).
             out.append((self.scopes, " ".join(sorted(principal.scopes))))
         if principal.claims_json:
             out.append((self.claims, principal.claims_json))
