@@ -82,6 +82,7 @@ def proxy_config(tmp: Path, name: str, up: int, clerk: int, redis: int | None, t
         cache["shared"] = {"url": f"redis://127.0.0.1:{redis}", "timeout": "50ms"}
     raw = {
         "environment": "bench",
+        "allow_inline_secrets": True,  # the emulator's key
         "listen": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": admin},
         "upstream": {"url": f"http://127.0.0.1:{up}"},

@@ -216,6 +216,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> int:
         spawn(PY, str(HERE / "soak_upstream.py"), str(up_port))
         config = {
             "environment": "soak",
+            "allow_inline_secrets": True,  # the emulator's key
             "listen": {"host": "127.0.0.1", "port": port},
             "admin": {"host": "127.0.0.1", "port": admin},
             "upstream": {"url": f"http://127.0.0.1:{up_port}"},

@@ -99,6 +99,7 @@ async def test_grace_keeps_everything_flowing_then_1001_then_exit_on_time(
         shutdown={"delay": DELAY, "grace_period": GRACE},
         connections={"min_body_rate": 0},  # the stuck upload below must reach the deadline
     )
+    raw["clerk"]["secret_key"] = "${CLERK_SECRET_KEY}"  # start() sets it: no key in a file
     config.write_text(yaml.safe_dump(raw))
     running = await start(config, port, admin)
     try:

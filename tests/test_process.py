@@ -55,7 +55,10 @@ class Running:
 def write_config(path: Path, upstream: str, **overrides: Any) -> tuple[int, int]:
     port, admin = unused_port(), unused_port()
     raw = config_dict(upstream, listen={"port": port}, admin={"port": admin}, **overrides)
-    raw["clerk"]["secret_key"] = "${CLERK_SECRET_KEY}"  # never written in a file
+    if raw["clerk"]["secret_key"] == "sk_test_unit":
+        raw["clerk"]["secret_key"] = "${CLERK_SECRET_KEY}"  # start() sets it
+    else:  # another emulator's development key, written in the file on purpose
+        raw["allow_inline_secrets"] = True
     path.write_text(yaml.safe_dump(raw))
     return port, admin
 
