@@ -1,6 +1,7 @@
-"""End-to-end suites run twice: through the fast path's listener (`frontdoor`, what
-`clerk-auth-proxy run` serves) and through aiohttp's server alone (`listen.fast_path:
-false`). Both must give every answer those suites assert.
+"""End-to-end suites run twice: through the proxy's listener with the fast path
+(`frontdoor`, what `clerk-auth-proxy run` serves by default) and without it
+(`listen.fast_path: false`: aiohttp's protocol on every connection, still timed, limited
+and drained by the listener). Both must give every answer those suites assert.
 
 The suite tests the request path as it ships: compiled by mypyc (setup.py) into
 proxy/*.so, which shadow the .py files. A .so older than its source would test stale
@@ -64,11 +65,13 @@ async def aiohttp_server(aiohttp_server: Serve, front_door: str) -> AsyncIterato
     async def serve(app: web.Application, **kwargs: Any) -> TestServer:
         # The client-facing app (not the admin app, which shares the Proxy object).
         proxy_app = PROXY in app and app[PROXY].lifespan in list(app.cleanup_ctx)
-        if front_door != "fast" or not proxy_app:
+        if not proxy_app:
             return await aiohttp_server(app, **kwargs)
         host = kwargs.pop("host", "127.0.0.1")
         port = kwargs.pop("port", None)
-        server = FastPathServer(app, host=host, port=port)
+        # "aiohttp" is `listen.fast_path: false` as it ships: the proxy's listener (its
+        # timeouts, limits and drain) in front of aiohttp's protocol for every connection.
+        server = FastPathServer(app, host=host, port=port, fast_path=front_door == "fast")
         await server.start_server(**kwargs)
         servers.append(server)
         return server
