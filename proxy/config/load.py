@@ -19,7 +19,11 @@ import yaml
 
 from proxy.config.advice import upstream_warnings
 from proxy.config.clerk_keys import check_keys, instance_type
-from proxy.config.connections import parse_connections
+from proxy.config.connections import (
+    parse_connections,
+    parse_shutdown,
+    parse_websocket,
+)
 from proxy.config.issuers import parse_issuers
 from proxy.config.model import (
     DEFAULT_GLOBAL_BUCKET,
@@ -315,26 +319,6 @@ def build_config(
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*-", prefix):
         r.problem("headers.prefix", f"must be a header-name prefix ending in '-', got {prefix!r}")
 
-    ws = r.section(
-        top.get("websocket"),
-        "websocket",
-        {
-            "max_message_size",
-            "allowed_origins",
-            "compression",
-            "upstream_compression",
-            "heartbeat_seconds",
-        },
-    )
-    websocket = WebSocket(
-        max_message_size=r.get(ws, "websocket", "max_message_size", parse_size, 1024 * 1024),
-        allowed_origins=r.get(ws, "websocket", "allowed_origins", str_list, _NO_STRINGS),
-        compression=r.get(ws, "websocket", "compression", bool_value, True),
-        upstream_compression=r.get(ws, "websocket", "upstream_compression", bool_value, False),
-        heartbeat_seconds=r.get(ws, "websocket", "heartbeat_seconds", parse_duration, 0.0),
-    )
-
-    sd = r.section(top.get("shutdown"), "shutdown", {"grace_period", "delay"})
     lg = r.section(top.get("logging"), "logging", {"level", "access_log"})
     level = r.get(lg, "logging", "level", str_value, "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -364,11 +348,8 @@ def build_config(
         forward_authorization=r.get(top, "", "forward_authorization", bool_value, False),
         headers=Headers(prefix=prefix),
         trusted_proxies=tuple(trusted),
-        websocket=websocket,
-        shutdown=Shutdown(
-            grace_period=r.get(sd, "shutdown", "grace_period", parse_duration, 25.0),
-            delay=r.get(sd, "shutdown", "delay", parse_duration, 0.0),
-        ),
+        websocket=parse_websocket(r, top.get("websocket")),
+        shutdown=parse_shutdown(r, top.get("shutdown")),
         logging=Logging(
             level=level, access_log=r.get(lg, "logging", "access_log", bool_value, True)
         ),
