@@ -232,6 +232,18 @@ async def drive(run: Run, partners: list[dict[str, Any]], machine: str, proxy_po
     await asyncio.gather(*loops, return_exceptions=True)
 
 
+def _verification_metrics(admin: int) -> dict[str, float]:
+    """The proxy's own counters of what it did (background checks, held calls, ...)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    wanted = ("authproxy_verify_", "authproxy_clerk_calls_held", "authproxy_verification_",
+              "authproxy_clerk_requests_total")
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line.startswith(wanted)}
+
+
 def _revoke(clerk: str, token_id: str) -> None:
     import urllib.request
 
@@ -311,7 +323,9 @@ async def run(sc: Scenario) -> dict[str, Any]:
                         for _ in range(sc.partners)]
             r = Run(sc, port, clerk)
             await drive(r, partners, machine, port)
-            return summarize(r)
+            result = summarize(r)
+            result["proxy_metrics"] = await asyncio.to_thread(_verification_metrics, admin)
+            return result
         finally:
             for proc in reversed(procs):
                 proc.terminate()

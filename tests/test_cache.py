@@ -273,7 +273,7 @@ async def test_freshness_starts_when_the_check_started_not_when_it_landed() -> N
     await flight
     entry = cache.known(key, clock.t)
     assert entry is not None and entry.fresh_until == T0 + 10
-    # An answer slower than the ttl is not cached at all.
+    # An answer slower than the ttl is not cached at all (without a stale window: below).
     other = cache.key("mt_other")
     gate.clear()
     flight = cache.start(other, Loader(machine(None), gate))
@@ -393,3 +393,19 @@ async def test_a_re_check_adopts_a_newer_shared_entry_and_asks_clerk_past_the_sa
     assert load.calls == 2
     held = cache.known(key, clock.t)
     assert held is not None and held.fresh_until == T0 + 25
+
+
+async def test_an_answer_later_than_the_ttl_is_a_stale_entry_not_a_lost_one() -> None:
+    """A slow Clerk: the re-check of a known token lands after the TTL. Its verdict is
+    kept as a stale entry (served while the next check runs), not dropped for a miss."""
+    cache, clock, _ = make(ttl_seconds=10, stale_if_error_seconds=100)
+    key = cache.key("mt_tok")
+    await get(cache, Loader(machine(None)))
+    clock.t = T0 + 12  # stale; its re-check starts now and takes 13 s
+    gate = asyncio.Event()
+    flight = cache.start(key, Loader(machine(None), gate))
+    clock.t = T0 + 25
+    gate.set()
+    await flight
+    entry = cache.known(key, clock.t)
+    assert entry is not None and (entry.fresh_until, entry.keep_until) == (T0 + 22, T0 + 122)

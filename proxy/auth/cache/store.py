@@ -105,17 +105,20 @@ class VerificationCache:
 
     def positive(self, principal: Principal, checked_at: float) -> Positive | None:
         """The entry for a verification that started at `checked_at`, or None when it must
-        not be cached (the token expired, or the answer came too late to be fresh)."""
+        not be cached (the token expired, or the answer came too late even for the stale
+        window). An answer that came later than the TTL but inside the stale window is a
+        stale entry: still the token's last known verdict, never to be thrown away for a
+        miss while Clerk is slow."""
         fresh = checked_at + self._cfg.ttl_seconds
         if principal.expires_at is not None:
             fresh = min(fresh, principal.expires_at)
-        if fresh <= self._now():
-            return None
         keep = fresh
         if self._cfg.stale_if_error_seconds > 0:
             keep = fresh + self._cfg.stale_if_error_seconds
             if principal.expires_at is not None:
                 keep = min(keep, principal.expires_at)
+        if keep <= self._now():
+            return None
         return Positive(principal, fresh, keep)
 
     def refresh_at(self, key: bytes, entry: Positive) -> float:
