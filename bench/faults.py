@@ -70,6 +70,7 @@ SHORT = Scenario(partners=10, partner_rate=10.0, revoked=2, newcomer_every=0.5, 
 def proxy_config(tmp: Path, sc: Scenario, port: int, admin: int, up: int, clerk: int) -> Path:
     raw = {
         "environment": "faults",
+        "allow_inline_secrets": True,  # the emulator's key
         "listen": {"host": "127.0.0.1", "port": port},
         "admin": {"host": "127.0.0.1", "port": admin},
         "upstream": {"url": f"http://127.0.0.1:{up}", "readiness_path": "/healthz"},
