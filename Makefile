@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test lint typecheck pytest bench instructions soak fuzz clean venv redis-server faults
+.PHONY: demo test lint typecheck pytest bench instructions soak fuzz conformance clean venv redis-server faults
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,13 @@ FUZZ_EXAMPLES ?= 300
 fuzz: $(BUILT)
 	DIFFERENTIAL_FUZZ=1 DIFFERENTIAL_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:logging \
 		tests/test_differential.py -k generated
+
+# The differential cases (corpora + 500 generated) through nginx as the reference, beside
+# both doors; every disagreement lands in bench/results/conformance-*.json. Fails when the
+# proxy forwards what nginx refused (save the documented ones in bench/conformance.py).
+conformance: $(BUILT)
+	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
+	$(BIN)/python -m bench.conformance --generated 500
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,164 @@
+"""`make conformance`: the differential cases through nginx as the reference, beside the
+proxy's two doors (tests/support_differential), each in front of its own recording raw
+upstream. nginx (Debian's, as `make bench` installs it) proxies with HTTP/1.1 keep-alive
+upstream connections and passes Host on, so what the upstreams receive is comparable.
+
+nginx has no routes and no tokens: cases are compared on what the client received (the
+statuses of its answers, in order, and whether the connection was closed) and on whether
+anything reached the upstream. Prints a summary and writes every disagreement to
+bench/results/conformance-<time>.json; exits 1 when the proxy lets a request through to
+its upstream that nginx refused (the direction that matters), 0 otherwise.
+
+    python -m bench.conformance [--generated N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hypothesis import strategies as st
+
+from tests.support_differential import Case, Doors, corpus_cases, tagged
+from tests.support_raw import RawUpstream, exchange, parse_answers
+from tests.test_differential import cases as generated_cases
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+error_log {tmp}/error.log crit;
+pid {tmp}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body;
+  proxy_temp_path {tmp}/proxy;
+  upstream up {{ server 127.0.0.1:{upstream}; keepalive 32; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_read_timeout 1s;
+    }}
+  }}
+}}
+"""
+
+
+# Forwarded by the proxy where nginx refused, on purpose (docs/security.md).
+ACCEPTED_WHERE_NGINX_REFUSES = {
+    # `Transfer-Encoding: ,chunked`: an empty list element, which RFC 9110 §5.6.1.2 says a
+    # recipient must ignore; aiohttp does, nginx answers 501. The proxy re-frames the body
+    # itself, so the upstream cannot read it another way.
+    "http-garden:trophy:57",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def kind(status: int) -> str:
+    """Statuses by what they mean here: nginx answers 501 for a Transfer-Encoding it does
+    not know where aiohttp answers 400; both refuse."""
+    if status < 400:
+        return "answered"
+    if status in (502, 503, 504):
+        return "upstream failed"
+    return "refused"
+
+
+def summary(data: bytes, closed: bool) -> tuple[list[int], bool]:
+    answers, _ = parse_answers(data, closed)
+    return [a.status for a in answers], closed
+
+
+async def main(generated: int) -> int:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    tmp = Path(tempfile.mkdtemp(prefix="conformance-"))
+    up = await RawUpstream().start()
+    port = free_port()
+    (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, upstream=up.port, port=port))
+    proc = subprocess.Popen([nginx, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
+    doors = await Doors.start()
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            await asyncio.sleep(0.1)
+        cases = list(corpus_cases())
+        strategy = st.lists(generated_cases(), min_size=generated, max_size=generated)
+        for i, (raw, half_close) in enumerate(strategy.example() if generated else []):
+            cases.append(Case(f"n{i}", tagged(raw, f"n{i}"), half_close, "generated"))
+        limit = asyncio.Semaphore(100)
+
+        async def through_nginx(case: Case) -> tuple[list[int], bool]:
+            async with limit:
+                got = await exchange(port, case.raw, idle=0.5, limit=4, half_close=case.half_close)
+            return summary(got.data, got.closed)
+
+        reference = await asyncio.gather(*[through_nginx(case) for case in cases])
+        ours = await doors.run(cases)
+        await asyncio.sleep(0.1)
+        reached = {r.target.split("/")[2] for r in up.received if r.target.count("/") > 1}
+        agree, differ, leaks = 0, [], []
+        for case, (statuses, closed), (_, fast, _aio) in zip(cases, reference, ours, strict=True):
+            mine = [status for status, _ in fast.answers]
+            nginx_forwarded = case.tag in reached
+            if [kind(s) for s in mine] == [kind(s) for s in statuses]:
+                agree += 1
+                continue
+            entry: dict[str, Any] = {
+                "source": case.source, "raw": case.raw.decode("latin-1"),
+                "nginx": statuses, "nginx_closed": closed, "proxy": mine,
+                "proxy_closed": fast.closed, "nginx_forwarded": nginx_forwarded,
+                "proxy_forwarded": bool(fast.upstream),
+            }
+            differ.append(entry)
+            if (
+                fast.upstream and not nginx_forwarded
+                and case.source not in ACCEPTED_WHERE_NGINX_REFUSES
+            ):
+                leaks.append(entry)
+        out = ROOT / "bench" / "results" / (
+            "conformance-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + ".json")
+        out.write_text(json.dumps({"cases": len(cases), "agree": agree, "differ": differ}, indent=1))
+        print(f"{len(cases)} cases: {agree} answered as nginx does (same kinds of answer), {len(differ)} differently, "
+              f"{len(leaks)} forwarded by the proxy where nginx forwarded nothing; {out}")
+        for entry in leaks[:10]:
+            print(f"  forwarded only by the proxy: {entry}")
+        for entry in differ[:15]:
+            print(f"  {entry['source']}: nginx {entry['nginx']} proxy {entry['proxy']} "
+                  f"{entry['raw'][:90]!r}")
+        return 1 if leaks else 0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        await doors.close()
+        await up.close()
+
+
+if __name__ == "__main__":
+    logging.disable(logging.ERROR)  # aiohttp logs each refused request with a traceback
+    warnings.simplefilter("ignore")  # hypothesis: .example() outside a test
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--generated", type=int, default=500)
+    sys.exit(asyncio.run(main(parser.parse_args().generated)))
