@@ -81,7 +81,7 @@ class ConnectionPolicy:
 class ConnectionClock:
     """One connection's phase and the time it started; `expired` is the verdict."""
 
-    __slots__ = ("budget", "closer", "phase", "policy", "since")
+    __slots__ = ("budget", "closer", "cut", "phase", "policy", "since")
 
     def __init__(self, policy: ConnectionPolicy, now: float) -> None:
         self.policy = policy
@@ -91,6 +91,9 @@ class ConnectionClock:
         self.budget = policy.body_grace
         # Set by a WebSocket relay: closes the socket with a close frame, not a reset.
         self.closer: Callable[[str], None] | None = None
+        # Set when the drain's deadline cuts the connection: an exchange it ends was
+        # ended by the proxy (503), not by a client that went away (499).
+        self.cut = False
 
     def received(self, now: float) -> None:
         """Bytes arrived from the client."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import http
+import logging
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -33,6 +34,8 @@ from proxy.observe.metrics import Metrics
 AiohttpProtocolFactory = Callable[[], asyncio.Protocol]
 
 # How long a connection closed with a 408 keeps reading (and dropping) what still comes.
+log = logging.getLogger("proxy")
+
 LINGER = 1.0
 
 
@@ -130,8 +133,14 @@ class Doorway:
                 conn.clock.closed()
 
     def abort_all(self) -> None:
+        if self.connections:
+            log.warning(
+                "shutdown deadline: cutting the connections still open",
+                extra={"connections": len(self.connections)},
+            )
         for conn in list(self.connections):
             self.count(DRAIN_DEADLINE)
+            conn.clock.cut = True
             conn.abort()
 
     def guarded(self) -> Guarded:

@@ -130,13 +130,14 @@ class FrontDoor(asyncio.Protocol):
         self.transport = None
         if not self._busy:
             return
-        # The client went away mid-exchange: drop the upstream leg, count it as 499.
+        # The client went away mid-exchange (499, nginx's "client closed request"), or
+        # the drain's deadline cut it (503: the proxy ended it): drop the upstream leg.
         if self._task is not None:
             self._task.cancel()
         if self._upstream is not None:
             self._upstream.abandon()
             self._upstream = None
-        self._finish(499)
+        self._finish(503 if self.clock.cut else 499)
 
     def pause_writing(self) -> None:
         if self._upstream is not None:

@@ -131,6 +131,10 @@ class Server:
             access_log=None,
             handle_signals=False,
             keepalive_timeout=listener.backstop_keepalive(cfg.connections),
+            # A connection gone (the client's doing, or the drain deadline's) ends its
+            # handler, which then logs its line (499, or 503 for a cut) instead of running
+            # on unseen.
+            handler_cancellation=True,
             # By the time aiohttp's shutdown runs, the drain has ended every connection.
             shutdown_timeout=AIOHTTP_SHUTDOWN,
         )

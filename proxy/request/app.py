@@ -208,8 +208,13 @@ class Proxy:
                 web.Response(status=refusal.status, body=refusal.body(), headers=refusal.headers())
             )
         except ClientGone:
-            status = 499  # nginx's code for "client closed request"; never sent
+            # nginx's code for "client closed request" (never sent); 503 when the drain's
+            # deadline cut the connection: the proxy ended it, not the client.
+            status = 503 if clock is not None and clock.cut else 499
             raise ConnectionResetError("client went away") from None
+        except asyncio.CancelledError:
+            status = 503 if clock is not None and clock.cut else 499
+            raise
         finally:
             if clock is not None:
                 clock.answered(_monotonic())
