@@ -3,7 +3,8 @@
 - `model`: the typed model (`Config` and its parts), frozen, read on every request;
 - `values`: parsing of durations, sizes and `*_file` secrets, and the walker `Reader`;
 - `sources`: `${VAR}` substitution, remembering which variables each key's value reads;
-- `clerk_keys`: the Clerk keys' kind, instance type and place (never written in the file);
+- `clerk`: the `clerk:` section; `clerk_keys`: the keys' kind, instance type and place
+  (never written in the file);
 - `routes`: one route entry; `advice`: what a valid config may still get wrong (warnings);
 - `load`: YAML -> `Config`, every problem named by file, key and why.
 
