@@ -55,7 +55,8 @@ async def test_a_killed_worker_is_logged_and_restarted(
         died = (await wait_for(running, "worker died; restarting it", 1))[0]
         assert died["pid"] == victim and died["signal"] == "SIGKILL"
         assert died["level"] == "error" and died["worker"] in (0, 1)
-        started = lines(running, "worker started")
+        # The supervisor logs the restart after the death: wait for it, do not race it.
+        started = await wait_for(running, "worker started", 3)
         assert len(started) == 3 and started[-1]["worker"] == died["worker"]
         serving = await wait_for(running, "serving", 3)
         assert serving[-1]["pid"] == started[-1]["pid"] != victim
