@@ -22,9 +22,9 @@ from tests.support import config_dict
 from tests.support_issuers import API
 from tests.support_socketio import SioUpstream
 
-# WebSocket only: polling's CONNECT rewrite is the same code for any Principal (covered
-# with Clerk's in test_socketio_e2e.py), and a polling session's teardown waits out the
-# upstream's ping timeout (25 s here) per test.
+# WebSocket here; polling in one test of its own below (a polling session's teardown
+# waits out the upstream's ping timeout, 25 s, once per test; polling's expiry is the same
+# code for any Principal, covered with Clerk's in test_socketio_e2e.py).
 TRANSPORTS = [["websocket"]]
 
 
@@ -102,6 +102,26 @@ async def test_a_bad_issuer_token_is_anonymous_on_socketio_and_401_on_rest(
         ) as resp:
             assert resp.status == 401
             assert "another API" in (await resp.json())["error"]["message"]
+
+
+async def test_polling_carries_the_principal_and_falls_back_to_anonymous(
+    rig: Rig, sio: socketio.AsyncClient
+) -> None:
+    """Long-polling alone: the CONNECT in a polling POST gets the issuer's principal, and a
+    token for another API gets the anonymous fallback, in one test (one teardown)."""
+    await sio.connect(rig.url, auth={"token": rig.token()}, transports=["polling"], wait_timeout=5)
+    who = await sio.call("whoami", timeout=5)
+    assert (who["type"], who["id"], who["issuer"]) == ("machine", "svc-rt", "authgear")
+    assert await sio.call("join", "private", timeout=5) == "joined"
+    stranger = socketio.AsyncClient(reconnection=False)
+    bad = rig.token(aud="https://another-api.example")
+    await stranger.connect(rig.url, auth={"token": bad}, transports=["polling"], wait_timeout=5)
+    try:
+        assert await stranger.call("whoami", timeout=5) == {"type": "anonymous"}
+        assert await stranger.call("join", "private", timeout=5) == "refused"
+    finally:
+        await stranger.disconnect()
+    assert bad not in str(rig.upstream.connects)
 
 
 async def test_bearer_on_the_websocket_upgrade(rig: Rig, sio: socketio.AsyncClient) -> None:
