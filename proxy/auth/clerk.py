@@ -23,6 +23,7 @@ from typing import Any, Final
 
 import aiohttp
 
+from proxy.auth.capped import read_capped
 from proxy.auth.gate import CallGate, Held
 from proxy.auth.tokens import TokenKind
 from proxy.config import model as config
@@ -378,14 +379,10 @@ class ClerkClient:
                 allow_redirects=False,
             ) as resp:
                 status = str(resp.status)
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > MAX_RESPONSE_BYTES:
-                        raise ClerkUnavailable("Clerk's answer was too large")
-                    chunks.append(chunk)
-                return resp.status, resp.headers, b"".join(chunks)
+                body = await read_capped(resp.content, MAX_RESPONSE_BYTES)
+                if body is None:
+                    raise ClerkUnavailable("Clerk's answer was too large")
+                return resp.status, resp.headers, body
         except TimeoutError:
             status = "timeout"
             raise ClerkUnavailable("Clerk did not answer in time") from None

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
+from proxy.auth.capped import read_capped
 from proxy.config.model import Issuer
 from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
 from proxy.observe.metrics import Metrics
@@ -70,14 +71,10 @@ class IssuerHttp:
                 allow_redirects=False,
             ) as resp:
                 status = str(resp.status)
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > MAX_ANSWER_BYTES:
-                        raise IssuerUnavailable(f"issuer {name}'s {endpoint} answer is too large")
-                    chunks.append(chunk)
-                return resp.status, resp.headers, b"".join(chunks)
+                body = await read_capped(resp.content, MAX_ANSWER_BYTES)
+                if body is None:
+                    raise IssuerUnavailable(f"issuer {name}'s {endpoint} answer is too large")
+                return resp.status, resp.headers, body
         except TimeoutError:
             status = "timeout"
             raise IssuerUnavailable(f"issuer {name} did not answer in time") from None
