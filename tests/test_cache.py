@@ -331,6 +331,28 @@ async def test_a_waiter_past_its_deadline_gets_503_and_the_flight_fills_the_cach
     assert cache.fresh(key) is not None
 
 
+
+
+async def test_a_waiter_cancelled_within_its_deadline_leaves_the_flight_running() -> None:
+    # A client that goes away mid-miss: its wait ends, the load goes on for the others and
+    # fills the cache, and the waiter leaves no callback behind on the flight.
+    cache, _, _ = make()
+    key = cache.key("mt_tok")
+    gate = asyncio.Event()
+    load = Loader(machine(None), gate)
+    gone = asyncio.create_task(cache.get(key, load, deadline=5))
+    stays = asyncio.create_task(cache.get(key, load, deadline=5))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    flight = cache._flights[key]
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert not flight.done()
+    gate.set()
+    assert (await stays).id == "mch_1"
+    assert load.calls == 1
+    assert cache.fresh(key) is not None
 async def test_max_entries_bounds_memory() -> None:
     cache, _, _ = make(max_entries=100)
     load = Loader(machine(None))

@@ -38,12 +38,15 @@ Client = Redis | RedisCluster
 MAX_CONNECTIONS = 64
 
 
-def _common(cfg: SharedCache) -> dict[str, Any]:
+def _common(cfg: SharedCache, *, bounded: bool) -> dict[str, Any]:
+    """`bounded`: every call on this client runs under an `asyncio.timeout` of ours
+    (`call`, `admin`, the listener's resync), so redis-py's own per-read timeout would
+    only repeat it — a timer and a `wait_for` on each command of a second-level hit."""
     kwargs: dict[str, Any] = {
         "username": cfg.username or None,
         "password": cfg.password or None,
         "socket_connect_timeout": cfg.connect_timeout,
-        "socket_timeout": max(cfg.connect_timeout, cfg.timeout),
+        "socket_timeout": None if bounded else max(cfg.connect_timeout, cfg.timeout),
         # One immediate retry on a new connection: a pooled connection whose server went
         # away fails at once on its next use, and that is no reason to skip Redis (the
         # request bound still holds: the retry runs inside it).
@@ -64,7 +67,8 @@ def _common(cfg: SharedCache) -> dict[str, Any]:
 def connect(cfg: SharedCache) -> tuple[Client, Redis]:
     """(the client for commands, a client for pub/sub). Connects lazily: no I/O here."""
     target = cfg.target
-    common = _common(cfg)
+    common = _common(cfg, bounded=True)
+    listening = _common(cfg, bounded=False)
     if target.kind == "cluster":
         cluster = RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in target.hosts],
@@ -73,9 +77,9 @@ def connect(cfg: SharedCache) -> tuple[Client, Redis]:
         )
         # Classic PUBLISH reaches every node of a cluster: one node is enough to listen on.
         host, port = target.hosts[0]
-        return cluster, Redis(host=host, port=port, **common)
+        return cluster, Redis(host=host, port=port, **listening)
     if target.kind == "sentinel":
-        sentinel_kwargs = {k: v for k, v in common.items() if k != "client_name"}
+        sentinel_kwargs = {k: v for k, v in listening.items() if k != "client_name"}
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             list(target.hosts),
             sentinel_kwargs=sentinel_kwargs,
@@ -84,10 +88,10 @@ def connect(cfg: SharedCache) -> tuple[Client, Redis]:
             **common,
         )
         primary = sentinel.master_for(target.service, db=target.db, **common)
-        return primary, sentinel.master_for(target.service, db=target.db, **common)
+        return primary, sentinel.master_for(target.service, db=target.db, **listening)
     host, port = target.hosts[0]
     client = Redis(host=host, port=port, db=target.db, max_connections=MAX_CONNECTIONS, **common)
-    return client, Redis(host=host, port=port, db=target.db, **common)
+    return client, Redis(host=host, port=port, db=target.db, **listening)
 
 
 class Connection:
@@ -105,6 +109,8 @@ class Connection:
         self.breaker = Breaker(cfg.breaker_failures, cfg.breaker_seconds, now=now)
         metrics.watch_breaker(lambda: self.breaker.state != "closed")
         self._timeout = cfg.timeout
+        # Bound once per operation: a label lookup per call is a lock and a tuple.
+        self._latency: dict[str, Any] = {}
 
     async def call(self, op: str, make: Callable[[Client], Awaitable[T]]) -> T | None:
         """`make(client)` within the request bound, or None (counted) when Redis failed."""
@@ -126,7 +132,10 @@ class Connection:
             raise
         else:
             self.breaker.succeeded()
-            self.metrics.latency.labels(op).observe(time.perf_counter() - started)
+            latency = self._latency.get(op)
+            if latency is None:
+                latency = self._latency[op] = self.metrics.latency.labels(op)
+            latency.observe(time.perf_counter() - started)
             return result
         was_closed = self.breaker.state == "closed"
         self.breaker.failed()

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
+
+from redis.exceptions import NoScriptError
 
 from proxy.auth.cache.entries import Entry, Negative
 from proxy.auth.shared import codec
@@ -72,8 +75,15 @@ class SharedLevel:
         self._metrics = connection.metrics
         self._fetch = connection.client.register_script(FETCH)
         self._store = connection.client.register_script(STORE)
-        # Locks this process holds: key -> its lock value.
+        # Locks this process holds: key -> its lock value. A value is this process's
+        # random prefix and a counter: unique in the cluster without a getrandom per miss.
         self._leases: dict[bytes, bytes] = {}
+        self._lease_prefix = secrets.token_bytes(8)
+        self._lease_count = itertools.count()
+        self._lock_arg = str(self._lock_ms).encode()
+        # The counters a second-level hit moves, bound once (a label lookup is a lock).
+        self._hit = self._metrics.lookups.labels("hit")
+        self._miss = self._metrics.lookups.labels("miss")
         self._writes: set[asyncio.Task[Any]] = set()
 
     def keys(self, key: bytes) -> list[str]:
@@ -83,10 +93,8 @@ class SharedLevel:
     async def fetch(self, key: bytes) -> Entry | None:
         """The shared entry for `key`, or None: then the caller verifies and `store`s."""
         keys = self.keys(key)
-        lease = secrets.token_bytes(8)
-        found = await self._conn.call(
-            "fetch", lambda c: self._fetch(keys=keys, args=[lease, self._lock_ms], client=c)
-        )
+        lease = self._lease_prefix + next(self._lease_count).to_bytes(8, "big")
+        found = await self._conn.call("fetch", lambda c: self._run_fetch(c, keys, lease))
         if found is None:
             self._metrics.lookups.labels("error").inc()
             return None
@@ -103,7 +111,7 @@ class SharedLevel:
             if locked is None:
                 self._metrics.lookups.labels("error").inc()
                 return None
-        self._metrics.lookups.labels("miss").inc()
+        self._miss.inc()
         if locked:
             self._leases[key] = lease
             self._metrics.flights.labels("led").inc()
@@ -137,8 +145,19 @@ class SharedLevel:
         if now >= entry.fresh_until:
             return None
         if count:
-            self._metrics.lookups.labels("hit").inc()
+            self._hit.inc()
         return entry
+
+    async def _run_fetch(self, client: Any, keys: list[str], lease: bytes) -> Any:
+        """FETCH by its SHA, as redis-py's `Script` does (loaded again when the server
+        lost it: a restart, SCRIPT FLUSH), without that wrapper's per-call argument work."""
+        script = self._fetch
+        try:
+            return await client.execute_command(
+                "EVALSHA", script.sha, 2, keys[0], keys[1], lease, self._lock_arg
+            )
+        except NoScriptError:
+            return await script(keys=keys, args=[lease, self._lock_arg], client=client)
 
     def store(self, key: bytes, entry: Entry | None) -> None:
         """Write `entry` (None: nothing to write, e.g. Clerk was down) and release the lock."""
