@@ -333,7 +333,7 @@ async def test_a_waiter_past_its_deadline_gets_503_and_the_flight_fills_the_cach
 
 async def test_a_waiter_cancelled_within_its_deadline_leaves_the_flight_running() -> None:
     # A client that goes away mid-miss: its wait ends, the load goes on for the others and
-    # fills the cache, and the waiter leaves no callback behind on the flight.
+    # fills the cache.
     cache, _, _ = make()
     key = cache.key("mt_tok")
     gate = asyncio.Event()
