@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.auth.cache.entries import Positive
+from proxy.auth.cache.entries import Negative, Positive
 from proxy.auth.cache.store import VerificationCache, cache_scope
 from proxy.auth.clerk import ClerkUnavailable
 from proxy.config.load import Cache
@@ -342,7 +342,8 @@ async def test_a_waiter_cancelled_within_its_deadline_leaves_the_flight_running(
     stays = asyncio.create_task(cache.get(key, load, deadline=5))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    flight = cache._flights[key]
+    flight = cache._flights.get(key)
+    assert flight is not None
     gone.cancel()
     with pytest.raises(asyncio.CancelledError):
         await gone
@@ -384,13 +385,139 @@ class FakeSecond:
         self.entries: dict[bytes, Any] = {}
         self.stored: list[Any] = []
 
-    async def fetch(self, key: bytes) -> Any:
-        return self.entries.get(key)
+    async def lookup(self, key: bytes) -> Any:
+        return self.entries.get(key, False)
+
+    async def follow(self, key: bytes) -> Any:
+        raise AssertionError("nobody else is verifying")
 
     def store(self, key: bytes, entry: Any) -> None:
         self.stored.append(entry)
         if entry is not None:
             self.entries[key] = entry
+
+
+class SlowSecond(FakeSecond):
+    """A shared level whose lookups wait for `gate`; `following` makes them say another
+    process is verifying (then `follow` gives `answer`)."""
+
+    def __init__(self, gate: asyncio.Event, following: bool = False) -> None:
+        super().__init__()
+        self.gate = gate
+        self.following = following
+        self.answer: Any = None
+        self.lookups = 0
+        self.follows = 0
+
+    async def lookup(self, key: bytes) -> Any:
+        self.lookups += 1
+        await self.gate.wait()
+        return self.entries.get(key, self.following)
+
+    async def follow(self, key: bytes) -> Any:
+        self.follows += 1
+        return self.answer
+
+
+async def test_a_miss_answered_by_the_shared_level_loads_nothing_and_is_kept_here() -> None:
+    cache, _, _ = make(ttl_seconds=60)
+    second = FakeSecond()
+    cache.second = second
+    key = cache.key("mt_tok")
+    second.entries[key] = Positive(machine(None), T0 + 30, T0 + 30)
+    load = Loader(machine(None))
+    assert (await cache.get(key, load, deadline=1)).id == "mch_1"
+    assert load.calls == 0 and second.stored == []
+    entry = cache.known(key, T0)
+    assert entry is not None and entry.fresh_until == T0 + 30  # its writer's deadline
+    assert not cache.in_flight(key)
+
+
+async def test_concurrent_misses_share_one_shared_lookup_and_one_load() -> None:
+    cache, _, _ = make()
+    gate = asyncio.Event()
+    second = SlowSecond(gate)
+    cache.second = second
+    key = cache.key("mt_tok")
+    load = Loader(machine(None))
+    first = asyncio.create_task(cache.get(key, load, deadline=5))
+    await asyncio.sleep(0)
+    others = [asyncio.create_task(cache.get(key, load, deadline=5)) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert cache.in_flight(key)  # the lookup's placeholder holds the key
+    gate.set()
+    assert [p.id for p in await asyncio.gather(first, *others)] == ["mch_1"] * 4
+    assert (second.lookups, load.calls) == (1, 1)
+    assert len(second.stored) == 1  # written back for the other processes
+    assert not cache.in_flight(key)
+
+
+async def test_a_caller_gone_mid_lookup_still_lets_the_others_through() -> None:
+    cache, _, _ = make()
+    gate = asyncio.Event()
+    second = SlowSecond(gate)
+    cache.second = second
+    key = cache.key("mt_tok")
+    load = Loader(machine(None))
+    gone = asyncio.create_task(cache.get(key, load, deadline=5))
+    await asyncio.sleep(0)
+    stays = asyncio.create_task(cache.get(key, load, deadline=5))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    gate.set()
+    assert (await stays).id == "mch_1"
+    assert load.calls == 1
+
+
+async def test_another_process_verifying_is_followed_inside_the_flight() -> None:
+    cache, _, _ = make()
+    second = SlowSecond(asyncio.Event(), following=True)
+    second.gate.set()
+    cache.second = second
+    key = cache.key("mt_tok")
+    load = Loader(machine(None))
+    second.answer = Positive(machine(None), T0 + 60, T0 + 60)
+    assert (await cache.get(key, load, deadline=5)).id == "mch_1"
+    assert (second.follows, load.calls) == (1, 0)
+    # No answer in time: this process verifies.
+    other = cache.key("mt_other")
+    second.answer = None
+    assert (await cache.get(other, load, deadline=5)).id == "mch_1"
+    assert (second.follows, load.calls) == (2, 1)
+
+
+async def test_a_rejection_in_the_shared_level_reaches_every_waiter() -> None:
+    cache, _, _ = make()
+    gate = asyncio.Event()
+    second = SlowSecond(gate)
+    cache.second = second
+    key = cache.key("mt_tok")
+    second.entries[key] = Negative(TOKEN_INVALID, "no such token", "m2m_token", T0 + 10)
+    load = Loader(machine(None))
+    calls = [asyncio.create_task(cache.get(key, load, deadline=5)) for _ in range(2)]
+    await asyncio.sleep(0)
+    gate.set()
+    for outcome in await asyncio.gather(*calls, return_exceptions=True):
+        assert isinstance(outcome, ProxyError) and outcome.code == TOKEN_INVALID
+    assert load.calls == 0
+
+
+async def test_closing_mid_lookup_refuses_with_503_and_starts_nothing() -> None:
+    cache, _, _ = make()
+    gate = asyncio.Event()
+    cache.second = SlowSecond(gate)
+    key = cache.key("mt_tok")
+    load = Loader(machine(None))
+    caller = asyncio.create_task(cache.get(key, load, deadline=5))
+    await asyncio.sleep(0)
+    await cache.close()
+    gate.set()
+    with pytest.raises(ProxyError) as info:
+        await caller
+    assert info.value.code == VERIFICATION_UNAVAILABLE
+    assert load.calls == 0 and not cache.in_flight(key)
 
 
 async def test_a_re_check_adopts_a_newer_shared_entry_and_asks_clerk_past_the_same_one() -> None:

@@ -166,6 +166,10 @@ def _issues(raw: Any, env: dict[str, str] | None = None) -> list[str]:
         ({"cache": {"refresh_ahead": -0.1}}, "bad.yaml: cache.refresh_ahead: must be at least 0 and less than 1"),
         ({"cache": {"refresh_ahead": "soon"}}, "bad.yaml: cache.refresh_ahead: expected a number"),
         ({"clerk": {"miss_deadline": 0}}, "bad.yaml: clerk.miss_deadline: must be greater than 0"),
+        (
+            {"clerk": {"miss_deadline": "200ms"}, "cache": {"shared": {"url": "redis://r:6379", "timeout": "200ms"}}},
+            "bad.yaml: cache.shared.timeout: must be under clerk.miss_deadline (0.2 s)",
+        ),
         ({"clerk": {"backoff_initial": "1s", "backoff_max": "500ms"}}, "bad.yaml: clerk.backoff_max: must not be less than clerk.backoff_initial"),
         ({"admin": {"port": 8080}, "listen": {"port": 8080}}, "bad.yaml: admin.port: must differ from listen.port"),
     ],

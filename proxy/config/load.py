@@ -209,6 +209,12 @@ def build_config(
         shared=shared_cache(r, ca.get("shared")),
         refresh_ahead=r.get(ca, "cache", "refresh_ahead", fraction, 0.2),
     )
+    if cache.shared is not None and cache.shared.timeout >= clerk.miss_deadline:
+        # A miss asks the shared level before Clerk, within the miss deadline.
+        r.problem(
+            "cache.shared.timeout",
+            f"must be under clerk.miss_deadline ({clerk.miss_deadline:g} s)",
+        )
 
     vb = r.section(
         top.get("verification_budget"),

@@ -1,7 +1,8 @@
 """The verification cache: verdicts (Principals and rejections) by token hash.
 
 - `store`: the cache itself: deadlines and refresh points, negative entries, the stale
-  window, one flight per key (with deadlines for waiters);
+  window, the shared level asked on a miss;
+- `flights`: one load in flight per key, and a waiter's deadline;
 - `generations`: two generations of packed tables, the older dropped wholesale (LRU-ish
   eviction without per-entry bookkeeping);
 - `entries`: an entry packed into a fixed-size record (`PackedTable`);

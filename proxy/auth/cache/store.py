@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from proxy.auth.cache.entries import Entry, Negative, PackedTable, Positive
+from proxy.auth.cache.flights import Flight, Flights, relay, within
 from proxy.auth.cache.generations import Generations
 from proxy.config import model as config
 from proxy.core.errors import TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
@@ -45,38 +46,22 @@ from proxy.observe.metrics import Metrics
 
 
 class SecondLevel(Protocol):
-    """A cache level behind this one, shared with other processes (`proxy.auth.shared`)."""
+    """A cache level behind this one, shared with other processes (`proxy.auth.shared`).
+    Its calls never raise, and each is bounded."""
 
-    async def fetch(self, key: bytes) -> Entry | None:
-        """Its entry for `key`, or None: then this process loads and calls `store`. Never
-        raises; may wait (bounded) for another process that is loading the same key."""
+    async def lookup(self, key: bytes) -> Entry | bool:
+        """One round trip: its entry for `key`; else True when another process is loading
+        it (`follow` waits for that answer), False when this process loads it (then
+        `store`s)."""
+        ...
+
+    async def follow(self, key: bytes) -> Entry | None:
+        """The other process's answer, waited for; None: this process loads and `store`s."""
         ...
 
     def store(self, key: bytes, entry: Entry | None) -> None:
-        """What the load gave (None: nothing to keep); called once after every None fetch."""
+        """What the load gave (None: nothing to keep); called once after every load."""
         ...
-
-
-async def _within(flight: asyncio.Task[Principal], deadline: float) -> bool:
-    """Whether `flight` ended within `deadline` seconds. Neither the deadline nor this
-    caller's cancellation cancels the flight. What `asyncio.wait` does for one future,
-    without its sets and its list of callbacks: every miss waits here."""
-    if flight.done():
-        return True
-    waiter = asyncio.get_running_loop().create_future()
-
-    def wake(_: object = None) -> None:
-        if not waiter.done():
-            waiter.set_result(None)
-
-    timer = waiter.get_loop().call_later(deadline, wake)
-    flight.add_done_callback(wake)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
-        flight.remove_done_callback(wake)
-    return flight.done()
 
 
 def cache_scope(api_url: str, secret_key: str) -> bytes:
@@ -102,9 +87,9 @@ class VerificationCache:
         self._entries: Generations[bytes, Entry] = Generations(
             cfg.max_entries, horizon, now(), PackedTable
         )
-        self._flights: dict[bytes, asyncio.Task[Principal]] = {}
-        # Set by the verifier when configured: the shared level (asked inside a flight,
-        # before `load`) and the revocation check (a loaded Principal it denies is a 401).
+        self._flights = Flights()
+        # Set by the verifier when configured: the shared level (asked before `load`) and
+        # the revocation check (a loaded Principal it denies is a 401).
         self.second: SecondLevel | None = None
         self.denied: Callable[[Principal], bool] | None = None
         self._lead = cfg.ttl_seconds * cfg.refresh_ahead
@@ -192,15 +177,22 @@ class VerificationCache:
             self._count_hit.inc()
             return entry.principal
         flight = self._flights.get(key)
-        if flight is None:
-            self._metrics.verify_cache.labels("miss").inc()
-            flight = self.start(key, load, cache_rejections=cache_rejections)
-        else:
+        if flight is not None:
             self._metrics.verify_cache.labels("coalesced").inc()
+        else:
+            self._metrics.verify_cache.labels("miss").inc()
+            second = self.second if cache_rejections else None
+            if second is None:
+                flight = self.start(key, load, cache_rejections=cache_rejections)
+            else:
+                asked = await self._ask(key, load, second)
+                if isinstance(asked, Principal):
+                    return asked
+                flight = asked
         if deadline is None:
             # shield: a caller cancelled mid-wait must not cancel the load for the others.
             return await asyncio.shield(flight)
-        if await _within(flight, deadline):
+        if await within(flight, deadline):
             return flight.result()
         self._metrics.verification_deadline_exceeded.inc()
         raise ProxyError(
@@ -218,19 +210,52 @@ class VerificationCache:
     ) -> asyncio.Task[Principal]:
         """Start the one flight for `key` (the caller has checked there is none): its
         answer lands in the cache whoever waits for it, or nobody (a background check)."""
-        flight = asyncio.ensure_future(self._load(key, load, cache_rejections, self._now()))
-        self._flights[key] = flight
-        flight.add_done_callback(self._landed(key))
+        return self._begin(key, load, cache_rejections, self._now(), None)
+
+    def _begin(
+        self,
+        key: bytes,
+        load: Callable[[], Awaitable[Principal]],
+        cache_rejections: bool,
+        checked_at: float,
+        found: Entry | bool | None,
+    ) -> asyncio.Task[Principal]:
+        flight = asyncio.ensure_future(self._load(key, load, cache_rejections, checked_at, found))
+        self._flights.add(key, flight)
         return flight
 
-    def _landed(self, key: bytes) -> Callable[[asyncio.Task[Principal]], None]:
-        def done(task: asyncio.Task[Principal]) -> None:
-            if self._flights.get(key) is task:
-                del self._flights[key]
-            if not task.cancelled():
-                task.exception()  # retrieved: every waiter may have gone away
-
-        return done
+    async def _ask(
+        self, key: bytes, load: Callable[[], Awaitable[Principal]], second: SecondLevel
+    ) -> Principal | asyncio.Task[Principal]:
+        """A miss asks the shared level in the caller's own task: on a hit there, the
+        common case in a fleet, no task and no waiter (a fifth of a second-level hit's
+        CPU: docs/performance.md). Meanwhile a placeholder holds the key's flight, so
+        concurrent misses wait on it as on any flight; else the flight starts from what
+        the lookup said. The lookup is bounded by `cache.shared.timeout`, which the config
+        keeps under the miss deadline."""
+        checked_at = self._now()
+        pending: Flight = asyncio.get_running_loop().create_future()
+        self._flights.add(key, pending)
+        try:
+            found = await second.lookup(key)
+        except BaseException:
+            # This caller went away: the flight the others wait on starts all the same.
+            if not pending.done():
+                relay(self._begin(key, load, True, checked_at, None), pending)
+            raise
+        if pending.done():  # closed meanwhile
+            raise ProxyError(VERIFICATION_UNAVAILABLE, "the proxy is shutting down; retry")
+        if isinstance(found, bool) or not self._newer(key, found):
+            flight = self._begin(key, load, True, checked_at, found if found is True else False)
+            relay(flight, pending)
+            return flight
+        try:
+            principal = self._adopt(key, found)
+        except ProxyError as exc:
+            self._flights.settle(key, pending, exc)
+            raise
+        self._flights.settle(key, pending, principal)
+        return principal
 
     async def _load(
         self,
@@ -238,15 +263,20 @@ class VerificationCache:
         load: Callable[[], Awaitable[Principal]],
         cache_rejections: bool,
         checked_at: float,
+        found: Entry | bool | None,
     ) -> Principal:
+        """`found`: what the shared level said already (None: not asked yet)."""
         # JWTs (cache_rejections False) are verified here, cheaper than a round trip.
         second = self.second if cache_rejections else None
         if second is not None:
-            shared = await second.fetch(key)
+            if found is None:
+                found = await second.lookup(key)
+            if found is True:
+                found = await second.follow(key)
             # Not newer than what is held here (due for its re-check): Clerk decides, and
             # what it says is written back over it for the other processes.
-            if shared is not None and self._newer(key, shared):
-                return self._adopt(key, shared)
+            if isinstance(found, Entry) and self._newer(key, found):
+                return self._adopt(key, found)
         try:
             principal = await load()
         except ProxyError as exc:
@@ -336,13 +366,8 @@ class VerificationCache:
         return dropped, None if unbounded else latest
 
     async def idle(self) -> None:
-        """Wait until no flight is out (tests and simulations; failures are the flights'
-        waiters' business)."""
-        while self._flights:
-            await asyncio.gather(*self._flights.values(), return_exceptions=True)
+        """Wait until no flight is out (tests and simulations)."""
+        await self._flights.idle()
 
     async def close(self) -> None:
-        flights = list(self._flights.values())
-        for flight in flights:
-            flight.cancel()
-        await asyncio.gather(*flights, return_exceptions=True)
+        await self._flights.close()

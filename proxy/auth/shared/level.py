@@ -2,12 +2,12 @@
 cluster-wide single-flight. The first level (`cache.store`) asks it inside its own
 flight, so one process asks at most once per token at a time.
 
-`fetch(key)` is one round trip (a script): the entry when one is there; otherwise it
+`lookup(key)` is one round trip (a script): the entry when one is there; otherwise it
 takes the token's lock if it is free — this process then verifies and `store`s — or
-learns that another process is verifying it, and waits for that one's answer (its
-"landed" message, at most `flight_wait`), then reads it. Without an answer in time, or
-when Redis fails, it returns None and this process verifies on its own: a slow or absent
-cluster never blocks a request for longer than the bound.
+learns that another process is verifying it, and `follow(key)` waits for that one's
+answer (its "landed" message, at most `flight_wait`), then reads it. Without an answer
+in time, or when Redis fails, this process verifies on its own: a slow or absent cluster
+never blocks a request for longer than the bound.
 
 `store(key, entry)` writes what Clerk said, with the deadlines the first level keeps
 (the value expires from Redis at the entry's `keep_until`; nothing extends it later),
@@ -90,14 +90,17 @@ class SharedLevel:
         tag = f"{self._namespace}:{{{key.hex()}}}"
         return [tag + ":e", tag + ":l"]
 
-    async def fetch(self, key: bytes) -> Entry | None:
-        """The shared entry for `key`, or None: then the caller verifies and `store`s."""
+    async def lookup(self, key: bytes) -> Entry | bool:
+        """The shared entry for `key`; else False when this process verifies it (it took the
+        token's lock, or Redis failed) and then `store`s, True when another process is
+        verifying it (`follow` waits for its answer). One round trip; two when a dead
+        value is replaced."""
         keys = self.keys(key)
         lease = self._lease_prefix + next(self._lease_count).to_bytes(8, "big")
         found = await self._conn.call("fetch", lambda c: self._run_fetch(c, keys, lease))
         if found is None:
             self._metrics.lookups.labels("error").inc()
-            return None
+            return False
         value, locked = found
         if value:
             entry = self._read(key, value)
@@ -110,15 +113,20 @@ class SharedLevel:
             )
             if locked is None:
                 self._metrics.lookups.labels("error").inc()
-                return None
+                return False
         self._miss.inc()
         if locked:
             self._leases[key] = lease
             self._metrics.flights.labels("led").inc()
-            return None
-        # Another process is verifying this token: its answer, within the bound.
+            return False
+        return True
+
+    async def follow(self, key: bytes) -> Entry | None:
+        """Another process is verifying this token: its answer, within `flight_wait`; None
+        when none came (this process then verifies and `store`s)."""
         await self._events.landed(key, self._wait)
-        value = await self._conn.call("get", lambda c: c.get(keys[0]))
+        name = self.keys(key)[0]
+        value = await self._conn.call("get", lambda c: c.get(name))
         entry = self._read(key, value, count=False) if value else None
         if entry is not None:
             self._metrics.flights.labels("followed").inc()
