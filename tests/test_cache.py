@@ -419,6 +419,16 @@ class SlowSecond(FakeSecond):
         return self.answer
 
 
+def slow_rig(
+    following: bool = False,
+) -> tuple[VerificationCache, SlowSecond, bytes, Loader]:
+    """A cache over a `SlowSecond` (its gate closed), the key of one token, and a loader."""
+    cache, _, _ = make()
+    second = SlowSecond(asyncio.Event(), following)
+    cache.second = second
+    return cache, second, cache.key("mt_tok"), Loader(machine(None))
+
+
 async def test_a_miss_answered_by_the_shared_level_loads_nothing_and_is_kept_here() -> None:
     cache, _, _ = make(ttl_seconds=60)
     second = FakeSecond()
@@ -434,18 +444,13 @@ async def test_a_miss_answered_by_the_shared_level_loads_nothing_and_is_kept_her
 
 
 async def test_concurrent_misses_share_one_shared_lookup_and_one_load() -> None:
-    cache, _, _ = make()
-    gate = asyncio.Event()
-    second = SlowSecond(gate)
-    cache.second = second
-    key = cache.key("mt_tok")
-    load = Loader(machine(None))
+    cache, second, key, load = slow_rig()
     first = asyncio.create_task(cache.get(key, load, deadline=5))
     await asyncio.sleep(0)
     others = [asyncio.create_task(cache.get(key, load, deadline=5)) for _ in range(3)]
     await asyncio.sleep(0)
     assert cache.in_flight(key)  # the lookup's placeholder holds the key
-    gate.set()
+    second.gate.set()
     assert [p.id for p in await asyncio.gather(first, *others)] == ["mch_1"] * 4
     assert (second.lookups, load.calls) == (1, 1)
     assert len(second.stored) == 1  # written back for the other processes
@@ -453,12 +458,7 @@ async def test_concurrent_misses_share_one_shared_lookup_and_one_load() -> None:
 
 
 async def test_a_caller_gone_mid_lookup_still_lets_the_others_through() -> None:
-    cache, _, _ = make()
-    gate = asyncio.Event()
-    second = SlowSecond(gate)
-    cache.second = second
-    key = cache.key("mt_tok")
-    load = Loader(machine(None))
+    cache, second, key, load = slow_rig()
     gone = asyncio.create_task(cache.get(key, load, deadline=5))
     await asyncio.sleep(0)
     stays = asyncio.create_task(cache.get(key, load, deadline=5))
@@ -466,18 +466,14 @@ async def test_a_caller_gone_mid_lookup_still_lets_the_others_through() -> None:
     gone.cancel()
     with pytest.raises(asyncio.CancelledError):
         await gone
-    gate.set()
+    second.gate.set()
     assert (await stays).id == "mch_1"
     assert load.calls == 1
 
 
 async def test_another_process_verifying_is_followed_inside_the_flight() -> None:
-    cache, _, _ = make()
-    second = SlowSecond(asyncio.Event(), following=True)
+    cache, second, key, load = slow_rig(following=True)
     second.gate.set()
-    cache.second = second
-    key = cache.key("mt_tok")
-    load = Loader(machine(None))
     second.answer = Positive(machine(None), T0 + 60, T0 + 60)
     assert (await cache.get(key, load, deadline=5)).id == "mch_1"
     assert (second.follows, load.calls) == (1, 0)
@@ -489,31 +485,22 @@ async def test_another_process_verifying_is_followed_inside_the_flight() -> None
 
 
 async def test_a_rejection_in_the_shared_level_reaches_every_waiter() -> None:
-    cache, _, _ = make()
-    gate = asyncio.Event()
-    second = SlowSecond(gate)
-    cache.second = second
-    key = cache.key("mt_tok")
+    cache, second, key, load = slow_rig()
     second.entries[key] = Negative(TOKEN_INVALID, "no such token", "m2m_token", T0 + 10)
-    load = Loader(machine(None))
     calls = [asyncio.create_task(cache.get(key, load, deadline=5)) for _ in range(2)]
     await asyncio.sleep(0)
-    gate.set()
+    second.gate.set()
     for outcome in await asyncio.gather(*calls, return_exceptions=True):
         assert isinstance(outcome, ProxyError) and outcome.code == TOKEN_INVALID
     assert load.calls == 0
 
 
 async def test_closing_mid_lookup_refuses_with_503_and_starts_nothing() -> None:
-    cache, _, _ = make()
-    gate = asyncio.Event()
-    cache.second = SlowSecond(gate)
-    key = cache.key("mt_tok")
-    load = Loader(machine(None))
+    cache, second, key, load = slow_rig()
     caller = asyncio.create_task(cache.get(key, load, deadline=5))
     await asyncio.sleep(0)
     await cache.close()
-    gate.set()
+    second.gate.set()
     with pytest.raises(ProxyError) as info:
         await caller
     assert info.value.code == VERIFICATION_UNAVAILABLE

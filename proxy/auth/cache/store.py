@@ -246,7 +246,8 @@ class VerificationCache:
         if pending.done():  # closed meanwhile
             raise ProxyError(VERIFICATION_UNAVAILABLE, "the proxy is shutting down; retry")
         if isinstance(found, bool) or not self._newer(key, found):
-            flight = self._begin(key, load, True, checked_at, found if found is True else False)
+            # True: follow the other process; False (or an entry no newer than ours): verify.
+            flight = self._begin(key, load, True, checked_at, found is True)
             relay(flight, pending)
             return flight
         try:
