@@ -5,49 +5,72 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODE_STAMP := tests/node/node_modules/.installed
 
-.PHONY: demo test lint typecheck pytest bench instructions soak fuzz conformance clean venv redis-server faults
+.PHONY: demo test lock lint typecheck pytest bench instructions soak fuzz conformance clean venv redis-server faults
 
+# Every venv the Makefile makes installs from the lock (requirements/*.txt, exported from
+# uv.lock by `make lock`), hash-checked, with --no-deps: what a fresh machine installs is
+# what was locked, whatever the index published since. docs/architecture.md: why uv.
+LOCKED := $(BIN)/python -m pip install --quiet --require-hashes --no-deps
+RUNTIME := $(VENV)/.runtime
+
+# ensurepip's own pip and setuptools are replaced by the locked pip alone; the locked
+# installs below bring setuptools back where the lock has it (the build tools).
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(LOCKED) -r requirements/bootstrap.txt
+	$(BIN)/python -m pip uninstall --quiet --yes setuptools
+
+$(RUNTIME): requirements/runtime.txt $(BIN)/python
+	$(LOCKED) -r requirements/runtime.txt
+	touch $@
+
+# The test toolchain: the build tools (mypy, setuptools, ...) and the test extra, on top of
+# the runtime dependencies (the same resolution, so nothing is re-pinned).
+$(STAMP): requirements/test.txt $(RUNTIME)
+	$(LOCKED) -r requirements/test.txt
+	touch $@
 
 # The request path is compiled with mypyc (setup.py) into proxy/**/*.so, which shadow the
-# .py files: a change to any of them rebuilds (no build isolation then: the venv has the
-# compiler's dependencies, so this takes seconds, not a fresh build environment).
+# .py files: a change to any of them rebuilds. scripts/compile.sh prints mypyc's first
+# errors when it refuses; then `make test` fails (unless CLERK_AUTH_PROXY_PURE=1) and
+# `make demo` serves the pure-Python build under a banner saying so. A venv with the test
+# toolchain compiles with its own locked build tools (seconds); the demo's runtime-only
+# venv compiles in pip's build environment, pinned to the same lock.
 COMPILED_SOURCES := $(shell sed -n 's/^ *"\(proxy\/[a-z0-9_/]*\.py\)",$$/\1/p' setup.py)
 BUILT  := $(VENV)/.compiled
+ON_MYPYC_FAILURE := fail
 
-$(STAMP): pyproject.toml setup.py $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@
-	touch -r $@ $(BUILT)
-
-# The install above has just compiled everything, but make decided to rebuild $(BUILT)
-# before it ran (the stamp did not exist then): the recipe asks the files themselves,
-# so a fresh checkout compiles once, not twice.
-$(BUILT): $(STAMP) $(COMPILED_SOURCES)
-	@if [ -f $@ ] && [ -z "$$(find $(COMPILED_SOURCES) -newer $@)" ]; then \
-		echo "compiled modules are up to date"; \
-	else \
-		$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .; \
-	fi
+$(BUILT): $(RUNTIME) $(COMPILED_SOURCES) setup.py pyproject.toml
+	bash scripts/compile.sh $(VENV) $(ON_MYPYC_FAILURE) $(if $(wildcard $(STAMP)),venv,isolated)
 	touch $@
 
-venv: $(BUILT)
+venv: $(STAMP) $(BUILT)
 
 $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The lock, regenerated on purpose: `make lock` keeps every pin that still satisfies
+# pyproject.toml; `make lock UPGRADE=1` moves everything to the newest allowed release.
+# tests/test_lock.py fails while pyproject.toml, uv.lock and the exports disagree.
+EXPORT := $(BIN)/uv export --quiet --frozen --no-emit-project --no-default-groups
+lock: $(STAMP)
+	$(BIN)/uv lock $(if $(UPGRADE),--upgrade)
+	$(EXPORT) --only-group bootstrap -o requirements/bootstrap.txt
+	$(EXPORT) -o requirements/runtime.txt
+	$(EXPORT) --group build -o requirements/build.txt
+	$(EXPORT) --group build --extra test -o requirements/test.txt
+
+demo: ON_MYPYC_FAILURE := pure
 demo: $(BUILT)
 	$(BIN)/clerk-auth-proxy demo --config config/local.yaml
 
-lint: $(BUILT)
+lint: $(STAMP) $(BUILT)
 	$(BIN)/ruff check proxy tests $(wildcard bench)
 	$(BIN)/ruff format --check proxy
 	$(BIN)/lint-imports
 
-typecheck: $(BUILT)
+typecheck: $(STAMP) $(BUILT)
 	$(BIN)/mypy --strict proxy
 
 # The shared-level tests start real servers of their own: Redis from Debian, installed
@@ -62,43 +85,43 @@ redis-server:
 			echo "make test needs redis-server: apt-get install redis-server" >&2; exit 1; \
 		fi; }
 
-pytest: $(BUILT) $(NODE_STAMP) redis-server
+pytest: $(STAMP) $(BUILT) $(NODE_STAMP) redis-server
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
 
-bench: $(BUILT)
+bench: $(STAMP) $(BUILT)
 	bash bench/run.sh
 
 # Minutes of mixed REST + Socket.IO through one proxy process with tokens expiring and
 # re-verified; RSS, fds and open connections once a minute; fails on an RSS slope over
 # 0.05 MB/min or an fd slope over 0.5/min after the warm-up (bench/soak.py). Not in CI.
 SOAK_MINUTES ?= 30
-soak: $(BUILT)
+soak: $(STAMP) $(BUILT)
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
 
 # Clerk down / slow / rate limiting for a minute each and a 100k-token flood, under steady
 # partner load, through real sockets (about six minutes; tests/test_faults.py runs it short).
-faults: $(BUILT)
+faults: $(STAMP) $(BUILT)
 	$(BIN)/python -m bench.faults
 
 # Only the callgrind instructions per request of legs (c), (d), (d2), (e): about a minute,
 # steady across runs, what "within N% of before" compares.
-instructions: $(BUILT)
+instructions: $(STAMP) $(BUILT)
 	bash bench/run.sh --instructions-only --skip-sio
 
 # The differential generator for far longer than `make test` runs it (FUZZ_EXAMPLES batches
 # of 100 cases, random seeds, shrinking on): a case the doors disagree on is shrunk and
 # kept in tests/corpus/regressions.json, which `make test` replays from then on.
 FUZZ_EXAMPLES ?= 300
-fuzz: $(BUILT)
+fuzz: $(STAMP) $(BUILT)
 	DIFFERENTIAL_FUZZ=1 DIFFERENTIAL_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:logging \
 		tests/test_differential.py -k generated
 
 # The differential cases (corpora + 500 generated) through nginx as the reference, beside
 # both doors; every disagreement lands in bench/results/conformance-*.json. Fails when the
 # proxy forwards what nginx refused (save the documented ones in bench/conformance.py).
-conformance: $(BUILT)
+conformance: $(STAMP) $(BUILT)
 	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
 	$(BIN)/python -m bench.conformance --generated 500
 

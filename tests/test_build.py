@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -54,3 +55,52 @@ def test_the_image_build_requires_the_compiled_request_path() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     build_stage = dockerfile.split("FROM ${PYTHON_IMAGE}")[0]
     assert "CLERK_AUTH_PROXY_REQUIRE_COMPILED=1" in build_stage
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for the venv's python: `-m pip install` fails the way pip does when mypyc
+# refuses, unless the pure build was asked for; `-P -c ...compiled()` says pure.
+if [ "$1" = -m ]; then
+    echo "$*" >> "$(dirname "$0")/../calls"
+    if [ "${CLERK_AUTH_PROXY_PURE:-}" = 1 ]; then exit 0; fi
+    echo "WARNING: Location 'file:///x' is ignored"
+    echo "proxy/fastpath/frontdoor.py:12: error: Incompatible types in assignment  [assignment]"
+    echo "SystemExit: clerk-auth-proxy: CLERK_AUTH_PROXY_REQUIRE_COMPILED=1, and mypyc failed"
+    exit 1
+fi
+exit 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("on_failure", "pure", "code", "builds"),
+    [("fail", "", 1, 1), ("pure", "", 0, 2), ("fail", "1", 0, 1)],
+)
+def test_a_mypyc_failure_is_printed_and_fails_make_test(
+    tmp_path: Path, on_failure: str, pure: str, code: int, builds: int
+) -> None:
+    # scripts/compile.sh, which `make test` and `make demo` build through, with a venv whose
+    # pip fails as a refused mypyc build does.
+    (tmp_path / "bin").mkdir()
+    python = tmp_path / "bin" / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLERK_AUTH_PROXY_")}
+    if pure:
+        env["CLERK_AUTH_PROXY_PURE"] = pure
+    result = subprocess.run(
+        ["bash", "scripts/compile.sh", str(tmp_path), on_failure, "venv"],
+        cwd=ROOT, capture_output=True, text=True, env=env, check=False,
+    )
+    assert result.returncode == code, result.stderr
+    assert len((tmp_path / "calls").read_text().splitlines()) == builds
+    if pure:
+        assert "CLERK_AUTH_PROXY_PURE=1" in result.stderr and "asked for" in result.stderr
+        return
+    assert "mypyc could not compile the request path" in result.stderr
+    assert "frontdoor.py:12: error: Incompatible types" in result.stderr
+    assert "WARNING: Location" not in result.stderr
+    if on_failure == "fail":
+        assert "make test fails here" in result.stderr
+    else:
+        assert "PURE-PYTHON request path instead" in result.stderr

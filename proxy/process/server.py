@@ -203,6 +203,14 @@ class Server:
             },
         )
         log_warnings(cfg)
+        if not compiled() and cfg.environment == "production":
+            # A pip install that could not compile falls back to pure Python: the same
+            # answers at about twice the CPU. Said once, at start, where an operator looks.
+            log.warning(
+                "running the pure-Python request path (mypyc did not compile it): "
+                "about twice the CPU per request; build with a C compiler, as the image does",
+                extra={"compiled": False},
+            )
 
     async def run(self) -> None:
         """Serve until asked to stop, then drain (after `start`)."""

@@ -80,7 +80,7 @@ def connect(cfg: SharedCache) -> tuple[Client, Redis]:
         return cluster, Redis(host=host, port=port, **listening)
     if target.kind == "sentinel":
         sentinel_kwargs = {k: v for k, v in listening.items() if k != "client_name"}
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(
             list(target.hosts),
             sentinel_kwargs=sentinel_kwargs,
             db=target.db,
