@@ -3,6 +3,7 @@ venv running this suite holds exactly what the lock says (`pip freeze` equals th
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import subprocess
@@ -100,3 +101,54 @@ def test_this_venv_holds_exactly_the_lock() -> None:
     }
     installed.pop("clerk-auth-proxy")
     assert installed == pins("test", here_only=True)
+
+
+def _wheel(directory: Path, name: str, version: str) -> Path:
+    """A minimal valid wheel: what a release published upstream after the lock looks like."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}/__init__.py": b"",
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = [
+        f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}"
+        for path, data in files.items()
+    ]
+    files[f"{dist}/RECORD"] = ("\n".join([*record, f"{dist}/RECORD,,"]) + "\n").encode()
+    path = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        for member, data in files.items():
+            whl.writestr(member, data)
+    return path
+
+
+def _dry_run(*args: str, check: bool) -> subprocess.CompletedProcess[str]:
+    """What pip would install, as its JSON report, installing nothing."""
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed"]
+    return subprocess.run(
+        [*command, "--quiet", "--report", "-", "--no-deps", *args],
+        capture_output=True, text=True, check=check, timeout=300,
+    )
+
+
+def test_a_newer_release_on_the_index_changes_nothing(tmp_path: Path) -> None:
+    # Newer releases of three locked packages, offered beside the index (as the next
+    # redis-py was the day a fresh clone broke): the locked install takes the locked ones.
+    for name in ("redis", "cachetools", "pyjwt"):
+        _wheel(tmp_path, name, "99.0.0")
+    unlocked = _dry_run("--no-index", "--find-links", str(tmp_path), "redis", check=True)
+    assert '"version": "99.0.0"' in unlocked.stdout, "the stand-in release is installable"
+    runtime = str(ROOT / "requirements" / "runtime.txt")
+    result = _dry_run("--require-hashes", "--find-links", str(tmp_path), "-r", runtime, check=False)
+    assert result.returncode == 0, result.stderr
+    chosen = {
+        canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"]
+        for item in json.loads(result.stdout)["install"]
+    }
+    assert chosen == pins("runtime", here_only=True)
+    assert "99.0.0" not in chosen.values()
