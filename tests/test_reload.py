@@ -117,3 +117,69 @@ async def test_restart_only_keys_are_compared_with_what_runs(
         assert warning[0]["level"] == "warning" and warning[0]["key"] == "upstream.url"
     finally:
         await _stop(running)
+
+
+async def _admin_get(admin: int, path: str) -> tuple[int, str]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{admin}{path}") as resp:
+            return resp.status, await resp.text()
+
+
+def _sample(metrics: str, name: str) -> list[str]:
+    return [line for line in metrics.splitlines() if line.startswith(name)]
+
+
+async def test_the_live_config_is_named_and_a_failed_reload_shows(
+    tmp_path: Path, upstream: tuple[str, Recorder]
+) -> None:
+    # The operator's question after an edit: which config serves? /readyz, the lines and
+    # the metrics name it by hash; a failed reload leaves the old hash everywhere and
+    # authproxy_config_last_reload_successful at 0 (the ClerkAuthProxyConfigReloadFailed alert).
+    url, _ = upstream
+    config = tmp_path / "c.yaml"
+    port, admin = write_config(config, url)
+    running = await _start(config, port, admin)
+    try:
+        first = next(line for line in running.lines if line.get("msg") == "serving")["config"]
+        assert len(first) == 12 and int(first, 16) >= 0
+        _, ready = await _admin_get(admin, "/readyz")
+        assert f'"config": "{first}"' in ready
+        _, metrics = await _admin_get(admin, "/metrics")
+        assert _sample(metrics, "authproxy_config_info") == [f'authproxy_config_info{{hash="{first}"}} 1.0']
+        assert _sample(metrics, "authproxy_config_last_reload_successful") == [
+            "authproxy_config_last_reload_successful 1.0"
+        ]
+        assert _sample(metrics, "process_resident_memory_bytes")
+        assert _sample(metrics, "process_open_fds")
+
+        # The same content written again (a touch, an editor's second write): no reload.
+        config.write_text(config.read_text() + "\n# a comment changes nothing\n")
+        running.proc.send_signal(signal.SIGHUP)
+        await _until(running, "config unchanged; not reloaded", 1)
+        assert _count(running, "config reloaded") == 0
+
+        _edit(config, logging={"level": "DEBUG", "access_log": True})
+        running.proc.send_signal(signal.SIGHUP)
+        await _until(running, "config reloaded", 1)
+        reloaded = next(line for line in running.lines if line.get("msg") == "config reloaded")
+        second = reloaded["config"]
+        assert second != first and reloaded["previous_config"] == first
+        assert reloaded["changed"] == ["logging.level"]
+
+        _edit(config, listen={"port": "not a port"})
+        running.proc.send_signal(signal.SIGHUP)
+        await _until(running, "config reload failed; keeping the running config", 1)
+        failed = next(x for x in running.lines if str(x.get("msg")).startswith("config reload failed"))
+        assert failed["config"] == second
+        status, ready = await _admin_get(admin, "/readyz")
+        assert status == 200 and f'"config": "{second}"' in ready
+        _, metrics = await _admin_get(admin, "/metrics")
+        assert _sample(metrics, "authproxy_config_info") == [f'authproxy_config_info{{hash="{second}"}} 1.0']
+        assert _sample(metrics, "authproxy_config_last_reload_successful") == [
+            "authproxy_config_last_reload_successful 0.0"
+        ]
+        assert 'authproxy_config_reloads_total{result="failed"} 1.0' in metrics
+    finally:
+        await _stop(running)

@@ -59,7 +59,8 @@ async def test_one_metrics_for_all_workers_that_never_goes_down(
         assert first == again == 20
         text = await scrape(running)
         assert text.count("authproxy_build_info{") == 1
-        assert 'authproxy_build_info{version="' in text and "} 1.0" in text.split("authproxy_build_info{", 1)[1].split("\n", 1)[0]
+        build_info = text.split("authproxy_build_info{", 1)[1].split("\n", 1)[0]
+        assert 'version="' in build_info and 'compiled="' in build_info and "} 1.0" in build_info
         # A worker killed and replaced: what it had counted is kept.
         os.kill(serving[0]["pid"], signal.SIGKILL)
         await wait_for(running, "serving", 3)
@@ -80,4 +81,39 @@ async def test_one_metrics_for_all_workers_that_never_goes_down(
     finally:
         if running.proc.returncode is None:
             running.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(running.proc.wait(), 30) == 0
+
+
+async def test_workers_are_named_and_each_process_is_seen(
+    tmp_path: Path, upstream: tuple[str, Recorder]
+) -> None:
+    # The supervisor says where its admin port is; every worker line says which worker;
+    # process_* and the config's gauges are per worker (a sum of start times or of
+    # "last reload worked" means nothing); /readyz names the one config all serve.
+    url, _ = upstream
+    config = tmp_path / "c.yaml"
+    port, admin = write_config(config, url)
+    running = await start_workers(config, port, admin, 2)
+    try:
+        serving = await wait_for(running, "serving", 2)
+        (supervising,) = [line for line in running.lines if line.get("msg") == "supervising"]
+        assert supervising["admin"] == f"127.0.0.1:{admin}" and supervising["workers"] == 2
+        assert "worker" not in supervising
+        assert sorted(line["worker"] for line in serving) == [0, 1]
+        await hit(running, 4)
+        text = await scrape(running)
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        rss = families["process_resident_memory_bytes"].samples
+        assert sorted(s.labels["worker"] for s in rss) == ["0", "1"]
+        assert all(s.value > 1_000_000 for s in rss)
+        infos = families["authproxy_config_info"].samples
+        assert sorted(s.labels["worker"] for s in infos) == ["0", "1"]
+        assert {s.labels["hash"] for s in infos} == {serving[0]["config"]}
+        async with aiohttp.ClientSession() as s, s.get(running.admin_url("/readyz")) as resp:
+            assert (await resp.json())["config"] == serving[0]["config"]
+        await asyncio.sleep(0.5)  # the access lines' batch is written
+        access = [line for line in running.lines if line.get("logger") == "proxy.access"]
+        assert access and all(line["worker"] in (0, 1) for line in access)
+    finally:
+        running.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(running.proc.wait(), 30) == 0

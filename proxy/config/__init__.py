@@ -6,7 +6,8 @@
 - `clerk`: the `clerk:` section; `clerk_keys`: the keys' kind, instance type and place
   (never written in the file);
 - `routes`: one route entry; `advice`: what a valid config may still get wrong (warnings);
-- `load`: YAML -> `Config`, every problem named by file, key and why.
+- `load`: YAML -> `Config`, every problem named by file, key and why;
+- `fingerprint`: the live config's content hash and what changed in a reload.
 
 May import: `proxy.core` only. Everything above reads its `Config`; nothing here knows
 who reads it.

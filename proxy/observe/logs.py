@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import time
 from typing import ClassVar, Final, TextIO
@@ -27,12 +28,26 @@ _wall_clock: Final = time.time
 _MAX_RENDERED: Final = 1024
 
 
+# Set by the `--workers` supervisor for each worker it starts: every line a worker writes
+# says which one (the supervisor's own lines carry none).
+WORKER_ENV: Final = "CLERK_AUTH_PROXY_WORKER"
+
+
+def worker_index() -> int | None:
+    value = os.environ.get(WORKER_ENV, "")
+    return int(value) if value.isdigit() else None
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; `extra` fields become top-level keys."""
 
     _STANDARD: ClassVar[frozenset[str]] = frozenset(
         vars(logging.LogRecord("", 0, "", 0, "", None, None))
     ) | {"message"}
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -41,6 +56,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        if self._worker is not None:
+            out["worker"] = self._worker
         for key, value in vars(record).items():
             if key not in self._STANDARD:
                 out[key] = value
@@ -51,7 +68,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter(worker_index()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -73,9 +90,15 @@ class AccessLog:
     """
 
     def __init__(
-        self, stream: TextIO | None = None, *, interval: float = 0.2, max_lines: int = 256
+        self,
+        stream: TextIO | None = None,
+        *,
+        interval: float = 0.2,
+        max_lines: int = 256,
+        worker: int | None = None,
     ) -> None:
         self._stream = stream
+        self._worker = "" if worker is None else f'"worker":{worker},'
         self._interval = interval
         self._max_lines = max_lines
         # The requests not yet written: what kind each was, when it ended (ms since the
@@ -112,7 +135,7 @@ class AccessLog:
         # Every string is JSON-encoded, closed sets included: a method is whatever token
         # a parser let through, and nothing a client sends may end a line or add a field.
         rendered = self._rendered[kind] = (
-            f',"level":"info","logger":"proxy.access","msg":"request",'
+            f',"level":"info","logger":"proxy.access",{self._worker}"msg":"request",'
             f'"method":{json.dumps(method)},"route":{json.dumps(route)},"status":{status},'
             '"duration_ms":',
             f',"principal_type":{json.dumps(principal_type)},'

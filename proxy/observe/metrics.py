@@ -12,6 +12,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -194,6 +195,27 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # Prometheus's own names for its own config (prometheus_config_last_reload_*), so
+        # the alerts operators already write for Prometheus read the same here.
+        self.config_info = Gauge(
+            "authproxy_config_info",
+            "The live config, by content hash (secrets excluded): 1 for the one serving.",
+            ["hash"],
+            registry=r,
+        )
+        self.config_last_reload_successful = Gauge(
+            "authproxy_config_last_reload_successful",
+            "Whether the last config load or reload succeeded (1) or failed (0).",
+            registry=r,
+        )
+        self.config_last_reload_success_timestamp = Gauge(
+            "authproxy_config_last_reload_success_timestamp_seconds",
+            "When the live config was loaded (Unix time).",
+            registry=r,
+        )
+        # process_* (RSS, CPU, open and maximum descriptors, start time), as every
+        # Prometheus client exports them by default on its global registry.
+        ProcessCollector(registry=r)
         # compiled="false": the request path fell back to pure Python (about twice the CPU).
         self.build_info = Gauge(
             "authproxy_build_info", "Build information.", ["version", "compiled"], registry=r
@@ -205,6 +227,20 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = {}
         # Both label values come from closed sets (token kinds, error codes).
         self._decision_children: dict[tuple[str, str], CounterChild] = {}
+
+    def config_loaded(self, digest: str, *, reload: bool) -> None:
+        """A config (the first, or a reload) is live."""
+        if reload:
+            self.config_reloads.labels("ok").inc()
+        self.config_info.clear()
+        self.config_info.labels(digest).set(1)
+        self.config_last_reload_successful.set(1)
+        self.config_last_reload_success_timestamp.set_to_current_time()
+
+    def config_reload_failed(self) -> None:
+        """The old config keeps serving; `config_info` still names it."""
+        self.config_reloads.labels("failed").inc()
+        self.config_last_reload_successful.set(0)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
+from proxy.config.fingerprint import digest
 from proxy.process.revoke import handle_revoke
 from proxy.request.app import PROXY, Proxy
 
@@ -27,8 +28,10 @@ async def _healthz(request: web.Request) -> web.Response:
 
 async def _readyz(request: web.Request) -> web.Response:
     proxy = request.app[PROXY]
+    # Which config serves, in every answer: after a failed reload it is still the old one.
+    config = digest(proxy.config)
     if proxy.draining:
-        return web.json_response({"status": "draining"}, status=503)
+        return web.json_response({"status": "draining", "config": config}, status=503)
     try:
         rt = proxy.runtime
         up = rt.config.upstream
@@ -39,8 +42,12 @@ async def _readyz(request: web.Request) -> web.Response:
             await resp.read()
     except (AssertionError, aiohttp.ClientError, OSError, TimeoutError) as exc:
         reason = type(exc).__name__
-        return web.json_response({"status": "upstream unavailable", "reason": reason}, status=503)
-    return web.json_response({"status": "ready", "environment": rt.config.environment})
+        return web.json_response(
+            {"status": "upstream unavailable", "reason": reason, "config": config}, status=503
+        )
+    return web.json_response(
+        {"status": "ready", "environment": rt.config.environment, "config": config}
+    )
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -40,6 +40,15 @@ SCRAPE_TIMEOUT = 2.0
 MAX_BODY = 64 * 1024
 # Gauges that state a fact rather than count something: taken once, not summed.
 _ONCE_GAUGES = frozenset({"authproxy_build_info"})
+# Series about one process, which a sum would make meaningless (start times, descriptor
+# limits, a worker's config and whether its last reload worked): kept apart, labelled
+# with the worker's index.
+_PER_WORKER_PREFIXES = ("process_", "authproxy_config_info", "authproxy_config_last_reload_")
+
+
+def _per_worker(family: str) -> bool:
+    return family.startswith(_PER_WORKER_PREFIXES)
+
 
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -95,16 +104,26 @@ class Aggregate:
             families.update(snapshot.families)
             family_of.update(snapshot.family_of)
             for key, value in snapshot.values.items():
-                if snapshot.families[snapshot.family_of[key]].name in _ONCE_GAUGES:
+                name = snapshot.family_of[key]
+                if _per_worker(name):
+                    key = _labelled(key, worker)
+                    family_of[key] = name
+                if name in _ONCE_GAUGES:
                     sums[key] = max(sums.get(key, 0.0), value)
                 else:
                     sums[key] = sums.get(key, 0.0) + value
             for key, value in self.carried[worker].items():
                 if key in snapshot.family_of:
+                    if _per_worker(snapshot.family_of[key]):
+                        key = _labelled(key, worker)
                     sums[key] = sums.get(key, 0.0) + value
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Fixed(_metrics(families, sums, family_of)))
         return generate_latest(registry)
+
+
+def _labelled(key: SeriesKey, worker: int) -> SeriesKey:
+    return key[0], tuple(sorted((*key[1], ("worker", str(worker)))))
 
 
 def _was_reset(before: Snapshot, after: Snapshot) -> bool:
@@ -175,13 +194,16 @@ class Gateway:
         app.router.add_post("/revoke", self._revoke)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_port=True)
         try:
-            await web.TCPSite(runner, self.host, self.port, reuse_port=True).start()
+            await site.start()
         except OSError as exc:
             self.error = exc
             self._ready.set()
             await runner.cleanup()
             return
+        if runner.addresses:  # port 0 in the config: the port the kernel chose
+            self.port = int(runner.addresses[0][1])
         self._ready.set()
         try:
             await self._stopped.wait()
@@ -229,6 +251,10 @@ class Gateway:
         answers = await self._each("GET", "/readyz")
         ready = sum(1 for a in answers if a is not None and a[0] == 200)
         body: dict[str, Any] = {"workers": len(answers), "ready": ready}
+        # Each worker reloads on its own: more than one hash here is a reload that failed
+        # in some of them.
+        configs = sorted({_config_of(a[1]) for a in answers if a is not None} - {""})
+        body["config"] = configs[0] if len(configs) == 1 else configs
         if ready == len(answers):
             return web.json_response({"status": "ready", **body})
         return web.json_response({"status": "not ready", **body}, status=503)
@@ -257,6 +283,15 @@ class Gateway:
                 "applied": sum(1 for a in taken if a[0] == 200),
             }
         return web.json_response(payload, status=status)
+
+
+def _config_of(body: bytes) -> str:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return ""
+    config = answer.get("config") if isinstance(answer, dict) else None
+    return config if isinstance(config, str) else ""
 
 
 def _refusal(status: int, code: str, message: str) -> web.Response:

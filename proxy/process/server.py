@@ -23,6 +23,7 @@ from pathlib import Path
 from aiohttp import web
 
 from proxy import __version__, compiled
+from proxy.config.fingerprint import changed_keys, digest
 from proxy.config.load import Config, ConfigError, load_config
 from proxy.fastpath import listener
 from proxy.process.admin import create_admin_app
@@ -74,6 +75,7 @@ class Server:
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._loaded = inputs_signature(config)
+        self.proxy.metrics.config_loaded(digest(config), reload=False)
         self._runners: list[web.AppRunner] = []
         self._front: listener.FrontDoorServer | None = None
 
@@ -84,23 +86,46 @@ class Server:
             if seen == self._loaded:
                 log.info("config unchanged; not reloaded", extra={"reason": reason})
                 return False
+            running = digest(self.config)
             try:
                 new = await asyncio.to_thread(load_config, self.config_path)
             except ConfigError as exc:
-                self.proxy.metrics.config_reloads.labels("failed").inc()
+                self.proxy.metrics.config_reload_failed()
                 log.error(
                     "config reload failed; keeping the running config",
-                    extra={"reason": reason, "problems": [str(i) for i in exc.issues]},
+                    extra={
+                        "reason": reason,
+                        "config": running,
+                        "problems": [str(i) for i in exc.issues],
+                    },
                 )
                 return False
             if new.inputs != self.config.inputs:
                 # It names other secret files: signed as they were when loaded.
                 seen = inputs_signature(new)
+            changed = changed_keys(self.config, new)
+            self._loaded = seen
+            if not changed:
+                # Touched, or written twice in one edit, but saying the same: one reload
+                # per change of what the config says, not per change of its files.
+                log.info(
+                    "config unchanged; not reloaded", extra={"reason": reason, "config": running}
+                )
+                return False
             await self.proxy.reload(new)
             self.config = new
-            self._loaded = seen
-            self.proxy.metrics.config_reloads.labels("ok").inc()
-            log.info("config reloaded", extra={"reason": reason, "environment": new.environment})
+            now = digest(new)
+            self.proxy.metrics.config_loaded(now, reload=True)
+            log.info(
+                "config reloaded",
+                extra={
+                    "reason": reason,
+                    "environment": new.environment,
+                    "config": now,
+                    "previous_config": running,
+                    "changed": changed,
+                },
+            )
             log_warnings(new)
             return True
 
@@ -199,6 +224,7 @@ class Server:
                 "admin": admin_socket or f"{admin.host}:{admin.port}",
                 "upstream": cfg.upstream.url,
                 "version": __version__,
+                "config": digest(cfg),
                 "pid": os.getpid(),
             },
         )

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from proxy.observe.logs import WORKER_ENV
 from proxy.process.gateway import ADMIN_SOCKET_ENV, Gateway
 from proxy.process.ports import ListenError
 
@@ -176,7 +177,7 @@ def run_workers(count: int, config_path: str, admin_host: str, admin_port: int) 
     sockets = [sockets_dir / f"worker-{i}.sock" for i in range(count)]
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
-        own = dict(env, **{ADMIN_SOCKET_ENV: str(sockets[index])})
+        own = dict(env, **{ADMIN_SOCKET_ENV: str(sockets[index]), WORKER_ENV: str(index)})
         return subprocess.Popen(cmd, env=own)  # noqa: S603
 
     gateway = Gateway(admin_host, admin_port, sockets)
@@ -187,6 +188,11 @@ def run_workers(count: int, config_path: str, admin_host: str, admin_port: int) 
         # The cli's one line and exit code 2, as for a single process.
         raise ListenError(admin_host, admin_port, "admin", exc, {}) from None
     supervisor = Supervisor(count, spawn)
+    # The workers' own lines name their unix sockets: this is where the admin port is.
+    log.info(
+        "supervising",
+        extra={"workers": count, "admin": f"{admin_host}:{gateway.port}", "pid": os.getpid()},
+    )
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
         supervisor.stop(signum)

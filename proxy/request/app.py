@@ -27,7 +27,7 @@ from proxy.http.conformance import check_request
 from proxy.http.forward import ClientGone, new_session
 from proxy.http.headers import ClientHop, client_ip, upstream_items
 from proxy.http.upstream import UpstreamPool
-from proxy.observe.logs import AccessLog
+from proxy.observe.logs import AccessLog, worker_index
 from proxy.observe.metrics import Metrics
 from proxy.realtime import websocket
 from proxy.request import lifetime
@@ -72,7 +72,7 @@ class Proxy:
         # Open WebSockets (closed with 1001 on shutdown) and polling CONNECT grants; one
         # per process so a config reload keeps them.
         self.ws_registry = websocket.WebSocketRegistry()
-        self.access_log = AccessLog()
+        self.access_log = AccessLog(worker=worker_index())
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -85,6 +85,11 @@ class Proxy:
     def fast_pool(self) -> UpstreamPool:
         assert self._fast_pool is not None, "Proxy used outside its app's lifetime"
         return self._fast_pool
+
+    @property
+    def config(self) -> Config:
+        """The live config: the last one loaded or reloaded."""
+        return self._config
 
     @property
     def runtime(self) -> Runtime:
