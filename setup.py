@@ -39,6 +39,7 @@ COMPILED = [
     "proxy/observe/loop_metrics.py",
     "proxy/observe/metrics.py",
     "proxy/observe/logs.py",
+    "proxy/observe/correlation.py",
     "proxy/auth/cache/entries.py",
     "proxy/auth/cache/ids.py",
     "proxy/auth/cache/generations.py",

@@ -118,10 +118,21 @@ class Outcome:
                 f"closed={self.closed} upstream={self.upstream}")
 
 
-def _seen(req: Received, authority: bytes) -> tuple[Any, ...]:
+_MADE_ID = re.compile(rb"[0-9a-f]{32}")
+
+
+def _field(name: bytes, value: bytes, authority: bytes) -> tuple[bytes, bytes]:
     # The Host aiohttp's client gives a request that came without one is its upstream's,
-    # a port of its own per door.
-    fields = sorted((k.lower(), b"<upstream>" if v == authority else v) for k, v in req.fields)
+    # a port of its own per door; a request id each door made is its own random one.
+    if value == authority:
+        return name, b"<upstream>"
+    if name == b"x-request-id" and _MADE_ID.fullmatch(value):
+        return name, b"<made>"
+    return name, value
+
+
+def _seen(req: Received, authority: bytes) -> tuple[Any, ...]:
+    fields = sorted(_field(k.lower(), v, authority) for k, v in req.fields)
     return (req.method, req.target, req.version, tuple(fields), req.body)
 
 

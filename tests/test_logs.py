@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from proxy.core.errors import TOKEN_EXPIRED, ProxyError, upstream_failure
+from proxy.core.principal import ANONYMOUS, Principal
 from proxy.observe.logs import AccessLog
 from proxy.request.runtime import build_runtime
 from tests.support import StubVerifier, make_config
@@ -21,20 +23,72 @@ from tests.support import StubVerifier, make_config
 async def test_access_line(seconds: float, duration: str) -> None:
     out = io.StringIO()
     log = AccessLog(out)
-    log.record("GET", 'we"ird', 200, seconds, "machine", "203.0.113.7")
-    log.record("POST", "api", 503, seconds, "anonymous", None)
+    log.record("GET", 'we"ird', 200, seconds, MACHINE, "203.0.113.7", None, "req-1", TRACEPARENT)
+    log.record("POST", "api", 502, seconds, ANONYMOUS, None, upstream_failure("refused"))
     log.flush()
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
     first, second = (json.loads(line) for line in lines)
     assert re.search(r'"duration_ms":' + re.escape(duration) + ",", lines[0])
-    assert re.fullmatch(r'\{"ts":\d{10}\.\d{3},.*', lines[0])
+    assert re.fullmatch(r'\{"ts":\d{10}\.\d{3},"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",.*', lines[0])
+    assert first["time"].startswith(time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(first["ts"])))
+    assert first["time"][-4:-1] == lines[0].split(",")[0][-3:], "time and ts name one instant"
     assert first == {
-        "ts": first["ts"], "level": "info", "logger": "proxy.access", "msg": "request",
-        "method": "GET", "route": 'we"ird', "status": 200, "duration_ms": float(duration),
-        "principal_type": "machine", "client_ip": "203.0.113.7",
+        "ts": first["ts"], "time": first["time"], "level": "info", "logger": "proxy.access",
+        "msg": "request", "method": "GET", "route": 'we"ird', "status": 200,
+        "duration_ms": float(duration), "principal_type": "machine",
+        "principal_id": "mch_2x", "token_id": "mt_0123456789abcdef0123456789abcdef",
+        "request_id": "req-1", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "client_ip": "203.0.113.7",
     }
-    assert (second["method"], second["status"], second["client_ip"]) == ("POST", 503, None)
+    assert {k: v for k, v in second.items() if k not in ("ts", "time", "duration_ms")} == {
+        "level": "info", "logger": "proxy.access", "msg": "request", "method": "POST",
+        "route": "api", "status": 502, "principal_type": "anonymous", "code": "upstream_unavailable",
+        "cause": "refused", "client_ip": None,
+    }
+
+
+MACHINE = Principal(
+    type="machine", id="mch_2x", token_type="m2m_token",
+    token_id="mt_0123456789abcdef0123456789abcdef",
+)
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "trace_id"),
+    [
+        (TRACEPARENT, "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),  # all-zero: invalid
+        ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),  # version ff
+        ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", None),  # upper case
+        ('00-4bf92f3577b34da6a3ce929d0e0e473"-00f067aa0ba902b7-01', None),
+        ("garbage", None),
+        (None, None),
+    ],
+)
+async def test_trace_id_only_from_a_valid_traceparent(traceparent: str | None, trace_id: str | None) -> None:
+    out = io.StringIO()
+    log = AccessLog(out)
+    log.record("GET", "api", 200, 0.001, ANONYMOUS, None, None, None, traceparent)
+    log.flush()
+    assert json.loads(out.getvalue()).get("trace_id") == trace_id
+
+
+async def test_who_and_why_are_json_encoded_and_bounded() -> None:
+    # A request id is the client's text; a principal id and issuer come from a token's
+    # issuer: none of them may end a line, add a field, or grow a line without bound.
+    out = io.StringIO()
+    log = AccessLog(out)
+    evil = Principal(type="user", id='u"},"admin":true,"x":{"', issuer="line\nbreak")
+    refusal = ProxyError(TOKEN_EXPIRED, "the token has expired")
+    log.record("GET", "api", 200, 0.001, evil, None, refusal, "r" * 10_000 + '"\n')
+    log.flush()
+    (line,) = out.getvalue().splitlines()
+    parsed = json.loads(line)
+    assert parsed["principal_id"] == 'u"},"admin":true,"x":{"' and "admin" not in parsed
+    assert parsed["issuer"] == "line\nbreak" and parsed["code"] == "token_expired"
+    assert parsed["request_id"] == "r" * 128
 
 
 def _expected_duration(seconds: float) -> str:
@@ -56,7 +110,7 @@ async def test_batches_keep_every_line_in_order(max_lines: int) -> None:
             f"route-{k % 1500}",
             (200, 401, 502)[k % 3],
             (0.0, 0.0004, 0.9999, 1.5, 123.456789)[i % 5],
-            ("machine", "anonymous")[k % 2],
+            (MACHINE, ANONYMOUS)[k % 2],
             None if k % 4 == 0 else f"198.51.100.{k % 200}",
         )
         for i, k in ((i, i // 3) for i in range(4500))
@@ -68,13 +122,15 @@ async def test_batches_keep_every_line_in_order(max_lines: int) -> None:
     after = time.time()
     lines = out.getvalue().splitlines()
     assert len(lines) == len(records)
-    for line, (method, route, status, seconds, principal_type, ip) in zip(lines, records, strict=True):
+    for line, (method, route, status, seconds, principal, ip) in zip(lines, records, strict=True):
         parsed = json.loads(line)
         assert before - 0.001 <= parsed.pop("ts") <= after + 0.001
+        parsed.pop("time")
+        who = {"principal_id": principal.id, "token_id": principal.token_id} if principal.id else {}
         assert parsed == {
             "level": "info", "logger": "proxy.access", "msg": "request", "method": method,
             "route": route, "status": status, "duration_ms": float(_expected_duration(seconds)),
-            "principal_type": principal_type, "client_ip": ip,
+            "principal_type": principal.type, **who, "client_ip": ip,
         }
         assert f'"duration_ms":{_expected_duration(seconds)},' in line
 
@@ -83,7 +139,7 @@ async def test_nothing_pending_writes_nothing() -> None:
     out = io.StringIO()
     log = AccessLog(out)
     log.flush()
-    log.record("GET", "api", 200, 0.001, "machine", None)
+    log.record("GET", "api", 200, 0.001, MACHINE, None)
     log.flush()
     log.flush()
     assert len(out.getvalue().splitlines()) == 1

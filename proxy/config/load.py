@@ -263,10 +263,18 @@ def build_config(
     if default_route is not None:
         keyed.append(("default_route", default_route))
 
-    hd = r.section(top.get("headers"), "headers", {"prefix"})
+    hd = r.section(top.get("headers"), "headers", {"prefix", "request_id"})
     prefix = r.get(hd, "headers", "prefix", str_value, "X-Auth-")
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*-", prefix):
         r.problem("headers.prefix", f"must be a header-name prefix ending in '-', got {prefix!r}")
+    request_id = r.get(hd, "headers", "request_id", str_value, "X-Request-Id")
+    if request_id and not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", request_id):
+        r.problem("headers.request_id", f"must be a header name or empty, got {request_id!r}")
+    elif request_id.lower().startswith(prefix.lower()):
+        r.problem(
+            "headers.request_id",
+            f"must not start with headers.prefix ({prefix}): those are stripped",
+        )
 
     lg = r.section(top.get("logging"), "logging", {"level", "access_log"})
     level = r.get(lg, "logging", "level", str_value, "INFO").upper()
@@ -295,7 +303,7 @@ def build_config(
         routes=tuple(routes),
         default_route=default_route or Route(name="default", path="/**"),
         forward_authorization=r.get(top, "", "forward_authorization", bool_value, False),
-        headers=Headers(prefix=prefix),
+        headers=Headers(prefix=prefix, request_id=request_id),
         trusted_proxies=tuple(trusted),
         websocket=parse_websocket(r, top.get("websocket")),
         shutdown=parse_shutdown(r, top.get("shutdown")),

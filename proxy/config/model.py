@@ -222,6 +222,8 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class Headers:
     prefix: str = "X-Auth-"
+    # Honoured when a client sends it, made when it does not; "" leaves requests unnamed.
+    request_id: str = "X-Request-Id"
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Final
 
+import aiohttp
+
 TOKEN_MISSING: Final = "token_missing"
 TOKEN_ID_NOT_SECRET: Final = "token_id_not_secret"
 TOKEN_INVALID: Final = "token_invalid"
@@ -72,6 +74,7 @@ class ProxyError(Exception):
         scope: str | None = None,
         status: int | None = None,
         token_type: str | None = None,
+        cause: str | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
@@ -81,6 +84,9 @@ class ProxyError(Exception):
         self.scope = scope
         # Which kind of token was refused (for the decisions metric), when known.
         self.token_type = token_type
+        # For an upstream failure, what went wrong (UPSTREAM_CAUSES): the access line's
+        # `cause`, never shown to the client.
+        self.cause = cause
 
     @property
     def is_auth_failure(self) -> bool:
@@ -111,3 +117,37 @@ class ProxyError(Exception):
         if self.retry_after is not None:
             headers["Retry-After"] = str(max(0, int(self.retry_after)))
         return headers
+
+
+# What went wrong with the upstream, for the access line and the upstream_errors metric:
+# a closed set an operator can aggregate on.
+REFUSED: Final = "refused"  # nothing listened (connection refused)
+UNREACHABLE: Final = "unreachable"  # no route, no such host, another connect failure
+TIMEOUT: Final = "timeout"  # connecting, or waiting for the answer, took too long
+RESET: Final = "reset"  # the connection ended before the answer did
+BAD_ANSWER: Final = "bad_answer"  # an answer that is not HTTP, too large a head, a 101 unasked
+UPSTREAM_CAUSES: Final = (REFUSED, UNREACHABLE, TIMEOUT, RESET, BAD_ANSWER)
+
+
+def upstream_failure(cause: str) -> ProxyError:
+    """The client's 502 or 504 for an upstream failure of this kind."""
+    if cause == TIMEOUT:
+        return ProxyError(UPSTREAM_TIMEOUT, "the upstream did not answer in time", cause=cause)
+    return ProxyError(UPSTREAM_UNAVAILABLE, "the upstream is unavailable", cause=cause)
+
+
+def upstream_cause(exc: BaseException) -> str | None:
+    """The kind of an exception raised while talking to the upstream (either door, HTTP or
+    WebSocket), or None when it is not the upstream's failure."""
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return TIMEOUT
+    if isinstance(exc, ConnectionRefusedError):
+        return REFUSED
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return REFUSED if isinstance(exc.os_error, ConnectionRefusedError) else UNREACHABLE
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return BAD_ANSWER
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        # A connection that was there and went away (reset, disconnected, broken pipe).
+        return RESET
+    return None

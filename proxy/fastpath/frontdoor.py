@@ -31,6 +31,7 @@ from proxy.fastpath.upstream_head import UpstreamHeads
 from proxy.http import http1
 from proxy.http.headers import ClientHop, client_items
 from proxy.http.upstream import IDEMPOTENT, UpstreamConnection, UpstreamPool
+from proxy.observe.correlation import new_request_id
 from proxy.request.app import Proxy
 from proxy.request.routed import Authenticated, Routed
 from proxy.request.runtime import Runtime
@@ -77,6 +78,11 @@ class FrontDoor(asyncio.Protocol):
         self._rt: Runtime | None = None
         self._route_name = "unmatched"
         self._principal: Principal = ANONYMOUS
+        # Why it was refused (or fell back to anonymous), its id and trace context.
+        self._why: ProxyError | None = None
+        self._request_id: str | None = None
+        self._made_id = False
+        self._traceparent: str | None = None
         self._recent = Recent()
         # The last Authorization values and the bearer token they gave: a keep-alive
         # partner sends the same header on every request (see `bearer`).
@@ -198,11 +204,15 @@ class FrontDoor(asyncio.Protocol):
         self._started = _perf_counter()
         self._route_name = "unmatched"
         self._principal = ANONYMOUS
+        self._why = None
         self._keep_alive = head.keep_alive
         self._head_sent = False
         self._holding = False
         self._out = []
         rt = self._rt = self._proxy.runtime
+        request_id, self._traceparent = rt.correlation.of_block(head.block)
+        self._made_id = request_id is None and rt.correlation.enabled
+        self._request_id = new_request_id() if self._made_id else request_id
         hop = self._hop
         if hop.host != head.host:
             hop = self._hop = ClientHop(self._peer, "http", head.host)
@@ -246,8 +256,15 @@ class FrontDoor(asyncio.Protocol):
             return
         head = self._head
         assert head is not None
-        principal = self._principal = self._proxy.authorize(rt, routed, authenticated)
-        self._upstream_head = self._heads.build(rt, head, principal, hop, routed.resolved)
+        # Who, and why anonymous, before the route may refuse them: the line names both.
+        self._principal, self._why = authenticated
+        principal = self._proxy.authorize(rt, routed, authenticated)
+        sent = self._heads.build(rt, head, principal, hop, routed.resolved)
+        request_id = self._request_id
+        if self._made_id and request_id is not None:
+            # One made here: the upstream learns it too.
+            sent = b"".join((sent[:-4], rt.correlation.field, request_id.encode(), http1.HEAD_END))
+        self._upstream_head = sent
         self._send_upstream(retry=head.method in IDEMPOTENT)
 
     def _send_upstream(self, *, retry: bool) -> None:
@@ -279,12 +296,17 @@ class FrontDoor(asyncio.Protocol):
         conn.send(self._upstream_head, self)
 
     def _refuse(self, refusal: ProxyError) -> None:
+        self._why = refusal
         if self.transport is not None:
+            headers = list(refusal.headers().items())
+            rt, request_id = self._rt, self._request_id
+            if request_id is not None and rt is not None:
+                headers.append((rt.correlation.name, request_id))
             self.transport.write(
                 http1.simple_response(
                     refusal.status,
                     _reason(refusal.status),
-                    refusal.headers().items(),
+                    headers,
                     refusal.body(),
                     close=not self._keep_alive,
                 )
@@ -304,11 +326,15 @@ class FrontDoor(asyncio.Protocol):
         self._holding = framing.length is not None and framing.length <= SMALL_BODY
         if self.closing or self._proxy.draining:
             self._keep_alive = False
-        self._out.append(
-            http1.client_head(
-                status, head, block, framing=framing, close=not self._keep_alive, clean=client_items
-            )
+        answer = http1.client_head(
+            status, head, block, framing=framing, close=not self._keep_alive, clean=client_items
         )
+        request_id, rt = self._request_id, self._rt
+        if request_id is not None and rt is not None and not rt.correlation.in_block(block):
+            # The client learns the request's id (its own, or the one made here).
+            correlation = rt.correlation
+            answer = b"".join((answer[:-4], correlation.field, request_id.encode(), http1.HEAD_END))
+        self._out.append(answer)
 
     def response_body(self, data: bytes) -> None:
         self._out.append(http1.chunk(data) if self._chunked else data)
@@ -360,6 +386,9 @@ class FrontDoor(asyncio.Protocol):
                 self._started,
                 self._principal,
                 self._peer,
+                self._why,
+                self._request_id,
+                self._traceparent,
             )
         self._busy = False
         self._head = None

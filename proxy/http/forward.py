@@ -180,7 +180,7 @@ async def forward(
         # the connection is no longer HTTP. A 502, as the fast path and nginx answer.
         upstream.close()
         metrics.upstream_errors.labels(kind="unavailable").inc()
-        raise ProxyError(errors.UPSTREAM_UNAVAILABLE, "the upstream is unavailable")
+        raise errors.upstream_failure(errors.BAD_ANSWER)
 
     try:
         headers_out = for_client(upstream.headers.items())
@@ -240,10 +240,11 @@ def _map_upstream_error(exc: BaseException, metrics: Metrics) -> BaseException:
         return refusal
     if isinstance(exc, asyncio.CancelledError):
         return exc
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError | aiohttp.ConnectionTimeoutError):
-        metrics.upstream_errors.labels(kind="timeout").inc()
-        return ProxyError(errors.UPSTREAM_TIMEOUT, "the upstream did not answer in time")
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        metrics.upstream_errors.labels(kind="unavailable").inc()
-        return ProxyError(errors.UPSTREAM_UNAVAILABLE, "the upstream is unavailable")
-    return exc
+    cause = errors.upstream_cause(exc)
+    if cause is None:
+        return exc
+    failure = errors.upstream_failure(cause)
+    metrics.upstream_errors.labels(
+        kind="timeout" if cause == errors.TIMEOUT else "unavailable"
+    ).inc()
+    return failure

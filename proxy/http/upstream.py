@@ -42,14 +42,6 @@ class Sink(Protocol):
     def upstream_failed(self, refusal: ProxyError, *, retryable: bool) -> None: ...
 
 
-def unavailable() -> ProxyError:
-    return ProxyError(errors.UPSTREAM_UNAVAILABLE, "the upstream is unavailable")
-
-
-def timed_out() -> ProxyError:
-    return ProxyError(errors.UPSTREAM_TIMEOUT, "the upstream did not answer in time")
-
-
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self._pool = pool
@@ -124,7 +116,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.sink is None or self._paused:  # waiting on a slow client is not a timeout
             return
         if now - self._last_read >= self._pool.read_timeout:
-            self._fail(timed_out(), retryable=False)
+            self._fail(errors.upstream_failure(errors.TIMEOUT), retryable=False)
 
     def _fail(self, refusal: ProxyError, *, retryable: bool) -> None:
         sink, self.sink = self.sink, None
@@ -161,7 +153,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self._head_seen:
             self._raw = self._raw + data if self._raw else data
             if len(self._raw) > MAX_RESPONSE_HEAD and self._raw.find(http1.HEAD_END) < 0:
-                self._fail(unavailable(), retryable=False)
+                self._fail(errors.upstream_failure(errors.BAD_ANSWER), retryable=False)
                 return
         try:
             self._parser.feed_data(data)
@@ -169,7 +161,7 @@ class UpstreamConnection(asyncio.Protocol):
             # Malformed, or a 101 to a request that asked for no upgrade; after a whole
             # answer, garbage that follows it (the answer stands, the connection ends).
             if self._ending is None:
-                self._fail(unavailable(), retryable=False)
+                self._fail(errors.upstream_failure(errors.BAD_ANSWER), retryable=False)
                 return
             self._broken = True
         if self._ending is not None:
@@ -188,7 +180,9 @@ class UpstreamConnection(asyncio.Protocol):
             # A body delimited by the upstream closing: this is its end.
             sink.response_end()
             return
-        sink.upstream_failed(unavailable(), retryable=self.reused and not self._got_bytes)
+        sink.upstream_failed(
+            errors.upstream_failure(errors.RESET), retryable=self.reused and not self._got_bytes
+        )
 
     def eof_received(self) -> bool | None:
         return None  # close: a half-closed upstream connection is of no further use
@@ -334,12 +328,11 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 await self.loop.create_connection(lambda: conn, self.host, self.port)
-        except TimeoutError:
+        except OSError as exc:  # TimeoutError included
             self.forget(conn)
-            raise timed_out() from None
-        except OSError:
-            self.forget(conn)
-            raise unavailable() from None
+            raise errors.upstream_failure(
+                errors.upstream_cause(exc) or errors.UNREACHABLE
+            ) from None
         except BaseException:  # cancelled: the client went away
             self.forget(conn)
             raise

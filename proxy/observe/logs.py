@@ -1,8 +1,9 @@
 """Structured logs: one JSON object per line on stderr.
 
-Nothing here formats tokens: callers pass only closed-set fields (route names, status
-codes, principal types) and the method, and the access log never carries a path or query
-string. Every string is JSON-encoded (ASCII), so no byte a client sends can end a line or
+Nothing here formats tokens: the access line's fields are closed sets (route names,
+status and spec codes, principal types), the method, and ids — of the principal, of its
+token (never the token: it never reaches a `Principal`), of the request and its trace;
+it never carries a path or query string. Every string is JSON-encoded (ASCII), so no byte a client sends can end a line or
 add a field.
 """
 
@@ -16,6 +17,10 @@ import os
 import sys
 import time
 from typing import ClassVar, Final, TextIO
+
+from proxy.core.errors import ProxyError
+from proxy.core.principal import Principal
+from proxy.observe.correlation import MAX_REQUEST_ID, trace_id
 
 # "000" … "999", the fractional part of a second or millisecond figure, and "0" … "999",
 # a whole number of milliseconds: by table, integer arithmetic and a lookup instead of a
@@ -79,14 +84,20 @@ def configure_logging(level: str) -> None:
 class AccessLog:
     """One JSON line per request, written in batches.
 
-    The hot path only notes what a line will say (every field is a closed set or a
-    validated HTTP token, so plain f-string JSON is exact); lines are formatted and go
-    out in one write at most every `interval` seconds or `max_lines` requests, instead of
-    a logging-module round trip and a write(2) per request. Formatting a batch in one
-    loop costs less than a line at a time between requests, whose caches have gone cold,
-    and the parts of a line that only its request's kind decides (method, route,
-    status, principal type, client address) are rendered once per kind. `flush()` runs
-    at shutdown so nothing is lost.
+    The hot path only notes what a line will say; lines are formatted and go out in one
+    write at most every `interval` seconds or `max_lines` requests, instead of a
+    logging-module round trip and a write(2) per request. Formatting a batch in one loop
+    costs less than a line at a time between requests, whose caches have gone cold, and
+    the parts of a line that only its request's kind decides (method, route, status,
+    client address) are rendered once per kind. `flush()` runs at shutdown so nothing is
+    lost.
+
+    Who and why: the principal's type, id, token id (a token's id, never its secret: the
+    raw token never reaches a `Principal`) and issuer; the refusal's spec code (also for
+    an `optional` route's anonymous fallback, whose answer is a 200), and for an upstream
+    failure its `cause` (`errors.UPSTREAM_CAUSES`); the request id and the trace id of a
+    W3C `traceparent`. Every string is JSON-encoded: nothing a client or a token's issuer
+    writes can end a line or add a field.
     """
 
     def __init__(
@@ -98,17 +109,18 @@ class AccessLog:
         worker: int | None = None,
     ) -> None:
         self._stream = stream
-        self._worker = "" if worker is None else f'"worker":{worker},'
         self._interval = interval
         self._max_lines = max_lines
+        self._worker = "" if worker is None else f'"worker":{worker},'
         # The requests not yet written: what kind each was, when it ended (ms since the
-        # epoch) and how long it took (µs).
-        self._kinds: list[tuple[str, str, int, str, str | None]] = []
+        # epoch), how long it took (µs), and who and why.
+        self._kinds: list[tuple[str, str, int, str | None]] = []
         self._ended_ms: list[int] = []
         self._took_us: list[int] = []
+        self._who: list[tuple[Principal, str | None, str | None, str | None, str | None]] = []
         # A kind's JSON before and after its duration. Partners call few routes from few
         # addresses, so this stays small; it is emptied when a scanner makes it grow.
-        self._rendered: dict[tuple[str, str, int, str, str | None], tuple[str, str]] = {}
+        self._rendered: dict[tuple[str, str, int, str | None], tuple[str, str]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def record(
@@ -117,29 +129,35 @@ class AccessLog:
         route: str,
         status: int,
         seconds: float,
-        principal_type: str,
+        principal: Principal,
         client_ip: str | None,
+        why: ProxyError | None = None,
+        request_id: str | None = None,
+        traceparent: str | None = None,
     ) -> None:
-        self._kinds.append((method, route, status, principal_type, client_ip))
+        self._kinds.append((method, route, status, client_ip))
         self._ended_ms.append(int(_wall_clock() * 1000))
         self._took_us.append(int(seconds * 1_000_000))
+        if why is None:
+            self._who.append((principal, None, None, request_id, traceparent))
+        else:
+            self._who.append((principal, why.code, why.cause, request_id, traceparent))
         if len(self._kinds) >= self._max_lines:
             self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
 
-    def _render(self, kind: tuple[str, str, int, str, str | None]) -> tuple[str, str]:
-        method, route, status, principal_type, client_ip = kind
+    def _render(self, kind: tuple[str, str, int, str | None]) -> tuple[str, str]:
+        method, route, status, client_ip = kind
         if len(self._rendered) >= _MAX_RENDERED:
             self._rendered.clear()
         # Every string is JSON-encoded, closed sets included: a method is whatever token
         # a parser let through, and nothing a client sends may end a line or add a field.
         rendered = self._rendered[kind] = (
             f',"level":"info","logger":"proxy.access",{self._worker}"msg":"request",'
-            f'"method":{json.dumps(method)},"route":{json.dumps(route)},"status":{status},'
+            f'"method":{_json(method)},"route":{_json(route)},"status":{status},'
             '"duration_ms":',
-            f',"principal_type":{json.dumps(principal_type)},'
-            f'"client_ip":{json.dumps(client_ip)}}}\n',
+            f',"client_ip":{_json(client_ip)}}}\n',
         )
         return rendered
 
@@ -150,10 +168,14 @@ class AccessLog:
         pieces: list[str] = []
         rendered = self._rendered
         second = -1
-        second_text = ""
-        last_kind: tuple[str, str, int, str, str | None] | None = None
+        second_text = time_text = ""
+        last_kind: tuple[str, str, int, str | None] | None = None
         parts = ("", "")
-        for kind, ended, took in zip(self._kinds, self._ended_ms, self._took_us, strict=True):
+        last_principal: Principal | None = None
+        principal_text = ""
+        for kind, ended, took, who in zip(
+            self._kinds, self._ended_ms, self._took_us, self._who, strict=True
+        ):
             if kind != last_kind:  # a partner's requests come in runs of one kind
                 last_kind = kind
                 found = rendered.get(kind)
@@ -161,17 +183,37 @@ class AccessLog:
             if ended // 1000 != second:  # lines of one batch share their second
                 second = ended // 1000
                 second_text = f'{{"ts":{second}.'
+                time_text = f',"time":"{time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))}.'
+            principal, code, cause, request_id, traceparent = who
+            if principal is not last_principal:  # and of one principal
+                last_principal = principal
+                principal_text = _principal_text(principal)
             ms = took // 1000
+            thousandths = _THOUSANDTHS[ended % 1000]
             pieces.append(second_text)
-            pieces.append(_THOUSANDTHS[ended % 1000])
+            pieces.append(thousandths)
+            pieces.append(time_text)
+            pieces.append(thousandths)
+            pieces.append('Z"')
             pieces.append(parts[0])
             pieces.append(_COUNTS[ms] if ms < 1000 else str(ms))
             pieces.append(".")
             pieces.append(_THOUSANDTHS[took % 1000])
+            pieces.append(principal_text)
+            if code is not None:
+                pieces.append(f',"code":{_json(code)}')
+                if cause is not None:
+                    pieces.append(f',"cause":{_json(cause)}')
+            if request_id is not None:
+                pieces.append(f',"request_id":{_json(request_id[:MAX_REQUEST_ID])}')
+            trace = trace_id(traceparent)
+            if trace is not None:
+                pieces.append(f',"trace_id":"{trace}"')
             pieces.append(parts[1])
         self._kinds.clear()
         self._ended_ms.clear()
         self._took_us.clear()
+        self._who.clear()
         return "".join(pieces)
 
     def flush(self) -> None:
@@ -185,3 +227,24 @@ class AccessLog:
         with contextlib.suppress(OSError, ValueError):  # a closed stderr must not kill requests
             stream.write(text)
             stream.flush()
+
+
+# The C encoder json.dumps ends in, without its per-call Python setup: a string per
+# field per line adds up.
+_encode_ascii: Final = json.encoder.encode_basestring_ascii
+
+
+def _json(value: str | None) -> str:
+    return "null" if value is None else _encode_ascii(value)
+
+
+def _principal_text(principal: Principal) -> str:
+    """The principal's part of a line: its type always, the rest when it has them."""
+    out = f',"principal_type":{_json(principal.type)}'
+    if principal.id is not None:
+        out += f',"principal_id":{_json(principal.id)}'
+    if principal.token_id is not None:
+        out += f',"token_id":{_json(principal.token_id)}'
+    if principal.issuer is not None:
+        out += f',"issuer":{_json(principal.issuer)}'
+    return out

@@ -25,7 +25,16 @@ from yarl import URL
 
 from proxy.config import model as config
 from proxy.core import principal
-from proxy.core.errors import BAD_REQUEST, UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE, ProxyError
+from proxy.core.errors import (
+    BAD_ANSWER,
+    BAD_REQUEST,
+    RESET,
+    TIMEOUT,
+    UPSTREAM_UNAVAILABLE,
+    ProxyError,
+    upstream_cause,
+    upstream_failure,
+)
 from proxy.core.principal import Principal
 from proxy.core.timeouts import ConnectionClock, clock_of
 from proxy.observe import metrics
@@ -170,14 +179,12 @@ async def _connect_upstream(
             raise ProxyError(BAD_REQUEST, message, status=exc.status) from None
         ctx.metrics.upstream_errors.labels("unavailable").inc()
         raise ProxyError(
-            UPSTREAM_UNAVAILABLE, "the upstream did not accept the WebSocket"
+            UPSTREAM_UNAVAILABLE, "the upstream did not accept the WebSocket", cause=BAD_ANSWER
         ) from None
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        ctx.metrics.upstream_errors.labels("timeout").inc()
-        raise ProxyError(UPSTREAM_TIMEOUT, "the upstream did not answer in time") from None
-    except (aiohttp.ClientError, OSError):
-        ctx.metrics.upstream_errors.labels("unavailable").inc()
-        raise ProxyError(UPSTREAM_UNAVAILABLE, "the upstream is unavailable") from None
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        cause = upstream_cause(exc) or RESET
+        ctx.metrics.upstream_errors.labels("timeout" if cause == TIMEOUT else "unavailable").inc()
+        raise upstream_failure(cause) from None
 
 
 class _Refused(Exception):

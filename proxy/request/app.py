@@ -27,6 +27,7 @@ from proxy.http.conformance import check_request
 from proxy.http.forward import ClientGone, new_session
 from proxy.http.headers import ClientHop, client_ip, upstream_items
 from proxy.http.upstream import UpstreamPool
+from proxy.observe.correlation import new_request_id
 from proxy.observe.logs import AccessLog, worker_index
 from proxy.observe.metrics import Metrics
 from proxy.realtime import websocket
@@ -175,7 +176,9 @@ class Proxy:
         started = _perf_counter()
         route_name = "unmatched"
         principal: Principal = ANONYMOUS
+        why: ProxyError | None = None
         status = 500
+        request_id, traceparent = _correlate(rt, request)
         # The connection's clock (proxy.core.timeouts): the head is in; what follows is
         # timed by the body's rate, then by the upstream.
         clock = clock_of(request.transport)
@@ -189,10 +192,12 @@ class Proxy:
             authenticated = self.authenticate_cached(rt, routed)
             if authenticated is None:
                 authenticated = await self.authenticate(rt, routed)
-            principal = authenticated[0]
+            principal, why = authenticated
             upstream_headers = CIMultiDict(
                 self.admit(rt, routed, authenticated, request.headers.items(), hop)
             )
+            if request_id is not None and rt.correlation.name not in upstream_headers:
+                upstream_headers[rt.correlation.name] = request_id
             url = rt.target.url(routed.resolved.path, routed.resolved.query)
             response = await dispatch(
                 request,
@@ -208,6 +213,7 @@ class Proxy:
             status = response.status
             return self._last_if_draining(response)
         except ProxyError as refusal:
+            why = refusal
             status = refusal.status
             return self._last_if_draining(
                 web.Response(status=refusal.status, body=refusal.body(), headers=refusal.headers())
@@ -224,7 +230,16 @@ class Proxy:
             if clock is not None:
                 clock.answered(_monotonic())
             self.finished(
-                rt, route_name, request.method, status, started, principal, request.remote
+                rt,
+                route_name,
+                request.method,
+                status,
+                started,
+                principal,
+                request.remote,
+                why,
+                request_id,
+                traceparent,
             )
 
     def _last_if_draining(self, response: web.StreamResponse) -> web.StreamResponse:
@@ -319,11 +334,24 @@ class Proxy:
         started: float,
         principal: Principal,
         remote: str | None,
+        why: ProxyError | None,
+        request_id: str | None,
+        traceparent: str | None,
     ) -> None:
         elapsed = _perf_counter() - started
         self.metrics.observe_request(route_name, method, status, elapsed)
         if rt.access_log:
-            self.access_log.record(method, route_name, status, elapsed, principal.type, remote)
+            self.access_log.record(
+                method,
+                route_name,
+                status,
+                elapsed,
+                principal,
+                remote,
+                why,
+                request_id,
+                traceparent,
+            )
 
     def _decided(self, principal: Principal, result: str) -> None:
         self.metrics.decision(principal.token_type or "none", result).inc()
@@ -331,6 +359,30 @@ class Proxy:
     def _decided_refusal(self, principal: Principal | None, refusal: ProxyError) -> None:
         token_type = refusal.token_type or (principal.token_type if principal else None)
         self.metrics.decision(token_type or "none", refusal.code).inc()
+
+
+# Where the aiohttp door keeps a request's id for its answer (`_answer_request_id`).
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+def _correlate(rt: Runtime, request: web.Request) -> tuple[str | None, str | None]:
+    """The request's id (the client's, or one made now) and its traceparent."""
+    correlation = rt.correlation
+    if not correlation.enabled:
+        return None, request.headers.get("traceparent")
+    request_id = request.headers.get(correlation.name) or new_request_id()
+    request[REQUEST_ID] = request_id
+    return request_id, request.headers.get("traceparent")
+
+
+async def _answer_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer of the aiohttp door carries the request id, refusals included; an
+    upstream's answer that echoes it already keeps its own."""
+    request_id = request.get(REQUEST_ID)
+    proxy = request.app[PROXY]
+    name = proxy.runtime.correlation.name
+    if request_id is not None and name and name not in response.headers:
+        response.headers[name] = request_id
 
 
 def _fast_pool(config: Config) -> UpstreamPool:
@@ -378,6 +430,7 @@ def create_app(
     proxy = Proxy(config, metrics or Metrics(), factory)
     app = web.Application(handler_args={"max_field_size": 16 * 1024})
     app[PROXY] = proxy
+    app.on_response_prepare.append(_answer_request_id)
     app.cleanup_ctx.append(proxy.lifespan)
     # The listener's drain gave open sockets their grace period and closed them with
     # 1001 (fastpath.listener); any left when aiohttp shuts down are closed at once.

@@ -18,6 +18,7 @@ from proxy.config.load import Config
 from proxy.core.principal import Verifier
 from proxy.http.forward import UpstreamTarget
 from proxy.http.headers import PrincipalHeaders, UpstreamRewrite
+from proxy.observe.correlation import Correlation
 from proxy.request.policy import Policy
 
 # Access lines are INFO: a config at WARNING or above asks for none.
@@ -40,6 +41,8 @@ class Runtime:
     fast_prefix: str
     # Whether requests are written to the access log (decided once, read every request).
     access_log: bool
+    # The request-id field (`headers.request_id`) and traceparent, found in a head.
+    correlation: Correlation
 
 
 def build_runtime(config: Config, verifier: Verifier) -> Runtime:
@@ -61,6 +64,7 @@ def build_runtime(config: Config, verifier: Verifier) -> Runtime:
         ),
         fast_prefix=URL(up.url).raw_path.rstrip("/"),
         access_log=config.logging.access_log and config.logging.level in ACCESS_LEVELS,
+        correlation=Correlation(config.headers.request_id),
     )
 
 
