@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # clerk-auth-proxy: two stages. `build` turns the source into wheels (ours, with the
 # request path compiled by mypyc, and every runtime dependency's); `runtime` installs those
 # wheels offline into a venv and nothing else, so the final image has no compiler, no build
@@ -8,6 +7,8 @@
 # so no isolated build environment exists that the lock would have to pin.
 # `make image` builds this file and `make image-smoke` runs the result as the chart does
 # (scripts/image.sh, tests/image_smoke.py; docs/deploy.md).
+# No `# syntax=` line: BuildKit would pull that frontend from Docker Hub, which a machine
+# without a registry cannot; the built-in one (Docker >= 20.10, buildah) has RUN --mount.
 
 # Python 3.11: the version CI tests (and Debian bookworm's python3, so the stand-in bases
 # `make image` builds without a registry match). Both stages are the same Debian release
