@@ -125,6 +125,22 @@ conformance: $(STAMP) $(BUILT)
 	@command -v nginx >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
 	$(BIN)/python -m bench.conformance --generated 500
 
+# The image: the Dockerfile built with docker, or podman (`--runtime runc`, explicit ulimits)
+# where no docker engine runs; with no registry reachable, on stand-in bases made from
+# Debian bookworm packages with mmdebstrap (cached as local images). pip in the build stage
+# reaches the index as this machine's pip does (its index and CA bundle, as build secrets).
+# scripts/image.sh; IMAGE_BASES=registry|debian|auto, IMAGE=name:tag.
+.PHONY: image image-smoke
+IMAGE ?= localhost/clerk-auth-proxy:dev
+image:
+	IMAGE=$(IMAGE) bash scripts/image.sh
+
+# The image run as the chart runs it (non-root, read-only root, tmpfs /tmp, no
+# capabilities, kubelet-style config and key volumes) against the Clerk emulator and an
+# echo upstream: tests/image_smoke.py lists the checks; prints build time, size, stop times.
+image-smoke: image $(BUILT)
+	$(BIN)/python -m tests.image_smoke
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info tests/node/node_modules .mypy_cache .ruff_cache .pytest_cache
 	find proxy -name '*.so' -delete; rm -f *.so
