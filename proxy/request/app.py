@@ -155,6 +155,7 @@ class Proxy:
         for changed, what in (
             (started.listen != config.listen, "listen"),
             (started.admin != config.admin, "admin"),
+            (started.forward_auth != config.forward_auth, "forward_auth"),
             (started.workers != config.workers, "workers"),
             (started.upstream.pool_size != config.upstream.pool_size, "upstream.pool_size"),
         ):
@@ -201,12 +202,10 @@ class Proxy:
                 ip=routed.ip,
             )
             status = response.status
-            return self._last_if_draining(response)
+            return self.last_if_draining(response)
         except ProxyError as refusal:
             status = refusal.status
-            return self._last_if_draining(
-                web.Response(status=refusal.status, body=refusal.body(), headers=refusal.headers())
-            )
+            return self.last_if_draining(refused(refusal))
         except ClientGone:
             # nginx's code for "client closed request" (never sent); 503 when the drain's
             # deadline cut the connection: the proxy ended it, not the client.
@@ -222,7 +221,7 @@ class Proxy:
                 rt, route_name, request.method, status, started, principal, request.remote
             )
 
-    def _last_if_draining(self, response: web.StreamResponse) -> web.StreamResponse:
+    def last_if_draining(self, response: web.StreamResponse) -> web.StreamResponse:
         """While draining, an answer not yet started says `Connection: close` (a streamed
         one ends its connection as it turns idle: the listener closes idle ones)."""
         if self.draining and not response.prepared:
@@ -326,6 +325,11 @@ class Proxy:
     def _decided_refusal(self, principal: Principal | None, refusal: ProxyError) -> None:
         token_type = refusal.token_type or (principal.token_type if principal else None)
         self.metrics.decision(token_type or "none", refusal.code).inc()
+
+
+def refused(refusal: ProxyError) -> web.Response:
+    """The answer to a refusal: its status, JSON body and headers (docs/spec.md)."""
+    return web.Response(status=refusal.status, body=refusal.body(), headers=refusal.headers())
 
 
 def _fast_pool(config: Config) -> UpstreamPool:

@@ -1,0 +1,121 @@
+"""Forward-auth mode: the listener an ingress asks (`forward_auth:`), as nginx's
+`auth_request`, ingress-nginx's `auth-url` or Traefik's ForwardAuth do, instead of the
+proxy sitting in the data path.
+
+The asking proxy describes the request it holds — method and target in the fields below,
+the token in `Authorization` — and this judges it by the same steps as `Proxy.handle`:
+normalize and route (`Proxy.route`), authenticate (cache first), authorize; then answers
+200 with exactly the principal's fields as the upstream would get them
+(`PrincipalHeaders.render`), or the proxy's own refusal. Nothing is forwarded, so the
+Socket.IO rewriting (`auth.token` in CONNECT packets) does not apply: only the handshake
+request's `Authorization` is judged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Final
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.core import errors
+from proxy.core.errors import ProxyError
+from proxy.core.principal import ANONYMOUS, Principal
+from proxy.http.conformance import check_request
+from proxy.http.headers import ClientHop
+from proxy.request.app import Proxy, refused
+from proxy.request.routed import AiohttpFields, HeadFields
+
+# Where each asking proxy writes the request it asks about: (target field, method field).
+# ingress-nginx sends the whole URL (`$scheme://$http_host$request_uri`).
+DESCRIPTIONS: Final = (
+    ("X-Original-URI", "X-Original-Method"),  # nginx auth_request, as docs/deploy.md sets it
+    ("X-Original-URL", "X-Original-Method"),  # ingress-nginx auth-url
+    ("X-Forwarded-Uri", "X-Forwarded-Method"),  # Traefik ForwardAuth
+)
+# A refusal's JSON body again as a field: nginx's auth_request keeps the subrequest's
+# fields (auth_request_set) but drops its body and passes only 401 and 403 on, so the
+# example config (docs/deploy.md) rebuilds the answer from this and the status.
+REFUSAL_FIELD: Final = "X-Forward-Auth-Refusal"
+_METHOD: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+# nginx refuses a Host with `/` in it, so the first `/` after `//` starts the target.
+_URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/]*(/.*)")
+
+
+def _bad(message: str) -> ProxyError:
+    return ProxyError(errors.BAD_REQUEST, message)
+
+
+def described(fields: HeadFields) -> tuple[str, str]:
+    """The method and request target the asking proxy describes. Exactly one description,
+    each field once: asking proxies pass the client's own fields along, so a client could
+    add a second description (a Traefik client an `X-Original-URI`) naming a route that
+    lets more through; two are refused, never chosen between."""
+    found = [
+        (target_field, method_field, values)
+        for target_field, method_field in DESCRIPTIONS
+        if (values := fields.getall(target_field))
+    ]
+    if len(found) != 1 or len(found[0][2]) != 1:
+        names = ", ".join(target for target, _ in DESCRIPTIONS)
+        raise _bad(f"a forward-auth request names the request it asks about in one of {names}")
+    target_field, method_field, (target,) = found[0]
+    methods = fields.getall(method_field)
+    if len(methods) != 1 or not _METHOD.fullmatch(methods[0]):
+        raise _bad(f"a forward-auth request with {target_field} needs one {method_field}")
+    if target_field == "X-Original-URL":
+        url = _URL.fullmatch(target)
+        if url is None:
+            raise _bad("X-Original-URL must be an absolute http(s) URL")
+        target = url.group(1)
+    return methods[0], target
+
+
+class ForwardAuth:
+    """The forward-auth listener's one handler, on the process's `Proxy`."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self._proxy = proxy
+
+    async def judge(self, request: web.Request) -> web.StreamResponse:
+        proxy = self._proxy
+        rt = proxy.runtime
+        started = time.perf_counter()
+        method, route_name, status = request.method, "unmatched", 500
+        principal: Principal = ANONYMOUS
+        try:
+            check_request(request)
+            fields = AiohttpFields(request)
+            method, target = described(fields)
+            hop = ClientHop(request.remote or "", request.scheme, request.host)
+            routed = proxy.route(rt, method, target, fields, hop)
+            route_name = routed.route.name
+            authenticated = proxy.authenticate_cached(rt, routed)
+            if authenticated is None:
+                authenticated = await proxy.authenticate(rt, routed)
+            principal = proxy.authorize(rt, routed, authenticated)
+            status = 200
+            return proxy.last_if_draining(
+                web.Response(status=200, headers=CIMultiDict(rt.names.render(principal)))
+            )
+        except ProxyError as refusal:
+            status = refusal.status
+            response = refused(refusal)
+            response.headers[REFUSAL_FIELD] = refusal.body().decode("ascii")
+            return proxy.last_if_draining(response)
+        except asyncio.CancelledError:
+            status = 499  # the asking proxy gave up (nginx's "client closed request")
+            raise
+        finally:
+            proxy.finished(rt, route_name, method, status, started, principal, request.remote)
+
+
+def create_forward_auth_app(proxy: Proxy) -> web.Application:
+    """The forward-auth listener's app: every path and method is a question (the path the
+    asking proxy uses is its own business; the request asked about is in the fields)."""
+    app = web.Application(handler_args={"max_field_size": 16 * 1024})
+    app.router.add_route("*", "/{tail:.*}", ForwardAuth(proxy).judge)
+    return app
