@@ -17,8 +17,9 @@ import pytest
 from aiohttp.test_utils import unused_port
 from multidict import CIMultiDictProxy
 
+from proxy.config.load import ConfigError, Listen
 from proxy.emulator.app import ClerkEmulator
-from tests.support import Recorder, header_values
+from tests.support import Recorder, header_values, make_config
 from tests.support_nginx import Nginx
 from tests.test_process import ROOT, Running, start, upstream, write_config
 
@@ -210,6 +211,16 @@ async def test_nginx_refusals_reach_the_client_intact(stack: Build) -> None:
     s.emulator.clear_faults()
 
     assert s.recorder.seen == []  # none of them reached the upstream
+
+    # Another proxy's description from the client is cleared, not judged (nor refused).
+    others = {
+        "X-Forwarded-Uri": "/public/x",
+        "X-Forwarded-Method": "GET",
+        "X-Original-URL": "http://h/public/x",
+    }
+    assert_refused_intact(await s.via_nginx("/api/v1/matches", **others), 401, "token_missing")
+    assert (await s.via_nginx("/api/v1/matches", secret, **others)).status == 200
+    assert s.recorder.last.raw_path == "/api/v1/matches"
     assert sum(s.emulator.calls.values()) >= 1  # the 503 was Clerk's doing
 
 
@@ -283,5 +294,35 @@ async def test_forward_auth_decisions_are_counted_and_logged_as_requests(stack: 
     assert 'authproxy_requests_total{code="401",method="GET",route="default"} 1.0' in metrics
     s.proxy.proc.terminate()  # the access log is written in batches; the last at exit
     await s.proxy.wait_log("stopped")
+    assert await s.proxy.proc.wait() == 0  # both listeners drained
     access = [line for line in s.proxy.lines if line.get("msg") == "request"]
     assert [(line["route"], line["status"]) for line in access] == [("public", 200), ("default", 401)]
+
+
+# --- the config key ----------------------------------------------------------------------
+
+
+def test_forward_auth_is_off_unless_enabled() -> None:
+    assert make_config().forward_auth is None
+    assert make_config(forward_auth={"port": 9000}).forward_auth is None
+    on = make_config(forward_auth={"enabled": True})
+    assert on.forward_auth == Listen("0.0.0.0", 8081, fast_path=False)
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ({"enabled": True, "host": "127.0.0.1", "port": 0}, None),
+        ({"enabled": True, "host": "127.0.0.1", "port": 7001}, "forward_auth.port"),
+        ({"enabled": True, "path": "/auth"}, "forward_auth.path"),
+        ({"enabled": "sometimes"}, "forward_auth.enabled"),
+    ],
+)
+def test_forward_auth_config_problems_name_the_key(section: dict[str, Any], key: str | None) -> None:
+    overrides = {"listen": {"host": "127.0.0.1", "port": 7001}, "forward_auth": section}
+    if key is None:
+        assert make_config(**overrides).forward_auth is not None
+        return
+    with pytest.raises(ConfigError) as raised:
+        make_config(**overrides)
+    assert [issue.key for issue in raised.value.issues] == [key]

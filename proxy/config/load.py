@@ -114,7 +114,7 @@ def _forward_auth(r: Reader, raw: Any) -> Listen | None:
     sec = r.section(raw, "forward_auth", _LISTEN_KEYS | {"enabled"})
     if not r.get(sec, "forward_auth", "enabled", bool_value, False):
         return None
-    return _listen(r, {k: v for k, v in sec.items() if k != "enabled"}, "forward_auth", 8081)
+    return _listen(r, {k: sec[k] for k in _LISTEN_KEYS if k in sec}, "forward_auth", 8081)
 
 
 _TOP_KEYS = {
