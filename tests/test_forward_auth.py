@@ -21,6 +21,7 @@ from proxy.config.load import ConfigError, Listen
 from proxy.emulator.app import ClerkEmulator
 from tests.support import Recorder, header_values, make_config
 from tests.support_nginx import Nginx
+from tests.support_raw import exchange, parse_answers
 from tests.test_process import ROOT, Running, start, upstream, write_config
 
 __all__ = ["upstream"]  # the fixture, used by name
@@ -232,6 +233,26 @@ async def test_nginx_budget_refusal_reaches_the_client_as_429(stack: Build) -> N
     answer = await s.via_nginx("/api/v1/matches", second.secret)
     assert_refused_intact(answer, 429, "verification_budget_exceeded")
     assert len(s.recorder.seen) == 1
+
+
+async def test_nginx_leaves_the_apis_own_answers_alone_and_judges_what_it_routes(
+    stack: Build,
+) -> None:
+    """`error_page` catches nginx's own 401/403/500 (auth_request's), not the API's; and
+    an absolute-form target is judged by the path nginx routes, not by its host part."""
+    s = await stack()
+    secret, _, _ = m2m(s.emulator)
+    for code in (401, 403, 500):
+        answer = await s.via_nginx(f"/public/status/{code}")
+        assert (answer.status, answer.body) == (code, b""), code
+        assert "X-Forward-Auth-Refusal" not in answer.headers
+    s.recorder.seen.clear()
+    head = f"GET http://h/public/../admin/x HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer {secret}\r\n"
+    got = await exchange(s.nginx.port, (head + "Connection: close\r\n\r\n").encode())
+    (answer,), _ = parse_answers(got.data, got.closed)
+    assert answer.status == 403, answer
+    assert json.loads(answer.body)["error"]["code"] == "insufficient_scope"
+    assert s.recorder.seen == []
 
 
 # --- the listener asked directly -----------------------------------------------------------
