@@ -264,6 +264,11 @@ async def test_each_asking_proxys_description_is_judged(stack: Build) -> None:
     descriptions = [
         {"X_Original_URI": "/api/v1/matches", "X_Original_Method": "GET"},
         {"X_Original_URL": "https://api.example/api/v1/matches?x=1", "X_Original_Method": "GET"},
+        {  # ingress-nginx with `auth-method`: the URL and the target, naming the same
+            "X_Original_URL": "https://api.example/api/v1/matches?x=1",
+            "X_Original_URI": "/api/v1/matches?x=1",
+            "X_Original_Method": "GET",
+        },
         {"X_Forwarded_Uri": "/api/v1/matches", "X_Forwarded_Method": "GET"},
     ]
     for described in descriptions:
@@ -294,6 +299,12 @@ async def test_a_second_description_is_refused_not_chosen(stack: Build) -> None:
     assert_refused_intact(await s.ask(secret), 400, "bad_request")
     relative = {"X_Original_URL": "/public/x", "X_Original_Method": "GET"}
     assert_refused_intact(await s.ask(secret, **relative), 400, "bad_request")
+    disagreeing = {
+        "X_Original_URL": "https://h/admin/x",
+        "X_Original_URI": "/public/x",
+        "X_Original_Method": "GET",
+    }
+    assert_refused_intact(await s.ask(secret, **disagreeing), 400, "bad_request")
 
 
 async def test_the_judged_method_picks_the_route(stack: Build) -> None:

@@ -29,13 +29,14 @@ from proxy.http.headers import ClientHop
 from proxy.request.app import Proxy, refused
 from proxy.request.routed import AiohttpFields, HeadFields
 
-# Where each asking proxy writes the request it asks about: (target field, method field).
-# ingress-nginx sends the whole URL (`$scheme://$http_host$request_uri`).
+# Where each asking proxy writes the request it asks about: (target fields, method field).
 DESCRIPTIONS: Final = (
-    ("X-Original-URI", "X-Original-Method"),  # nginx auth_request, as docs/deploy.md sets it
-    ("X-Original-URL", "X-Original-Method"),  # ingress-nginx auth-url
-    ("X-Forwarded-Uri", "X-Forwarded-Method"),  # Traefik ForwardAuth
+    # nginx auth_request (as docs/deploy.md sets it) the target; ingress-nginx auth-url the
+    # whole URL (`$scheme://$http_host$request_uri`), and the target too under `auth-method`.
+    (("X-Original-URI", "X-Original-URL"), "X-Original-Method"),
+    (("X-Forwarded-Uri",), "X-Forwarded-Method"),  # Traefik ForwardAuth
 )
+_URL_FIELD: Final = "X-Original-URL"
 # A refusal's JSON body again as a field: nginx's auth_request keeps the subrequest's
 # fields (auth_request_set) but drops its body and passes only 401 and 403 on, so the
 # example config (docs/deploy.md) rebuilds the answer from this and the status.
@@ -49,28 +50,39 @@ def _bad(message: str) -> ProxyError:
     return ProxyError(errors.BAD_REQUEST, message)
 
 
+def _target(field: str, value: str) -> str:
+    if field != _URL_FIELD:
+        return value
+    url = _URL.fullmatch(value)
+    if url is None:
+        raise _bad(f"{_URL_FIELD} must be an absolute URL")
+    return url.group(1)
+
+
 def described(fields: HeadFields) -> tuple[str, str]:
-    """The method and request target the asking proxy describes. Exactly one description,
-    each field once: asking proxies pass the client's own fields along, so a client could
-    add a second description (a Traefik client an `X-Original-URI`) naming a route that
-    lets more through; two are refused, never chosen between."""
-    found = [
-        (target_field, method_field, values)
-        for target_field, method_field in DESCRIPTIONS
-        if (values := fields.getall(target_field))
-    ]
-    if len(found) != 1 or len(found[0][2]) != 1:
-        names = ", ".join(target for target, _ in DESCRIPTIONS)
-        raise _bad(f"a forward-auth request names the request it asks about in one of {names}")
-    target_field, method_field, (target,) = found[0]
+    """The method and request target the asking proxy describes. One description, each
+    field once: asking proxies pass the client's own fields along, so a client could add a
+    second description (a Traefik client an `X-Original-URI`) naming a route that lets
+    more through; two are refused, never chosen between. ingress-nginx's URL and target
+    fields are one description when they name the same target."""
+    found: list[tuple[set[str], str]] = []
+    for target_fields, method_field in DESCRIPTIONS:
+        targets: set[str] = set()
+        for field in target_fields:
+            values = fields.getall(field)
+            if len(values) > 1:
+                raise _bad(f"a forward-auth request has {field} twice")
+            if values:
+                targets.add(_target(field, values[0]))
+        if targets:
+            found.append((targets, method_field))
+    if len(found) != 1 or len(found[0][0]) != 1:
+        names = ", ".join(f for targets, _ in DESCRIPTIONS for f in targets)
+        raise _bad(f"a forward-auth request describes one request, in {names}")
+    (target,), method_field = found[0]
     methods = fields.getall(method_field)
     if len(methods) != 1 or not _METHOD.fullmatch(methods[0]):
-        raise _bad(f"a forward-auth request with {target_field} needs one {method_field}")
-    if target_field == "X-Original-URL":
-        url = _URL.fullmatch(target)
-        if url is None:
-            raise _bad("X-Original-URL must be an absolute http(s) URL")
-        target = url.group(1)
+        raise _bad(f"a forward-auth request needs one {method_field}")
     return methods[0], target
 
 
