@@ -6,7 +6,9 @@ listener asked directly, as Traefik and ingress-nginx describe a request."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,6 +331,38 @@ async def test_forward_auth_decisions_are_counted_and_logged_as_requests(stack: 
     assert await s.proxy.proc.wait() == 0  # both listeners drained
     access = [line for line in s.proxy.lines if line.get("msg") == "request"]
     assert [(line["route"], line["status"]) for line in access] == [("public", 200), ("default", 401)]
+
+
+async def test_a_question_in_flight_is_answered_through_the_drain(stack: Build) -> None:
+    s = await stack()
+    secret, _, _ = m2m(s.emulator)
+    s.emulator.set_fault("slow", seconds=0.5)
+    question = asyncio.create_task(
+        s.ask(secret, X_Original_URI="/api/v1/matches", X_Original_Method="GET")
+    )
+    while not s.emulator.calls["m2m_verify"]:  # asked of Clerk: in flight
+        await asyncio.sleep(0.01)
+    s.proxy.proc.send_signal(signal.SIGTERM)
+    answer = await question
+    assert answer.status == 200, answer.body
+    assert await s.proxy.proc.wait() == 0
+
+
+async def test_workers_share_the_forward_auth_port(stack: Build) -> None:
+    """`workers: 2`: each worker listens on the forward-auth port too (SO_REUSEPORT);
+    without it the second could not, and the parent would stop them both."""
+    s = await stack(workers=2)
+    for _ in range(200):
+        if len([line for line in s.proxy.lines if line.get("msg") == "serving"]) == 2:
+            break
+        await asyncio.sleep(0.05)
+    serving = [line for line in s.proxy.lines if line.get("msg") == "serving"]
+    assert [line["forward_auth"] for line in serving] == [f"127.0.0.1:{s.forward_auth_port}"] * 2
+    secret, _, machine_id = m2m(s.emulator)
+    for _ in range(4):
+        answer = await s.ask(secret, X_Original_URI="/api/v1/matches", X_Original_Method="GET")
+        assert answer.headers["X-Auth-Principal-Id"] == machine_id
+    assert s.proxy.proc.returncode is None
 
 
 # --- the config key ----------------------------------------------------------------------
