@@ -348,6 +348,27 @@ async def test_a_question_in_flight_is_answered_through_the_drain(stack: Build) 
     assert await s.proxy.proc.wait() == 0
 
 
+async def test_a_kept_alive_asking_connection_is_timed_per_question(stack: Build) -> None:
+    """The ingress keeps its connections to the listener open: between questions the
+    connection is idle (`connections.idle_timeout`), not a head still arriving
+    (`head_timeout`, which would cut it with a 408)."""
+    s = await stack(connections={"head_timeout": 1, "idle_timeout": 30})
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.forward_auth_port)
+    question = (
+        b"GET /auth HTTP/1.1\r\nHost: fa\r\n"
+        b"X-Original-URI: /public/x\r\nX-Original-Method: GET\r\n\r\n"
+    )
+    try:
+        for _ in range(2):
+            writer.write(question)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert b"X-Auth-Principal-Type: anonymous" in head
+            await asyncio.sleep(1.6)  # past head_timeout (the sweep looks every 0.25 s)
+    finally:
+        writer.close()
+
+
 async def test_workers_share_the_forward_auth_port(stack: Build) -> None:
     """`workers: 2`: each worker listens on the forward-auth port too (SO_REUSEPORT);
     without it the second could not, and the parent would stop them both."""

@@ -22,7 +22,7 @@ from yarl import URL
 from proxy.config.load import Config
 from proxy.core.errors import ProxyError
 from proxy.core.principal import ANONYMOUS, Principal, Recent, Verifier
-from proxy.core.timeouts import clock_of
+from proxy.core.timeouts import ConnectionClock, clock_of
 from proxy.http.conformance import check_request
 from proxy.http.forward import ClientGone, new_session
 from proxy.http.headers import ClientHop, client_ip, upstream_items
@@ -207,12 +207,10 @@ class Proxy:
             status = refusal.status
             return self.last_if_draining(refused(refusal))
         except ClientGone:
-            # nginx's code for "client closed request" (never sent); 503 when the drain's
-            # deadline cut the connection: the proxy ended it, not the client.
-            status = 503 if clock is not None and clock.cut else 499
+            status = gone_status(clock)
             raise ConnectionResetError("client went away") from None
         except asyncio.CancelledError:
-            status = 503 if clock is not None and clock.cut else 499
+            status = gone_status(clock)
             raise
         finally:
             if clock is not None:
@@ -325,6 +323,13 @@ class Proxy:
     def _decided_refusal(self, principal: Principal | None, refusal: ProxyError) -> None:
         token_type = refusal.token_type or (principal.token_type if principal else None)
         self.metrics.decision(token_type or "none", refusal.code).inc()
+
+
+def gone_status(clock: ConnectionClock | None) -> int:
+    """The status logged for a request whose connection ended before its answer: nginx's
+    499 "client closed request" (never sent), or 503 when the drain's deadline cut it (the
+    proxy ended it, not the client)."""
+    return 503 if clock is not None and clock.cut else 499
 
 
 def refused(refusal: ProxyError) -> web.Response:

@@ -24,9 +24,10 @@ from multidict import CIMultiDict
 from proxy.core import errors
 from proxy.core.errors import ProxyError
 from proxy.core.principal import ANONYMOUS, Principal
+from proxy.core.timeouts import clock_of
 from proxy.http.conformance import check_request
 from proxy.http.headers import ClientHop
-from proxy.request.app import Proxy, refused
+from proxy.request.app import Proxy, gone_status, refused
 from proxy.request.routed import AiohttpFields, HeadFields
 
 # Where each asking proxy writes the request it asks about: (target fields, method field).
@@ -98,6 +99,11 @@ class ForwardAuth:
         started = time.perf_counter()
         method, route_name, status = request.method, "unmatched", 500
         principal: Principal = ANONYMOUS
+        # The connection's clock, as in `Proxy.handle`: an asking proxy keeps its
+        # connections open, and between questions one is idle, not a head arriving.
+        clock = clock_of(request.transport)
+        if clock is not None:
+            clock.head_done(time.monotonic())
         try:
             check_request(request)
             fields = AiohttpFields(request)
@@ -119,9 +125,11 @@ class ForwardAuth:
             response.headers[REFUSAL_FIELD] = refusal.body().decode("ascii")
             return proxy.last_if_draining(response)
         except asyncio.CancelledError:
-            status = 499  # the asking proxy gave up (nginx's "client closed request")
+            status = gone_status(clock)
             raise
         finally:
+            if clock is not None:
+                clock.answered(time.monotonic())
             proxy.finished(rt, route_name, method, status, started, principal, request.remote)
 
 
