@@ -340,7 +340,9 @@ async def test_a_question_in_flight_is_answered_through_the_drain(stack: Build) 
     question = asyncio.create_task(
         s.ask(secret, X_Original_URI="/api/v1/matches", X_Original_Method="GET")
     )
-    while not s.emulator.calls["m2m_verify"]:  # asked of Clerk: in flight
+    for _ in range(500):
+        if s.emulator.calls["m2m_verify"]:  # asked of Clerk: the question is in flight
+            break
         await asyncio.sleep(0.01)
     s.proxy.proc.send_signal(signal.SIGTERM)
     answer = await question
