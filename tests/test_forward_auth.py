@@ -146,6 +146,15 @@ def assert_refused_intact(answer: Answer, status: int, code: str) -> dict[str, A
     return body
 
 
+async def assert_as_asked(s: Stack, answer: Answer, path: str, token: str | None) -> None:
+    """`answer` (through nginx) is what the listener answers the same question: status,
+    body and the fields a refusal carries."""
+    direct = await s.ask(token, X_Original_URI=path, X_Original_Method="GET")
+    assert (answer.status, answer.body) == (direct.status, direct.body)
+    for name in ("Content-Type", "Cache-Control", "WWW-Authenticate", "Retry-After"):
+        assert answer.headers.getall(name, []) == direct.headers.getall(name, []), name
+
+
 # --- through nginx ------------------------------------------------------------------------
 
 
@@ -190,21 +199,26 @@ async def test_nginx_refusals_reach_the_client_intact(stack: Build) -> None:
     missing = await s.via_nginx("/api/v1/matches")
     assert missing.headers.getall("WWW-Authenticate") == ["Bearer"]
     assert "requires a bearer token" in body["error"]["message"]
+    await assert_as_asked(s, missing, "/api/v1/matches", None)
 
     answer = await s.via_nginx("/api/v1/matches", token_id)
     body = assert_refused_intact(answer, 401, "token_id_not_secret")
     assert "secret" in body["error"]["message"]
     (challenge,) = answer.headers.getall("WWW-Authenticate")
     assert challenge.startswith('Bearer error="invalid_token"')
+    await assert_as_asked(s, answer, "/api/v1/matches", token_id)
 
     answer = await s.via_nginx("/admin/x", secret)
     assert_refused_intact(answer, 403, "insufficient_scope")
     assert answer.headers.getall("WWW-Authenticate") == [
         'Bearer error="insufficient_scope", scope="scores:admin"'
     ]
+    await assert_as_asked(s, answer, "/admin/x", secret)
 
     # A target the policy refuses to normalize: an encoded '/'.
-    assert_refused_intact(await s.via_nginx("/public/a%2Fb", secret), 400, "bad_request")
+    answer = await s.via_nginx("/public/a%2Fb", secret)
+    assert_refused_intact(answer, 400, "bad_request")
+    await assert_as_asked(s, answer, "/public/a%2Fb", secret)
 
     s.emulator.set_fault("down")
     fresh = s.emulator.create_m2m_token(s.emulator.create_machine("other").id)
@@ -234,6 +248,7 @@ async def test_nginx_budget_refusal_reaches_the_client_as_429(stack: Build) -> N
     assert (await s.via_nginx("/api/v1/matches", first.secret)).status == 200
     answer = await s.via_nginx("/api/v1/matches", second.secret)
     assert_refused_intact(answer, 429, "verification_budget_exceeded")
+    assert int(answer.headers["Retry-After"]) >= 1
     assert len(s.recorder.seen) == 1
 
 
