@@ -85,7 +85,19 @@ redis-server:
 			echo "make test needs redis-server: apt-get install redis-server" >&2; exit 1; \
 		fi; }
 
-pytest: $(STAMP) $(BUILT) $(NODE_STAMP) redis-server
+# tests/test_forward_auth.py puts Debian's nginx (auth_request) in front of the forward-auth
+# listener: installed here when missing, as redis-server is (nginx-light has auth_request).
+.PHONY: nginx
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq --no-install-recommends nginx-light >/dev/null; \
+		else \
+			echo "make test needs nginx: apt-get install nginx-light" >&2; exit 1; \
+		fi; }
+
+pytest: $(STAMP) $(BUILT) $(NODE_STAMP) redis-server nginx
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

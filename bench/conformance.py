@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,23 +27,16 @@ from typing import Any
 from hypothesis import strategies as st
 
 from tests.support_differential import Case, Doors, corpus_cases, tagged
+from tests.support_nginx import Nginx
 from tests.support_raw import RawUpstream, exchange, parse_answers
 from tests.test_differential import cases as generated_cases
 
 ROOT = Path(__file__).resolve().parent.parent
-NGINX_CONF = """
-daemon off;
-worker_processes 1;
-error_log {tmp}/error.log crit;
-pid {tmp}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {tmp}/body;
-  proxy_temp_path {tmp}/proxy;
+# The http {} block (tests/support_nginx wraps it); `{{port}}` is where nginx listens.
+NGINX_HTTP = """
   upstream up {{ server 127.0.0.1:{upstream}; keepalive 32; }}
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{{port}};
     location / {{
       proxy_pass http://up;
       proxy_http_version 1.1;
@@ -57,7 +45,6 @@ http {{
       proxy_read_timeout 1s;
     }}
   }}
-}}
 """
 
 
@@ -68,12 +55,6 @@ ACCEPTED_WHERE_NGINX_REFUSES = {
     # itself, so the upstream cannot read it another way.
     "http-garden:trophy:57",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def kind(status: int) -> str:
@@ -92,18 +73,11 @@ def summary(data: bytes, closed: bool) -> tuple[list[int], bool]:
 
 
 async def main(generated: int) -> int:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    tmp = Path(tempfile.mkdtemp(prefix="conformance-"))
     up = await RawUpstream().start()
-    port = free_port()
-    (tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=tmp, upstream=up.port, port=port))
-    proc = subprocess.Popen([nginx, "-c", str(tmp / "nginx.conf"), "-p", str(tmp)])
+    nginx = await Nginx(NGINX_HTTP.format(upstream=up.port), log_level="crit").start()
+    port = nginx.port
     doors = await Doors.start()
     try:
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            await asyncio.sleep(0.1)
         cases = list(corpus_cases())
         strategy = st.lists(generated_cases(), min_size=generated, max_size=generated)
         for i, (raw, half_close) in enumerate(strategy.example() if generated else []):
@@ -150,8 +124,7 @@ async def main(generated: int) -> int:
                   f"{entry['raw'][:90]!r}")
         return 1 if leaks else 0
     finally:
-        proc.terminate()
-        proc.wait(10)
+        nginx.stop()
         await doors.close()
         await up.close()
 

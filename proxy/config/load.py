@@ -109,6 +109,14 @@ def _listen(r: Reader, raw: Any, key: str, default_port: int) -> Listen:
     )
 
 
+def _forward_auth(r: Reader, raw: Any) -> Listen | None:
+    """`forward_auth`: the listener an ingress asks (request.forward_auth); None when off."""
+    sec = r.section(raw, "forward_auth", _LISTEN_KEYS | {"enabled"})
+    if not r.get(sec, "forward_auth", "enabled", bool_value, False):
+        return None
+    return _listen(r, {k: sec[k] for k in _LISTEN_KEYS if k in sec}, "forward_auth", 8081)
+
+
 _TOP_KEYS = {
     "environment",
     "allow_inline_secrets",
@@ -130,6 +138,7 @@ _TOP_KEYS = {
     "revocation",
     "issuers",
     "connections",
+    "forward_auth",
 }
 
 
@@ -314,6 +323,7 @@ def build_config(
         revocation=revocation(r, top.get("revocation")),
         issuers=parse_issuers(r, top.get("issuers"), clerk.issuer),
         connections=parse_connections(r, top.get("connections")),
+        forward_auth=_forward_auth(r, top.get("forward_auth")),
         variables=variables,
         warnings=upstream_warnings(upstream.url),
         inputs=tuple(r.files),
@@ -321,6 +331,10 @@ def build_config(
     check_route_issuers(r, keyed, {i.name for i in cfg.issuers})
     if cfg.listen.port and cfg.listen.port == cfg.admin.port and cfg.listen.host == cfg.admin.host:
         r.problem("admin.port", "must differ from listen.port")
+    fa = cfg.forward_auth
+    for other, name in ((cfg.listen, "listen.port"), (cfg.admin, "admin.port")):
+        if fa is not None and fa.port and (fa.host, fa.port) == (other.host, other.port):
+            r.problem("forward_auth.port", f"must differ from {name}")
     if r.issues:
         raise ConfigError(r.issues)
     return cfg

@@ -281,6 +281,9 @@ class Config:
     revocation: Revocation = Revocation()
     issuers: tuple[Issuer, ...] = ()
     connections: ConnectionPolicy = DEFAULT_CONNECTIONS
+    # The forward-auth listener (request.forward_auth): ingresses ask it to judge a
+    # request they describe. None: off.
+    forward_auth: Listen | None = None
     # Not part of what the config says (two files saying the same compare equal):
     # key path -> the environment variables its value was read from, so a message can
     # name the one to change; what is valid but probably wrong, as (key, why).

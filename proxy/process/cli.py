@@ -50,7 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if workers > 1:
             # N workers would each fail on a taken port: one look first, one line.
-            for key, where in (("listen", config.listen), ("admin", config.admin)):
+            ports = [("listen", config.listen), ("admin", config.admin)]
+            if config.forward_auth is not None:
+                ports.append(("forward_auth", config.forward_auth))
+            for key, where in ports:
                 probe(where.host, where.port, key, config.variables)
             return run_workers(workers, args.config, config.admin.host, config.admin.port)
 

@@ -30,6 +30,7 @@ from proxy.process.admin import create_admin_app
 from proxy.process.gateway import ADMIN_SOCKET_ENV
 from proxy.process.ports import ListenError, bind
 from proxy.request.app import PROXY, Proxy, create_app
+from proxy.request.forward_auth import create_forward_auth_app
 
 log = logging.getLogger("proxy")
 
@@ -78,6 +79,9 @@ class Server:
         self.proxy.metrics.config_loaded(digest(config), reload=False)
         self._runners: list[web.AppRunner] = []
         self._front: listener.FrontDoorServer | None = None
+        # `forward_auth:`'s listener, when configured: timed, limited and drained as the
+        # client-facing one is.
+        self._forward: tuple[web.AppRunner, listener.FrontDoorServer] | None = None
 
     async def reload(self, reason: str) -> bool:
         async with self._reload_lock:
@@ -172,6 +176,17 @@ class Server:
         listen, admin, names = cfg.listen, cfg.admin, cfg.variables
         # One listener for both doors: the fast path needs a plain-HTTP upstream.
         fast_path = listen.fast_path and cfg.upstream.url.startswith("http://")
+        forward_runner = None
+        if cfg.forward_auth is not None:
+            forward_runner = web.AppRunner(
+                create_forward_auth_app(self.proxy),
+                access_log=None,
+                handle_signals=False,
+                keepalive_timeout=listener.backstop_keepalive(cfg.connections),
+                handler_cancellation=True,
+                shutdown_timeout=AIOHTTP_SHUTDOWN,
+            )
+            await forward_runner.setup()
         try:
             self._front = await bind(
                 lambda: listener.serve(
@@ -201,13 +216,18 @@ class Server:
                     admin_runner, admin.host, admin.port, reuse_port=self.reuse_port
                 )
                 await bind(admin_site.start, admin.host, admin.port, "admin", names)
+            if forward_runner is not None:
+                await self._serve_forward_auth(forward_runner)
         except ListenError:
             if self._front is not None:
                 await self._front.drain(time.monotonic())
             await runner.cleanup()
             await admin_runner.cleanup()
+            if forward_runner is not None:
+                await forward_runner.cleanup()
             raise
 
+        fa = cfg.forward_auth
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -222,6 +242,7 @@ class Server:
                 "fast_path": fast_path,
                 "compiled": compiled(),
                 "admin": admin_socket or f"{admin.host}:{admin.port}",
+                "forward_auth": fa and f"{fa.host}:{fa.port}",
                 "upstream": cfg.upstream.url,
                 "version": __version__,
                 "config": digest(cfg),
@@ -237,6 +258,20 @@ class Server:
                 "about twice the CPU per request; build with a C compiler, as the image does",
                 extra={"compiled": False},
             )
+
+    async def _serve_forward_auth(self, runner: web.AppRunner) -> None:
+        fa = self.config.forward_auth
+        assert fa is not None
+        front = await bind(
+            lambda: listener.serve(
+                self.proxy, runner, fa.host, fa.port, reuse_port=self.reuse_port, fast_path=False
+            ),
+            fa.host,
+            fa.port,
+            "forward_auth",
+            self.config.variables,
+        )
+        self._forward = (runner, front)
 
     async def run(self) -> None:
         """Serve until asked to stop, then drain (after `start`)."""
@@ -264,7 +299,12 @@ class Server:
         try:
             if shutdown.delay:
                 await asyncio.sleep(shutdown.delay)
-            await front.drain(deadline)
+            forward = self._forward
+            if forward is None:
+                await front.drain(deadline)
+            else:
+                await asyncio.gather(front.drain(deadline), forward[1].drain(deadline))
+                await forward[0].cleanup()
             await runner.cleanup()
             await admin.cleanup()
         finally:

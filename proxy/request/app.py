@@ -22,7 +22,7 @@ from yarl import URL
 from proxy.config.load import Config
 from proxy.core.errors import ProxyError
 from proxy.core.principal import ANONYMOUS, Principal, Recent, Verifier
-from proxy.core.timeouts import clock_of
+from proxy.core.timeouts import ConnectionClock, clock_of
 from proxy.http.conformance import check_request
 from proxy.http.forward import ClientGone, new_session
 from proxy.http.headers import ClientHop, client_ip, upstream_items
@@ -161,6 +161,7 @@ class Proxy:
         for changed, what in (
             (started.listen != config.listen, "listen"),
             (started.admin != config.admin, "admin"),
+            (started.forward_auth != config.forward_auth, "forward_auth"),
             (started.workers != config.workers, "workers"),
             (started.upstream.pool_size != config.upstream.pool_size, "upstream.pool_size"),
         ):
@@ -211,20 +212,16 @@ class Proxy:
                 ip=routed.ip,
             )
             status = response.status
-            return self._last_if_draining(response)
+            return self.last_if_draining(response)
         except ProxyError as refusal:
             why = refusal
             status = refusal.status
-            return self._last_if_draining(
-                web.Response(status=refusal.status, body=refusal.body(), headers=refusal.headers())
-            )
+            return self.last_if_draining(refused(refusal))
         except ClientGone:
-            # nginx's code for "client closed request" (never sent); 503 when the drain's
-            # deadline cut the connection: the proxy ended it, not the client.
-            status = 503 if clock is not None and clock.cut else 499
+            status = gone_status(clock)
             raise ConnectionResetError("client went away") from None
         except asyncio.CancelledError:
-            status = 503 if clock is not None and clock.cut else 499
+            status = gone_status(clock)
             raise
         finally:
             if clock is not None:
@@ -242,7 +239,7 @@ class Proxy:
                 traceparent,
             )
 
-    def _last_if_draining(self, response: web.StreamResponse) -> web.StreamResponse:
+    def last_if_draining(self, response: web.StreamResponse) -> web.StreamResponse:
         """While draining, an answer not yet started says `Connection: close` (a streamed
         one ends its connection as it turns idle: the listener closes idle ones)."""
         if self.draining and not response.prepared:
@@ -383,6 +380,18 @@ async def _answer_request_id(request: web.Request, response: web.StreamResponse)
     name = proxy.runtime.correlation.name
     if request_id is not None and name and name not in response.headers:
         response.headers[name] = request_id
+
+
+def gone_status(clock: ConnectionClock | None) -> int:
+    """The status logged for a request whose connection ended before its answer: nginx's
+    499 "client closed request" (never sent), or 503 when the drain's deadline cut it (the
+    proxy ended it, not the client)."""
+    return 503 if clock is not None and clock.cut else 499
+
+
+def refused(refusal: ProxyError) -> web.Response:
+    """The answer to a refusal: its status, JSON body and headers (docs/spec.md)."""
+    return web.Response(status=refusal.status, body=refusal.body(), headers=refusal.headers())
 
 
 def _fast_pool(config: Config) -> UpstreamPool:
