@@ -8,6 +8,7 @@ import re
 import shlex
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -95,9 +96,12 @@ def test_this_venv_holds_exactly_the_lock() -> None:
     # itself aside).
     if not (sys.prefix != sys.base_prefix and (Path(sys.prefix) / ".installed").exists()):
         pytest.skip("not the Makefile's venv")
+    # site-packages itself, not sys.path: importing setuptools (test_build) puts its own
+    # vendored distributions on sys.path.
+    site = sysconfig.get_paths()["purelib"]
     installed = {
         canonicalize_name(dist.metadata["Name"]): dist.version
-        for dist in metadata.distributions()
+        for dist in metadata.distributions(path=[site])
     }
     installed.pop("clerk-auth-proxy")
     assert installed == pins("test", here_only=True)

@@ -171,7 +171,7 @@ class FrontDoor(asyncio.Protocol):
                         self._hand_off()
                     return
                 end += len(http1.HEAD_END)
-                head = self._parser.parse(bytes(self._buffer[:end]))
+                head = self._parser.parse(bytes(self._buffer[:end]), self._proxy.runtime.picked)
                 if head is None or not self._start(head, end):
                     self._hand_off()
                     return
@@ -210,9 +210,9 @@ class FrontDoor(asyncio.Protocol):
         self._holding = False
         self._out = []
         rt = self._rt = self._proxy.runtime
-        request_id, self._traceparent = rt.correlation.of_block(head.block)
-        self._made_id = request_id is None and rt.correlation.enabled
-        self._request_id = new_request_id() if self._made_id else request_id
+        self._traceparent = head.traceparent
+        self._made_id = head.request_id is None and rt.correlation.enabled
+        self._request_id = new_request_id() if self._made_id else head.request_id
         hop = self._hop
         if hop.host != head.host:
             hop = self._hop = ClientHop(self._peer, "http", head.host)
@@ -330,8 +330,13 @@ class FrontDoor(asyncio.Protocol):
             status, head, block, framing=framing, close=not self._keep_alive, clean=client_items
         )
         request_id, rt = self._request_id, self._rt
-        if request_id is not None and rt is not None and not rt.correlation.in_block(block):
-            # The client learns the request's id (its own, or the one made here).
+        if (
+            self._made_id
+            and request_id is not None
+            and rt is not None
+            and not rt.correlation.in_block(block)
+        ):
+            # The client learns the id made for its request.
             correlation = rt.correlation
             answer = b"".join((answer[:-4], correlation.field, request_id.encode(), http1.HEAD_END))
         self._out.append(answer)

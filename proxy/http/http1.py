@@ -39,16 +39,27 @@ HEAD_END: Final = b"\r\n\r\n"
 # The request fields the fast path reads, and those that mean the request is not its to
 # take (a `Connection: upgrade` request stops llhttp with HttpParserUpgrade first): found
 # in one pass.
-_REQUEST_FIELDS: Final = re.compile(
-    rb"\r\n(?i:("
-    + names_pattern(
-        [
-            *("host", "authorization", "connection"),
-            *("content-length", "transfer-encoding", "upgrade", "expect", "http2-settings"),
-        ]
-    )
-    + rb")):[ \t]*([^\r]*)"
-)
+_PICKED: Final = ("host", "authorization", "connection")
+_NOT_OURS: Final = ("content-length", "transfer-encoding", "upgrade", "expect", "http2-settings")
+
+
+class PickedFields:
+    """The fields `HeadParser` picks out of a head in its one pass: the framing fields
+    that make a head aiohttp's, those the request path reads on every request, and the
+    request's id (`headers.request_id`, per config) and `traceparent`, for the access
+    line — in the same trie, so naming each request costs no second pass."""
+
+    __slots__ = ("pattern", "request_id")
+
+    def __init__(self, request_id: str = "X-Request-Id") -> None:
+        self.request_id = request_id.lower().encode("latin-1")
+        names = [*_PICKED, *_NOT_OURS, "traceparent"]
+        if request_id:
+            names.append(request_id.lower())
+        self.pattern = re.compile(rb"\r\n(?i:(" + names_pattern(names) + rb")):[ \t]*([^\r]*)")
+
+
+DEFAULT_FIELDS: Final = PickedFields()
 _FIELD: Final = re.compile(rb"\r\n([^:\r]+):[ \t]*([^\r]*)")
 
 # RFC 9110 §7.6.1 plus the legacy ones every proxy strips (both directions; `headers`).
@@ -115,7 +126,17 @@ class RequestHead(_Record):
     compiled class refuses writes). A plain class rather than a NamedTuple or frozen
     dataclass: one is made per request, and compiled this one costs a tenth as much."""
 
-    __slots__ = ("authorization", "block", "connection", "host", "keep_alive", "method", "target")
+    __slots__ = (
+        "authorization",
+        "block",
+        "connection",
+        "host",
+        "keep_alive",
+        "method",
+        "request_id",
+        "target",
+        "traceparent",
+    )
 
     def __init__(
         self,
@@ -126,6 +147,8 @@ class RequestHead(_Record):
         host: str | None = None,
         authorization: tuple[str, ...] = (),
         connection: tuple[str, ...] = (),
+        request_id: str | None = None,
+        traceparent: str | None = None,
     ) -> None:
         self.method: Final = method
         self.target: Final = target
@@ -136,6 +159,9 @@ class RequestHead(_Record):
         self.host: Final = host
         self.authorization: Final = authorization
         self.connection: Final = connection
+        # The first of each, for the access line and the upstream (`PickedFields`).
+        self.request_id: Final = request_id
+        self.traceparent: Final = traceparent
 
     def pairs(self) -> list[tuple[str, str]]:
         return parse_fields(self.block)
@@ -149,6 +175,8 @@ class RequestHead(_Record):
             self.host,
             self.authorization,
             self.connection,
+            self.request_id,
+            self.traceparent,
         )
 
 
@@ -160,7 +188,7 @@ class HeadParser:
     and must be dropped once `parse` answers None (the connection then leaves the fast
     path)."""
 
-    __slots__ = ("_complete", "_keep_alive", "_last", "_last_bytes", "_parser")
+    __slots__ = ("_complete", "_keep_alive", "_last", "_last_bytes", "_last_fields", "_parser")
 
     def __init__(self) -> None:
         self._complete = False
@@ -170,6 +198,7 @@ class HeadParser:
         # the same head every time, and llhttp's verdict on the same bytes is the same
         # (after a complete message it is back in its first state either way).
         self._last_bytes = b""
+        self._last_fields = DEFAULT_FIELDS
         self._last: RequestHead | None = None
 
     # httptools callbacks: only those defined are called.
@@ -180,11 +209,11 @@ class HeadParser:
     def on_message_complete(self) -> None:
         self._complete = True
 
-    def parse(self, head: bytes) -> RequestHead | None:
+    def parse(self, head: bytes, fields: PickedFields = DEFAULT_FIELDS) -> RequestHead | None:
         """The request in `head` (one complete head, ending in CRLFCRLF) when the fast
         path may take it; None when aiohttp must (anything unusual, malformed or
-        carrying a body)."""
-        if head == self._last_bytes:
+        carrying a body). `fields`: the config's (its request-id name)."""
+        if head == self._last_bytes and fields is self._last_fields:
             return self._last
         if len(head) > MAX_HEAD:
             return None
@@ -218,9 +247,17 @@ class HeadParser:
         host: str | None = None
         authorization: list[str] = []
         connection: list[str] = []
-        for name, value in _REQUEST_FIELDS.findall(block):
+        request_id: str | None = None
+        traceparent: str | None = None
+        for name, value in fields.pattern.findall(block):
             name = name.lower()
-            if name == b"host":
+            if name == fields.request_id:
+                if request_id is None:
+                    request_id = value.decode("latin-1")
+            elif name == b"traceparent":
+                if traceparent is None:
+                    traceparent = value.decode("latin-1")
+            elif name == b"host":
                 if host is not None:
                     return None  # two: aiohttp refuses them (RFC 9112 §3.2)
                 host = value.decode("latin-1")
@@ -240,8 +277,10 @@ class HeadParser:
             host,
             tuple(authorization),
             tuple(connection),
+            request_id,
+            traceparent,
         )
-        self._last_bytes, self._last = head, taken
+        self._last_bytes, self._last, self._last_fields = head, taken, fields
         return taken
 
 

@@ -185,9 +185,17 @@ class AccessLog:
                 second_text = f'{{"ts":{second}.'
                 time_text = f',"time":"{time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))}.'
             principal, code, cause, request_id, traceparent = who
-            if principal is not last_principal:  # and of one principal
-                last_principal = principal
+            # And of one principal: the same one, though the cache may hand out a new
+            # object for each hit.
+            if principal is not last_principal and (
+                last_principal is None
+                or principal.id != last_principal.id
+                or principal.token_id != last_principal.token_id
+                or principal.type != last_principal.type
+                or principal.issuer != last_principal.issuer
+            ):
                 principal_text = _principal_text(principal)
+            last_principal = principal
             ms = took // 1000
             thousandths = _THOUSANDTHS[ended % 1000]
             pieces.append(second_text)

@@ -216,7 +216,10 @@ class Proxy:
         except ProxyError as refusal:
             why = refusal
             status = refusal.status
-            return self.last_if_draining(refused(refusal))
+            answer = refused(refusal)
+            if request_id is not None:
+                answer.headers[rt.correlation.name] = request_id
+            return self.last_if_draining(answer)
         except ClientGone:
             status = gone_status(clock)
             raise ConnectionResetError("client went away") from None
@@ -365,16 +368,18 @@ REQUEST_ID = web.RequestKey("request_id", str)
 def _correlate(rt: Runtime, request: web.Request) -> tuple[str | None, str | None]:
     """The request's id (the client's, or one made now) and its traceparent."""
     correlation = rt.correlation
+    traceparent = request.headers.get("traceparent")
     if not correlation.enabled:
-        return None, request.headers.get("traceparent")
-    request_id = request.headers.get(correlation.name) or new_request_id()
-    request[REQUEST_ID] = request_id
-    return request_id, request.headers.get("traceparent")
+        return None, traceparent
+    request_id = request.headers.get(correlation.name)
+    if request_id is None:
+        request_id = request[REQUEST_ID] = new_request_id()
+    return request_id, traceparent
 
 
 async def _answer_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """Every answer of the aiohttp door carries the request id, refusals included; an
-    upstream's answer that echoes it already keeps its own."""
+    """An answer to a request whose id was made here carries it (the client had none); an
+    upstream's answer that names it already keeps its own. Refusals carry any id."""
     request_id = request.get(REQUEST_ID)
     proxy = request.app[PROXY]
     name = proxy.runtime.correlation.name
