@@ -62,6 +62,19 @@ _NO_BODY_STATUS: Final = frozenset({204, 304})
 _METHODS: Final = frozenset({b"GET", b"OPTIONS", b"TRACE"})
 
 
+def versionless(start: bytes) -> bool | None:
+    """For the first bytes of a request head: True when its request line is whole and names
+    no HTTP version (HTTP/0.9's `GET /path` and a line end), False when it has the three
+    parts of an HTTP/1 request line, None while the line is not whole yet. Neither llhttp
+    nor aiohttp refuses the first kind: both wait for the fields of a head that is over,
+    until the head timeout. Empty lines before the request line are skipped (RFC 9112 §2.2)."""
+    line = start.lstrip(b"\r\n")
+    end = line.find(b"\n")
+    if end < 0:
+        return None
+    return len(line[:end].rstrip(b"\r").split(b" ")) < 3
+
+
 def fields_of(head: bytes) -> bytes:
     """The field block of a whole head: after the start line, before the blank line."""
     return head[head.index(b"\r\n") : -4]
