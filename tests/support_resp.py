@@ -132,9 +132,7 @@ class HeldReply:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
 
-        async def pipe(
-            src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool
-        ) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, replies: bool) -> None:
             with contextlib.suppress(ConnectionError):
                 while data := await src.read(65536):
                     if replies and self._hold:

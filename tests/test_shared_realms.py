@@ -56,9 +56,7 @@ class Rig:
         emu.add_client("scores-api", resources={}, client_secret="rs-secret")  # the API itself
         return emu
 
-    async def proxy(
-        self, issuers: list[dict[str, Any]] | None = None, **clerk: Any
-    ) -> TestServer:
+    async def proxy(self, issuers: list[dict[str, Any]] | None = None, **clerk: Any) -> TestServer:
         raw = config_dict(self.upstream_url)
         raw["clerk"] = {"api_url": self.clerk_url, "secret_key": SECRET, **clerk}
         raw["cache"] = {"shared": {"url": self.redis_url, "timeout": 0.5}}
@@ -87,7 +85,9 @@ def introspected(emu: IssuerEmulator, audiences: list[str]) -> dict[str, Any]:
 
 
 async def opaque(rig: Rig, emu: IssuerEmulator, client_id: str, resource: str) -> str:
-    client = emu.add_client(client_id, resources={resource: ("scores:read",)}, token_format="opaque")
+    client = emu.add_client(
+        client_id, resources={resource: ("scores:read",)}, token_format="opaque"
+    )
     return await token_for(rig.client, emu.issuer, client.client_id, client.client_secret, resource)
 
 

@@ -80,7 +80,10 @@ async def nodes(aiohttp_server: Any, tmp_path: Path) -> AsyncIterator[Any]:
             str(upstream.make_url("")).rstrip("/"),
             listen={"port": port, "fast_path": fast_path},
             admin={"port": admin},
-            clerk={"api_url": str(clerk.make_url("")).rstrip("/"), "secret_key": "${CLERK_SECRET_KEY}"},
+            clerk={
+                "api_url": str(clerk.make_url("")).rstrip("/"),
+                "secret_key": "${CLERK_SECRET_KEY}",
+            },
             # Every call reaches the fake: the breaker would spare most of them.
             cache={"shared": {"url": fake.url, "timeout": 0.5, "breaker_failures": 1_000_000}},
             logging={"access_log": False},
@@ -144,9 +147,7 @@ class Exploding(StubVerifier):
 async def exploding(aiohttp_server: Any, front_door: str) -> AsyncIterator[Any]:
     recorder = Recorder()
     upstream = await aiohttp_server(upstream_app(recorder))
-    app = create_app(
-        make_config(str(upstream.make_url("")).rstrip("/")), verifier=Exploding()
-    )
+    app = create_app(make_config(str(upstream.make_url("")).rstrip("/")), verifier=Exploding())
     yield await aiohttp_server(app), recorder
 
 
