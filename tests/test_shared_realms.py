@@ -150,6 +150,10 @@ async def test_another_issuer_behind_the_same_name_and_prefix_is_not_trusted(rig
     assert await rig.get(one, token) == 200
     assert await rig.get(elsewhere, token) == 401  # its issuer never made this token
     assert other.calls["introspect"] == 1
+    # A proxy serving no issuer refuses the token's shape before any shared lookup.
+    clerk_only = await rig.proxy()
+    assert await rig.get(clerk_only, token) == 401
+    assert shared_hits(clerk_only) == 0 and real.calls["introspect"] == 1
 
 
 async def test_a_config_rollout_starts_a_new_realm(rig: Rig) -> None:
