@@ -20,7 +20,7 @@ verifies on its own: a slow or absent cluster never blocks a request for longer 
 bound. A lookup whose reply was lost (it timed out) may still have taken the lock: its
 `store` releases it all the same (only ever its own, by value).
 
-`store(key, entry)` writes what Clerk said, with the deadlines the first level keeps
+`store(key, realm, entry)` writes what Clerk (or the issuer) said, with the deadlines the first level keeps
 (the value expires from Redis at the entry's `keep_until`; nothing extends it later),
 releases the lock when it is this process's, and announces the landing. It runs in the
 background: the request does not wait for the write.
