@@ -18,6 +18,9 @@ from proxy.core.errors import ProxyError
 from proxy.core.principal import Principal
 from proxy.observe.metrics import Metrics
 
+# The realm of an opaque token's verdicts (`config.realms`): rejections cached, as Clerk's.
+REALM = bytes(16)
+
 PRICES = {"usd_at_0.0001": 0.0001, "usd_at_0.00001": 0.00001}
 
 
@@ -54,7 +57,7 @@ async def zipf_mix(requests: int, rate: float, tokens: int, ttl: float, s: float
     step = 1 / rate
     for i in picks:
         clock.t += step
-        await cache.get(keys[i], loaders[i])
+        await cache.get(keys[i], loaders[i], realm=REALM)
     return calls
 
 
@@ -69,7 +72,7 @@ async def herd(tokens: int, per_token: int) -> int:
         return principal(i)
 
     await asyncio.gather(
-        *(cache.get(cache.key(f"t{i}"), lambda i=i: load(i)) for i in range(tokens) for _ in range(per_token))
+        *(cache.get(cache.key(f"t{i}"), lambda i=i: load(i), realm=REALM) for i in range(tokens) for _ in range(per_token))
     )
     return calls
 

@@ -23,6 +23,8 @@ from proxy.core.principal import Principal
 from proxy.observe.metrics import Metrics
 
 T0 = 1_700_000_000.0
+# The realm an opaque token's verdict is judged in (`config.realms`); None is a JWT's.
+REALM = b"r" * 16
 
 
 class Clock:
@@ -73,7 +75,7 @@ def count(metrics: Metrics, result: str) -> float:
 async def get(
     cache: VerificationCache, load: Callable[[], Awaitable[Principal]], token: str = "mt_tok"
 ) -> Principal:
-    return await cache.get(cache.key(token), load)
+    return await cache.get(cache.key(token), load, realm=REALM)
 
 
 def test_keys_are_hashes_scoped_by_instance() -> None:
@@ -145,7 +147,7 @@ async def test_rejections_not_cached_when_asked() -> None:
     load = Loader(ProxyError(TOKEN_INVALID, "bad jwt"))
     for _ in range(3):
         with pytest.raises(ProxyError):
-            await cache.get(cache.key("jwt"), load, cache_rejections=False)
+            await cache.get(cache.key("jwt"), load, realm=None)
     assert load.calls == 3
 
 
@@ -230,23 +232,23 @@ async def test_stale_is_off_by_default() -> None:
 
 
 @pytest.mark.parametrize(
-    ("result", "cache_rejections", "left"),
+    ("result", "realm", "left"),
     [
-        (machine(None), True, "fresh"),  # valid: a new entry, fresh from the check
-        (ProxyError(TOKEN_INVALID, "revoked"), True, "negative"),
-        (ProxyError(TOKEN_INVALID, "bad signature"), False, "nothing"),  # a JWT: dropped
-        (ClerkUnavailable("down"), True, "stale"),  # our failure: the entry stays
-        (ProxyError(VERIFICATION_BUDGET_EXCEEDED, "later"), True, "stale"),
+        (machine(None), REALM, "fresh"),  # valid: a new entry, fresh from the check
+        (ProxyError(TOKEN_INVALID, "revoked"), REALM, "negative"),
+        (ProxyError(TOKEN_INVALID, "bad signature"), None, "nothing"),  # a JWT: dropped
+        (ClerkUnavailable("down"), REALM, "stale"),  # our failure: the entry stays
+        (ProxyError(VERIFICATION_BUDGET_EXCEEDED, "later"), REALM, "stale"),
     ],
 )
 async def test_a_background_check_replaces_drops_or_keeps_the_entry(
-    result: Principal | ProxyError, cache_rejections: bool, left: str
+    result: Principal | ProxyError, realm: bytes | None, left: str
 ) -> None:
     cache, clock, _ = make(ttl_seconds=10, stale_if_error_seconds=100)
     key = cache.key("mt_tok")
     await get(cache, Loader(machine(None)))
     clock.t = T0 + 15  # stale
-    flight = cache.start(key, Loader(result), cache_rejections=cache_rejections)
+    flight = cache.start(key, Loader(result), realm=realm)
     assert cache.in_flight(key)
     await asyncio.gather(flight, return_exceptions=True)
     assert not cache.in_flight(key)
@@ -259,7 +261,7 @@ async def test_a_background_check_replaces_drops_or_keeps_the_entry(
         assert entry is None
         negative = left == "negative"
         with pytest.raises(ProxyError) as info:
-            await cache.get(key, Loader(ClerkUnavailable("down")))
+            await cache.get(key, Loader(ClerkUnavailable("down")), realm=REALM)
         assert (info.value.code == TOKEN_INVALID) is negative
 
 
@@ -267,7 +269,7 @@ async def test_freshness_starts_when_the_check_started_not_when_it_landed() -> N
     cache, clock, _ = make(ttl_seconds=10)
     key = cache.key("mt_tok")
     gate = asyncio.Event()
-    flight = cache.start(key, Loader(machine(None), gate))
+    flight = cache.start(key, Loader(machine(None), gate), realm=REALM)
     clock.t = T0 + 4  # Clerk took 4 s
     gate.set()
     await flight
@@ -276,7 +278,7 @@ async def test_freshness_starts_when_the_check_started_not_when_it_landed() -> N
     # An answer slower than the ttl is not cached at all (without a stale window: below).
     other = cache.key("mt_other")
     gate.clear()
-    flight = cache.start(other, Loader(machine(None), gate))
+    flight = cache.start(other, Loader(machine(None), gate), realm=REALM)
     clock.t = T0 + 15
     gate.set()
     await flight
@@ -316,14 +318,14 @@ async def test_a_waiter_past_its_deadline_gets_503_and_the_flight_fills_the_cach
     gate = asyncio.Event()
     load = Loader(machine(None), gate)
     with pytest.raises(ProxyError) as info:
-        await cache.get(key, load, deadline=0.05)
+        await cache.get(key, load, deadline=0.05, realm=REALM)
     assert (info.value.code, info.value.retry_after) == (VERIFICATION_UNAVAILABLE, 1)
     assert cache.in_flight(key)
     assert metrics.registry.get_sample_value(
         "authproxy_verification_deadline_exceeded_total"
     ) == 1
     # The retry joins the same flight: still one call.
-    retry = asyncio.create_task(cache.get(key, load, deadline=5))
+    retry = asyncio.create_task(cache.get(key, load, deadline=5, realm=REALM))
     await asyncio.sleep(0)
     gate.set()
     assert (await retry).id == "mch_1"
@@ -338,8 +340,8 @@ async def test_a_waiter_cancelled_within_its_deadline_leaves_the_flight_running(
     key = cache.key("mt_tok")
     gate = asyncio.Event()
     load = Loader(machine(None), gate)
-    gone = asyncio.create_task(cache.get(key, load, deadline=5))
-    stays = asyncio.create_task(cache.get(key, load, deadline=5))
+    gone = asyncio.create_task(cache.get(key, load, deadline=5, realm=REALM))
+    stays = asyncio.create_task(cache.get(key, load, deadline=5, realm=REALM))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     flight = cache._flights.get(key)
@@ -374,7 +376,7 @@ async def test_fresh_answers_only_fresh_positives_and_counts_them() -> None:
     assert cache.fresh(key) is None
     bad = cache.key("mt_bad")
     with pytest.raises(ProxyError):
-        await cache.get(bad, Loader(ProxyError(TOKEN_INVALID, "no")))
+        await cache.get(bad, Loader(ProxyError(TOKEN_INVALID, "no")), realm=REALM)
     assert cache.fresh(bad) is None  # a negative entry is for the slow path to raise
 
 
@@ -384,14 +386,17 @@ class FakeSecond:
     def __init__(self) -> None:
         self.entries: dict[bytes, Any] = {}
         self.stored: list[Any] = []
+        self.realms: list[bytes] = []
 
-    async def lookup(self, key: bytes) -> Any:
+    async def lookup(self, key: bytes, realm: bytes) -> Any:
+        self.realms.append(realm)
         return self.entries.get(key, False)
 
-    async def follow(self, key: bytes) -> Any:
+    async def follow(self, key: bytes, realm: bytes, wait: float) -> Any:
         raise AssertionError("nobody else is verifying")
 
-    def store(self, key: bytes, entry: Any) -> None:
+    def store(self, key: bytes, realm: bytes, entry: Any) -> None:
+        self.realms.append(realm)
         self.stored.append(entry)
         if entry is not None:
             self.entries[key] = entry
@@ -408,14 +413,16 @@ class SlowSecond(FakeSecond):
         self.answer: Any = None
         self.lookups = 0
         self.follows = 0
+        self.waits: list[float] = []
 
-    async def lookup(self, key: bytes) -> Any:
+    async def lookup(self, key: bytes, realm: bytes) -> Any:
         self.lookups += 1
         await self.gate.wait()
         return self.entries.get(key, self.following)
 
-    async def follow(self, key: bytes) -> Any:
+    async def follow(self, key: bytes, realm: bytes, wait: float) -> Any:
         self.follows += 1
+        self.waits.append(wait)
         return self.answer
 
 
@@ -436,7 +443,7 @@ async def test_a_miss_answered_by_the_shared_level_loads_nothing_and_is_kept_her
     key = cache.key("mt_tok")
     second.entries[key] = Positive(machine(None), T0 + 30, T0 + 30)
     load = Loader(machine(None))
-    assert (await cache.get(key, load, deadline=1)).id == "mch_1"
+    assert (await cache.get(key, load, deadline=1, realm=REALM)).id == "mch_1"
     assert load.calls == 0 and second.stored == []
     entry = cache.known(key, T0)
     assert entry is not None and entry.fresh_until == T0 + 30  # its writer's deadline
@@ -445,9 +452,9 @@ async def test_a_miss_answered_by_the_shared_level_loads_nothing_and_is_kept_her
 
 async def test_concurrent_misses_share_one_shared_lookup_and_one_load() -> None:
     cache, second, key, load = slow_rig()
-    first = asyncio.create_task(cache.get(key, load, deadline=5))
+    first = asyncio.create_task(cache.get(key, load, deadline=5, realm=REALM))
     await asyncio.sleep(0)
-    others = [asyncio.create_task(cache.get(key, load, deadline=5)) for _ in range(3)]
+    others = [asyncio.create_task(cache.get(key, load, deadline=5, realm=REALM)) for _ in range(3)]
     await asyncio.sleep(0)
     assert cache.in_flight(key)  # the lookup's placeholder holds the key
     second.gate.set()
@@ -459,9 +466,9 @@ async def test_concurrent_misses_share_one_shared_lookup_and_one_load() -> None:
 
 async def test_a_caller_gone_mid_lookup_still_lets_the_others_through() -> None:
     cache, second, key, load = slow_rig()
-    gone = asyncio.create_task(cache.get(key, load, deadline=5))
+    gone = asyncio.create_task(cache.get(key, load, deadline=5, realm=REALM))
     await asyncio.sleep(0)
-    stays = asyncio.create_task(cache.get(key, load, deadline=5))
+    stays = asyncio.create_task(cache.get(key, load, deadline=5, realm=REALM))
     await asyncio.sleep(0)
     gone.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -475,19 +482,32 @@ async def test_another_process_verifying_is_followed_inside_the_flight() -> None
     cache, second, key, load = slow_rig(following=True)
     second.gate.set()
     second.answer = Positive(machine(None), T0 + 60, T0 + 60)
-    assert (await cache.get(key, load, deadline=5)).id == "mch_1"
+    assert (await cache.get(key, load, deadline=5, realm=REALM)).id == "mch_1"
     assert (second.follows, load.calls) == (1, 0)
     # No answer in time: this process verifies.
     other = cache.key("mt_other")
     second.answer = None
-    assert (await cache.get(other, load, deadline=5)).id == "mch_1"
+    assert (await cache.get(other, load, deadline=5, realm=REALM)).id == "mch_1"
     assert (second.follows, load.calls) == (2, 1)
+    # Half the deadline at most: the other half is for verifying here (issue 26, row 8).
+    assert second.waits == [2.5, 2.5]
+
+
+async def test_a_jwt_never_asks_the_shared_level_and_a_realm_is_passed_on() -> None:
+    cache, _, _ = make()
+    second = FakeSecond()
+    cache.second = second
+    load = Loader(machine(None))
+    await cache.get(cache.key("jwt"), load, deadline=5, realm=None)
+    assert (second.realms, load.calls) == ([], 1)
+    await cache.get(cache.key("mt_tok"), load, deadline=5, realm=REALM)
+    assert (second.realms, load.calls) == ([REALM, REALM], 2)  # asked, then written
 
 
 async def test_a_rejection_in_the_shared_level_reaches_every_waiter() -> None:
     cache, second, key, load = slow_rig()
     second.entries[key] = Negative(TOKEN_INVALID, "no such token", "m2m_token", T0 + 10)
-    calls = [asyncio.create_task(cache.get(key, load, deadline=5)) for _ in range(2)]
+    calls = [asyncio.create_task(cache.get(key, load, deadline=5, realm=REALM)) for _ in range(2)]
     await asyncio.sleep(0)
     second.gate.set()
     for outcome in await asyncio.gather(*calls, return_exceptions=True):
@@ -497,7 +517,7 @@ async def test_a_rejection_in_the_shared_level_reaches_every_waiter() -> None:
 
 async def test_closing_mid_lookup_refuses_with_503_and_starts_nothing() -> None:
     cache, second, key, load = slow_rig()
-    caller = asyncio.create_task(cache.get(key, load, deadline=5))
+    caller = asyncio.create_task(cache.get(key, load, deadline=5, realm=REALM))
     await asyncio.sleep(0)
     await cache.close()
     second.gate.set()
@@ -513,17 +533,17 @@ async def test_a_re_check_adopts_a_newer_shared_entry_and_asks_clerk_past_the_sa
     cache.second = second
     key = cache.key("mt_tok")
     load = Loader(machine(None))
-    await cache.get(key, load)
+    await cache.get(key, load, realm=REALM)
     assert load.calls == 1 and len(second.stored) == 1  # written for the others
     clock.t = T0 + 9  # due for its re-check; the shared level holds the same entry
-    await cache.start(key, load)
+    await cache.start(key, load, realm=REALM)
     assert load.calls == 2  # the same entry is no news: Clerk decides
     held = cache.known(key, clock.t)
     assert held is not None and held.fresh_until == T0 + 19
     # Another process re-checked it meanwhile: its newer entry spares our call.
     second.entries[key] = Positive(machine(None), T0 + 25, T0 + 25)
     clock.t = T0 + 18
-    await cache.start(key, load)
+    await cache.start(key, load, realm=REALM)
     assert load.calls == 2
     held = cache.known(key, clock.t)
     assert held is not None and held.fresh_until == T0 + 25
@@ -537,7 +557,7 @@ async def test_an_answer_later_than_the_ttl_is_a_stale_entry_not_a_lost_one() ->
     await get(cache, Loader(machine(None)))
     clock.t = T0 + 12  # stale; its re-check starts now and takes 13 s
     gate = asyncio.Event()
-    flight = cache.start(key, Loader(machine(None), gate))
+    flight = cache.start(key, Loader(machine(None), gate), realm=REALM)
     clock.t = T0 + 25
     gate.set()
     await flight

@@ -320,3 +320,43 @@ async def test_a_head_in_pieces_is_answered_as_aiohttp_would(rig: Rig) -> None:
     got = await exchange(rig.port, b"GET /public/p/ok HTTP/1.1\nHost: proxy.test\n\n", idle=0.3)
     assert status(got.data) == 400
     assert got.closed
+
+
+# --- issue 26, row 17: a request line without a version -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"GET /public/n/ok\r\n", b"GET /public/n/ok\n", b"GET /\r\n", b"GET /public/n/ok \r\n"],
+)
+async def test_a_request_line_without_a_version_is_400_at_once(rig: Rig, line: bytes) -> None:
+    """HTTP/0.9's simple request (`GET /path` and the line's end, nothing more): the client
+    waits for an answer, so one must come now, not when the head timeout (30 s) ends the
+    connection. `limit` is far under that timeout: this is not a timing claim."""
+    got = await exchange(rig.port, line, idle=0.3, limit=5.0)
+    assert got.data, "no answer before the client gave up"
+    assert status(got.data) == 400
+    assert got.closed
+    assert rig.upstream.received == []
+
+
+async def test_a_versionless_line_in_pieces_and_after_a_request_is_400_too(
+    rig: Rig, front_door: str
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", rig.port)
+    try:
+        writer.write(b"GET /public/n/o")
+        await writer.drain()
+        await asyncio.sleep(0.05)  # two reads, not one
+        writer.write(b"k\r\n")
+        got = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert status(got) == 400
+    if front_door == "fast":
+        # Pipelined behind a request: that one answered, then the 400. (aiohttp's door
+        # parses a read whole, and waits for the rest of the second head as for any.)
+        got = await exchange(rig.port, get("/public/a/ok") + b"GET /public/b/ok\r\n", limit=5)
+        answers, _ = parse_answers(got.data, got.closed)
+        assert [a.status for a in answers] == [200, 400] and got.closed
+        assert [r.target for r in rig.upstream.received] == ["/public/a/ok"]

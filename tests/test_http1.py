@@ -280,3 +280,24 @@ def test_names_pattern_matches_exactly_its_names(
         assert pattern.fullmatch(name.encode()), name
     for name in misses:
         assert not pattern.fullmatch(name.encode()), name
+
+
+@pytest.mark.parametrize(
+    ("start", "verdict"),
+    [
+        (b"GET /x", None),  # the line is not whole yet
+        (b"GET /x\r\n", True),  # HTTP/0.9's simple request: nobody would answer it
+        (b"GET /x\n", True),
+        (b"\r\nGET /x\r\n", True),  # empty lines before a request line are skipped
+        (b"GET\r\n", True),
+        (b"GET /x\r\nHost: a\r\n", True),  # fields after it: still no end in sight
+        (b"GET /x HTTP/1.1\r\n", False),  # an HTTP/1 line: the parser's
+        (b"GET /x \r\n", False),  # three parts, one empty: the parser refuses it
+        (b"GET /x\r\n\r\n", False),  # the head ended: the parser answers (505)
+        (b"GET /x\n\n", False),  # (400)
+        (b"GET /x\r\nHost: a\r\n\n", False),
+        (b"GET /public/c1797/\nHTTP/1.1\r\n\r\n", False),  # http-garden's trophy 9
+    ],
+)
+def test_versionless(start: bytes, verdict: bool | None) -> None:
+    assert http1.versionless(start) is verdict

@@ -18,7 +18,9 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from proxy.auth.shared.level import in_realm
 from proxy.config.load import build_config
+from proxy.config.realms import clerk_realm
 from proxy.emulator.app import ClerkEmulator
 from proxy.process.admin import create_admin_app
 from proxy.request.app import PROXY, create_app
@@ -31,6 +33,7 @@ from tests.support_redis import (
     start_sentinel,
     valkey_binary,
 )
+from tests.support_resp import HeldReply
 
 SECRET = "sk_test_shared"
 REVOKE_SECRET = "revoke-secret-0123456789"
@@ -128,6 +131,9 @@ async def test_second_node_answers_from_the_shared_level_without_calling_clerk(s
     token = s.emulator.create_m2m_token(s.emulator.create_machine("partner").id)
     assert (await s.get(0, token.secret))[0] == 200
     assert s.verifies == 1
+    # Written in the background: until then node 1 would follow node 0 (no "hit").
+    entry = entry_name(s.nodes[0], token.secret)
+    await _until(lambda: _exists(s, entry), 3.0)
     assert (await s.get(1, token.secret))[0] == 200
     assert s.verifies == 1
     assert s.nodes[1].metric("authproxy_shared_cache_lookups_total", result="hit") == 1
@@ -136,6 +142,18 @@ async def test_second_node_answers_from_the_shared_level_without_calling_clerk(s
         assert token.secret.encode() not in key
         value = await s.redis.get(key) if await s.redis.type(key) == b"string" else b""
         assert token.secret.encode() not in (value or b"")
+
+
+def entry_name(node: Node, token: str) -> str:
+    """The name `node` gives `token`'s entry in the shared level (Clerk's realm)."""
+    runtime = node.proxy.app[PROXY].runtime
+    verifier: Any = runtime.verifier
+    key = in_realm(verifier.cache.key(token), clerk_realm(runtime.config.clerk))
+    return str(verifier.cluster.level.keys(key)[0])
+
+
+async def _exists(s: Stack, name: str) -> bool:
+    return bool(await s.redis.exists(name))
 
 
 async def _until(check: Any, seconds: float = 5.0) -> None:
@@ -191,10 +209,8 @@ async def test_garbled_and_forged_values_are_refused_and_verified_again(stack: A
         )
     assert s.nodes[1].metric("authproxy_shared_cache_lookups_total", result="garbled") == 2
     # A token Clerk does not know, made to look valid in Redis, stays refused.
-    verifier = s.nodes[0].proxy.app[PROXY].runtime.verifier
     forged = "mt_" + "f" * 48
-    key = verifier.cache.key(forged)  # type: ignore[attr-defined]
-    tag = f"{verifier.cluster.namespace}:{{{key.hex()}}}:e"  # type: ignore[attr-defined]
+    tag = entry_name(s.nodes[1], forged)
     good = await s.redis.get(entries[0])
     await s.redis.set(tag, good or b"")  # a real entry, moved to another token's key
     status, body = await s.get(1, forged)
@@ -217,8 +233,7 @@ async def test_revocation_reaches_every_node_and_outlives_a_missed_message(stack
 
     await _until(refused_everywhere, 1.0)
     # Gone from the shared level too (the receiving nodes knew its key).
-    verifier = s.nodes[0].proxy.app[PROXY].runtime.verifier
-    entry = f"{verifier.cluster.namespace}:{{{verifier.cache.key(token.secret).hex()}}}:e"  # type: ignore[attr-defined]
+    entry = entry_name(s.nodes[0], token.secret)
     assert await s.redis.exists(entry) == 0
     status, body = await s.get(2, token.secret)
     assert body["error"] == {"code": "token_invalid", "message": "the token has been revoked"}
@@ -237,6 +252,60 @@ async def test_revocation_reaches_every_node_and_outlives_a_missed_message(stack
 
 async def _is_refused(s: Stack, node: int, token: str) -> bool:
     return (await s.get(node, token))[0] == 401
+
+
+async def test_a_lock_nobody_releases_costs_part_of_the_deadline_not_all_of_it(
+    stack: Any,
+) -> None:
+    """Issue 26, row 8: a token's lock left by a crashed or stalled leader (here planted)
+    made every miss of that token wait `flight_wait` (1 s) for a landing that never came:
+    the whole miss deadline (1 s), so a 503. A miss follows another process for half its
+    deadline at most, then verifies on its own."""
+    s: Stack = await stack(2)
+    machine = s.emulator.create_machine("partner").id
+    token = s.emulator.create_m2m_token(machine)
+    entry = entry_name(s.nodes[1], token.secret)
+    await s.redis.set(entry[:-2] + ":l", b"a leader that crashed", px=30_000)
+    s.emulator.set_fault("slow", seconds=0.1)  # Clerk takes a moment, as it does
+    status, body = await s.get(1, token.secret)
+    assert status == 200, body
+    assert s.verifies == 1
+    assert s.nodes[1].metric("authproxy_shared_cache_flights_total", result="waited_out") == 1
+    # What node 1 verified is shared (written in the background): the lock no longer
+    # matters to anyone.
+    await _until(lambda: _exists(s, entry), 3.0)
+
+
+async def test_a_lookup_whose_reply_was_lost_releases_the_lock_it_took(
+    stack: Any, redis_server: Server
+) -> None:
+    """Issue 26, row 8: a lookup that timed out after its script had run at Redis (it took
+    the token's lock) left that lock for `lock_seconds` (11 s): every other process
+    followed nobody. Its `store` releases it."""
+    relay = await HeldReply(redis_server.port).start()
+    try:
+        s: Stack = await stack(1, url=relay.url, shared={"timeout": 0.05})
+        machine = s.emulator.create_machine("partner").id
+        # A first token: the scripts are loaded and a pooled connection is there.
+        assert (await s.get(0, s.emulator.create_m2m_token(machine).secret))[0] == 200
+        await _until(lambda: _settled(s), 3.0)
+        before = set(await s.redis.keys("*"))
+        relay.hold(0.3)  # the lookup's reply: the script runs, its answer comes too late
+        assert (await s.get(0, s.emulator.create_m2m_token(machine).secret))[0] == 200
+        assert s.nodes[0].metric("authproxy_shared_cache_errors_total", op="fetch", kind="timeout") == 1
+
+        async def entry_stored_and_no_lock() -> bool:
+            names = set(await s.redis.keys("*")) - before
+            return any(n.endswith(b":e") for n in names) and not any(n.endswith(b":l") for n in names)
+
+        await _until(entry_stored_and_no_lock, 3.0)
+    finally:
+        await relay.close()
+
+
+async def _settled(s: Stack) -> bool:
+    names = await s.redis.keys("*")
+    return any(n.endswith(b":e") for n in names) and not any(n.endswith(b":l") for n in names)
 
 
 async def test_revocation_at_clerk_and_the_endpoint_refusals(stack: Any) -> None:

@@ -28,6 +28,7 @@ from proxy.auth.shared.cluster import Cluster, Outcome, Revocations
 from proxy.auth.shared.metrics import shared_metrics
 from proxy.auth.tokens import TokenKind
 from proxy.config.load import Config
+from proxy.config.realms import clerk_realm, issuer_realm
 from proxy.core.errors import TOKEN_INVALID, TOKEN_TYPE_MISMATCH, ProxyError
 from proxy.core.principal import Principal, Recent
 from proxy.observe.metrics import Metrics
@@ -74,9 +75,19 @@ class ClerkVerifier:
             now=now,
         )
         self.cache.denied = self.revocations.denies
+        # The realm of each judge's verdicts (`config.realms`): Clerk's, and each issuer's
+        # by name.
+        self._clerk_realm = clerk_realm(ck)
+        self._realms = {cfg.name: issuer_realm(cfg) for cfg in config.issuers}
         self.cluster: Cluster | None = None
         if config.cache.shared is not None:
-            self.cluster = Cluster(config, scope, metrics, self.revocations.apply)
+            self.cluster = Cluster(
+                config,
+                scope,
+                metrics,
+                self.revocations.apply,
+                realms=[self._clerk_realm, *self._realms.values()],
+            )
             self.revocations.cluster = self.cluster
             self.cache.second = self.cluster.level
         self.issuers = Issuers(config.issuers, ck.issuer, session, metrics, now=now)
@@ -133,28 +144,31 @@ class ClerkVerifier:
         principal = self._known(key, token, None, self._now())
         if principal is not None:
             return principal
-        load, billable, _ = self._loader(token, client_ip)
-        return await self.cache.get(key, load, cache_rejections=billable, deadline=self._deadline)
+        load, realm, _ = self._loader(token, client_ip)
+        return await self.cache.get(key, load, realm=realm, deadline=self._deadline)
 
     def _loader(
         self, token: str, client_ip: str | None
-    ) -> tuple[Callable[[], Awaitable[Principal]], bool, bool]:
+    ) -> tuple[Callable[[], Awaitable[Principal]], bytes | None, bool]:
         """How to verify `token` (for a miss, or a known token's background check:
-        `client_ip` None); whether that is billable (an opaque token: Clerk's or another
-        issuer's introspection), and so has its rejections cached; and whether it is a
-        Clerk call (through the gate). A JWT refusal is not cached: it is cheap to
-        recompute and may stop being one (JWKS rotation, nbf reached)."""
+        `client_ip` None); the realm of the verdict when that is billable (an opaque
+        token: Clerk's or another issuer's introspection), which has its rejections
+        cached and is shared in that realm, else None; and whether it is a Clerk call
+        (through the gate). A JWT refusal is not cached: it is cheap to recompute and may
+        stop being one (JWKS rotation, nbf reached)."""
         if self.issuers:
             issuer, header, foreign = self.issuers.route(token)
             if issuer is not None and header is not None:
-                return (lambda: issuer.verify_jwt(token, header)), False, False
+                return (lambda: issuer.verify_jwt(token, header)), None, False
             if issuer is not None:
-                return (lambda: self._introspect(issuer, token, client_ip)), True, False
+                judged_by = self._realms[issuer.cfg.name]
+                return (lambda: self._introspect(issuer, token, client_ip)), judged_by, False
             if foreign is not None:
-                return (lambda: self._foreign(token, client_ip, foreign)), False, False
+                return (lambda: self._foreign(token, client_ip, foreign)), None, False
         kind = tokens.classify(token)
         opaque = not kind.is_jwt
-        return (lambda: self._load(kind, token, client_ip)), opaque, opaque
+        realm = self._clerk_realm if opaque else None
+        return (lambda: self._load(kind, token, client_ip)), realm, opaque
 
     async def _foreign(self, token: str, client_ip: str | None, iss: str) -> Principal:
         """A JWT naming an issuer that is not configured, while `clerk.issuer` is unset:
@@ -209,12 +223,13 @@ class ClerkVerifier:
             if now < paused:
                 return
             del self._paused[key]
-        load, billable, clerk = self._loader(token, None)
-        # Opaque tokens' checks are billable; Clerk's also pass its gate.
+        load, realm, clerk = self._loader(token, None)
+        # Opaque tokens' checks (those with a realm) are billable; Clerk's also pass its gate.
+        billable = realm is not None
         if (clerk and self.clerk.held() is not None) or (billable and self.budget.known_wait() > 0):
             self._metrics.verify_background.labels(trigger, "deferred").inc()
             return
-        flight = self.cache.start(key, load, cache_rejections=billable)
+        flight = self.cache.start(key, load, realm=realm)
         flight.add_done_callback(self._checked(key, trigger))
 
     def _checked(self, key: bytes, trigger: str) -> Callable[[asyncio.Task[Principal]], None]:

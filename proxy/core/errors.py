@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Final
 
 import aiohttp
+
+log = logging.getLogger("proxy")
 
 TOKEN_MISSING: Final = "token_missing"
 TOKEN_ID_NOT_SECRET: Final = "token_id_not_secret"
@@ -31,6 +34,8 @@ CLERK_REVOKE_FAILED: Final = "clerk_revoke_failed"
 ISSUER_NOT_ALLOWED: Final = "issuer_not_allowed"
 REQUEST_TIMEOUT: Final = "request_timeout"
 TOO_MANY_CONNECTIONS: Final = "too_many_connections"
+# A failure of the proxy's own (a bug), answered by either door's last resort.
+INTERNAL_ERROR: Final = "internal_error"
 
 STATUS: Final[dict[str, int]] = {
     TOKEN_MISSING: 401,
@@ -53,6 +58,7 @@ STATUS: Final[dict[str, int]] = {
     ISSUER_NOT_ALLOWED: 403,
     REQUEST_TIMEOUT: 408,
     TOO_MANY_CONNECTIONS: 503,
+    INTERNAL_ERROR: 500,
 }
 
 
@@ -151,3 +157,21 @@ def upstream_cause(exc: BaseException) -> str | None:
         # A connection that was there and went away (reset, disconnected, broken pipe).
         return RESET
     return None
+
+
+def internal_error(exc: BaseException, door: str) -> ProxyError:
+    """Either door's last resort: a failure of the proxy's own (a bug, or a library raising
+    what it should not) is logged and answered 500 `internal_error`; the connection closes
+    after it. The log line names the exception's type and where it was raised, never its
+    message, which may quote what the request carried."""
+    where = "?"
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        where = f"{code.co_filename.rsplit('/', 1)[-1]}:{code.co_name}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    log.error(
+        "request failed inside the proxy",
+        extra={"door": door, "error": type(exc).__name__, "where": where},
+    )
+    return ProxyError(INTERNAL_ERROR, "the proxy failed to handle this request")

@@ -64,6 +64,15 @@ def _refusal_bytes(refusal: ProxyError) -> bytes:
 TIMED_OUT = _refusal_bytes(
     ProxyError(REQUEST_TIMEOUT, "the request did not arrive within the connection's timeouts")
 )
+# What aiohttp's parser would answer if it refused the line: plain text (docs/spec.md,
+# "Requests refused before routing").
+NO_VERSION = http1.simple_response(
+    400,
+    "Bad Request",
+    [("Content-Type", "text/plain; charset=utf-8")],
+    b"Bad request line: no HTTP version (HTTP/0.9 is not served)",
+    close=True,
+)
 OVER_LIMIT = _refusal_bytes(
     ProxyError(
         TOO_MANY_CONNECTIONS,
@@ -159,6 +168,8 @@ class Doorway:
     ) -> Guarded:
         """aiohttp takes `old`'s connection from here on; `clock` goes on timing it."""
         guarded = Guarded(self, self.aiohttp_protocol(), clock, address)
+        # The fast path hands a connection over where a head starts.
+        guarded.watch_line()
         self.swap(old, guarded)
         transport.set_protocol(guarded)
         guarded.adopt(transport)
@@ -197,6 +208,11 @@ class Guarded(asyncio.Protocol):
         self.address = address
         self.transport: asyncio.Transport | None = None
         self.lingering = False
+        # The start of a head, kept until its request line is whole (`http1.versionless`).
+        self._line: bytearray | None = None
+
+    def watch_line(self) -> None:
+        self._line = bytearray()
 
     def adopt(self, transport: asyncio.Transport) -> None:
         """Take over a connection the fast path admitted."""
@@ -215,9 +231,31 @@ class Guarded(asyncio.Protocol):
         if self.lingering:
             return
         clock = self.clock
-        if clock.phase == IDLE or clock.phase == UPGRADED:
+        if clock.phase == IDLE:
             clock.received(time.monotonic())
+            self._line = bytearray()
+        elif clock.phase == UPGRADED:
+            clock.received(time.monotonic())
+        if self._line is not None and self._versionless(data):
+            return
         self.inner.data_received(data)
+
+    def _versionless(self, data: bytes) -> bool:
+        """Whether the head this connection is receiving started with a request line
+        without a version; then it is answered 400 and closed here, at once."""
+        line = self._line
+        assert line is not None
+        line += data
+        verdict = http1.versionless(bytes(line))
+        if verdict is None and len(line) <= http1.MAX_HEAD:
+            return False
+        self._line = None
+        if not verdict:
+            return False  # a line aiohttp's parser judges (or one too long: it refuses)
+        if self.transport is not None:
+            self.transport.write(NO_VERSION)
+            self.transport.close()
+        return True
 
     def eof_received(self) -> bool | None:
         return self.inner.eof_received()

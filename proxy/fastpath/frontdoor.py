@@ -22,7 +22,7 @@ import logging
 import time
 from typing import Final, cast
 
-from proxy.core.errors import ProxyError
+from proxy.core.errors import ProxyError, internal_error
 from proxy.core.principal import ANONYMOUS, Principal, Recent
 from proxy.core.timeouts import IDLE, ConnectionClock
 from proxy.fastpath.doorway import Doorway, expire_transport, peer_address
@@ -48,13 +48,6 @@ SMALL_BODY: Final = 64 * 1024
 # (four clock reads a request).
 _perf_counter: Final = time.perf_counter
 _monotonic: Final = time.monotonic
-
-
-def _reason(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return "Unknown"
 
 
 class FrontDoor(asyncio.Protocol):
@@ -219,9 +212,9 @@ class FrontDoor(asyncio.Protocol):
         try:
             self._fields.head = head
             routed = self._proxy.route(rt, head.method, head.target, self._fields, hop)
-        except ProxyError as refusal:
+        except Exception as exc:
             del self._buffer[:head_size]
-            self._refuse(refusal)
+            self._fail(exc)
             return True
         if routed.resolved.path.startswith(SOCKETIO_PREFIX):
             # Socket.IO polling carries CONNECT packets and grants: aiohttp's side has that
@@ -236,8 +229,8 @@ class FrontDoor(asyncio.Protocol):
                 self._task = asyncio.ensure_future(self._authenticate(rt, routed, hop))
                 return True
             self._admitted(rt, routed, authenticated, hop)
-        except ProxyError as refusal:
-            self._refuse(refusal)
+        except Exception as exc:
+            self._fail(exc)
         return True
 
     async def _authenticate(self, rt: Runtime, routed: Routed, hop: ClientHop) -> None:
@@ -245,9 +238,9 @@ class FrontDoor(asyncio.Protocol):
             authenticated = await self._proxy.authenticate(rt, routed)
             self._task = None
             self._admitted(rt, routed, authenticated, hop)
-        except ProxyError as refusal:
+        except Exception as exc:
             self._task = None
-            self._refuse(refusal)
+            self._fail(exc)
 
     def _admitted(
         self, rt: Runtime, routed: Routed, authenticated: Authenticated, hop: ClientHop
@@ -281,10 +274,11 @@ class FrontDoor(asyncio.Protocol):
     async def _connect(self, pool: UpstreamPool, retry: bool) -> None:
         try:
             conn = await pool.connect()
-        except ProxyError as refusal:
+        except Exception as exc:
             self._task = None
-            self._count_upstream_error(refusal)
-            self._refuse(refusal)
+            if isinstance(exc, ProxyError):
+                self._count_upstream_error(exc)
+            self._fail(exc)
             return
         self._task = None
         if self.transport is None:  # the client left while we connected
@@ -305,13 +299,25 @@ class FrontDoor(asyncio.Protocol):
             self.transport.write(
                 http1.simple_response(
                     refusal.status,
-                    _reason(refusal.status),
+                    http.HTTPStatus(refusal.status).phrase,
                     headers,
                     refusal.body(),
                     close=not self._keep_alive,
                 )
             )
         self._done(refusal.status)
+
+    def _fail(self, exc: Exception) -> None:
+        """A refusal is answered; anything else gets the last resort (as on aiohttp's door):
+        a logged 500 and the connection's end, never a request left without an answer."""
+        if isinstance(exc, ProxyError):
+            self._refuse(exc)
+            return
+        self._keep_alive = False
+        if self._upstream is not None:
+            self._upstream.abandon()
+            self._upstream = None
+        self._refuse(internal_error(exc, "fast"))
 
     def _count_upstream_error(self, refusal: ProxyError) -> None:
         kind = "timeout" if refusal.status == 504 else "unavailable"

@@ -28,6 +28,8 @@ MAX_HEAD: Final = 8190
 # aiohttp's server refuses a head with more fields than this (400); such heads are its.
 MAX_FIELDS: Final = 128
 HEAD_END: Final = b"\r\n\r\n"
+# The end of a head as the parsers read it: an empty line, bare LFs included.
+_EMPTY_LINE: Final = re.compile(rb"\n\r?\n")
 
 # Header fields are kept as llhttp validated them, in one `bytes` per head: each field
 # *preceded* by CRLF (b"\r\nHost: h\r\nAccept: */*"), so a field is found, dropped or
@@ -71,6 +73,22 @@ _NO_BODY_STATUS: Final = frozenset({204, 304})
 # The methods the fast path takes: those whose body-less requests aiohttp's door also
 # forwards without `Content-Length: 0` (its client adds one to DELETE, POST, PUT...).
 _METHODS: Final = frozenset({b"GET", b"OPTIONS", b"TRACE"})
+
+
+def versionless(start: bytes) -> bool | None:
+    """For the first bytes of a request head: True when its request line is whole, names no
+    HTTP version (HTTP/0.9's `GET /path` and a line end) and no empty line has ended the
+    head yet — llhttp and aiohttp then wait for fields of a request that is over, until
+    the head timeout; False when the line has the three parts of an HTTP/1 request line,
+    or the head has ended (the parser answers that itself: 505 or 400); None while the
+    line is not whole yet. Empty lines before the request line are skipped (RFC 9112 §2.2)."""
+    line = start.lstrip(b"\r\n")
+    end = line.find(b"\n")
+    if end < 0:
+        return None
+    if len(line[:end].rstrip(b"\r").split(b" ")) >= 3:
+        return False
+    return _EMPTY_LINE.search(line, end) is None
 
 
 def fields_of(head: bytes) -> bytes:

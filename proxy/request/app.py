@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config.load import Config
-from proxy.core.errors import ProxyError
+from proxy.core.errors import ProxyError, internal_error
 from proxy.core.principal import ANONYMOUS, Principal, Recent, Verifier
 from proxy.core.timeouts import ConnectionClock, clock_of
 from proxy.http.conformance import check_request
@@ -226,6 +226,14 @@ class Proxy:
         except asyncio.CancelledError:
             status = gone_status(clock)
             raise
+        except ConnectionError:
+            raise  # the client went away while an answer was written: nobody to tell
+        except Exception as exc:
+            failure = internal_error(exc, "aiohttp")
+            status = failure.status
+            failed = web.Response(status=status, body=failure.body(), headers=failure.headers())
+            failed.force_close()
+            return failed
         finally:
             if clock is not None:
                 clock.answered(_monotonic())

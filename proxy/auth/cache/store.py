@@ -16,6 +16,10 @@
 - Rejections (401s) are cached for negative_ttl_seconds; a rejection that lands for a
   key whose rejections are not cached (JWTs) drops a positive entry instead. Failures of
   our own (503 and the budget's 429) are never cached and leave an entry as it was.
+- A verdict worth keeping — an opaque token's, billed by Clerk or an issuer — comes with
+  its **realm** (`config.realms`: the digest of the config that judges it): its
+  rejections are cached, and the shared level is asked and written within that realm
+  only. A JWT's (no realm) is cheap to recompute and stays here.
 - One flight per key at a time, misses and background checks alike: concurrent misses
   share it, a caller that goes away does not cancel it for the others, every waiter of a
   failed flight gets the same refusal, and a waiter past its deadline leaves it running
@@ -46,20 +50,22 @@ from proxy.observe.metrics import Metrics
 
 
 class SecondLevel(Protocol):
-    """A cache level behind this one, shared with other processes (`proxy.auth.shared`).
-    Its calls never raise, and each is bounded."""
+    """A cache level behind this one, shared with other processes (`proxy.auth.shared`),
+    within a realm: entries of another realm are not seen. Its calls never raise, and
+    each is bounded."""
 
-    async def lookup(self, key: bytes) -> Entry | bool:
+    async def lookup(self, key: bytes, realm: bytes) -> Entry | bool:
         """One round trip: its entry for `key`; else True when another process is loading
         it (`follow` waits for that answer), False when this process loads it (then
         `store`s)."""
         ...
 
-    async def follow(self, key: bytes) -> Entry | None:
-        """The other process's answer, waited for; None: this process loads and `store`s."""
+    async def follow(self, key: bytes, realm: bytes, wait: float) -> Entry | None:
+        """The other process's answer, waited for at most `wait` seconds (and the level's
+        own bound); None: this process loads and `store`s."""
         ...
 
-    def store(self, key: bytes, entry: Entry | None) -> None:
+    def store(self, key: bytes, realm: bytes, entry: Entry | None) -> None:
         """What the load gave (None: nothing to keep); called once after every load."""
         ...
 
@@ -162,12 +168,13 @@ class VerificationCache:
         key: bytes,
         load: Callable[[], Awaitable[Principal]],
         *,
-        cache_rejections: bool = True,
+        realm: bytes | None,
         deadline: float | None = None,
     ) -> Principal:
         """The cached Principal for `key`, or `load()`'s, shared by concurrent callers.
-        With a `deadline`, a caller waits at most that many seconds for the flight, then
-        gets 503 `verification_unavailable` while the flight goes on."""
+        `realm`: see the module's docstring (None: a JWT's verdict). With a `deadline`, a
+        caller waits at most that many seconds for the flight, then gets 503
+        `verification_unavailable` while the flight goes on."""
         now = self._now()
         entry = self._entries.get(key, now)
         if isinstance(entry, Negative):
@@ -181,11 +188,14 @@ class VerificationCache:
             self._metrics.verify_cache.labels("coalesced").inc()
         else:
             self._metrics.verify_cache.labels("miss").inc()
-            second = self.second if cache_rejections else None
-            if second is None:
-                flight = self.start(key, load, cache_rejections=cache_rejections)
+            second = self.second
+            if second is None or realm is None:
+                flight = self.start(key, load, realm=realm)
             else:
-                asked = await self._ask(key, load, second)
+                # Another process's verification is followed for half the deadline at
+                # most: the other half is this process's own, should it not land.
+                follow = math.inf if deadline is None else deadline / 2
+                asked = await self._ask(key, load, second, realm, follow)
                 if isinstance(asked, Principal):
                     return asked
                 flight = asked
@@ -206,26 +216,32 @@ class VerificationCache:
         key: bytes,
         load: Callable[[], Awaitable[Principal]],
         *,
-        cache_rejections: bool = True,
+        realm: bytes | None,
     ) -> asyncio.Task[Principal]:
         """Start the one flight for `key` (the caller has checked there is none): its
         answer lands in the cache whoever waits for it, or nobody (a background check)."""
-        return self._begin(key, load, cache_rejections, self._now(), None)
+        return self._begin(key, load, realm, self._now(), None, math.inf)
 
     def _begin(
         self,
         key: bytes,
         load: Callable[[], Awaitable[Principal]],
-        cache_rejections: bool,
+        realm: bytes | None,
         checked_at: float,
         found: Entry | bool | None,
+        follow: float,
     ) -> asyncio.Task[Principal]:
-        flight = asyncio.ensure_future(self._load(key, load, cache_rejections, checked_at, found))
+        flight = asyncio.ensure_future(self._load(key, load, realm, checked_at, found, follow))
         self._flights.add(key, flight)
         return flight
 
     async def _ask(
-        self, key: bytes, load: Callable[[], Awaitable[Principal]], second: SecondLevel
+        self,
+        key: bytes,
+        load: Callable[[], Awaitable[Principal]],
+        second: SecondLevel,
+        realm: bytes,
+        follow: float,
     ) -> Principal | asyncio.Task[Principal]:
         """A miss asks the shared level in the caller's own task: on a hit there, the
         common case in a fleet, no task and no waiter (a fifth of a second-level hit's
@@ -237,17 +253,17 @@ class VerificationCache:
         pending: Flight = asyncio.get_running_loop().create_future()
         self._flights.add(key, pending)
         try:
-            found = await second.lookup(key)
+            found = await second.lookup(key, realm)
         except BaseException:
             # This caller went away: the flight the others wait on starts all the same.
             if not pending.done():
-                relay(self._begin(key, load, True, checked_at, None), pending)
+                relay(self._begin(key, load, realm, checked_at, None, follow), pending)
             raise
         if pending.done():  # closed meanwhile
             raise ProxyError(VERIFICATION_UNAVAILABLE, "the proxy is shutting down; retry")
         if isinstance(found, bool) or not self._newer(key, found):
             # True: follow the other process; False (or an entry no newer than ours): verify.
-            flight = self._begin(key, load, True, checked_at, found is True)
+            flight = self._begin(key, load, realm, checked_at, found is True, follow)
             relay(flight, pending)
             return flight
         try:
@@ -262,18 +278,20 @@ class VerificationCache:
         self,
         key: bytes,
         load: Callable[[], Awaitable[Principal]],
-        cache_rejections: bool,
+        realm: bytes | None,
         checked_at: float,
         found: Entry | bool | None,
+        follow: float,
     ) -> Principal:
-        """`found`: what the shared level said already (None: not asked yet)."""
-        # JWTs (cache_rejections False) are verified here, cheaper than a round trip.
-        second = self.second if cache_rejections else None
-        if second is not None:
+        """`found`: what the shared level said already (None: not asked yet); `follow`: how
+        long another process's verification may be waited for."""
+        # JWTs (no realm) are verified here, cheaper than a round trip.
+        second = self.second if realm is not None else None
+        if second is not None and realm is not None:
             if found is None:
-                found = await second.lookup(key)
+                found = await second.lookup(key, realm)
             if found is True:
-                found = await second.follow(key)
+                found = await second.follow(key, realm, follow)
             # Not newer than what is held here (due for its re-check): Clerk decides, and
             # what it says is written back over it for the other processes.
             if isinstance(found, Entry) and self._newer(key, found):
@@ -285,24 +303,24 @@ class VerificationCache:
             if exc.status == 401:
                 now = self._now()
                 until = now + self._cfg.negative_ttl_seconds
-                if cache_rejections and until > now:
+                if realm is not None and until > now:
                     rejected = Negative(exc.code, exc.message, exc.token_type, until)
                     self._entries.set(key, rejected, now)
                 else:
                     self._entries.pop(key)  # never served from an older positive entry
-            if second is not None:
-                second.store(key, rejected)
+            if second is not None and realm is not None:
+                second.store(key, realm, rejected)
             raise
         except BaseException:
-            if second is not None:
-                second.store(key, None)
+            if second is not None and realm is not None:
+                second.store(key, realm, None)
             raise
         now = self._now()
         entry = self.positive(principal, checked_at)
         denied = self.denied is not None and self.denied(principal)
-        if second is not None:
+        if second is not None and realm is not None:
             # A revoked token's entry stays out of the shared level (it was dropped there).
-            second.store(key, None if denied else entry)
+            second.store(key, realm, None if denied else entry)
         if denied:
             raise self._revoked(key, principal, now)
         if entry is not None:

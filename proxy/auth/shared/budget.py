@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from proxy.auth.shared.connection import Connection
 from proxy.config.model import VerificationBudget
@@ -75,22 +75,30 @@ class SharedBudget:
             return
         ip_id = hashlib.sha256(client_ip.encode()).hexdigest()[:16]
         keys = [self._tag + ":global", self._tag + ":ip:" + ip_id]
-        answer = await self._conn.call(
-            "budget", lambda c: self._spend(keys=keys, args=self._args, client=c)
-        )
+        answer = await self._conn.call("budget", lambda c: self._run_spend(c, keys))
         if answer is None:
             self._metrics.budget.labels("fallback").inc()
             fallback(client_ip)
             return
-        wait_ms, scope = int(answer[0]), int(answer[1])
+        wait_ms, scope = answer
         if wait_ms <= 0:
             self._metrics.budget.labels("allowed").inc()
             return
         self._metrics.budget.labels("refused").inc()
-        name = _SCOPES.get(scope, "global")
+        name = _SCOPES[scope]
         self._on_refused(name)
         raise ProxyError(
             VERIFICATION_BUDGET_EXCEEDED,
             "too many tokens to verify that are not cached yet; retry later",
             retry_after=max(1, math.ceil(wait_ms / 1000)),
         )
+
+    async def _run_spend(self, client: Any, keys: list[str]) -> tuple[int, int]:
+        """SPEND, read inside the guarded call: a reply of another shape raises there, and
+        the per-pod guard decides (`Connection.call`)."""
+        reply = await self._spend(keys=keys, args=self._args, client=client)
+        if isinstance(reply, list) and len(reply) == 2 and all(type(n) is int for n in reply):
+            wait_ms, scope = reply
+            if (wait_ms == 0 and scope == 0) or (wait_ms > 0 and scope in _SCOPES):
+                return wait_ms, scope
+        raise ValueError("SPEND answered something else than {0, 0} or {wait ms, 1 or 2}")

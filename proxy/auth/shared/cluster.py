@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ class Cluster:
         metrics: Metrics,
         on_revoked: Callable[[str, str, float, str], object],
         *,
+        realms: Sequence[bytes],
         clients: Any = None,
     ) -> None:
         shared = config.cache.shared
@@ -63,6 +64,7 @@ class Cluster:
             self.namespace,
             codec.mac_key(config.clerk.secret_key, scope),
             lock_seconds=lock,
+            realms=realms,
         )
         self.budget: SharedBudget | None = None
         if shared.budget and config.verification_budget.enabled:

@@ -5,6 +5,10 @@ Every call made for a request runs under `asyncio.timeout(cache.shared.timeout)`
 ms) and the breaker: a slow, hung or absent server costs a miss at most that much, and
 after `breaker_failures` in a row nothing until the breaker's probe succeeds. A failure
 is a metric and None — the caller goes on to Clerk; it never becomes the request's error.
+That holds for whatever the server says: a reply no Redis would give (`+OK` to `HELLO 3`,
+a script answering with an integer or a short array — something else listening on the
+port, or a proxy in between) makes redis-py, or the caller's own reading of the reply
+(done inside `make`), raise anything at all; it is a failure of kind `reply`.
 redis-py drops a connection whose call was cut off, so a late answer cannot be read as
 the next call's. It retries a failed call once, at once, on a fresh connection (within
 the same bound): a pooled connection to a server that restarted fails on first use.
@@ -111,6 +115,7 @@ class Connection:
         self._timeout = cfg.timeout
         # Bound once per operation: a label lookup per call is a lock and a tuple.
         self._latency: dict[str, Any] = {}
+        self._quiet_until = 0.0
 
     async def call(self, op: str, make: Callable[[Client], Awaitable[T]]) -> T | None:
         """`make(client)` within the request bound, or None (counted) when Redis failed."""
@@ -126,6 +131,9 @@ class Connection:
             kind = "timeout"
         except (RedisError, OSError) as exc:
             kind = "timeout" if "Timeout" in type(exc).__name__ else "connection"
+        except Exception as exc:
+            kind = "reply"
+            self._unexpected(op, exc)
         except BaseException:
             # Cancelled (shutdown): a probe must not leave the breaker waiting for it.
             self.breaker.failed()
@@ -147,11 +155,31 @@ class Connection:
             )
         return None
 
+    def _unexpected(self, op: str, exc: Exception) -> None:
+        """Say so, at most once per `breaker_seconds`: the type only (a reply's text may
+        hold anything)."""
+        now = time.monotonic()
+        if now < self._quiet_until:
+            return
+        self._quiet_until = now + self.cfg.breaker_seconds
+        log.warning(
+            "the shared cache gave a reply Redis would not give; treated as a failed call",
+            extra={"op": op, "error": type(exc).__name__},
+        )
+
     async def admin(self, make: Callable[[Client], Awaitable[T]]) -> T:
         """An operator's call (revocation): the connect timeout, not the request bound, and
-        no breaker — it raises, and the operator is told."""
-        async with asyncio.timeout(self.cfg.connect_timeout + 1.0):
-            return await make(self.client)
+        no breaker — it raises a `RedisError` (or `OSError`, `TimeoutError`), and the
+        operator is told."""
+        try:
+            async with asyncio.timeout(self.cfg.connect_timeout + 1.0):
+                return await make(self.client)
+        except (RedisError, OSError):
+            raise
+        except Exception as exc:
+            raise RedisError(
+                f"unexpected reply from the shared cache ({type(exc).__name__})"
+            ) from None
 
     async def close(self) -> None:
         for client in (self.client, self.listener):

@@ -2,21 +2,33 @@
 cluster-wide single-flight. The first level (`cache.store`) asks it inside its own
 flight, so one process asks at most once per token at a time.
 
-`lookup(key)` is one round trip (a script): the entry when one is there; otherwise it
-takes the token's lock if it is free — this process then verifies and `store`s — or
-learns that another process is verifying it, and `follow(key)` waits for that one's
-answer (its "landed" message, at most `flight_wait`), then reads it. Without an answer
-in time, or when Redis fails, this process verifies on its own: a slow or absent cluster
-never blocks a request for longer than the bound.
+Every call names the token's key and its **realm** (`config.realms`: a digest of the
+config that judges this token here — Clerk's keys, or the issuer's audiences, claims and
+introspection client). An entry is found only by a process whose realm is the same: the
+realm is folded into the key the level uses for the token, so the entry, its lock, its
+MAC and its "landed" message all belong to one realm. Two processes on one Redis that
+would judge a token differently — another audience, another issuer behind the same
+prefix, the config before a rollout — never adopt each other's verdicts, and never
+wait for each other's verifications.
 
-`store(key, entry)` writes what Clerk said, with the deadlines the first level keeps
+`lookup(key, realm)` is one round trip (a script): the entry when one is there; otherwise
+it takes the token's lock if it is free — this process then verifies and `store`s — or
+learns that another process is verifying it, and `follow` waits for that one's answer
+(its "landed" message, at most `flight_wait`, and less when the caller's deadline leaves
+less), then reads it. Without an answer in time, or when Redis fails, this process
+verifies on its own: a slow or absent cluster never blocks a request for longer than the
+bound. A lookup whose reply was lost (it timed out) may still have taken the lock: its
+`store` releases it all the same (only ever its own, by value).
+
+`store(key, realm, entry)` writes what Clerk (or the issuer) said, with the deadlines the first level keeps
 (the value expires from Redis at the entry's `keep_until`; nothing extends it later),
 releases the lock when it is this process's, and announces the landing. It runs in the
 background: the request does not wait for the write.
 
 Keys (`{…}` is a Cluster hash tag: an entry and its lock live on one node):
-`<prefix>:<instance>:{<key hex>}:e` and `…:l`. `<instance>` names the Clerk instance
-(the first level's scope), so two instances never share entries.
+`<prefix>:<instance>:{<realm key hex>}:e` and `…:l`, where the realm key is
+SHA-256(realm + the cache's key), truncated like it. `<instance>` names the Clerk
+instance (the first level's scope), so two instances never share entries.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ import hashlib
 import itertools
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final
 
 from redis.exceptions import NoScriptError
@@ -36,11 +48,13 @@ from proxy.auth.shared import codec
 from proxy.auth.shared.connection import Connection
 from proxy.auth.shared.events import Events, landed_message
 
-# GET the entry; else SET the lock if free. Returns {value or false, 1 if locked by us}.
+# GET the entry; else SET the lock if free. Returns {value or false, 1 if locked by us}
+# (also when the lock holds our lease already: an earlier FETCH took it, its reply lost).
 FETCH: Final = """
 local value = redis.call('GET', KEYS[1])
 if value then return {value, 0} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {false, 1} end
+if redis.call('GET', KEYS[2]) == ARGV[1] then return {false, 1} end
 return {false, 0}
 """
 
@@ -63,6 +77,7 @@ class SharedLevel:
         mac: bytes,
         *,
         lock_seconds: float,
+        realms: Sequence[bytes],
         now: Callable[[], float] = time.time,
     ) -> None:
         self._conn = connection
@@ -85,18 +100,31 @@ class SharedLevel:
         self._hit = self._metrics.lookups.labels("hit")
         self._miss = self._metrics.lookups.labels("miss")
         self._writes: set[asyncio.Task[Any]] = set()
+        # Every realm this process judges in (Clerk's, each issuer's): where a revoked
+        # token's entry may be.
+        self._realms = tuple(realms)
 
     def keys(self, key: bytes) -> list[str]:
+        """The entry's and the lock's names for a realm key (`in_realm`)."""
         tag = f"{self._namespace}:{{{key.hex()}}}"
         return [tag + ":e", tag + ":l"]
 
-    async def lookup(self, key: bytes) -> Entry | bool:
-        """The shared entry for `key`; else False when this process verifies it (it took the
-        token's lock, or Redis failed) and then `store`s, True when another process is
-        verifying it (`follow` waits for its answer). One round trip; two when a dead
-        value is replaced."""
+    async def lookup(self, key: bytes, realm: bytes) -> Entry | bool:
+        """The shared entry for `key` in `realm`; else False when this process verifies it
+        (it took the token's lock, or Redis failed) and then `store`s, True when another
+        process of the realm is verifying it (`follow` waits for its answer). One round
+        trip; two when a dead value is replaced."""
+        key = in_realm(key, realm)
         keys = self.keys(key)
-        lease = self._lease_prefix + next(self._lease_count).to_bytes(8, "big")
+        # Kept until `store` whenever the lock may be ours: the script may have taken it
+        # although its reply was lost (timed out, or this caller went away), and `store`
+        # releases it then, so that no process waits on a lock nobody will release. A
+        # lookup after such a one asks with the same lease, and FETCH knows it as ours.
+        lease = self._leases.get(key)
+        if lease is None:
+            lease = self._leases[key] = self._lease_prefix + next(self._lease_count).to_bytes(
+                8, "big"
+            )
         found = await self._conn.call("fetch", lambda c: self._run_fetch(c, keys, lease))
         if found is None:
             self._metrics.lookups.labels("error").inc()
@@ -105,26 +133,28 @@ class SharedLevel:
         if value:
             entry = self._read(key, value)
             if entry is not None:
+                del self._leases[key]  # an entry was there: the script took no lock
                 return entry
             # There, but past its deadline (Redis drops it a moment later) or not ours:
             # replacing it is one process's job, as for a missing one.
-            locked = await self._conn.call(
-                "lock", lambda c: c.set(keys[1], lease, nx=True, px=self._lock_ms)
-            )
-            if locked is None:
+            took = await self._conn.call("lock", lambda c: self._run_lock(c, keys[1], lease))
+            if took is None:
                 self._metrics.lookups.labels("error").inc()
                 return False
+            locked = took
         self._miss.inc()
         if locked:
-            self._leases[key] = lease
             self._metrics.flights.labels("led").inc()
             return False
+        del self._leases[key]  # another process holds it
         return True
 
-    async def follow(self, key: bytes) -> Entry | None:
-        """Another process is verifying this token: its answer, within `flight_wait`; None
-        when none came (this process then verifies and `store`s)."""
-        await self._events.landed(key, self._wait)
+    async def follow(self, key: bytes, realm: bytes, wait: float) -> Entry | None:
+        """Another process is verifying this token: its answer, within `flight_wait` and
+        `wait` (what the caller can spare); None when none came (this process then
+        verifies and `store`s)."""
+        key = in_realm(key, realm)
+        await self._events.landed(key, min(self._wait, wait))
         name = self.keys(key)[0]
         value = await self._conn.call("get", lambda c: c.get(name))
         entry = self._read(key, value, count=False) if value else None
@@ -156,19 +186,31 @@ class SharedLevel:
             self._hit.inc()
         return entry
 
-    async def _run_fetch(self, client: Any, keys: list[str], lease: bytes) -> Any:
+    async def _run_fetch(self, client: Any, keys: list[str], lease: bytes) -> tuple[object, bool]:
         """FETCH by its SHA, as redis-py's `Script` does (loaded again when the server
-        lost it: a restart, SCRIPT FLUSH), without that wrapper's per-call argument work."""
+        lost it: a restart, SCRIPT FLUSH), without that wrapper's per-call argument work.
+        Read here, inside the guarded call: a reply of another shape raises, and the call
+        counts as failed."""
         script = self._fetch
         try:
-            return await client.execute_command(
+            reply = await client.execute_command(
                 "EVALSHA", script.sha, 2, keys[0], keys[1], lease, self._lock_arg
             )
         except NoScriptError:
-            return await script(keys=keys, args=[lease, self._lock_arg], client=client)
+            reply = await script(keys=keys, args=[lease, self._lock_arg], client=client)
+        if not isinstance(reply, list) or len(reply) != 2 or reply[1] not in (0, 1):
+            raise ValueError("FETCH answered something else than {value or false, 0 or 1}")
+        # The value, whatever it is, goes to `_read`, which trusts nothing it cannot verify.
+        return reply[0], reply[1] == 1
 
-    def store(self, key: bytes, entry: Entry | None) -> None:
+    async def _run_lock(self, client: Any, name: str, lease: bytes) -> bool:
+        """SET NX: whether this process took the lock (a refused SET is nil, not a
+        failure: None from `call` means the call failed)."""
+        return bool(await client.set(name, lease, nx=True, px=self._lock_ms))
+
+    def store(self, key: bytes, realm: bytes, entry: Entry | None) -> None:
         """Write `entry` (None: nothing to write, e.g. Clerk was down) and release the lock."""
+        key = in_realm(key, realm)
         lease = self._leases.pop(key, b"")
         value = b""
         ttl_ms = 0
@@ -189,10 +231,12 @@ class SharedLevel:
         self._background("store", lambda c: self._store(keys=keys, args=args, client=c))
 
     def forget(self, keys: list[bytes]) -> None:
-        """Remove these entries (a revocation: the processes that hold them in their first
-        level know their keys; the others refuse the Principal when they read it)."""
-        names = [self.keys(key)[0] for key in keys]
-        self._background("forget", lambda c: c.unlink(*names))
+        """Remove these entries, in every realm of this process (a revocation: the
+        processes that hold them in their first level know their keys; the others refuse
+        the Principal when they read it)."""
+        names = [self.keys(in_realm(key, realm))[0] for key in keys for realm in self._realms]
+        if names:
+            self._background("forget", lambda c: c.unlink(*names))
 
     def _background(self, op: str, make: Callable[[Any], Awaitable[Any]]) -> None:
         task = asyncio.ensure_future(self._conn.call(op, make))
@@ -202,6 +246,11 @@ class SharedLevel:
     async def close(self) -> None:
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
+
+
+def in_realm(key: bytes, realm: bytes) -> bytes:
+    """The key a token has in the shared level within `realm` (a cache key's size)."""
+    return hashlib.sha256(realm + key).digest()[: len(key)]
 
 
 def namespace(prefix: str, scope: bytes) -> str:
