@@ -33,7 +33,7 @@ import pytest
 from redis.asyncio import Redis
 
 from proxy.emulator.app import ClerkEmulator
-from proxy.process.admin import create_admin_app
+from proxy.process.admin import create_control_app
 from proxy.request.app import PROXY
 from tests.support import Recorder, upstream_app
 from tests.support_issuers import API, IssuerStack, issuer_stack
@@ -100,7 +100,7 @@ class Fleet:
 
 
 def revoke_url(node: Running) -> str:
-    return node.admin_url("/revoke")
+    return node.control_url("/revoke")
 
 
 @pytest.fixture
@@ -349,7 +349,7 @@ async def test_revoke_is_not_on_the_scrape_port(fleet: Fleet) -> None:
 
 async def test_a_revocation_names_its_issuer(issuer_stack: Any, aiohttp_server: Any) -> None:
     s: IssuerStack = await issuer_stack(revocation={"secret": REVOKE_SECRET})
-    control = await aiohttp_server(create_admin_app(s.proxy.app[PROXY]))
+    control = await aiohttp_server(create_control_app(s.proxy.app[PROXY]))
     machine = s.clerk.create_machine("partner").id
     clerk_token = s.clerk.create_m2m_token(machine)
     emu = s.issuers["authgear"]

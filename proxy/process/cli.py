@@ -50,9 +50,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if workers > 1:
             # N workers would each fail on a taken port: one look first, one line.
-            for key, where in (("listen", config.listen), ("admin", config.admin)):
+            control = config.revocation.listen if config.revocation.secret else None
+            listeners = [("listen", config.listen), ("admin", config.admin)]
+            if control is not None:
+                listeners.append(("revocation.listen.port", control))
+            for key, where in listeners:
                 probe(where.host, where.port, key, config.variables)
-            return run_workers(workers, args.config, config.admin.host, config.admin.port)
+            return run_workers(workers, args.config, config.admin, control)
 
         reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"
 

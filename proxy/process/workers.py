@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from proxy.config.model import Listen
 from proxy.process.gateway import ADMIN_SOCKET_ENV, Gateway
 from proxy.process.ports import ListenError
 
@@ -167,7 +168,8 @@ def worker_command(config_path: str) -> Sequence[str]:
     ]
 
 
-def run_workers(count: int, config_path: str, admin_host: str, admin_port: int) -> int:
+def run_workers(count: int, config_path: str, admin: Listen, control: Listen | None = None) -> int:
+    """`control`: the revocation listener, when revocation is on."""
     env = dict(os.environ, **{REUSE_PORT_ENV: "1"})
     cmd = worker_command(config_path)
     # Each worker's admin app on a socket of its own; the supervisor's gateway serves the
@@ -179,13 +181,19 @@ def run_workers(count: int, config_path: str, admin_host: str, admin_port: int) 
         own = dict(env, **{ADMIN_SOCKET_ENV: str(sockets[index])})
         return subprocess.Popen(cmd, env=own)  # noqa: S603
 
-    gateway = Gateway(admin_host, admin_port, sockets)
+    gateway = Gateway(
+        admin.host,
+        admin.port,
+        sockets,
+        None if control is None else (control.host, control.port),
+    )
     try:
         gateway.start()
     except OSError as exc:
         shutil.rmtree(sockets_dir, ignore_errors=True)
         # The cli's one line and exit code 2, as for a single process.
-        raise ListenError(admin_host, admin_port, "admin", exc, {}) from None
+        where = admin if gateway.failed == "admin" or control is None else control
+        raise ListenError(where.host, where.port, gateway.failed, exc, {}) from None
     supervisor = Supervisor(count, spawn)
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
