@@ -60,6 +60,9 @@ class Cluster:
         lock = 2 * config.clerk.timeout + 1.0
         mac = codec.mac_key(config.clerk.secret_key, scope)
         self._signing = revocation.signing_key(mac)
+        # The signed text of each live revocation verified or signed here: a resync checks
+        # a MAC once per member, not once per member per resync.
+        self._texts: dict[Revocation, bytes] = {}
         self.level = SharedLevel(
             self.connection, self.events, self.namespace, mac, lock_seconds=lock
         )
@@ -81,16 +84,41 @@ class Cluster:
         await self.level.close()
         await self.connection.close()
 
-    def _verified(self, raw: list[bytes], now: float) -> tuple[list[Revocation], int]:
-        """The revocations among `raw` that carry this instance's MAC, and how many did not."""
-        found = [r for r in (revocation.verify(self._signing, m, now) for m in raw) if r]
-        forged = len(raw) - len(found)
+    def _text(self, r: Revocation) -> bytes:
+        text = self._texts.get(r)
+        if text is None:
+            if len(self._texts) >= 2 * revocation.MAX_REVOKED:
+                self._texts.clear()
+            text = self._texts[r] = revocation.sign(self._signing, r).encode("ascii")
+        return text
+
+    def _verified(
+        self, raw: list[bytes], now: float, known: dict[bytes, Revocation]
+    ) -> tuple[list[Revocation], list[bytes]]:
+        """The revocations among `raw` (members) that carry this instance's MAC, and what
+        did not (counted); `known`: texts verified before, by text."""
+        found: list[Revocation] = []
+        forged: list[bytes] = []
+        for text in raw:
+            r = known.get(text)
+            if r is None:
+                r = revocation.verify(self._signing, text, now)
+                if r is None:
+                    forged.append(text)
+                    continue
+                self._texts[r] = text
+                known[text] = r
+            found.append(r)
         if forged:
-            self.metrics.revocations_refused.inc(forged)
+            self.metrics.revocations_refused.labels("resync").inc(len(forged))
         return found, forged
 
     def _heard(self, raw: list[bytes]) -> None:
-        found, _ = self._verified(raw, time.time())
+        now = time.time()
+        # A message is verified on its own (no table of known texts built for it).
+        found = [r for r in (revocation.verify(self._signing, m, now) for m in raw) if r]
+        if len(found) < len(raw):
+            self.metrics.revocations_refused.labels("message").inc(len(raw) - len(found))
         if found:
             self._revocations.apply_all(found, "message")
 
@@ -99,35 +127,38 @@ class Cluster:
         this process's live revocations that Redis lost (restarted empty, flushed, a member
         removed) are written back, so a process started later still learns them."""
         now = time.time()
+        self._texts = {r: t for r, t in self._texts.items() if r.until > now}
         # The command client, not the listener: in a Cluster the set lives on its slot's node.
         client = self.connection.client
-        raw = await revocation.read_all(client, self.revoked_key, now)
-        found, forged = self._verified(raw, now)
-        self._revocations.apply_all(found, "resync")
-        if forged:
-            signed = {revocation.sign(self._signing, r) for r in found}
-            junk = [m for m in raw if m.decode("ascii", "replace") not in signed]
-            for at in range(0, len(junk), revocation.PAGE):
-                await client.zrem(self.revoked_key, *junk[at : at + revocation.PAGE])
-        stored = set(raw)
-        lost = {
-            text: r.until
+        known = {text: r for r, text in self._texts.items()}
+        stored: set[bytes] = set()
+        start = 0
+        while True:
+            page = await revocation.read_page(client, self.revoked_key, now, start)
+            found, forged = self._verified(page, now, known)
+            if forged:
+                await client.zrem(self.revoked_key, *forged)
+            self._revocations.apply_all(found, "resync")
+            stored.update(page)
+            if len(page) < revocation.PAGE:
+                break
+            start += len(page) - len(forged)
+        lost = [
+            (text, r.until)
             for r in self._revocations.revoked.items()
-            if (text := revocation.sign(self._signing, r)).encode() not in stored
-        }
+            if (text := self._text(r)) not in stored
+        ]
+        for at in range(0, len(lost), revocation.PAGE):
+            await client.zadd(self.revoked_key, dict(lost[at : at + revocation.PAGE]))
         if lost:
-            items = list(lost.items())
-            for at in range(0, len(items), revocation.PAGE):
-                await client.zadd(self.revoked_key, dict(items[at : at + revocation.PAGE]))
             log.warning(
-                "revocations the shared level had lost written back",
-                extra={"count": len(lost)},
+                "revocations the shared level had lost written back", extra={"count": len(lost)}
             )
 
     async def publish(self, r: Revocation) -> int:
         """Store and announce a revocation; how many processes heard it. Raises when Redis
         cannot be reached (the operator must know it did not propagate)."""
-        signed = revocation.sign(self._signing, r)
+        signed = self._text(r)
         args: list[str | float | bytes] = [
             signed,
             r.until,

@@ -46,8 +46,8 @@ def landed_message(key: bytes) -> bytes:
     return LANDED + key
 
 
-def revoked_message(signed: str) -> bytes:
-    return REVOKED + signed.encode("ascii")
+def revoked_message(signed: bytes) -> bytes:
+    return REVOKED + signed
 
 
 class Events:
@@ -137,7 +137,9 @@ class Events:
                     log.info("shared cache channel subscribed again")
                 failures = 0
                 await self._listen(pubsub)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, OSError, TimeoutError, ValueError, TypeError) as exc:
+                # ValueError/TypeError: a reply of a shape no Redis sends; the listener
+                # must outlive it (it carries every revocation), so it reconnects.
                 if failures == 0:
                     log.warning(
                         "shared cache channel lost; revocations are re-read on reconnect",

@@ -77,7 +77,9 @@ class SharedMetrics:
         self.revocations_refused = Counter(
             "authproxy_revocations_refused_total",
             "Revocations read from the shared level (messages and set members) that do not "
-            "carry this instance's MAC, or end at no time an operator could set: ignored.",
+            "carry this instance's MAC, or end at no time an operator could set: ignored; "
+            "by source (message, resync).",
+            ["source"],
             registry=r,
         )
         self.revoked_refusals = Counter(

@@ -198,17 +198,15 @@ def set_key(namespace: str) -> str:
     return f"{namespace}:{{revoked}}"
 
 
-# Members read per round trip: a set an attacker filled is read without one huge reply.
+# Members read per round trip: a set an attacker filled is read (and cleaned) a page at
+# a time, so each resync makes progress even when it runs out of time.
 PAGE: Final = 1000
 
 
-async def read_all(client: Any, key: str, now: float) -> list[bytes]:
-    """Every member of the set whose score says it is live, as stored (unverified)."""
-    members: list[bytes] = []
-    start = 0
-    while True:
-        page = await client.zrangebyscore(key, now, "+inf", start=start, num=PAGE)
-        members.extend(m if isinstance(m, bytes) else str(m).encode() for m in page)
-        if len(page) < PAGE:
-            return members
-        start += PAGE
+async def read_page(client: Any, key: str, now: float, start: int) -> list[bytes]:
+    """Up to `PAGE` members of the set whose score says they are live, from `start`, as
+    stored (unverified)."""
+    page = await client.zrangebyscore(key, now, "+inf", start=start, num=PAGE)
+    if not isinstance(page, list):
+        raise TypeError("ZRANGEBYSCORE answered something other than an array")
+    return [m for m in page if isinstance(m, bytes)]
