@@ -189,7 +189,10 @@ def test_a_full_set_pushes_no_live_revocation_out() -> None:
         assert revoked.add(Revocation("clerk", "token_id", f"mt_{n:032x}", 10_000.0 + n))
     assert revoked.full
     assert not revoked.add(Revocation("clerk", "token_id", "mt_late", 1e6))
-    assert revoked.holds(Revocation("clerk", "token_id", f"mt_{0:032x}", 10_000.0))
+    assert revoked.turned_away == 1
+    assert not revoked.add(Revocation("clerk", "token_id", f"mt_{0:032x}", 10_000.0))  # held
+    assert revoked.turned_away == 1
+    assert revoked.denies(Principal("machine", "mch_x", "m2m_token", f"mt_{0:032x}"))
 
 
 def test_revocations_are_signed_and_bounded() -> None:

@@ -141,12 +141,17 @@ def classify(token: str) -> TokenKind:
 
 def is_secret(value: str) -> bool:
     """Whether `value` is a credential itself rather than the id of one: an opaque token of
-    Clerk's shapes that is not an object id, or anything shaped like a JWT (no id has
-    dots). Revoking "by id" with a secret would store and publish it and match nothing."""
+    Clerk's shapes that is not an object id, or a JWT, whoever signed it (a header that
+    decodes to JSON naming an `alg`; a subject such as `first.last@example.com` is not
+    one). Revoking "by id" with a secret would store and publish it and match nothing."""
     if _OBJECT_ID.fullmatch(value):
         return False
-    if value.count(".") == 2:
-        return True
+    segments = value.split(".")
+    if len(segments) == 3:
+        try:
+            return "alg" in _b64json(segments[0], "header")
+        except ProxyError:
+            return False
     try:
         classify(value)
     except ProxyError:

@@ -170,8 +170,9 @@ def add_parser(sub: Any) -> None:
         "--url",
         "--admin-url",
         dest="url",
-        required=True,
-        help="the proxy's control listener (revocation.listen), e.g. http://127.0.0.1:9091",
+        default="http://127.0.0.1:9091",
+        help="the proxy's control listener (revocation.listen; default %(default)s, the "
+        "default listener seen from inside the pod)",
     )
     p.add_argument("--secret-file", required=True, help="file holding revocation.secret")
     who = p.add_mutually_exclusive_group(required=True)

@@ -231,11 +231,15 @@ class Revocations:
     def apply_all(self, batch: list[Revocation], source: str) -> int:
         """Refuse each here until its end, and drop the first-level entries they end in
         one pass (however many arrived together); how many entries were dropped."""
+        turned_away = self.revoked.turned_away
         added = [r for r in batch if self.revoked.add(r)]
-        if len(added) < len(batch) and self.revoked.full:
+        if self.revoked.turned_away > turned_away:
             log.error(
                 "revocations not held: this process holds the most it may",
-                extra={"count": len(batch) - len(added), "limit": revocation.MAX_REVOKED},
+                extra={
+                    "count": self.revoked.turned_away - turned_away,
+                    "limit": revocation.MAX_REVOKED,
+                },
             )
         if not added:
             return 0
@@ -279,8 +283,9 @@ class Revocations:
         else:
             until = now + self._default_ttl
         r = Revocation(issuer, kind, value, until)
+        turned_away = self.revoked.turned_away
         dropped += self.apply_all([r], "admin")
-        if not self.revoked.holds(r):
+        if self.revoked.turned_away > turned_away:
             why = f"not applied: this process holds {revocation.MAX_REVOKED} live revocations"
             return Outcome(r, dropped, False, None, why)
         if self.cluster is None:

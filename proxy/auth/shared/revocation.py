@@ -138,6 +138,8 @@ class Revoked:
     def __init__(self, *, now: Callable[[], float] = time.time) -> None:
         self._now = now
         self._until: dict[tuple[str, str, str], float] = {}
+        # Live revocations not held because the set was full (an operator must know).
+        self.turned_away = 0
 
     def __len__(self) -> int:
         return len(self._until)
@@ -159,13 +161,10 @@ class Revoked:
         if known is None and len(self._until) >= MAX_REVOKED:
             self._expire(now)
             if len(self._until) >= MAX_REVOKED:
+                self.turned_away += 1
                 return False
         self._until[key] = r.until
         return True
-
-    def holds(self, r: Revocation) -> bool:
-        """Whether `r` is refused here until its end (or later)."""
-        return self._until.get((r.issuer, r.kind, r.value), 0.0) >= r.until
 
     def denies(self, principal: Principal) -> bool:
         if not self._until:
