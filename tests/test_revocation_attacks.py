@@ -272,6 +272,12 @@ async def test_redis_restarted_empty_gets_the_live_revocations_back(
     assert await fleet.get(node, token.secret) == 200
     status, body = await fleet.revoke(node, token_id=token.id)
     assert status == 200 and body["propagated"], body
+    redis = Redis.from_url(redis_server.url)
+    _, key = await _channel_and_set(redis)
+    (member,) = await redis.zrange(key, 0, -1)
+    # Signed, and naming whose token it is (row 5 in Redis): r1 <tag> <until> clerk token_id <id>
+    assert member.startswith(b"r1 ") and member.endswith(f" clerk token_id {token.id}".encode())
+    await redis.aclose()
     redis_server.stop(kill=True)
     redis_server.start()  # same port, nothing kept
     redis = Redis.from_url(redis_server.url)
@@ -367,7 +373,9 @@ async def test_revoke_is_not_on_the_scrape_port(fleet: Fleet) -> None:
 # -- row 5
 
 
-async def test_a_revocation_names_its_issuer(issuer_stack: Any, aiohttp_server: Any) -> None:
+async def test_a_revocation_names_its_issuer(
+    issuer_stack: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
     s: IssuerStack = await issuer_stack(revocation={"secret": REVOKE_SECRET})
     control = await aiohttp_server(create_control_app(s.proxy.app[PROXY]))
     machine = s.clerk.create_machine("partner").id
@@ -398,3 +406,21 @@ async def test_a_revocation_names_its_issuer(issuer_stack: Any, aiohttp_server: 
     assert await status(foreign) == 401
     assert (await revoke(subject=machine, issuer="nobody"))[0] == 400
     assert (await revoke(token_id=clerk_token.id, issuer="authgear", at_clerk=True))[0] == 400
+    # From a shell: --issuer names it, and the answer says whose.
+    second = emu.mint(
+        {"iss": emu.issuer, "aud": API, "iat": now, "exp": now + 600, "jti": "jti-second",
+         "client_id": "svc-b", "sub": "svc-b", "scope": "scores:read"}
+    )  # fmt: skip
+    assert await status(second) == 200
+    secret_file = tmp_path / "revoke-secret"
+    secret_file.write_text(REVOKE_SECRET)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy.process.cli", "revoke",
+        "--url", str(control.make_url("")).rstrip("/"), "--secret-file", str(secret_file),
+        "--token-id", "jti-second", "--issuer", "authgear",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode == 3  # no shared level in this stack: this process only
+    assert json.loads(out)["revoked"]["issuer"] == "authgear"
+    assert await status(second) == 401
