@@ -172,6 +172,11 @@ def _issues(raw: Any, env: dict[str, str] | None = None) -> list[str]:
         ),
         ({"clerk": {"backoff_initial": "1s", "backoff_max": "500ms"}}, "bad.yaml: clerk.backoff_max: must not be less than clerk.backoff_initial"),
         ({"admin": {"port": 8080}, "listen": {"port": 8080}}, "bad.yaml: admin.port: must differ from listen.port"),
+        (
+            {"admin": {"port": 9090}, "revocation": {"secret": "a-revocation-secret-0123", "listen": {"port": 9090}}},
+            "bad.yaml: revocation.listen.port: must differ from listen.port and admin.port",
+        ),
+        ({"revocation": {"listen": {"bind": "x"}}}, "bad.yaml: revocation.listen.bind"),
     ],
 )
 def test_each_bad_key_is_named(patch: dict[str, Any], expected: str) -> None:

@@ -715,6 +715,15 @@ def test_shared_cache_and_revocation_secrets_mount_and_load(tmp_path: Path) -> N
     assert (shared.username, shared.password, shared.timeout, shared.flight_wait) == ("proxy", "redis-password", 0.02, 0.5)
     assert shared.ca_file == str(redis_dir / "ca.crt")
     assert cfg.revocation.secret == "a-revocation-secret-0123"
+    # Issue 26 row 15: POST /revoke on the pod's loopback, published by no Service and
+    # declared by no container port; the scrape port serves nothing that changes state.
+    control = cfg.revocation.listen
+    assert (control.host, control.port) == ("127.0.0.1", 9091)
+    ports = [p for c in pod["initContainers"] + pod["containers"] for p in c.get("ports", [])]
+    assert control.port not in {p["containerPort"] for p in ports}
+    for svc in by_kind(docs, "Service"):
+        targets = {p["targetPort"] for p in svc["spec"]["ports"]}
+        assert targets <= {"http", "admin"} and control.port not in targets
     # Off by default: nothing rendered, nothing mounted.
     default = manifests(render_chart({}))
     assert _config_from_configmap(default, tmp_path).cache.shared is None

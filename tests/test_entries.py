@@ -165,3 +165,22 @@ def test_tiny_index_with_every_bucket_colliding() -> None:
         table[k] = negative(n)
     del table[keys[0]]
     assert [table.get(k) for k in keys] == [None, negative(1), negative(2)]
+
+
+def test_matching_finds_every_revoked_id_and_subject_in_one_pass() -> None:
+    """Revocations arrive in batches (issue 26 row 4): one pass finds the entries of all
+    the ids and subjects of a batch, packed or not, and nothing else."""
+    table = PackedTable()
+    odd = "tok.not-a-clerk-form"  # a token id no form packs
+    for i in range(200):
+        table[key(i)] = positive(i, token_id=odd if i == 150 else None)
+    table[key(1000)] = negative(1000)
+    want_ids = {f"mt_{3:032x}", f"mt_{77:032x}", odd, "mt_nowhere"}
+    found = table.matching(want_ids, {"mch_5"})
+    keys = {k for k, _ in found}
+    expected = {key(3), key(77), key(150)} | {key(i) for i in range(200) if i % 7 == 5}
+    assert keys == expected
+    for k, entry in found:
+        assert entry == table.get(k)
+    assert table.matching((), ()) == []
+    assert table.matching(set(), {"mch_nobody"}) == []

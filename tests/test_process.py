@@ -22,10 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Running:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, admin: int) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, port: int, admin: int, control: int | None = None
+    ) -> None:
         self.proc = proc
         self.port = port
         self.admin = admin
+        self.control = control  # revocation.listen's port, when revocation is on
         self.lines: list[dict[str, Any]] = []
         self._reader = asyncio.create_task(self._read())
 
@@ -43,6 +46,10 @@ class Running:
     def admin_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.admin}{path}"
 
+    def control_url(self, path: str) -> str:
+        assert self.control is not None, "no revocation section in this config"
+        return f"http://127.0.0.1:{self.control}{path}"
+
     async def wait_log(self, msg: str, timeout: float = 10.0) -> dict[str, Any]:
         for _ in range(int(timeout / 0.05)):
             for line in self.lines:
@@ -54,6 +61,8 @@ class Running:
 
 def write_config(path: Path, upstream: str, **overrides: Any) -> tuple[int, int]:
     port, admin = unused_port(), unused_port()
+    if "revocation" in overrides:  # its control listener, on a port of its own
+        overrides["revocation"] = {"listen": {"port": unused_port()}, **overrides["revocation"]}
     raw = config_dict(upstream, listen={"port": port}, admin={"port": admin}, **overrides)
     if raw["clerk"]["secret_key"] == "sk_test_unit":
         raw["clerk"]["secret_key"] = "${CLERK_SECRET_KEY}"  # start() sets it
@@ -76,9 +85,16 @@ async def start(config: Path, port: int, admin: int) -> Running:
         cwd=ROOT, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
         env={**os.environ, "CLERK_SECRET_KEY": "sk_test_unit"},
     )
-    running = Running(proc, port, admin)
+    running = Running(proc, port, admin, control_port(config))
     await running.wait_log("serving")
     return running
+
+
+def control_port(config: Path) -> int | None:
+    """revocation.listen's port in a config `write_config` wrote (None: no revocation)."""
+    raw = yaml.safe_load(config.read_text())
+    port = raw.get("revocation", {}).get("listen", {}).get("port")
+    return int(port) if port is not None else None
 
 
 @pytest.fixture

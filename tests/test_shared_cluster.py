@@ -95,7 +95,7 @@ async def test_a_cold_herd_over_three_processes_costs_one_call_and_revocation_re
     assert c.emulator.calls["m2m_verify"] == 1
     c.emulator.clear_faults()
     async with c.client.post(
-        c.nodes[1].admin_url("/revoke"),
+        c.nodes[1].control_url("/revoke"),
         json={"token_id": token.id},
         headers={"Authorization": f"Bearer {REVOKE_SECRET}"},
     ) as resp:

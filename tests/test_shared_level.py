@@ -22,7 +22,7 @@ from proxy.auth.shared.level import in_realm
 from proxy.config.load import build_config
 from proxy.config.realms import clerk_realm
 from proxy.emulator.app import ClerkEmulator
-from proxy.process.admin import create_admin_app
+from proxy.process.admin import create_admin_app, create_control_app
 from proxy.request.app import PROXY, create_app
 from tests.support import Recorder, config_dict, upstream_app
 from tests.support_redis import (
@@ -52,6 +52,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 class Node:
     proxy: TestServer
     admin: TestServer
+    control: TestServer
 
     def metric(self, name: str, **labels: str) -> float:
         return metric(self.proxy.app[PROXY].metrics.render().decode(), name, **labels)
@@ -78,7 +79,7 @@ class Stack:
             return resp.status, await resp.json()
 
     async def revoke(self, node: int, **body: Any) -> tuple[int, dict[str, Any]]:
-        url = self.nodes[node].admin.make_url("/revoke")
+        url = self.nodes[node].control.make_url("/revoke")
         headers = {"Authorization": f"Bearer {REVOKE_SECRET}"}
         async with self.client.post(url, json=body, headers=headers) as resp:
             return resp.status, await resp.json()
@@ -111,7 +112,8 @@ async def stack(aiohttp_server: Any, redis_server: Server) -> AsyncIterator[Any]
             app = create_app(config)
             proxy = await aiohttp_server(app)
             admin = await aiohttp_server(create_admin_app(app[PROXY]))
-            built.append(Node(proxy, admin))
+            control = await aiohttp_server(create_control_app(app[PROXY]))
+            built.append(Node(proxy, admin, control))
         client = aiohttp.ClientSession()
         clients.append(client)
         redis = Redis.from_url(redis_server.url)
@@ -315,7 +317,7 @@ async def test_revocation_at_clerk_and_the_endpoint_refusals(stack: Any) -> None
     status, body = await s.revoke(0, token_id=token.id, at_clerk=True, reason="leaked")
     assert status == 200 and body["clerk"]["status"] == "revoked", body
     assert s.emulator.calls["m2m_revoke"] == 1
-    url = s.nodes[0].admin.make_url("/revoke")
+    url = s.nodes[0].control.make_url("/revoke")
     for headers, payload, want in (
         ({}, {"token_id": token.id}, (401, "token_missing")),
         ({"Authorization": "Bearer wrong-secret-0123456789"}, {"token_id": token.id}, (401, "token_invalid")),
@@ -402,13 +404,13 @@ async def test_valkey_too(stack: Any, tmp_path: Path) -> None:
 
 
 
-async def test_the_revoke_command_goes_through_the_admin_port(stack: Any, tmp_path: Path) -> None:
+async def test_the_revoke_command_goes_through_the_control_listener(stack: Any, tmp_path: Path) -> None:
     s: Stack = await stack(2)
     token = s.emulator.create_m2m_token(s.emulator.create_machine("partner").id)
     assert (await s.get(1, token.secret))[0] == 200
     secret_file = tmp_path / "revoke-secret"
     secret_file.write_text(REVOKE_SECRET + "\n")
-    admin = str(s.nodes[0].admin.make_url("")).rstrip("/")
+    admin = str(s.nodes[0].control.make_url("")).rstrip("/")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy.process.cli", "revoke", "--admin-url", admin,
         "--secret-file", str(secret_file), "--token-id", token.id, "--reason", "leaked",

@@ -8,10 +8,9 @@ import json
 import pytest
 
 from proxy.auth.cache.entries import Negative, Positive
-from proxy.auth.shared import codec
+from proxy.auth.shared import codec, revocation
 from proxy.auth.shared.breaker import Breaker
-from proxy.auth.shared.events import parse_revocation, revoked_message
-from proxy.auth.shared.revocation import Revoked, parse_member
+from proxy.auth.shared.revocation import MAX_REVOKED, Revocation, Revoked
 from proxy.config.shared import redis_target
 from proxy.core.principal import Principal
 
@@ -157,24 +156,72 @@ def test_bad_redis_urls(url: str, why: str) -> None:
 def test_revoked_set_refuses_until_the_end_and_forgets_after() -> None:
     clock = Clock()
     revoked = Revoked(now=clock)
-    assert revoked.add("token_id", MACHINE.token_id or "", 160.0)
-    assert not revoked.add("token_id", MACHINE.token_id or "", 150.0)  # an earlier end adds nothing
+    token_id = MACHINE.token_id or ""
+    assert revoked.add(Revocation("clerk", "token_id", token_id, 160.0))
+    assert not revoked.add(Revocation("clerk", "token_id", token_id, 150.0))  # an earlier end adds nothing
     assert revoked.denies(MACHINE)
     other = Principal("machine", "mch_other", "m2m_token", "mt_other")
     assert not revoked.denies(other)
-    assert revoked.add("subject", "mch_other", 120.0)
+    assert revoked.add(Revocation("clerk", "subject", "mch_other", 120.0))
     assert revoked.denies(other)
     clock.t = 130.0
     assert not revoked.denies(other) and revoked.denies(MACHINE)
     clock.t = 160.0
     assert not revoked.denies(MACHINE)
-    assert not revoked.add("token_id", "mt_past", 100.0)  # already over
+    assert not revoked.add(Revocation("clerk", "token_id", "mt_past", 100.0))  # already over
 
 
-def test_revocation_messages_and_members() -> None:
-    assert parse_revocation(revoked_message("subject", "mch_x", 12.5)) == ("subject", "mch_x", 12.5)
-    for bad in (b"R{", b"R[]", b'R{"kind":"user","value":"x","until":1}', b'R{"kind":"subject","value":"","until":1}', b'R{"kind":"subject","value":"x","until":true}'):
-        assert parse_revocation(bad) is None
-    assert parse_member("token_id:mt_1") == ("token_id", "mt_1")
-    assert parse_member("subject:a b") is None
-    assert parse_member("other:x") is None
+def test_a_revocation_is_one_issuers() -> None:
+    """Row 5: OIDC's identifier is iss + sub; one issuer's `mch_x` is not another's."""
+    revoked = Revoked(now=Clock())
+    assert revoked.add(Revocation("clerk", "subject", MACHINE.id or "", 500.0))
+    assert revoked.denies(MACHINE)
+    foreign = Principal("machine", MACHINE.id, "m2m_token", MACHINE.token_id, issuer="acme")
+    assert not revoked.denies(foreign)
+    assert revoked.add(Revocation("acme", "token_id", MACHINE.token_id or "", 500.0))
+    assert revoked.denies(foreign)
+
+
+def test_a_full_set_pushes_no_live_revocation_out() -> None:
+    """Row 3: the bound holds memory, never by forgetting a live revocation."""
+    revoked = Revoked(now=Clock())
+    for n in range(MAX_REVOKED):
+        assert revoked.add(Revocation("clerk", "token_id", f"mt_{n:032x}", 10_000.0 + n))
+    assert revoked.full
+    assert not revoked.add(Revocation("clerk", "token_id", "mt_late", 1e6))
+    assert revoked.turned_away == 1
+    assert not revoked.add(Revocation("clerk", "token_id", f"mt_{0:032x}", 10_000.0))  # held
+    assert revoked.turned_away == 1
+    assert revoked.denies(Principal("machine", "mch_x", "m2m_token", f"mt_{0:032x}"))
+
+
+def test_revocations_are_signed_and_bounded() -> None:
+    """Row 9: a revocation is what the key signed, live, and ends within the longest TTL."""
+    key = revocation.signing_key(MAC)
+    now = 1_000.0
+    r = Revocation("clerk", "token_id", "mt_0123456789abcdef0123456789abcdef", 1_234.5678)
+    text = revocation.sign(key, r)
+    assert revocation.verify(key, text, now) == r
+    assert revocation.verify(key, text.encode(), now) == r
+    assert revocation.sign(key, revocation.verify(key, text, now) or r) == text  # written back as read
+    other = revocation.signing_key(codec.mac_key("sk_test_other", b"scope"))
+    tag = text.split(" ")[1]
+    for bad in (
+        revocation.sign(other, r),  # another instance's key
+        text.replace("mt_0123", "mt_9123"),  # the value changed
+        text.replace("1234.5678", "9999.5678"),  # the end moved
+        text.replace(tag, "0" * 32),
+        f"r1 {tag} inf clerk token_id mt_x",
+        f"r1 {tag} nan clerk token_id mt_x",
+        "token_id:mt_0123456789abcdef0123456789abcdef",  # the unsigned format
+        'R{"kind":"token_id","value":"mt_x","until":Infinity}',
+        b"\xff" * 40,
+        "",
+    ):
+        assert revocation.verify(key, bad, now) is None, bad
+    # Signed, yet no operator could set it: ended, too far out, not finite, not an id.
+    for until in (999.0, now + revocation.MAX_TTL + 2 * 86_400, float("inf"), float("nan")):
+        signed = revocation.sign(key, Revocation("clerk", "subject", "mch_x", until))
+        assert revocation.verify(key, signed, now) is None, until
+    for issuer, kind, value in (("Acme", "subject", "x"), ("clerk", "user", "x"), ("clerk", "subject", "a\x00")):
+        assert revocation.verify(key, revocation.sign(key, Revocation(issuer, kind, value, 2_000.0)), now) is None

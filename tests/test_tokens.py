@@ -203,3 +203,28 @@ def test_token_id_message_tells_partner_what_to_send() -> None:
 )
 def test_kind_properties(kind: TokenKind, token_type: str, is_jwt: bool) -> None:
     assert (kind.token_type, kind.is_jwt) == (token_type, is_jwt)
+
+
+@pytest.mark.parametrize(
+    ("value", "secret"),
+    [
+        ("mt_" + "a" * 48, True),  # an opaque M2M token
+        ("ak_" + "Zx9" * 14, True),  # an API key (or a machine secret key)
+        ("oat_" + "q" * 40, True),
+        ("mt_0123456789abcdef0123456789abcdef", False),  # the ids: prefix + 32 hex
+        ("ak_0123456789abcdef0123456789abcdef", False),
+        ("oat_0123456789abcdef0123456789abcdef", False),
+        ("mch_2xYpartner000000000000001", False),  # subjects
+        ("user_2abc", False),
+        ("first.last@example.com", False),  # another issuer's sub with two dots
+        ("3f2a9c0e-1b7d-4c55-9e0a-7a1b2c3d4e5f", False),  # another issuer's jti
+        (
+            base64.urlsafe_b64encode(b'{"alg":"ES256","kid":"k"}').decode().rstrip("=")
+            + ".eyJzdWIiOiJ4In0.c2ln",
+            True,
+        ),  # any issuer's JWT
+    ],
+)
+def test_is_secret_tells_a_token_from_its_id(value: str, secret: bool) -> None:
+    """`revoke --token-id <the token itself>` is refused (issue 26 row 7), an id never."""
+    assert tokens.is_secret(value) is secret

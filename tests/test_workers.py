@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 
 from tests.support import Recorder
-from tests.test_process import ROOT, Running, upstream, write_config
+from tests.test_process import ROOT, Running, control_port, upstream, write_config
 
 __all__ = ["upstream"]  # a fixture
 
@@ -25,7 +25,7 @@ async def start_workers(config: Path, port: int, admin: int, count: int) -> Runn
         cwd=ROOT, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
         env={**os.environ, "CLERK_SECRET_KEY": "sk_test_unit"},
     )
-    return Running(proc, port, admin)
+    return Running(proc, port, admin, control_port(config))
 
 
 def lines(running: Running, msg: str) -> list[dict[str, Any]]:

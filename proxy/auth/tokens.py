@@ -34,6 +34,8 @@ MAX_JWT_SEGMENT_JSON = 6144
 # RFC 7235 token68; real bearer tokens never need the trailing '='.
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _M2M_ID = re.compile(r"mt_[0-9a-f]{32}")
+# The ids of Clerk's opaque-token objects: the prefix of the secret, then 32 hex digits.
+_OBJECT_ID = re.compile(r"(?:mt|oat|ak)_[0-9a-f]{32}")
 _OPAQUE_BODY = re.compile(r"[A-Za-z0-9_\-]+")
 _B64URL = re.compile(r"[A-Za-z0-9_\-]*")
 JWT_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
@@ -135,6 +137,26 @@ def classify(token: str) -> TokenKind:
     if token.count(".") == 2:
         return _classify_jwt(token)
     raise _invalid("not a Clerk token (expected mt_, oat_, ak_ or a JWT)")
+
+
+def is_secret(value: str) -> bool:
+    """Whether `value` is a credential itself rather than the id of one: an opaque token of
+    Clerk's shapes that is not an object id, or a JWT, whoever signed it (a header that
+    decodes to JSON naming an `alg`; a subject such as `first.last@example.com` is not
+    one). Revoking "by id" with a secret would store and publish it and match nothing."""
+    if _OBJECT_ID.fullmatch(value):
+        return False
+    segments = value.split(".")
+    if len(segments) == 3:
+        try:
+            return "alg" in _b64json(segments[0], "header")
+        except ProxyError:
+            return False
+    try:
+        classify(value)
+    except ProxyError:
+        return False
+    return True
 
 
 def _b64json(segment: str, what: str) -> dict[str, Any]:

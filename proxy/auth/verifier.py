@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Final
 
 import aiohttp
@@ -85,7 +85,7 @@ class ClerkVerifier:
                 config,
                 scope,
                 metrics,
-                self.revocations.apply,
+                self.revocations,
                 realms=[self._clerk_realm, *self._realms.values()],
             )
             self.revocations.cluster = self.cluster
@@ -111,18 +111,29 @@ class ClerkVerifier:
         if self.cluster is not None:
             await self.cluster.close()
 
-    def _drop(self, kind: str, value: str) -> tuple[list[bytes], float | None]:
+    def _drop(
+        self,
+        token_ids: Collection[str],
+        subjects: Collection[str],
+        which: Callable[[Principal], bool],
+    ) -> tuple[list[bytes], float | None]:
         self._memo = object()
-        if kind == "token_id":
-            return self.cache.drop(value, None)
-        return self.cache.drop(None, value)
+        return self.cache.drop(token_ids, subjects, which)
 
     async def revoke(
-        self, kind: str, value: str, *, ttl: float | None, reason: str, at_clerk: bool
+        self,
+        issuer: str,
+        kind: str,
+        value: str,
+        *,
+        ttl: float | None,
+        reason: str,
+        at_clerk: bool,
     ) -> Outcome:
-        """Refuse a token id or subject here and, with the shared level, everywhere;
-        `at_clerk` also revokes the token at Clerk (an M2M token or API key, by id)."""
-        outcome = await self.revocations.revoke(kind, value, ttl=ttl)
+        """Refuse one issuer's token id or subject here and, with the shared level,
+        everywhere; `at_clerk` also revokes the token at Clerk (an M2M token or API key,
+        by id; the caller has checked the issuer is Clerk)."""
+        outcome = await self.revocations.revoke(issuer, kind, value, ttl=ttl)
         if at_clerk:
             outcome.clerk = await self.clerk.revoke(value, reason)
         return outcome

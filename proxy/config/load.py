@@ -99,11 +99,13 @@ _LISTEN_KEYS = {"host", "port"}
 _NO_STRINGS: tuple[str, ...] = ()
 
 
-def _listen(r: Reader, raw: Any, key: str, default_port: int) -> Listen:
+def _listen(
+    r: Reader, raw: Any, key: str, default_port: int, default_host: str = "0.0.0.0"
+) -> Listen:
     client_facing = key == "listen"
     sec = r.section(raw, key, _LISTEN_KEYS | {"fast_path"} if client_facing else _LISTEN_KEYS)
     return Listen(
-        host=r.get(sec, key, "host", str_value, "0.0.0.0"),
+        host=r.get(sec, key, "host", str_value, default_host),
         port=r.get(sec, key, "port", port, default_port),
         fast_path=r.get(sec, key, "fast_path", bool_value, True) if client_facing else False,
     )
@@ -320,7 +322,11 @@ def build_config(
             level=level, access_log=r.get(lg, "logging", "access_log", bool_value, True)
         ),
         workers=r.get(top, "", "workers", positive_int, 1),
-        revocation=revocation(r, top.get("revocation")),
+        revocation=revocation(
+            r,
+            top.get("revocation"),
+            lambda raw: _listen(r, raw, "revocation.listen", 9091, "127.0.0.1"),
+        ),
         issuers=parse_issuers(r, top.get("issuers"), clerk.issuer),
         connections=parse_connections(r, top.get("connections")),
         forward_auth=_forward_auth(r, top.get("forward_auth")),
@@ -335,6 +341,9 @@ def build_config(
     for other, name in ((cfg.listen, "listen.port"), (cfg.admin, "admin.port")):
         if fa is not None and fa.port and (fa.host, fa.port) == (other.host, other.port):
             r.problem("forward_auth.port", f"must differ from {name}")
+    control = cfg.revocation.listen.port
+    if cfg.revocation.secret and control and control in (cfg.listen.port, cfg.admin.port):
+        r.problem("revocation.listen.port", "must differ from listen.port and admin.port")
     if r.issues:
         raise ConfigError(r.issues)
     return cfg

@@ -252,11 +252,14 @@ class Logging:
 
 @dataclass(frozen=True, slots=True)
 class Revocation:
-    """`revocation`: the admin port's POST /revoke (off without a secret)."""
+    """`revocation`: POST /revoke on its own listener (off without a secret)."""
 
     secret: str = field(default="", repr=False)
     # How long a revoked id stays refused when its expiry is not known.
     default_ttl_seconds: float = 86_400.0
+    # The control listener: loopback by default, never the scrape port (an operator
+    # reaches it with `kubectl exec … clerk-auth-proxy revoke`).
+    listen: Listen = Listen("127.0.0.1", 9091, fast_path=False)
 
 
 @dataclass(frozen=True, slots=True)

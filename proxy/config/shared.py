@@ -8,9 +8,10 @@ comes from `password_file` (or `${ENV}`), so it cannot leak with a logged URL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
-from proxy.config.model import RedisTarget, Revocation, SharedCache
+from proxy.config.model import Listen, RedisTarget, Revocation, SharedCache
 from proxy.config.values import (
     Reader,
     bool_value,
@@ -146,13 +147,15 @@ def shared_cache(r: Reader, raw: Any) -> SharedCache | None:
     return shared
 
 
-def revocation(r: Reader, raw: Any) -> Revocation:
+def revocation(r: Reader, raw: Any, listen: Callable[[Any], Listen]) -> Revocation:
+    """`revocation`; `listen` parses its `listen` section (host 127.0.0.1, port 9091 by
+    default)."""
     key = "revocation"
-    sec = r.section(raw, key, {"secret", "secret_file", "default_ttl_seconds"})
+    sec = r.section(raw, key, {"secret", "secret_file", "default_ttl_seconds", "listen"})
     secret = r.secret(sec, key, "secret", required=False)
     if secret and len(secret) < 16:
         r.problem(f"{key}.secret", "too short: use at least 16 random characters")
     ttl = r.get(sec, key, "default_ttl_seconds", parse_duration, 86_400.0)
     if ttl <= 0:
         r.problem(f"{key}.default_ttl_seconds", "must be greater than 0")
-    return Revocation(secret=secret, default_ttl_seconds=ttl)
+    return Revocation(secret=secret, default_ttl_seconds=ttl, listen=listen(sec.get("listen")))

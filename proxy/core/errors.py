@@ -26,7 +26,7 @@ UPSTREAM_UNAVAILABLE: Final = "upstream_unavailable"
 UPSTREAM_TIMEOUT: Final = "upstream_timeout"
 PAYLOAD_TOO_LARGE: Final = "payload_too_large"
 HTTP_VERSION_NOT_SUPPORTED: Final = "http_version_not_supported"
-# The admin port's POST /revoke (docs/spec.md "Admin port").
+# POST /revoke on the control listener (docs/spec.md "Control listener").
 REVOCATION_DISABLED: Final = "revocation_disabled"
 REVOCATION_UNAVAILABLE: Final = "revocation_unavailable"
 CLERK_REVOKE_FAILED: Final = "clerk_revoke_failed"

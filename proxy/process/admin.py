@@ -1,5 +1,6 @@
-"""The admin listener: /healthz, /readyz, /metrics and POST /revoke (`revoke`), never
-exposed with the API."""
+"""The admin listener (/healthz, /readyz, /metrics: what probes and scrapers reach) and
+the control listener (POST /revoke, `revoke`): a mutating endpoint is never on the port
+a Service publishes for scraping. Neither is exposed with the API."""
 
 from __future__ import annotations
 
@@ -11,15 +12,25 @@ from proxy.process.revoke import handle_revoke
 from proxy.request.app import PROXY, Proxy
 
 
-def create_admin_app(proxy: Proxy) -> web.Application:
-    """/healthz, /readyz and /metrics on their own listener, never exposed with the API."""
+def create_admin_app(proxy: Proxy, *, control: bool = False) -> web.Application:
+    """/healthz, /readyz and /metrics; `control` adds POST /revoke, for a worker's unix
+    socket, which only its supervisor reaches (it serves both listeners for all)."""
     admin = web.Application()
     admin[PROXY] = proxy
     admin.router.add_get("/healthz", _healthz)
     admin.router.add_get("/readyz", _readyz)
     admin.router.add_get("/metrics", _metrics)
-    admin.router.add_post("/revoke", handle_revoke)
+    if control:
+        admin.router.add_post("/revoke", handle_revoke)
     return admin
+
+
+def create_control_app(proxy: Proxy) -> web.Application:
+    """POST /revoke, on `revocation.listen`."""
+    control = web.Application()
+    control[PROXY] = proxy
+    control.router.add_post("/revoke", handle_revoke)
+    return control
 
 
 async def _healthz(request: web.Request) -> web.Response:

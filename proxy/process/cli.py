@@ -50,12 +50,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         if workers > 1:
             # N workers would each fail on a taken port: one look first, one line.
-            ports = [("listen", config.listen), ("admin", config.admin)]
+            control = config.revocation.listen if config.revocation.secret else None
+            listeners = [("listen", config.listen), ("admin", config.admin)]
+            if control is not None:
+                listeners.append(("revocation.listen.port", control))
             if config.forward_auth is not None:
-                ports.append(("forward_auth", config.forward_auth))
-            for key, where in ports:
+                listeners.append(("forward_auth", config.forward_auth))
+            for key, where in listeners:
                 probe(where.host, where.port, key, config.variables)
-            return run_workers(workers, args.config, config.admin.host, config.admin.port)
+            return run_workers(workers, args.config, config.admin, control)
 
         reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"
 

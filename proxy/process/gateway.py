@@ -9,9 +9,10 @@ supervisor serves the configured admin port and answers for all of them:
   Prometheus sees no reset. A worker that does not answer in time counts with its last
   scrape.
 - `/readyz`: ready when every worker is; `/healthz`: the supervisor is alive.
-- `/revoke`: sent to every worker (each drops its own entries; with the shared level
-  they also hear it from Redis, which is harmless), answered with the first worker's
-  answer and how many workers took it.
+- `/revoke`, on the control listener (`revocation.listen`, its own port, never the admin
+  port): sent to every worker (each drops its own entries; with the shared level they
+  also hear it from Redis, which is harmless), answered with the first worker's answer
+  and how many workers took it.
 
 It runs in a thread with its own event loop: the supervisor's own loop is a plain poll.
 """
@@ -156,8 +157,17 @@ class _Fixed:
 
 
 class Gateway:
-    def __init__(self, host: str, port: int, sockets: Sequence[Path]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sockets: Sequence[Path],
+        control: tuple[str, int] | None = None,
+    ) -> None:
         self.host, self.port = host, port
+        self.control = control
+        # Which listener could not be had (the config key), with `error`.
+        self.failed = "admin"
         self.sockets = list(sockets)
         self.aggregate = Aggregate(len(self.sockets))
         self._thread: threading.Thread | None = None
@@ -191,24 +201,32 @@ class Gateway:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
-        app.router.add_post("/revoke", self._revoke)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, reuse_port=True)
+        runners = [web.AppRunner(app, access_log=None, handle_signals=False)]
+        sites = [("admin", self.host, self.port)]
+        if self.control is not None:
+            control = web.Application()
+            control.router.add_post("/revoke", self._revoke)
+            runners.append(web.AppRunner(control, access_log=None, handle_signals=False))
+            sites.append(("revocation.listen.port", *self.control))
         try:
-            await site.start()
+            for runner, (key, host, port) in zip(runners, sites, strict=True):
+                await runner.setup()
+                self.failed = key
+                await web.TCPSite(runner, host, port, reuse_port=True).start()
         except OSError as exc:
             self.error = exc
             self._ready.set()
-            await runner.cleanup()
+            for runner in runners:
+                await runner.cleanup()
             return
-        if runner.addresses:  # port 0 in the config: the port the kernel chose
-            self.port = int(runner.addresses[0][1])
+        if runners[0].addresses:  # port 0 in the config: the port the kernel chose
+            self.port = int(runners[0].addresses[0][1])
         self._ready.set()
         try:
             await self._stopped.wait()
         finally:
-            await runner.cleanup()
+            for runner in runners:
+                await runner.cleanup()
 
     # -- talking to the workers
 

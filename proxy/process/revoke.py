@@ -1,11 +1,16 @@
-"""Revocation from outside: the admin port's `POST /revoke`, and `clerk-auth-proxy revoke`,
-which calls it.
+"""Revocation from outside: `POST /revoke` on the control listener (`revocation.listen`,
+loopback by default, never the scrape port), and `clerk-auth-proxy revoke`, which calls it.
 
-The endpoint needs `Authorization: Bearer <revocation.secret>` (from a file); it is off
-(404) without one. Body: `{"token_id": "mt_…"}` or `{"subject": "mch_…"}`, and
-optionally `"reason"`, `"ttl_seconds"` (how long to refuse; by default the token's
-expiry when known, else `revocation.default_ttl_seconds`) and `"at_clerk": true` (also
-revoke the token at Clerk: M2M tokens and API keys, by id).
+The endpoint needs `Authorization: Bearer <revocation.secret>` (from a file); without
+one there is no control listener. Body: `{"token_id": "mt_…"}` or `{"subject": "mch_…"}`,
+optionally `"issuer"` (whose token: `clerk`, the default, or an `issuers[].name`),
+`"reason"`, `"ttl_seconds"` (how long to refuse; by default the token's expiry when
+known, else `revocation.default_ttl_seconds`) and `"at_clerk": true` (also revoke the
+token at Clerk: M2M tokens and API keys, by id).
+
+A value shaped like a token itself (`mt_`/`ak_`/`oat_` secrets, JWTs) is refused, by the
+CLI before it sends anything and by the endpoint: revoking "by id" with a secret would
+store, publish and echo the live secret and end nothing.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ import math
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from proxy.auth.shared.revocation import CLERK, MAX_TTL, valid_value
+from proxy.auth.tokens import is_secret
 from proxy.core.errors import (
     BAD_REQUEST,
     CLERK_REVOKE_FAILED,
@@ -35,7 +43,14 @@ from proxy.core.errors import (
 from proxy.request.app import PROXY
 
 MAX_BODY = 4096
-MAX_TTL = 10 * 365 * 86_400.0
+# The CLI's exit code when the revocation was applied where it landed but did not
+# propagate (no shared level): the operator must not take it for done everywhere.
+NOT_PROPAGATED = 3
+SECRET_GIVEN = (
+    "that is a token itself (a secret), not its id: revoke by the token's id (mt_, ak_ or "
+    "oat_ followed by 32 hex digits, as X-Auth-Token-Id and Clerk's dashboard show it), "
+    "and rotate the secret"
+)
 
 
 def refusal(code: str, message: str, **headers: str) -> web.Response:
@@ -50,17 +65,19 @@ class BadRequest(ValueError):
     pass
 
 
-def parse_request(raw: bytes) -> tuple[str, str, str, float | None, bool]:
-    """(kind, value, reason, ttl, at_clerk), or BadRequest saying what is wrong."""
-    from proxy.auth.shared.revocation import valid_value
-
+def parse_request(
+    raw: bytes, issuers: Collection[str]
+) -> tuple[str, str, str, str, float | None, bool]:
+    """(issuer, kind, value, reason, ttl, at_clerk), or BadRequest saying what is wrong;
+    `issuers`: the configured issuers' names (Clerk's is always there)."""
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError):
         raise BadRequest("the body must be a JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
-    unknown = sorted(set(body) - {"token_id", "subject", "reason", "ttl_seconds", "at_clerk"})
+    fields = {"token_id", "subject", "issuer", "reason", "ttl_seconds", "at_clerk"}
+    unknown = sorted(set(body) - fields)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
     given = [k for k in ("token_id", "subject") if k in body]
@@ -69,7 +86,12 @@ def parse_request(raw: bytes) -> tuple[str, str, str, float | None, bool]:
     kind = given[0]
     value = body[kind]
     if not valid_value(value):
-        raise BadRequest(f"{kind} must be a Clerk id: visible ASCII, at most 256 characters")
+        raise BadRequest(f"{kind} must be an id: visible ASCII, at most 256 characters")
+    if is_secret(value):
+        raise BadRequest(f"{kind}: {SECRET_GIVEN}")
+    issuer = body.get("issuer", CLERK)
+    if not isinstance(issuer, str) or (issuer != CLERK and issuer not in issuers):
+        raise BadRequest(f"issuer must be {CLERK!r} or the name of a configured issuer")
     reason = body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > 200:
         raise BadRequest("reason must be a string of at most 200 characters")
@@ -84,9 +106,9 @@ def parse_request(raw: bytes) -> tuple[str, str, str, float | None, bool]:
     at_clerk = body.get("at_clerk", False)
     if not isinstance(at_clerk, bool):
         raise BadRequest("at_clerk must be true or false")
-    if at_clerk and kind != "token_id":
-        raise BadRequest("Clerk revokes tokens by id only: at_clerk needs token_id")
-    return kind, value, reason, None if ttl is None else float(ttl), at_clerk
+    if at_clerk and (kind != "token_id" or issuer != CLERK):
+        raise BadRequest("Clerk revokes its own tokens by id only: at_clerk needs token_id")
+    return issuer, kind, value, reason, None if ttl is None else float(ttl), at_clerk
 
 
 async def handle_revoke(request: web.Request) -> web.Response:
@@ -113,13 +135,15 @@ async def handle_revoke(request: web.Request) -> web.Response:
     if len(raw) > MAX_BODY:
         return refusal(PAYLOAD_TOO_LARGE, f"at most {MAX_BODY} bytes")
     try:
-        kind, value, reason, ttl, at_clerk = parse_request(raw)
+        issuer, kind, value, reason, ttl, at_clerk = parse_request(
+            raw, {i.name for i in rt.config.issuers}
+        )
     except BadRequest as exc:
         return refusal(BAD_REQUEST, str(exc))
     revoke = getattr(rt.verifier, "revoke", None)
     if revoke is None:
         return refusal(REVOCATION_DISABLED, "this verifier cannot revoke")
-    outcome = await revoke(kind, value, ttl=ttl, reason=reason, at_clerk=at_clerk)
+    outcome = await revoke(issuer, kind, value, ttl=ttl, reason=reason, at_clerk=at_clerk)
     body: dict[str, Any] = outcome.body()
     status = 200
     if outcome.error is not None:
@@ -140,13 +164,25 @@ async def handle_revoke(request: web.Request) -> web.Response:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "revoke",
-        help="revoke a token id or a subject on every proxy (through one's admin port)",
+        help="revoke a token id or a subject on every proxy (through one's control listener)",
     )
-    p.add_argument("--admin-url", required=True, help="e.g. http://127.0.0.1:9090")
+    p.add_argument(
+        "--url",
+        "--admin-url",
+        dest="url",
+        default="http://127.0.0.1:9091",
+        help="the proxy's control listener (revocation.listen; default %(default)s, the "
+        "default listener seen from inside the pod)",
+    )
     p.add_argument("--secret-file", required=True, help="file holding revocation.secret")
     who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--token-id", help="the token's id (mt_…, ak_…, oat_…, sess_…)")
+    who.add_argument("--token-id", help="the token's id (mt_…, ak_…, oat_…, a JWT's jti)")
     who.add_argument("--subject", help="every token of this machine/user (mch_…, user_…)")
+    p.add_argument(
+        "--issuer",
+        default=CLERK,
+        help=f"whose token: {CLERK!r} (the default) or the name of a configured issuer",
+    )
     p.add_argument("--reason", default="")
     p.add_argument("--ttl", type=float, help="seconds to refuse (default: the token's expiry)")
     p.add_argument("--at-clerk", action="store_true", help="also revoke it at Clerk")
@@ -154,6 +190,14 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
+    """0: revoked on every proxy; 1: refused or failed; 2: a usage error (nothing sent);
+    3 (`NOT_PROPAGATED`): applied on the receiving proxy only."""
+    value = args.token_id or args.subject
+    if is_secret(value):
+        # Never sent, never printed: it would land in Redis, on the channel and in logs.
+        flag = "--token-id" if args.token_id else "--subject"
+        print(f"{flag}: {SECRET_GIVEN}", file=sys.stderr)
+        return 2
     try:
         secret = Path(args.secret_file).read_text().strip()
     except OSError as exc:
@@ -164,10 +208,12 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         body["token_id"] = args.token_id
     else:
         body["subject"] = args.subject
+    if args.issuer != CLERK:
+        body["issuer"] = args.issuer
     if args.ttl is not None:
         body["ttl_seconds"] = args.ttl
-    request = urllib.request.Request(  # noqa: S310 - the operator's own admin URL
-        args.admin_url.rstrip("/") + "/revoke",
+    request = urllib.request.Request(  # noqa: S310 - the operator's own control URL
+        args.url.rstrip("/") + "/revoke",
         data=json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
         method="POST",
@@ -178,7 +224,21 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     except urllib.error.HTTPError as exc:
         status, answer = exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
-        print(f"cannot reach {args.admin_url}: {exc}", file=sys.stderr)
+        print(f"cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     print(answer.decode(errors="replace"))
-    return 0 if status == 200 else 1
+    if status != 200:
+        return 1
+    try:
+        propagated = json.loads(answer).get("propagated") is True
+    except (ValueError, AttributeError):
+        propagated = False
+    if not propagated:
+        print(
+            "WARNING: revocation NOT propagated: applied on the proxy that answered only "
+            "(no shared level, cache.shared); other pods still accept the token until they "
+            "are revoked one by one or it expires",
+            file=sys.stderr,
+        )
+        return NOT_PROPAGATED
+    return 0

@@ -26,7 +26,7 @@ from proxy import __version__, compiled
 from proxy.config.fingerprint import changed_keys, digest
 from proxy.config.load import Config, ConfigError, load_config
 from proxy.fastpath import listener
-from proxy.process.admin import create_admin_app
+from proxy.process.admin import create_admin_app, create_control_app
 from proxy.process.gateway import ADMIN_SOCKET_ENV
 from proxy.process.ports import ListenError, bind
 from proxy.request.app import PROXY, Proxy, create_app
@@ -72,7 +72,16 @@ class Server:
         self.reuse_port = reuse_port
         self.app = create_app(config)
         self.proxy: Proxy = self.app[PROXY]
-        self.admin = create_admin_app(self.proxy)
+        # A worker of `run --workers N` serves its admin app on a unix socket that only the
+        # supervisor reaches (gateway): /revoke goes there too. Alone, /revoke has its own
+        # listener (`revocation.listen`), bound when revocation is on.
+        self.admin_socket = os.environ.get(ADMIN_SOCKET_ENV)
+        self.admin = create_admin_app(self.proxy, control=bool(self.admin_socket))
+        self.control = (
+            create_control_app(self.proxy)
+            if config.revocation.secret and not self.admin_socket
+            else None
+        )
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._loaded = inputs_signature(config)
@@ -171,8 +180,17 @@ class Server:
             self.admin, access_log=None, handle_signals=False, shutdown_timeout=AIOHTTP_SHUTDOWN
         )
         self._runners = [runner, admin_runner]
-        await runner.setup()
-        await admin_runner.setup()
+        if self.control is not None:
+            self._runners.append(
+                web.AppRunner(
+                    self.control,
+                    access_log=None,
+                    handle_signals=False,
+                    shutdown_timeout=AIOHTTP_SHUTDOWN,
+                )
+            )
+        for each in self._runners:
+            await each.setup()
         listen, admin, names = cfg.listen, cfg.admin, cfg.variables
         # One listener for both doors: the fast path needs a plain-HTTP upstream.
         fast_path = listen.fast_path and cfg.upstream.url.startswith("http://")
@@ -202,7 +220,7 @@ class Server:
                 "listen",
                 names,
             )
-            admin_socket = os.environ.get(ADMIN_SOCKET_ENV)
+            admin_socket = self.admin_socket
             admin_site: web.BaseSite
             if admin_socket:
                 # A worker of `run --workers N`: the supervisor serves the admin port for
@@ -216,13 +234,21 @@ class Server:
                     admin_runner, admin.host, admin.port, reuse_port=self.reuse_port
                 )
                 await bind(admin_site.start, admin.host, admin.port, "admin", names)
+            if self.control is not None:
+                control = cfg.revocation.listen
+                control_site = web.TCPSite(
+                    self._runners[2], control.host, control.port, reuse_port=self.reuse_port
+                )
+                await bind(
+                    control_site.start, control.host, control.port, "revocation.listen.port", names
+                )
             if forward_runner is not None:
                 await self._serve_forward_auth(forward_runner)
         except ListenError:
             if self._front is not None:
                 await self._front.drain(time.monotonic())
-            await runner.cleanup()
-            await admin_runner.cleanup()
+            for each in self._runners:
+                await each.cleanup()
             if forward_runner is not None:
                 await forward_runner.cleanup()
             raise
@@ -243,6 +269,11 @@ class Server:
                 "compiled": compiled(),
                 "admin": admin_socket or f"{admin.host}:{admin.port}",
                 "forward_auth": fa and f"{fa.host}:{fa.port}",
+                **(
+                    {"control": f"{cfg.revocation.listen.host}:{cfg.revocation.listen.port}"}
+                    if self.control is not None
+                    else {}
+                ),
                 "upstream": cfg.upstream.url,
                 "version": __version__,
                 "config": digest(cfg),
@@ -275,7 +306,7 @@ class Server:
 
     async def run(self) -> None:
         """Serve until asked to stop, then drain (after `start`)."""
-        runner, admin_runner = self._runners
+        runner, *others = self._runners
         front = self._front
         assert front is not None, "start() first"
         watcher = asyncio.create_task(self._watch_config())
@@ -283,10 +314,10 @@ class Server:
             await self._stop.wait()
         finally:
             watcher.cancel()
-            await self._shut_down(front, runner, admin_runner)
+            await self._shut_down(front, runner, others)
 
     async def _shut_down(
-        self, front: listener.FrontDoorServer, runner: web.AppRunner, admin: web.AppRunner
+        self, front: listener.FrontDoorServer, runner: web.AppRunner, others: list[web.AppRunner]
     ) -> None:
         """/readyz 503 at once; the listener closes after `delay`; what is in flight
         flows until `delay + grace`; then 1001s, cuts and exit — within `delay + grace +
@@ -306,7 +337,8 @@ class Server:
                 await asyncio.gather(front.drain(deadline), forward[1].drain(deadline))
                 await forward[0].cleanup()
             await runner.cleanup()
-            await admin.cleanup()
+            for each in others:
+                await each.cleanup()
         finally:
             backstop.cancel()
         log.info("stopped")

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Final
 
+from proxy.config.model import Listen
 from proxy.observe.logs import WORKER_ENV
 from proxy.process.gateway import ADMIN_SOCKET_ENV, Gateway
 from proxy.process.ports import ListenError
@@ -168,7 +169,8 @@ def worker_command(config_path: str) -> Sequence[str]:
     ]
 
 
-def run_workers(count: int, config_path: str, admin_host: str, admin_port: int) -> int:
+def run_workers(count: int, config_path: str, admin: Listen, control: Listen | None = None) -> int:
+    """`control`: the revocation listener, when revocation is on."""
     env = dict(os.environ, **{REUSE_PORT_ENV: "1"})
     cmd = worker_command(config_path)
     # Each worker's admin app on a socket of its own; the supervisor's gateway serves the
@@ -180,18 +182,24 @@ def run_workers(count: int, config_path: str, admin_host: str, admin_port: int) 
         own = dict(env, **{ADMIN_SOCKET_ENV: str(sockets[index]), WORKER_ENV: str(index)})
         return subprocess.Popen(cmd, env=own)  # noqa: S603
 
-    gateway = Gateway(admin_host, admin_port, sockets)
+    gateway = Gateway(
+        admin.host,
+        admin.port,
+        sockets,
+        None if control is None else (control.host, control.port),
+    )
     try:
         gateway.start()
     except OSError as exc:
         shutil.rmtree(sockets_dir, ignore_errors=True)
         # The cli's one line and exit code 2, as for a single process.
-        raise ListenError(admin_host, admin_port, "admin", exc, {}) from None
+        where = admin if gateway.failed == "admin" or control is None else control
+        raise ListenError(where.host, where.port, gateway.failed, exc, {}) from None
     supervisor = Supervisor(count, spawn)
     # The workers' own lines name their unix sockets: this is where the admin port is.
     log.info(
         "supervising",
-        extra={"workers": count, "admin": f"{admin_host}:{gateway.port}", "pid": os.getpid()},
+        extra={"workers": count, "admin": f"{admin.host}:{gateway.port}", "pid": os.getpid()},
     )
 
     def on_stop(signum: int, frame: FrameType | None) -> None:

@@ -162,6 +162,11 @@ class Proxy:
             (started.listen != config.listen, "listen"),
             (started.admin != config.admin, "admin"),
             (started.forward_auth != config.forward_auth, "forward_auth"),
+            (
+                (started.revocation.secret == "") != (config.revocation.secret == "")
+                or started.revocation.listen != config.revocation.listen,
+                "revocation.listen (or revocation turned on or off)",
+            ),
             (started.workers != config.workers, "workers"),
             (started.upstream.pool_size != config.upstream.pool_size, "upstream.pool_size"),
         ):

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import struct
 from array import array
-from collections.abc import Hashable
+from collections.abc import Collection, Hashable
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
@@ -170,34 +170,49 @@ class PackedTable:
         if 2 * self._count > self._mask + 1:
             self._grow()
 
-    def matching(self, token_id: str | None, subject: str | None) -> list[tuple[bytes, Positive]]:
-        """The positive entries whose token id is `token_id` or whose subject is `subject`
-        (a revocation). Ids are compared packed, so only a match is decoded."""
-        targets: list[tuple[int, int, int, bytes]] = []
-        for value, shift, at in ((token_id, 1, _ID_AT), (subject, 4, _SUBJECT_AT)):
-            if value is not None:
-                form, area = ids.pack(value, self._prefixes)
-                targets.append((shift, at, form, area.ljust(ids.AREA, b"\0")))
+    def matching(
+        self, token_ids: Collection[str], subjects: Collection[str]
+    ) -> list[tuple[bytes, Positive]]:
+        """The positive entries whose token id is one of `token_ids` or whose subject is
+        one of `subjects` (revocations, however many: one pass). Ids are compared packed,
+        as set lookups, so only a match is decoded."""
+        id_areas, id_loose = self._packed(token_ids)
+        sub_areas, sub_loose = self._packed(subjects)
         found: list[tuple[bytes, Positive]] = []
+        if not (id_areas or id_loose or sub_areas or sub_loose):
+            return found
         records = self._records
         for n in range(self._count):
             start = n * RECORD_SIZE
             flags = records[start + KEY_SIZE]
             if flags & _NEGATIVE:
                 continue
-            for shift, at, form, area in targets:
-                if flags >> shift & 7 != form:
-                    continue
-                if form == ids.UNPACKED or records[start + at : start + at + ids.AREA] == area:
-                    entry = self._decode(n)
-                    assert isinstance(entry, Positive)
-                    p = entry.principal
-                    if (token_id is not None and p.token_id == token_id) or (
-                        subject is not None and p.id == subject
-                    ):
-                        found.append((bytes(records[start : start + KEY_SIZE]), entry))
-                        break
+            if not (
+                _packed_hit(records, start + _ID_AT, flags >> 1 & 7, id_areas, id_loose)
+                or _packed_hit(records, start + _SUBJECT_AT, flags >> 4 & 7, sub_areas, sub_loose)
+            ):
+                continue
+            entry = self._decode(n)
+            assert isinstance(entry, Positive)
+            p = entry.principal
+            if (p.token_id is not None and p.token_id in token_ids) or (
+                p.id is not None and p.id in subjects
+            ):
+                found.append((bytes(records[start : start + KEY_SIZE]), entry))
         return found
+
+    def _packed(self, values: Collection[str]) -> tuple[set[bytes], bool]:
+        """`values` as the form byte + area a record holds them in; True when one of them
+        packs in no form (then every unpacked record is a candidate)."""
+        areas: set[bytes] = set()
+        loose = False
+        for value in values:
+            form, area = ids.pack(value, self._prefixes)
+            if form == ids.UNPACKED:
+                loose = True
+            else:
+                areas.add(bytes((form,)) + area.ljust(ids.AREA, b"\0"))
+        return areas, loose
 
     # -- records
 
@@ -313,6 +328,12 @@ class PackedTable:
             while index[bucket] != 0:
                 bucket = (bucket + 1) & mask
             index[bucket] = n + 1
+
+
+def _packed_hit(records: bytearray, at: int, form: int, areas: set[bytes], loose: bool) -> bool:
+    if form == ids.UNPACKED:
+        return loose
+    return bool(areas) and bytes((form,)) + records[at : at + ids.AREA] in areas
 
 
 Ident = TypeVar("Ident", bound=Hashable)

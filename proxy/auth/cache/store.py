@@ -37,7 +37,7 @@ import hashlib
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 from proxy.auth.cache.entries import Entry, Negative, PackedTable, Positive
@@ -366,15 +366,23 @@ class VerificationCache:
             self._entries.set(key, rejected, now)
         return refusal
 
-    def drop(self, token_id: str | None, subject: str | None) -> tuple[list[bytes], float | None]:
-        """Drop the positive entries of a revoked token id or subject: their keys, and the
-        latest expiry among them (None when none was found or one never expires)."""
+    def drop(
+        self,
+        token_ids: Collection[str],
+        subjects: Collection[str],
+        which: Callable[[Principal], bool],
+    ) -> tuple[list[bytes], float | None]:
+        """Drop the positive entries of revoked token ids or subjects that `which` picks
+        (the issuer is part of a revocation): their keys, and the latest expiry among them
+        (None when none was found or one never expires). One pass over the table for all."""
         dropped: list[bytes] = []
         latest: float | None = None
         unbounded = False
         for table in self._entries.tables():
             assert isinstance(table, PackedTable)
-            for found, entry in table.matching(token_id, subject):
+            for found, entry in table.matching(token_ids, subjects):
+                if not which(entry.principal):
+                    continue
                 table.pop(found)
                 dropped.append(found)
                 expires = entry.principal.expires_at

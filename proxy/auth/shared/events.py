@@ -3,8 +3,12 @@
 Two kinds of message, on one channel per Clerk instance:
 - `L` + a 16-byte cache key: a verification of that token has landed in the shared
   level (cluster single-flight: the processes waiting for it read it now);
-- `R` + JSON `{"kind": "token_id"|"subject", "value": …, "until": unix seconds}`: a
-  revocation, applied at once.
+- `R` + a revocation's signed text (`revocation.sign`): verified and applied at once.
+
+Messages are taken in batches of at most `BATCH`, and the loop is given back between
+batches: a flood on the channel (anyone who can PUBLISH can send one) costs a share of
+the loop, never a stall, and revocations that arrive together are applied together (one
+pass over the first level for the lot).
 
 The listener reconnects with a growing pause while Redis is away. Every (re)subscription
 calls `on_subscribed` first, so revocations published while this process was not
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -35,27 +38,16 @@ _MAX_RECENT: Final = 10_000
 _PAUSES: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
 
+# Messages handled before the loop is given back to requests.
+BATCH: Final = 100
+
+
 def landed_message(key: bytes) -> bytes:
     return LANDED + key
 
 
-def revoked_message(kind: str, value: str, until: float) -> bytes:
-    body = {"kind": kind, "value": value, "until": until}
-    return REVOKED + json.dumps(body, separators=(",", ":")).encode()
-
-
-def parse_revocation(data: bytes) -> tuple[str, str, float] | None:
-    """(kind, value, until) of an `R` message, or None when it is not one."""
-    try:
-        body = json.loads(data[1:])
-        kind, value, until = body["kind"], body["value"], body["until"]
-    except (ValueError, TypeError, KeyError, RecursionError):
-        return None
-    if kind not in ("token_id", "subject") or not isinstance(value, str) or not value:
-        return None
-    if isinstance(until, bool) or not isinstance(until, int | float):
-        return None
-    return kind, value, float(until)
+def revoked_message(signed: bytes) -> bytes:
+    return REVOKED + signed
 
 
 class Events:
@@ -66,7 +58,7 @@ class Events:
         metrics: SharedMetrics,
         *,
         on_subscribed: Callable[[], Awaitable[None]],
-        on_revoked: Callable[[str, str, float, str], object],
+        on_revoked: Callable[[list[bytes]], object],
         resync_seconds: float,
         bound: float,
     ) -> None:
@@ -120,13 +112,16 @@ class Events:
         if future is not None and not future.done():
             future.set_result(None)
 
-    def dispatch(self, data: bytes) -> None:
-        if data[:1] == LANDED and len(data) == 17:
-            self._heard_landed(data[1:])
-        elif data[:1] == REVOKED:
-            parsed = parse_revocation(data)
-            if parsed is not None:
-                self._on_revoked(*parsed, "message")
+    def dispatch(self, batch: list[bytes]) -> None:
+        """Landings at once; the revocations of the batch together (unverified here)."""
+        revoked: list[bytes] = []
+        for data in batch:
+            if data[:1] == LANDED and len(data) == 17:
+                self._heard_landed(data[1:])
+            elif data[:1] == REVOKED:
+                revoked.append(data[1:])
+        if revoked:
+            self._on_revoked(revoked)
 
     async def _run(self) -> None:
         failures = 0
@@ -142,7 +137,9 @@ class Events:
                     log.info("shared cache channel subscribed again")
                 failures = 0
                 await self._listen(pubsub)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, OSError, TimeoutError, ValueError, TypeError) as exc:
+                # ValueError/TypeError: a reply of a shape no Redis sends; the listener
+                # must outlive it (it carries every revocation), so it reconnects.
                 if failures == 0:
                     log.warning(
                         "shared cache channel lost; revocations are re-read on reconnect",
@@ -163,10 +160,20 @@ class Events:
         while True:
             wait = max(0.0, min(1.0, resync_at - time.monotonic()))
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
-            if message is not None and message.get("type") == "message":
-                data = message.get("data")
-                if isinstance(data, bytes):
-                    self.dispatch(data)
+            batch: list[bytes] = []
+            while message is not None:
+                if message.get("type") == "message":
+                    data = message.get("data")
+                    if isinstance(data, bytes):
+                        batch.append(data)
+                if len(batch) >= BATCH:
+                    break
+                # What is already buffered, without waiting for more.
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0)
+            if batch:
+                self.dispatch(batch)
+                # Buffered messages are read without suspending: give requests their turn.
+                await asyncio.sleep(0)
             if time.monotonic() >= resync_at:
                 async with asyncio.timeout(self._bound):
                     await self._on_subscribed()

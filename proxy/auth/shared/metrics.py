@@ -74,6 +74,14 @@ class SharedMetrics:
             "First-level entries dropped because their token id or subject was revoked.",
             registry=r,
         )
+        self.revocations_refused = Counter(
+            "authproxy_revocations_refused_total",
+            "Revocations read from the shared level (messages and set members) that do not "
+            "carry this instance's MAC, or end at no time an operator could set: ignored; "
+            "by source (message, resync).",
+            ["source"],
+            registry=r,
+        )
         self.revoked_refusals = Counter(
             "authproxy_revoked_refusals_total",
             "Verifications refused because the token id or subject is revoked here.",
