@@ -24,6 +24,7 @@ from typing import Any, Final
 import aiohttp
 
 from proxy.auth.capped import read_capped
+from proxy.auth.claims_json import loads, numeric_date
 from proxy.auth.gate import CallGate, Held
 from proxy.auth.tokens import TokenKind
 from proxy.config import model as config
@@ -157,18 +158,17 @@ def classify_failure(
 
 
 def _ms(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} is not a number")
-    return float(value) / 1000.0
+    try:
+        return numeric_date(value, per_second=1000)
+    except ValueError as exc:
+        raise ValueError(f"{name} {exc}") from None
 
 
 def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Principal:
     """A 200 answer → Principal, or a rejection. A 200 that says revoked/expired, or whose
     expiration is past, is a rejection; a 200 we cannot read is Clerk's fault (503)."""
     try:
-        data = json.loads(body)
+        data = loads(body)
         if not isinstance(data, dict):
             raise ValueError("not an object")
         if data.get("active") is False:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +19,7 @@ from typing import Any, Final
 import aiohttp
 
 from proxy.auth import jws
+from proxy.auth.claims_json import loads
 from proxy.auth.discovery import Discovery
 from proxy.auth.introspection import Introspector
 from proxy.auth.issuer_claims import REFUSED_AS, check_claims, map_principal
@@ -41,7 +41,7 @@ def _segment(segment: str) -> dict[str, Any] | None:
     if not segment or len(segment) > MAX_SEGMENT or not _B64URL.fullmatch(segment):
         return None
     try:
-        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        value = loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except (binascii.Error, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
