@@ -9,12 +9,14 @@ import asyncio
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
+import yaml
 
-from proxy.config.load import ConfigError, build_config
+from proxy.config.load import ConfigError, load_config
 from proxy.emulator.issuer_state import OPAQUE_PREFIX, _digest
 from tests.support import config_dict, header_values
 from tests.support_issuers import API, IssuerStack, authgear_entry, issuer_stack, token_for
@@ -239,14 +241,21 @@ async def test_row13_an_issuer_outage_backs_off(issuer_stack: Any) -> None:
 
 
 @pytest.mark.parametrize("environment", ["production", "staging", "local"])
-def test_row14_clerk_api_url_must_be_https_off_loopback(environment: str) -> None:
-    raw = config_dict(environment=environment)
-    raw["clerk"] = {"api_url": "http://clerk.internal.example", "secret_key": "${KEY}"}
-    key = "sk_live_x" if environment == "production" else "sk_test_x"
+def test_row14_clerk_api_url_must_be_https_off_loopback(environment: str, tmp_path: Path) -> None:
+    """As `check-config` reads it: a file, the key from the environment."""
+    key = "sk_test_example" if environment == "local" else "sk_live_example"
+    env = {"CLERK_SECRET_KEY": key}
+
+    def load(api_url: str) -> Any:
+        raw = config_dict(environment=environment)
+        raw["clerk"] = {"api_url": api_url, "secret_key": "${CLERK_SECRET_KEY}"}
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(raw))
+        return load_config(path, env=env)
+
     with pytest.raises(ConfigError) as info:
-        build_config(raw, file="c.yaml", env={"KEY": key})
+        load("http://clerk.internal.example")
     assert "clerk.api_url" in str(info.value) and "https is required" in str(info.value)
-    raw["clerk"]["api_url"] = "http://127.0.0.1:3100"  # the emulator on loopback
-    assert build_config(raw, file="c.yaml", env={"KEY": key}).clerk.api_url == (
-        "http://127.0.0.1:3100"
-    )
+    assert key not in str(info.value)
+    assert load("http://127.0.0.1:3100").clerk.api_url == "http://127.0.0.1:3100"  # the emulator
+    assert load("https://api.clerk.com/").clerk.api_url == "https://api.clerk.com"
