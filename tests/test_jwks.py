@@ -132,7 +132,9 @@ async def env(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[JwksServer, 
         str(server.make_url("")).rstrip("/"), jwks_cache_seconds=300, jwks_min_refetch_seconds=30
     )
     async with aiohttp.ClientSession() as session:
-        yield served, Jwks(cfg, ClerkClient(cfg, session, Metrics(), now=clock), now=clock), clock
+        # One clock for the key set and Clerk's gate (JWKS calls pass it too).
+        client = ClerkClient(cfg, session, Metrics(), now=clock, monotonic=clock)
+        yield served, Jwks(cfg, client, now=clock), clock
 
 
 def sign(key: rsa.RSAPrivateKey, kid: str, alg: str = "RS256", **claims: Any) -> str:

@@ -138,23 +138,32 @@ class ClerkVerifier:
 
     def _loader(
         self, token: str, client_ip: str | None
-    ) -> tuple[Callable[[], Awaitable[Principal]], bool, bool]:
+    ) -> tuple[Callable[[], Awaitable[Principal]], bool, Callable[[], ProxyError | None] | None]:
         """How to verify `token` (for a miss, or a known token's background check:
         `client_ip` None); whether that is billable (an opaque token: Clerk's or another
-        issuer's introspection), and so has its rejections cached; and whether it is a
-        Clerk call (through the gate). A JWT refusal is not cached: it is cheap to
-        recompute and may stop being one (JWKS rotation, nbf reached)."""
+        issuer's introspection), and so has its rejections cached; and the gate of the
+        call it makes, when it is one (Clerk's verify, an issuer's introspection). A JWT
+        refusal is not cached: it is cheap to recompute and may stop being one (JWKS
+        rotation, nbf reached)."""
         if self.issuers:
             issuer, header, foreign = self.issuers.route(token)
             if issuer is not None and header is not None:
-                return (lambda: issuer.verify_jwt(token, header)), False, False
+                return (lambda: issuer.verify_jwt(token, header)), False, None
             if issuer is not None:
-                return (lambda: self._introspect(issuer, token, client_ip)), True, False
+                return (
+                    (lambda: self._introspect(issuer, token, client_ip)),
+                    True,
+                    issuer.http.held,
+                )
             if foreign is not None:
-                return (lambda: self._foreign(token, client_ip, foreign)), False, False
+                return (lambda: self._foreign(token, client_ip, foreign)), False, None
         kind = tokens.classify(token)
         opaque = not kind.is_jwt
-        return (lambda: self._load(kind, token, client_ip)), opaque, opaque
+        return (
+            (lambda: self._load(kind, token, client_ip)),
+            opaque,
+            (self.clerk.held if opaque else None),
+        )
 
     async def _foreign(self, token: str, client_ip: str | None, iss: str) -> Principal:
         """A JWT naming an issuer that is not configured, while `clerk.issuer` is unset:
@@ -170,9 +179,13 @@ class ClerkVerifier:
         self, issuer: IssuerVerifier, token: str, client_ip: str | None
     ) -> Principal:
         """An opaque token of another issuer: billable like Clerk's, so it spends budget
-        (a known token's background check: already paid from the reserve)."""
+        (a known token's background check: already paid from the reserve) — unless the
+        issuer's gate holds its calls, which refuses the miss before it spends any."""
         assert issuer.introspector is not None
         if client_ip is not None:
+            held = issuer.http.held()
+            if held is not None:
+                raise held
             self.budget.acquire(client_ip)
         return await issuer.introspector.principal(token)
 
@@ -209,9 +222,9 @@ class ClerkVerifier:
             if now < paused:
                 return
             del self._paused[key]
-        load, billable, clerk = self._loader(token, None)
-        # Opaque tokens' checks are billable; Clerk's also pass its gate.
-        if (clerk and self.clerk.held() is not None) or (billable and self.budget.known_wait() > 0):
+        load, billable, held = self._loader(token, None)
+        # Opaque tokens' checks are billable, and pass the gate of Clerk or their issuer.
+        if (held is not None and held() is not None) or (billable and self.budget.known_wait() > 0):
             self._metrics.verify_background.labels(trigger, "deferred").inc()
             return
         flight = self.cache.start(key, load, cache_rejections=billable)
