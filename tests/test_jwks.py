@@ -300,3 +300,20 @@ async def test_cache_control_sets_how_long_keys_are_kept(env: tuple[JwksServer, 
     await jwks.verify(token)
     await jwks.keys.settled()
     assert served.fetches == 4
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"exp": 10**400}, {"nbf": 10**400}, {"exp": float("nan")}, {"exp": float("inf")},
+     {"iat": float("-inf")}, {"sid": float("nan")}],
+    ids=["exp-1e400", "nbf-1e400", "exp-nan", "exp-inf", "iat-minus-inf", "sid-nan"],
+)
+async def test_claims_are_strict_json_and_dates_in_range(
+    env: tuple[JwksServer, Jwks, Clock], claims: dict[str, Any]
+) -> None:
+    """Issue 26 row 11 for Clerk's own JWTs: 401, never an overflow or a token that does
+    not expire."""
+    _, jwks, _ = env
+    with pytest.raises(ProxyError) as info:
+        await jwks.verify(sign(KEY_A, "ins_a", **claims))
+    assert info.value.code == TOKEN_INVALID
