@@ -136,6 +136,8 @@ async def test_row11_dates_must_be_finite_json_numbers_in_range(
     token = s.issuers["authgear"].mint(_claims(s, **bad))
     status, _, body = await answer(s, token)
     assert (status, body["error"]["code"]) == (401, "token_invalid"), body
+    # Refused as this issuer's token, for what it is (not as a stranger's, nor Clerk's).
+    assert any(why in body["error"]["message"] for why in ("is not a date", "NaN")), body
     assert s.recorder.seen == []
 
 

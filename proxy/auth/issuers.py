@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,6 @@ from typing import Any, Final
 import aiohttp
 
 from proxy.auth import jws
-from proxy.auth.claims_json import loads
 from proxy.auth.discovery import Discovery
 from proxy.auth.introspection import Introspector
 from proxy.auth.issuer_claims import REFUSED_AS, check_claims, map_principal
@@ -41,14 +41,16 @@ def _segment(segment: str) -> dict[str, Any] | None:
     if not segment or len(segment) > MAX_SEGMENT or not _B64URL.fullmatch(segment):
         return None
     try:
-        value = loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
     except (binascii.Error, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
 
 def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The unverified (header, payload) of a compact JWT; None when it is not one."""
+    """The unverified (header, payload) of a compact JWT; None when it is not one. Only
+    for routing by `iss`: the payload is read again, strictly, once its signature holds
+    (`jws.verify_signature`), so a NaN here still reaches its issuer's refusal."""
     parts = token.split(".")
     if len(parts) != 3:
         return None

@@ -106,5 +106,8 @@ def verify_signature(
     except (ValueError, RecursionError):
         claims = None
     if not isinstance(claims, dict):
-        raise invalid("malformed JWT: its claims are not a JSON object", token_type)
+        raise invalid(
+            "malformed JWT: its claims are not a JSON object (RFC 8259: no NaN or Infinity)",
+            token_type,
+        )
     return claims
