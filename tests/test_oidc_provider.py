@@ -11,6 +11,7 @@ revocation seen once the cached answer's TTL has passed; key rotation."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -108,9 +109,12 @@ class Stack:
 
 @pytest.fixture
 async def stack(
-    tmp_path: Path, provider: Provider, upstream: tuple[str, Recorder]
+    tmp_path: Path, provider: Provider, upstream: tuple[str, Recorder], request: Any
 ) -> AsyncIterator[Stack]:
+    """The proxy in front of the provider; `indirect` parametrization may give the
+    introspection secret (default: the right one)."""
     url, recorder = upstream
+    secret = getattr(request, "param", None) or provider.secrets["scores-api"]
     config = tmp_path / "oidc.yaml"
     port, admin = write_config(
         config,
@@ -126,7 +130,7 @@ async def stack(
                 "jwks_min_refetch_seconds": 0.1,
                 "introspection": {
                     "client_id": "scores-api",
-                    "client_secret": provider.secrets["scores-api"],
+                    "client_secret": secret,
                 },
             }
         ],
@@ -148,7 +152,7 @@ async def test_jwt_access_tokens_reach_the_upstream_as_the_clients_machine(
     stack: Stack, client_id: str, alg: str
 ) -> None:
     token = await stack.provider.token(client_id, resource=API)
-    header = json.loads(aiohttp.helpers.base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
     assert (header["alg"], header["typ"]) == (alg, "at+jwt")
     status, body = await stack.get("/api/v1/matches/today", token)
     assert status == 200, body
@@ -175,6 +179,26 @@ async def test_an_opaque_token_is_introspected_as_the_clients_machine(stack: Sta
     assert stack.seen("X-Auth-Principal-Id") == ["svc-opaque"]
     assert stack.seen("X-Auth-Scopes") == ["feeds:read scores:read"]
     assert stack.seen("X-Auth-Issuer") == ["op"]
+    assert token not in json.dumps(stack.proxy.lines)  # nor in any log line
+
+
+@pytest.mark.parametrize("stack", ["not-the-secret"], indirect=True)
+async def test_wrong_introspection_credentials_cost_one_call(stack: Stack) -> None:
+    """Row 13 against the real server: oidc-provider answers 401 invalid_client; the
+    proxy pauses its calls instead of asking again for every request."""
+    tokens = [await stack.provider.token("svc-opaque") for _ in range(5)]
+    for token in tokens:
+        async with stack.provider.session.get(
+            stack.proxy.url("/api/v1/matches/today"), headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
+            assert resp.status == 503
+            assert int(resp.headers["Retry-After"]) >= 20
+            assert (await resp.json())["error"]["code"] == "verification_unavailable"
+    async with stack.provider.session.get(stack.proxy.admin_url("/metrics")) as resp:
+        metrics = await resp.text()
+    assert 'endpoint="introspect",issuer="op",status="401"} 1.0' in metrics
+    assert 'authproxy_issuer_calls_held_total{issuer="op",reason="refused"} 4.0' in metrics
+    assert "not-the-secret" not in json.dumps(stack.proxy.lines)
 
 
 async def test_revocation_at_the_provider_is_seen_once_the_ttl_passes(stack: Stack) -> None:
