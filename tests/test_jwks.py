@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_aiohttp import AiohttpServer
 
 from proxy.auth.clerk import ClerkClient
-from proxy.auth.jwks import Jwks, check_claims, parse_jwks
+from proxy.auth.jwks import Jwks, check_claims
+from proxy.auth.keyset import parse_jwks  # Clerk's set is read as every issuer's
 from proxy.config.load import Clerk, build_config
 from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
 from proxy.observe.metrics import Metrics

@@ -18,11 +18,10 @@ it. The import holds the event loop once, for about 40 ms on a 2-core box.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from proxy.auth.claims_json import numeric_date
 from proxy.auth.clerk import ClerkClient, ClerkUnavailable
@@ -32,40 +31,12 @@ from proxy.auth.tokens import JWT_ALGORITHMS
 from proxy.config import model as config
 from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
 
-if TYPE_CHECKING:
-    import jwt
-
 log = logging.getLogger("proxy.jwks")
 
 UNKNOWN_KEY: Final = (
     "the token is signed by a key this Clerk instance does not use; tokens are scoped to one "
     "Clerk instance, so a token issued by another instance or environment is not valid here"
 )
-
-
-def parse_jwks(body: bytes) -> dict[str, jwt.PyJWK]:
-    """The RSA signing keys of a JWKS document, by kid; other keys are ignored."""
-    import jwt
-
-    data = json.loads(body)
-    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-        raise ValueError("not a JWKS document")
-    keys: dict[str, jwt.PyJWK] = {}
-    for item in data["keys"]:
-        if (
-            not isinstance(item, dict)
-            or item.get("kty") != "RSA"
-            or item.get("use", "sig") != "sig"
-        ):
-            continue
-        kid = item.get("kid")
-        if not isinstance(kid, str):
-            continue
-        try:
-            keys[kid] = jwt.PyJWK(item, algorithm=item.get("alg") or "RS256")
-        except jwt.PyJWTError:
-            continue
-    return keys
 
 
 def _unavailable() -> ProxyError:
