@@ -34,6 +34,7 @@ SCRIPT = NODE_DIR / "oidc_provider.mjs"
 API = "https://api.scores.example"
 OTHER_API = "https://other.scores.example"
 CACHE_TTL = 1.0
+STARTUP_SECONDS = 90.0
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or not (NODE_DIR / "node_modules" / "oidc-provider").is_dir(),
@@ -74,15 +75,22 @@ class Provider:
 
 
 @pytest.fixture
-async def provider() -> AsyncIterator[Provider]:
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(SCRIPT), str(unused_port()), API, OTHER_API,
-        cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-    )
+async def provider(tmp_path: Path) -> AsyncIterator[Provider]:
+    errors = tmp_path / "oidc-provider.stderr"
+    with errors.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(SCRIPT), str(unused_port()), API, OTHER_API,
+            cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=sink,
+        )
     assert proc.stdout is not None
     try:
-        line = await asyncio.wait_for(proc.stdout.readline(), 30)
-        started = json.loads(line)
+        # Generous: a cold start on a loaded 2-core box (Node reading oidc-provider's
+        # modules, three key pairs) has been seen to take tens of seconds.
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), STARTUP_SECONDS)
+            started = json.loads(line)
+        except (TimeoutError, ValueError):
+            pytest.fail(f"oidc-provider did not start: {errors.read_text()[-2000:]}")
         async with aiohttp.ClientSession() as session:
             yield Provider(proc, started["issuer"], started["clients"], session)
     finally:
