@@ -124,7 +124,22 @@ def test_parse_rejections(over: dict[str, Any], code: str) -> None:
     assert info.value.code == code
 
 
-@pytest.mark.parametrize("body", [b"", b"[]", b"not json", b"null"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"[]",
+        b"not json",
+        b"null",
+        # Issue 26 row 11: an expiration that is no date, or not JSON, is unreadable (it
+        # overflowed, or never expired, before).
+        m2m_body(expiration=10**400),
+        m2m_body(expiration=-1),
+        m2m_body().replace(str(NOW_MS + 3_600_000).encode(), b"NaN"),
+        m2m_body().replace(str(NOW_MS + 3_600_000).encode(), b"1e400"),
+    ],
+    ids=["empty", "list", "text", "null", "exp-1e400-int", "exp-negative", "exp-nan", "exp-inf"],
+)
 def test_parse_garbage_is_unavailable(body: bytes) -> None:
     with pytest.raises(ProxyError) as info:
         parse_verify_response(M2M, body, NOW)

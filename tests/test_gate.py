@@ -1,10 +1,11 @@
-"""The Clerk gate as a state machine: fed times and outcomes, asked whether a call may go."""
+"""The gate (Clerk's, each issuer's) as a state machine: fed times and outcomes, asked whether a call may go."""
 
 from __future__ import annotations
 
 import pytest
 
 from proxy.auth.gate import CallGate
+from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
 
 
 def gate(rng: float = 1.0) -> CallGate:
@@ -104,3 +105,56 @@ def test_a_later_short_failure_never_shortens_a_longer_pause() -> None:
     g.failed(1.0)  # a call that was already out when the 429 came back
     held = g.held(1.0)
     assert held is not None and held[0] >= 19.0 and held[1] == "retry_after"
+
+
+def test_a_refusal_of_our_credentials_pauses_for_its_time_then_one_probe() -> None:
+    g = gate()
+    assert g.refused(0.0, 30.0) == pytest.approx(30.0)
+    assert g.held(29.9) == (pytest.approx(0.1), "refused")
+    assert g.enter(30.0) is None  # the probe
+    assert g.held(30.0) == (0.1, "probe")
+
+
+@pytest.mark.parametrize(
+    ("status", "failures", "held"),
+    [(200, 0, None), (404, 0, None), (401, 0, None), (503, 1, "backoff"), (429, 1, "retry_after")],
+)
+def test_settle_reads_an_answer(status: int, failures: int, held: str | None) -> None:
+    g = gate()
+    g.settle(0.0, status, 5.0 if status == 429 else None)
+    assert g.failures == failures
+    found = g.held(0.0)
+    assert (found[1] if found else None) == held
+
+
+async def test_through_holds_fails_settles_and_refuses() -> None:
+    g, now, calls = gate(), [0.0], []
+
+    async def answer(status: int) -> tuple[int, dict[str, str], bytes]:
+        calls.append(status)
+        return status, {}, b""
+
+    async def unreachable() -> tuple[int, dict[str, str], bytes]:
+        calls.append(0)
+        raise ProxyError(VERIFICATION_UNAVAILABLE, "down")
+
+    def held(seconds: float, reason: str) -> ProxyError:
+        return ProxyError(VERIFICATION_UNAVAILABLE, f"held:{reason}")
+
+    def pause(status: int) -> float | None:
+        return 30.0 if status == 401 else None
+
+    def clock() -> float:
+        return now[0]
+
+    assert (await g.through(clock, lambda: answer(200), held, pause))[0] == 200
+    with pytest.raises(ProxyError, match="down"):
+        await g.through(clock, unreachable, held, pause)
+    with pytest.raises(ProxyError, match="held:backoff"):
+        await g.through(clock, lambda: answer(200), held, pause)
+    now[0] = 1.0  # past the pause: the probe answers 401 (our credentials)
+    assert (await g.through(clock, lambda: answer(401), held, pause))[0] == 401
+    now[0] = 20.0
+    with pytest.raises(ProxyError, match="held:refused"):
+        await g.through(clock, lambda: answer(200), held, pause)
+    assert calls == [200, 0, 401]

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_aiohttp import AiohttpServer
 
 from proxy.auth.clerk import ClerkClient
-from proxy.auth.jwks import Jwks, check_claims, parse_jwks
+from proxy.auth.jwks import Jwks, check_claims
+from proxy.auth.keyset import parse_jwks  # Clerk's set is read as every issuer's
 from proxy.config.load import Clerk, build_config
 from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
 from proxy.observe.metrics import Metrics
@@ -132,7 +133,9 @@ async def env(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[JwksServer, 
         str(server.make_url("")).rstrip("/"), jwks_cache_seconds=300, jwks_min_refetch_seconds=30
     )
     async with aiohttp.ClientSession() as session:
-        yield served, Jwks(cfg, ClerkClient(cfg, session, Metrics(), now=clock), now=clock), clock
+        # One clock for the key set and Clerk's gate (JWKS calls pass it too).
+        client = ClerkClient(cfg, session, Metrics(), now=clock, monotonic=clock)
+        yield served, Jwks(cfg, client, now=clock), clock
 
 
 def sign(key: rsa.RSAPrivateKey, kid: str, alg: str = "RS256", **claims: Any) -> str:
@@ -240,7 +243,8 @@ async def test_keys_are_cached_then_refreshed(env: tuple[JwksServer, Jwks, Clock
         await jwks.verify(token)
     assert served.fetches == 1
     clock.t += 300
-    await jwks.verify(token)
+    await jwks.verify(token)  # the held key answers; the refetch runs behind it
+    await jwks.keys.settled()
     assert served.fetches == 2
 
 
@@ -284,13 +288,33 @@ async def test_cache_control_sets_how_long_keys_are_kept(env: tuple[JwksServer, 
     assert served.fetches == 1
     clock.t += 2
     await jwks.verify(token)
+    await jwks.keys.settled()  # refetched in the background
     assert served.fetches == 2
     served.cache_control = "no-store"  # as short as allowed: the refetch interval
     clock.t += 61
     await jwks.verify(token)
+    await jwks.keys.settled()
     clock.t += 29
     await jwks.verify(token)
     assert served.fetches == 3
     clock.t += 2
     await jwks.verify(token)
+    await jwks.keys.settled()
     assert served.fetches == 4
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"exp": 10**400}, {"nbf": 10**400}, {"exp": float("nan")}, {"exp": float("inf")},
+     {"iat": float("-inf")}, {"sid": float("nan")}],
+    ids=["exp-1e400", "nbf-1e400", "exp-nan", "exp-inf", "iat-minus-inf", "sid-nan"],
+)
+async def test_claims_are_strict_json_and_dates_in_range(
+    env: tuple[JwksServer, Jwks, Clock], claims: dict[str, Any]
+) -> None:
+    """Issue 26 row 11 for Clerk's own JWTs: 401, never an overflow or a token that does
+    not expire."""
+    _, jwks, _ = env
+    with pytest.raises(ProxyError) as info:
+        await jwks.verify(sign(KEY_A, "ins_a", **claims))
+    assert info.value.code == TOKEN_INVALID

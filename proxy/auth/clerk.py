@@ -24,7 +24,14 @@ from typing import Any, Final
 import aiohttp
 
 from proxy.auth.capped import read_capped
-from proxy.auth.gate import CallGate, Held
+from proxy.auth.claims_json import loads, numeric_date
+from proxy.auth.gate import (
+    DEFAULT_RETRY_AFTER,
+    CallGate,
+    Held,
+    retry_after,
+    retry_after_seconds,
+)
 from proxy.auth.tokens import TokenKind
 from proxy.config import model as config
 from proxy.core.errors import (
@@ -44,8 +51,6 @@ _ID: Final = re.compile(r"[a-z]+_[A-Za-z0-9]{1,128}")
 # A failure right after good answers is retried once when the gate's first pause (about
 # backoff_initial) is at most this long.
 QUICK_RETRY = 0.5
-# Retry-After when Clerk gave none: long enough not to hammer, short enough to recover.
-DEFAULT_RETRY_AFTER = 2
 BAD_KEY_RETRY_AFTER = 30
 # An instance setting changes when an operator changes it, not in seconds.
 SETTING_RETRY_AFTER = 60
@@ -87,20 +92,6 @@ class ClerkUnavailable(ProxyError):
 
     def __init__(self, message: str, retry_after: int = DEFAULT_RETRY_AFTER) -> None:
         super().__init__(VERIFICATION_UNAVAILABLE, message, retry_after=retry_after)
-
-
-def retry_after(headers: Mapping[str, str], default: int = DEFAULT_RETRY_AFTER) -> int:
-    """Clerk sends delta-seconds; anything else falls back to `default`."""
-    value = headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return max(1, min(int(value), 3600))
-    return default
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Clerk's Retry-After in seconds for the gate, None when it sent none we can read."""
-    value = headers.get("Retry-After", "").strip()
-    return float(min(int(value), 3600)) if value.isdigit() else None
 
 
 def error_code(body: bytes) -> str:
@@ -157,18 +148,17 @@ def classify_failure(
 
 
 def _ms(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} is not a number")
-    return float(value) / 1000.0
+    try:
+        return numeric_date(value, per_second=1000)
+    except ValueError as exc:
+        raise ValueError(f"{name} {exc}") from None
 
 
 def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Principal:
     """A 200 answer → Principal, or a rejection. A 200 that says revoked/expired, or whose
     expiration is past, is a rejection; a 200 we cannot read is Clerk's fault (503)."""
     try:
-        data = json.loads(body)
+        data = loads(body)
         if not isinstance(data, dict):
             raise ValueError("not an object")
         if data.get("active") is False:
@@ -220,6 +210,11 @@ def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Princi
     return principal
 
 
+def _no_refusal_pause(status: int) -> None:
+    """Clerk's 401/403 is logged and answered with BAD_KEY_RETRY_AFTER, not paused on."""
+    return None
+
+
 class ClerkClient:
     def __init__(
         self,
@@ -254,8 +249,15 @@ class ClerkClient:
         }
 
     async def get(self, name: str, path: str) -> tuple[int, Mapping[str, str], bytes]:
-        """One GET with the instance key (JWKS), with metrics; raises ClerkUnavailable."""
-        return await self._call(name, "GET", path, self._cfg.secret_key, None)
+        """One GET with the instance key (JWKS), with metrics, through the gate the verify
+        calls pass (the same API: an outage or a throttle holds both); raises
+        ClerkUnavailable."""
+        return await self.gate.through(
+            self._monotonic,
+            lambda: self._call(name, "GET", path, self._cfg.secret_key, None),
+            self._refusal,
+            _no_refusal_pause,
+        )
 
     def held(self) -> ClerkUnavailable | None:
         """The refusal a verify call would get from the gate right now, else None. Lets the
@@ -292,17 +294,12 @@ class ClerkClient:
                     gate.abandoned()  # cancelled: another call may find out instead
                 raise
             else:
+                gate.settle(self._monotonic(), status, retry_after_seconds(headers))
                 if status == 200:
-                    gate.succeeded()
                     return parse_verify_response(endpoint, body, self._now())
                 failure = classify_failure(endpoint, status, headers, body)
-                if status == 429:
-                    gate.throttled(self._monotonic(), retry_after_seconds(headers))
-                    break
                 if status < 500:
-                    gate.succeeded()  # Clerk answered: a refusal, not an outage
-                    break
-                gate.failed(self._monotonic(), retry_after_seconds(headers))
+                    break  # a refusal of the token, or a 429: no quick retry
             # A lone failure after good answers is retried once, when the first pause is
             # short; in an outage the pauses grow and only the probe calls.
             wait = gate.held(self._monotonic())

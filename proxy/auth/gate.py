@@ -1,25 +1,51 @@
 """`CallGate`: when the proxy may call a remote API again after it failed or throttled us.
 
-Being a good citizen towards Clerk during its outage or rate limiting is what this is
-for: a 429's `Retry-After` is honoured for every caller, not just the one that got it;
-5xx answers, timeouts and lost connections back off exponentially with jitter; and once
-a pause is over, one call (the probe) finds out whether the API is back while every
-other caller is still refused without a call. So an outage or a throttle costs at most
-one call per pause, however many requests are waiting.
+Being a good citizen towards Clerk and every other issuer during its outage or rate
+limiting is what this is for (one gate per API: Clerk's client, each issuer's calls —
+discovery, keys and introspection alike): a 429's `Retry-After` is honoured for every
+caller, not just the one that got it; 5xx answers, timeouts and lost connections back off
+exponentially with jitter; an answer refusing *our* credentials pauses until an operator
+can have fixed them (identity providers lock out clients that keep trying); and once a
+pause is over, one call (the probe) finds out whether the API is back while every other
+caller is still refused without a call. So an outage, a throttle or a wrong secret costs
+at most one call per pause, however many requests are waiting.
 
-Pure state: the clock and the random source are passed in, nothing here does I/O.
+`CallGate` is pure state (the clock and the random source are passed in); `through`
+runs one call under it.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Literal
+
+from proxy.core.errors import ProxyError
 
 # On top of a Retry-After, never below it: pods that were told the same time spread out.
 RETRY_AFTER_JITTER: Final = 0.1
+# The Retry-After we send when the API gave none: long enough not to hammer, short
+# enough to recover.
+DEFAULT_RETRY_AFTER: Final = 2
 
-Held = Literal["retry_after", "backoff", "probe"]
+Held = Literal["retry_after", "backoff", "probe", "refused"]
+# (status, headers, body) of one HTTP call.
+Answer = tuple[int, Mapping[str, str], bytes]
+
+
+def retry_after(headers: Mapping[str, str], default: int = DEFAULT_RETRY_AFTER) -> int:
+    """The API's Retry-After (delta-seconds, within 1 s to an hour) to pass on to our
+    caller; anything else is `default`."""
+    value = headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return max(1, min(int(value), 3600))
+    return default
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """The API's Retry-After in seconds for the gate, None when it sent none we can read."""
+    value = headers.get("Retry-After", "").strip()
+    return float(min(int(value), 3600)) if value.isdigit() else None
 
 
 class CallGate:
@@ -93,6 +119,55 @@ class CallGate:
     def throttled(self, now: float, retry_after: float | None) -> float:
         """A 429: no call before its Retry-After passes (a backoff step without one)."""
         return self.failed(now, retry_after if retry_after is not None else 0.0)
+
+    def refused(self, now: float, pause: float) -> float:
+        """The API refused our own credentials: nothing changes until an operator fixes
+        them, so no call for `pause` seconds, then one probe."""
+        if now >= self._until or self._probing:
+            self._failures += 1
+        return self._close(now, pause, "refused")
+
+    def settle(self, now: float, status: int, retry_after: float | None) -> None:
+        """An answer: 429 throttles, 5xx fails, anything else (a refusal of the token
+        included) means the API works."""
+        if status == 429:
+            self.throttled(now, retry_after)
+        elif status >= 500:
+            self.failed(now, retry_after)
+        else:
+            self.succeeded()
+
+    async def through(
+        self,
+        clock: Callable[[], float],
+        call: Callable[[], Awaitable[Answer]],
+        held: Callable[[float, Held], ProxyError],
+        refusal_pause: Callable[[int], float | None],
+    ) -> Answer:
+        """One call under the gate: while it is closed, `held(seconds, reason)` is raised
+        without a call; a ProxyError from `call` (unreachable, timed out) is a failure;
+        an answer settles the gate, or closes it for `refusal_pause(status)` seconds when
+        that says the status refuses our credentials."""
+        waiting = self.enter(clock())
+        if waiting is not None:
+            raise held(*waiting)
+        probe = self._failures > 0
+        try:
+            answer = await call()
+        except ProxyError:
+            self.failed(clock())
+            raise
+        except BaseException:
+            if probe:
+                self.abandoned()  # cancelled: another call may find out instead
+            raise
+        status, headers, _ = answer
+        pause = refusal_pause(status)
+        if pause is not None:
+            self.refused(clock(), pause)
+        else:
+            self.settle(clock(), status, retry_after_seconds(headers))
+        return answer
 
     def abandoned(self) -> None:
         """The probe went away without an answer (cancelled): let another call probe."""

@@ -10,23 +10,22 @@ being down, slow, rate-limiting or refusing *our* credentials is ours (503
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any
 from urllib.parse import quote_plus, urlencode
 
+from proxy.auth.claims_json import loads, numeric_date
 from proxy.auth.discovery import Discovery
+from proxy.auth.gate import retry_after
 from proxy.auth.issuer_claims import REFUSED_AS, map_principal
-from proxy.auth.issuer_http import IssuerHttp, IssuerUnavailable, retry_after
+from proxy.auth.issuer_http import BAD_CREDENTIALS_RETRY_AFTER, IssuerHttp, IssuerUnavailable
 from proxy.config.model import Issuer
 from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
 from proxy.core.principal import Principal
 
 log = logging.getLogger("proxy.introspection")
-
-BAD_CREDENTIALS_RETRY_AFTER: Final = 30
 
 
 def _inactive(message: str) -> ProxyError:
@@ -34,12 +33,10 @@ def _inactive(message: str) -> ProxyError:
 
 
 def _time(data: Mapping[str, Any], name: str) -> float | None:
-    value = data.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} is not a number")
-    return float(value)
+    try:
+        return numeric_date(data.get(name))
+    except ValueError as exc:
+        raise ValueError(f"{name} {exc}") from None
 
 
 def judge_answer(
@@ -60,7 +57,7 @@ def judge_answer(
     if status != 200:
         raise IssuerUnavailable(f"issuer {name} answered HTTP {status}", retry_after(headers))
     try:
-        data = json.loads(body)
+        data = loads(body)
         if not isinstance(data, dict) or not isinstance(data.get("active"), bool):
             raise ValueError("no boolean `active`")
         if not data["active"]:
@@ -88,7 +85,7 @@ def judge_answer(
     for claim, value in cfg.claims.require:
         if data.get(claim) != value:
             raise _inactive(f"the token's {claim} is not {value!r}")
-    return map_principal(data, cfg)
+    return map_principal(data, cfg, introspected=True)
 
 
 class Introspector:

@@ -5,7 +5,9 @@ of the configured audiences, `exp` required, `exp`/`nbf`/`iat` with the issuer's
 and the issuer's required claim values (Keycloak's payload `typ: Bearer`). Then the
 claim mapping: a client-credentials token (any `machine` rule matches) is a `machine`
 principal whose id is the client id; any other token acts for a user (`oauth`, id =
-`sub`). Only the configured `forward` claims reach the upstream.
+`sub`). An introspection answer naming a client and no `sub` is that client's own
+token, a machine whatever the rules say (RFC 7662 leaves `sub` out of it: oidc-provider
+does). Only the configured `forward` claims reach the upstream.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from proxy.auth.claims_json import numeric_date
 from proxy.config.model import ClaimMapping, Issuer, MachineRule
 from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
 from proxy.core.principal import Principal, TokenType, encode_claims
@@ -25,13 +28,11 @@ def _invalid(message: str) -> ProxyError:
     return ProxyError(TOKEN_INVALID, message, token_type=REFUSED_AS)
 
 
-def _number(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _invalid(f"the token's {name} claim is not a number")
-    return float(value)
+def _date(claims: Mapping[str, Any], name: str) -> float | None:
+    try:
+        return numeric_date(claims.get(name))
+    except ValueError as exc:
+        raise _invalid(f"the token's {name} claim {exc}") from None
 
 
 def _strings(value: Any) -> tuple[str, ...]:
@@ -57,15 +58,15 @@ def check_claims(
             f"the token is for another API (aud); this API is {', '.join(cfg.audiences)}"
         )
     leeway = cfg.leeway_seconds
-    exp = _number(claims, "exp")
+    exp = _date(claims, "exp")
     if exp is None:
         raise _invalid("the token has no expiry")
     if now > exp + leeway:
         raise ProxyError(TOKEN_EXPIRED, "the token has expired", token_type=REFUSED_AS)
-    nbf = _number(claims, "nbf")
+    nbf = _date(claims, "nbf")
     if nbf is not None and now + leeway < nbf:
         raise _invalid("the token is not valid yet")
-    iat = _number(claims, "iat")
+    iat = _date(claims, "iat")
     if iat is not None and now + leeway < iat:
         raise _invalid("the token was issued in the future")
     for name, value in cfg.claims.require:
@@ -102,11 +103,20 @@ def _scopes(claims: Mapping[str, Any], mapping: ClaimMapping) -> frozenset[str]:
     return frozenset()
 
 
-def map_principal(claims: Mapping[str, Any], cfg: Issuer) -> Principal:
-    """The Principal for claims that passed `check_claims`."""
+def map_principal(
+    claims: Mapping[str, Any], cfg: Issuer, *, introspected: bool = False
+) -> Principal:
+    """The Principal for claims that passed `check_claims` (or an introspection answer's
+    checks: `introspected`)."""
     mapping = cfg.claims
     client_id = _first_string(claims, mapping.client_id)
     machine = any(_matches(rule, claims, client_id) for rule in mapping.machine)
+    if introspected and not machine and client_id is not None and claims.get("sub") is None:
+        # RFC 7662 §2.2: `sub` names the resource owner who authorized the token. An answer
+        # that names a client and no owner is a client-credentials token, whose owner is
+        # the client itself (RFC 6749 §4.4). A user's token names its user there, so no
+        # user token becomes a machine by this.
+        machine = True
     token_type: TokenType
     if machine:
         if client_id is None:

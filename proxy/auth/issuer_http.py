@@ -4,22 +4,35 @@ Every failure of the issuer — unreachable, timing out, too large an answer —
 `IssuerUnavailable` (503 `verification_unavailable`): ours to report, never the caller's
 fault and never a reason to let a request through. Redirects are not followed (a JWKS
 location is configuration, not something an answer may move).
+
+Every call of one issuer passes that issuer's gate (`gate.CallGate`, as Clerk's calls
+pass Clerk's): its Retry-After holds every caller, an outage backs off, and an answer
+refusing the proxy's own credentials (401/403: a wrong introspection secret) pauses its
+calls for `BAD_CREDENTIALS_RETRY_AFTER` — one call and one log line per pause, not one
+per request, which is what gets a client locked out at an identity provider.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Final
 
 import aiohttp
 
 from proxy.auth.capped import read_capped
+from proxy.auth.gate import DEFAULT_RETRY_AFTER, CallGate, Held
 from proxy.config.model import Issuer
 from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
 from proxy.observe.metrics import Metrics
 
 MAX_ANSWER_BYTES = 256 * 1024
-DEFAULT_RETRY_AFTER = 2
+BAD_CREDENTIALS_RETRY_AFTER: Final = 30
+# The gate's backoff after failures: Clerk's defaults (clerk.backoff_initial/backoff_max).
+BACKOFF_INITIAL: Final = 0.1
+BACKOFF_MAX: Final = 10.0
+HELD_REASONS: Final[tuple[Held, ...]] = ("retry_after", "backoff", "probe", "refused")
 
 
 class IssuerUnavailable(ProxyError):
@@ -27,17 +40,45 @@ class IssuerUnavailable(ProxyError):
         super().__init__(VERIFICATION_UNAVAILABLE, message, retry_after=retry_after)
 
 
-def retry_after(headers: Mapping[str, str]) -> int:
-    value = headers.get("Retry-After", "").strip()
-    return max(1, min(int(value), 3600)) if value.isdigit() else DEFAULT_RETRY_AFTER
+def _refusal_pause(status: int) -> float | None:
+    return float(BAD_CREDENTIALS_RETRY_AFTER) if status in (401, 403) else None
 
 
 class IssuerHttp:
-    def __init__(self, cfg: Issuer, session: aiohttp.ClientSession, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        cfg: Issuer,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cfg = cfg
         self._session = session
         self._metrics = metrics
+        self._monotonic = monotonic
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
+        self.gate = CallGate(BACKOFF_INITIAL, BACKOFF_MAX)
+        self._held = {
+            reason: metrics.issuer_calls_held.labels(cfg.name, reason) for reason in HELD_REASONS
+        }
+
+    def held(self) -> IssuerUnavailable | None:
+        """The refusal a call would get from the gate right now, else None: lets the
+        verifier skip a call (and spending budget on it) while the issuer asked to wait."""
+        waiting = self.gate.held(self._monotonic())
+        return None if waiting is None else self._refusal(*waiting)
+
+    def _refusal(self, seconds: float, reason: Held) -> IssuerUnavailable:
+        self._held[reason].inc()
+        name = self.cfg.name
+        if reason == "retry_after":
+            message = f"issuer {name} is rate limiting the proxy; waiting for its Retry-After"
+        elif reason == "refused":
+            message = "the proxy cannot verify tokens right now"
+        else:
+            message = f"issuer {name} is failing; its calls are paused and retried with backoff"
+        return IssuerUnavailable(message, max(1, math.ceil(seconds)))
 
     async def get(self, endpoint: str, url: str) -> tuple[int, Mapping[str, str], bytes]:
         return await self.call(endpoint, "GET", url)
@@ -51,7 +92,23 @@ class IssuerHttp:
         data: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
-        """(status, headers, body) of one call; raises IssuerUnavailable when there is none."""
+        """(status, headers, body) of one call through the issuer's gate; raises
+        IssuerUnavailable when there is none (held by the gate, or no answer)."""
+        return await self.gate.through(
+            self._monotonic,
+            lambda: self._call(endpoint, method, url, data, headers),
+            self._refusal,
+            _refusal_pause,
+        )
+
+    async def _call(
+        self,
+        endpoint: str,
+        method: str,
+        url: str,
+        data: bytes | None,
+        headers: Mapping[str, str] | None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
         name = self.cfg.name
         started = time.perf_counter()
         status = "error"

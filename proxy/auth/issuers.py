@@ -48,7 +48,9 @@ def _segment(segment: str) -> dict[str, Any] | None:
 
 
 def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The unverified (header, payload) of a compact JWT; None when it is not one."""
+    """The unverified (header, payload) of a compact JWT; None when it is not one. Only
+    for routing by `iss`: the payload is read again, strictly, once its signature holds
+    (`jws.verify_signature`), so a NaN here still reaches its issuer's refusal."""
     parts = token.split(".")
     if len(parts) != 3:
         return None

@@ -8,7 +8,8 @@ unknown `kid` (key rotation) triggers a refetch at most once per
 fetch fails the last good key set keeps being used.
 
 Time claims are checked here against the injectable clock (PyJWT would use the wall
-clock), so PyJWT only checks the signature, restricted to the RS256 family.
+clock), so PyJWT only checks the signature (`jws.verify_signature`, which reads the claims
+as strict JSON), restricted to the RS256 family.
 
 PyJWT (and cryptography under it: about 8 MB of RSS) is imported on the first JWT or
 key set, not at start-up: a proxy whose partners only send opaque M2M tokens never loads
@@ -17,20 +18,18 @@ it. The import holds the event loop once, for about 40 ms on a 2-core box.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
+from proxy.auth.claims_json import numeric_date
 from proxy.auth.clerk import ClerkClient, ClerkUnavailable
+from proxy.auth.jws import verify_signature
 from proxy.auth.keyset import Fetched, Key, KeySetCache
 from proxy.auth.tokens import JWT_ALGORITHMS
 from proxy.config import model as config
 from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
-
-if TYPE_CHECKING:
-    import jwt
 
 log = logging.getLogger("proxy.jwks")
 
@@ -38,31 +37,6 @@ UNKNOWN_KEY: Final = (
     "the token is signed by a key this Clerk instance does not use; tokens are scoped to one "
     "Clerk instance, so a token issued by another instance or environment is not valid here"
 )
-
-
-def parse_jwks(body: bytes) -> dict[str, jwt.PyJWK]:
-    """The RSA signing keys of a JWKS document, by kid; other keys are ignored."""
-    import jwt
-
-    data = json.loads(body)
-    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-        raise ValueError("not a JWKS document")
-    keys: dict[str, jwt.PyJWK] = {}
-    for item in data["keys"]:
-        if (
-            not isinstance(item, dict)
-            or item.get("kty") != "RSA"
-            or item.get("use", "sig") != "sig"
-        ):
-            continue
-        kid = item.get("kid")
-        if not isinstance(kid, str):
-            continue
-        try:
-            keys[kid] = jwt.PyJWK(item, algorithm=item.get("alg") or "RS256")
-        except jwt.PyJWTError:
-            continue
-    return keys
 
 
 def _unavailable() -> ProxyError:
@@ -73,13 +47,11 @@ def _invalid(message: str, token_type: str | None) -> ProxyError:
     return ProxyError(TOKEN_INVALID, message, token_type=token_type)
 
 
-def _number(claims: Mapping[str, Any], name: str, token_type: str | None) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _invalid(f"the token's {name} claim is not a number", token_type)
-    return float(value)
+def _date(claims: Mapping[str, Any], name: str, token_type: str | None) -> float | None:
+    try:
+        return numeric_date(claims.get(name))
+    except ValueError as exc:
+        raise _invalid(f"the token's {name} claim {exc}", token_type) from None
 
 
 def check_claims(
@@ -91,15 +63,15 @@ def check_claims(
     """exp (required), nbf and iat with `clock_skew_seconds`; iss when configured. What each
     class of Clerk JWT requires besides (sub, azp, sts) is `clerk_jwt`'s."""
     skew = cfg.clock_skew_seconds
-    exp = _number(claims, "exp", token_type)
+    exp = _date(claims, "exp", token_type)
     if exp is None:
         raise _invalid("the token has no expiry", token_type)
     if now > exp + skew:
         raise ProxyError(TOKEN_EXPIRED, "the token has expired", token_type=token_type)
-    nbf = _number(claims, "nbf", token_type)
+    nbf = _date(claims, "nbf", token_type)
     if nbf is not None and now + skew < nbf:
         raise _invalid("the token is not valid yet", token_type)
-    iat = _number(claims, "iat", token_type)
+    iat = _date(claims, "iat", token_type)
     if iat is not None and now + skew < iat:
         raise _invalid("the token was issued in the future", token_type)
     if cfg.issuer and str(claims.get("iss", "")).rstrip("/") != cfg.issuer:
@@ -163,23 +135,6 @@ class Jwks:
             # A key is for the algorithm its JWK names (RS256 when it names none); Clerk's
             # SDK (WebCrypto) refuses the mismatch too.
             raise _invalid("the JWT's algorithm is not the one its signing key is for", token_type)
-        try:
-            claims = jwt.decode(
-                token,
-                key=key.key,
-                algorithms=[alg],
-                options={
-                    "verify_signature": True,
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                    "verify_aud": False,
-                    "verify_iss": False,
-                },
-            )
-        except jwt.PyJWTError:
-            raise _invalid("the JWT signature does not verify", token_type) from None
-        if not isinstance(claims, dict):
-            raise _invalid("malformed JWT", token_type)
+        claims = verify_signature(token, key, alg, token_type)
         check_claims(claims, self._cfg, self._now(), token_type)
         return header, claims

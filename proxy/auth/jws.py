@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+from proxy.auth.claims_json import loads
 from proxy.auth.keyset import Key
 from proxy.core.errors import TOKEN_INVALID, ProxyError
 
@@ -87,31 +88,26 @@ def key_misfit(key: Key, alg: str) -> str | None:
 def verify_signature(
     token: str, key: Key, alg: str, token_type: str | None = None
 ) -> dict[str, Any]:
-    """The claims of a token whose signature `key` verifies under `alg`; PyJWT checks the
-    signature only (claims are the caller's, against its injectable clock)."""
+    """The claims of a token whose signature `key` verifies under `alg`. PyJWT's JWS layer
+    checks the signature only; the payload is read here as strict JSON (`claims_json`:
+    PyJWT's reader takes NaN and Infinity) and the claims are the caller's to judge,
+    against its injectable clock."""
     import jwt
 
     misfit = key_misfit(key, alg)
     if misfit is not None:
         raise invalid(misfit, token_type)
     try:
-        claims = jwt.decode(
-            token,
-            key=key.key,
-            algorithms=[alg],
-            options={
-                "verify_signature": True,
-                "verify_exp": False,
-                "verify_nbf": False,
-                "verify_iat": False,
-                "verify_aud": False,
-                "verify_iss": False,
-                "verify_sub": False,
-                "verify_jti": False,
-            },
-        )
+        payload = jwt.api_jws.decode_complete(token, key=key.key, algorithms=[alg])["payload"]
     except jwt.PyJWTError:
         raise invalid("the JWT signature does not verify", token_type) from None
+    try:
+        claims = loads(payload)
+    except (ValueError, RecursionError):
+        claims = None
     if not isinstance(claims, dict):
-        raise invalid("malformed JWT", token_type)
+        raise invalid(
+            "malformed JWT: its claims are not a JSON object (RFC 8259: no NaN or Infinity)",
+            token_type,
+        )
     return claims

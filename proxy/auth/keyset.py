@@ -9,6 +9,12 @@ through the Clerk client with the instance key, another issuer's is a plain GET)
 - A `kid` the set does not hold triggers a refetch at most once per `min_refetch`
   seconds, and concurrent callers share that one fetch: a flood of made-up kids costs
   at most one fetch per interval.
+- A set past its time keeps verifying the kids it holds while one refetch runs in the
+  background (stale-while-revalidate, as Envoy's `jwt_authn` does): a slow key endpoint
+  at the moment the set ages out delays no token signed by a known key. Only a kid the
+  held set lacks (or the very first fetch) waits for that refetch — the same one, never a
+  second — bounded by the caller's deadline; the fetch itself runs to its end even when
+  every waiter gave up, so the next request finds its outcome.
 - A failed fetch keeps the last good set in use (an issuer outage must not log every
   partner out); after a failure the next try waits `FAILED_FETCH_BACKOFF` seconds (or
   `min_refetch`, if shorter) so an outage does not queue requests behind timeouts.
@@ -29,7 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
+from proxy.core.errors import ProxyError
 
 log = logging.getLogger("proxy.keyset")
 
@@ -138,7 +144,7 @@ class KeySetCache:
         self._set: KeySet | None = None
         self._last_fetch = float("-inf")
         self._last_ok = False
-        self._lock = asyncio.Lock()
+        self._running: asyncio.Future[None] | None = None  # the one fetch under way
         self.fetches = 0
 
     async def _fetch(self) -> None:
@@ -151,8 +157,8 @@ class KeySetCache:
                 raise ValueError(f"HTTP {status}")
             keys = parse_jwks(body)
         except ProxyError as exc:
-            if exc.code != VERIFICATION_UNAVAILABLE:
-                raise
+            # Whatever the owner's fetch refuses with (unreachable, held by its gate), the
+            # set is not fetched: the last good one stays, nobody is blamed.
             log.warning("JWKS fetch for %s failed: %s", self._name, exc.message)
             return
         except (ValueError, RecursionError) as exc:
@@ -173,22 +179,42 @@ class KeySetCache:
             return self._last_ok or since >= min(FAILED_FETCH_BACKOFF, self._min_refetch)
         return kid not in current.keys and since >= self._min_refetch
 
-    def fresh(self, kid: str) -> Key | None:
-        """The key when the set is fresh and holds it: no fetch, no await."""
-        current = self._set
-        if current is not None and self._now() - current.fetched_at < current.fresh_for:
-            return current.keys.get(kid)
-        return None
+    def _start(self) -> asyncio.Future[None]:
+        running = self._running
+        if running is None:
+            running = self._running = asyncio.ensure_future(self._fetch())
+            running.add_done_callback(self._finished)
+        return running
+
+    def _finished(self, done: asyncio.Future[None]) -> None:
+        self._running = None
+        if not done.cancelled() and done.exception() is not None:
+            log.error("JWKS fetch for %s failed", self._name, exc_info=done.exception())
+
+    async def settled(self) -> None:
+        """Once the fetch under way (if any) has ended: a background refetch has no caller
+        to wait for it, a test or a shutdown may."""
+        running = self._running
+        if running is not None:
+            await asyncio.shield(running)
 
     async def key(self, kid: str, unavailable: Callable[[], ProxyError]) -> Key | None:
         """The key for `kid`, fetching as the rules above allow; None when the set has no
         such key. Raises `unavailable()` when no set could be fetched yet."""
-        known = self.fresh(kid)
-        if known is not None:
-            return known
-        async with self._lock:  # one fetch at a time; waiters re-check its outcome
-            if self._due(kid, self._now()):
-                await self._fetch()
-            if self._set is None:
-                raise unavailable()
-            return self._set.keys.get(kid)
+        current, now = self._set, self._now()
+        if current is not None:
+            known = current.keys.get(kid)
+            if known is not None:
+                if now - current.fetched_at >= current.fresh_for and self._due(kid, now):
+                    self._start()  # in the background: the held key answers now
+                return known
+        running = self._running
+        if running is None and self._due(kid, now):
+            running = self._start()
+        if running is not None:
+            # Shielded: a waiter that gives up (its deadline) must not cancel the fetch
+            # every other waiter, and the next request, rely on.
+            await asyncio.shield(running)
+        if self._set is None:
+            raise unavailable()
+        return self._set.keys.get(kid)

@@ -160,26 +160,37 @@ class ClerkVerifier:
 
     def _loader(
         self, token: str, client_ip: str | None
-    ) -> tuple[Callable[[], Awaitable[Principal]], bytes | None, bool]:
+    ) -> tuple[
+        Callable[[], Awaitable[Principal]], bytes | None, Callable[[], ProxyError | None] | None
+    ]:
         """How to verify `token` (for a miss, or a known token's background check:
         `client_ip` None); the realm of the verdict when that is billable (an opaque
         token: Clerk's or another issuer's introspection), which has its rejections
-        cached and is shared in that realm, else None; and whether it is a Clerk call
-        (through the gate). A JWT refusal is not cached: it is cheap to recompute and may
-        stop being one (JWKS rotation, nbf reached)."""
+        cached and is shared in that realm, else None; and the gate of the call it makes,
+        when it is one (Clerk's verify, an issuer's introspection). A JWT refusal is not
+        cached: it is cheap to recompute and may stop being one (JWKS rotation, nbf
+        reached)."""
         if self.issuers:
             issuer, header, foreign = self.issuers.route(token)
             if issuer is not None and header is not None:
-                return (lambda: issuer.verify_jwt(token, header)), None, False
+                return (lambda: issuer.verify_jwt(token, header)), None, None
             if issuer is not None:
                 judged_by = self._realms[issuer.cfg.name]
-                return (lambda: self._introspect(issuer, token, client_ip)), judged_by, False
+                return (
+                    (lambda: self._introspect(issuer, token, client_ip)),
+                    judged_by,
+                    issuer.http.held,
+                )
             if foreign is not None:
-                return (lambda: self._foreign(token, client_ip, foreign)), None, False
+                return (lambda: self._foreign(token, client_ip, foreign)), None, None
         kind = tokens.classify(token)
         opaque = not kind.is_jwt
         realm = self._clerk_realm if opaque else None
-        return (lambda: self._load(kind, token, client_ip)), realm, opaque
+        return (
+            (lambda: self._load(kind, token, client_ip)),
+            realm,
+            (self.clerk.held if opaque else None),
+        )
 
     async def _foreign(self, token: str, client_ip: str | None, iss: str) -> Principal:
         """A JWT naming an issuer that is not configured, while `clerk.issuer` is unset:
@@ -195,9 +206,13 @@ class ClerkVerifier:
         self, issuer: IssuerVerifier, token: str, client_ip: str | None
     ) -> Principal:
         """An opaque token of another issuer: billable like Clerk's, so it spends budget
-        (a known token's background check: already paid from the reserve)."""
+        (a known token's background check: already paid from the reserve) — unless the
+        issuer's gate holds its calls, which refuses the miss before it spends any."""
         assert issuer.introspector is not None
         if client_ip is not None:
+            held = issuer.http.held()
+            if held is not None:
+                raise held
             self.budget.acquire(client_ip)
         return await issuer.introspector.principal(token)
 
@@ -234,10 +249,11 @@ class ClerkVerifier:
             if now < paused:
                 return
             del self._paused[key]
-        load, realm, clerk = self._loader(token, None)
-        # Opaque tokens' checks (those with a realm) are billable; Clerk's also pass its gate.
+        load, realm, held = self._loader(token, None)
+        # Opaque tokens' checks (those with a realm) are billable, and pass the gate of
+        # Clerk or their issuer.
         billable = realm is not None
-        if (clerk and self.clerk.held() is not None) or (billable and self.budget.known_wait() > 0):
+        if (held is not None and held() is not None) or (billable and self.budget.known_wait() > 0):
             self._metrics.verify_background.labels(trigger, "deferred").inc()
             return
         flight = self.cache.start(key, load, realm=realm)

@@ -1,5 +1,6 @@
-"""The `clerk:` section → `Clerk`: the Backend API, the keys (`clerk_keys`: of the
-instance's kind, never written in the file) and how verification talks to Clerk."""
+"""The `clerk:` section → `Clerk`: the Backend API (https off loopback), the keys
+(`clerk_keys`: of the instance's kind, never written in the file) and how verification
+talks to Clerk."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.config.clerk_keys import check_keys, instance_type
+from proxy.config.issuers import issuer_url
 from proxy.config.model import Clerk
 from proxy.config.values import (
     Reader,
@@ -52,7 +54,9 @@ def parse_clerk(
             "backoff_max",
         },
     )
-    api_url = r.get(ck, "clerk", "api_url", http_url, "https://api.clerk.com")
+    # Every call carries the secret key: https, as for any issuer (http only to loopback,
+    # where the emulator runs), whatever the environment is called.
+    api_url = r.get(ck, "clerk", "api_url", issuer_url, "https://api.clerk.com")
     secret_key = r.secret(ck, "clerk", "secret_key", required=True)
     machine_key = r.secret(ck, "clerk", "machine_secret_key", required=False)
     kind, said_by = instance_type(r, ck, environment)

@@ -132,16 +132,24 @@ class Metrics:
         )
         self.clerk_calls_held = Counter(
             "authproxy_clerk_calls_held_total",
-            "Clerk verify calls not made: Clerk's Retry-After running (retry_after), backing off "
-            "after failures (backoff), or the one probe call still out (probe).",
+            "Clerk calls (verify, JWKS) not made: Clerk's Retry-After running (retry_after), "
+            "backing off after failures (backoff), or the one probe call still out (probe).",
             ["reason"],
+            registry=r,
+        )
+        self.issuer_calls_held = Counter(
+            "authproxy_issuer_calls_held_total",
+            "Calls to another issuer (discovery, jwks, introspect) not made: its Retry-After "
+            "running (retry_after), backing off after failures (backoff), the one probe still "
+            "out (probe), or paused after it refused the proxy's credentials (refused).",
+            ["issuer", "reason"],
             registry=r,
         )
         self.verify_background = Counter(
             "authproxy_verify_background_total",
             "Background re-verifications of cached tokens by trigger (ahead: before the fresh "
             "period ends; stale: in the stale window) and result (valid, rejected, unavailable, "
-            "deferred: not started while Clerk or the budget said wait).",
+            "deferred: not started while Clerk, the token's issuer or the budget said wait).",
             ["trigger", "result"],
             registry=r,
         )

@@ -1,0 +1,40 @@
+"""Claims as an issuer sends them: JSON text (RFC 8259) and NumericDate (RFC 7519 §2).
+
+Python's `json` reads `NaN`, `Infinity` and `-Infinity`, which are not JSON (RFC 8259
+§6): a token or an answer carrying one is refused whole, so `exp: NaN` cannot make a
+token that never expires (every comparison with NaN is false). A NumericDate must be a
+number from 0 to the last second of year 9999: `exp: 1e400` (infinity once read) or a
+400-digit integer (which overflows a float) is not a date, and must not reach arithmetic
+on the request path. Pure.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+# 9999-12-31T23:59:59Z: the last second a calendar date (and Python's datetime) can name.
+MAX_NUMERIC_DATE: Final = 253_402_300_799
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads(text: bytes | str) -> Any:
+    """`json.loads`, refusing the constants that are not JSON. Raises ValueError (and
+    RecursionError for absurd nesting), as `json.loads` does."""
+    return json.loads(text, parse_constant=_not_json)
+
+
+def numeric_date(value: Any, per_second: int = 1) -> float | None:
+    """Seconds since the epoch from a NumericDate (`per_second` 1000: one in milliseconds),
+    None when absent; ValueError for anything else. Compared before it is converted, so a
+    huge integer is refused instead of overflowing."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("is not a number")
+    if not 0 <= value <= MAX_NUMERIC_DATE * per_second:  # NaN fails too
+        raise ValueError("is not a date (a number of seconds from 1970 to 9999)")
+    return value / per_second if per_second != 1 else float(value)
