@@ -16,7 +16,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PROXY = ROOT / "proxy"
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-MAX_LINES = 400
 
 
 def _packages() -> list[Path]:
@@ -29,15 +28,6 @@ def test_every_layer_package_says_what_it_holds_and_may_import() -> None:
         doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
         assert doc, f"{package.relative_to(ROOT)}/__init__.py has no docstring"
         assert "May import" in doc, f"{package.relative_to(ROOT)}: the docstring names no imports"
-
-
-def test_no_module_outgrows_one_idea() -> None:
-    big = {
-        str(p.relative_to(ROOT)): n
-        for p in PROXY.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > MAX_LINES
-    }
-    assert big == {}
 
 
 def test_no_module_lives_flat_in_the_root_package() -> None:

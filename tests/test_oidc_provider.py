@@ -34,7 +34,7 @@ SCRIPT = NODE_DIR / "oidc_provider.mjs"
 API = "https://api.scores.example"
 OTHER_API = "https://other.scores.example"
 CACHE_TTL = 1.0
-STARTUP_SECONDS = 90.0
+STARTUP_SECONDS = 60.0
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or not (NODE_DIR / "node_modules" / "oidc-provider").is_dir(),
@@ -74,9 +74,7 @@ class Provider:
             assert resp.status == 200
 
 
-@pytest.fixture
-async def provider(tmp_path: Path) -> AsyncIterator[Provider]:
-    errors = tmp_path / "oidc-provider.stderr"
+async def _start_provider(errors: Path) -> tuple[asyncio.subprocess.Process, dict[str, Any]]:
     with errors.open("wb") as sink:
         proc = await asyncio.create_subprocess_exec(
             "node", str(SCRIPT), str(unused_port()), API, OTHER_API,
@@ -84,13 +82,29 @@ async def provider(tmp_path: Path) -> AsyncIterator[Provider]:
         )
     assert proc.stdout is not None
     try:
-        # Generous: a cold start on a loaded 2-core box (Node reading oidc-provider's
-        # modules, three key pairs) has been seen to take tens of seconds.
+        line = await asyncio.wait_for(proc.stdout.readline(), STARTUP_SECONDS)
+        return proc, json.loads(line)
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        raise
+
+
+@pytest.fixture
+async def provider(tmp_path: Path) -> AsyncIterator[Provider]:
+    errors = tmp_path / "oidc-provider.stderr"
+    # Generous, and once more: in the whole suite on a 2-core box, a first start has
+    # once not printed its line within the wait (alone it starts in under a second);
+    # a provider that fails twice fails the test with what it said.
+    for attempt in (1, 2):
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), STARTUP_SECONDS)
-            started = json.loads(line)
+            proc, started = await _start_provider(errors)
+            break
         except (TimeoutError, ValueError):
-            pytest.fail(f"oidc-provider did not start: {errors.read_text()[-2000:]}")
+            if attempt == 2:
+                pytest.fail(f"oidc-provider did not start: {errors.read_text()[-2000:]}")
+    try:
         async with aiohttp.ClientSession() as session:
             yield Provider(proc, started["issuer"], started["clients"], session)
     finally:
