@@ -94,7 +94,7 @@ async def test_a_bad_issuer_token_is_anonymous_on_socketio_and_401_on_rest(
 ) -> None:
     bad = rig.token(aud="https://another-api.example")
     await sio.connect(rig.url, auth={"token": bad}, transports=transports, wait_timeout=5)
-    assert await sio.call("whoami", timeout=5) == {"type": "anonymous"}
+    assert await sio.call("whoami", timeout=5) == {"type": "anonymous", "refusal": "token_invalid"}
     assert await sio.call("join", "private", timeout=5) == "refused"
     async with aiohttp.ClientSession() as http:
         async with http.get(
@@ -117,7 +117,7 @@ async def test_polling_carries_the_principal_and_falls_back_to_anonymous(
     bad = rig.token(aud="https://another-api.example")
     await stranger.connect(rig.url, auth={"token": bad}, transports=["polling"], wait_timeout=5)
     try:
-        assert await stranger.call("whoami", timeout=5) == {"type": "anonymous"}
+        assert await stranger.call("whoami", timeout=5) == {"type": "anonymous", "refusal": "token_invalid"}
         assert await stranger.call("join", "private", timeout=5) == "refused"
     finally:
         await stranger.disconnect()

@@ -35,6 +35,8 @@ MACHINE_AUTH = {
     "claims": {"tier": "gold"},
 }
 ANON_AUTH = {"type": "anonymous"}
+# Anonymous because its token was refused: the code the REST answer would have had.
+REFUSED_AUTH = {"type": "anonymous", "refusal": "token_invalid"}
 
 
 class Verifier:
@@ -128,14 +130,14 @@ def test_sid_of() -> None:
             '40{"token":"good","principal":{"type":"user","id":"user_admin"}}',
             "40" + dumps({"principal": MACHINE_AUTH}),
         ),
-        ('40{"token":"bad","principal":"admin"}', "40" + dumps({"principal": ANON_AUTH})),
+        ('40{"token":"bad","principal":"admin"}', "40" + dumps({"principal": REFUSED_AUTH})),
         # no token: the header principal (here anonymous)
         ("40", "40" + dumps({"principal": ANON_AUTH})),
         ("40/admin,", "40/admin," + dumps({"principal": ANON_AUTH})),
         ("40/admin", "40/admin," + dumps({"principal": ANON_AUTH})),
         ('40{"token":null}', "40" + dumps({"principal": ANON_AUTH})),
         # a token that is not a string is an invalid token, never verified
-        ('40{"token":42}', "40" + dumps({"principal": ANON_AUTH})),
+        ('40{"token":42}', "40" + dumps({"principal": REFUSED_AUTH})),
         # an id field and a query on the namespace stay verbatim
         ('40/admin?x=1,{"token":"good"}', "40/admin?x=1," + dumps({"principal": MACHINE_AUTH})),
         ('40/chat,7{"a":1}', "40/chat,7" + dumps({"a": 1, "principal": ANON_AUTH})),
@@ -263,7 +265,7 @@ async def test_polling_body_with_several_packets() -> None:
     assert packets[1] == ("40" + dumps({"pid": "p", "principal": MACHINE_AUTH})).encode()
     assert packets[2] == b'451-["bin",{"_placeholder":true,"num":0}]'
     assert packets[3] == b"bAQIDBA=="
-    assert packets[4] == ("40/admin," + dumps({"principal": ANON_AUTH})).encode()
+    assert packets[4] == ("40/admin," + dumps({"principal": REFUSED_AUTH})).encode()
     assert (
         packets[5]
         == b"40/public,"

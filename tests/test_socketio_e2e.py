@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -114,27 +115,34 @@ async def test_valid_token_reaches_upstream_as_principal(
 
 @pytest.mark.parametrize("transports", TRANSPORTS)
 @pytest.mark.parametrize(
-    "auth",
+    ("auth", "refusal"),
     [
-        pytest.param({"token": "not-a-token"}, id="invalid"),
-        pytest.param({"token": "expired"}, id="expired"),
-        pytest.param(None, id="missing"),
-        pytest.param({"principal": PARTNER_AUTH}, id="forged"),
-        pytest.param({"token": "bad", "principal": PARTNER_AUTH}, id="forged+invalid"),
+        pytest.param({"token": "not-a-token"}, "token_invalid", id="invalid"),
+        pytest.param({"token": "expired"}, "token_expired", id="expired"),
+        pytest.param(None, None, id="missing"),
+        pytest.param({"principal": PARTNER_AUTH}, None, id="forged"),
+        pytest.param({"token": "bad", "principal": PARTNER_AUTH}, "token_invalid", id="forged+invalid"),
     ],
 )
 async def test_no_valid_token_is_anonymous_and_refused_private_rooms(
-    rig: Rig, sio: socketio.AsyncClient, transports: list[str], auth: dict[str, Any] | None
+    rig: Rig,
+    sio: socketio.AsyncClient,
+    transports: list[str],
+    auth: dict[str, Any] | None,
+    refusal: str | None,
 ) -> None:
+    # The upstream (and, through it, the partner) learns why: the refusal the REST answer
+    # would have had, beside "anonymous" (issue 28).
+    anonymous = {"type": "anonymous"} if refusal is None else {"type": "anonymous", "refusal": refusal}
     errors: list[Any] = []
     sio.on("error", errors.append)
     await sio.connect(rig.url, auth=auth, transports=transports, wait_timeout=5)
-    assert await sio.call("whoami", timeout=5) == {"type": "anonymous"}
+    assert await sio.call("whoami", timeout=5) == anonymous
     assert await sio.call("join", "public", timeout=5) == "joined"
     assert await sio.call("join", "private", timeout=5) == "refused"
     await until(lambda: bool(errors))
     assert errors == [{"room": "private", "reason": "authentication required"}]
-    assert rig.upstream.connects == [("/", {"principal": {"type": "anonymous"}})]
+    assert rig.upstream.connects == [("/", {"principal": anonymous})]
 
 
 async def test_bearer_on_the_handshake_without_auth_token(
@@ -145,6 +153,38 @@ async def test_bearer_on_the_handshake_without_auth_token(
     )
     assert await sio.call("whoami", timeout=5) == PARTNER_AUTH
     no_token_upstream(rig)
+
+
+@pytest.mark.parametrize("transports", TRANSPORTS)
+async def test_a_refused_handshake_bearer_says_why_in_each_connect(
+    rig: Rig,
+    sio: socketio.AsyncClient,
+    transports: list[str],
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
+) -> None:
+    if request.node.callspec.params["rig"] == "harness":
+        pytest.skip("the handshake's bearer is judged by the request path (create_app)")
+    # A refused bearer on the handshake itself: the socket still connects (the documented
+    # fallback), and each CONNECT the upstream gets says why.
+    caplog.set_level(logging.INFO, logger="proxy.socketio")
+    await sio.connect(
+        rig.url, headers={"Authorization": "Bearer expired"}, transports=transports, wait_timeout=5
+    )
+    expired = {"type": "anonymous", "refusal": "token_expired"}
+    assert await sio.call("whoami", timeout=5) == expired
+    assert rig.upstream.connects == [("/", {"principal": expired})]
+    await sio.disconnect()
+    # A CONNECT carrying its own bad token: the proxy's log line says which refusal.
+    other = socketio.AsyncClient(reconnection=False)
+    await other.connect(rig.url, auth={"token": "not-a-token"}, transports=transports, wait_timeout=5)
+    try:
+        assert await other.call("whoami", timeout=5) == {"type": "anonymous", "refusal": "token_invalid"}
+    finally:
+        await other.disconnect()
+    lines = [r for r in caplog.records if r.getMessage() == "socket.io connect fell back to anonymous"]
+    assert [getattr(r, "code", None) for r in lines] == ["token_invalid"]
+    assert "not-a-token" not in caplog.text
 
 
 @pytest.mark.parametrize("transports", TRANSPORTS)
@@ -259,15 +299,21 @@ async def test_node_client_with_valid_token(rig: Rig, transports: list[str]) -> 
 
 
 @needs_node
-@pytest.mark.parametrize("token", ["not-a-token", "expired", None])
-async def test_node_client_without_valid_token_is_anonymous(rig: Rig, token: str | None) -> None:
+@pytest.mark.parametrize(
+    ("token", "refusal"),
+    [("not-a-token", "token_invalid"), ("expired", "token_expired"), (None, None)],
+)
+async def test_node_client_without_valid_token_is_anonymous(
+    rig: Rig, token: str | None, refusal: str | None
+) -> None:
     seen = await node_client(
         url=rig.url, token=token, forged=PARTNER_AUTH, rooms=["public", "private"]
     )
-    assert seen["whoami"] == {"type": "anonymous"}
+    anonymous = {"type": "anonymous"} if refusal is None else {"type": "anonymous", "refusal": refusal}
+    assert seen["whoami"] == anonymous
     assert seen["joins"] == {"public": "joined", "private": "refused"}
     assert seen["errors"] == [{"room": "private", "reason": "authentication required"}]
-    assert rig.upstream.connects == [("/", {"principal": {"type": "anonymous"}})]
+    assert rig.upstream.connects == [("/", {"principal": anonymous})]
 
 
 @needs_node
@@ -323,7 +369,7 @@ async def test_polling_post_with_several_packets(rig: Rig) -> None:
     await until(lambda: len(rig.upstream.connects) == 2)
     assert sorted(rig.upstream.connects, key=lambda c: c[0]) == [
         ("/", {"pid": "p1", "principal": PARTNER_AUTH}),
-        ("/live", {"principal": {"type": "anonymous"}}),
+        ("/live", {"principal": {"type": "anonymous", "refusal": "token_invalid"}}),
     ]
 
 

@@ -288,7 +288,7 @@ async def test_connect_frames_are_rewritten(
             "claims": {"tier": "gold"},
         },
     }
-    assert texts[1] == '40/admin,{"principal":{"type":"anonymous"}}'
+    assert texts[1] == '40/admin,{"principal":{"type":"anonymous","refusal":"token_invalid"}}'
     assert texts[2] == '42["plain",{"token":"good"}]'  # not a CONNECT: untouched
     assert metrics.socketio_connects.labels("machine")._value.get() == 1
     assert metrics.socketio_connects.labels("anonymous")._value.get() == 1

@@ -27,6 +27,7 @@ async def rewrite_polling(
     principal: Principal,
     client_ip: str,
     header_token: str | None = None,
+    header_refusal: str | None = None,
 ) -> bytes:
     """Rewrite the CONNECTs of a polling POST body and remember them for the upgrade.
     Raises ProxyError: 400 for what cannot be read, 503/429 when Clerk is unavailable."""
@@ -35,7 +36,11 @@ async def rewrite_polling(
         return await ctx.verifier.verify(token, client_ip)
 
     out, grants = await sio.rewrite_polling_grants(
-        body, header_principal=principal, verify=verify, header_token=header_token
+        body,
+        header_principal=principal,
+        verify=verify,
+        header_token=header_token,
+        header_refusal=header_refusal,
     )
     for grant in grants:
         ctx.metrics.socketio_connects.labels(grant.principal.type).inc()

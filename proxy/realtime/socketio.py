@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +22,10 @@ from urllib.parse import parse_qsl
 
 import cachetools
 
-from proxy.core.errors import BAD_REQUEST, ProxyError
+from proxy.core.errors import BAD_REQUEST, TOKEN_INVALID, ProxyError
 from proxy.core.principal import ANONYMOUS, Principal
+
+log = logging.getLogger("proxy.socketio")
 
 PATH_PREFIX = "/socket.io/"
 RECORD_SEPARATOR = b"\x1e"
@@ -152,10 +155,13 @@ def parse_connect(packet: str) -> ConnectPacket:
     return ConnectPacket(head, namespace, auth, None, token_malformed=True)
 
 
-def principal_auth(principal: Principal) -> dict[str, Any]:
-    """`auth.principal` as SPEC.md fixes it."""
+def principal_auth(principal: Principal, refusal: str | None = None) -> dict[str, Any]:
+    """`auth.principal` as SPEC.md fixes it; an anonymous one names the refusal that made
+    it anonymous, when a token was refused."""
     if principal.is_anonymous:
-        return {"type": "anonymous"}
+        return (
+            {"type": "anonymous"} if refusal is None else {"type": "anonymous", "refusal": refusal}
+        )
     auth: dict[str, Any] = {
         "type": principal.type,
         "id": principal.id,
@@ -169,8 +175,8 @@ def principal_auth(principal: Principal) -> dict[str, Any]:
     return auth
 
 
-def encode_connect(packet: ConnectPacket, principal: Principal) -> str:
-    auth = {**packet.auth, "principal": principal_auth(principal)}
+def encode_connect(packet: ConnectPacket, principal: Principal, refusal: str | None = None) -> str:
+    auth = {**packet.auth, "principal": principal_auth(principal, refusal)}
     head = packet.head
     if head.startswith("40/") and "," not in head:
         head += ","  # `40/admin` had no payload; one is added now
@@ -215,6 +221,9 @@ class Grant:
     namespace: str
     principal: Principal
     token: str | None = field(default=None, repr=False)
+    # Why an anonymous grant is anonymous: the code the REST answer would have had
+    # (`token_id_not_secret`, `token_expired`, ...), for the upstream in `auth.principal`.
+    refusal: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,13 +323,16 @@ async def authenticate(
     header_principal: Principal,
     header_token: str | None,
     verify: Verify,
+    header_refusal: str | None = None,
 ) -> Grant:
     """The principal a CONNECT acts as. A bad `auth.token` means anonymous (the
-    documented Socket.IO fallback); an unavailable verifier re-raises its ProxyError."""
+    documented Socket.IO fallback), with the refusal's code; an unavailable verifier
+    re-raises its ProxyError. `header_refusal`: why the handshake's own token (its
+    Authorization field) left it anonymous."""
     if packet.token_malformed:
-        return Grant(packet.namespace, ANONYMOUS)
+        return _fallback(packet.namespace, TOKEN_INVALID, None)
     if packet.token is None:
-        return Grant(packet.namespace, header_principal, header_token)
+        return Grant(packet.namespace, header_principal, header_token, header_refusal)
     if header_token is not None and not hmac.compare_digest(
         header_token.encode(), packet.token.encode()
     ):
@@ -330,18 +342,37 @@ async def authenticate(
     except ProxyError as error:
         if is_unavailable(error):
             raise
-        return Grant(packet.namespace, ANONYMOUS)
+        return _fallback(packet.namespace, error.code, error.token_type)
     return Grant(packet.namespace, principal, packet.token)
 
 
+def _fallback(namespace: str, code: str, token_type: str | None) -> Grant:
+    # The partner sees a connected socket either way: this line (and the upstream's
+    # `auth.principal.refusal`) is where "why am I anonymous" is answered.
+    log.info(
+        "socket.io connect fell back to anonymous",
+        extra={"code": code, "namespace": namespace, "token_type": token_type},
+    )
+    return Grant(namespace, ANONYMOUS, None, code)
+
+
 async def rewrite_connect(
-    packet: str, *, header_principal: Principal, header_token: str | None, verify: Verify
+    packet: str,
+    *,
+    header_principal: Principal,
+    header_token: str | None,
+    verify: Verify,
+    header_refusal: str | None = None,
 ) -> tuple[str, Grant]:
     parsed = parse_connect(packet)
     grant = await authenticate(
-        parsed, header_principal=header_principal, header_token=header_token, verify=verify
+        parsed,
+        header_principal=header_principal,
+        header_token=header_token,
+        verify=verify,
+        header_refusal=header_refusal,
     )
-    return encode_connect(parsed, grant.principal), grant
+    return encode_connect(parsed, grant.principal, grant.refusal), grant
 
 
 async def rewrite_polling_grants(
@@ -350,6 +381,7 @@ async def rewrite_polling_grants(
     header_principal: Principal,
     verify: Verify,
     header_token: str | None = None,
+    header_refusal: str | None = None,
 ) -> tuple[bytes, list[Grant]]:
     """Rewrite every CONNECT in a polling POST body (`\\x1e`-joined packets)."""
     if not body.startswith(_CONNECT_B) and _SEP_CONNECT not in body:
@@ -364,7 +396,11 @@ async def rewrite_polling_grants(
         except UnicodeDecodeError:
             raise _bad("the Socket.IO CONNECT packet is not UTF-8") from None
         rewritten, grant = await rewrite_connect(
-            text, header_principal=header_principal, header_token=header_token, verify=verify
+            text,
+            header_principal=header_principal,
+            header_token=header_token,
+            verify=verify,
+            header_refusal=header_refusal,
         )
         packets[i] = rewritten.encode("ascii")
         grants.append(grant)

@@ -110,6 +110,7 @@ async def relay(
     client_ip: str,
     socketio: bool,
     header_token: str | None = None,
+    header_refusal: str | None = None,
 ) -> web.StreamResponse:
     settings = ctx.settings
     check_origin(request.headers.get("Origin"), settings.allowed_origins)
@@ -134,6 +135,7 @@ async def relay(
         raise
     sid = sio.sid_of(request.query_string) if socketio else None
     link = _Link(ctx, client, upstream, client_ip, principal, header_token, socketio, sid)
+    link.header_refusal = header_refusal  # for CONNECTs that carry no token of their own
     link.adopt(ctx.registry.grants.take(sid) if socketio else [Grant("", principal, header_token)])
     ctx.registry.track(link)
     ctx.metrics.websocket_connections.inc()
@@ -209,6 +211,8 @@ class _Link:
         self.ctx, self.client, self.upstream = ctx, client, upstream
         self.client_ip = client_ip
         self.header_principal, self.header_token = header_principal, header_token
+        # Why the handshake's own token left it anonymous, for its CONNECTs.
+        self.header_refusal: str | None = None
         # A plain WebSocket is watched under the namespace "".
         self.socketio = socketio
         self.sid = sid
@@ -347,6 +351,7 @@ class _Link:
                 header_principal=self.header_principal,
                 header_token=self.header_token,
                 verify=self.verify,
+                header_refusal=self.header_refusal,
             )
         except ProxyError as error:
             if not sio.is_unavailable(error):

@@ -215,6 +215,7 @@ class Proxy:
                 upstream_headers=upstream_headers,
                 principal=principal,
                 ip=routed.ip,
+                refusal=None if why is None else why.code,
             )
             status = response.status
             return self.last_if_draining(response)

@@ -55,7 +55,11 @@ async def dispatch(
     upstream_headers: CIMultiDict[str],
     principal: Principal,
     ip: str,
+    refusal: str | None = None,
 ) -> web.StreamResponse:
+    """`refusal`: why `principal` is anonymous on an `optional` route, when a token was
+    refused (Socket.IO CONNECTs carry it to the upstream)."""
+
     async def onward(body: bytes | None = None) -> web.StreamResponse:
         return await forward(
             request,
@@ -92,6 +96,7 @@ async def dispatch(
             client_ip=ip,
             socketio=is_sio,
             header_token=token,
+            header_refusal=refusal,
         )
     if not is_sio:  # another Upgrade (h2c…): plain HTTP, Upgrade/Connection stripped
         return await onward()
@@ -115,6 +120,7 @@ async def dispatch(
         principal=principal,
         client_ip=ip,
         header_token=token,
+        header_refusal=refusal,
     )
     # Sent once, never retried: a duplicated polling POST kills the Engine.IO session.
     return await onward(body)
