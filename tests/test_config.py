@@ -288,3 +288,20 @@ def test_verification_keys_and_their_defaults() -> None:
     assert cfg.cache.refresh_ahead == 0.3
     vb = cfg.verification_budget
     assert (vb.ipv4_prefix, vb.ipv6_prefix, vb.reserved_for_known, vb.per_ip.burst) == (24, 56, 0.5, 4)
+
+
+def test_a_route_asking_m2m_tokens_for_a_scope_they_never_carry_is_warned_about() -> None:
+    from proxy.config.load import build_config
+    from tests.support import config_dict
+
+    raw = config_dict("http://127.0.0.1:3000")
+    raw["routes"] = [
+        {"name": "admin", "path": "/admin/**", "scopes": ["scores:admin"]},
+        {"name": "oauth-admin", "path": "/oa/**", "scopes": ["scores:admin"],
+         "principal_types": ["oauth", "api_key"]},
+        {"name": "machines", "path": "/m/**", "scopes": ["mch_api"]},
+    ]
+    cfg = build_config(raw, file="c.yaml", env={})
+    keys = [key for key, _ in cfg.warnings]
+    assert keys == ["routes[0].scopes"]
+    assert "scores:admin is not a machine id" in dict(cfg.warnings)["routes[0].scopes"]

@@ -70,7 +70,8 @@ async def test_a_token_of_an_unserved_issuer_is_refused_by_name(issuer_stack: An
     status, headers, body = await s.get("/api/v1/matches", token)
     assert (status, body["error"]["code"]) == (401, "token_invalid")
     assert "https://login.stranger.example" in body["error"]["message"]
-    assert "clerk, authgear" in body["error"]["message"]
+    # Which issuers this proxy trusts is the operator's to know (issue 28): not in answers.
+    assert "clerk" not in body["error"]["message"] and "authgear" not in body["error"]["message"]
     assert "login.stranger.example" in headers["WWW-Authenticate"]
     assert sum(s.issuers["authgear"].calls.values()) == 0
 

@@ -198,3 +198,20 @@ def test_optional_route_still_checks_scopes_of_a_real_principal() -> None:
     with pytest.raises(ProxyError) as err:
         POLICY.authorize(route, MACHINE)
     assert err.value.status == 403
+
+
+def test_an_m2m_token_asked_for_a_scope_it_never_carries_is_told_so() -> None:
+    # A Clerk M2M token's scopes are machine ids: "lacks scores:admin" sends the partner
+    # looking for a scope to add to the token; the message says no M2M token carries it.
+    route = Route(name="admin", path="/admin/**", scopes=("scores:admin",))
+    policy = Policy((route,), Route(name="default", path="/**"))
+    m2m = Principal(type="machine", id="mch_a", token_type="m2m_token", scopes=frozenset({"mch_api"}))
+    oauth = Principal(type="oauth", id="user_a", token_type="oauth_token", scopes=frozenset({"x"}))
+    with pytest.raises(ProxyError) as m2m_refusal:
+        policy.authorize(route, m2m, token_error=None)
+    with pytest.raises(ProxyError) as oauth_refusal:
+        policy.authorize(route, oauth, token_error=None)
+    assert m2m_refusal.value.code == oauth_refusal.value.code == "insufficient_scope"
+    assert "never carries" in m2m_refusal.value.message
+    assert "mch_" in m2m_refusal.value.message
+    assert oauth_refusal.value.message == "the token lacks the scope(s): scores:admin"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,8 @@ from proxy.config.model import Issuer
 from proxy.core.errors import TOKEN_INVALID, ProxyError
 from proxy.core.principal import Principal
 from proxy.observe.metrics import Metrics
+
+log = logging.getLogger("proxy.issuers")
 
 _B64URL: Final = re.compile(r"[A-Za-z0-9_\-]+")
 # An `iss` is echoed in a refusal only when it is a plain, short, printable URL.
@@ -60,22 +63,26 @@ def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     return header, payload
 
 
+# Which issuers this proxy trusts is the operator's to know, not every caller's: the
+# refusal names the token's own issuer, the log line the ones served (at DEBUG: an
+# unknown issuer is a caller's mistake, one line per such request).
 def unserved(iss: str, served: Sequence[str]) -> ProxyError:
     who = iss if _SHOWABLE.fullmatch(iss) else "an issuer"
+    log.debug("a token of an issuer not served", extra={"served": list(served)})
     return ProxyError(
         TOKEN_INVALID,
-        f"the token was issued by {who}, which this proxy does not serve "
-        f"(it accepts tokens of: {', '.join(served)})",
+        f"the token was issued by {who}, which this proxy does not serve",
         token_type=REFUSED_AS,
     )
 
 
 def not_clerk(iss: str, served: Sequence[str]) -> ProxyError:
     who = iss if _SHOWABLE.fullmatch(iss) else "an issuer"
+    log.debug("a token of an issuer not served", extra={"served": list(served)})
     return ProxyError(
         TOKEN_INVALID,
         f"the token names {who}, which is not a configured issuer, and it does not verify "
-        f"as this Clerk instance's token (this proxy accepts tokens of: {', '.join(served)})",
+        "as this Clerk instance's token",
         token_type=REFUSED_AS,
     )
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from proxy.config.advice import upstream_warnings
+from proxy.config.advice import scope_warnings, upstream_warnings
 from proxy.config.clerk import parse_clerk
 from proxy.config.connections import (
     parse_connections,
@@ -331,7 +331,7 @@ def build_config(
         connections=parse_connections(r, top.get("connections")),
         forward_auth=_forward_auth(r, top.get("forward_auth")),
         variables=variables,
-        warnings=upstream_warnings(upstream.url),
+        warnings=upstream_warnings(upstream.url) + scope_warnings(keyed),
         inputs=tuple(r.files),
     )
     check_route_issuers(r, keyed, {i.name for i in cfg.issuers})

@@ -5,7 +5,7 @@ its key."""
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
 from proxy.config.model import HTTP_METHODS, PRINCIPAL_TYPES, IssuerRule, Route
 from proxy.config.values import Reader, str_list, str_value, validate_glob
@@ -22,7 +22,9 @@ _ROUTE_KEYS = {
     "oauth_clients",
     "issuers",
 }
-_MACHINE_ID = re.compile(r"mch_[A-Za-z0-9]{1,64}")
+# A Clerk machine id; also what a Clerk M2M token's scopes are (the machines it may call).
+MACHINE_PREFIX: Final = "mch_"
+_MACHINE_ID = re.compile(MACHINE_PREFIX + r"[A-Za-z0-9]{1,64}")
 _RULE_KEYS = {"scopes", "clients", "principal_types"}
 
 

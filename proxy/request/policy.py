@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from proxy.config.model import IssuerRule, Route
+from proxy.config.routes import MACHINE_PREFIX
 from proxy.core import errors
 from proxy.core.errors import ProxyError
 from proxy.core.principal import Principal
@@ -182,10 +183,25 @@ class Policy:
             missing = [s for s in route.scopes if s not in principal.scopes]
             raise ProxyError(
                 errors.INSUFFICIENT_SCOPE,
-                f"the token lacks the scope(s): {' '.join(missing)}",
+                _lacking(principal, missing),
                 scope=" ".join(route.scopes),
                 token_type=principal.token_type,
             )
+
+
+def _lacking(principal: Principal, missing: list[str]) -> str:
+    """A scope refusal that fits the token: a Clerk M2M token's scopes are the ids of the
+    machines it may call, so asking it for `scores:admin` is asking for what it can never
+    carry — say that, not "lacks the scope" (which sends partners to the wrong fix)."""
+    if principal.token_type == "m2m_token" and principal.issuer is None:
+        foreign = [s for s in missing if not s.startswith(MACHINE_PREFIX)]
+        if foreign:
+            return (
+                f"this route asks for {' '.join(foreign)}, which a Clerk M2M token never "
+                "carries (its scopes are the ids of the machines it may call, mch_…): use an "
+                "OAuth token or API key with that scope"
+            )
+    return f"the token lacks the scope(s): {' '.join(missing)}"
 
 
 _NO_RULES: Final = IssuerRule()
