@@ -113,7 +113,7 @@ async def test_restart_only_keys_are_compared_with_what_runs(
                      "from the network can be called around the proxy, with any X-Auth-* "
                      "headers the caller likes (docs/security.md)", 1)
         assert _count(running, changed) == 1, running.lines
-        warning = [line for line in running.lines if str(line.get("msg")).startswith("config: ")]
+        warning = [line for line in running.lines if str(line.get("msg")).startswith("config: 10.")]
         assert warning[0]["level"] == "warning" and warning[0]["key"] == "upstream.url"
     finally:
         await _stop(running)
