@@ -116,6 +116,7 @@ async def issuer_stack(aiohttp_server: Any) -> AsyncIterator[Any]:
         *,
         routes: list[dict[str, Any]] | None = None,
         emulator_options: dict[str, Any] | None = None,
+        faults: dict[str, dict[str, Any]] | None = None,
         clerk_issuer: bool = True,
         **overrides: Any,
     ) -> IssuerStack:
@@ -127,6 +128,9 @@ async def issuer_stack(aiohttp_server: Any) -> AsyncIterator[Any]:
         raw_issuers = []
         for name, entry in entries.items():
             emu = IssuerEmulator(**(emulator_options or {}))
+            # Before the proxy starts: it fetches every issuer's keys at start-up.
+            for kind, params in (faults or {}).items():
+                emu.set_fault(kind, **params)
             server = await aiohttp_server(emu.app)
             emu.issuer = urls[name] = str(server.make_url("")).rstrip("/")
             issuers[name] = emu

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -67,13 +68,19 @@ async def test_a_token_of_an_unserved_issuer_is_refused_by_name(issuer_stack: An
     s: IssuerStack = await issuer_stack()
     stranger = IssuerEmulator("https://login.stranger.example")
     token = stranger.mint({"iss": stranger.issuer, "aud": API, "exp": time.time() + 60})
+    authgear = s.issuers["authgear"]
+    for _ in range(300):  # the start-up fetch of authgear's keys, done before we ask
+        if authgear.calls["jwks"]:
+            break
+        await asyncio.sleep(0.01)
+    before = sum(authgear.calls.values())
     status, headers, body = await s.get("/api/v1/matches", token)
     assert (status, body["error"]["code"]) == (401, "token_invalid")
     assert "https://login.stranger.example" in body["error"]["message"]
     # Which issuers this proxy trusts is the operator's to know (issue 28): not in answers.
     assert "clerk" not in body["error"]["message"] and "authgear" not in body["error"]["message"]
     assert "login.stranger.example" in headers["WWW-Authenticate"]
-    assert sum(s.issuers["authgear"].calls.values()) == 0
+    assert sum(authgear.calls.values()) == before
 
 
 async def test_without_clerk_issuer_a_stranger_is_clerks_to_refuse_by_name(
@@ -149,10 +156,14 @@ async def test_key_rotation_is_picked_up(issuer_stack: Any) -> None:
 
 
 async def test_issuer_outage(issuer_stack: Any) -> None:
-    s: IssuerStack = await issuer_stack()
+    # Down from the start: the start-up fetch fails (both well-known documents tried).
+    s: IssuerStack = await issuer_stack(faults={"down": {"endpoints": ["discovery", "jwks"]}})
     token = await machine_token(s)
     emu = s.issuers["authgear"]
-    emu.set_fault("down", endpoints=["discovery", "jwks"])
+    for _ in range(300):
+        if emu.calls["discovery"] >= 2:
+            break
+        await asyncio.sleep(0.01)
     status, headers, body = await s.get("/api/v1/matches", token)
     assert (status, body["error"]["code"]) == (503, "verification_unavailable")
     assert "Retry-After" in headers
@@ -257,3 +268,33 @@ async def test_an_issuer_token_is_refreshed_ahead_by_its_own_issuer_never_by_cle
     assert 'authproxy_verify_background_total{result="valid",trigger="ahead"} 1.0' in metrics
     assert sum(s.clerk.calls.values()) == 0  # never judged as a Clerk token
     assert 'result="miss"} 1.0' in metrics  # the first request only
+
+
+async def test_an_issuers_keys_are_fetched_at_start_and_a_dead_one_is_logged(
+    issuer_stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Day two: a wrong issuer URL or an unreachable issuer shows in the log when the proxy
+    # starts, not when the first partner gets a 503; nobody waits for it.
+    caplog.set_level(logging.INFO)
+    s: IssuerStack = await issuer_stack()
+    emu = s.issuers["authgear"]
+    for _ in range(200):
+        if emu.calls["jwks"]:
+            break
+        await asyncio.sleep(0.01)
+    assert (emu.calls["discovery"], emu.calls["jwks"]) == (1, 1)  # before any request
+    await asyncio.sleep(0.05)
+    assert "JWKS fetched for issuer authgear" in caplog.text
+
+    caplog.clear()
+    dead = {**authgear_entry("http://127.0.0.1:9"), "name": "authgear"}
+    started = time.monotonic()
+    s2: IssuerStack = await issuer_stack({"authgear": lambda _url: dead})
+    assert time.monotonic() - started < 5, "start-up does not wait for an issuer"
+    for _ in range(300):
+        if "discovery for issuer authgear failed" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    assert "discovery for issuer authgear failed" in caplog.text
+    async with s2.client.get(s2.proxy.make_url("/api/v1/matches")) as resp:
+        assert resp.status == 401  # serving meanwhile: a missing token is answered as ever

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import re
@@ -125,6 +126,14 @@ class IssuerVerifier:
     async def _fetch_jwks(self) -> Fetched:
         url = self.cfg.jwks_url or (await self.discovery.metadata()).jwks_uri
         return await self.http.get("jwks", url)
+
+    async def warm(self) -> None:
+        """Discovery and keys fetched now, at start-up and on a reload that builds this
+        verifier: an unreachable or misconfigured issuer shows in the log before the first
+        partner meets it as a 503. Nobody waits for it (readiness does not depend on an
+        issuer); each failure is logged where it happens."""
+        with contextlib.suppress(ProxyError):
+            await self.keys.refresh()
 
     def _unavailable(self) -> ProxyError:
         return IssuerUnavailable(f"cannot fetch issuer {self.cfg.name}'s signing keys")

@@ -170,6 +170,7 @@ class KeySetCache:
         fresh_for = cache_seconds(headers, self._min_refetch, self._max_age)
         self._set = KeySet(keys, self._now(), fresh_for)
         self._last_ok = True
+        log.info("JWKS fetched for %s", self._name, extra={"keys": len(keys)})
 
     def _due(self, kid: str, now: float) -> bool:
         current, since = self._set, now - self._last_fetch
@@ -190,6 +191,10 @@ class KeySetCache:
         self._running = None
         if not done.cancelled() and done.exception() is not None:
             log.error("JWKS fetch for %s failed", self._name, exc_info=done.exception())
+
+    async def refresh(self) -> None:
+        """Fetch the set now (at start-up, on a reload), joining a fetch under way."""
+        await asyncio.shield(self._start())
 
     async def settled(self) -> None:
         """Once the fetch under way (if any) has ended: a background refetch has no caller

@@ -98,15 +98,26 @@ class ClerkVerifier:
         self._stale = metrics.verify_cache.labels("stale")
         # Keys whose last background check failed, with when the next may start.
         self._paused: dict[bytes, float] = {}
+        # Issuers' discovery and keys being fetched at start (`start`), held till done.
+        self._warming: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
-        """Nothing to warm: JWKS is fetched on first use, so Clerk being down at start-up
-        delays nothing but JWT verification. The cluster's channel is listened to in the
-        background (Redis being away delays nothing either)."""
+        """Clerk's JWKS is fetched on first use, so Clerk being down at start-up delays
+        nothing but JWT verification. Other issuers' discovery and keys are fetched now,
+        in the background, so that a wrong URL or an unreachable issuer is in the log at
+        start and on reload, not first met by a partner; nothing waits for them (readiness
+        does not depend on an issuer). The cluster's channel is listened to in the
+        background too (Redis being away delays nothing either)."""
         if self.cluster is not None:
             self.cluster.start()
+        for issuer in self.issuers.by_iss.values() if self.issuers else ():
+            task = asyncio.ensure_future(issuer.warm())
+            self._warming.add(task)
+            task.add_done_callback(self._warming.discard)
 
     async def close(self) -> None:
+        for task in self._warming:
+            task.cancel()
         await self.cache.close()
         if self.cluster is not None:
             await self.cluster.close()
