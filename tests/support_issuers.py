@@ -150,6 +150,7 @@ async def issuer_stack(aiohttp_server: Any) -> AsyncIterator[Any]:
         raw.update(overrides)
         config = build_config(raw, file="issuers.yaml", env={})
         proxy = await aiohttp_server(create_app(config))
+        proxy.app[PROXY].warm()  # as the process does once its listeners are bound
         client = aiohttp.ClientSession()
         sessions.append(client)
         return IssuerStack(issuers, clerk, proxy, recorder, client, urls)

@@ -103,13 +103,14 @@ class ClerkVerifier:
 
     async def start(self) -> None:
         """Clerk's JWKS is fetched on first use, so Clerk being down at start-up delays
-        nothing but JWT verification. Other issuers' discovery and keys are fetched now,
-        in the background, so that a wrong URL or an unreachable issuer is in the log at
-        start and on reload, not first met by a partner; nothing waits for them (readiness
-        does not depend on an issuer). The cluster's channel is listened to in the
-        background too (Redis being away delays nothing either)."""
+        nothing but JWT verification (other issuers' keys: `warm`). The cluster's channel
+        is listened to in the background (Redis being away delays nothing either)."""
         if self.cluster is not None:
             self.cluster.start()
+
+    def warm(self) -> None:
+        """Other issuers' discovery and keys fetched now, in the background (the process
+        calls it once its listeners are bound, and after a reload that rebuilt this)."""
         for issuer in self.issuers.by_iss.values() if self.issuers else ():
             task = asyncio.ensure_future(issuer.warm())
             self._warming.add(task)

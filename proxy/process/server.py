@@ -253,6 +253,7 @@ class Server:
                 await forward_runner.cleanup()
             raise
 
+        self.proxy.warm()
         fa = cfg.forward_auth
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -87,6 +87,14 @@ class Proxy:
         assert self._fast_pool is not None, "Proxy used outside its app's lifetime"
         return self._fast_pool
 
+    def warm(self) -> None:
+        """Fetch what the verifier can fetch ahead of the first request (other issuers'
+        discovery and keys), in the background: called once the listeners are bound, so a
+        process that cannot start does not also report issuers it never used."""
+        warm = getattr(self.runtime.verifier, "warm", None)
+        if warm is not None:
+            warm()
+
     @property
     def config(self) -> Config:
         """The live config: the last one loaded or reloaded."""
@@ -151,6 +159,7 @@ class Proxy:
             self._fast_pool = _fast_pool(config)
         self._config = config
         if keep is None:
+            self.warm()
             # Requests in flight may still hold the old verifier; close it once they are done.
             task = asyncio.create_task(_close_later(old.verifier, config.shutdown.grace_period))
             self._retired.add(task)
