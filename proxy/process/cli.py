@@ -19,6 +19,7 @@ from proxy import __version__
 from proxy.config.load import Config, ConfigError, load_config
 from proxy.observe.logs import configure_logging
 from proxy.process import revoke
+from proxy.process.descriptors import raise_to_hard_limit
 from proxy.process.ports import ListenError, probe
 from proxy.process.server import Server
 from proxy.process.workers import REUSE_PORT_ENV, run_workers
@@ -46,6 +47,8 @@ def _load_or_exit(path: str) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
     configure_logging(config.logging.level)
+    # Before any worker starts: they inherit it.
+    raise_to_hard_limit()
     workers = args.workers or config.workers
     try:
         if workers > 1:
