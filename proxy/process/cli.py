@@ -47,8 +47,6 @@ def _load_or_exit(path: str) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load_or_exit(args.config)
     configure_logging(config.logging.level)
-    # Before any worker starts: they inherit it.
-    raise_to_hard_limit()
     workers = args.workers or config.workers
     try:
         if workers > 1:
@@ -61,6 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 listeners.append(("forward_auth", config.forward_auth))
             for key, where in listeners:
                 probe(where.host, where.port, key, config.variables)
+            raise_to_hard_limit()  # before the workers start: they inherit it
             return run_workers(workers, args.config, config.admin, control)
 
         reuse_port = os.environ.get(REUSE_PORT_ENV) == "1"

@@ -27,6 +27,7 @@ from proxy.config.fingerprint import changed_keys, digest
 from proxy.config.load import Config, ConfigError, load_config
 from proxy.fastpath import listener
 from proxy.process.admin import create_admin_app, create_control_app
+from proxy.process.descriptors import raise_to_hard_limit
 from proxy.process.gateway import ADMIN_SOCKET_ENV
 from proxy.process.ports import ListenError, bind
 from proxy.request.app import PROXY, Proxy, create_app
@@ -253,6 +254,8 @@ class Server:
                 await forward_runner.cleanup()
             raise
 
+        # Once it is sure to serve (a taken port is one line and exit 2, nothing more).
+        raise_to_hard_limit()
         self.proxy.warm()
         fa = cfg.forward_auth
         loop = asyncio.get_running_loop()
