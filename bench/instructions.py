@@ -6,6 +6,8 @@ connection, instrumentation is switched on for N requests sent one at a time, th
 count is dumped. Kernel work (the socket calls) is not counted; see the CPU figures.
 
     python -m bench.instructions PROXY_PORT CONFIG LEG_PATH [HEADER-JSON] -> one JSON line
+
+`BENCH_CALLGRIND_KEEP=FILE` keeps the dump (for `callgrind_annotate --inclusive=yes`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def count(port: int, config: str, path: str, headers: dict[str, str]) -> dict[st
                 subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], capture_output=True, check=True)
                 subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True)
             dumps = sorted(glob.glob(f"{out}*"), key=os.path.getmtime)
+            keep = os.environ.get("BENCH_CALLGRIND_KEEP")
+            if keep:  # for callgrind_annotate: where the instructions go
+                Path(keep).write_bytes(Path(dumps[-1]).read_bytes())
             total = 0
             for line in Path(dumps[-1]).read_text().splitlines():
                 if line.startswith("totals:"):

@@ -301,3 +301,21 @@ def test_names_pattern_matches_exactly_its_names(
 )
 def test_versionless(start: bytes, verdict: bool | None) -> None:
     assert http1.versionless(start) is verdict
+
+
+def test_picked_fields_are_told_apart_by_length() -> None:
+    """`HeadParser.parse` says which picked field a match is by its name's length: each
+    it takes is as long as no other name in the pattern, and a request-id name as long as
+    one of them is compared by name instead."""
+    taken = {"host": 4, "authorization": 13, "traceparent": 11, "connection": 10}
+    others = [*http1._NOT_OURS]
+    for name, size in taken.items():
+        assert len(name) == size
+        assert all(len(other) != size for other in [*others, *(n for n in taken if n != name)])
+    assert http1.PickedFields("X-Request-Id").request_id_size == 12
+    assert http1.PickedFields("X-Trace-Id1").request_id_size == -1  # as long as traceparent
+    assert http1.PickedFields("").request_id_size == 0
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Trace-Id1: abc\r\ntraceparent: t\r\n\r\n"
+    parsed = http1.HeadParser().parse(head, http1.PickedFields("X-Trace-Id1"))
+    assert parsed is not None
+    assert (parsed.host, parsed.request_id, parsed.traceparent) == ("h", "abc", "t")

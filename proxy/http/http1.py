@@ -51,11 +51,17 @@ class PickedFields:
     request's id (`headers.request_id`, per config) and `traceparent`, for the access
     line — in the same trie, so naming each request costs no second pass."""
 
-    __slots__ = ("pattern", "request_id")
+    __slots__ = ("pattern", "request_id", "request_id_size")
 
     def __init__(self, request_id: str = "X-Request-Id") -> None:
         self.request_id = request_id.lower().encode("latin-1")
         names = [*_PICKED, *_NOT_OURS, "traceparent"]
+        # The pattern matches only these names, so a match's length says which it is
+        # (`HeadParser.parse`) without a `lower()` per field; a request-id name as long
+        # as another (-1) is compared by name, and none (0) is never matched.
+        self.request_id_size = len(request_id)
+        if request_id and len(request_id) in {len(name) for name in names}:
+            self.request_id_size = -1
         if request_id:
             names.append(request_id.lower())
         self.pattern = re.compile(rb"\r\n(?i:(" + names_pattern(names) + rb")):[ \t]*([^\r]*)")
@@ -267,21 +273,24 @@ class HeadParser:
         connection: list[str] = []
         request_id: str | None = None
         traceparent: str | None = None
+        request_id_size = fields.request_id_size
         for name, value in fields.pattern.findall(block):
-            name = name.lower()
-            if name == fields.request_id:
+            size = len(name)
+            if size == request_id_size or (
+                request_id_size < 0 and name.lower() == fields.request_id
+            ):
                 if request_id is None:
                     request_id = value.decode("latin-1")
-            elif name == b"traceparent":
-                if traceparent is None:
-                    traceparent = value.decode("latin-1")
-            elif name == b"host":
+            elif size == 4:  # host
                 if host is not None:
                     return None  # two: aiohttp refuses them (RFC 9112 §3.2)
                 host = value.decode("latin-1")
-            elif name == b"authorization":
+            elif size == 13:  # authorization
                 authorization.append(value.decode("latin-1"))
-            elif name == b"connection":
+            elif size == 11:  # traceparent
+                if traceparent is None:
+                    traceparent = value.decode("latin-1")
+            elif size == 10:  # connection
                 connection.append(value.decode("latin-1"))
             else:
                 return None  # body framing, upgrade, expect: aiohttp's

@@ -33,6 +33,13 @@ _wall_clock: Final = time.time
 _MAX_RENDERED: Final = 1024
 
 
+# One request's record: method, route, status, client address; ended (ms since the
+# epoch), took (µs); principal, refusal code, its cause, request id, traceparent.
+_Line = tuple[
+    str, str, int, str | None, int, int, Principal, str | None, str | None, str | None, str | None
+]
+
+
 # Set by the `--workers` supervisor for each worker it starts: every line a worker writes
 # says which one (the supervisor's own lines carry none).
 WORKER_ENV: Final = "CLERK_AUTH_PROXY_WORKER"
@@ -112,12 +119,10 @@ class AccessLog:
         self._interval = interval
         self._max_lines = max_lines
         self._worker = "" if worker is None else f'"worker":{worker},'
-        # The requests not yet written: what kind each was, when it ended (ms since the
-        # epoch), how long it took (µs), and who and why.
-        self._kinds: list[tuple[str, str, int, str | None]] = []
-        self._ended_ms: list[int] = []
-        self._took_us: list[int] = []
-        self._who: list[tuple[Principal, str | None, str | None, str | None, str | None]] = []
+        # The requests not yet written, one flat record each (one tuple and one append per
+        # request): what kind it was, when it ended (ms since the epoch), how long it took
+        # (µs), and who and why.
+        self._lines: list[_Line] = []
         # A kind's JSON before and after its duration. Partners call few routes from few
         # addresses, so this stays small; it is emptied when a scanner makes it grow.
         self._rendered: dict[tuple[str, str, int, str | None], tuple[str, str]] = {}
@@ -135,14 +140,23 @@ class AccessLog:
         request_id: str | None = None,
         traceparent: str | None = None,
     ) -> None:
-        self._kinds.append((method, route, status, client_ip))
-        self._ended_ms.append(int(_wall_clock() * 1000))
-        self._took_us.append(int(seconds * 1_000_000))
-        if why is None:
-            self._who.append((principal, None, None, request_id, traceparent))
-        else:
-            self._who.append((principal, why.code, why.cause, request_id, traceparent))
-        if len(self._kinds) >= self._max_lines:
+        lines = self._lines
+        lines.append(
+            (
+                method,
+                route,
+                status,
+                client_ip,
+                int(_wall_clock() * 1000),
+                int(seconds * 1_000_000),
+                principal,
+                None if why is None else why.code,
+                None if why is None else why.cause,
+                request_id,
+                traceparent,
+            )
+        )
+        if len(lines) >= self._max_lines:
             self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._interval, self.flush)
@@ -154,7 +168,7 @@ class AccessLog:
         # Every string is JSON-encoded, closed sets included: a method is whatever token
         # a parser let through, and nothing a client sends may end a line or add a field.
         rendered = self._rendered[kind] = (
-            f',"level":"info","logger":"proxy.access",{self._worker}"msg":"request",'
+            f'Z","level":"info","logger":"proxy.access",{self._worker}"msg":"request",'
             f'"method":{_json(method)},"route":{_json(route)},"status":{status},'
             '"duration_ms":',
             f',"client_ip":{_json(client_ip)}}}\n',
@@ -173,18 +187,34 @@ class AccessLog:
         parts = ("", "")
         last_principal: Principal | None = None
         principal_text = ""
-        for kind, ended, took, who in zip(
-            self._kinds, self._ended_ms, self._took_us, self._who, strict=True
-        ):
-            if kind != last_kind:  # a partner's requests come in runs of one kind
-                last_kind = kind
-                found = rendered.get(kind)
-                parts = found if found is not None else self._render(kind)
+        for line in self._lines:
+            (
+                method,
+                route,
+                status,
+                client_ip,
+                ended,
+                took,
+                principal,
+                code,
+                cause,
+                request_id,
+                traceparent,
+            ) = line
+            if (
+                last_kind is None
+                or status != last_kind[2]
+                or route != last_kind[1]
+                or method != last_kind[0]
+                or client_ip != last_kind[3]
+            ):  # a partner's requests come in runs of one kind
+                last_kind = (method, route, status, client_ip)
+                found = rendered.get(last_kind)
+                parts = found if found is not None else self._render(last_kind)
             if ended // 1000 != second:  # lines of one batch share their second
                 second = ended // 1000
                 second_text = f'{{"ts":{second}.'
                 time_text = f',"time":"{time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))}.'
-            principal, code, cause, request_id, traceparent = who
             # And of one principal: the same one, though the cache may hand out a new
             # object for each hit.
             if principal is not last_principal and (
@@ -202,7 +232,6 @@ class AccessLog:
             pieces.append(thousandths)
             pieces.append(time_text)
             pieces.append(thousandths)
-            pieces.append('Z"')
             pieces.append(parts[0])
             pieces.append(_COUNTS[ms] if ms < 1000 else str(ms))
             pieces.append(".")
@@ -213,22 +242,20 @@ class AccessLog:
                 if cause is not None:
                     pieces.append(f',"cause":{_json(cause)}')
             if request_id is not None:
-                pieces.append(f',"request_id":{_json(request_id[:MAX_REQUEST_ID])}')
+                pieces.append(',"request_id":')
+                pieces.append(_encode_ascii(request_id[:MAX_REQUEST_ID]))
             trace = trace_id(traceparent)
             if trace is not None:
                 pieces.append(f',"trace_id":"{trace}"')
             pieces.append(parts[1])
-        self._kinds.clear()
-        self._ended_ms.clear()
-        self._took_us.clear()
-        self._who.clear()
+        self._lines = []
         return "".join(pieces)
 
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._kinds:
+        if not self._lines:
             return
         stream = self._stream or sys.stderr
         text = self.text()
