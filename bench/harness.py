@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from bench.serial import SEQ, cpu_split
+from bench.serial import SEQ, TRACE, cpu_split
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -133,12 +133,13 @@ http {{
 
 
 def proxy_config(
-    tmp: Path, upstream: int, clerk: int, port: int, admin: int, issuer: str = ""
+    tmp: Path, upstream: int, clerk: int, port: int, admin: int, issuer: str = "",
+    *, fast_path: bool = True, name: str = "proxy.yaml",
 ) -> Path:
     raw = {
         "environment": "bench",
         "allow_inline_secrets": True,  # the emulator's key
-        "listen": {"host": "127.0.0.1", "port": port},
+        "listen": {"host": "127.0.0.1", "port": port, "fast_path": fast_path},
         "admin": {"host": "127.0.0.1", "port": admin},
         "upstream": {"url": f"http://127.0.0.1:{upstream}", "readiness_path": "/healthz"},
         "clerk": {"api_url": f"http://127.0.0.1:{clerk}", "secret_key": "sk_test_emulator",
@@ -153,12 +154,14 @@ def proxy_config(
     if issuer:  # leg (g): another OAuth issuer (the issuer emulator, Authgear's tokens)
         raw["issuers"] = [{"name": "bench-issuer", "preset": "authgear", "issuer": issuer,
                            "audiences": [ISSUER_RESOURCE]}]
-    path = tmp / "proxy.yaml"
+    path = tmp / name
     path.write_text(yaml.safe_dump(raw))
     return path
 
 
 ISSUER_RESOURCE = "https://api.scores.example"
+# A traced partner's own fields, new on every request.
+TRACED = {"X-Request-Id": SEQ, "traceparent": TRACE}
 
 
 def client_credentials_token(seeded: dict[str, Any]) -> str:
@@ -182,25 +185,32 @@ def post_json(url: str, body: dict[str, Any]) -> dict[str, Any]:
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-# wrk numbers the headers whose value is `{seq}` (bench.serial.SEQ) on every request.
+# wrk numbers the headers whose value is `{seq}` or `{trace}` (bench.serial.SEQ, TRACE)
+# on every request.
 WRK_SEQ = """
 local n = 0
 request = function()
   n = n + 1
   local h = {}
   for k, v in pairs(wrk.headers) do
-    h[k] = (v == "SEQ") and string.format("%016x", n) or v
+    if v == "SEQ" then
+      h[k] = string.format("%016x", n)
+    elseif v == "TRACE" then
+      h[k] = string.format("00-%032x-%016x-01", n, n)
+    else
+      h[k] = v
+    end
   end
   return wrk.format(nil, nil, h)
 end
-""".replace("SEQ", SEQ)
+""".replace("SEQ", SEQ).replace("TRACE", TRACE)
 
 
 def wrk(url: str, headers: dict[str, str], seconds: int, connections: int) -> dict[str, float]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     for k, v in headers.items():
         cmd += ["-H", f"{k}: {v}"]
-    if SEQ in headers.values():
+    if SEQ in headers.values() or TRACE in headers.values():
         script = Path(tempfile.gettempdir()) / "clerk-bench-seq.lua"
         script.write_text(WRK_SEQ)
         cmd += ["-s", str(script)]
@@ -297,7 +307,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         config = proxy_config(s.tmp, up_port, clerk_port, proxy_port, admin_port,
                               issuer_seeded["issuer"])
         proxy = s.spawn(PY, "-m", "proxy.process.cli", "run", "--config", str(config))
+        # The same proxy with `listen.fast_path: false`: every request through aiohttp's
+        # door, the path any request the fast path declines takes (leg t2).
+        door_port, door_admin = free_port(), free_port()
+        door_config = proxy_config(s.tmp, up_port, clerk_port, door_port, door_admin,
+                                   issuer_seeded["issuer"], fast_path=False,
+                                   name="proxy-aiohttp.yaml")
+        door = s.spawn(PY, "-m", "proxy.process.cli", "run", "--config", str(door_config))
         wait_port(proxy_port)
+        wait_port(door_port)
 
         phase("start")
         m2m = {"Authorization": f"Bearer {seeded['m2m_token_secret']}"}
@@ -313,6 +331,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # no head repeats, so nothing the proxy remembers per connection applies.
             "d2_proxy_m2m_varied": (
                 f"http://127.0.0.1:{proxy_port}/api/x", {**m2m, "X-Request-Id": SEQ}, [proxy.pid],
+            ),
+            # The headline: what a partner's client sends — its own X-Request-Id and W3C
+            # traceparent on every request, beside the usual fields — with a cached M2M
+            # token; (b2) nginx relaying the same heads, (t2) through aiohttp's door.
+            "t_proxy_m2m_traced": (
+                f"http://127.0.0.1:{proxy_port}/api/x", {**m2m, **TRACED}, [proxy.pid],
+            ),
+            "t2_proxy_m2m_traced_aiohttp": (
+                f"http://127.0.0.1:{door_port}/api/x", {**m2m, **TRACED}, [door.pid],
+            ),
+            "b2_nginx_traced": (
+                f"http://127.0.0.1:{nginx_port}/api/x", {**m2m, **TRACED}, tree_pids(nginx.pid),
             ),
             "e_proxy_jwt": (f"http://127.0.0.1:{proxy_port}/api/x", jwt, [proxy.pid]),
             # (e) with a client-credentials JWT of another issuer (Authgear's claims).
@@ -340,7 +370,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"round {n + 1} {name}: {json.dumps(one)}", flush=True)
         phase("http_legs")
         serial_legs = [
-            n for n in ("c_proxy_public", "d_proxy_m2m", "d2_proxy_m2m_varied", "e_proxy_jwt",
+            n for n in ("c_proxy_public", "d_proxy_m2m", "d2_proxy_m2m_varied",
+                        "t_proxy_m2m_traced", "t2_proxy_m2m_traced_aiohttp", "e_proxy_jwt",
                         "g_proxy_issuer_jwt")
             if n in chosen
         ]
@@ -348,7 +379,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for n in range(timed_rounds):
             for name in serial_legs:
                 url, headers, pids = chosen[name]
-                one = serial(proxy_port, pids[0], url, headers, args.seconds)
+                one = serial(int(url.split(":")[2].split("/")[0]), pids[0], url, headers,
+                             args.seconds)
                 serial_runs[name].append(one["cpu_us_per_request"])
                 print(f"serial round {n + 1} {name}: {json.dumps(one)}", flush=True)
         results["serial_cpu_us"] = {
@@ -364,15 +396,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cg_config = proxy_config(s.tmp, up_port, clerk_port, cg_port, cg_admin,
                                      issuer_seeded["issuer"])
             cg_config = cg_config.rename(s.tmp / "proxy-callgrind.yaml")
+            cg_door = proxy_config(s.tmp, up_port, clerk_port, cg_port, cg_admin,
+                                   issuer_seeded["issuer"], fast_path=False,
+                                   name="proxy-callgrind-aiohttp.yaml")
             results["instructions_per_request"] = {}
             for name in serial_legs:
                 url, headers, _pids = chosen[name]
                 out = subprocess.run(
-                    [PY, "-m", "bench.instructions", str(cg_port), str(cg_config),
+                    [PY, "-m", "bench.instructions", str(cg_port),
+                     str(cg_door if name.endswith("_aiohttp") else cg_config),
                      "/" + url.split("/", 3)[3], json.dumps(headers)],
-                    cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
-                ).stdout
-                count = json.loads(out.strip().splitlines()[-1])["instructions_per_request"]
+                    cwd=ROOT, capture_output=True, text=True, check=False, timeout=600,
+                )
+                if out.returncode != 0:
+                    raise SystemExit(f"instructions of {name} failed: {out.stderr[-2000:]}")
+                count = json.loads(out.stdout.strip().splitlines()[-1])["instructions_per_request"]
                 results["instructions_per_request"][name] = count
                 print(f"instructions {name}: {count:.0f}", flush=True)
         phase("instructions")

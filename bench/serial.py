@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import time
 
 SEQ = "{seq}"  # a header value that becomes a new 16-hex-digit number on every request
+# A header value that becomes a new W3C traceparent (trace and parent id from the same
+# number) on every request: what a traced client sends.
+TRACE = "{trace}"
+_NUMBERED = re.compile(b"(" + re.escape(SEQ.encode()) + b"|" + re.escape(TRACE.encode()) + b")")
 
 
 def client_request(target: str, host: str, headers: dict[str, str]) -> list[str]:
@@ -31,21 +36,30 @@ def client_request(target: str, host: str, headers: dict[str, str]) -> list[str]
 
 
 class Requests:
-    """The bytes of one request, again and again. A header whose value is SEQ gets a
-    fresh number each time, as X-Request-Id or traceparent do in real traffic: then no
-    two heads on a connection are the same bytes (what the proxy remembers per
-    connection does not apply)."""
+    """The bytes of one request, again and again. A header whose value is SEQ (TRACE)
+    gets a fresh number (traceparent) each time, as X-Request-Id or traceparent do in
+    real traffic: then no two heads on a connection are the same bytes (what the proxy
+    remembers per connection does not apply)."""
 
     def __init__(self, lines: list[str]) -> None:
         raw = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self._parts = raw.split(SEQ.encode(), 1)
+        # Literal bytes and numbered fields, alternating (re.split keeps the tokens).
+        self._parts = _NUMBERED.split(raw)
         self._n = 0
 
     def next(self) -> bytes:
         if len(self._parts) == 1:
             return self._parts[0]
         self._n += 1
-        return b"%s%016x%s" % (self._parts[0], self._n, self._parts[1])
+        n = self._n
+        return b"".join(
+            part
+            if i % 2 == 0
+            else b"%016x" % n
+            if part == SEQ.encode()
+            else b"00-%032x-%016x-01" % (n, n)
+            for i, part in enumerate(self._parts)
+        )
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -27,7 +27,7 @@ from proxy.core.principal import ANONYMOUS, Principal, Recent
 from proxy.core.timeouts import IDLE, ConnectionClock
 from proxy.fastpath.doorway import Doorway, expire_transport, peer_address
 from proxy.fastpath.fields import HeadFieldsMemo
-from proxy.fastpath.upstream_head import UpstreamHeads
+from proxy.fastpath.upstream_head import upstream_head
 from proxy.http import http1
 from proxy.http.headers import ClientHop, client_items
 from proxy.http.upstream import IDEMPOTENT, UpstreamConnection, UpstreamPool
@@ -83,7 +83,6 @@ class FrontDoor(asyncio.Protocol):
         self._started = 0.0
         self._upstream: UpstreamConnection | None = None
         self._upstream_head = b""
-        self._heads = UpstreamHeads()
         self._upstream_started = 0.0
         self._task: asyncio.Task[None] | None = None
         self._out: list[bytes] = []
@@ -252,7 +251,7 @@ class FrontDoor(asyncio.Protocol):
         # Who, and why anonymous, before the route may refuse them: the line names both.
         self._principal, self._why = authenticated
         principal = self._proxy.authorize(rt, routed, authenticated)
-        sent = self._heads.build(rt, head, principal, hop, routed.resolved)
+        sent = upstream_head(rt, head, principal, hop, routed.resolved)
         request_id = self._request_id
         if self._made_id and request_id is not None:
             # One made here: the upstream learns it too.

@@ -212,18 +212,12 @@ class HeadParser:
     and must be dropped once `parse` answers None (the connection then leaves the fast
     path)."""
 
-    __slots__ = ("_complete", "_keep_alive", "_last", "_last_bytes", "_last_fields", "_parser")
+    __slots__ = ("_complete", "_keep_alive", "_parser")
 
     def __init__(self) -> None:
         self._complete = False
         self._keep_alive = False
         self._parser: Any = httptools.HttpRequestParser(self)
-        # The last head taken, by its bytes: a keep-alive client polling one URL sends
-        # the same head every time, and llhttp's verdict on the same bytes is the same
-        # (after a complete message it is back in its first state either way).
-        self._last_bytes = b""
-        self._last_fields = DEFAULT_FIELDS
-        self._last: RequestHead | None = None
 
     # httptools callbacks: only those defined are called.
     def on_headers_complete(self) -> None:
@@ -237,8 +231,6 @@ class HeadParser:
         """The request in `head` (one complete head, ending in CRLFCRLF) when the fast
         path may take it; None when aiohttp must (anything unusual, malformed or
         carrying a body). `fields`: the config's (its request-id name)."""
-        if head == self._last_bytes and fields is self._last_fields:
-            return self._last
         if len(head) > MAX_HEAD:
             return None
         self._complete = False
@@ -296,7 +288,7 @@ class HeadParser:
                 return None  # body framing, upgrade, expect: aiohttp's
         if host is None:
             return None  # an HTTP/1.1 request without Host: refused on aiohttp's side
-        taken = RequestHead(
+        return RequestHead(
             method.decode("ascii"),
             target.decode("latin-1"),
             block,
@@ -307,8 +299,6 @@ class HeadParser:
             request_id,
             traceparent,
         )
-        self._last_bytes, self._last, self._last_fields = head, taken, fields
-        return taken
 
 
 def parse_request_head(head: bytes) -> RequestHead | None:

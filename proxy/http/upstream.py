@@ -67,17 +67,6 @@ class UpstreamConnection(asyncio.Protocol):
         # Bytes beyond one framed answer: the upstream broke framing. The connection ends
         # with the exchange; it is never pooled and the extra bytes reach nobody.
         self._broken = False
-        # The last answer's head and what was read from it: an upstream answering the same
-        # resource within one second (its Date) sends the same head bytes again. All of it
-        # is a pure function of the head's bytes, llhttp's keep-alive verdict included.
-        self._last_head = b""
-        self._last_block = b""
-        self._last_framing = http1.Framing(False, False)
-        self._last_status = 0
-        self._last_keep_alive = False
-        # The size of a whole answer under that head (head plus Content-Length), or -1
-        # when its body is not sized (chunked, or until close) or it is interim.
-        self._last_whole = -1
 
     # --- the exchange ---------------------------------------------------------------
 
@@ -142,14 +131,6 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._got_bytes = True
         self._last_read = _monotonic()
-        if (
-            len(data) == self._last_whole
-            and not self._head_seen
-            and not self._raw
-            and data.startswith(self._last_head)
-        ):
-            self._whole_repeat(data)
-            return
         if not self._head_seen:
             self._raw = self._raw + data if self._raw else data
             if len(self._raw) > MAX_RESPONSE_HEAD and self._raw.find(http1.HEAD_END) < 0:
@@ -205,42 +186,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_seen = True
         # Only valid here: llhttp resets its flags once the message completes.
         self._keep_alive = self._parser.should_keep_alive()
-        if head == self._last_head:
-            block, framing = self._last_block, self._last_framing
-        else:
-            block = http1.fields_of(head)
-            framing = http1.response_framing(status, block)  # status is in the head's bytes
-            self._last_head, self._last_block, self._last_framing = head, block, framing
-            self._last_status, self._last_keep_alive = status, self._keep_alive
-            if not framing.has_body:
-                self._last_whole = len(head)
-            elif framing.length is not None:
-                self._last_whole = len(head) + framing.length
-            else:
-                self._last_whole = -1
+        block = http1.fields_of(head)
+        framing = http1.response_framing(status, block)  # status is in the head's bytes
         self._length_known = not framing.until_close
         self.sink.response_head(status, head, block, framing)
-
-    def _whole_repeat(self, data: bytes) -> None:
-        """A whole answer in one read, under the same head as the last (byte for byte)
-        and exactly as long as that head's Content-Length says: relayed as llhttp would
-        report it, without llhttp. Its head is one llhttp validated, its body opaque
-        bytes of the stated length, and llhttp, which stands between answers when an
-        exchange begins, is left there for the next. Anything else — a body in several
-        reads, a byte too many or too few — goes through llhttp as always."""
-        sink = self.sink
-        assert sink is not None
-        head = self._last_head
-        self._interim = False
-        self._head_seen = True
-        self._length_known = True
-        self._keep_alive = self._last_keep_alive
-        self._pool.whole_repeats += 1
-        sink.response_head(self._last_status, head, self._last_block, self._last_framing)
-        if len(data) > len(head):
-            sink.response_body(data[len(head) :])
-        self._ending, self.sink = sink, None
-        self._end_exchange()
 
     def on_message_begin(self) -> None:
         if self._ending is not None:
@@ -297,9 +246,6 @@ class UpstreamPool:
         self._waiters: deque[asyncio.Future[UpstreamConnection | None]] = deque()
         # Connections with an exchange open, for the read-timeout check in `sweep`.
         self.busy: set[UpstreamConnection] = set()
-        # Answers relayed whole without llhttp (`UpstreamConnection._whole_repeat`); the
-        # tests read it.
-        self.whole_repeats = 0
         self.closed = False
 
     def take(self) -> UpstreamConnection | None:
