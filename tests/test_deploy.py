@@ -29,11 +29,13 @@ from proxy.config.load import Config, load_config, parse_duration
 from tests.support_deploy import (
     CHART,
     ENVIRONMENTS,
+    IMAGES,
     ROOT,
     by_kind,
     deep_merge,
     exported_metric_names,
     flag_options,
+    install_values,
     manifests,
     parse_dockerfile,
     pod_containers,
@@ -276,7 +278,7 @@ def _kube_versions() -> list[str]:
 
 def _render(env: str, **overrides: Any) -> list[dict[str, Any]]:
     _need("helm_python")
-    return manifests(render_chart(deep_merge(values_file(env), overrides)))
+    return manifests(render_chart(deep_merge(install_values(env), overrides)))
 
 
 def _config_from_configmap(docs: list[dict[str, Any]], tmp_path: Path) -> Config:
@@ -292,7 +294,7 @@ def test_chart_lints_clean(env: str) -> None:
     _need("helm_python")
     import helm_python
 
-    report = helm_python.lint(str(CHART), values_file(env), strict=True, kube_version="v1.29.0")
+    report = helm_python.lint(str(CHART), install_values(env), strict=True, kube_version="v1.29.0")
     assert report["errors"] == []
     serious = [m for m in report["messages"] if m["severity"] >= 2]
     assert serious == []
@@ -364,7 +366,7 @@ def test_termination_grace_is_derived_from_the_drain(
     """Kubernetes SIGKILLs at terminationGracePeriodSeconds: the chart derives it from the
     values it must cover, as the proxy reads them (its exit bound: delay + grace + 1 s)."""
     _need("helm_python")
-    docs = manifests(render_chart(deep_merge(values_file(env), overrides)))
+    docs = manifests(render_chart(deep_merge(install_values(env), overrides)))
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     values = deep_merge(deep_merge(defaults, values_file(env)), overrides)
     cfg = _config_from_configmap(docs, tmp_path)
@@ -485,7 +487,7 @@ def test_secret_can_also_be_mounted_for_secret_key_file(tmp_path: Path) -> None:
     _need("helm_python")
     config = yaml.safe_load((ROOT / "config" / "production.yaml").read_text())
     values = deep_merge(
-        values_file("production"), {"clerkSecret": {"mountPath": "/var/run/secrets/clerk"}}
+        install_values("production"), {"clerkSecret": {"mountPath": "/var/run/secrets/clerk"}}
     )
     # Helm merges maps with the chart's defaults: null removes the default ${CLERK_SECRET_KEY}.
     config["clerk"]["secret_key"] = None
@@ -513,7 +515,7 @@ def test_secret_can_also_be_mounted_for_secret_key_file(tmp_path: Path) -> None:
 def test_default_values_render_validate_and_load(tmp_path: Path) -> None:
     _need("helm_python")
     _need("kubernetes_validate")
-    docs = manifests(render_chart({}))
+    docs = manifests(render_chart(IMAGES))
     for doc in docs:
         validate_manifest(doc, "1.29.0")
     assert _config_from_configmap(docs, tmp_path).clerk.secret_key == SECRET_ENV["CLERK_SECRET_KEY"]
@@ -524,11 +526,46 @@ def test_chart_refuses_a_literal_clerk_key(key: str) -> None:
     _need("helm_python")
     import helm_python
 
-    values = deep_merge(values_file("production"), {"config": {"clerk": {key: "sk_live_oops"}}})
+    values = deep_merge(install_values("production"), {"config": {"clerk": {key: "sk_live_oops"}}})
     with pytest.raises(helm_python.HelmError) as info:
         render_chart(values)
     assert f"config.clerk.{key}" in str(info.value)
     assert "sk_live_oops" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("missing", "value"),
+    [
+        ({"app": {"image": {"repository": ""}}}, "app.image.repository"),
+        ({"app": {"image": {"tag": None}}}, "app.image.tag"),
+        ({"proxy": {"image": {"repository": ""}}}, "proxy.image.repository"),
+    ],
+)
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_chart_refuses_to_render_without_an_image(
+    env: str, missing: dict[str, Any], value: str
+) -> None:
+    """No placeholder image renders silently (into an ImagePullBackOff): each is
+    `required`, and the failure names the value to set."""
+    _need("helm_python")
+    import helm_python
+
+    with pytest.raises(helm_python.HelmError) as info:
+        render_chart(deep_merge(install_values(env), missing))
+    assert f"{value} is required" in str(info.value)
+    with pytest.raises(helm_python.HelmError, match=r"(app|proxy)\.image\.repository is required"):
+        render_chart(values_file(env))  # the values file alone: no image of its own
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert defaults["app"]["image"]["repository"] == defaults["proxy"]["image"]["repository"] == ""
+
+
+def test_the_proxy_image_tag_defaults_to_the_app_version() -> None:
+    (deploy,) = by_kind(_render("production"), "Deployment")
+    images = {c["name"]: c["image"] for c in pod_containers(deploy)}
+    assert images == {
+        "clerk-auth-proxy": f"registry.example.com/clerk-auth-proxy:{__version__}",
+        "scores-api": "registry.example.com/scores-api:1.4.2",
+    }
 
 
 def test_chart_app_version_is_the_package_version() -> None:
@@ -573,7 +610,13 @@ def test_named_templates_work_inside_another_chart(tmp_path: Path) -> None:
     )
     shutil.copytree(CHART, consumer / "charts" / "clerk-auth-proxy")
     (consumer / "templates" / "deployment.yaml").write_text(CONSUMER_DEPLOYMENT)
-    values = {"clerk-auth-proxy": {"standalone": False, "clerkSecret": {"name": "my-api-clerk"}}}
+    values = {
+        "clerk-auth-proxy": {
+            "standalone": False,
+            "clerkSecret": {"name": "my-api-clerk"},
+            "proxy": IMAGES["proxy"],
+        }
+    }
     docs = manifests(render_chart(values, chart=consumer, release="my-api"))
 
     assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment"]
@@ -691,7 +734,7 @@ def test_shared_cache_and_revocation_secrets_mount_and_load(tmp_path: Path) -> N
         },
         "revocation": {"secretName": "scores-revocation", "mountPath": str(revoke_dir)},
     }
-    docs = manifests(render_chart(values))
+    docs = manifests(render_chart(deep_merge(IMAGES, values)))
     for doc in docs:
         validate_manifest(doc, "1.29.0")
     (deploy,) = by_kind(docs, "Deployment")
@@ -725,11 +768,11 @@ def test_shared_cache_and_revocation_secrets_mount_and_load(tmp_path: Path) -> N
         targets = {p["targetPort"] for p in svc["spec"]["ports"]}
         assert targets <= {"http", "admin"} and control.port not in targets
     # Off by default: nothing rendered, nothing mounted.
-    default = manifests(render_chart({}))
+    default = manifests(render_chart(IMAGES))
     assert _config_from_configmap(default, tmp_path).cache.shared is None
 
 
 def test_shared_cache_needs_a_url() -> None:
     _need("helm_python")
     with pytest.raises(Exception, match=r"sharedCache\.url"):
-        render_chart({"sharedCache": {"enabled": True}})
+        render_chart(deep_merge(IMAGES, {"sharedCache": {"enabled": True}}))

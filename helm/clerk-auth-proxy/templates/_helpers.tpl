@@ -73,7 +73,8 @@ ${VAR} reference would put a secret into the ConfigMap.
 {{- end -}}
 
 {{- define "clerk-auth-proxy.image" -}}
-{{- printf "%s:%s" .Values.proxy.image.repository (.Values.proxy.image.tag | default .Chart.AppVersion | toString) -}}
+{{- $repository := required "proxy.image.repository is required: the proxy's image, e.g. --set proxy.image.repository=registry.example.com/clerk-auth-proxy (docs/deploy.md)" .Values.proxy.image.repository -}}
+{{- printf "%s:%s" $repository (.Values.proxy.image.tag | default .Chart.AppVersion | toString) -}}
 {{- end -}}
 
 {{/* PUBLIC: pod annotation that rolls the pods when the config changes. */}}
