@@ -354,8 +354,14 @@ def test_rendered_configmap_is_the_environment_config(env: str, tmp_path: Path) 
     [
         {},
         {"config": {"shutdown": {"grace_period": "90s", "delay": "1.5s"}}},
-        {"config": {"shutdown": {"grace_period": "2m", "delay": "250ms"}}, "sidecar": {"native": False}},
-        {"config": {"shutdown": {"grace_period": 7}}, "app": {"preStopSleepSeconds": 3, "shutdownSeconds": 0}},
+        {
+            "config": {"shutdown": {"grace_period": "2m", "delay": "250ms"}},
+            "sidecar": {"native": False},
+        },
+        {
+            "config": {"shutdown": {"grace_period": 7}},
+            "app": {"preStopSleepSeconds": 3, "shutdownSeconds": 0},
+        },
     ],
     ids=["as-shipped", "longer-grace", "plain-container", "short"],
 )
@@ -457,6 +463,60 @@ def test_production_manifest_has_what_the_issue_requires() -> None:
     assert {"name": "metrics", "port": 9090, "targetPort": "admin", "protocol": "TCP"} in svc[
         "spec"
     ]["ports"]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-sidecar", "plain-container"])
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_forward_auth_listener_gets_a_container_and_service_port(
+    env: str, native: bool, tmp_path: Path
+) -> None:
+    """`config.forward_auth.enabled` turns the listener on in the proxy's config and
+    publishes it: the container port `forward-auth` and `service.forwardAuthPort` on the
+    Service. The probes stay on the admin port."""
+    _need("kubernetes_validate")
+    docs = _render(
+        env,
+        sidecar={"native": native},
+        config={"forward_auth": {"enabled": True, "port": 8181}},
+        service={"forwardAuthPort": 8081},
+    )
+    for doc in docs:
+        validate_manifest(doc, "1.29.0")
+    cfg = _config_from_configmap(docs, tmp_path)
+    assert cfg.forward_auth is not None
+    assert (cfg.forward_auth.host, cfg.forward_auth.port) == ("0.0.0.0", 8181)
+    (deploy,) = by_kind(docs, "Deployment")
+    (proxy,) = [c for c in pod_containers(deploy) if c["name"] == "clerk-auth-proxy"]
+    ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert ports == {"http": 8080, "admin": 9090, "forward-auth": 8181}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert proxy[probe]["httpGet"]["port"] == "admin"
+    (svc,) = by_kind(docs, "Service")
+    assert {
+        "name": "forward-auth",
+        "port": 8081,
+        "targetPort": "forward-auth",
+        "protocol": "TCP",
+    } in svc["spec"]["ports"]
+    (notes,) = [
+        t
+        for p, t in render_chart(
+            deep_merge(install_values(env), {"config": {"forward_auth": {"enabled": True}}})
+        ).items()
+        if p.endswith("NOTES.txt")
+    ]
+    assert "scores-clerk-auth-proxy.scores.svc.cluster.local:8081/" in notes
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_forward_auth_listener_is_off_as_shipped(env: str, tmp_path: Path) -> None:
+    docs = _render(env)
+    assert _config_from_configmap(docs, tmp_path).forward_auth is None
+    (deploy,) = by_kind(docs, "Deployment")
+    ports = [p["name"] for c in pod_containers(deploy) for p in c.get("ports", [])]
+    assert ports == ["http", "admin"]
+    (svc,) = by_kind(docs, "Service")
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["http", "metrics"]
 
 
 def test_config_change_rolls_the_pods() -> None:
@@ -754,8 +814,17 @@ def test_shared_cache_and_revocation_secrets_mount_and_load(tmp_path: Path) -> N
     cfg = _config_from_configmap(docs, tmp_path)
     shared = cfg.cache.shared
     assert shared is not None
-    assert (shared.target.kind, shared.target.tls, shared.target.service) == ("sentinel", True, "mymaster")
-    assert (shared.username, shared.password, shared.timeout, shared.flight_wait) == ("proxy", "redis-password", 0.02, 0.5)
+    assert (shared.target.kind, shared.target.tls, shared.target.service) == (
+        "sentinel",
+        True,
+        "mymaster",
+    )
+    assert (shared.username, shared.password, shared.timeout, shared.flight_wait) == (
+        "proxy",
+        "redis-password",
+        0.02,
+        0.5,
+    )
     assert shared.ca_file == str(redis_dir / "ca.crt")
     assert cfg.revocation.secret == "a-revocation-secret-0123"
     # Issue 26 row 15: POST /revoke on the pod's loopback, published by no Service and
