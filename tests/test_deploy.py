@@ -628,6 +628,126 @@ def test_the_proxy_image_tag_defaults_to_the_app_version() -> None:
     }
 
 
+def _render_check_recipe() -> str:
+    """The shell block docs/deploy.md gives for checking a values file before installing."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    _, marker, after = text.partition("<!-- render-check recipe:")
+    assert marker, "docs/deploy.md lost its render-check recipe"
+    block = re.search(r"```sh\n(.*?)```", after, re.S)
+    assert block is not None
+    recipe = block.group(1)
+    assert "helm/clerk-auth-proxy/values-production.yaml" in recipe
+    return recipe
+
+
+def _run_recipe(values: str) -> subprocess.CompletedProcess[str]:
+    """The documented recipe as written, for another values file (`make venv` is done:
+    this suite runs in that venv)."""
+    recipe = _render_check_recipe().replace("make venv", ": make venv")
+    recipe = recipe.replace("helm/clerk-auth-proxy/values-production.yaml", values)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLERK_")}
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", recipe],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_documented_render_check_passes_the_shipped_values(env: str) -> None:
+    _need("helm_python")
+    done = _run_recipe(f"helm/clerk-auth-proxy/values-{env}.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"OK (environment {env}," in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("typo", "key"),
+    [
+        ({"cache": {"ttl_secnds": 60}}, "cache.ttl_secnds: unknown key"),
+        ({"upstream": {"read_timeout": "a minute"}}, "upstream.read_timeout"),
+        ({"forward_auth": {"enabled": True, "port": 8080}}, "forward_auth.port"),
+    ],
+    ids=["unknown-key", "bad-duration", "port-clash"],
+)
+def test_the_documented_render_check_names_a_typo(
+    typo: dict[str, Any], key: str, tmp_path: Path
+) -> None:
+    """A config that renders but would crash-loop the pod: the recipe exits non-zero and
+    names the key, as check-config does; no Clerk key is needed on the machine."""
+    _need("helm_python")
+    values = deep_merge(values_file("production"), {"config": typo})
+    path = tmp_path / "values-typo.yaml"
+    path.write_text(yaml.safe_dump(values))
+    done = _run_recipe(str(path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert key in done.stderr, done.stderr
+    assert "sk_live_" not in done.stdout + done.stderr  # the placeholder key is never shown
+
+
+def test_the_documented_render_check_reports_a_chart_that_does_not_render(
+    tmp_path: Path,
+) -> None:
+    _need("helm_python")
+    path = tmp_path / "values-literal-key.yaml"
+    values = deep_merge(values_file("production"), {"config": {"clerk": {"secret_key": "x"}}})
+    path.write_text(yaml.safe_dump(values))
+    done = _run_recipe(str(path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "config.clerk.secret_key must be a ${VAR} reference" in done.stderr
+
+
+def test_render_check_stands_in_for_mounted_secrets(tmp_path: Path) -> None:
+    """Secrets read from files (clerk.secret_key_file, the shared cache's password and CA,
+    the revocation secret) are placeholders too: the rest of the config is checked."""
+    _need("helm_python")
+    script = ROOT / "scripts" / "render_check.py"
+    sets = [
+        "clerkSecret.mountPath=/var/run/secrets/clerk",
+        "config.clerk.secret_key=null",
+        "config.clerk.secret_key_file=/var/run/secrets/clerk/secret_key",
+        "revocation.secretName=scores-revocation",
+        "sharedCache.enabled=true",
+        "sharedCache.url=rediss://redis:6380",
+        "sharedCache.secretName=scores-redis",
+        "sharedCache.passwordKey=password",
+        "sharedCache.caKey=ca.crt",
+    ]
+    images = [
+        "app.image.repository=r/api",
+        "app.image.tag=1",
+        "proxy.image.repository=r/proxy",
+    ]
+    args = ["-f", str(CHART / "values-test.yaml")]
+    for expr in sets + images:
+        args += ["--set", expr]
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK (environment test," in done.stdout
+
+
+def test_render_check_knows_the_development_environments() -> None:
+    """The script picks an sk_test_ placeholder by the loader's rule."""
+    import importlib.util
+
+    from proxy.config import clerk_keys
+
+    spec = importlib.util.spec_from_file_location(
+        "render_check", ROOT / "scripts" / "render_check.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    development = {k for k, v in clerk_keys._BY_ENVIRONMENT.items() if v == "development"}
+    assert development == module.DEVELOPMENT_ENVIRONMENTS
+
+
 def test_chart_app_version_is_the_package_version() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["appVersion"] == __version__
