@@ -597,7 +597,7 @@ def test_chart_refuses_a_literal_clerk_key(key: str) -> None:
     ("missing", "value"),
     [
         ({"app": {"image": {"repository": ""}}}, "app.image.repository"),
-        ({"app": {"image": {"tag": None}}}, "app.image.tag"),
+        ({"app": {"image": {"tag": ""}}}, "app.image.tag"),
         ({"proxy": {"image": {"repository": ""}}}, "proxy.image.repository"),
     ],
 )
