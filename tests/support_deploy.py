@@ -76,6 +76,14 @@ def flag_options(flag: str) -> dict[str, str]:
 # --- Helm ---------------------------------------------------------------------------------
 
 
+# What an install adds to a values file: the images (`--set`, docs/deploy.md §3). The chart
+# has none of its own: it refuses to render without them (`required`).
+IMAGES: dict[str, Any] = {
+    "app": {"image": {"repository": "registry.example.com/scores-api", "tag": "1.4.2"}},
+    "proxy": {"image": {"repository": "registry.example.com/clerk-auth-proxy"}},
+}
+
+
 def values_file(env: str) -> dict[str, Any]:
     data = yaml.safe_load((CHART / f"values-{env}.yaml").read_text())
     assert isinstance(data, dict)
@@ -91,6 +99,11 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
         else:
             out[key] = value
     return out
+
+
+def install_values(env: str) -> dict[str, Any]:
+    """`-f values-<env>.yaml` plus the images' `--set`s, as docs/deploy.md installs."""
+    return deep_merge(values_file(env), IMAGES)
 
 
 def render_chart(

@@ -29,11 +29,13 @@ from proxy.config.load import Config, load_config, parse_duration
 from tests.support_deploy import (
     CHART,
     ENVIRONMENTS,
+    IMAGES,
     ROOT,
     by_kind,
     deep_merge,
     exported_metric_names,
     flag_options,
+    install_values,
     manifests,
     parse_dockerfile,
     pod_containers,
@@ -276,7 +278,7 @@ def _kube_versions() -> list[str]:
 
 def _render(env: str, **overrides: Any) -> list[dict[str, Any]]:
     _need("helm_python")
-    return manifests(render_chart(deep_merge(values_file(env), overrides)))
+    return manifests(render_chart(deep_merge(install_values(env), overrides)))
 
 
 def _config_from_configmap(docs: list[dict[str, Any]], tmp_path: Path) -> Config:
@@ -292,7 +294,7 @@ def test_chart_lints_clean(env: str) -> None:
     _need("helm_python")
     import helm_python
 
-    report = helm_python.lint(str(CHART), values_file(env), strict=True, kube_version="v1.29.0")
+    report = helm_python.lint(str(CHART), install_values(env), strict=True, kube_version="v1.29.0")
     assert report["errors"] == []
     serious = [m for m in report["messages"] if m["severity"] >= 2]
     assert serious == []
@@ -352,8 +354,14 @@ def test_rendered_configmap_is_the_environment_config(env: str, tmp_path: Path) 
     [
         {},
         {"config": {"shutdown": {"grace_period": "90s", "delay": "1.5s"}}},
-        {"config": {"shutdown": {"grace_period": "2m", "delay": "250ms"}}, "sidecar": {"native": False}},
-        {"config": {"shutdown": {"grace_period": 7}}, "app": {"preStopSleepSeconds": 3, "shutdownSeconds": 0}},
+        {
+            "config": {"shutdown": {"grace_period": "2m", "delay": "250ms"}},
+            "sidecar": {"native": False},
+        },
+        {
+            "config": {"shutdown": {"grace_period": 7}},
+            "app": {"preStopSleepSeconds": 3, "shutdownSeconds": 0},
+        },
     ],
     ids=["as-shipped", "longer-grace", "plain-container", "short"],
 )
@@ -364,7 +372,7 @@ def test_termination_grace_is_derived_from_the_drain(
     """Kubernetes SIGKILLs at terminationGracePeriodSeconds: the chart derives it from the
     values it must cover, as the proxy reads them (its exit bound: delay + grace + 1 s)."""
     _need("helm_python")
-    docs = manifests(render_chart(deep_merge(values_file(env), overrides)))
+    docs = manifests(render_chart(deep_merge(install_values(env), overrides)))
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     values = deep_merge(deep_merge(defaults, values_file(env)), overrides)
     cfg = _config_from_configmap(docs, tmp_path)
@@ -457,6 +465,60 @@ def test_production_manifest_has_what_the_issue_requires() -> None:
     ]["ports"]
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native-sidecar", "plain-container"])
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_forward_auth_listener_gets_a_container_and_service_port(
+    env: str, native: bool, tmp_path: Path
+) -> None:
+    """`config.forward_auth.enabled` turns the listener on in the proxy's config and
+    publishes it: the container port `forward-auth` and `service.forwardAuthPort` on the
+    Service. The probes stay on the admin port."""
+    _need("kubernetes_validate")
+    docs = _render(
+        env,
+        sidecar={"native": native},
+        config={"forward_auth": {"enabled": True, "port": 8181}},
+        service={"forwardAuthPort": 8081},
+    )
+    for doc in docs:
+        validate_manifest(doc, "1.29.0")
+    cfg = _config_from_configmap(docs, tmp_path)
+    assert cfg.forward_auth is not None
+    assert (cfg.forward_auth.host, cfg.forward_auth.port) == ("0.0.0.0", 8181)
+    (deploy,) = by_kind(docs, "Deployment")
+    (proxy,) = [c for c in pod_containers(deploy) if c["name"] == "clerk-auth-proxy"]
+    ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert ports == {"http": 8080, "admin": 9090, "forward-auth": 8181}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert proxy[probe]["httpGet"]["port"] == "admin"
+    (svc,) = by_kind(docs, "Service")
+    assert {
+        "name": "forward-auth",
+        "port": 8081,
+        "targetPort": "forward-auth",
+        "protocol": "TCP",
+    } in svc["spec"]["ports"]
+    (notes,) = [
+        t
+        for p, t in render_chart(
+            deep_merge(install_values(env), {"config": {"forward_auth": {"enabled": True}}})
+        ).items()
+        if p.endswith("NOTES.txt")
+    ]
+    assert "scores-clerk-auth-proxy.scores.svc.cluster.local:8081/" in notes
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_forward_auth_listener_is_off_as_shipped(env: str, tmp_path: Path) -> None:
+    docs = _render(env)
+    assert _config_from_configmap(docs, tmp_path).forward_auth is None
+    (deploy,) = by_kind(docs, "Deployment")
+    ports = [p["name"] for c in pod_containers(deploy) for p in c.get("ports", [])]
+    assert ports == ["http", "admin"]
+    (svc,) = by_kind(docs, "Service")
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["http", "metrics"]
+
+
 def test_config_change_rolls_the_pods() -> None:
     def checksum(docs: list[dict[str, Any]]) -> str:
         (deploy,) = by_kind(docs, "Deployment")
@@ -485,7 +547,7 @@ def test_secret_can_also_be_mounted_for_secret_key_file(tmp_path: Path) -> None:
     _need("helm_python")
     config = yaml.safe_load((ROOT / "config" / "production.yaml").read_text())
     values = deep_merge(
-        values_file("production"), {"clerkSecret": {"mountPath": "/var/run/secrets/clerk"}}
+        install_values("production"), {"clerkSecret": {"mountPath": "/var/run/secrets/clerk"}}
     )
     # Helm merges maps with the chart's defaults: null removes the default ${CLERK_SECRET_KEY}.
     config["clerk"]["secret_key"] = None
@@ -513,7 +575,7 @@ def test_secret_can_also_be_mounted_for_secret_key_file(tmp_path: Path) -> None:
 def test_default_values_render_validate_and_load(tmp_path: Path) -> None:
     _need("helm_python")
     _need("kubernetes_validate")
-    docs = manifests(render_chart({}))
+    docs = manifests(render_chart(IMAGES))
     for doc in docs:
         validate_manifest(doc, "1.29.0")
     assert _config_from_configmap(docs, tmp_path).clerk.secret_key == SECRET_ENV["CLERK_SECRET_KEY"]
@@ -524,11 +586,166 @@ def test_chart_refuses_a_literal_clerk_key(key: str) -> None:
     _need("helm_python")
     import helm_python
 
-    values = deep_merge(values_file("production"), {"config": {"clerk": {key: "sk_live_oops"}}})
+    values = deep_merge(install_values("production"), {"config": {"clerk": {key: "sk_live_oops"}}})
     with pytest.raises(helm_python.HelmError) as info:
         render_chart(values)
     assert f"config.clerk.{key}" in str(info.value)
     assert "sk_live_oops" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("missing", "value"),
+    [
+        ({"app": {"image": {"repository": ""}}}, "app.image.repository"),
+        ({"app": {"image": {"tag": ""}}}, "app.image.tag"),
+        ({"proxy": {"image": {"repository": ""}}}, "proxy.image.repository"),
+    ],
+)
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_chart_refuses_to_render_without_an_image(
+    env: str, missing: dict[str, Any], value: str
+) -> None:
+    """No placeholder image renders silently (into an ImagePullBackOff): each is
+    `required`, and the failure names the value to set."""
+    _need("helm_python")
+    import helm_python
+
+    with pytest.raises(helm_python.HelmError) as info:
+        render_chart(deep_merge(install_values(env), missing))
+    assert f"{value} is required" in str(info.value)
+    with pytest.raises(helm_python.HelmError, match=r"(app|proxy)\.image\.repository is required"):
+        render_chart(values_file(env))  # the values file alone: no image of its own
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert defaults["app"]["image"]["repository"] == defaults["proxy"]["image"]["repository"] == ""
+
+
+def test_the_proxy_image_tag_defaults_to_the_app_version() -> None:
+    (deploy,) = by_kind(_render("production"), "Deployment")
+    images = {c["name"]: c["image"] for c in pod_containers(deploy)}
+    assert images == {
+        "clerk-auth-proxy": f"registry.example.com/clerk-auth-proxy:{__version__}",
+        "scores-api": "registry.example.com/scores-api:1.4.2",
+    }
+
+
+def _render_check_recipe() -> str:
+    """The shell block docs/deploy.md gives for checking a values file before installing."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    _, marker, after = text.partition("<!-- render-check recipe:")
+    assert marker, "docs/deploy.md lost its render-check recipe"
+    block = re.search(r"```sh\n(.*?)```", after, re.S)
+    assert block is not None
+    recipe = block.group(1)
+    assert "helm/clerk-auth-proxy/values-production.yaml" in recipe
+    return recipe
+
+
+def _run_recipe(values: str) -> subprocess.CompletedProcess[str]:
+    """The documented recipe as written, for another values file (`make venv` is done:
+    this suite runs in that venv)."""
+    recipe = _render_check_recipe().replace("make venv", ": make venv")
+    recipe = recipe.replace("helm/clerk-auth-proxy/values-production.yaml", values)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLERK_")}
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", recipe],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_documented_render_check_passes_the_shipped_values(env: str) -> None:
+    _need("helm_python")
+    done = _run_recipe(f"helm/clerk-auth-proxy/values-{env}.yaml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"OK (environment {env}," in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("typo", "key"),
+    [
+        ({"cache": {"ttl_secnds": 60}}, "cache.ttl_secnds: unknown key"),
+        ({"upstream": {"read_timeout": "a minute"}}, "upstream.read_timeout"),
+        ({"forward_auth": {"enabled": True, "port": 8080}}, "forward_auth.port"),
+    ],
+    ids=["unknown-key", "bad-duration", "port-clash"],
+)
+def test_the_documented_render_check_names_a_typo(
+    typo: dict[str, Any], key: str, tmp_path: Path
+) -> None:
+    """A config that renders but would crash-loop the pod: the recipe exits non-zero and
+    names the key, as check-config does; no Clerk key is needed on the machine."""
+    _need("helm_python")
+    values = deep_merge(values_file("production"), {"config": typo})
+    path = tmp_path / "values-typo.yaml"
+    path.write_text(yaml.safe_dump(values))
+    done = _run_recipe(str(path))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert key in done.stderr, done.stderr
+    assert "sk_live_" not in done.stdout + done.stderr  # the placeholder key is never shown
+
+
+def test_the_documented_render_check_reports_a_chart_that_does_not_render(
+    tmp_path: Path,
+) -> None:
+    _need("helm_python")
+    path = tmp_path / "values-literal-key.yaml"
+    values = deep_merge(values_file("production"), {"config": {"clerk": {"secret_key": "x"}}})
+    path.write_text(yaml.safe_dump(values))
+    done = _run_recipe(str(path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "config.clerk.secret_key must be a ${VAR} reference" in done.stderr
+
+
+def test_render_check_stands_in_for_mounted_secrets(tmp_path: Path) -> None:
+    """Secrets read from files (clerk.secret_key_file, the shared cache's password and CA,
+    the revocation secret) are placeholders too: the rest of the config is checked."""
+    _need("helm_python")
+    script = ROOT / "scripts" / "render_check.py"
+    sets = [
+        "clerkSecret.mountPath=/var/run/secrets/clerk",
+        "config.clerk.secret_key=null",
+        "config.clerk.secret_key_file=/var/run/secrets/clerk/secret_key",
+        "revocation.secretName=scores-revocation",
+        "sharedCache.enabled=true",
+        "sharedCache.url=rediss://redis:6380",
+        "sharedCache.secretName=scores-redis",
+        "sharedCache.passwordKey=password",
+        "sharedCache.caKey=ca.crt",
+    ]
+    images = [
+        "app.image.repository=r/api",
+        "app.image.tag=1",
+        "proxy.image.repository=r/proxy",
+    ]
+    args = ["-f", str(CHART / "values-test.yaml")]
+    for expr in sets + images:
+        args += ["--set", expr]
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK (environment test," in done.stdout
+
+
+def test_render_check_knows_the_development_environments() -> None:
+    """The script picks an sk_test_ placeholder by the loader's rule."""
+    import importlib.util
+
+    from proxy.config import clerk_keys
+
+    spec = importlib.util.spec_from_file_location(
+        "render_check", ROOT / "scripts" / "render_check.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    development = {k for k, v in clerk_keys._BY_ENVIRONMENT.items() if v == "development"}
+    assert development == module.DEVELOPMENT_ENVIRONMENTS
 
 
 def test_chart_app_version_is_the_package_version() -> None:
@@ -573,7 +790,13 @@ def test_named_templates_work_inside_another_chart(tmp_path: Path) -> None:
     )
     shutil.copytree(CHART, consumer / "charts" / "clerk-auth-proxy")
     (consumer / "templates" / "deployment.yaml").write_text(CONSUMER_DEPLOYMENT)
-    values = {"clerk-auth-proxy": {"standalone": False, "clerkSecret": {"name": "my-api-clerk"}}}
+    values = {
+        "clerk-auth-proxy": {
+            "standalone": False,
+            "clerkSecret": {"name": "my-api-clerk"},
+            "proxy": IMAGES["proxy"],
+        }
+    }
     docs = manifests(render_chart(values, chart=consumer, release="my-api"))
 
     assert sorted(d["kind"] for d in docs) == ["ConfigMap", "Deployment"]
@@ -691,7 +914,7 @@ def test_shared_cache_and_revocation_secrets_mount_and_load(tmp_path: Path) -> N
         },
         "revocation": {"secretName": "scores-revocation", "mountPath": str(revoke_dir)},
     }
-    docs = manifests(render_chart(values))
+    docs = manifests(render_chart(deep_merge(IMAGES, values)))
     for doc in docs:
         validate_manifest(doc, "1.29.0")
     (deploy,) = by_kind(docs, "Deployment")
@@ -711,8 +934,17 @@ def test_shared_cache_and_revocation_secrets_mount_and_load(tmp_path: Path) -> N
     cfg = _config_from_configmap(docs, tmp_path)
     shared = cfg.cache.shared
     assert shared is not None
-    assert (shared.target.kind, shared.target.tls, shared.target.service) == ("sentinel", True, "mymaster")
-    assert (shared.username, shared.password, shared.timeout, shared.flight_wait) == ("proxy", "redis-password", 0.02, 0.5)
+    assert (shared.target.kind, shared.target.tls, shared.target.service) == (
+        "sentinel",
+        True,
+        "mymaster",
+    )
+    assert (shared.username, shared.password, shared.timeout, shared.flight_wait) == (
+        "proxy",
+        "redis-password",
+        0.02,
+        0.5,
+    )
     assert shared.ca_file == str(redis_dir / "ca.crt")
     assert cfg.revocation.secret == "a-revocation-secret-0123"
     # Issue 26 row 15: POST /revoke on the pod's loopback, published by no Service and
@@ -725,11 +957,11 @@ def test_shared_cache_and_revocation_secrets_mount_and_load(tmp_path: Path) -> N
         targets = {p["targetPort"] for p in svc["spec"]["ports"]}
         assert targets <= {"http", "admin"} and control.port not in targets
     # Off by default: nothing rendered, nothing mounted.
-    default = manifests(render_chart({}))
+    default = manifests(render_chart(IMAGES))
     assert _config_from_configmap(default, tmp_path).cache.shared is None
 
 
 def test_shared_cache_needs_a_url() -> None:
     _need("helm_python")
     with pytest.raises(Exception, match=r"sharedCache\.url"):
-        render_chart({"sharedCache": {"enabled": True}})
+        render_chart(deep_merge(IMAGES, {"sharedCache": {"enabled": True}}))

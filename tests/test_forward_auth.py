@@ -21,6 +21,7 @@ from multidict import CIMultiDictProxy
 
 from proxy.config.load import ConfigError, Listen
 from proxy.emulator.app import ClerkEmulator
+from proxy.request.forward_auth import ENVOY_PREFIX, ENVOY_REMOVE_FIELD
 from tests.support import Recorder, header_values, make_config
 from tests.support_nginx import Nginx
 from tests.support_raw import exchange, parse_answers
@@ -401,6 +402,206 @@ async def test_workers_share_the_forward_auth_port(stack: Build) -> None:
         answer = await s.ask(secret, X_Original_URI="/api/v1/matches", X_Original_Method="GET")
         assert answer.headers["X-Auth-Principal-Id"] == machine_id
     assert s.proxy.proc.returncode is None
+
+
+# --- asked as Envoy's ext_authz HTTP service asks ------------------------------------------
+
+
+@dataclass
+class EnvoyAnswer:
+    status: int
+    fields: list[tuple[str, str]]
+    body: bytes
+
+    def get(self, name: str) -> list[str]:
+        return header_values(self.fields, name)
+
+    def removals(self) -> set[str]:
+        (value,) = self.get(ENVOY_REMOVE_FIELD)
+        return {name.strip() for name in value.split(",") if name.strip()}
+
+
+class EnvoyAsker:
+    """Envoy's ext_authz filter with an `http_service` (`path_prefix: /ext_authz`), as its
+    HTTP client writes a check request (Envoy itself is not installable here): the client
+    request's own method, and its path and query behind the prefix, as the request line;
+    its authority as `host`; the allowed fields in lower case (Authorization always, here
+    also x-request-id and whatever a test passes as a permissive `allowed_headers` would);
+    `content-length: 0` and no body; one kept-alive connection for every question."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def check(
+        self,
+        method: str,
+        path: str,
+        token: str | None = None,
+        *,
+        prefix: str = ENVOY_PREFIX,
+        fields: tuple[tuple[str, str], ...] = (),
+    ) -> EnvoyAnswer:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        head = f"{method} {prefix}{path} HTTP/1.1\r\nhost: api.example.com\r\n"
+        if token is not None:
+            head += f"authorization: Bearer {token}\r\n"
+        head += "x-request-id: 5b3c1e0e-envoy\r\n"
+        head += "".join(f"{name.lower()}: {value}\r\n" for name, value in fields)
+        self.writer.write((head + "content-length: 0\r\n\r\n").encode("latin-1"))
+        raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        status_line, *lines = raw.decode("latin-1").split("\r\n")[:-2]
+        parsed = [(k, v.strip()) for k, _, v in (line.partition(":") for line in lines)]
+        (length,) = header_values(parsed, "Content-Length")
+        body = await asyncio.wait_for(self.reader.readexactly(int(length)), 10)
+        return EnvoyAnswer(int(status_line.split()[1]), parsed, body)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def envoy_upstream(
+    client: list[tuple[str, str]], answer: EnvoyAnswer, allowed: str = "x-auth-"
+) -> list[tuple[str, str]]:
+    """The fields the upstream gets once Envoy applied an OK answer: each answer field
+    matching `allowed_upstream_headers` (`prefix: x-auth-`) replaces the client's, then
+    the names in x-envoy-auth-headers-to-remove are removed."""
+    setting = [(k, v) for k, v in answer.fields if k.lower().startswith(allowed)]
+    replaced = {k.lower() for k, _ in setting}
+    kept = [(k, v) for k, v in client if k.lower() not in replaced]
+    return [(k, v) for k, v in kept + setting if k.lower() not in answer.removals()]
+
+
+async def test_envoy_ext_authz_judges_the_check_requests_own_line(stack: Build) -> None:
+    s = await stack()
+    secret, token_id, machine_id = m2m(s.emulator)
+    envoy = EnvoyAsker(s.forward_auth_port)
+    try:
+        ok = await envoy.check("GET", "/api/v1/matches?day=1", secret)
+        assert ok.status == 200, ok.body
+        assert ok.body == b""
+        assert ok.get("X-Auth-Principal-Id") == [machine_id]
+        assert ok.get("X-Auth-Token-Id") == [token_id]
+        assert ok.get("X-Forward-Auth-Refusal") == []
+        # What the upstream gets: the principal, no forged copy, no token.
+        client = [
+            ("Authorization", f"Bearer {secret}"),
+            ("X-Auth-Issuer", "forged"),
+            ("X-Auth-Principal-Id", "user_forged"),
+            ("Accept", "application/json"),
+        ]
+        upstream = envoy_upstream(client, ok)
+        assert header_values(upstream, "X-Auth-Principal-Id") == [machine_id]
+        assert header_values(upstream, "X-Auth-Issuer") == []
+        assert header_values(upstream, "Authorization") == []
+        assert header_values(upstream, "Accept") == ["application/json"]
+        absent = {n.lower() for n in PRINCIPAL_FIELDS if not ok.get(n)}
+        assert ok.removals() == absent | {"authorization"}
+        assert "x-auth-issuer" in absent
+
+        # The same question again, from the cache; the method comes from the line.
+        assert (await envoy.check("GET", "/api/v1/matches", secret)).status == 200
+        assert s.emulator.calls["m2m_verify"] == 1
+        health = await envoy.check("GET", "/healthz")
+        assert health.status == 200 and health.get("X-Auth-Principal-Type") == ["anonymous"]
+        assert health.removals() == {n.lower() for n in PRINCIPAL_FIELDS[1:]} | {"authorization"}
+        post = await envoy.check("POST", "/healthz")
+        assert post.status == 401 and json.loads(post.body)["error"]["code"] == "token_missing"
+
+        # Denials: status, JSON body and fields, as the sidecar answers (Envoy passes a
+        # denial's status, body and fields on); no X-Forward-Auth-Refusal copy.
+        admin = await envoy.check("GET", "/admin/x", secret)
+        assert admin.status == 403
+        assert json.loads(admin.body)["error"]["code"] == "insufficient_scope"
+        assert admin.get("WWW-Authenticate") == [
+            'Bearer error="insufficient_scope", scope="scores:admin"'
+        ]
+        assert admin.get("Cache-Control") == ["no-store"]
+        assert admin.get("X-Forward-Auth-Refusal") == []
+        missing = await envoy.check("GET", "/api/v1/matches")
+        assert missing.status == 401 and missing.get("WWW-Authenticate") == ["Bearer"]
+        slash = await envoy.check("GET", "/public/a%2Fb", secret)
+        assert slash.status == 400 and json.loads(slash.body)["error"]["code"] == "bad_request"
+        assert s.recorder.seen == []  # nothing is forwarded by the listener
+    finally:
+        envoy.close()
+
+
+async def test_envoy_questions_never_read_description_fields(stack: Build) -> None:
+    """Envoy passes whatever fields its allowed_headers match, a client's included (and
+    an ingress-nginx in front sets X-Original-URI on every request): under the prefix the
+    request line is the description, whatever fields say — a client naming a public path
+    in them still has /admin judged."""
+    s = await stack()
+    secret, _, _ = m2m(s.emulator)
+    claims_public = (
+        ("X-Original-URI", "/public/x"),
+        ("X-Original-Method", "GET"),
+        ("X-Forwarded-Uri", "/public/x"),
+        ("X-Forwarded-Method", "GET"),
+        ("X-Original-URL", "https://api.example.com/public/x"),
+    )
+    envoy = EnvoyAsker(s.forward_auth_port)
+    try:
+        admin = await envoy.check("GET", "/admin/x", secret, fields=claims_public)
+        assert admin.status == 403, admin.body
+        anonymous = await envoy.check("GET", "/api/v1/matches", fields=claims_public)
+        assert anonymous.status == 401
+        claims_admin = (("X-Forwarded-Uri", "/admin/x"), ("X-Forwarded-Method", "GET"))
+        public = await envoy.check("GET", "/public/x", fields=claims_admin)
+        assert public.status == 200 and public.get("X-Auth-Principal-Type") == ["anonymous"]
+    finally:
+        envoy.close()
+
+
+async def test_an_envoy_question_outside_the_prefix_is_refused(stack: Build) -> None:
+    """Envoy without `path_prefix: /ext_authz` (or another prefix) asks with the client's
+    path alone: nothing describes it, so it is refused (Envoy answers the client 400),
+    never judged as the path it happens to have."""
+    s = await stack()
+    secret, _, _ = m2m(s.emulator)
+    envoy = EnvoyAsker(s.forward_auth_port)
+    try:
+        for prefix in ("", "/ext_authzz", "/check"):
+            answer = await envoy.check("GET", "/public/x", secret, prefix=prefix)
+            assert answer.status == 400, (prefix, answer.body)
+            assert json.loads(answer.body)["error"]["code"] == "bad_request"
+    finally:
+        envoy.close()
+
+
+async def test_envoy_keeps_authorization_when_the_config_forwards_it(stack: Build) -> None:
+    s = await stack(forward_authorization=True)
+    secret, _, _ = m2m(s.emulator)
+    envoy = EnvoyAsker(s.forward_auth_port)
+    try:
+        ok = await envoy.check("GET", "/api/v1/matches", secret)
+        assert ok.status == 200
+        assert "authorization" not in ok.removals()
+        upstream = envoy_upstream([("Authorization", f"Bearer {secret}")], ok)
+        assert header_values(upstream, "Authorization") == [f"Bearer {secret}"]
+    finally:
+        envoy.close()
+
+
+async def test_envoy_hears_a_clerk_outage_as_the_sidecar_answers_it(stack: Build) -> None:
+    """503 with its body and Retry-After (Envoy treats an authorization server's 5xx as an
+    error: `status_on_error` decides what the client gets, docs/deploy.md)."""
+    s = await stack()
+    s.emulator.set_fault("down")
+    fresh = s.emulator.create_m2m_token(s.emulator.create_machine("other").id)
+    envoy = EnvoyAsker(s.forward_auth_port)
+    try:
+        answer = await envoy.check("GET", "/api/v1/matches", fresh.secret)
+        assert answer.status == 503
+        assert json.loads(answer.body)["error"]["code"] == "verification_unavailable"
+        assert int(answer.get("Retry-After")[0]) >= 0
+    finally:
+        envoy.close()
 
 
 # --- the config key ----------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Forward-auth mode: the listener an ingress asks (`forward_auth:`), as nginx's
-`auth_request`, ingress-nginx's `auth-url` or Traefik's ForwardAuth do, instead of the
-proxy sitting in the data path.
+`auth_request`, ingress-nginx's `auth-url`, Traefik's ForwardAuth or Envoy's (and Istio's)
+`ext_authz` HTTP service do, instead of the proxy sitting in the data path.
 
 The asking proxy describes the request it holds — method and target in the fields below,
-the token in `Authorization` — and this judges it by the same steps as `Proxy.handle`:
+or, for Envoy, in the question's own request line under `ENVOY_PREFIX` — with the token in
+`Authorization`, and this judges it by the same steps as `Proxy.handle`:
 normalize and route (`Proxy.route`), authenticate (cache first), authorize; then answers
 200 with exactly the principal's fields as the upstream would get them
 (`PrincipalHeaders.render`), or the proxy's own refusal. Nothing is forwarded, so the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Iterable
 from typing import Final
 
 from aiohttp import web
@@ -26,7 +28,7 @@ from proxy.core.errors import ProxyError
 from proxy.core.principal import ANONYMOUS, Principal
 from proxy.core.timeouts import clock_of
 from proxy.http.conformance import check_request
-from proxy.http.headers import ClientHop
+from proxy.http.headers import ClientHop, PrincipalHeaders
 from proxy.request.app import Proxy, gone_status, refused
 from proxy.request.routed import AiohttpFields, HeadFields
 
@@ -38,6 +40,14 @@ DESCRIPTIONS: Final = (
     (("X-Forwarded-Uri",), "X-Forwarded-Method"),  # Traefik ForwardAuth
 )
 _URL_FIELD: Final = "X-Original-URL"
+# Envoy's ext_authz HTTP service has no description fields: it asks with the request's own
+# method and its path (query included) behind the configured `path_prefix`, which must be
+# this. See `envoy_described`.
+ENVOY_PREFIX: Final = "/ext_authz"
+# Envoy removes the fields an OK answer names here from the request before the upstream
+# gets it (its `allowed_upstream_headers` only sets fields, so a client's copy of a field
+# the principal lacks would otherwise pass).
+ENVOY_REMOVE_FIELD: Final = "x-envoy-auth-headers-to-remove"
 # A refusal's JSON body again as a field: nginx's auth_request keeps the subrequest's
 # fields (auth_request_set) but drops its body and passes only 401 and 403 on, so the
 # example config (docs/deploy.md) rebuilds the answer from this and the status.
@@ -87,6 +97,45 @@ def described(fields: HeadFields) -> tuple[str, str]:
     return methods[0], target
 
 
+def envoy_described(method: str, raw_path: str) -> tuple[str, str] | None:
+    """The method and target of an Envoy question (None: not one): its own request line,
+    the path with `ENVOY_PREFIX` taken off.
+
+    Only under the prefix, and then only the request line. Envoy writes that line itself
+    from the client's request — the client cannot make it name another request than the
+    one Envoy forwards — while any field may be the client's: Envoy passes on whatever its
+    `allowed_headers` match (an `x-` prefix pattern passes them all), and an ingress-nginx
+    in front sets `X-Original-URI` on every request it proxies. So under the prefix the
+    description fields are never read (neither judged nor refused: a legitimate chain may
+    carry them). Taking the request line as the description wherever no fields are present
+    instead would let a client who adds fields choose the route judged, and would judge a
+    misconfigured nginx's subrequest (`GET /_auth`) as if it were the request: only a
+    prefix the operator configured in Envoy says the line is a description. Without it an
+    Envoy question has no description and is refused (400), never judged on its own path."""
+    if not raw_path.startswith(ENVOY_PREFIX + "/"):
+        return None
+    return method, raw_path[len(ENVOY_PREFIX) :]
+
+
+def envoy_removals(names: PrincipalHeaders, rendered: Iterable[str], drop_token: bool) -> str:
+    """`ENVOY_REMOVE_FIELD`'s value: the principal's fields it does not have (a client's
+    copy must not reach the upstream), and `Authorization` unless forwarded."""
+    present = {name.lower() for name in rendered}
+    every = (
+        names.type,
+        names.id,
+        names.token_type,
+        names.token_id,
+        names.scopes,
+        names.claims,
+        names.issuer,
+    )
+    removed = [name.lower() for name in every if name.lower() not in present]
+    if drop_token:
+        removed.append("authorization")
+    return ", ".join(removed)
+
+
 class ForwardAuth:
     """The forward-auth listener's one handler, on the process's `Proxy`."""
 
@@ -100,6 +149,7 @@ class ForwardAuth:
         method, route_name, status = request.method, "unmatched", 500
         principal: Principal = ANONYMOUS
         why: ProxyError | None = None
+        envoy = envoy_described(request.method, request.raw_path)
         # The asking proxy's request id (ingress-nginx sends its $req_id): logged, never
         # made here — the ingress names its requests.
         request_id = request.headers.get(rt.correlation.name) if rt.correlation.enabled else None
@@ -112,7 +162,7 @@ class ForwardAuth:
         try:
             check_request(request)
             fields = AiohttpFields(request)
-            method, target = described(fields)
+            method, target = envoy if envoy is not None else described(fields)
             hop = ClientHop(request.remote or "", request.scheme, request.host)
             routed = proxy.route(rt, method, target, fields, hop)
             route_name = routed.route.name
@@ -122,14 +172,17 @@ class ForwardAuth:
             principal, why = authenticated
             principal = proxy.authorize(rt, routed, authenticated)
             status = 200
-            return proxy.last_if_draining(
-                web.Response(status=200, headers=CIMultiDict(rt.names.render(principal)))
-            )
+            answer = CIMultiDict(rt.names.render(principal))
+            if envoy is not None:
+                drop_token = not rt.config.forward_authorization
+                answer[ENVOY_REMOVE_FIELD] = envoy_removals(rt.names, answer, drop_token)
+            return proxy.last_if_draining(web.Response(status=200, headers=answer))
         except ProxyError as refusal:
             why = refusal
             status = refusal.status
             response = refused(refusal)
-            response.headers[REFUSAL_FIELD] = refusal.body().decode("ascii")
+            if envoy is None:  # Envoy passes a denial's body on itself
+                response.headers[REFUSAL_FIELD] = refusal.body().decode("ascii")
             return proxy.last_if_draining(response)
         except asyncio.CancelledError:
             status = gone_status(clock)

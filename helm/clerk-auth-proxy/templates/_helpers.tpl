@@ -72,8 +72,15 @@ ${VAR} reference would put a secret into the ConfigMap.
 {{- toYaml $config -}}
 {{- end -}}
 
+{{/* "true" when the config turns the forward-auth listener on, else "". */}}
+{{- define "clerk-auth-proxy.forwardAuth" -}}
+{{- $fa := .Values.config.forward_auth | default dict -}}
+{{- if $fa.enabled -}}true{{- end -}}
+{{- end -}}
+
 {{- define "clerk-auth-proxy.image" -}}
-{{- printf "%s:%s" .Values.proxy.image.repository (.Values.proxy.image.tag | default .Chart.AppVersion | toString) -}}
+{{- $repository := required "proxy.image.repository is required: the proxy's image, e.g. --set proxy.image.repository=registry.example.com/clerk-auth-proxy (docs/deploy.md)" .Values.proxy.image.repository -}}
+{{- printf "%s:%s" $repository (.Values.proxy.image.tag | default .Chart.AppVersion | toString) -}}
 {{- end -}}
 
 {{/* PUBLIC: pod annotation that rolls the pods when the config changes. */}}
@@ -117,6 +124,11 @@ PUBLIC: the proxy container, as one list item. Put it under `initContainers:` wh
     - name: admin
       containerPort: {{ int .Values.config.admin.port }}
       protocol: TCP
+    {{- if include "clerk-auth-proxy.forwardAuth" . }}
+    - name: forward-auth
+      containerPort: {{ int .Values.config.forward_auth.port }}
+      protocol: TCP
+    {{- end }}
   # /healthz only means "the process runs": a native sidecar must pass its startup probe
   # before the app starts, so it cannot wait for the upstream here.
   startupProbe:
