@@ -134,8 +134,6 @@ async def serve(
     when `fast_path`, its connections counted against `ceiling` (the process's, shared
     by its listeners; without one, a ceiling of its own that nothing configures)."""
     policy = proxy.runtime.config.connections
-    front = FrontDoorServer(
-        proxy, runner, policy, ceiling or Ceiling(), fast_path=fast_path
-    )
+    front = FrontDoorServer(proxy, runner, policy, ceiling or Ceiling(), fast_path=fast_path)
     await front.start(host, port, reuse_port=reuse_port)
     return front
