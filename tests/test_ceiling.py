@@ -243,3 +243,50 @@ async def test_past_the_ceiling_clients_get_a_clean_503_and_the_admin_port_and_r
         await asyncio.wait_for(proc.wait(), 30)
     errors = [x for x in running.lines if x.get("level") in ("error", "critical")]
     assert not errors, errors
+
+
+async def test_max_client_connections_binds_and_a_reload_moves_the_ceiling(
+    tmp_path: Path, aiohttp_server: Any
+) -> None:
+    upstream = await aiohttp_server(_upstream([]))
+    port, admin = unused_port(), unused_port()
+    config = tmp_path / "c.yaml"
+
+    def write(ceiling: int) -> None:
+        raw = config_dict(
+            str(upstream.make_url("")).rstrip("/"),
+            listen={"port": port},
+            admin={"port": admin},
+            connections={"max_client_connections": ceiling},
+        )
+        raw["clerk"]["secret_key"] = "${CLERK_SECRET_KEY}"
+        config.write_text(yaml.safe_dump(raw))
+
+    write(3)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy.process.cli", "run", "--config", str(config),
+        cwd=ROOT, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "CLERK_SECRET_KEY": "sk_test_unit"},
+    )
+    running = Running(proc, port, admin)
+    clients: list[Client] = []
+    try:
+        assert (await running.wait_log("file descriptors"))["client_connections_ceiling"] == 3
+        await running.wait_log("serving")
+        for _ in range(4):
+            clients.append(await _client(port))
+        assert [c.answer.status for c in clients] == [200, 200, 200, 503]
+        write(5)
+        proc.send_signal(signal.SIGHUP)
+        await running.wait_log("config reloaded")
+        async with aiohttp.ClientSession() as s, s.get(running.admin_url("/metrics")) as resp:
+            assert _metric(await resp.text(), "authproxy_client_connections_ceiling") == 5
+        for _ in range(3):
+            clients.append(await _client(port))
+        assert [c.answer.status for c in clients[4:]] == [200, 200, 503]
+    finally:
+        for c in clients:
+            c.writer.close()
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)

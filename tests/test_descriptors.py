@@ -88,6 +88,7 @@ async def test_run_raises_a_soft_limit_of_1024_and_holds_more_connections(
         (1024, ConnectionPolicy(max_client_connections=100), 100),
         # More than the descriptors hold is not granted: accept() would fail for all.
         (1024, ConnectionPolicy(max_client_connections=10_000), 384),
+        # The reserve takes them all: every client is refused (and the line is a warning).
         (200, ConnectionPolicy(), 0),
     ],
 )

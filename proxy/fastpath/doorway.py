@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -90,6 +91,9 @@ FULL = _refusal_bytes(
 )
 
 
+UNLIMITED = sys.maxsize
+
+
 class Ceiling:
     """The process's client connections against its descriptor budget, one for every
     listener (client and forward-auth), so that the admin port, Clerk, issuers, Redis and
@@ -104,8 +108,8 @@ class Ceiling:
     __slots__ = ("descriptors", "limit", "open")
 
     def __init__(self) -> None:
-        self.descriptors = 0  # the soft RLIMIT_NOFILE, once raised (0: no ceiling yet)
-        self.limit = 0
+        self.descriptors = 0  # the soft RLIMIT_NOFILE, once raised (0: not known yet)
+        self.limit = UNLIMITED  # until `configure`d (a test's listener never is)
         self.open = 0
 
     def configure(self, descriptors: int, policy: ConnectionPolicy, metrics: Metrics) -> int:
@@ -139,7 +143,7 @@ class Doorway:
         503 and closed, nothing read) over either. Every admitted connection is
         `release`d exactly once."""
         ceiling = self.ceiling
-        if ceiling.limit and ceiling.open >= ceiling.limit:
+        if ceiling.open >= ceiling.limit:
             return self._refuse(transport, FULL, CEILING)
         count = self._per_address.get(address, 0) + 1
         limit = self.policy.max_per_address

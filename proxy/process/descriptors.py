@@ -49,7 +49,10 @@ def raise_to_hard_limit(ceiling: Callable[[int], int] | None = None) -> tuple[in
                 extra={"soft": soft, "hard": hard, "error": type(exc).__name__},
             )
     fields = {"soft_before": before, "soft": soft, "hard": hard}
+    level = logging.INFO
     if ceiling is not None:
-        fields["client_connections_ceiling"] = ceiling(soft)
-    log.info("file descriptors", extra=fields)
+        fields["client_connections_ceiling"] = held = ceiling(soft)
+        if held == 0:  # the reserve takes every descriptor: every client is refused
+            level = logging.WARNING
+    log.log(level, "file descriptors", extra=fields)
     return soft, hard
