@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Recorder
+from proxy.core.timeouts import ConnectionPolicy
+from tests.support import Recorder, make_config
 from tests.test_process import ROOT, Running, upstream, write_config
 
 __all__ = ["upstream"]  # a fixture
@@ -76,3 +77,31 @@ async def test_run_raises_a_soft_limit_of_1024_and_holds_more_connections(
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
+
+
+@pytest.mark.parametrize(
+    ("soft", "policy", "ceiling"),
+    [
+        (1024, ConnectionPolicy(), 384),  # two descriptors each, after a reserve of 256
+        (1 << 20, ConnectionPolicy(), ((1 << 20) - 256) // 2),
+        (1024, ConnectionPolicy(descriptor_reserve=24), 500),
+        (1024, ConnectionPolicy(max_client_connections=100), 100),
+        # More than the descriptors hold is not granted: accept() would fail for all.
+        (1024, ConnectionPolicy(max_client_connections=10_000), 384),
+        # The reserve takes them all: every client is refused (and the line is a warning).
+        (200, ConnectionPolicy(), 0),
+    ],
+)
+def test_the_client_ceiling_keeps_the_reserve(
+    soft: int, policy: ConnectionPolicy, ceiling: int
+) -> None:
+    assert policy.client_ceiling(soft) == ceiling
+
+
+def test_the_ceiling_keys_are_read_from_connections() -> None:
+    config = make_config(
+        connections={"max_client_connections": 5000, "descriptor_reserve": 512}
+    )
+    assert config.connections.max_client_connections == 5000
+    assert config.connections.descriptor_reserve == 512
+    assert make_config().connections == ConnectionPolicy()

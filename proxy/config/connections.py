@@ -25,6 +25,8 @@ _KEYS = {
     "min_body_rate",
     "websocket_idle_timeout",
     "max_per_address",
+    "max_client_connections",
+    "descriptor_reserve",
 }
 _DEFAULT = ConnectionPolicy()
 
@@ -42,6 +44,12 @@ def parse_connections(r: Reader, raw: Any) -> ConnectionPolicy:
         ),
         max_per_address=r.get(
             sec, key, "max_per_address", non_negative_int, _DEFAULT.max_per_address
+        ),
+        max_client_connections=r.get(
+            sec, key, "max_client_connections", non_negative_int, _DEFAULT.max_client_connections
+        ),
+        descriptor_reserve=r.get(
+            sec, key, "descriptor_reserve", non_negative_int, _DEFAULT.descriptor_reserve
         ),
     )
 

@@ -38,6 +38,7 @@ HEAD_TIMEOUT: Final = "head_timeout"
 BODY_RATE: Final = "body_rate"
 WEBSOCKET_IDLE: Final = "websocket_idle"
 PER_ADDRESS_LIMIT: Final = "per_address_limit"
+CEILING: Final = "ceiling"  # refused at accept: the process's client connections are full
 DRAIN_IDLE: Final = "drain_idle"
 DRAIN_DEADLINE: Final = "drain_deadline"
 CLOSE_REASONS: Final = (
@@ -46,9 +47,14 @@ CLOSE_REASONS: Final = (
     BODY_RATE,
     WEBSOCKET_IDLE,
     PER_ADDRESS_LIMIT,
+    CEILING,
     DRAIN_IDLE,
     DRAIN_DEADLINE,
 )
+
+# What a client connection costs in descriptors: the client's socket and, while it is
+# relayed (a WebSocket, a long poll, a request) or pooled after, one to the upstream.
+DESCRIPTORS_PER_CONNECTION: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,21 @@ class ConnectionPolicy:
     min_body_rate: int = 500  # bytes per second
     websocket_idle_timeout: float = 3600.0
     max_per_address: int = 0  # concurrent connections per client address; 0: no limit
+    # Client connections the process holds at most (every listener's, forward-auth's
+    # too); 0: as many as the descriptors left after the reserve allow.
+    max_client_connections: int = 0
+    # Descriptors kept from client connections for everything else the process opens:
+    # listeners, admin scrapes and probes, Clerk's and issuers' pool (32), Redis (64),
+    # the refusals themselves (each costs one for a moment) and the interpreter's own.
+    descriptor_reserve: int = 256
+
+    def client_ceiling(self, descriptors: int) -> int:
+        """How many client connections the process may hold under a soft RLIMIT_NOFILE
+        of `descriptors`: two each from what the reserve leaves, or fewer if configured
+        (never more: past it, accept() fails for the admin port and Clerk as well)."""
+        budget = max(0, descriptors - self.descriptor_reserve) // DESCRIPTORS_PER_CONNECTION
+        wanted = self.max_client_connections
+        return min(wanted, budget) if wanted else budget
 
     def tick(self) -> float:
         """How often a listener should look: often enough that a connection is closed

@@ -1,6 +1,6 @@
 """What every client connection shares, whichever door holds it: the listener's set of
-live connections, the per-address count, the close counter, a coarse clock, and
-`Guarded` — aiohttp's protocol for one connection, wrapped so the listener still sees
+live connections, the per-address count, the process's `Ceiling`, the close counter, a
+coarse clock, and `Guarded` — aiohttp's protocol for one connection, wrapped so the listener still sees
 it (its bytes, its phase, its close).
 
 aiohttp's `RequestHandler` has no head or body timeout and, built by `AppRunner`, a
@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from proxy.core.errors import REQUEST_TIMEOUT, TOO_MANY_CONNECTIONS, ProxyError
 from proxy.core.timeouts import (
+    CEILING,
     DRAIN_DEADLINE,
     IDLE,
     PER_ADDRESS_LIMIT,
@@ -80,6 +82,42 @@ OVER_LIMIT = _refusal_bytes(
         retry_after=1,
     )
 )
+FULL = _refusal_bytes(
+    ProxyError(
+        TOO_MANY_CONNECTIONS,
+        "the proxy holds as many client connections as its file descriptors allow",
+        retry_after=5,
+    )
+)
+
+
+UNLIMITED = sys.maxsize
+
+
+class Ceiling:
+    """The process's client connections against its descriptor budget, one for every
+    listener (client and forward-auth), so that the admin port, Clerk, issuers, Redis and
+    the upstream legs always find a descriptor (`ConnectionPolicy.client_ceiling`).
+
+    Past it a connection is accepted, answered 503 at once and closed, unread: a
+    listener that stopped accepting instead would leave clients hanging in the backlog
+    with no answer, and one that let accept() fail would fail the admin port's too (its
+    accept() is the same process's) and, under uvloop, drop the excess unanswered. The
+    refusal costs one descriptor for a moment, which the reserve holds."""
+
+    __slots__ = ("descriptors", "limit", "open")
+
+    def __init__(self) -> None:
+        self.descriptors = 0  # the soft RLIMIT_NOFILE, once raised (0: not known yet)
+        self.limit = UNLIMITED  # until `configure`d (a test's listener never is)
+        self.open = 0
+
+    def configure(self, descriptors: int, policy: ConnectionPolicy, metrics: Metrics) -> int:
+        """Derive the ceiling (at start, and on a reload that changes the policy)."""
+        self.descriptors = descriptors
+        self.limit = policy.client_ceiling(descriptors)
+        metrics.client_connections_ceiling.set(self.limit)
+        return self.limit
 
 
 class Doorway:
@@ -91,32 +129,43 @@ class Doorway:
         policy: ConnectionPolicy,
         metrics: Metrics,
         aiohttp_protocol: AiohttpProtocolFactory,
+        ceiling: Ceiling,
     ) -> None:
         self.policy = policy
         self.metrics = metrics
         self.aiohttp_protocol = aiohttp_protocol
+        self.ceiling = ceiling
         self.connections: set[Held] = set()
         self._per_address: dict[str, int] = {}
 
     def admit(self, conn: Held, transport: asyncio.BaseTransport, address: str) -> bool:
-        """Count `conn` against its address; False (answered 503 and closed) over the
-        limit. Every admitted connection is `release`d exactly once."""
+        """Count `conn` against the process's ceiling and its address; False (answered
+        503 and closed, nothing read) over either. Every admitted connection is
+        `release`d exactly once."""
+        ceiling = self.ceiling
+        if ceiling.open >= ceiling.limit:
+            return self._refuse(transport, FULL, CEILING)
         count = self._per_address.get(address, 0) + 1
         limit = self.policy.max_per_address
         if limit and count > limit:
-            self.count(PER_ADDRESS_LIMIT)
-            cast(asyncio.Transport, transport).write(OVER_LIMIT)
-            transport.close()
-            return False
+            return self._refuse(transport, OVER_LIMIT, PER_ADDRESS_LIMIT)
         self._per_address[address] = count
         self.connections.add(conn)
+        ceiling.open += 1
         self.metrics.client_connections.inc()
         return True
+
+    def _refuse(self, transport: asyncio.BaseTransport, answer: bytes, reason: str) -> bool:
+        self.count(reason)
+        cast(asyncio.Transport, transport).write(answer)
+        transport.close()
+        return False
 
     def release(self, conn: Held, address: str) -> None:
         if conn not in self.connections:
             return
         self.connections.discard(conn)
+        self.ceiling.open -= 1
         self.metrics.client_connections.dec()
         count = self._per_address.get(address, 0) - 1
         if count > 0:

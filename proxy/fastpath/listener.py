@@ -20,7 +20,7 @@ from typing import Final
 from aiohttp import web
 
 from proxy.core.timeouts import ConnectionPolicy
-from proxy.fastpath.doorway import Doorway
+from proxy.fastpath.doorway import Ceiling, Doorway
 from proxy.fastpath.frontdoor import FrontDoor
 from proxy.request.app import Proxy
 
@@ -41,13 +41,19 @@ class FrontDoorServer:
     aiohttp at once."""
 
     def __init__(
-        self, proxy: Proxy, runner: web.AppRunner, policy: ConnectionPolicy, *, fast_path: bool
+        self,
+        proxy: Proxy,
+        runner: web.AppRunner,
+        policy: ConnectionPolicy,
+        ceiling: Ceiling,
+        *,
+        fast_path: bool,
     ) -> None:
         server = runner.server
         assert server is not None, "runner.setup() first"
         self.proxy = proxy
         self.fast_path = fast_path
-        self.doorway = Doorway(policy, proxy.metrics, server)
+        self.doorway = Doorway(policy, proxy.metrics, server, ceiling)
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._draining = False
@@ -122,10 +128,12 @@ async def serve(
     *,
     reuse_port: bool,
     fast_path: bool = True,
+    ceiling: Ceiling | None = None,
 ) -> FrontDoorServer:
     """Listen on host:port in front of `runner`'s aiohttp server, with the fast path
-    when `fast_path`."""
+    when `fast_path`, its connections counted against `ceiling` (the process's, shared
+    by its listeners; without one, a ceiling of its own that nothing configures)."""
     policy = proxy.runtime.config.connections
-    front = FrontDoorServer(proxy, runner, policy, fast_path=fast_path)
+    front = FrontDoorServer(proxy, runner, policy, ceiling or Ceiling(), fast_path=fast_path)
     await front.start(host, port, reuse_port=reuse_port)
     return front

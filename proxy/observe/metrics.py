@@ -190,10 +190,18 @@ class Metrics:
             "Open client connections, both doors (the fast path's and aiohttp's).",
             registry=r,
         )
+        self.client_connections_ceiling = Gauge(
+            "authproxy_client_connections_ceiling",
+            "Client connections the process holds at most (connections.max_client_connections, "
+            "or what its file descriptors allow after connections.descriptor_reserve); past "
+            "it, 503 too_many_connections.",
+            registry=r,
+        )
         self.connections_closed = Counter(
             "authproxy_connections_closed_total",
             "Client connections the proxy closed, by reason (idle, head_timeout, body_rate, "
-            "websocket_idle, per_address_limit, drain_idle, drain_deadline).",
+            "websocket_idle, per_address_limit, ceiling: refused at accept, drain_idle, "
+            "drain_deadline).",
             ["reason"],
             registry=r,
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import resource
+from collections.abc import Callable
 
 log = logging.getLogger("proxy")
 
@@ -31,9 +32,10 @@ def _ceiling(hard: int) -> int:
         return _FALLBACK_CEILING
 
 
-def raise_to_hard_limit() -> tuple[int, int]:
+def raise_to_hard_limit(ceiling: Callable[[int], int] | None = None) -> tuple[int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard one; the (soft, hard) in force after, as
-    logged."""
+    logged. `ceiling`, given the soft limit, derives the client-connection ceiling from
+    it, logged on the same line (`connections.descriptor_reserve`)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = _ceiling(hard)
     before = soft
@@ -46,5 +48,11 @@ def raise_to_hard_limit() -> tuple[int, int]:
                 "could not raise the file descriptor limit",
                 extra={"soft": soft, "hard": hard, "error": type(exc).__name__},
             )
-    log.info("file descriptors", extra={"soft_before": before, "soft": soft, "hard": hard})
+    fields = {"soft_before": before, "soft": soft, "hard": hard}
+    level = logging.INFO
+    if ceiling is not None:
+        fields["client_connections_ceiling"] = held = ceiling(soft)
+        if held == 0:  # the reserve takes every descriptor: every client is refused
+            level = logging.WARNING
+    log.log(level, "file descriptors", extra=fields)
     return soft, hard

@@ -26,6 +26,7 @@ from proxy import __version__, compiled
 from proxy.config.fingerprint import changed_keys, digest
 from proxy.config.load import Config, ConfigError, load_config
 from proxy.fastpath import listener
+from proxy.fastpath.doorway import Ceiling
 from proxy.process.admin import create_admin_app, create_control_app
 from proxy.process.descriptors import raise_to_hard_limit
 from proxy.process.gateway import ADMIN_SOCKET_ENV
@@ -92,6 +93,10 @@ class Server:
         # `forward_auth:`'s listener, when configured: timed, limited and drained as the
         # client-facing one is.
         self._forward: tuple[web.AppRunner, listener.FrontDoorServer] | None = None
+        # Every client connection of this process (both listeners) against its
+        # descriptors: derived once they are raised, again when a reload changes the
+        # `connections:` policy.
+        self.ceiling = Ceiling()
 
     async def reload(self, reason: str) -> bool:
         async with self._reload_lock:
@@ -127,6 +132,9 @@ class Server:
                 )
                 return False
             await self.proxy.reload(new)
+            if self.ceiling.descriptors:
+                ceiling = self.ceiling
+                ceiling.configure(ceiling.descriptors, new.connections, self.proxy.metrics)
             self.config = new
             now = digest(new)
             self.proxy.metrics.config_loaded(now, reload=True)
@@ -215,6 +223,7 @@ class Server:
                     listen.port,
                     reuse_port=self.reuse_port,
                     fast_path=fast_path,
+                    ceiling=self.ceiling,
                 ),
                 listen.host,
                 listen.port,
@@ -255,7 +264,9 @@ class Server:
             raise
 
         # Once it is sure to serve (a taken port is one line and exit 2, nothing more).
-        raise_to_hard_limit()
+        raise_to_hard_limit(
+            lambda soft: self.ceiling.configure(soft, cfg.connections, self.proxy.metrics)
+        )
         self.proxy.warm()
         fa = cfg.forward_auth
         loop = asyncio.get_running_loop()
@@ -299,7 +310,13 @@ class Server:
         assert fa is not None
         front = await bind(
             lambda: listener.serve(
-                self.proxy, runner, fa.host, fa.port, reuse_port=self.reuse_port, fast_path=False
+                self.proxy,
+                runner,
+                fa.host,
+                fa.port,
+                reuse_port=self.reuse_port,
+                fast_path=False,
+                ceiling=self.ceiling,
             ),
             fa.host,
             fa.port,
