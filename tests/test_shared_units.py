@@ -3,7 +3,6 @@ the revoked set. No server here (tests/test_shared_level.py has the real ones)."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 
@@ -138,10 +137,6 @@ OLD_VERSIONS = [
 @pytest.mark.parametrize(("name", "value"), OLD_VERSIONS)
 def test_codec_reads_an_entry_of_another_version_as_a_miss(name: str, value: bytes) -> None:
     assert codec.decode(KEY, value, MAC) is None, name
-
-
-def test_the_schema_is_the_field_tables() -> None:
-    assert codec.SCHEMA == hashlib.sha256(",".join(f"{f.name}:{f.kind}" for f in FIELDS).encode()).hexdigest()[:8]
 
 
 @pytest.mark.parametrize(
