@@ -127,7 +127,7 @@ OLD_VERSIONS = [
     ("format 1 rejection", _forge({"n": ["token_invalid", "m", None], "k": 2}, b"1")),
     ("this format, another table's schema", _named(_fields(), schema="00000000")),
     ("this format, no schema", _forge({"p": _fields(), "f": 1, "k": 2})),
-    ("a newer table: one field more", _named(_fields(tenant="t_1"))),
+    ("a newer table: one field more", _named(_fields(field_of_a_later_release="v"))),
     ("an older table: one field less", _named({k: v for k, v in _fields().items() if k != "issuer"})),
     ("the fields by position", _named(list(_fields().values()))),  # type: ignore[arg-type]
     ("a later format", b"3" + codec.encode(KEY, Positive(principal=MACHINE, fresh_until=1.0, keep_until=2.0), MAC)[1:]),
