@@ -33,7 +33,7 @@ class Clock:
 
 
 def principal(i: int) -> Principal:
-    return Principal("machine", f"mch_{i:027d}", "m2m_token", f"mt_{i:032x}", frozenset({"mch_api"}))
+    return Principal(type="machine", id=f"mch_{i:027d}", token_type="m2m_token", token_id=f"mt_{i:032x}", scopes=frozenset({"mch_api"}))
 
 
 async def zipf_mix(requests: int, rate: float, tokens: int, ttl: float, s: float) -> int:

@@ -56,8 +56,8 @@ async def fill(kind: str, n: int) -> dict[str, float]:
     for i in range(n):
         if kind == "verified":
             p = Principal(
-                "machine", f"mch_{i % 500:027d}", "m2m_token", f"mt_{i:032x}",
-                frozenset({f"mch_{i % 50:027d}"}), encode_claims({"tier": "gold"}), None,
+                type="machine", id=f"mch_{i % 500:027d}", token_type="m2m_token", token_id=f"mt_{i:032x}",
+                scopes=frozenset({f"mch_{i % 50:027d}"}), claims_json=encode_claims({"tier": "gold"}), expires_at=None,
             )
 
             async def load(p: Principal = p) -> Principal:
@@ -66,8 +66,8 @@ async def fill(kind: str, n: int) -> dict[str, float]:
             await cache.get(cache.key(f"mt_{i:048d}"), load, realm=REALM)
         elif kind == "sessions":
             p = Principal(
-                "user", f"user_{i:027d}", "session_token", f"sess_{i:027d}",
-                frozenset(), None, 2_000_000_000.0 + i,
+                type="user", id=f"user_{i:027d}", token_type="session_token", token_id=f"sess_{i:027d}",
+                scopes=frozenset(), claims_json=None, expires_at=2_000_000_000.0 + i,
             )
 
             async def load_session(p: Principal = p) -> Principal:

@@ -441,7 +441,7 @@ async def test_a_miss_answered_by_the_shared_level_loads_nothing_and_is_kept_her
     second = FakeSecond()
     cache.second = second
     key = cache.key("mt_tok")
-    second.entries[key] = Positive(machine(None), T0 + 30, T0 + 30)
+    second.entries[key] = Positive(principal=machine(None), fresh_until=T0 + 30, keep_until=T0 + 30)
     load = Loader(machine(None))
     assert (await cache.get(key, load, deadline=1, realm=REALM)).id == "mch_1"
     assert load.calls == 0 and second.stored == []
@@ -481,7 +481,7 @@ async def test_a_caller_gone_mid_lookup_still_lets_the_others_through() -> None:
 async def test_another_process_verifying_is_followed_inside_the_flight() -> None:
     cache, second, key, load = slow_rig(following=True)
     second.gate.set()
-    second.answer = Positive(machine(None), T0 + 60, T0 + 60)
+    second.answer = Positive(principal=machine(None), fresh_until=T0 + 60, keep_until=T0 + 60)
     assert (await cache.get(key, load, deadline=5, realm=REALM)).id == "mch_1"
     assert (second.follows, load.calls) == (1, 0)
     # No answer in time: this process verifies.
@@ -506,7 +506,7 @@ async def test_a_jwt_never_asks_the_shared_level_and_a_realm_is_passed_on() -> N
 
 async def test_a_rejection_in_the_shared_level_reaches_every_waiter() -> None:
     cache, second, key, load = slow_rig()
-    second.entries[key] = Negative(TOKEN_INVALID, "no such token", "m2m_token", T0 + 10)
+    second.entries[key] = Negative(code=TOKEN_INVALID, message="no such token", token_type="m2m_token", keep_until=T0 + 10)
     calls = [asyncio.create_task(cache.get(key, load, deadline=5, realm=REALM)) for _ in range(2)]
     await asyncio.sleep(0)
     second.gate.set()
@@ -541,7 +541,7 @@ async def test_a_re_check_adopts_a_newer_shared_entry_and_asks_clerk_past_the_sa
     held = cache.known(key, clock.t)
     assert held is not None and held.fresh_until == T0 + 19
     # Another process re-checked it meanwhile: its newer entry spares our call.
-    second.entries[key] = Positive(machine(None), T0 + 25, T0 + 25)
+    second.entries[key] = Positive(principal=machine(None), fresh_until=T0 + 25, keep_until=T0 + 25)
     clock.t = T0 + 18
     await cache.start(key, load, realm=REALM)
     assert load.calls == 2

@@ -26,19 +26,19 @@ def key(i: int) -> bytes:
 
 def positive(i: int, token_id: str | None = None, expires_at: float | None = 2e9) -> Positive:
     principal = Principal(
-        "machine",
-        f"mch_{i % 7}",
-        "m2m_token",
-        token_id if token_id is not None else f"mt_{i:032x}",
-        frozenset({f"mch_{i % 3}", "mch_x"}),
-        '{"tier":"gold"}' if i % 2 else None,
-        expires_at,
+        type="machine",
+        id=f"mch_{i % 7}",
+        token_type="m2m_token",
+        token_id=token_id if token_id is not None else f"mt_{i:032x}",
+        scopes=frozenset({f"mch_{i % 3}", "mch_x"}),
+        claims_json='{"tier":"gold"}' if i % 2 else None,
+        expires_at=expires_at,
     )
-    return Positive(principal, 1000.0 + i, 1000.5 + i)
+    return Positive(principal=principal, fresh_until=1000.0 + i, keep_until=1000.5 + i)
 
 
 def negative(i: int) -> Negative:
-    return Negative("token_invalid", "token is not valid", "m2m_token" if i % 2 else None, 99.0 + i)
+    return Negative(code="token_invalid", message="token is not valid", token_type="m2m_token" if i % 2 else None, keep_until=99.0 + i)
 
 
 def test_every_kind_of_entry_comes_back_equal() -> None:
@@ -46,13 +46,13 @@ def test_every_kind_of_entry_comes_back_equal() -> None:
     entries: dict[bytes, Entry] = {
         key(1): positive(1),
         key(2): positive(2, token_id="y" * 80),  # overflow
-        key(9): Positive(Principal("user", "u" * 40, "session_token", "sess_" + "Z" * 27), 1.0, 2.0),
+        key(9): Positive(principal=Principal(type="user", id="u" * 40, token_type="session_token", token_id="sess_" + "Z" * 27), fresh_until=1.0, keep_until=2.0),
         key(3): positive(3, expires_at=None),
         key(4): positive(4, token_id="sess_abc"),
         key(5): negative(5),
         key(6): negative(6),
-        key(7): Positive(Principal("anonymous"), 1.0, 2.0),
-        key(8): Positive(positive(8).principal, 5.0, math.inf),
+        key(7): Positive(principal=Principal(type="anonymous"), fresh_until=1.0, keep_until=2.0),
+        key(8): Positive(principal=positive(8).principal, fresh_until=5.0, keep_until=math.inf),
     }
     for k, e in entries.items():
         table[k] = e

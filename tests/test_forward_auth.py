@@ -20,6 +20,7 @@ from aiohttp.test_utils import unused_port
 from multidict import CIMultiDictProxy
 
 from proxy.config.load import ConfigError, Listen
+from proxy.core.principal import FIELDS
 from proxy.emulator.app import ClerkEmulator
 from proxy.request.forward_auth import ENVOY_PREFIX, ENVOY_REMOVE_FIELD
 from tests.support import Recorder, header_values, make_config
@@ -38,15 +39,7 @@ NGINX_HTTP = """
     include {example};
   }}
 """
-PRINCIPAL_FIELDS = (
-    "X-Auth-Principal-Type",
-    "X-Auth-Principal-Id",
-    "X-Auth-Token-Type",
-    "X-Auth-Token-Id",
-    "X-Auth-Scopes",
-    "X-Auth-Claims",
-    "X-Auth-Issuer",
-)
+PRINCIPAL_FIELDS = tuple("X-Auth-" + f.header for f in FIELDS if f.header is not None)
 
 
 @dataclass

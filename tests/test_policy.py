@@ -20,8 +20,8 @@ ROUTES = (
 DEFAULT = Route(name="default", path="/**")
 POLICY = Policy(ROUTES, DEFAULT)
 
-MACHINE = Principal("machine", "mch_1", "m2m_token", "mt_1", frozenset({"mch_api"}))
-ADMIN = Principal("user", "user_1", "session_token", "sess_1", frozenset({"scores:admin"}))
+MACHINE = Principal(type="machine", id="mch_1", token_type="m2m_token", token_id="mt_1", scopes=frozenset({"mch_api"}))
+ADMIN = Principal(type="user", id="user_1", token_type="session_token", token_id="sess_1", scopes=frozenset({"scores:admin"}))
 
 
 @pytest.mark.parametrize(

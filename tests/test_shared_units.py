@@ -4,6 +4,7 @@ the revoked set. No server here (tests/test_shared_level.py has the real ones)."
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -12,18 +13,18 @@ from proxy.auth.shared import codec, revocation
 from proxy.auth.shared.breaker import Breaker
 from proxy.auth.shared.revocation import MAX_REVOKED, Revocation, Revoked
 from proxy.config.shared import redis_target
-from proxy.core.principal import Principal
+from proxy.core.principal import FIELDS, Principal
 
 MAC = codec.mac_key("sk_test_unit", b"scope")
 KEY = bytes(range(16))
 MACHINE = Principal(
-    "machine",
-    "mch_2xYpartner000000000000000001",
-    "m2m_token",
-    "mt_0123456789abcdef0123456789abcdef",
-    frozenset({"mch_a", "mch_b"}),
-    '{"tier":"gold"}',
-    1_900_000_000.0,
+    type="machine",
+    id="mch_2xYpartner000000000000000001",
+    token_type="m2m_token",
+    token_id="mt_0123456789abcdef0123456789abcdef",
+    scopes=frozenset({"mch_a", "mch_b"}),
+    claims_json='{"tier":"gold"}',
+    expires_at=1_900_000_000.0,
 )
 
 
@@ -62,17 +63,19 @@ def test_breaker_opens_after_failures_in_a_row_and_one_probe_decides() -> None:
 @pytest.mark.parametrize(
     "entry",
     [
-        Positive(MACHINE, 1000.0, 1060.0),
-        Positive(Principal("user", None, None, None, frozenset(), None, None), 5.0, 5.0),
+        Positive(principal=MACHINE, fresh_until=1000.0, keep_until=1060.0),
+        Positive(principal=Principal(type="user"), fresh_until=5.0, keep_until=5.0),
         # Another issuer's principal keeps its issuer (route rules are per issuer) and client.
         Positive(
-            Principal("machine", "svc-a", "m2m_token", "j1", frozenset({"scores:read"}),
-                      None, 2000.0, client_id="svc-a", issuer="authgear"),
-            1000.0,
-            1060.0,
+            principal=Principal(
+                type="machine", id="svc-a", token_type="m2m_token", token_id="j1",
+                scopes=frozenset({"scores:read"}), expires_at=2000.0, client_id="svc-a", issuer="authgear",
+            ),
+            fresh_until=1000.0,
+            keep_until=1060.0,
         ),
-        Negative("token_invalid", "the token has been revoked", "m2m_token", 1010.0),
-        Negative("token_expired", "the token has expired", None, 1010.0),
+        Negative(code="token_invalid", message="the token has been revoked", token_type="m2m_token", keep_until=1010.0),
+        Negative(code="token_expired", message="the token has expired", token_type=None, keep_until=1010.0),
     ],
 )
 def test_codec_round_trip(entry: Positive | Negative) -> None:
@@ -82,16 +85,45 @@ def test_codec_round_trip(entry: Positive | Negative) -> None:
     assert b"sk_test" not in value
 
 
-def _forge(payload: object) -> bytes:
+def _forge(payload: object, form: bytes = codec.FORMAT) -> bytes:
     body = json.dumps(payload).encode()
-    return codec.FORMAT + codec._tag(MAC, KEY, body) + body
+    return form + codec._tag(MAC, KEY, body) + body
 
 
-def test_codec_reads_entries_written_before_client_id_and_issuer() -> None:
-    body = b'{"p":["machine","mch_1","m2m_token","mt_1",["a"],null,null],"f":1.0,"k":2.0}'
-    entry = codec.decode(KEY, codec.FORMAT + codec._tag(MAC, KEY, body) + body, MAC)
-    assert isinstance(entry, Positive)
-    assert (entry.principal.issuer, entry.principal.client_id) == (None, None)
+def _fields(**changes: object) -> dict[str, object]:
+    """MACHINE's fields as the codec writes them, with `changes`."""
+    return {f.name: sorted(MACHINE.scopes) if f.kind == "scopes" else getattr(MACHINE, f.name) for f in FIELDS} | changes
+
+
+def _named(fields: dict[str, object], *, fresh: object = 1, keep: object = 2, schema: str = codec.SCHEMA) -> bytes:
+    return _forge({"v": schema, "p": fields, "f": fresh, "k": keep})
+
+
+def test_a_forged_entry_in_the_current_form_is_read_so_the_refusals_below_are_real() -> None:
+    entry = codec.decode(KEY, _named(_fields()), MAC)
+    assert entry == Positive(principal=MACHINE, fresh_until=1.0, keep_until=2.0)
+
+
+# What releases before the field table wrote, MAC and all (format `1`: the Principal by
+# position, 7 fields before client_id and issuer, 8 before issuer, 9 since): each is a
+# miss, never read into a Principal, whose fields might then be shifted.
+OLD_VERSIONS = [
+    ("format 1, 7 fields", _forge({"p": ["machine", "mch_1", "m2m_token", "mt_1", ["a"], None, None], "f": 1.0, "k": 2.0}, b"1")),
+    ("format 1, 8 fields", _forge({"p": ["oauth", "user_1", "oauth_token", "oat_1", [], None, None, "cl_1"], "f": 1, "k": 2}, b"1")),
+    ("format 1, 9 fields", _forge({"p": ["machine", "svc", "m2m_token", "j1", [], None, None, "svc", "acme"], "f": 1, "k": 2}, b"1")),
+    ("format 1 rejection", _forge({"n": ["token_invalid", "m", None], "k": 2}, b"1")),
+    ("this format, another table's schema", _named(_fields(), schema="00000000")),
+    ("this format, no schema", _forge({"p": _fields(), "f": 1, "k": 2})),
+    ("a newer table: one field more", _named(_fields(field_of_a_later_release="v"))),
+    ("an older table: one field less", _named({k: v for k, v in _fields().items() if k != "issuer"})),
+    ("the fields by position", _named(list(_fields().values()))),  # type: ignore[arg-type]
+    ("a later format", b"3" + codec.encode(KEY, Positive(principal=MACHINE, fresh_until=1.0, keep_until=2.0), MAC)[1:]),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), OLD_VERSIONS)
+def test_codec_reads_an_entry_of_another_version_as_a_miss(name: str, value: bytes) -> None:
+    assert codec.decode(KEY, value, MAC) is None, name
 
 
 @pytest.mark.parametrize(
@@ -99,20 +131,27 @@ def test_codec_reads_entries_written_before_client_id_and_issuer() -> None:
     [
         ("not bytes", "1abc"),
         ("empty", b""),
-        ("other format", b"2" + codec.encode(KEY, Positive(MACHINE, 1.0, 2.0), MAC)[1:]),
-        ("truncated", codec.encode(KEY, Positive(MACHINE, 1.0, 2.0), MAC)[:-3]),
-        ("deadline moved", codec.encode(KEY, Positive(MACHINE, 1.0, 2.0), MAC)[:-4] + b"9.0}"),
-        ("another key's value", codec.encode(bytes(16), Positive(MACHINE, 1.0, 2.0), MAC)),
-        ("another instance's MAC", codec.encode(KEY, Positive(MACHINE, 1.0, 2.0), b"k" * 32)),
+        ("truncated", codec.encode(KEY, Positive(principal=MACHINE, fresh_until=1.0, keep_until=2.0), MAC)[:-3]),
+        ("deadline moved", codec.encode(KEY, Positive(principal=MACHINE, fresh_until=1.0, keep_until=2.0), MAC)[:-4] + b"9.0}"),
+        ("another key's value", codec.encode(bytes(16), Positive(principal=MACHINE, fresh_until=1.0, keep_until=2.0), MAC)),
+        ("another instance's MAC", codec.encode(KEY, Positive(principal=MACHINE, fresh_until=1.0, keep_until=2.0), b"k" * 32)),
         ("signed garbage", _forge("hello")),
-        ("anonymous principal", _forge({"p": ["anonymous", None, None, None, [], None, None], "f": 1, "k": 2})),
-        ("fresh after keep", _forge({"p": ["machine", "mch_x", "m2m_token", "mt_x", [], None, None], "f": 3, "k": 2})),
-        ("header-unsafe id", _forge({"p": ["machine", "mch x\r\n", "m2m_token", "mt_x", [], None, None], "f": 1, "k": 2})),
+        ("anonymous principal", _named(_fields(type="anonymous"))),
+        ("unknown principal type", _named(_fields(type="robot"))),
+        ("no principal type", _named(_fields(type=None))),
+        ("unknown token type", _named(_fields(token_type="jwt"))),
+        ("fresh after keep", _named(_fields(), fresh=3, keep=2)),
+        ("header-unsafe id", _named(_fields(id="mch x\r\n"))),
+        ("header-unsafe issuer", _named(_fields(issuer="acme\r\nX-Auth-Principal-Id: admin"))),
+        ("id not a string", _named(_fields(id=7))),
         ("a 503 as a rejection", _forge({"n": ["verification_unavailable", "m", None], "k": 2})),
         ("unknown code", _forge({"n": ["nope", "m", None], "k": 2})),
         ("NaN deadline", codec.FORMAT + codec._tag(MAC, KEY, b'{"n":["token_invalid","m",null],"k":NaN}') + b'{"n":["token_invalid","m",null],"k":NaN}'),
-        ("claims not an object", _forge({"p": ["machine", "mch_x", "m2m_token", "mt_x", [], "[1]", None], "f": 1, "k": 2})),
-        ("scopes not strings", _forge({"p": ["machine", "mch_x", "m2m_token", "mt_x", [1], None, None], "f": 1, "k": 2})),
+        ("NaN expiry", _named(_fields(expires_at=math.nan))),
+        ("claims not an object", _named(_fields(claims_json="[1]"))),
+        ("claims not JSON", _named(_fields(claims_json="{"))),
+        ("scopes not strings", _named(_fields(scopes=[1]))),
+        ("scopes not a list", _named(_fields(scopes="a b"))),
         ("bool as time", _forge({"n": ["token_invalid", "m", None], "k": True})),
     ],
 )
@@ -160,7 +199,7 @@ def test_revoked_set_refuses_until_the_end_and_forgets_after() -> None:
     assert revoked.add(Revocation("clerk", "token_id", token_id, 160.0))
     assert not revoked.add(Revocation("clerk", "token_id", token_id, 150.0))  # an earlier end adds nothing
     assert revoked.denies(MACHINE)
-    other = Principal("machine", "mch_other", "m2m_token", "mt_other")
+    other = Principal(type="machine", id="mch_other", token_type="m2m_token", token_id="mt_other")
     assert not revoked.denies(other)
     assert revoked.add(Revocation("clerk", "subject", "mch_other", 120.0))
     assert revoked.denies(other)
@@ -176,7 +215,7 @@ def test_a_revocation_is_one_issuers() -> None:
     revoked = Revoked(now=Clock())
     assert revoked.add(Revocation("clerk", "subject", MACHINE.id or "", 500.0))
     assert revoked.denies(MACHINE)
-    foreign = Principal("machine", MACHINE.id, "m2m_token", MACHINE.token_id, issuer="acme")
+    foreign = Principal(type="machine", id=MACHINE.id, token_type="m2m_token", token_id=MACHINE.token_id, issuer="acme")
     assert not revoked.denies(foreign)
     assert revoked.add(Revocation("acme", "token_id", MACHINE.token_id or "", 500.0))
     assert revoked.denies(foreign)
@@ -192,7 +231,7 @@ def test_a_full_set_pushes_no_live_revocation_out() -> None:
     assert revoked.turned_away == 1
     assert not revoked.add(Revocation("clerk", "token_id", f"mt_{0:032x}", 10_000.0))  # held
     assert revoked.turned_away == 1
-    assert revoked.denies(Principal("machine", "mch_x", "m2m_token", f"mt_{0:032x}"))
+    assert revoked.denies(Principal(type="machine", id="mch_x", token_type="m2m_token", token_id=f"mt_{0:032x}"))
 
 
 def test_revocations_are_signed_and_bounded() -> None:

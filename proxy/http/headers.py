@@ -16,7 +16,7 @@ from typing import Final
 
 from multidict import CIMultiDict, istr
 
-from proxy.core.principal import Principal
+from proxy.core.principal import FIELDS, Kind, Principal
 from proxy.http.http1 import (
     HOP_BY_HOP,
     encode_fields,
@@ -68,28 +68,19 @@ def identity_prefix(prefix: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class PrincipalHeaders:
-    """The injected header names for one configured prefix, built once per config."""
+    """The injected header names for one configured prefix, built once per config from
+    `principal.FIELDS`: each sent field's name, attribute and kind."""
 
     prefix_cmp: str
-    type: istr
-    id: istr
-    token_type: istr
-    token_id: istr
-    scopes: istr
-    claims: istr
-    issuer: istr
+    fields: tuple[tuple[istr, str, Kind], ...]
 
     @classmethod
     def for_prefix(cls, prefix: str) -> PrincipalHeaders:
         return cls(
             prefix_cmp=identity_prefix(prefix),
-            type=istr(prefix + "Principal-Type"),
-            id=istr(prefix + "Principal-Id"),
-            token_type=istr(prefix + "Token-Type"),
-            token_id=istr(prefix + "Token-Id"),
-            scopes=istr(prefix + "Scopes"),
-            claims=istr(prefix + "Claims"),
-            issuer=istr(prefix + "Issuer"),
+            fields=tuple(
+                (istr(prefix + f.header), f.name, f.kind) for f in FIELDS if f.header is not None
+            ),
         )
 
     # The rendering of each Principal, by value: every re-verification of a token builds
@@ -127,20 +118,13 @@ class PrincipalHeaders:
         return kept
 
     def _render(self, principal: Principal) -> tuple[tuple[istr, str], ...]:
-        out: list[tuple[istr, str]] = [(self.type, principal.type)]
-        if principal.id:
-            out.append((self.id, principal.id))
-        if principal.token_type:
-            out.append((self.token_type, principal.token_type))
-        if principal.token_id:
-            out.append((self.token_id, principal.token_id))
-        if principal.scopes:
-            # None at all, not an empty field, when the token grants none (sessions).
-            out.append((self.scopes, " ".join(sorted(principal.scopes))))
-        if principal.claims_json:
-            out.append((self.claims, principal.claims_json))
-        if principal.issuer:  # absent for Clerk: today's bytes stay as they were
-            out.append((self.issuer, principal.issuer))
+        out: list[tuple[istr, str]] = []
+        for name, attribute, kind in self.fields:
+            # None or empty is no field at all, not an empty one (sessions grant no scopes;
+            # Clerk's principals name no issuer: today's bytes stay as they were).
+            value = getattr(principal, attribute)
+            if value:
+                out.append((name, " ".join(sorted(value)) if kind == "scopes" else value))
         return tuple(out)
 
 

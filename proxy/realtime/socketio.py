@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl
 import cachetools
 
 from proxy.core.errors import BAD_REQUEST, TOKEN_INVALID, ProxyError
-from proxy.core.principal import ANONYMOUS, Principal
+from proxy.core.principal import ANONYMOUS, FIELDS, Principal
 
 log = logging.getLogger("proxy.socketio")
 
@@ -162,16 +162,15 @@ def principal_auth(principal: Principal, refusal: str | None = None) -> dict[str
         return (
             {"type": "anonymous"} if refusal is None else {"type": "anonymous", "refusal": refusal}
         )
-    auth: dict[str, Any] = {
-        "type": principal.type,
-        "id": principal.id,
-        "token_type": principal.token_type,
-        "token_id": principal.token_id,
-        "scopes": sorted(principal.scopes),
-        "claims": principal.claims(),
-    }
-    if principal.issuer:  # as X-Auth-Issuer: named for other issuers, absent for Clerk
-        auth["issuer"] = principal.issuer
+    auth: dict[str, Any] = {}
+    for f in FIELDS:  # principal.FIELDS: which keys, in which order, when
+        value = getattr(principal, f.name)
+        if f.connect is not None and (value or f.connect_always):
+            if f.kind == "scopes":
+                value = sorted(value)
+            elif f.kind == "claims":
+                value = principal.claims()
+            auth[f.connect] = value
     return auth
 
 

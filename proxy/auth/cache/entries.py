@@ -33,21 +33,21 @@ import struct
 from array import array
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from proxy.auth.cache import ids
 from proxy.core.errors import ProxyError
-from proxy.core.principal import Principal, PrincipalType, TokenType
+from proxy.core.principal import FIELDS, Principal
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Positive:
     principal: Principal
     fresh_until: float
     keep_until: float  # fresh_until, plus the stale-if-error window capped at expiry
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Negative:
     code: str
     message: str
@@ -75,12 +75,13 @@ _SUBJECT_AT: Final = _ID_AT + ids.AREA
 
 RECENT: Final = 512
 
-# A subject that packs into the record is not part of the identity (None there).
-# (type, subject when not packed, token type, scopes, claims JSON, OAuth client id,
-# issuer name)
-_PositiveIdentity = tuple[
-    PrincipalType, str | None, TokenType | None, frozenset[str], str | None, str | None, str | None
-]
+# What a record holds of a Principal itself (`_RECORD`); every other field of
+# `principal.FIELDS` is the identity's, so a new field is shared without an edit here.
+_OWN: Final = frozenset({"id", "token_id", "expires_at"})
+_SHARED: Final = tuple(f.name for f in FIELDS if f.name not in _OWN)
+
+# (the subject when no form packs it, else None; then the `_SHARED` fields' values)
+_PositiveIdentity = tuple[object, ...]
 _NegativeIdentity = tuple[str, str, str | None]
 
 
@@ -103,6 +104,7 @@ class PackedTable:
         "_records",
         "_rejection_of",
         "_rejections",
+        "_shared",
     )
 
     def __init__(self) -> None:
@@ -112,6 +114,8 @@ class PackedTable:
         self._index = _buckets(self._mask + 1)  # record number + 1; 0 is an empty bucket
         self._principals: list[_PositiveIdentity] = []
         self._principal_of: dict[_PositiveIdentity, int] = {}
+        # Each identity's `_SHARED` fields by name, as `Principal(**...)` takes them.
+        self._shared: list[dict[str, Any]] = []
         self._rejections: list[_NegativeIdentity] = []
         self._rejection_of: dict[_NegativeIdentity, int] = {}
         self._overflow: dict[bytes, str] = {}  # token ids no form packs
@@ -230,11 +234,14 @@ class PackedTable:
             self._overflow.pop(key, None)
         sub_form, sub_area = ids.pack(p.id, self._prefixes)
         subject = p.id if sub_form == ids.UNPACKED else None
-        identity = (p.type, subject, p.token_type, p.scopes, p.claims_json, p.client_id, p.issuer)
+        identity = (subject, *[getattr(p, name) for name in _SHARED])
+        n = _intern(identity, self._principals, self._principal_of)
+        if n == len(self._shared):
+            self._shared.append({name: getattr(p, name) for name in _SHARED})
         return _RECORD.pack(
             key,
             id_form << 1 | sub_form << 4,
-            _intern(identity, self._principals, self._principal_of),
+            n,
             entry.fresh_until,
             entry.keep_until,
             math.nan if p.expires_at is None else p.expires_at,
@@ -248,27 +255,23 @@ class PackedTable:
         )
         if flags & _NEGATIVE:
             code, message, rejected_type = self._rejections[ident]
-            return Negative(code, message, rejected_type, keep)
-        ptype, subject, token_type, scopes, claims_json, client_id, issuer = self._principals[ident]
+            return Negative(code=code, message=message, token_type=rejected_type, keep_until=keep)
         id_form, sub_form = flags >> 1 & 7, flags >> 4 & 7
         if id_form == ids.UNPACKED:
             token_id = self._overflow.get(key)
         else:
             token_id = ids.unpack(id_form, id_area, self._prefixes)
-        if sub_form != ids.UNPACKED:
+        if sub_form == ids.UNPACKED:
+            subject = self._principals[ident][0]
+        else:
             subject = ids.unpack(sub_form, sub_area, self._prefixes)
         principal = Principal(
-            ptype,
-            subject,
-            token_type,
-            token_id,
-            scopes,
-            claims_json,
-            None if math.isnan(expires) else expires,
-            client_id,
-            issuer,
+            **self._shared[ident],
+            id=subject,
+            token_id=token_id,
+            expires_at=None if math.isnan(expires) else expires,
         )
-        return Positive(principal, fresh, keep)
+        return Positive(principal=principal, fresh_until=fresh, keep_until=keep)
 
     # -- index
 

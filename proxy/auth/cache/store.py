@@ -33,6 +33,7 @@ generations of `generations.Generations`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import math
 import random
@@ -132,7 +133,7 @@ class VerificationCache:
                 keep = min(keep, principal.expires_at)
         if keep <= self._now():
             return None
-        return Positive(principal, fresh, keep)
+        return Positive(principal=principal, fresh_until=fresh, keep_until=keep)
 
     def refresh_at(self, key: bytes, entry: Positive) -> float:
         """When a request should start re-verifying the entry: a point in the last
@@ -304,7 +305,12 @@ class VerificationCache:
                 now = self._now()
                 until = now + self._cfg.negative_ttl_seconds
                 if realm is not None and until > now:
-                    rejected = Negative(exc.code, exc.message, exc.token_type, until)
+                    rejected = Negative(
+                        code=exc.code,
+                        message=exc.message,
+                        token_type=exc.token_type,
+                        keep_until=until,
+                    )
                     self._entries.set(key, rejected, now)
                 else:
                     self._entries.pop(key)  # never served from an older positive entry
@@ -345,14 +351,16 @@ class VerificationCache:
         now = self._now()
         if isinstance(entry, Negative):
             keep = min(entry.keep_until, now + self._cfg.negative_ttl_seconds)
-            self._entries.set(key, Negative(entry.code, entry.message, entry.token_type, keep), now)
+            self._entries.set(key, dataclasses.replace(entry, keep_until=keep), now)
             raise entry.error()
         principal = entry.principal
         if self.denied is not None and self.denied(principal):
             raise self._revoked(key, principal, now)
         fresh = min(entry.fresh_until, now + self._cfg.ttl_seconds)
         keep = min(entry.keep_until, fresh + self._cfg.stale_if_error_seconds)
-        self._entries.set(key, Positive(principal, fresh, keep), now)
+        self._entries.set(
+            key, Positive(principal=principal, fresh_until=fresh, keep_until=keep), now
+        )
         return principal
 
     def _revoked(self, key: bytes, principal: Principal, now: float) -> ProxyError:
@@ -362,7 +370,12 @@ class VerificationCache:
         )
         until = now + self._cfg.negative_ttl_seconds
         if until > now:
-            rejected = Negative(refusal.code, refusal.message, refusal.token_type, until)
+            rejected = Negative(
+                code=refusal.code,
+                message=refusal.message,
+                token_type=refusal.token_type,
+                keep_until=until,
+            )
             self._entries.set(key, rejected, now)
         return refusal
 

@@ -1,12 +1,15 @@
 """Cache entries as the shared level stores them, and back — or None for anything else.
 
-A value is `b"1"` (the format), 16 bytes of HMAC-SHA256 and a JSON payload. The MAC is
+A value is `FORMAT` (one byte), 16 bytes of HMAC-SHA256 and a JSON payload. The MAC is
 keyed from the Clerk instance's secret key and covers the Redis key too, so whoever can
 write to Redis but does not hold that key can neither mint an entry nor move a real one
 to another token's key: such a value, a truncated or garbled one, or one of another
-format decodes to None and the token is verified again. The payload is the Principal's
-fields and the entry's deadlines; a token is never part of it (the key is the cache's
-SHA-256 of the token).
+format decodes to None and the token is verified again. The payload is the entry's
+deadlines and the Principal's fields by name, as `principal.FIELDS` declares them, with
+`SCHEMA`, a digest of that table: an entry written under another table (a field added,
+removed or retyped, by an older or newer release) is of another schema and decodes to
+None too — a miss, never a Principal with a field missing or misread. A token is never
+part of it (the key is the cache's SHA-256 of the token).
 
 No I/O: bytes in, bytes out.
 """
@@ -21,14 +24,19 @@ from typing import Any, Final, get_args
 
 from proxy.auth.cache.entries import Entry, Negative, Positive
 from proxy.core.errors import STATUS
-from proxy.core.principal import Principal, PrincipalType, TokenType
+from proxy.core.principal import FIELDS, Kind, Principal, PrincipalType, TokenType
 
-FORMAT: Final = b"1"
+# `1` held the Principal as a list by position (7, 8 or 9 long); `2` by name.
+FORMAT: Final = b"2"
+SCHEMA: Final = hashlib.sha256(",".join(f"{f.name}:{f.kind}" for f in FIELDS).encode()).hexdigest()[
+    :8
+]
 TAG_SIZE: Final = 16
 MAX_VALUE: Final = 64 * 1024
 _MAX_MESSAGE: Final = 512
 PRINCIPAL_TYPES: Final = frozenset(get_args(PrincipalType)) - {"anonymous"}
 TOKEN_TYPES: Final = frozenset(get_args(TokenType))
+_NAMES: Final = frozenset(f.name for f in FIELDS)
 
 
 def mac_key(secret_key: str, scope: bytes) -> bytes:
@@ -45,21 +53,8 @@ def encode(key: bytes, entry: Entry, mac: bytes) -> bytes:
         payload = {"n": [entry.code, entry.message, entry.token_type], "k": entry.keep_until}
     else:
         p = entry.principal
-        payload = {
-            "p": [
-                p.type,
-                p.id,
-                p.token_type,
-                p.token_id,
-                sorted(p.scopes),
-                p.claims_json,
-                p.expires_at,
-                p.client_id,
-                p.issuer,
-            ],
-            "f": entry.fresh_until,
-            "k": entry.keep_until,
-        }
+        fields = {f.name: _json_value(f.kind, getattr(p, f.name)) for f in FIELDS}
+        payload = {"v": SCHEMA, "p": fields, "f": entry.fresh_until, "k": entry.keep_until}
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=True).encode()
     return FORMAT + _tag(mac, key, body) + body
 
@@ -96,43 +91,52 @@ def _entry(payload: Any) -> Entry | None:
             return None
         if token_type is not None and token_type not in TOKEN_TYPES:
             return None
-        return Negative(code, message, token_type, keep)
+        return Negative(code=code, message=message, token_type=token_type, keep_until=keep)
     fresh = _time(payload["f"])
-    # client_id (issue 16) and issuer (issue 21) came later: an entry without them is a
-    # Clerk principal without an OAuth client, all that its writer could produce.
     fields = payload["p"]
-    if len(fields) in (7, 8):
-        fields = [*fields, *([None] * (9 - len(fields)))]
-    ptype, subject, token_type, token_id, scopes, claims_json, expires_at, client_id, issuer = (
-        fields
-    )
-    if ptype not in PRINCIPAL_TYPES or fresh > keep:
+    if payload["v"] != SCHEMA or not isinstance(fields, dict) or fields.keys() != _NAMES:
         return None
-    if token_type is not None and token_type not in TOKEN_TYPES:
+    if fields["type"] not in PRINCIPAL_TYPES or fresh > keep:
         return None
-    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-        return None
-    for value in (subject, token_id, claims_json, client_id, issuer):
-        if value is not None and not isinstance(value, str):
+    values: dict[str, Any] = {}
+    for f in FIELDS:
+        value = _value(f.kind, fields[f.name])
+        if value is _REFUSED:
             return None
-    if claims_json is not None:
-        claims = json.loads(claims_json)
-        if not isinstance(claims, dict) or not claims_json.isascii():
-            return None
-    principal = Principal(
-        ptype,
-        subject,
-        token_type,
-        token_id,
-        frozenset(scopes),
-        claims_json,
-        None if expires_at is None else _time(expires_at),
-        client_id,
-        issuer,
-    )
+        values[f.name] = value
+    principal = Principal(**values)
     if not principal.header_safe():
         return None
-    return Positive(principal, fresh, keep)
+    return Positive(principal=principal, fresh_until=fresh, keep_until=keep)
+
+
+_REFUSED: Final = object()
+
+
+def _json_value(kind: Kind, value: Any) -> Any:
+    return sorted(value) if kind == "scopes" else value
+
+
+def _value(kind: Kind, value: Any) -> Any:
+    """A field's value as `Principal` holds it, or `_REFUSED` when it is not one."""
+    if kind == "scopes":
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            return _REFUSED
+        return frozenset(value)
+    if value is None:
+        return None if kind != "principal_type" else _REFUSED
+    if kind == "time":
+        return _time(value)
+    if not isinstance(value, str):
+        return _REFUSED
+    if kind == "principal_type":
+        return value if value in PRINCIPAL_TYPES else _REFUSED
+    if kind == "token_type":
+        return value if value in TOKEN_TYPES else _REFUSED
+    if kind == "claims":
+        claims = json.loads(value)
+        return value if isinstance(claims, dict) and value.isascii() else _REFUSED
+    return value  # text: `header_safe` judges it
 
 
 def _time(value: Any) -> float:
