@@ -121,16 +121,7 @@ def envoy_removals(names: PrincipalHeaders, rendered: Iterable[str], drop_token:
     """`ENVOY_REMOVE_FIELD`'s value: the principal's fields it does not have (a client's
     copy must not reach the upstream), and `Authorization` unless forwarded."""
     present = {name.lower() for name in rendered}
-    every = (
-        names.type,
-        names.id,
-        names.token_type,
-        names.token_id,
-        names.scopes,
-        names.claims,
-        names.issuer,
-    )
-    removed = [name.lower() for name in every if name.lower() not in present]
+    removed = [name.lower() for name, _, _ in names.fields if name.lower() not in present]
     if drop_token:
         removed.append("authorization")
     return ", ".join(removed)
