@@ -38,3 +38,13 @@ def numeric_date(value: Any, per_second: int = 1) -> float | None:
     if not 0 <= value <= MAX_NUMERIC_DATE * per_second:  # NaN fails too
         raise ValueError("is not a date (a number of seconds from 1970 to 9999)")
     return value / per_second if per_second != 1 else float(value)
+
+
+def strings(value: Any) -> tuple[str, ...]:
+    """A claim that is one string or an array of them (`aud`, RFC 7519 §4.1.3); other
+    members of the array are not strings and are left out."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list):
+        return tuple(v for v in value if isinstance(v, str))
+    return ()
