@@ -21,10 +21,17 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder: `json.loads` with an argument builds a new one per call (a JWT miss reads
+# two to four documents).
+_DECODER: Final = json.JSONDecoder(parse_constant=_not_json)
+
+
 def loads(text: bytes | str) -> Any:
     """`json.loads`, refusing the constants that are not JSON. Raises ValueError (and
     RecursionError for absurd nesting), as `json.loads` does."""
-    return json.loads(text, parse_constant=_not_json)
+    if not isinstance(text, str):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    return _DECODER.decode(text)
 
 
 def numeric_date(value: Any, per_second: int = 1) -> float | None:

@@ -19,7 +19,7 @@ The claims (RFC 7519, RFC 9068 §4): the payload strict JSON (`claims_json`); `i
 from __future__ import annotations
 
 import base64
-import binascii
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -65,12 +65,20 @@ def invalid(message: str, token_type: str | None = None) -> ProxyError:
     return ProxyError(TOKEN_INVALID, message, token_type=token_type)
 
 
-def _segment(segment: str) -> dict[str, Any] | None:
-    if not segment or len(segment) > MAX_SEGMENT or not _B64URL.fullmatch(segment):
+def _b64url(segment: str) -> bytes | None:
+    """A segment's bytes (base64url without padding, RFC 7515 §2); None for anything else,
+    a non-canonical spelling too (last bits that decode to nothing: one token, one string)."""
+    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
         return None
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    return raw if base64.urlsafe_b64encode(raw).rstrip(b"=") == segment.encode() else None
+
+
+def _segment(segment: str) -> dict[str, Any] | None:
+    raw = _b64url(segment) if len(segment) <= MAX_SEGMENT else None
     try:
-        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError, RecursionError):
+        value = json.loads(raw) if raw is not None else None
+    except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -125,22 +133,33 @@ def key_misfit(key: Key, alg: str) -> str | None:
     return None
 
 
+@functools.cache
+def _algorithms() -> dict[str, Any]:
+    import jwt
+
+    return {name: jwt.algorithms.get_default_algorithms()[name] for name in ALGORITHMS}
+
+
 def verify_signature(
     token: str, key: Key, alg: str, token_type: str | None = None
 ) -> dict[str, Any]:
-    """The claims of a token whose signature `key` verifies under `alg`, not judged yet.
-    PyJWT's JWS layer checks the signature only; the payload is read here as strict JSON."""
-    import jwt
-
+    """The claims of a token whose signature `key` verifies under `alg`, not judged yet;
+    the payload read as strict JSON. PyJWT's algorithm does the signature check alone:
+    its `decode` would parse the token again (three times the check's CPU)."""
     misfit = key_misfit(key, alg)
     if misfit is not None:
         raise invalid(misfit, token_type)
+    signing_input, _, signature = token.rpartition(".")
+    raw = _b64url(signature)
     try:
-        payload = jwt.api_jws.decode_complete(token, key=key.key, algorithms=[alg])["payload"]
-    except jwt.PyJWTError:
-        raise invalid("the JWT signature does not verify", token_type) from None
+        good = raw is not None and _algorithms()[alg].verify(signing_input.encode(), key.key, raw)
+    except (ValueError, TypeError):
+        good = False
+    if not good:
+        raise invalid("the JWT signature does not verify", token_type)
+    payload = _b64url(signing_input.partition(".")[2])
     try:
-        claims = loads(payload)
+        claims = loads(payload) if payload is not None else None
     except (ValueError, RecursionError):
         claims = None
     if not isinstance(claims, dict):
@@ -191,14 +210,19 @@ def check_claims(
 
 async def verify(
     token: str,
-    header: Mapping[str, Any],
+    header: Mapping[str, Any] | None,
     rules: Rules,
     key: Callable[[str], Awaitable[Key | None]],
     now: Callable[[], float],
     token_type: str | None = None,
 ) -> dict[str, Any]:
     """The claims of a JWT whose header, key, signature and claims hold to `rules`; `key`
-    finds the issuer's key by kid (None: not in its set)."""
+    finds the issuer's key by kid (None: not in its set). `header`: the token's, when the
+    caller has read it already (None: read here)."""
+    if header is None:
+        header = _segment(token.partition(".")[0])
+        if header is None:
+            raise invalid("malformed JWT", token_type)
     alg, kid = check_header(header, rules.algorithms, token_type)
     found = await key(kid)
     if found is None:
