@@ -21,8 +21,7 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-# One decoder: `json.loads` with an argument builds a new one per call (a JWT miss reads
-# two to four documents).
+# One decoder: `json.loads` with an argument builds one per call (a JWT miss reads three).
 _DECODER: Final = json.JSONDecoder(parse_constant=_not_json)
 
 

@@ -1,17 +1,12 @@
-"""The instance JWKS and local JWT verification (session, JWT-format M2M and OAuth tokens).
+"""The instance JWKS and Clerk's JWTs (session, JWT-format M2M and OAuth tokens).
 
 Keys are fetched from `{api_url}/v1/jwks` with the instance key and held by the key-set
-cache every issuer shares (`keyset`): kept for the answer's Cache-Control max-age within
-[`jwks_min_refetch_seconds`, `jwks_cache_seconds`] (`jwks_cache_seconds` without one); an
-unknown `kid` (key rotation) triggers a refetch at most once per
-`jwks_min_refetch_seconds`, so forged kids cannot turn into a flood of fetches; if a
-fetch fails the last good key set keeps being used.
-
-A Clerk JWT takes the one JWT path every issuer's does (`jws`: header, key, signature,
-claims against the injectable clock), with Clerk's rules: the RS256 family, the clock
-skew, `iss` when `clerk.issuer` is set. What each class must carry besides is
-`clerk_jwt`'s. The PyJWT import the first JWT or key set makes holds the event loop
-once, for about 40 ms on a 2-core box.
+cache every issuer shares (`keyset`: Cache-Control within [`jwks_min_refetch_seconds`,
+`jwks_cache_seconds`], an unknown `kid` refetched at most once per
+`jwks_min_refetch_seconds`, the last good set kept when a fetch fails). A Clerk JWT takes
+the one JWT path every issuer's does (`jws`) with Clerk's rules: the RS256 family, the
+clock skew, `iss` when `clerk.issuer` is set; what each class must carry is `clerk_jwt`'s.
+The PyJWT import the first JWT or key set makes holds the event loop once (~40 ms).
 """
 
 from __future__ import annotations
@@ -70,10 +65,8 @@ class Jwks:
         return status, headers, body
 
     async def key(self, kid: str) -> Key | None:
-        """The key for `kid`, fetching/refetching as the cache rules allow. A key is for the
-        algorithm its JWK names, RS256 when it names none: Clerk's SDK (WebCrypto) imports
-        it for that one only.
-        Raises 503 when no key set could be fetched yet."""
+        """The key for `kid` (503 while no set could be fetched), for the algorithm its JWK
+        names, RS256 when none: Clerk's SDK (WebCrypto) imports it for that one only."""
         key = await self.keys.key(kid)
         return key if key is None or key.alg else replace(key, alg="RS256")
 

@@ -74,10 +74,11 @@ def _b64url(segment: str) -> bytes | None:
     return raw if base64.urlsafe_b64encode(raw).rstrip(b"=") == segment.encode() else None
 
 
-def _segment(segment: str) -> dict[str, Any] | None:
+def _segment(segment: str, read: Callable[[bytes], Any] = json.loads) -> dict[str, Any] | None:
+    """The JSON object a segment holds, as `read` reads it; None for anything else."""
     raw = _b64url(segment) if len(segment) <= MAX_SEGMENT else None
     try:
-        value = json.loads(raw) if raw is not None else None
+        value = read(raw) if raw is not None else None
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
@@ -91,9 +92,7 @@ def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     if len(parts) != 3:
         return None
     header, payload = _segment(parts[0]), _segment(parts[1])
-    if header is None or payload is None:
-        return None
-    return header, payload
+    return None if header is None or payload is None else (header, payload)
 
 
 def check_header(
@@ -151,18 +150,10 @@ def verify_signature(
         raise invalid(misfit, token_type)
     signing_input, _, signature = token.rpartition(".")
     raw = _b64url(signature)
-    try:
-        good = raw is not None and _algorithms()[alg].verify(signing_input.encode(), key.key, raw)
-    except (ValueError, TypeError):
-        good = False
-    if not good:
+    if raw is None or not _algorithms()[alg].verify(signing_input.encode(), key.key, raw):
         raise invalid("the JWT signature does not verify", token_type)
-    payload = _b64url(signing_input.partition(".")[2])
-    try:
-        claims = loads(payload) if payload is not None else None
-    except (ValueError, RecursionError):
-        claims = None
-    if not isinstance(claims, dict):
+    claims = _segment(signing_input.partition(".")[2], loads)
+    if claims is None:
         raise invalid(
             "malformed JWT: its claims are not a JSON object (RFC 8259: no NaN or Infinity)",
             token_type,
