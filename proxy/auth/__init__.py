@@ -3,11 +3,11 @@
 - `tokens`: what kind of token a string is (opaque prefixes, JWT, the `mt_` id mistake);
 - `clerk`: the Clerk Backend API client (one `ClientSession`, opaque-token verification);
 - `gate`: when Clerk may be called again (Retry-After, backoff with jitter, one probe);
-- `jwks`: the instance's keys and local JWT verification;
+- `jwks`: the instance's keys and Clerk's rules for the one JWT path;
 - `keyset`: a JWKS fetched and cached as careful verifiers do (Clerk's and every issuer's);
-- `jws`: header rules, key/algorithm fit and the signature check, for every issuer;
+- `jws`: the one JWT path (header, key, signature, claims), Clerk's and every issuer's;
 - `issuers`, `issuer_claims`, `issuer_http`, `discovery`, `introspection`: other OAuth 2.0
-  issuers (routing by `iss`, claim checks and mapping, discovery, RFC 7662);
+  issuers (routing by `iss`, their rules and claim mapping, discovery, RFC 7662);
 - `clerk_jwt`: what each class of Clerk JWT must carry, and what of it may authorize;
 - `budget`: the cost guard on billable Clerk calls, charged to who pays;
 - `cache`: verdicts by token hash, with single-flight (a sub-package);

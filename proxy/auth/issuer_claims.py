@@ -1,8 +1,8 @@
-"""An issuer's verified claims → a Principal, or a refusal. Pure: no I/O, clock injected.
+"""An issuer's verified claims → a Principal, or a refusal. Pure.
 
-Checks (RFC 9068 §4, RFC 7519): `iss` exactly the configured issuer, `aud` naming one
-of the configured audiences, `exp` required, `exp`/`nbf`/`iat` with the issuer's leeway,
-and the issuer's required claim values (Keycloak's payload `typ: Bearer`). Then the
+What its JWTs must hold to (`rules`: `iss` exactly the configured issuer, `aud` naming
+one of the configured audiences, the issuer's leeway and required claim values, such as
+Keycloak's payload `typ: Bearer`) is checked on the one JWT path (`jws`). Then the
 claim mapping: a client-credentials token (any `machine` rule matches) is a `machine`
 principal whose id is the client id; any other token acts for a user (`oauth`, id =
 `sub`). An introspection answer naming a client and no `sub` is that client's own
@@ -15,9 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from proxy.auth.claims_json import numeric_date
+from proxy.auth.claims_json import strings
+from proxy.auth.jws import Rules
 from proxy.config.model import ClaimMapping, Issuer, MachineRule
-from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
+from proxy.core.errors import TOKEN_INVALID, ProxyError
 from proxy.core.principal import Principal, TokenType, encode_claims
 
 # A refusal before the mapping knows whether the token was a machine's.
@@ -28,50 +29,15 @@ def _invalid(message: str) -> ProxyError:
     return ProxyError(TOKEN_INVALID, message, token_type=REFUSED_AS)
 
 
-def _date(claims: Mapping[str, Any], name: str) -> float | None:
-    try:
-        return numeric_date(claims.get(name))
-    except ValueError as exc:
-        raise _invalid(f"the token's {name} claim {exc}") from None
-
-
-def _strings(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list):
-        return tuple(v for v in value if isinstance(v, str))
-    return ()
-
-
-def check_claims(
-    claims: Mapping[str, Any], cfg: Issuer, now: float, *, require_iss: bool = True
-) -> None:
-    """Raises 401 `token_invalid`/`token_expired` unless the claims hold for `cfg`."""
-    iss = claims.get("iss")
-    if (require_iss or iss is not None) and iss != cfg.issuer:
-        raise _invalid(f"the token was not issued by {cfg.issuer}")
-    audiences = _strings(claims.get("aud"))
-    if not audiences:
-        raise _invalid("the token names no audience (aud)")
-    if not set(audiences) & set(cfg.audiences):
-        raise _invalid(
-            f"the token is for another API (aud); this API is {', '.join(cfg.audiences)}"
-        )
-    leeway = cfg.leeway_seconds
-    exp = _date(claims, "exp")
-    if exp is None:
-        raise _invalid("the token has no expiry")
-    if now > exp + leeway:
-        raise ProxyError(TOKEN_EXPIRED, "the token has expired", token_type=REFUSED_AS)
-    nbf = _date(claims, "nbf")
-    if nbf is not None and now + leeway < nbf:
-        raise _invalid("the token is not valid yet")
-    iat = _date(claims, "iat")
-    if iat is not None and now + leeway < iat:
-        raise _invalid("the token was issued in the future")
-    for name, value in cfg.claims.require:
-        if claims.get(name) != value:
-            raise _invalid(f"the token's {name} claim is not {value!r}")
+def rules(cfg: Issuer) -> Rules:
+    return Rules(
+        algorithms=cfg.algorithms,
+        leeway=cfg.leeway_seconds,
+        unknown_key=f"the token is signed by a key issuer {cfg.name} does not publish",
+        issuers=(cfg.issuer,),
+        audiences=cfg.audiences,
+        require=cfg.claims.require,
+    )
 
 
 def _first_string(claims: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
@@ -90,7 +56,7 @@ def _matches(rule: MachineRule, claims: Mapping[str, Any], client_id: str | None
     value = claims.get(rule.claim or "")
     if rule.value is None:
         return value not in (None, "", [])
-    return rule.value in _strings(value)
+    return rule.value in strings(value)
 
 
 def _scopes(claims: Mapping[str, Any], mapping: ClaimMapping) -> frozenset[str]:
@@ -106,7 +72,7 @@ def _scopes(claims: Mapping[str, Any], mapping: ClaimMapping) -> frozenset[str]:
 def map_principal(
     claims: Mapping[str, Any], cfg: Issuer, *, introspected: bool = False
 ) -> Principal:
-    """The Principal for claims that passed `check_claims` (or an introspection answer's
+    """The Principal for claims that hold to `rules(cfg)` (or an introspection answer's
     checks: `introspected`)."""
     mapping = cfg.claims
     client_id = _first_string(claims, mapping.client_id)

@@ -9,10 +9,7 @@ that says so (when `clerk.issuer` is set; else it is Clerk's to judge, see `veri
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 import logging
 import re
 import time
@@ -24,8 +21,9 @@ import aiohttp
 from proxy.auth import jws
 from proxy.auth.discovery import Discovery
 from proxy.auth.introspection import Introspector
-from proxy.auth.issuer_claims import REFUSED_AS, check_claims, map_principal
-from proxy.auth.issuer_http import IssuerHttp, IssuerUnavailable
+from proxy.auth.issuer_claims import REFUSED_AS, map_principal, rules
+from proxy.auth.issuer_http import IssuerHttp
+from proxy.auth.jws import peek
 from proxy.auth.keyset import Fetched, KeySetCache
 from proxy.config.issuers import CLERK_PREFIXES
 from proxy.config.model import Issuer
@@ -35,33 +33,8 @@ from proxy.observe.metrics import Metrics
 
 log = logging.getLogger("proxy.issuers")
 
-_B64URL: Final = re.compile(r"[A-Za-z0-9_\-]+")
 # An `iss` is echoed in a refusal only when it is a plain, short, printable URL.
 _SHOWABLE: Final = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]{1,200}")
-MAX_SEGMENT: Final = 6144
-
-
-def _segment(segment: str) -> dict[str, Any] | None:
-    if not segment or len(segment) > MAX_SEGMENT or not _B64URL.fullmatch(segment):
-        return None
-    try:
-        value = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
-    except (binascii.Error, ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The unverified (header, payload) of a compact JWT; None when it is not one. Only
-    for routing by `iss`: the payload is read again, strictly, once its signature holds
-    (`jws.verify_signature`), so a NaN here still reaches its issuer's refusal."""
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    header, payload = _segment(parts[0]), _segment(parts[1])
-    if header is None or payload is None:
-        return None
-    return header, payload
 
 
 # Which issuers this proxy trusts is the operator's to know, not every caller's: the
@@ -109,6 +82,7 @@ class IssuerVerifier:
         now: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
+        self.rules = rules(cfg)
         self._now = now
         self.http = IssuerHttp(cfg, session, metrics)
         self.discovery = Discovery(self.http, now=now)
@@ -135,14 +109,8 @@ class IssuerVerifier:
         with contextlib.suppress(ProxyError):
             await self.keys.refresh()
 
-    def _unavailable(self) -> ProxyError:
-        return IssuerUnavailable(f"cannot fetch issuer {self.cfg.name}'s signing keys")
-
     async def verify_jwt(self, token: str, header: Mapping[str, Any]) -> Principal:
         cfg = self.cfg
-        alg, kid = jws.check_header(
-            header, cfg.algorithms, refuse_embedded_keys=True, token_type=REFUSED_AS
-        )
         if not _typ_accepted(header, cfg.token_types):
             shown = [t or "(none)" for t in cfg.token_types]
             raise jws.invalid(
@@ -150,13 +118,7 @@ class IssuerVerifier:
                 f"({', '.join(shown)})",
                 REFUSED_AS,
             )
-        key = await self.keys.key(kid, self._unavailable)
-        if key is None:
-            raise jws.invalid(
-                f"the token is signed by a key issuer {cfg.name} does not publish", REFUSED_AS
-            )
-        claims = jws.verify_signature(token, key, alg, REFUSED_AS)
-        check_claims(claims, cfg, self._now())
+        claims = await jws.verify(token, header, self.rules, self.keys.key, self._now, REFUSED_AS)
         return map_principal(claims, cfg)
 
 

@@ -1,26 +1,34 @@
-"""The signature half of JWT verification, shared by every issuer: which header a token
-may have, whether its algorithm fits the key, and the signature check itself.
+"""JWT verification, one path for Clerk's instance and every other issuer: the header,
+the key it names, the signature, and the claims against the caller's clock. What a
+verified token means is each issuer's policy on top (`clerk_jwt`, `issuer_claims`).
 
-Claims (time, audience, issuer) are judged by the caller, against its own clock.
 The header rules, after RFC 8725 (JWT best current practice) and RFC 7515:
 - `alg` must be on the issuer's allow-list; `none` and HMAC never are (an HS256 token
   "signed" with a public key is the classic confusion attack), whatever the config says.
-- a token never brings its own key: `jku`, `x5u`, `jwk` and `x5c` are refused when the
-  caller asks (other issuers), and never followed in any case;
+- a token never brings its own key: `jku`, `x5u`, `jwk` and `x5c` are refused, never
+  followed;
 - `crit` names extensions the receiver must understand; we understand none, so refuse;
 - the key comes from the issuer's own set by `kid`, and must be of the type the
   algorithm needs (RSA ≥ 2048 bits for RS*/PS*, the matching EC curve for ES*, an
   Edwards curve for EdDSA) and, when the JWK pins an `alg`, that one.
+The claims (RFC 7519, RFC 9068 §4): the payload strict JSON (`claims_json`); `iss`,
+`aud` and required values as the issuer's `Rules` say; `exp` required; `exp`, `nbf`,
+`iat` NumericDates, with the issuer's leeway.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import base64
+import functools
+import json
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.auth.claims_json import loads
+from proxy.auth.claims_json import loads, numeric_date, strings
 from proxy.auth.keyset import Key
-from proxy.core.errors import TOKEN_INVALID, ProxyError
+from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
 
 # The asymmetric algorithms an issuer may be allowed, and the key each needs: (kty, crv).
 ALGORITHMS: Final[dict[str, tuple[str, str | None]]] = {
@@ -37,18 +45,58 @@ ALGORITHMS: Final[dict[str, tuple[str, str | None]]] = {
 }
 EMBEDDED_KEY_HEADERS: Final = ("jku", "x5u", "jwk", "x5c")
 MIN_RSA_BITS: Final = 2048
+MAX_SEGMENT: Final = 6144
+_B64URL: Final = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What one issuer's JWTs must hold to."""
+
+    algorithms: tuple[str, ...]
+    leeway: float
+    unknown_key: str  # the refusal of a kid the issuer's set does not hold
+    issuers: tuple[str, ...] = ()  # the `iss` values accepted; empty: not checked
+    audiences: tuple[str, ...] | None = None  # None: `aud` is not checked
+    require: tuple[tuple[str, Any], ...] = ()  # claim values every token must carry
 
 
 def invalid(message: str, token_type: str | None = None) -> ProxyError:
     return ProxyError(TOKEN_INVALID, message, token_type=token_type)
 
 
+def _b64url(segment: str) -> bytes | None:
+    """A segment's bytes (base64url without padding, RFC 7515 §2); None for anything else,
+    a non-canonical spelling too (last bits that decode to nothing: one token, one string)."""
+    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+        return None
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    return raw if base64.urlsafe_b64encode(raw).rstrip(b"=") == segment.encode() else None
+
+
+def _segment(segment: str, read: Callable[[bytes], Any] = json.loads) -> dict[str, Any] | None:
+    """The JSON object a segment holds, as `read` reads it; None for anything else."""
+    raw = _b64url(segment) if len(segment) <= MAX_SEGMENT else None
+    try:
+        value = read(raw) if raw is not None else None
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The unverified (header, payload) of a compact JWT; None when it is not one. For the
+    header check and for routing by `iss` only: the payload is read again, strictly, once
+    its signature holds (`verify_signature`), so a NaN here still reaches its refusal."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    header, payload = _segment(parts[0]), _segment(parts[1])
+    return None if header is None or payload is None else (header, payload)
+
+
 def check_header(
-    header: Mapping[str, Any],
-    algorithms: Iterable[str],
-    *,
-    refuse_embedded_keys: bool,
-    token_type: str | None = None,
+    header: Mapping[str, Any], algorithms: Iterable[str], token_type: str | None = None
 ) -> tuple[str, str]:
     """(alg, kid) of a header that may be verified; raises 401 `token_invalid` otherwise."""
     alg = header.get("alg")
@@ -57,14 +105,13 @@ def check_header(
         raise invalid(f"JWT algorithm not allowed ({', '.join(allowed)} only)", token_type)
     if "crit" in header:
         raise invalid("the JWT names critical header extensions (crit) we do not know", token_type)
-    if refuse_embedded_keys:
-        carried = [name for name in EMBEDDED_KEY_HEADERS if name in header]
-        if carried:
-            raise invalid(
-                f"the JWT header carries its own key or key location ({', '.join(carried)}); "
-                "keys come only from the issuer's published key set",
-                token_type,
-            )
+    carried = [name for name in EMBEDDED_KEY_HEADERS if name in header]
+    if carried:
+        raise invalid(
+            f"the JWT header carries its own key or key location ({', '.join(carried)}); "
+            "keys come only from the issuer's published key set",
+            token_type,
+        )
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise invalid("the JWT names no signing key (kid)", token_type)
@@ -75,7 +122,7 @@ def key_misfit(key: Key, alg: str) -> str | None:
     """Why `key` cannot verify an `alg` signature, or None when it can."""
     kty, crv = ALGORITHMS[alg]
     if key.alg is not None and key.alg != alg:
-        return f"the key {key.kid} is published for {key.alg}, the token says {alg}"
+        return f"the key {key.kid} is published for {key.alg}, the token's algorithm is {alg}"
     if key.kty != kty or (crv is not None and key.crv != crv):
         return f"the key {key.kid} ({key.kty} {key.crv or ''}) cannot verify {alg}".replace(
             " )", ")"
@@ -85,29 +132,92 @@ def key_misfit(key: Key, alg: str) -> str | None:
     return None
 
 
+@functools.cache
+def _algorithms() -> dict[str, Any]:
+    import jwt
+
+    return {name: jwt.algorithms.get_default_algorithms()[name] for name in ALGORITHMS}
+
+
 def verify_signature(
     token: str, key: Key, alg: str, token_type: str | None = None
 ) -> dict[str, Any]:
-    """The claims of a token whose signature `key` verifies under `alg`. PyJWT's JWS layer
-    checks the signature only; the payload is read here as strict JSON (`claims_json`:
-    PyJWT's reader takes NaN and Infinity) and the claims are the caller's to judge,
-    against its injectable clock."""
-    import jwt
-
+    """The claims of a token whose signature `key` verifies under `alg`, not judged yet;
+    the payload read as strict JSON. PyJWT's algorithm does the signature check alone:
+    its `decode` would parse the token again (three times the check's CPU)."""
     misfit = key_misfit(key, alg)
     if misfit is not None:
         raise invalid(misfit, token_type)
-    try:
-        payload = jwt.api_jws.decode_complete(token, key=key.key, algorithms=[alg])["payload"]
-    except jwt.PyJWTError:
-        raise invalid("the JWT signature does not verify", token_type) from None
-    try:
-        claims = loads(payload)
-    except (ValueError, RecursionError):
-        claims = None
-    if not isinstance(claims, dict):
+    signing_input, _, signature = token.rpartition(".")
+    raw = _b64url(signature)
+    if raw is None or not _algorithms()[alg].verify(signing_input.encode(), key.key, raw):
+        raise invalid("the JWT signature does not verify", token_type)
+    claims = _segment(signing_input.partition(".")[2], loads)
+    if claims is None:
         raise invalid(
             "malformed JWT: its claims are not a JSON object (RFC 8259: no NaN or Infinity)",
             token_type,
         )
+    return claims
+
+
+def _date(claims: Mapping[str, Any], name: str, token_type: str | None) -> float | None:
+    try:
+        return numeric_date(claims.get(name))
+    except ValueError as exc:
+        raise invalid(f"the token's {name} claim {exc}", token_type) from None
+
+
+def check_claims(
+    claims: Mapping[str, Any], rules: Rules, now: float, token_type: str | None = None
+) -> None:
+    """Raises 401 `token_invalid`/`token_expired` unless the claims hold to `rules` at `now`."""
+    if rules.issuers and claims.get("iss") not in rules.issuers:
+        raise invalid(f"the token was not issued by {rules.issuers[0]}", token_type)
+    if rules.audiences is not None:
+        audiences = strings(claims.get("aud"))
+        if not audiences:
+            raise invalid("the token names no audience (aud)", token_type)
+        if not set(audiences) & set(rules.audiences):
+            raise invalid(
+                f"the token is for another API (aud); this API is {', '.join(rules.audiences)}",
+                token_type,
+            )
+    exp = _date(claims, "exp", token_type)
+    if exp is None:
+        raise invalid("the token has no expiry", token_type)
+    if now > exp + rules.leeway:
+        raise ProxyError(TOKEN_EXPIRED, "the token has expired", token_type=token_type)
+    nbf = _date(claims, "nbf", token_type)
+    if nbf is not None and now + rules.leeway < nbf:
+        raise invalid("the token is not valid yet", token_type)
+    iat = _date(claims, "iat", token_type)
+    if iat is not None and now + rules.leeway < iat:
+        raise invalid("the token was issued in the future", token_type)
+    for name, value in rules.require:
+        if claims.get(name) != value:
+            raise invalid(f"the token's {name} claim is not {value!r}", token_type)
+
+
+async def verify(
+    token: str,
+    header: Mapping[str, Any] | None,
+    rules: Rules,
+    key: Callable[[str], Awaitable[Key | None]],
+    now: Callable[[], float],
+    token_type: str | None = None,
+) -> dict[str, Any]:
+    """The claims of a JWT whose header, key, signature and claims hold to `rules`; `key`
+    finds the issuer's key by kid (None: not in its set). `header`: the token's, when the
+    caller has read it already (None: read here)."""
+    if header is None:
+        header = _segment(token.partition(".")[0])
+        if header is None:
+            raise invalid("malformed JWT", token_type)
+    alg, kid = check_header(header, rules.algorithms, token_type)
+    found = await key(kid)
+    if found is None:
+        raise invalid(rules.unknown_key, token_type)
+    claims = verify_signature(token, found, alg, token_type)
+    check_claims(claims, rules, now(), token_type)
     return claims

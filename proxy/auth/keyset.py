@@ -35,7 +35,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from proxy.core.errors import ProxyError
+from proxy.auth.gate import DEFAULT_RETRY_AFTER
+from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
 
 log = logging.getLogger("proxy.keyset")
 
@@ -203,9 +204,9 @@ class KeySetCache:
         if running is not None:
             await asyncio.shield(running)
 
-    async def key(self, kid: str, unavailable: Callable[[], ProxyError]) -> Key | None:
+    async def key(self, kid: str) -> Key | None:
         """The key for `kid`, fetching as the rules above allow; None when the set has no
-        such key. Raises `unavailable()` when no set could be fetched yet."""
+        such key. Raises 503 `verification_unavailable` when no set could be fetched yet."""
         current, now = self._set, self._now()
         if current is not None:
             known = current.keys.get(kid)
@@ -221,5 +222,9 @@ class KeySetCache:
             # every other waiter, and the next request, rely on.
             await asyncio.shield(running)
         if self._set is None:
-            raise unavailable()
+            raise ProxyError(
+                VERIFICATION_UNAVAILABLE,
+                f"cannot fetch {self._name}'s signing keys",
+                retry_after=DEFAULT_RETRY_AFTER,
+            )
         return self._set.keys.get(kid)

@@ -293,7 +293,7 @@ class ClerkVerifier:
         """Verify; `client_ip` None: a known token's background check, already paid for."""
         try:
             if kind.is_jwt:
-                _, claims = await self.jwks.verify(token, kind.token_type)
+                claims = await self.jwks.verify(token, kind.token_type)
                 check_class_claims(kind, claims, self._clerk_cfg)
                 principal = jwt_principal(kind, claims)
                 if not principal.header_safe():
