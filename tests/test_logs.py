@@ -11,6 +11,7 @@ import pytest
 
 from proxy.core.errors import TOKEN_EXPIRED, ProxyError, upstream_failure
 from proxy.core.principal import ANONYMOUS, Principal
+from proxy.observe.correlation import trace_id
 from proxy.observe.logs import AccessLog
 from proxy.request.runtime import build_runtime
 from tests.support import StubVerifier, make_config
@@ -154,3 +155,25 @@ def test_which_configs_write_access_lines(access_log: bool, level: str, written:
     # Access lines are INFO: decided once per config (runtime), read on every request.
     config = make_config(logging={"access_log": access_log, "level": level})
     assert build_runtime(config, StubVerifier()).access_log is written
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "trace"),
+    [
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz", None),  # 00: exactly 55
+        ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),
+        ("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", None),  # upper case
+        ("00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01", None),
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0", None),
+        ("00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
+        ("0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0z", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_trace_id_of_a_traceparent(traceparent: str | None, trace: str | None) -> None:
+    assert trace_id(traceparent) == trace
