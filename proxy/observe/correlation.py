@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from typing import Final
 
 # W3C Trace Context §3.2: version-traceid-parentid-flags, 2-32-16-2 lower-case hex digits;
-# version ff is forbidden and an all-zero trace id invalid; a later version may append
-# `-` and more fields, version 00 may not.
-_HEX: Final = "0123456789abcdef"
+# version ff is forbidden and an all-zero trace id invalid (checked apart: look-aheads in
+# the pattern made it cost 4.7k instructions a request); a later version may append `-`
+# and more fields, version 00 may not.
+_TRACEPARENT: Final = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 _TRACEPARENT_SIZE: Final = 55
 _ZERO_TRACE: Final = "0" * 32
 # A request id is logged as sent, up to this many characters (it is the client's text).
@@ -58,18 +60,15 @@ def new_request_id() -> str:
 
 
 def trace_id(traceparent: str | None) -> str | None:
-    """The trace id of a valid `traceparent`, else None. By position and one strip of
-    the hex digits (a regex with look-aheads cost 4.7k instructions a request: its every
-    line of the access log carries one)."""
-    if traceparent is None or len(traceparent) < _TRACEPARENT_SIZE:
+    """The trace id of a valid `traceparent`, else None."""
+    if traceparent is None:
         return None
-    tp = traceparent
-    if len(tp) > _TRACEPARENT_SIZE and (tp[55] != "-" or tp.startswith("00")):
+    match = _TRACEPARENT.match(traceparent)
+    if match is None or traceparent.startswith("ff"):
         return None
-    if tp[2] != "-" or tp[35] != "-" or tp[52] != "-" or tp.startswith("ff"):
+    if len(traceparent) > _TRACEPARENT_SIZE and (
+        traceparent[_TRACEPARENT_SIZE] != "-" or traceparent.startswith("00")
+    ):
         return None
-    # Every digit hex: stripping the hex digits from the dash-less fields leaves nothing.
-    if (tp[:2] + tp[3:35] + tp[36:52] + tp[53:55]).strip(_HEX):
-        return None
-    trace = tp[3:35]
+    trace = match.group(1)
     return None if trace == _ZERO_TRACE else trace
