@@ -1,9 +1,11 @@
-"""The gate (Clerk's, each issuer's) as a state machine: fed times and outcomes, asked whether a call may go."""
+"""The breaker (Clerk's and each issuer's gate, Redis's) as a state machine: fed times and
+outcomes, asked whether a call may go."""
 
 from __future__ import annotations
 
 import pytest
 
+from proxy.auth.breaker import Breaker, no_jitter
 from proxy.auth.gate import CallGate
 from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
 
@@ -158,3 +160,30 @@ async def test_through_holds_fails_settles_and_refuses() -> None:
     with pytest.raises(ProxyError, match="held:refused"):
         await g.through(clock, lambda: answer(200), held, pause)
     assert calls == [200, 0, 401]
+
+
+def test_redis_opens_after_failures_in_a_row_for_a_fixed_pause_and_one_probe_decides() -> None:
+    b = Breaker(5.0, threshold=3, rng=no_jitter)  # cache.shared: breaker_failures, _seconds
+    for _ in range(2):
+        assert b.enter(100.0) is None
+        assert b.failed(100.0) == 0.0
+    assert b.enter(100.0) is None
+    b.succeeded()  # a success resets the count
+    for _ in range(3):
+        assert b.state(100.0) == "closed" and b.enter(100.0) is None
+        b.failed(100.0)
+    assert b.state(100.0) == "open" and b.enter(104.9) is not None
+    assert b.state(105.0) == "half_open"
+    assert b.enter(105.0) is None  # the probe
+    assert b.enter(105.0) == (5.0, "probe")  # only one at a time
+    assert b.failed(105.0) == 5.0  # the probe failed: open again for the full time, no longer
+    assert b.state(105.0) == "open" and b.enter(109.9) is not None
+    assert b.enter(110.0) is None
+    b.succeeded()
+    assert b.state(110.0) == "closed" and b.enter(110.0) is None
+
+
+def test_a_refusal_opens_at_once_whatever_the_threshold() -> None:
+    b = Breaker(5.0, threshold=3, rng=no_jitter)
+    assert b.refused(0.0, 30.0) == 30.0 and b.state(0.0) == "open"
+    assert b.enter(30.0) is None and b.state(30.0) == "half_open"  # the probe

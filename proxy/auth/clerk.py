@@ -23,15 +23,10 @@ from typing import Any, Final
 
 import aiohttp
 
+from proxy.auth.breaker import Held
 from proxy.auth.capped import read_capped
 from proxy.auth.claims_json import loads, numeric_date
-from proxy.auth.gate import (
-    DEFAULT_RETRY_AFTER,
-    CallGate,
-    Held,
-    retry_after,
-    retry_after_seconds,
-)
+from proxy.auth.gate import DEFAULT_RETRY_AFTER, CallGate, retry_after, retry_after_seconds
 from proxy.auth.tokens import TokenKind
 from proxy.config import model as config
 from proxy.core.errors import (

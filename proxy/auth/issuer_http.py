@@ -21,8 +21,9 @@ from typing import Final
 
 import aiohttp
 
+from proxy.auth.breaker import Held
 from proxy.auth.capped import read_capped
-from proxy.auth.gate import DEFAULT_RETRY_AFTER, CallGate, Held
+from proxy.auth.gate import DEFAULT_RETRY_AFTER, CallGate
 from proxy.config.model import Issuer
 from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
 from proxy.observe.metrics import Metrics
