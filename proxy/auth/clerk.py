@@ -26,7 +26,7 @@ import aiohttp
 from proxy.auth.breaker import Held
 from proxy.auth.capped import read_capped
 from proxy.auth.claims_json import loads, numeric_date
-from proxy.auth.gate import DEFAULT_RETRY_AFTER, CallGate, retry_after, retry_after_seconds
+from proxy.auth.gate import DEFAULT_RETRY_AFTER, CallGate, retry_after
 from proxy.auth.tokens import TokenKind
 from proxy.config import model as config
 from proxy.core.errors import (
@@ -271,25 +271,22 @@ class ClerkClient:
         gate = self.gate
         failure: ProxyError | None = None
         for attempt in (1, 2):
-            held = gate.enter(self._monotonic())
+            held = gate.held(self._monotonic())
             if held is not None:
                 refusal = self._refusal(*held)
                 refusal.token_type = endpoint.token_type
                 raise refusal if failure is None else failure
-            probe = gate.failures > 0
             try:
-                status, headers, body = await self._call(
-                    endpoint.name, "POST", endpoint.path, key, payload
+                # Not held just now, nor by the time `through` asks (no await between).
+                status, headers, body = await gate.through(
+                    self._monotonic,
+                    lambda: self._call(endpoint.name, "POST", endpoint.path, key, payload),
+                    self._refusal,
+                    _no_refusal_pause,
                 )
             except ClerkUnavailable as exc:
-                gate.failed(self._monotonic())
                 failure = exc
-            except BaseException:
-                if probe:
-                    gate.abandoned()  # cancelled: another call may find out instead
-                raise
             else:
-                gate.settle(self._monotonic(), status, retry_after_seconds(headers))
                 if status == 200:
                     return parse_verify_response(endpoint, body, self._now())
                 failure = classify_failure(endpoint, status, headers, body)
