@@ -10,9 +10,21 @@ from proxy.auth.gate import CallGate
 from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
 
 
-def gate(rng: float = 1.0) -> CallGate:
+def held(seconds: float, reason: str) -> ProxyError:
+    return ProxyError(VERIFICATION_UNAVAILABLE, f"held:{reason}")
+
+
+def gate(rng: float = 1.0, now: list[float] | None = None) -> CallGate:
     # rng 1.0: the top of every jitter range, so pauses are exact here.
-    return CallGate(0.1, 10.0, rng=lambda: rng)
+    clock = now or [0.0]
+    return CallGate(
+        0.1,
+        10.0,
+        clock=lambda: clock[0],
+        refuse=held,
+        credentials_pause=30.0,
+        rng=lambda: rng,
+    )
 
 
 def test_open_until_something_fails() -> None:
@@ -130,7 +142,8 @@ def test_settle_reads_an_answer(status: int, failures: int, held: str | None) ->
 
 
 async def test_through_holds_fails_settles_and_refuses() -> None:
-    g, now, calls = gate(), [0.0], []
+    now, calls = [0.0], []
+    g = gate(now=now)
 
     async def answer(status: int) -> tuple[int, dict[str, str], bytes]:
         calls.append(status)
@@ -140,25 +153,18 @@ async def test_through_holds_fails_settles_and_refuses() -> None:
         calls.append(0)
         raise ProxyError(VERIFICATION_UNAVAILABLE, "down")
 
-    def held(seconds: float, reason: str) -> ProxyError:
-        return ProxyError(VERIFICATION_UNAVAILABLE, f"held:{reason}")
-
-    def pause(status: int) -> float | None:
-        return 30.0 if status == 401 else None
-
-    def clock() -> float:
-        return now[0]
-
-    assert (await g.through(clock, lambda: answer(200), held, pause))[0] == 200
+    assert g.refusal() is None
+    assert (await g.through(lambda: answer(200)))[0] == 200
     with pytest.raises(ProxyError, match="down"):
-        await g.through(clock, unreachable, held, pause)
+        await g.through(unreachable)
     with pytest.raises(ProxyError, match="held:backoff"):
-        await g.through(clock, lambda: answer(200), held, pause)
+        await g.through(lambda: answer(200))
+    assert str(g.refusal()) == "verification_unavailable: held:backoff"
     now[0] = 1.0  # past the pause: the probe answers 401 (our credentials)
-    assert (await g.through(clock, lambda: answer(401), held, pause))[0] == 401
+    assert (await g.through(lambda: answer(401)))[0] == 401
     now[0] = 20.0
     with pytest.raises(ProxyError, match="held:refused"):
-        await g.through(clock, lambda: answer(200), held, pause)
+        await g.through(lambda: answer(200))
     assert calls == [200, 0, 401]
 
 

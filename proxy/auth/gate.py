@@ -13,6 +13,7 @@ waiting. `through` runs one call under it.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
@@ -43,7 +44,32 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 
 class CallGate(Breaker):
-    __slots__ = ()
+    """The breaker of one API, with the clock it reads, the refusal a held call raises
+    (`refuse(seconds, reason)`) and, when a 401/403 refuses our credentials rather than a
+    token (an issuer's introspection), how long that pauses the calls."""
+
+    __slots__ = ("_clock", "_credentials_pause", "_refuse")
+
+    def __init__(
+        self,
+        initial: float,
+        maximum: float,
+        *,
+        clock: Callable[[], float],
+        refuse: Callable[[float, Held], ProxyError],
+        credentials_pause: float | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__(initial, maximum, rng=rng)
+        self._clock = clock
+        self._refuse = refuse
+        self._credentials_pause = credentials_pause
+
+    def refusal(self) -> ProxyError | None:
+        """The refusal a call would get right now, else None: lets a caller skip a call
+        (and spending budget on it) while the API asked us to wait."""
+        waiting = self.held(self._clock())
+        return None if waiting is None else self._refuse(*waiting)
 
     def throttled(self, now: float, retry_after: float | None) -> float:
         """A 429: no call before its Retry-After passes (a backoff step without one)."""
@@ -59,34 +85,26 @@ class CallGate(Breaker):
         else:
             self.succeeded()
 
-    async def through(
-        self,
-        clock: Callable[[], float],
-        call: Callable[[], Awaitable[Answer]],
-        held: Callable[[float, Held], ProxyError],
-        refusal_pause: Callable[[int], float | None],
-    ) -> Answer:
-        """One call under the gate: while it holds calls, `held(seconds, reason)` is raised
-        without a call; a ProxyError from `call` (unreachable, timed out) is a failure;
-        an answer settles the gate, or pauses it for `refusal_pause(status)` seconds when
-        that says the status refuses our credentials."""
-        waiting = self.enter(clock())
+    async def through(self, call: Callable[[], Awaitable[Answer]]) -> Answer:
+        """One call under the gate: while it holds calls, its refusal is raised without a
+        call; a ProxyError from `call` (unreachable, timed out) is a failure; an answer
+        settles the gate, or pauses it when it refuses our credentials."""
+        waiting = self.enter(self._clock())
         if waiting is not None:
-            raise held(*waiting)
+            raise self._refuse(*waiting)
         probe = self._probing
         try:
             answer = await call()
         except ProxyError:
-            self.failed(clock())
+            self.failed(self._clock())
             raise
         except BaseException:
             if probe:
                 self.abandoned()  # cancelled: another call may find out instead
             raise
         status, headers, _ = answer
-        pause = refusal_pause(status)
-        if pause is not None:
-            self.refused(clock(), pause)
+        if self._credentials_pause is not None and status in (401, 403):
+            self.refused(self._clock(), self._credentials_pause)
         else:
-            self.settle(clock(), status, retry_after_seconds(headers))
+            self.settle(self._clock(), status, retry_after_seconds(headers))
         return answer
