@@ -1,16 +1,30 @@
-"""The gate (Clerk's, each issuer's) as a state machine: fed times and outcomes, asked whether a call may go."""
+"""The breaker (Clerk's and each issuer's gate, Redis's) as a state machine: fed times and
+outcomes, asked whether a call may go."""
 
 from __future__ import annotations
 
 import pytest
 
+from proxy.auth.breaker import Breaker, no_jitter
 from proxy.auth.gate import CallGate
 from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
 
 
-def gate(rng: float = 1.0) -> CallGate:
+def held(seconds: float, reason: str) -> ProxyError:
+    return ProxyError(VERIFICATION_UNAVAILABLE, f"held:{reason}")
+
+
+def gate(rng: float = 1.0, now: list[float] | None = None) -> CallGate:
     # rng 1.0: the top of every jitter range, so pauses are exact here.
-    return CallGate(0.1, 10.0, rng=lambda: rng)
+    clock = now or [0.0]
+    return CallGate(
+        0.1,
+        10.0,
+        clock=lambda: clock[0],
+        refuse=held,
+        credentials_pause=30.0,
+        rng=lambda: rng,
+    )
 
 
 def test_open_until_something_fails() -> None:
@@ -128,7 +142,8 @@ def test_settle_reads_an_answer(status: int, failures: int, held: str | None) ->
 
 
 async def test_through_holds_fails_settles_and_refuses() -> None:
-    g, now, calls = gate(), [0.0], []
+    now, calls = [0.0], []
+    g = gate(now=now)
 
     async def answer(status: int) -> tuple[int, dict[str, str], bytes]:
         calls.append(status)
@@ -138,23 +153,43 @@ async def test_through_holds_fails_settles_and_refuses() -> None:
         calls.append(0)
         raise ProxyError(VERIFICATION_UNAVAILABLE, "down")
 
-    def held(seconds: float, reason: str) -> ProxyError:
-        return ProxyError(VERIFICATION_UNAVAILABLE, f"held:{reason}")
-
-    def pause(status: int) -> float | None:
-        return 30.0 if status == 401 else None
-
-    def clock() -> float:
-        return now[0]
-
-    assert (await g.through(clock, lambda: answer(200), held, pause))[0] == 200
+    assert g.refusal() is None
+    assert (await g.through(lambda: answer(200)))[0] == 200
     with pytest.raises(ProxyError, match="down"):
-        await g.through(clock, unreachable, held, pause)
+        await g.through(unreachable)
     with pytest.raises(ProxyError, match="held:backoff"):
-        await g.through(clock, lambda: answer(200), held, pause)
+        await g.through(lambda: answer(200))
+    assert str(g.refusal()) == "verification_unavailable: held:backoff"
     now[0] = 1.0  # past the pause: the probe answers 401 (our credentials)
-    assert (await g.through(clock, lambda: answer(401), held, pause))[0] == 401
+    assert (await g.through(lambda: answer(401)))[0] == 401
     now[0] = 20.0
     with pytest.raises(ProxyError, match="held:refused"):
-        await g.through(clock, lambda: answer(200), held, pause)
+        await g.through(lambda: answer(200))
     assert calls == [200, 0, 401]
+
+
+def test_redis_opens_after_failures_in_a_row_for_a_fixed_pause_and_one_probe_decides() -> None:
+    b = Breaker(5.0, threshold=3, rng=no_jitter)  # cache.shared: breaker_failures, _seconds
+    for _ in range(2):
+        assert b.enter(100.0) is None
+        assert b.failed(100.0) == 0.0
+    assert b.enter(100.0) is None
+    b.succeeded()  # a success resets the count
+    for _ in range(3):
+        assert b.state(100.0) == "closed" and b.enter(100.0) is None
+        b.failed(100.0)
+    assert b.state(100.0) == "open" and b.enter(104.9) is not None
+    assert b.state(105.0) == "half_open"
+    assert b.enter(105.0) is None  # the probe
+    assert b.enter(105.0) == (5.0, "probe")  # only one at a time
+    assert b.failed(105.0) == 5.0  # the probe failed: open again for the full time, no longer
+    assert b.state(105.0) == "open" and b.enter(109.9) is not None
+    assert b.enter(110.0) is None
+    b.succeeded()
+    assert b.state(110.0) == "closed" and b.enter(110.0) is None
+
+
+def test_a_refusal_opens_at_once_whatever_the_threshold() -> None:
+    b = Breaker(5.0, threshold=3, rng=no_jitter)
+    assert b.refused(0.0, 30.0) == 30.0 and b.state(0.0) == "open"
+    assert b.enter(30.0) is None and b.state(30.0) == "half_open"  # the probe

@@ -1,4 +1,4 @@
-"""The shared level's pure parts, as tables: the breaker, the value codec, the URL parser,
+"""The shared level's pure parts, as tables: the value codec, the URL parser,
 the revoked set. No server here (tests/test_shared_level.py has the real ones)."""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import pytest
 
 from proxy.auth.cache.entries import Negative, Positive
 from proxy.auth.shared import codec, revocation
-from proxy.auth.shared.breaker import Breaker
 from proxy.auth.shared.revocation import MAX_REVOKED, Revocation, Revoked
 from proxy.config.shared import redis_target
 from proxy.core.principal import FIELDS, Principal
@@ -34,30 +33,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def test_breaker_opens_after_failures_in_a_row_and_one_probe_decides() -> None:
-    clock = Clock()
-    b = Breaker(3, 5.0, now=clock)
-    for _ in range(2):
-        assert b.allow()
-        b.failed()
-    assert b.allow()
-    b.succeeded()  # a success resets the count
-    for _ in range(3):
-        assert b.allow()
-        b.failed()
-    assert b.state == "open" and not b.allow()
-    clock.t += 5.0
-    assert b.state == "half_open"
-    assert b.allow()  # the probe
-    assert not b.allow()  # only one at a time
-    b.failed()  # the probe failed: open again for the full time
-    assert b.state == "open" and not b.allow()
-    clock.t += 5.0
-    assert b.allow()
-    b.succeeded()
-    assert b.state == "closed" and b.allow()
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 - `tokens`: what kind of token a string is (opaque prefixes, JWT, the `mt_` id mistake);
 - `clerk`: the Clerk Backend API client (one `ClientSession`, opaque-token verification);
-- `gate`: when Clerk may be called again (Retry-After, backoff with jitter, one probe);
+- `breaker`: when a failing service (Clerk, an issuer, Redis) may be called again;
+- `gate`: the breaker in front of Clerk's or an issuer's API (Retry-After, 429, 5xx);
 - `jwks`: the instance's keys and Clerk's rules for the one JWT path;
 - `keyset`: a JWKS fetched and cached as careful verifiers do (Clerk's and every issuer's);
 - `jws`: the one JWT path (header, key, signature, claims), Clerk's and every issuer's;

@@ -23,15 +23,10 @@ from typing import Any, Final
 
 import aiohttp
 
+from proxy.auth.breaker import Held
 from proxy.auth.capped import read_capped
 from proxy.auth.claims_json import loads, numeric_date
-from proxy.auth.gate import (
-    DEFAULT_RETRY_AFTER,
-    CallGate,
-    Held,
-    retry_after,
-    retry_after_seconds,
-)
+from proxy.auth.gate import DEFAULT_RETRY_AFTER, CallGate, retry_after
 from proxy.auth.tokens import TokenKind
 from proxy.config import model as config
 from proxy.core.errors import (
@@ -210,11 +205,6 @@ def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Princi
     return principal
 
 
-def _no_refusal_pause(status: int) -> None:
-    """Clerk's 401/403 is logged and answered with BAD_KEY_RETRY_AFTER, not paused on."""
-    return None
-
-
 class ClerkClient:
     def __init__(
         self,
@@ -232,7 +222,9 @@ class ClerkClient:
         self._monotonic = monotonic
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         # One per Clerk instance (this client): its pauses hold every verify call.
-        self.gate = CallGate(cfg.backoff_initial, cfg.backoff_max)
+        self.gate = CallGate(
+            cfg.backoff_initial, cfg.backoff_max, clock=monotonic, refuse=self._refusal
+        )
         self._held = {
             reason: metrics.clerk_calls_held.labels(reason)
             for reason in ("retry_after", "backoff", "probe")
@@ -253,17 +245,13 @@ class ClerkClient:
         calls pass (the same API: an outage or a throttle holds both); raises
         ClerkUnavailable."""
         return await self.gate.through(
-            self._monotonic,
-            lambda: self._call(name, "GET", path, self._cfg.secret_key, None),
-            self._refusal,
-            _no_refusal_pause,
+            lambda: self._call(name, "GET", path, self._cfg.secret_key, None)
         )
 
-    def held(self) -> ClerkUnavailable | None:
+    def held(self) -> ProxyError | None:
         """The refusal a verify call would get from the gate right now, else None. Lets the
         verifier skip a call (and spending budget on it) while Clerk asked us to wait."""
-        held = self.gate.held(self._monotonic())
-        return None if held is None else self._refusal(*held)
+        return self.gate.refusal()
 
     async def verify(self, kind: TokenKind, token: str) -> Principal:
         """One verification, through the gate: refused without a call while Clerk's
@@ -276,25 +264,18 @@ class ClerkClient:
         gate = self.gate
         failure: ProxyError | None = None
         for attempt in (1, 2):
-            held = gate.enter(self._monotonic())
-            if held is not None:
-                refusal = self._refusal(*held)
+            refusal = gate.refusal()
+            if refusal is not None:
                 refusal.token_type = endpoint.token_type
                 raise refusal if failure is None else failure
-            probe = gate.failures > 0
             try:
-                status, headers, body = await self._call(
-                    endpoint.name, "POST", endpoint.path, key, payload
+                # Not held just now, nor by the time `through` asks (no await between).
+                status, headers, body = await gate.through(
+                    lambda: self._call(endpoint.name, "POST", endpoint.path, key, payload)
                 )
             except ClerkUnavailable as exc:
-                gate.failed(self._monotonic())
                 failure = exc
-            except BaseException:
-                if probe:
-                    gate.abandoned()  # cancelled: another call may find out instead
-                raise
             else:
-                gate.settle(self._monotonic(), status, retry_after_seconds(headers))
                 if status == 200:
                     return parse_verify_response(endpoint, body, self._now())
                 failure = classify_failure(endpoint, status, headers, body)

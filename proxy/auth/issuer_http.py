@@ -21,8 +21,9 @@ from typing import Final
 
 import aiohttp
 
+from proxy.auth.breaker import Held
 from proxy.auth.capped import read_capped
-from proxy.auth.gate import DEFAULT_RETRY_AFTER, CallGate, Held
+from proxy.auth.gate import DEFAULT_RETRY_AFTER, CallGate
 from proxy.config.model import Issuer
 from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
 from proxy.observe.metrics import Metrics
@@ -40,10 +41,6 @@ class IssuerUnavailable(ProxyError):
         super().__init__(VERIFICATION_UNAVAILABLE, message, retry_after=retry_after)
 
 
-def _refusal_pause(status: int) -> float | None:
-    return float(BAD_CREDENTIALS_RETRY_AFTER) if status in (401, 403) else None
-
-
 class IssuerHttp:
     def __init__(
         self,
@@ -56,18 +53,22 @@ class IssuerHttp:
         self.cfg = cfg
         self._session = session
         self._metrics = metrics
-        self._monotonic = monotonic
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
-        self.gate = CallGate(BACKOFF_INITIAL, BACKOFF_MAX)
+        self.gate = CallGate(
+            BACKOFF_INITIAL,
+            BACKOFF_MAX,
+            clock=monotonic,
+            refuse=self._refusal,
+            credentials_pause=BAD_CREDENTIALS_RETRY_AFTER,
+        )
         self._held = {
             reason: metrics.issuer_calls_held.labels(cfg.name, reason) for reason in HELD_REASONS
         }
 
-    def held(self) -> IssuerUnavailable | None:
+    def held(self) -> ProxyError | None:
         """The refusal a call would get from the gate right now, else None: lets the
         verifier skip a call (and spending budget on it) while the issuer asked to wait."""
-        waiting = self.gate.held(self._monotonic())
-        return None if waiting is None else self._refusal(*waiting)
+        return self.gate.refusal()
 
     def _refusal(self, seconds: float, reason: Held) -> IssuerUnavailable:
         self._held[reason].inc()
@@ -94,12 +95,7 @@ class IssuerHttp:
     ) -> tuple[int, Mapping[str, str], bytes]:
         """(status, headers, body) of one call through the issuer's gate; raises
         IssuerUnavailable when there is none (held by the gate, or no answer)."""
-        return await self.gate.through(
-            self._monotonic,
-            lambda: self._call(endpoint, method, url, data, headers),
-            self._refusal,
-            _refusal_pause,
-        )
+        return await self.gate.through(lambda: self._call(endpoint, method, url, data, headers))
 
     async def _call(
         self,

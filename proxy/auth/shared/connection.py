@@ -30,7 +30,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from proxy.auth.shared.breaker import Breaker
+from proxy.auth.breaker import Breaker, no_jitter
 from proxy.auth.shared.metrics import SharedMetrics
 from proxy.config.model import SharedCache
 
@@ -110,8 +110,11 @@ class Connection:
         self.cfg = cfg
         self.client, self.listener = clients if clients is not None else connect(cfg)
         self.metrics = metrics
-        self.breaker = Breaker(cfg.breaker_failures, cfg.breaker_seconds, now=now)
-        metrics.watch_breaker(lambda: self.breaker.state != "closed")
+        self._now = now
+        # `breaker_seconds` each time, neither growing nor jittered: without Redis a pod
+        # still verifies on its own, so there is no load to spread by backing off.
+        self.breaker = Breaker(cfg.breaker_seconds, threshold=cfg.breaker_failures, rng=no_jitter)
+        metrics.watch_breaker(lambda: self.breaker.state(now()) != "closed")
         self._timeout = cfg.timeout
         # Bound once per operation: a label lookup per call is a lock and a tuple.
         self._latency: dict[str, Any] = {}
@@ -119,7 +122,7 @@ class Connection:
 
     async def call(self, op: str, make: Callable[[Client], Awaitable[T]]) -> T | None:
         """`make(client)` within the request bound, or None (counted) when Redis failed."""
-        if not self.breaker.allow():
+        if self.breaker.enter(self._now()) is not None:
             self.metrics.errors.labels(op, "breaker_open").inc()
             return None
         started = time.perf_counter()
@@ -136,7 +139,7 @@ class Connection:
             self._unexpected(op, exc)
         except BaseException:
             # Cancelled (shutdown): a probe must not leave the breaker waiting for it.
-            self.breaker.failed()
+            self.breaker.failed(self._now())
             raise
         else:
             self.breaker.succeeded()
@@ -145,10 +148,11 @@ class Connection:
                 latency = self._latency[op] = self.metrics.latency.labels(op)
             latency.observe(time.perf_counter() - started)
             return result
-        was_closed = self.breaker.state == "closed"
-        self.breaker.failed()
+        now = self._now()
+        was_closed = self.breaker.state(now) == "closed"
+        self.breaker.failed(now)
         self.metrics.errors.labels(op, kind).inc()
-        if was_closed and self.breaker.state != "closed":
+        if was_closed and self.breaker.state(now) != "closed":
             log.warning(
                 "shared cache unreachable; using the first level and the per-pod budget",
                 extra={"op": op, "kind": kind, "retry_in": self.cfg.breaker_seconds},
