@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
-from proxy.config.values import Reader, str_value
+from proxy.config.values import Reader
 
 INSTANCE_TYPES: Final = ("production", "development")
 _BY_ENVIRONMENT: Final = {
@@ -33,9 +33,9 @@ _BY_ENVIRONMENT: Final = {
 _WRITTEN_KEY: Final = re.compile(r"(?<![A-Za-z0-9_])(sk_live_|sk_test_|ak_)[A-Za-z0-9]")
 
 
-def instance_type(r: Reader, clerk: dict[str, Any], environment: str) -> tuple[str, str]:
-    """The instance's kind ("" when unknown) and what says so, for messages."""
-    explicit = r.get(clerk, "clerk", "instance_type", str_value, "")
+def instance_type(r: Reader, explicit: str, environment: str) -> tuple[str, str]:
+    """The instance's kind ("" when unknown) from `clerk.instance_type` (`explicit`) or
+    `environment`, and what says so, for messages."""
     if explicit:
         if explicit not in INSTANCE_TYPES:
             r.problem("clerk.instance_type", f"must be production or development, got {explicit!r}")
