@@ -5,6 +5,7 @@ typo'd key or a wrong type under `config:`."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,43 @@ def test_helm_itself_refuses_a_typo_under_config() -> None:
             chart.validate_schema(
                 deep_merge(values_file("production"), {"config": {"listen": {"port": "http"}}})
             )
+
+
+def _schema_keys(schema: dict[str, Any], path: str = "") -> set[str]:
+    """Every key path the schema admits under `config:`; a list of sections (and the
+    default route, documented with the routes) is one entry."""
+    out: set[str] = set()
+    for name, sub in schema.get("properties", {}).items():
+        key = f"{path}.{name}" if path else name
+        if "items" in sub and "properties" in sub["items"]:
+            out.add(key + "[]")
+        elif "properties" in sub and key != "default_route":
+            out |= _schema_keys(sub, key)
+        else:
+            out.add(key)
+    return out
+
+
+def _documented_keys() -> set[str]:
+    """The first column of docs/configuration.md's "Keys" table: `a.b` / `.c` / `_file`."""
+    text = (CONFIGS.parent / "docs" / "configuration.md").read_text()
+    table = text.split("\n## Keys\n", 1)[1].split("\n## ", 1)[0]
+    out: set[str] = set()
+    for cell in re.findall(r"^\| ((?:`[^`]+`(?: / )?)+) \|", table, re.MULTILINE):
+        first, *more = re.findall(r"`([^`]+)`", cell)
+        out.add(first)
+        for name in more:
+            if name.startswith("_"):
+                out.add(first + name)
+            elif name.startswith("."):
+                out.add(first.rsplit(".", 1)[0] + name)
+            else:
+                out.add(name)
+    return out
+
+
+def test_every_key_is_documented_and_every_documented_key_exists() -> None:
+    keys = _schema_keys(_schema()["properties"]["config"])
+    documented = _documented_keys()
+    assert sorted(keys - documented) == [], "in the model, not in docs/configuration.md"
+    assert sorted(documented - keys) == [], "in docs/configuration.md, not in the model"

@@ -12,8 +12,10 @@ import re
 from dataclasses import replace
 from typing import Any, Final
 
+from proxy.config.keys import one_of
 from proxy.config.model import ClaimMapping, Issuer, MachineRule
-from proxy.config.values import Reader, issuer_url, keys, one_of, str_list
+from proxy.config.reader import Reader
+from proxy.config.values import issuer_url, str_list
 
 __all__ = ["ALGORITHMS", "CLERK_PREFIXES", "PRESETS", "issuer_url", "parse_issuers"]
 
@@ -102,24 +104,16 @@ def _machine_rules(r: Reader, raw: Any, key: str) -> tuple[MachineRule, ...] | N
     rules: list[MachineRule] = []
     for i, item in enumerate(raw):
         k = f"{key}[{i}]"
-        sec = r.section(item, k, keys(MachineRule))
+        rule = r.read(MachineRule, item, k)
         if not isinstance(item, dict):
             continue
-        sub, claim = sec.get("sub"), sec.get("claim")
-        value = sec.get("value")
+        sub, claim, value = rule.sub, rule.claim, rule.value
         if (sub is None) == (claim is None) or (sub is not None and value is not None):
             r.problem(k, "give either sub (a template with {client_id}) or claim (and value)")
-            continue
-        if sub is not None and (not isinstance(sub, str) or "{client_id}" not in sub):
+        elif sub is not None and "{client_id}" not in sub:
             r.problem(f"{k}.sub", "must be a string containing {client_id}")
-            continue
-        rules.append(
-            MachineRule(
-                sub=sub,
-                claim=None if claim is None else str(claim),
-                value=None if value is None else str(value),
-            )
-        )
+        else:
+            rules.append(rule)
     return tuple(rules)
 
 

@@ -18,34 +18,16 @@ from typing import Any
 import yaml
 
 from proxy.config.advice import scope_warnings, upstream_warnings
-from proxy.config.clerk import check_clerk
+from proxy.config.clerk_keys import check_clerk
 from proxy.config.issuers import parse_issuers
-from proxy.config.model import (
-    DEFAULT_GLOBAL_BUCKET,
-    DEFAULT_PER_IP_BUCKET,
-    HTTP_METHODS,
-    PRINCIPAL_TYPES,
-    AuthMode,
-    Bucket,
-    Cache,
-    Clerk,
-    Config,
-    Headers,
-    Listen,
-    Logging,
-    Route,
-    Shutdown,
-    Upstream,
-    VerificationBudget,
-    WebSocket,
-)
+from proxy.config.model import Bucket, Cache, Clerk, Config, Listen, Route, VerificationBudget
+from proxy.config.reader import Reader
 from proxy.config.routes import check_route_issuers, parse_route, parse_routes
 from proxy.config.shared import shared_cache
 from proxy.config.sources import Source, substitute, substitute_env
 from proxy.config.values import (
     ConfigError,
     ConfigIssue,
-    Reader,
     network,
     parse_duration,
     parse_size,
@@ -53,26 +35,16 @@ from proxy.config.values import (
     validate_glob,
 )
 
+# What code outside `config` imports from here.
 __all__ = [
-    "DEFAULT_GLOBAL_BUCKET",
-    "DEFAULT_PER_IP_BUCKET",
-    "HTTP_METHODS",
-    "PRINCIPAL_TYPES",
-    "AuthMode",
     "Bucket",
     "Cache",
     "Clerk",
     "Config",
     "ConfigError",
-    "ConfigIssue",
-    "Headers",
     "Listen",
-    "Logging",
     "Route",
-    "Shutdown",
-    "Upstream",
     "VerificationBudget",
-    "WebSocket",
     "build_config",
     "load_config",
     "parse_duration",

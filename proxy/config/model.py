@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from proxy.config.values import (
+from proxy.config.keys import (
     ABSOLUTE_PATH,
     EXACT_URL,
     FRACTION,
@@ -32,6 +32,7 @@ from proxy.config.values import (
     STR_SET,
     STRING,
     key,
+    of,
     one_of,
 )
 from proxy.core.timeouts import ConnectionPolicy
@@ -39,6 +40,7 @@ from proxy.core.timeouts import ConnectionPolicy
 DEFAULT_CONNECTIONS = ConnectionPolicy()
 
 AuthMode = Literal["public", "optional", "required"]
+AUTH_MODES = one_of("public", "optional", "required")
 PRINCIPAL_TYPES = ("machine", "user", "api_key", "oauth", "anonymous")
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 
@@ -58,9 +60,9 @@ class Upstream:
     # Above Socket.IO's pingInterval + pingTimeout (45 s) so long polls survive.
     read_timeout: float = 60.0
     # 0 means unlimited.
-    max_body_size: int = field(default=10 * 1024 * 1024, metadata=key(kind=SIZE))
+    max_body_size: int = of(SIZE, 10 * 1024 * 1024)
     # Path the admin /readyz probes; any HTTP answer (even 404) means "up".
-    readiness_path: str = field(default="/", metadata=key(kind=ABSOLUTE_PATH))
+    readiness_path: str = of(ABSOLUTE_PATH, "/")
     # Concurrent upstream connections; 0: unlimited. Every open WebSocket and every
     # pending Socket.IO long poll holds one, so a low cap queues live traffic.
     pool_size: int = 0
@@ -76,7 +78,7 @@ class Clerk:
     # "production", "development", or "" when neither it nor `environment` says.
     instance_type: str = ""
     # Expected JWT `iss` (the instance's Frontend API URL); unchecked when empty.
-    issuer: str = field(default="", metadata=key(kind=OPTIONAL_HTTP_URL))
+    issuer: str = of(OPTIONAL_HTTP_URL, "")
     authorized_parties: tuple[str, ...] = ()
     timeout: float = 5.0
     jwks_cache_seconds: float = 3600.0
@@ -86,11 +88,11 @@ class Clerk:
     clock_skew_seconds: float = 5.0
     # A token the cache does not know waits at most this long for its verification, then
     # gets 503; the call goes on and fills the cache for the retry.
-    miss_deadline: float = field(default=1.0, metadata=key(kind=POSITIVE_DURATION))
+    miss_deadline: float = of(POSITIVE_DURATION, 1.0)
     # The pause after a failed verify call (5xx, timeout, no connection): doubled per
     # consecutive failure, jittered, capped; Clerk's Retry-After is a floor.
-    backoff_initial: float = field(default=0.1, metadata=key(kind=POSITIVE_DURATION))
-    backoff_max: float = field(default=10.0, metadata=key(kind=POSITIVE_DURATION))
+    backoff_initial: float = of(POSITIVE_DURATION, 0.1)
+    backoff_max: float = of(POSITIVE_DURATION, 10.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,16 +118,16 @@ class SharedCache:
     cert_file: str = ""
     key_file: str = ""
     # Every Redis call is bounded by this; a few ms, so a slow Redis costs little.
-    timeout: float = field(default=0.01, metadata=key(kind=POSITIVE_DURATION))
-    connect_timeout: float = field(default=0.5, metadata=key(kind=POSITIVE_DURATION))
-    breaker_failures: int = field(default=5, metadata=key(kind=POSITIVE_INT))
-    breaker_seconds: float = field(default=5.0, metadata=key(kind=POSITIVE_DURATION))
+    timeout: float = of(POSITIVE_DURATION, 0.01)
+    connect_timeout: float = of(POSITIVE_DURATION, 0.5)
+    breaker_failures: int = of(POSITIVE_INT, 5)
+    breaker_seconds: float = of(POSITIVE_DURATION, 5.0)
     # How long a process waits for another one's verification of the same token.
     flight_wait: float = 1.0
     # The cost guard's buckets in Redis: the configured rates hold for the whole cluster.
     budget: bool = True
     # Revocations are re-read this often (and on every reconnect) in case one was missed.
-    resync_seconds: float = field(default=5.0, metadata=key(kind=POSITIVE_DURATION))
+    resync_seconds: float = of(POSITIVE_DURATION, 5.0)
     key_prefix: str = "clerk-auth-proxy"
 
 
@@ -134,10 +136,10 @@ class MachineRule:
     """One way an issuer marks a client-credentials token; any rule that matches does."""
 
     # `sub` equals this, with `{client_id}` replaced
-    sub: str | None = field(default=None, metadata=key(kind=STRING))
+    sub: str | None = of(STRING, None)
     # this claim is present (and equals `value`, when given)
-    claim: str | None = field(default=None, metadata=key(kind=STRING))
-    value: str | None = field(default=None, metadata=key(kind=STRING))
+    claim: str | None = of(STRING, None)
+    value: str | None = of(STRING, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,10 +166,9 @@ class Introspection:
     client_id: str = field(metadata=key(kind=STRING))
     client_secret: str = field(repr=False)
     # empty: the discovery document's introspection_endpoint
-    endpoint: str = field(default="", metadata=key(kind=ISSUER_URL))
-    auth_method: str = field(
-        default="client_secret_basic",
-        metadata=key(kind=one_of("client_secret_basic", "client_secret_post")),
+    endpoint: str = of(ISSUER_URL, "")
+    auth_method: str = of(
+        one_of("client_secret_basic", "client_secret_post"), "client_secret_basic"
     )
     token_prefix: str = ""  # which opaque tokens are this issuer's; empty: every other one
 
@@ -180,11 +181,11 @@ class Issuer:
     issuer: str = field(metadata=key(kind=EXACT_URL))  # compared exactly with a token's `iss`
     audiences: tuple[str, ...] = field(metadata=key(kind=STR_LIST, default=()))
     preset: str = "rfc9068"
-    jwks_url: str = field(default="", metadata=key(kind=EXACT_URL))  # empty: from discovery
+    jwks_url: str = of(EXACT_URL, "")  # empty: from discovery
     algorithms: tuple[str, ...] = ("RS256",)
     token_types: tuple[str, ...] = ("at+jwt",)  # header `typ`; "" accepts a token without one
     leeway_seconds: float = 5.0
-    claims: ClaimMapping = field(default=ClaimMapping(), metadata=key(section=ClaimMapping))
+    claims: ClaimMapping = ClaimMapping()
     jwks_cache_seconds: float = 3600.0
     jwks_min_refetch_seconds: float = 30.0
     timeout: float = 5.0
@@ -197,7 +198,7 @@ class Issuer:
 class Cache:
     ttl_seconds: float = 60.0
     negative_ttl_seconds: float = 10.0
-    max_entries: int = field(default=100_000, metadata=key(kind=POSITIVE_INT))
+    max_entries: int = of(POSITIVE_INT, 100_000)
     # The stale window: past its fresh period an entry is served at once while one
     # background check runs, and while checks fail. 0 turns it off.
     stale_if_error_seconds: float = 0.0
@@ -207,7 +208,7 @@ class Cache:
     )
     # The last this fraction of a fresh period is where a request starts a background
     # re-verification (at a point jittered per token); 0 turns refresh ahead off.
-    refresh_ahead: float = field(default=0.2, metadata=key(kind=FRACTION))
+    refresh_ahead: float = of(FRACTION, 0.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,15 +224,13 @@ DEFAULT_PER_IP_BUCKET = Bucket(rate=5.0, burst=20)
 @dataclass(frozen=True, slots=True)
 class VerificationBudget:
     enabled: bool = True
-    global_: Bucket = field(
-        default=DEFAULT_GLOBAL_BUCKET, metadata=key(section=Bucket, name="global")
-    )
-    per_ip: Bucket = field(default=DEFAULT_PER_IP_BUCKET, metadata=key(section=Bucket))
+    global_: Bucket = field(default=DEFAULT_GLOBAL_BUCKET, metadata=key(name="global"))
+    per_ip: Bucket = DEFAULT_PER_IP_BUCKET
     # Unknown tokens are charged to their source: the client address masked to these.
-    ipv4_prefix: int = field(default=32, metadata=key(kind=IPV4_PREFIX, under="per_ip"))
-    ipv6_prefix: int = field(default=64, metadata=key(kind=IPV6_PREFIX, under="per_ip"))
+    ipv4_prefix: int = of(IPV4_PREFIX, 32, under="per_ip")
+    ipv6_prefix: int = of(IPV6_PREFIX, 64, under="per_ip")
     # The share of the global burst only re-verifications of known-valid tokens may use.
-    reserved_for_known: float = field(default=0.25, metadata=key(kind=FRACTION))
+    reserved_for_known: float = of(FRACTION, 0.25)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +239,8 @@ class IssuerRule:
 
     scopes: tuple[str, ...] = ()
     # allowed principal ids (client ids of machines)
-    clients: frozenset[str] | None = field(default=None, metadata=key(kind=STR_SET))
-    principal_types: frozenset[str] | None = field(default=None, metadata=key(kind=STR_SET))
+    clients: frozenset[str] | None = of(STR_SET, None)
+    principal_types: frozenset[str] | None = of(STR_SET, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,17 +248,15 @@ class Route:
     name: str = field(metadata=key(kind=STRING, default=""))  # "": the path
     path: str = field(metadata=key(kind=STRING))
     # None: any method
-    methods: frozenset[str] | None = field(default=None, metadata=key(kind=STR_SET))
-    auth: AuthMode = field(
-        default="required", metadata=key(kind=one_of("public", "optional", "required"))
-    )
+    methods: frozenset[str] | None = of(STR_SET, None)
+    auth: AuthMode = field(default="required", metadata=key(kind=AUTH_MODES))
     scopes: tuple[str, ...] = ()
     # None: any authenticated type
-    principal_types: frozenset[str] | None = field(default=None, metadata=key(kind=STR_SET))
+    principal_types: frozenset[str] | None = of(STR_SET, None)
     # Allow-lists of what Clerk itself asserts: machine ids (`mch_…`, the `sub` Clerk sets
     # on M2M tokens) and OAuth application client ids. None: not restricted.
-    machines: frozenset[str] | None = field(default=None, metadata=key(kind=STR_SET))
-    oauth_clients: frozenset[str] | None = field(default=None, metadata=key(kind=STR_SET))
+    machines: frozenset[str] | None = of(STR_SET, None)
+    oauth_clients: frozenset[str] | None = of(STR_SET, None)
     # None: every issuer, and the rules above are Clerk's only. Else the issuers accepted,
     # each with its own rules; "clerk" names Clerk (whose rules are the ones above).
     issuers: tuple[tuple[str, IssuerRule], ...] | None = field(
@@ -276,7 +273,7 @@ class Headers:
 
 @dataclass(frozen=True, slots=True)
 class WebSocket:
-    max_message_size: int = field(default=1024 * 1024, metadata=key(kind=SIZE))
+    max_message_size: int = of(SIZE, 1024 * 1024)
     allowed_origins: tuple[str, ...] = ()  # empty: any Origin
     compression: bool = True  # permessage-deflate towards the client
     upstream_compression: bool = False  # loopback: deflate costs CPU, saves nothing
@@ -294,10 +291,7 @@ class Shutdown:
 
 @dataclass(frozen=True, slots=True)
 class Logging:
-    level: str = field(
-        default="INFO",
-        metadata=key(kind=one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", upper=True)),
-    )
+    level: str = of(one_of("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL", upper=True), "INFO")
     access_log: bool = True
 
 
@@ -307,47 +301,41 @@ class Revocation:
 
     secret: str = field(default="", repr=False)
     # How long a revoked id stays refused when its expiry is not known.
-    default_ttl_seconds: float = field(default=86_400.0, metadata=key(kind=POSITIVE_DURATION))
+    default_ttl_seconds: float = of(POSITIVE_DURATION, 86_400.0)
     # The control listener: loopback by default, never the scrape port (an operator
     # reaches it with `kubectl exec … clerk-auth-proxy revoke`).
     listen: Listen = field(
-        default=Listen("127.0.0.1", 9091, fast_path=False),
-        metadata=key(section=Listen, skip=("fast_path",)),
+        default=Listen("127.0.0.1", 9091, fast_path=False), metadata=key(skip=("fast_path",))
     )
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str = field(metadata=key(yaml=False))  # the file it was read from
-    environment: str = field(metadata=key(default="local"))
-    listen: Listen = field(metadata=key(section=Listen, default=Listen("0.0.0.0", 8080)))
-    admin: Listen = field(
-        metadata=key(
-            section=Listen, default=Listen("0.0.0.0", 9090, fast_path=False), skip=("fast_path",)
-        )
-    )
     upstream: Upstream = field(metadata=key(section=Upstream))
     clerk: Clerk = field(metadata=key(section=Clerk))
-    cache: Cache = field(metadata=key(section=Cache, default=Cache()))
-    verification_budget: VerificationBudget = field(
-        metadata=key(section=VerificationBudget, default=VerificationBudget())
+    environment: str = "local"
+    listen: Listen = Listen("0.0.0.0", 8080)
+    admin: Listen = field(
+        default=Listen("0.0.0.0", 9090, fast_path=False), metadata=key(skip=("fast_path",))
     )
-    routes: tuple[Route, ...] = field(metadata=key(section=Route, many="list"))
-    default_route: Route = field(metadata=key(section=Route, skip=("path",)))
-    forward_authorization: bool = field(metadata=key(default=False))
-    headers: Headers = field(metadata=key(section=Headers, default=Headers()))
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(
-        metadata=key(kind=STR_LIST, default=())
+    cache: Cache = Cache()
+    verification_budget: VerificationBudget = VerificationBudget()
+    routes: tuple[Route, ...] = field(default=(), metadata=key(section=Route, many="list"))
+    default_route: Route = field(
+        default=Route(name="default", path="/**"), metadata=key(skip=("path",))
     )
-    websocket: WebSocket = field(metadata=key(section=WebSocket, default=WebSocket()))
-    shutdown: Shutdown = field(metadata=key(section=Shutdown, default=Shutdown()))
-    logging: Logging = field(metadata=key(section=Logging, default=Logging()))
-    workers: int = field(default=1, metadata=key(kind=POSITIVE_INT))
-    revocation: Revocation = field(default=Revocation(), metadata=key(section=Revocation))
+    forward_authorization: bool = False
+    headers: Headers = Headers()
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    websocket: WebSocket = WebSocket()
+    shutdown: Shutdown = Shutdown()
+    logging: Logging = Logging()
+    workers: int = of(POSITIVE_INT, 1)
+    revocation: Revocation = Revocation()
     issuers: tuple[Issuer, ...] = field(default=(), metadata=key(section=Issuer, many="list"))
     connections: ConnectionPolicy = field(
-        default=DEFAULT_CONNECTIONS,
-        metadata=key(section=ConnectionPolicy, kinds={"min_body_rate": SIZE}),
+        default=DEFAULT_CONNECTIONS, metadata=key(kinds={"min_body_rate": SIZE})
     )
     # The forward-auth listener (request.forward_auth): ingresses ask it to judge a
     # request they describe. None: off.

@@ -9,7 +9,8 @@ from dataclasses import replace
 from typing import Any, Final
 
 from proxy.config.model import HTTP_METHODS, PRINCIPAL_TYPES, IssuerRule, Route
-from proxy.config.values import Reader, validate_glob
+from proxy.config.reader import Reader
+from proxy.config.values import validate_glob
 
 # A Clerk machine id; also what a Clerk M2M token's scopes are (the machines it may call).
 MACHINE_PREFIX: Final = "mch_"

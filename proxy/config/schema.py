@@ -16,8 +16,16 @@ import sys
 from dataclasses import MISSING
 from typing import Any, Final
 
+from proxy.config.keys import (
+    BOOL,
+    STRING,
+    default_of,
+    is_secret,
+    kind_of,
+    section_of,
+    yaml_fields,
+)
 from proxy.config.model import Config
-from proxy.config.values import BOOL, STRING, default_of, is_secret, kind_of, yaml_fields
 
 _NULL: Final = {"type": "null"}
 
@@ -40,7 +48,7 @@ def section_schema(
         default = default_of(f, s, base)
         if s.schema is not None:
             props[name] = dict(s.schema)
-        elif s.section is not None:
+        elif (section := section_of(s, default)) is not None:
             inner_base = None if s.many or default in (MISSING, None) else default
             if s.when == "enabled":
                 inner_base = s.default
@@ -50,7 +58,7 @@ def section_schema(
             if s.when == "enabled":
                 under["enabled"] = BOOL.schema
             inner = section_schema(
-                s.section, base=inner_base, skip=s.skip, kinds=dict(s.kinds), extra=under
+                section, base=inner_base, skip=s.skip, kinds=dict(s.kinds), extra=under
             )
             props[name] = _many(s.many, inner)
         elif is_secret(f):

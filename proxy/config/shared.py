@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import Any, Final
 
 from proxy.config.model import RedisTarget, SharedCache
-from proxy.config.values import Reader, str_value
+from proxy.config.reader import Reader
+from proxy.config.values import str_value
 
 _SCHEMES: Final = {
     "redis": ("single", False),
