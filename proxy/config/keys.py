@@ -50,7 +50,8 @@ class Kind:
 
 def _words(*words: str) -> str:
     """A regex for `words` in any case (ECMA patterns have no flags)."""
-    return "^(" + "|".join("".join(f"[{c.lower()}{c.upper()}]" for c in w) for w in words) + ")$"
+    either = ("".join(f"[{c}{c.upper()}]" if c.isalpha() else c for c in w) for w in words)
+    return "^(" + "|".join(either) + ")$"
 
 
 def _bounded(
