@@ -93,7 +93,7 @@ def build_config(
         ),
         routes=tuple(route for _, route in routes),
         default_route=default_route or Route(name="default", path="/**"),
-        trusted_proxies=_networks(r, top.get("trusted_proxies")),
+        trusted_proxies=_networks(r, top),
         issuers=(),
         variables=variables,
     )
@@ -111,9 +111,12 @@ def build_config(
     return cfg
 
 
-def _networks(r: Reader, raw: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(
+    r: Reader, top: dict[str, Any]
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """`trusted_proxies`, each a network; a problem names the entry (`trusted_proxies[2]`)."""
     out: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    names: tuple[str, ...] = r.get({"trusted_proxies": raw}, "", "trusted_proxies", str_list, ())
+    names: tuple[str, ...] = r.get(top, "", "trusted_proxies", str_list, ())
     for i, item in enumerate(names):
         try:
             out.append(network(item))
