@@ -112,31 +112,15 @@ POSITIVE_INT: Final = _integer("must be at least 1, got {v}", 1)
 PORT: Final = _integer("port out of range 0-65535: {v}", 0, 65535)
 IPV4_PREFIX: Final = _integer("must be a prefix length from 1 to 32, got {v}", 1, 32)
 IPV6_PREFIX: Final = _integer("must be a prefix length from 1 to 128, got {v}", 1, 128)
-POSITIVE_NUMBER: Final = _bounded(
-    float_value, "number", _NUMBER_TEXT, "must be greater than 0", 0, open_low=True
-)
-FRACTION: Final = _bounded(
-    float_value,
-    "number",
-    _NUMBER_TEXT,
-    "must be at least 0 and less than 1, got {v}",
-    0,
-    1,
-    open_high=True,
-)
-_DURATION_TEXT: Final = {"type": "string", "pattern": DURATION_RE.pattern}
-DURATION: Final = Kind.of(
-    parse_duration, {"type": "number", "minimum": 0}, _DURATION_TEXT, empty=0.0
-)
-POSITIVE_DURATION: Final = _bounded(
-    parse_duration, "number", _DURATION_TEXT, "must be greater than 0", 0, open_low=True
-)
-SIZE: Final = Kind.of(
-    parse_size,
-    {"type": "integer", "minimum": 0},
-    {"type": "string", "pattern": SIZE_RE.pattern},
-    empty=0,
-)
+_POSITIVE: Final = "must be greater than 0"
+POSITIVE_NUMBER: Final = _bounded(float_value, "number", _NUMBER_TEXT, _POSITIVE, 0, open_low=True)
+_SHARE: Final = "must be at least 0 and less than 1, got {v}"
+FRACTION: Final = _bounded(float_value, "number", _NUMBER_TEXT, _SHARE, 0, 1, open_high=True)
+_SECONDS: Final = {"type": "string", "pattern": DURATION_RE.pattern}
+DURATION: Final = Kind.of(parse_duration, {"type": "number", "minimum": 0}, _SECONDS, empty=0.0)
+POSITIVE_DURATION: Final = _bounded(parse_duration, "number", _SECONDS, _POSITIVE, 0, open_low=True)
+_BYTES: Final = {"type": "string", "pattern": SIZE_RE.pattern}
+SIZE: Final = Kind.of(parse_size, {"type": "integer", "minimum": 0}, _BYTES, empty=0)
 _URL: Final = {"type": "string", "pattern": "^https?://"}
 HTTP_URL: Final = Kind.of(http_url, _URL)
 ISSUER_URL: Final = Kind.of(issuer_url, _URL)
@@ -155,6 +139,7 @@ STR_LIST: Final = Kind(
 )
 # A set of names; none (or an empty list) reads as None, "not restricted".
 STR_SET: Final = Kind(lambda v: frozenset(str_list(v)) or None, STR_LIST.schema, None)
+# A field without a `Key` is of its default's kind: a bool, a count, seconds, text, a list.
 _BY_DEFAULT: Final = (
     (bool, BOOL),
     (int, NON_NEGATIVE_INT),
