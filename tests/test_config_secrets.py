@@ -133,7 +133,7 @@ def test_an_upstream_off_loopback_is_a_warning_that_says_why(tmp_path: Path) -> 
 
 
 def _variables(path: Path) -> set[str]:
-    refs = substitute(path.read_text(), {}).sources()
+    refs = substitute(path.read_text(), {}).parse()[1]
     return {name for source in refs.values() for name in source.variables}
 
 
@@ -155,7 +155,7 @@ def test_every_variable_of_every_shipped_config_is_documented() -> None:
 
 def test_the_source_map_names_the_variables_of_each_key() -> None:
     text = "listen: {host: '${H:-0.0.0.0}', port: ${P:-8080}}\nclerk:\n  key: x${A}y${B:-}\n  empty: ${E:-}\n"
-    refs = substitute(text, {"A": "1"}).sources()
+    refs = substitute(text, {"A": "1"}).parse()[1]
     assert refs["listen.host"].variables == ("H",) and refs["listen.port"].variables == ("P",)
     assert refs["clerk.key"].variables == ("A", "B") and refs["clerk.key"].written == "x${A}y${B:-}"
     assert refs["clerk.empty"].variables == ("E",)

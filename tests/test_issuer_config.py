@@ -97,7 +97,7 @@ def test_everything_a_preset_sets_can_be_set() -> None:
         ({"jwks_min_refetch_seconds": 0}, "issuers[0]", "jwks_min_refetch_seconds"),
         ({"introspection": {"client_id": "rs"}}, "issuers[0].introspection.client_secret", "missing secret"),
         ({"introspection": {"client_id": "rs", "client_secret": "x", "token_prefix": "mt_"}}, "issuers[0].introspection.token_prefix", "Clerk's"),
-        ({"introspection": {"client_id": "rs", "client_secret": "x", "auth_method": "private_key_jwt"}}, "issuers[0].introspection.auth_method", "one of"),
+        ({"introspection": {"client_id": "rs", "client_secret": "x", "auth_method": "private_key_jwt"}}, "issuers[0].introspection.auth_method", "must be client_secret_basic or client_secret_post"),
         ({"surprise": 1}, "issuers[0].surprise", "unknown key"),
     ],
 )

@@ -3,22 +3,18 @@ printed by `check-config`, that never stop the proxy."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from proxy.config.model import Route
 from proxy.config.routes import MACHINE_PREFIX
+from proxy.config.values import is_loopback
 
 
 def upstream_warnings(url: str) -> tuple[tuple[str, str], ...]:
     """The docs promise an upstream on loopback; say why another host is a risk."""
     host = urlsplit(url).hostname or ""
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if loopback:
+    if is_loopback(host):
         return ()
     why = (
         f"{host} is not a loopback address: the proxy is a sidecar for an API that listens "

@@ -15,11 +15,13 @@ admits an `sk_live_` key.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Final
 
-from proxy.config.values import Reader, str_value
+from proxy.config.model import Clerk, Config
+from proxy.config.reader import Reader
 
 INSTANCE_TYPES: Final = ("production", "development")
 _BY_ENVIRONMENT: Final = {
@@ -33,9 +35,9 @@ _BY_ENVIRONMENT: Final = {
 _WRITTEN_KEY: Final = re.compile(r"(?<![A-Za-z0-9_])(sk_live_|sk_test_|ak_)[A-Za-z0-9]")
 
 
-def instance_type(r: Reader, clerk: dict[str, Any], environment: str) -> tuple[str, str]:
-    """The instance's kind ("" when unknown) and what says so, for messages."""
-    explicit = r.get(clerk, "clerk", "instance_type", str_value, "")
+def instance_type(r: Reader, explicit: str, environment: str) -> tuple[str, str]:
+    """The instance's kind ("" when unknown) from `clerk.instance_type` (`explicit`) or
+    `environment`, and what says so, for messages."""
     if explicit:
         if explicit not in INSTANCE_TYPES:
             r.problem("clerk.instance_type", f"must be production or development, got {explicit!r}")
@@ -101,3 +103,22 @@ def check_keys(
             f"instance is a {kind} one ({said_by}): it would verify the other instance's "
             f"tokens; use the {kind} instance's {right} key",
         )
+
+
+def check_clerk(r: Reader, cfg: Config, *, written: Mapping[str, str]) -> Clerk:
+    """`cfg.clerk` with its instance type settled, its keys checked (`written`: key path →
+    its text in the file, from `sources`) and its backoff's bounds in order."""
+    clerk = cfg.clerk
+    kind, said_by = instance_type(r, clerk.instance_type, cfg.environment)
+    check_keys(
+        r,
+        secret_key=clerk.secret_key,
+        machine_key=clerk.machine_secret_key,
+        kind=kind,
+        said_by=said_by,
+        allow_inline=cfg.allow_inline_secrets,
+        written=written,
+    )
+    if clerk.backoff_max < clerk.backoff_initial:
+        r.problem("clerk.backoff_max", "must not be less than clerk.backoff_initial")
+    return dataclasses.replace(clerk, instance_type=kind)

@@ -5,65 +5,67 @@ its key."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, Final
 
 from proxy.config.model import HTTP_METHODS, PRINCIPAL_TYPES, IssuerRule, Route
-from proxy.config.values import Reader, str_list, str_value, validate_glob
+from proxy.config.reader import Reader
+from proxy.config.values import validate_glob
 
-_NO_STRINGS: tuple[str, ...] = ()
-_ROUTE_KEYS = {
-    "name",
-    "path",
-    "methods",
-    "auth",
-    "scopes",
-    "principal_types",
-    "machines",
-    "oauth_clients",
-    "issuers",
-}
 # A Clerk machine id; also what a Clerk M2M token's scopes are (the machines it may call).
 MACHINE_PREFIX: Final = "mch_"
 _MACHINE_ID = re.compile(MACHINE_PREFIX + r"[A-Za-z0-9]{1,64}")
-_RULE_KEYS = {"scopes", "clients", "principal_types"}
+_DEFAULT = Route(name="default", path="/**")
+
+
+def parse_routes(r: Reader, raw: Any) -> list[tuple[str, Route]]:
+    """`routes:`, each with its key path (`routes[2]`) for later messages."""
+    if raw is not None and not isinstance(raw, list):
+        r.problem("routes", f"expected a list, got {type(raw).__name__}")
+        return []
+    out: list[tuple[str, Route]] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw or []):
+        route = parse_route(r, item, f"routes[{i}]", default=False)
+        if route is None:
+            continue
+        if route.name in seen:
+            r.problem(f"routes[{i}].name", f"duplicate route name {route.name!r}")
+        seen.add(route.name)
+        out.append((f"routes[{i}]", route))
+    return out
 
 
 def parse_route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None:
     """One entry of `routes:` (or `default_route:`, which has no `path`); None when it is
     not a mapping. Problems go to `r`."""
-    allowed = _ROUTE_KEYS - {"path"} if default else _ROUTE_KEYS
     if not isinstance(raw, dict):
         r.problem(key, f"expected a mapping, got {type(raw).__name__}")
         return None
-    r.section(raw, key, allowed)
-    name = r.get(raw, key, "name", str_value, "default" if default else "")
-    path = "/**"
+    route = r.read(
+        Route,
+        raw,
+        key,
+        base=_DEFAULT if default else None,
+        skip=("path",) if default else (),
+        issuers=_issuers(r, raw.get("issuers"), f"{key}.issuers"),
+    )
     if not default:
-        p = r.required(raw, key, "path")
-        if p is not None:
-            try:
-                validate_glob(str_value(p))
-                path = str_value(p)
-            except (ValueError, TypeError) as exc:
+        try:
+            validate_glob(route.path)
+        except ValueError as exc:
+            if route.path:
                 r.problem(f"{key}.path", str(exc))
-        if not name:
-            name = path
-    auth = r.get(raw, key, "auth", str_value, "required")
-    if auth not in ("public", "optional", "required"):
-        r.problem(f"{key}.auth", f"must be public, optional or required, got {auth!r}")
-        auth = "required"
-    methods_raw = r.get(raw, key, "methods", str_list, _NO_STRINGS)
-    methods: frozenset[str] | None = None
-    if methods_raw:
-        methods = frozenset(m.upper() for m in methods_raw)
+        route = replace(route, name=route.name or route.path)
+    methods = route.methods
+    if methods:
+        methods = frozenset(m.upper() for m in methods)
         bad = sorted(m for m in methods if m not in HTTP_METHODS)
         if bad:
             r.problem(f"{key}.methods", f"unknown HTTP method(s): {', '.join(bad)}")
         if "GET" in methods:
             methods = methods | {"HEAD"}  # HEAD is GET without a body
-    scopes = r.get(raw, key, "scopes", str_list, _NO_STRINGS)
-    ptypes_raw = r.get(raw, key, "principal_types", str_list, _NO_STRINGS)
-    ptypes = frozenset(ptypes_raw) if ptypes_raw else None
+    ptypes = route.principal_types
     if ptypes:
         bad = sorted(t for t in ptypes if t not in PRINCIPAL_TYPES)
         if bad:
@@ -71,7 +73,8 @@ def parse_route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None
                 f"{key}.principal_types",
                 f"unknown principal type(s) {', '.join(bad)}; known: {', '.join(PRINCIPAL_TYPES)}",
             )
-    machines, clients = _allow_lists(r, raw, key)
+    machines, clients = route.machines, route.oauth_clients
+    _check_allow_lists(r, raw, key, machines, clients)
     if (machines or clients) and ptypes is None:
         # An allow-list admits only its own kind unless principal_types says otherwise.
         ptypes = frozenset(
@@ -81,55 +84,34 @@ def parse_route(r: Reader, raw: Any, key: str, *, default: bool) -> Route | None
     for kind, listed, list_key in lists:
         if listed and ptypes is not None and kind not in ptypes:
             r.problem(f"{key}.{list_key}", f"has no effect: principal_types does not admit {kind}")
-    if auth == "public" and (scopes or ptypes):
+    if route.auth == "public" and (route.scopes or ptypes):
         r.problem(
             key, "a public route cannot require scopes, principal_types, machines or oauth_clients"
         )
-    issuers = _issuers(r, raw.get("issuers"), f"{key}.issuers")
-    if auth == "public" and issuers is not None:
+    if route.auth == "public" and route.issuers is not None:
         r.problem(key, "a public route cannot name issuers")
-    return Route(
-        name=name,
-        path=path,
-        methods=methods,
-        auth=auth,  # type: ignore[arg-type]
-        scopes=scopes,
-        principal_types=ptypes,
-        machines=machines,
-        oauth_clients=clients,
-        issuers=issuers,
-    )
+    return replace(route, methods=methods, principal_types=ptypes)
 
 
-def _allow_lists(
-    r: Reader, raw: dict[str, Any], key: str
-) -> tuple[frozenset[str] | None, frozenset[str] | None]:
-    machines_raw = r.get(raw, key, "machines", str_list, _NO_STRINGS)
-    bad = [m for m in machines_raw if not _MACHINE_ID.fullmatch(m)]
+def _check_allow_lists(
+    r: Reader,
+    raw: dict[str, Any],
+    key: str,
+    machines: frozenset[str] | None,
+    clients: frozenset[str] | None,
+) -> None:
+    bad = sorted(m for m in machines or () if not _MACHINE_ID.fullmatch(m))
     if bad:
         r.problem(
             f"{key}.machines",
             f"expected Clerk machine ids (mch_ followed by letters and digits), got {bad[0]!r}",
         )
-    clients_raw = r.get(raw, key, "oauth_clients", str_list, _NO_STRINGS)
-    if any(not c or not c.isprintable() or " " in c for c in clients_raw):
+    if any(not c or not c.isprintable() or " " in c for c in clients or ()):
         r.problem(f"{key}.oauth_clients", "expected OAuth client ids (no spaces or blanks)")
-    if "machines" in raw and not machines_raw:
+    if raw.get("machines") is not None and not machines:
         r.problem(f"{key}.machines", "an empty list would admit no machine: remove the key")
-    if "oauth_clients" in raw and not clients_raw:
+    if raw.get("oauth_clients") is not None and not clients:
         r.problem(f"{key}.oauth_clients", "an empty list would admit no client: remove the key")
-    return (
-        frozenset(machines_raw) if machines_raw else None,
-        frozenset(clients_raw) if clients_raw else None,
-    )
-
-
-def _types(r: Reader, raw: dict[str, Any], key: str) -> frozenset[str] | None:
-    names = r.get(raw, key, "principal_types", str_list, _NO_STRINGS)
-    bad = sorted(t for t in names if t not in PRINCIPAL_TYPES)
-    if bad:
-        r.problem(f"{key}.principal_types", f"unknown principal type(s) {', '.join(bad)}")
-    return frozenset(names) if names else None
 
 
 def _issuers(r: Reader, raw: Any, key: str) -> tuple[tuple[str, IssuerRule], ...] | None:
@@ -145,20 +127,13 @@ def _issuers(r: Reader, raw: Any, key: str) -> tuple[tuple[str, IssuerRule], ...
     out: list[tuple[str, IssuerRule]] = []
     for name, rules in raw.items():
         k = f"{key}.{name}"
-        sec = r.section(rules, k, _RULE_KEYS)
-        if name == "clerk" and sec:
+        if name == "clerk" and rules:
             r.problem(k, "Clerk's rules are the route's own scopes/principal_types: set them there")
-        clients = r.get(sec, k, "clients", str_list, _NO_STRINGS)
-        out.append(
-            (
-                str(name),
-                IssuerRule(
-                    scopes=r.get(sec, k, "scopes", str_list, _NO_STRINGS),
-                    clients=frozenset(clients) if clients else None,
-                    principal_types=_types(r, sec, k),
-                ),
-            )
-        )
+        rule = r.read(IssuerRule, rules, k)
+        bad = sorted(t for t in rule.principal_types or () if t not in PRINCIPAL_TYPES)
+        if bad:
+            r.problem(f"{k}.principal_types", f"unknown principal type(s) {', '.join(bad)}")
+        out.append((str(name), rule))
     return tuple(out)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 
@@ -71,7 +72,7 @@ class Source:
 @dataclass(slots=True)
 class Substituted:
     """A file after substitution: its text, the variables it lacks (line, name), and
-    `sources()`: key path → `Source`."""
+    `parse()`: its tree with each key path's `Source`."""
 
     text: str
     missing: list[tuple[int, str]] = field(default_factory=list)
@@ -79,15 +80,18 @@ class Substituted:
     _out_lines: list[str] = field(default_factory=list)
     _refs: dict[int, list[_Ref]] = field(default_factory=dict)
 
-    def sources(self) -> dict[str, Source]:
-        """Every scalar value's key path → `Source` (empty when the text is no YAML)."""
+    def parse(self) -> tuple[Any, dict[str, Source]]:
+        """The YAML tree, parsed once, and every scalar's key path → `Source`. Raises
+        yaml.YAMLError."""
+        loader = yaml.SafeLoader(self.text)
         try:
-            root = yaml.compose(self.text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:
-            return {}
+            root = loader.get_single_node()
+            tree = loader.construct_document(root) if root is not None else None
+        finally:
+            loader.dispose()
         found: dict[str, Source] = {}
         self._walk(root, "", found)
-        return found
+        return tree, found
 
     def _walk(self, node: yaml.Node | None, path: str, found: dict[str, Source]) -> None:
         if isinstance(node, yaml.MappingNode):
