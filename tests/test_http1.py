@@ -319,4 +319,4 @@ def test_picked_fields_are_told_apart_by_length() -> None:
     head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Trace-Id1: abc\r\ntraceparent: t\r\n\r\n"
     parsed = http1.HeadParser().parse(head, http1.PickedFields("X-Trace-Id1"))
     assert parsed is not None
-    assert (parsed.host, parsed.request_id, parsed.traceparent) == ("h", "abc", "t")
+    assert (parsed.host, parsed.request_id, parsed.traceparent) == ("h", "abc", b"t")

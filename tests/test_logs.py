@@ -11,7 +11,7 @@ import pytest
 
 from proxy.core.errors import TOKEN_EXPIRED, ProxyError, upstream_failure
 from proxy.core.principal import ANONYMOUS, Principal
-from proxy.observe.correlation import trace_id
+from proxy.observe.correlation import trace_id, traceparent_field
 from proxy.observe.logs import AccessLog
 from proxy.request.runtime import build_runtime
 from tests.support import StubVerifier, make_config
@@ -24,7 +24,7 @@ from tests.support import StubVerifier, make_config
 async def test_access_line(seconds: float, duration: str) -> None:
     out = io.StringIO()
     log = AccessLog(out)
-    log.record("GET", 'we"ird', 200, seconds, MACHINE, "203.0.113.7", None, "req-1", TRACEPARENT)
+    log.record("GET", 'we"ird', 200, seconds, MACHINE, "203.0.113.7", None, "req-1", TRACEPARENT.encode())
     log.record("POST", "api", 502, seconds, ANONYMOUS, None, upstream_failure("refused"))
     log.flush()
     lines = out.getvalue().splitlines()
@@ -71,7 +71,7 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 async def test_trace_id_only_from_a_valid_traceparent(traceparent: str | None, trace_id: str | None) -> None:
     out = io.StringIO()
     log = AccessLog(out)
-    log.record("GET", "api", 200, 0.001, ANONYMOUS, None, None, None, traceparent)
+    log.record("GET", "api", 200, 0.001, ANONYMOUS, None, None, None, traceparent_field(traceparent))
     log.flush()
     assert json.loads(out.getvalue()).get("trace_id") == trace_id
 
@@ -176,4 +176,4 @@ def test_which_configs_write_access_lines(access_log: bool, level: str, written:
     ],
 )
 def test_trace_id_of_a_traceparent(traceparent: str | None, trace: str | None) -> None:
-    assert trace_id(traceparent) == trace
+    assert trace_id(traceparent_field(traceparent)) == trace

@@ -75,7 +75,7 @@ class FrontDoor(asyncio.Protocol):
         self._why: ProxyError | None = None
         self._request_id: str | None = None
         self._made_id = False
-        self._traceparent: str | None = None
+        self._traceparent: bytes | None = None
         self._recent = Recent()
         # The last Authorization values and the bearer token they gave: a keep-alive
         # partner sends the same header on every request (see `bearer`).

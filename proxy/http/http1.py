@@ -172,7 +172,7 @@ class RequestHead(_Record):
         authorization: tuple[str, ...] = (),
         connection: tuple[str, ...] = (),
         request_id: str | None = None,
-        traceparent: str | None = None,
+        traceparent: bytes | None = None,
     ) -> None:
         self.method: Final = method
         self.target: Final = target
@@ -264,7 +264,7 @@ class HeadParser:
         authorization: list[str] = []
         connection: list[str] = []
         request_id: str | None = None
-        traceparent: str | None = None
+        traceparent: bytes | None = None
         request_id_size = fields.request_id_size
         for name, value in fields.pattern.findall(block):
             size = len(name)
@@ -281,7 +281,7 @@ class HeadParser:
                 authorization.append(value.decode("latin-1"))
             elif size == 11:  # traceparent
                 if traceparent is None:
-                    traceparent = value.decode("latin-1")
+                    traceparent = value  # bytes: only the access line reads it
             elif size == 10:  # connection
                 connection.append(value.decode("latin-1"))
             else:

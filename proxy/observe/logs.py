@@ -36,7 +36,7 @@ _MAX_RENDERED: Final = 1024
 # One request's record: method, route, status, client address; ended (ms since the
 # epoch), took (µs); principal, refusal code, its cause, request id, traceparent.
 _Line = tuple[
-    str, str, int, str | None, int, int, Principal, str | None, str | None, str | None, str | None
+    str, str, int, str | None, int, int, Principal, str | None, str | None, str | None, bytes | None
 ]
 
 
@@ -138,7 +138,7 @@ class AccessLog:
         client_ip: str | None,
         why: ProxyError | None = None,
         request_id: str | None = None,
-        traceparent: str | None = None,
+        traceparent: bytes | None = None,
     ) -> None:
         lines = self._lines
         lines.append(

@@ -27,7 +27,7 @@ from proxy.http.conformance import check_request
 from proxy.http.forward import ClientGone, new_session
 from proxy.http.headers import ClientHop, client_ip, upstream_items
 from proxy.http.upstream import UpstreamPool
-from proxy.observe.correlation import new_request_id
+from proxy.observe.correlation import new_request_id, traceparent_field
 from proxy.observe.logs import AccessLog, worker_index
 from proxy.observe.metrics import Metrics
 from proxy.realtime import websocket
@@ -359,7 +359,7 @@ class Proxy:
         remote: str | None,
         why: ProxyError | None,
         request_id: str | None,
-        traceparent: str | None,
+        traceparent: bytes | None,
     ) -> None:
         elapsed = _perf_counter() - started
         self.metrics.observe_request(route_name, method, status, elapsed)
@@ -388,10 +388,10 @@ class Proxy:
 REQUEST_ID = web.RequestKey("request_id", str)
 
 
-def _correlate(rt: Runtime, request: web.Request) -> tuple[str | None, str | None]:
+def _correlate(rt: Runtime, request: web.Request) -> tuple[str | None, bytes | None]:
     """The request's id (the client's, or one made now) and its traceparent."""
     correlation = rt.correlation
-    traceparent = request.headers.get("traceparent")
+    traceparent = traceparent_field(request.headers.get("traceparent"))
     if not correlation.enabled:
         return None, traceparent
     request_id = request.headers.get(correlation.name)

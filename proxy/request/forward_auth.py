@@ -29,6 +29,7 @@ from proxy.core.principal import ANONYMOUS, Principal
 from proxy.core.timeouts import clock_of
 from proxy.http.conformance import check_request
 from proxy.http.headers import ClientHop, PrincipalHeaders
+from proxy.observe.correlation import traceparent_field
 from proxy.request.app import Proxy, gone_status, refused
 from proxy.request.routed import AiohttpFields, HeadFields
 
@@ -144,7 +145,7 @@ class ForwardAuth:
         # The asking proxy's request id (ingress-nginx sends its $req_id): logged, never
         # made here — the ingress names its requests.
         request_id = request.headers.get(rt.correlation.name) if rt.correlation.enabled else None
-        traceparent = request.headers.get("traceparent")
+        traceparent = traceparent_field(request.headers.get("traceparent"))
         # The connection's clock, as in `Proxy.handle`: an asking proxy keeps its
         # connections open, and between questions one is idle, not a head arriving.
         clock = clock_of(request.transport)
