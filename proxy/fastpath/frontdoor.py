@@ -25,6 +25,7 @@ from typing import Final, cast
 from proxy.core.errors import ProxyError, internal_error
 from proxy.core.principal import ANONYMOUS, Principal, Recent
 from proxy.core.timeouts import IDLE, ConnectionClock
+from proxy.core.transitions import ROW, IllegalTransition, packed
 from proxy.fastpath.doorway import Doorway, expire_transport, peer_address
 from proxy.fastpath.fields import HeadFieldsMemo
 from proxy.fastpath.upstream_head import upstream_head
@@ -49,6 +50,54 @@ SMALL_BODY: Final = 64 * 1024
 _perf_counter: Final = time.perf_counter
 _monotonic: Final = time.monotonic
 
+# The states of a `FrontDoor` (h11's `_state.py`, for one server-side connection that
+# answers in order). Plain ints: a C constant each under mypyc, where an Enum member is an
+# attribute lookup. ROUTING to STREAMING, in this order, are "busy": an exchange is in
+# flight.
+READING: Final = 0  # between exchanges: the next head is awaited
+ROUTING: Final = 1  # a head taken: route, cached authentication, admission (synchronous)
+AUTHENTICATING: Final = 2  # the token awaits a verdict (a task)
+CONNECTING: Final = 3  # a new upstream connection awaited (a task)
+SENT: Final = 4  # the request is on an upstream connection; no answer head yet
+HELD: Final = 5  # the answer's head is in; the answer is held until whole (SMALL_BODY)
+RELAYING: Final = 6  # the answer's head is in, relayed as it comes; nothing sent yet
+STREAMING: Final = 7  # the client has part of the answer: too late for another status
+CLOSING: Final = 8  # nothing more is served; the transport is closing
+HANDED_OFF: Final = 9  # aiohttp's protocol owns the connection
+CLOSED: Final = 10  # the connection is lost
+STATES: Final = (
+    "READING",
+    "ROUTING",
+    "AUTHENTICATING",
+    "CONNECTING",
+    "SENT",
+    "HELD",
+    "RELAYING",
+    "STREAMING",
+    "CLOSING",
+    "HANDED_OFF",
+    "CLOSED",
+)
+# Every busy state may end in an answer (READING, or CLOSING when it is the last) or in
+# the client's leaving (CLOSED).
+_ENDS: Final = frozenset({READING, CLOSING, CLOSED})
+TRANSITIONS: Final[dict[int, frozenset[int]]] = {
+    READING: frozenset({ROUTING, CLOSING, HANDED_OFF, CLOSED}),
+    # Socket.IO is aiohttp's, known once routed.
+    ROUTING: _ENDS | {AUTHENTICATING, SENT, CONNECTING, HANDED_OFF},
+    AUTHENTICATING: _ENDS | {SENT, CONNECTING},
+    # A retry on a kept-alive connection the upstream had closed goes back to SENT.
+    CONNECTING: _ENDS | {SENT},
+    SENT: _ENDS | {SENT, CONNECTING, HELD, RELAYING},
+    HELD: _ENDS,
+    RELAYING: _ENDS | {STREAMING},
+    STREAMING: _ENDS,
+    CLOSING: frozenset({CLOSED}),
+    HANDED_OFF: frozenset(),
+    CLOSED: frozenset(),
+}
+_ALLOWED: Final = packed(TRANSITIONS)
+
 
 class FrontDoor(asyncio.Protocol):
     def __init__(self, proxy: Proxy, doorway: Doorway) -> None:
@@ -62,10 +111,11 @@ class FrontDoor(asyncio.Protocol):
         self._peer = ""
         self._hop = ClientHop("", "http", None)
         self._parser = http1.HeadParser()
-        self._busy = False
+        self._state = READING
+        # A guard against `_next` re-entering itself (an answer given synchronously ends
+        # the exchange inside the loop), and flow control: neither is the state's.
         self._in_next = False
         self._reading_paused = False
-        self.closing = False
         # The exchange in flight.
         self._head: http1.RequestHead | None = None
         self._rt: Runtime | None = None
@@ -88,10 +138,22 @@ class FrontDoor(asyncio.Protocol):
         self._out: list[bytes] = []
         self._chunked = False
         self._status = 0
-        self._head_sent = False
-        self._holding = False
+        # Verdicts on the exchange in flight: whether the connection outlives it, and
+        # whether a failed upstream connection may be tried once more.
         self._keep_alive = True
         self._retry = False
+
+    @property
+    def state(self) -> int:
+        return self._state
+
+    def _to(self, new: int) -> None:
+        """Every state change: one the table allows, or IllegalTransition (raised into
+        the event loop, which ends this connection: never an answer to another)."""
+        old = self._state
+        if not _ALLOWED[old * ROW + new]:
+            raise IllegalTransition("front door", STATES, old, new)
+        self._state = new
 
     # --- asyncio.Protocol -------------------------------------------------------------
 
@@ -104,12 +166,12 @@ class FrontDoor(asyncio.Protocol):
             self.transport = None
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self._state == CLOSING:
             return  # nothing more is served: dropped (a 408's lingering close reads on)
         self._buffer += data
         if self.clock.phase == IDLE:  # the first byte of a head: its clock starts
             self.clock.received(_monotonic())
-        if self._busy:
+        if ROUTING <= self._state <= STREAMING:
             if len(self._buffer) > MAX_BUFFER and self.transport is not None:
                 self._reading_paused = True
                 self.transport.pause_reading()
@@ -118,24 +180,29 @@ class FrontDoor(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A client that half-closes still gets the answer in flight, then the close.
-        if not self._busy and self.transport is not None:
-            self.transport.close()
-        self.closing = True
+        state = self._state
+        if ROUTING <= state <= STREAMING:
+            self._keep_alive = False
+        elif state != CLOSING:
+            if self.transport is not None:
+                self.transport.close()
+            self._to(CLOSING)
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._doorway.release(self, self._peer)
         self.transport = None
-        if not self._busy:
-            return
-        # The client went away mid-exchange (499, nginx's "client closed request"), or
-        # the drain's deadline cut it (503: the proxy ended it): drop the upstream leg.
-        if self._task is not None:
-            self._task.cancel()
-        if self._upstream is not None:
-            self._upstream.abandon()
-            self._upstream = None
-        self._finish(503 if self.clock.cut else 499)
+        if ROUTING <= self._state <= STREAMING:
+            # The client went away mid-exchange (499, nginx's "client closed request"),
+            # or the drain's deadline cut it (503: the proxy ended it): drop the upstream
+            # leg.
+            if self._task is not None:
+                self._task.cancel()
+            if self._upstream is not None:
+                self._upstream.abandon()
+                self._upstream = None
+            self._finish(503 if self.clock.cut else 499)
+        self._to(CLOSED)
 
     def pause_writing(self) -> None:
         if self._upstream is not None:
@@ -153,7 +220,7 @@ class FrontDoor(asyncio.Protocol):
             return
         self._in_next = True
         try:
-            while not self._busy and self.transport is not None and not self.closing:
+            while self._state == READING and self.transport is not None:
                 end = self._buffer.find(http1.HEAD_END)
                 if end < 0:
                     # Only heads that arrive whole are the fast path's: a partial one is
@@ -167,7 +234,7 @@ class FrontDoor(asyncio.Protocol):
                 if head is None or not self._start(head, end):
                     self._hand_off()
                     return
-            if not self._busy and self.closing and self.transport is not None:
+            if self._state == CLOSING and self.transport is not None:
                 self.transport.close()
         finally:
             self._in_next = False
@@ -184,13 +251,14 @@ class FrontDoor(asyncio.Protocol):
             self._reading_paused = False
             transport.resume_reading()
         self.transport = None
+        self._to(HANDED_OFF)
         self._doorway.hand_off(self, transport, self.clock, self._peer, data)
 
     # --- the request path (see Proxy.handle for the same steps in aiohttp) ---------------
 
     def _start(self, head: http1.RequestHead, head_size: int) -> bool:
         """Run the request path for `head`; False (nothing done) when aiohttp must."""
-        self._busy = True
+        self._to(ROUTING)
         self.clock.busy()
         self._head = head
         self._started = _perf_counter()
@@ -198,8 +266,6 @@ class FrontDoor(asyncio.Protocol):
         self._principal = ANONYMOUS
         self._why = None
         self._keep_alive = head.keep_alive
-        self._head_sent = False
-        self._holding = False
         self._out = []
         rt = self._rt = self._proxy.runtime
         self._traceparent = head.traceparent
@@ -218,13 +284,13 @@ class FrontDoor(asyncio.Protocol):
         if routed.resolved.path.startswith(SOCKETIO_PREFIX):
             # Socket.IO polling carries CONNECT packets and grants: aiohttp's side has that
             # logic. Judged on the normalized path, so no spelling slips past.
-            self._busy = False
             return False
         del self._buffer[:head_size]
         self._route_name = routed.route.name
         try:
             authenticated = self._proxy.authenticate_cached(rt, routed, self._recent)
             if authenticated is None:
+                self._to(AUTHENTICATING)
                 self._task = asyncio.ensure_future(self._authenticate(rt, routed, hop))
                 return True
             self._admitted(rt, routed, authenticated, hop)
@@ -264,8 +330,10 @@ class FrontDoor(asyncio.Protocol):
         self._upstream_started = _perf_counter()
         conn = pool.take()
         if conn is None:
+            self._to(CONNECTING)
             self._task = asyncio.ensure_future(self._connect(pool, retry))
             return
+        self._to(SENT)
         self._upstream = conn
         self._retry = retry
         conn.send(self._upstream_head, self)
@@ -283,6 +351,7 @@ class FrontDoor(asyncio.Protocol):
         if self.transport is None:  # the client left while we connected
             pool.release(conn)
             return
+        self._to(SENT)
         self._upstream = conn
         # A fresh connection that fails gets no second try.
         self._retry = retry and conn.reused
@@ -328,8 +397,9 @@ class FrontDoor(asyncio.Protocol):
         self._proxy.metrics.upstream_duration.observe(_perf_counter() - self._upstream_started)
         self._status = status
         self._chunked = framing.has_body and framing.chunked
-        self._holding = framing.length is not None and framing.length <= SMALL_BODY
-        if self.closing or self._proxy.draining:
+        held = framing.length is not None and framing.length <= SMALL_BODY
+        self._to(HELD if held else RELAYING)
+        if self._proxy.draining:
             self._keep_alive = False
         answer = http1.client_head(
             status, head, block, framing=framing, close=not self._keep_alive, clean=client_items
@@ -353,41 +423,48 @@ class FrontDoor(asyncio.Protocol):
         if self._chunked:
             self._out.append(http1.LAST_CHUNK)
         self._upstream = None
-        self._holding = False
-        self.flush()
+        self._write_out()
         self._done(self._status)
 
     def flush(self) -> None:
-        if self._holding or not self._out:
-            return
+        if self._state != HELD and self._write_out() and self._state == RELAYING:
+            self._to(STREAMING)
+
+    def _write_out(self) -> bool:
+        """Write what the answer has so far; whether anything reached the transport."""
+        out = self._out
+        if not out:
+            return False
+        written = self.transport is not None
         if self.transport is not None:
-            self.transport.write(b"".join(self._out))
-            self._head_sent = True
-        self._out.clear()
+            self.transport.write(b"".join(out))
+        out.clear()
+        return written
 
     def upstream_failed(self, refusal: ProxyError, *, retryable: bool) -> None:
         self._upstream = None
         if self.transport is None:
             return
-        if retryable and self._retry and not self._head_sent:
+        if retryable and self._retry and self._state != STREAMING:
             # A kept-alive connection the upstream had already closed: try once more.
             self._retry = False
             self._send_upstream(retry=False)
             return
         self._count_upstream_error(refusal)
-        if self._head_sent:
+        if self._state == STREAMING:
             # Too late for a status: the client sees a truncated response.
             self.transport.abort()
             self._finish(self._status)
+            self._to(CLOSING)
             return
         self._out.clear()
-        self._holding = False
         self._refuse(refusal)
 
     # --- end of an exchange -------------------------------------------------------------
 
     def _finish(self, status: int) -> None:
-        if self._busy and self._rt is not None and self._head is not None:
+        """Log and count the exchange in flight (the caller moves the state on)."""
+        if ROUTING <= self._state <= STREAMING and self._rt is not None and self._head is not None:
             self._proxy.finished(
                 self._rt,
                 self._route_name,
@@ -400,7 +477,6 @@ class FrontDoor(asyncio.Protocol):
                 self._request_id,
                 self._traceparent,
             )
-        self._busy = False
         self._head = None
         self._rt = None
 
@@ -409,10 +485,11 @@ class FrontDoor(asyncio.Protocol):
         self.clock.answered(_monotonic())
         if self.transport is None:
             return
-        if self.closing or not self._keep_alive or self._proxy.draining:
-            self.closing = True
+        if not self._keep_alive or self._proxy.draining:
+            self._to(CLOSING)
             self.transport.close()
             return
+        self._to(READING)
         if self._buffer:
             # What came meanwhile is the next head: timed as a head from now.
             self.clock.received(_monotonic())
@@ -422,7 +499,8 @@ class FrontDoor(asyncio.Protocol):
 
     def expire(self, reason: str) -> None:
         """The listener's verdict (`ConnectionClock.expired`: never while busy)."""
-        self.closing = True
+        if self._state != CLOSING:
+            self._to(CLOSING)
         expire_transport(self.transport, self.clock)
 
     def abort(self) -> None:

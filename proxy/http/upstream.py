@@ -21,6 +21,7 @@ import httptools
 
 from proxy.core import errors
 from proxy.core.errors import ProxyError
+from proxy.core.transitions import ROW, IllegalTransition, packed
 from proxy.http import http1
 
 IDLE_SECONDS: Final = 4.0
@@ -30,6 +31,29 @@ IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE
 # The clock of read timeouts and idle ages (`sweep` is given the same one). A C static
 # under mypyc; `loop.time()` would be a method lookup and call twice a request.
 _monotonic: Final = time.monotonic
+
+# The states of an `UpstreamConnection` (httpcore's `HTTPConnectionState`, with the
+# exchange's steps spelled out). Plain ints: a C constant each under mypyc, where an
+# Enum member is an attribute lookup. SENT to BODY, in this order, are an exchange in
+# flight (the sink hears of it).
+IDLE: Final = 0  # no exchange: fresh, or back in the pool
+SENT: Final = 1  # a request written, no byte of its answer back (a retry is safe)
+HEAD: Final = 2  # bytes of the answer's head (interim 1xx answers included) coming
+BODY: Final = 3  # the final head handed to the sink, its body relayed
+ENDING: Final = 4  # llhttp completed the answer; the exchange ends with this read
+BROKEN: Final = 5  # ... and bytes followed it: never pooled, the extra reaches nobody
+CLOSED: Final = 6  # aborted, closed or lost: of no further use
+STATES: Final = ("IDLE", "SENT", "HEAD", "BODY", "ENDING", "BROKEN", "CLOSED")
+TRANSITIONS: Final[dict[int, frozenset[int]]] = {
+    IDLE: frozenset({SENT, CLOSED}),
+    SENT: frozenset({HEAD, CLOSED}),
+    HEAD: frozenset({BODY, CLOSED}),
+    BODY: frozenset({ENDING, CLOSED}),
+    ENDING: frozenset({BROKEN, IDLE, CLOSED}),
+    BROKEN: frozenset({CLOSED}),
+    CLOSED: frozenset(),
+}
+_ALLOWED: Final = packed(TRANSITIONS)
 
 
 class Sink(Protocol):
@@ -47,34 +71,38 @@ class UpstreamConnection(asyncio.Protocol):
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
+        self._state = IDLE
+        # The exchange's client connection: set from `send` until the exchange ends.
         self.sink: Sink | None = None
         self.reused = False
         self.idle_since = 0.0
         # The bytes of the answer until its head is complete: heads are read from bytes
         # (`http1`). A 1xx answer's bytes are dropped once it is parsed.
         self._raw = b""
-        self._interim = False
+        # llhttp's verdict and the answer's framing, read when its head completes.
         self._keep_alive = False
-        self._head_seen = False
         self._length_known = False
-        self._got_bytes = False
+        # Flow control (the client is slow), beside the exchange's state.
         self._paused = False
         self._last_read = 0.0
-        # The sink whose answer llhttp has just completed: the exchange ends once the
-        # read that completed it is parsed to its end, not inside llhttp's callback, so
-        # bytes after the answer are seen first (`on_message_begin`).
-        self._ending: Sink | None = None
-        # Bytes beyond one framed answer: the upstream broke framing. The connection ends
-        # with the exchange; it is never pooled and the extra bytes reach nobody.
-        self._broken = False
+
+    @property
+    def state(self) -> int:
+        return self._state
+
+    def _to(self, new: int) -> None:
+        """Every state change: one the table allows, or IllegalTransition."""
+        old = self._state
+        if not _ALLOWED[old * ROW + new]:
+            raise IllegalTransition("upstream connection", STATES, old, new)
+        self._state = new
 
     # --- the exchange ---------------------------------------------------------------
 
     def send(self, head: bytes, sink: Sink) -> None:
         assert self.transport is not None
+        self._to(SENT)
         self.sink = sink
-        self._got_bytes = False
-        self._head_seen = False
         self._raw = b""
         self._last_read = _monotonic()
         self._pool.busy.add(self)
@@ -83,10 +111,18 @@ class UpstreamConnection(asyncio.Protocol):
     def abandon(self) -> None:
         """The client went away: this connection's response is unwanted, so it cannot
         be reused either."""
-        self.sink = None
-        self._pool.busy.discard(self)
+        self._close()
         if self.transport is not None:
             self.transport.abort()
+
+    def _close(self) -> Sink | None:
+        """The connection's end (its transport is the caller's): the sink it had, if an
+        exchange was open."""
+        sink, self.sink = self.sink, None
+        if self._state != CLOSED:
+            self._to(CLOSED)
+        self._pool.busy.discard(self)
+        return sink
 
     def pause(self) -> None:
         if self.transport is not None and not self._paused:
@@ -102,14 +138,13 @@ class UpstreamConnection(asyncio.Protocol):
     def check_timeout(self, now: float) -> None:
         """Called about once a second (`UpstreamPool.sweep`) while an exchange is open: a
         timer per request would cost more than the whole header rewrite."""
-        if self.sink is None or self._paused:  # waiting on a slow client is not a timeout
+        if not SENT <= self._state <= BODY or self._paused:  # a slow client is no timeout
             return
         if now - self._last_read >= self._pool.read_timeout:
             self._fail(errors.upstream_failure(errors.TIMEOUT), retryable=False)
 
     def _fail(self, refusal: ProxyError, *, retryable: bool) -> None:
-        sink, self.sink = self.sink, None
-        self._pool.busy.discard(self)
+        sink = self._close()
         if self.transport is not None:
             self.transport.abort()
         if sink is not None:
@@ -122,16 +157,18 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        sink = self.sink
-        if sink is None:
+        state = self._state
+        if not SENT <= state <= BODY:
             # Bytes on an idle connection: the upstream broke framing; never reuse it.
             self._pool.forget(self)
+            self._close()
             if self.transport is not None:
                 self.transport.abort()
             return
-        self._got_bytes = True
         self._last_read = _monotonic()
-        if not self._head_seen:
+        if state != BODY:
+            if state == SENT:
+                self._to(HEAD)
             self._raw = self._raw + data if self._raw else data
             if len(self._raw) > MAX_RESPONSE_HEAD and self._raw.find(http1.HEAD_END) < 0:
                 self._fail(errors.upstream_failure(errors.BAD_ANSWER), retryable=False)
@@ -141,28 +178,30 @@ class UpstreamConnection(asyncio.Protocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             # Malformed, or a 101 to a request that asked for no upgrade; after a whole
             # answer, garbage that follows it (the answer stands, the connection ends).
-            if self._ending is None:
+            if self._state == ENDING:
+                self._to(BROKEN)
+            elif self._state != BROKEN:
                 self._fail(errors.upstream_failure(errors.BAD_ANSWER), retryable=False)
                 return
-            self._broken = True
-        if self._ending is not None:
+        state = self._state
+        if state in (ENDING, BROKEN):
             self._end_exchange()
-        elif self.sink is not None:
+        elif SENT <= state <= BODY and self.sink is not None:
             self.sink.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._pool.forget(self)
         self.transport = None
-        sink, self.sink = self.sink, None
-        self._pool.busy.discard(self)
+        state = self._state
+        sink = self._close()
         if sink is None:
             return
-        if self._head_seen and not self._length_known and exc is None:
+        if state == BODY and not self._length_known and exc is None:
             # A body delimited by the upstream closing: this is its end.
             sink.response_end()
             return
         sink.upstream_failed(
-            errors.upstream_failure(errors.RESET), retryable=self.reused and not self._got_bytes
+            errors.upstream_failure(errors.RESET), retryable=self.reused and state == SENT
         )
 
     def eof_received(self) -> bool | None:
@@ -171,54 +210,62 @@ class UpstreamConnection(asyncio.Protocol):
     # --- httptools callbacks ------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
+        if self._state != HEAD:
+            return  # an answer after the answer (BROKEN): it reaches nobody
         # The head ends at the first blank line: llhttp has checked that no field holds a
         # CR or LF.
         end = self._raw.find(http1.HEAD_END) + len(http1.HEAD_END)
         status = self._parser.get_status_code()
-        self._interim = status < 200
-        if self._interim:
+        if status < 200:
             self._raw = self._raw[end:]  # 1xx: the real answer follows on this connection
-            return
-        if self.sink is None:
             return
         head = self._raw[:end]
         self._raw = b""
-        self._head_seen = True
+        self._to(BODY)
         # Only valid here: llhttp resets its flags once the message completes.
         self._keep_alive = self._parser.should_keep_alive()
         block = http1.fields_of(head)
         framing = http1.response_framing(status, block)  # status is in the head's bytes
         self._length_known = not framing.until_close
-        self.sink.response_head(status, head, block, framing)
+        sink = self.sink
+        assert sink is not None
+        sink.response_head(status, head, block, framing)
 
     def on_message_begin(self) -> None:
-        if self._ending is not None:
+        if self._state == ENDING:
             # A second answer in the read that completed the first: unsolicited.
-            self._broken = True
+            self._to(BROKEN)
 
     def on_body(self, body: bytes) -> None:
-        if self.sink is not None:
+        if self._state == BODY and self.sink is not None:
             self.sink.response_body(body)
 
     def on_message_complete(self) -> None:
-        if self._interim or self.sink is None:
-            return
-        # The rest of this read belongs to no exchange: nothing more reaches this sink.
-        self._ending, self.sink = self.sink, None
+        # A 1xx answer completes in HEAD; the final one in BODY. The exchange ends once
+        # the read that completed it is parsed to its end, not inside llhttp's callback,
+        # so bytes after the answer are seen first (`on_message_begin`).
+        if self._state == BODY:
+            self._to(ENDING)
 
     def _end_exchange(self) -> None:
-        sink = self._ending
+        sink, self.sink = self.sink, None
         assert sink is not None
-        self._ending = None
         self._pool.busy.discard(self)
         transport = self.transport
         # Back in the pool before the client hears the end, so a pipelined next request
         # can reuse this connection: only when it is clean, and only here, once.
-        if self._broken or not self._keep_alive or transport is None or transport.is_closing():
+        if (
+            self._state == BROKEN
+            or not self._keep_alive
+            or transport is None
+            or transport.is_closing()
+        ):
+            self._to(CLOSED)
             self._pool.forget(self)
             if transport is not None:
                 transport.close()
         else:
+            self._to(IDLE)
             self._pool.release(self)
         sink.response_end()
 
