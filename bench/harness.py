@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -440,7 +440,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def ratios(r: dict[str, Any]) -> dict[str, Any]:
+    """The side-by-side ratios of whichever legs ran (`--legs` may choose a few)."""
     legs = r["legs"]
+    cpu = r.get("serial_cpu_us", {})
 
     def rps(name: str) -> float:
         return float(legs[name]["saturation"]["rps"])
@@ -451,47 +453,46 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
     def cpu_per_1k(name: str) -> float:
         return float(legs[name]["fixed_rate"]["cpu_s_per_1k"])
 
-    by_round = [
-        d["saturation"]["rps"] / c["saturation"]["rps"]
-        for c, d in zip(legs["c_proxy_public"]["rounds"], legs["d_proxy_m2m"]["rounds"], strict=True)
-    ]
-    cpu = r.get("serial_cpu_us", {})
-    serial_ratio = (
-        cpu["c_proxy_public"]["median"] / cpu["d_proxy_m2m"]["median"]
-        if "c_proxy_public" in cpu and "d_proxy_m2m" in cpu else None
-    )
-    return {
-        "d_over_c_serial_cpu": serial_ratio,
-        "d_over_c_by_round": by_round,
-        "c_over_a_throughput": rps("c_proxy_public") / rps("a_direct"),
-        "d_over_c_throughput": rps("d_proxy_m2m") / rps("c_proxy_public"),
-        "d_over_b_throughput": rps("d_proxy_m2m") / rps("b_nginx"),
-        "e_over_c_throughput": rps("e_proxy_jwt") / rps("c_proxy_public"),
+    def when(value: Callable[[], float], *names: str) -> float | None:
+        return value() if all(name in legs for name in names) else None
+
+    c, d, d2 = "c_proxy_public", "d_proxy_m2m", "d2_proxy_m2m_varied"
+    t, t2, b2 = "t_proxy_m2m_traced", "t2_proxy_m2m_traced_aiohttp", "b2_nginx_traced"
+    out: dict[str, Any] = {
+        # The headline (issue 27): the proxy's CPU per request on traced partners' heads
+        # against nginx relaying the same heads, and aiohttp's door against the fast path.
+        "cpu_t_over_b2": when(lambda: cpu_per_1k(t) / cpu_per_1k(b2), t, b2),
+        "cpu_t2_over_t": when(lambda: cpu_per_1k(t2) / cpu_per_1k(t), t, t2),
+        "cpu_t": when(lambda: cpu_per_1k(t), t),
+        "added_p90_ms_t_minus_b2": when(lambda: p90(t) - p90(b2), t, b2),
+        "d_over_c_serial_cpu": (
+            cpu[c]["median"] / cpu[d]["median"] if c in cpu and d in cpu else None
+        ),
+        "d_over_c_by_round": [
+            dd["saturation"]["rps"] / cc["saturation"]["rps"]
+            for cc, dd in zip(legs[c]["rounds"], legs[d]["rounds"], strict=True)
+        ] if c in legs and d in legs else None,
+        "c_over_a_throughput": when(lambda: rps(c) / rps("a_direct"), c, "a_direct"),
+        "d_over_c_throughput": when(lambda: rps(d) / rps(c), c, d),
+        "d_over_b_throughput": when(lambda: rps(d) / rps("b_nginx"), d, "b_nginx"),
+        "e_over_c_throughput": when(lambda: rps("e_proxy_jwt") / rps(c), c, "e_proxy_jwt"),
         # Issue 21's target: an issuer JWT within 5% of (e)'s CPU per request.
-        "g_over_e_cpu": (
-            cpu_per_1k("g_proxy_issuer_jwt") / cpu_per_1k("e_proxy_jwt")
-            if "g_proxy_issuer_jwt" in legs and "e_proxy_jwt" in legs
-            else None
+        "g_over_e_cpu": when(
+            lambda: cpu_per_1k("g_proxy_issuer_jwt") / cpu_per_1k("e_proxy_jwt"),
+            "g_proxy_issuer_jwt", "e_proxy_jwt",
         ),
-        "added_p90_ms_d_minus_a": p90("d_proxy_m2m") - p90("a_direct"),
-        "added_p90_ms_d_minus_b": p90("d_proxy_m2m") - p90("b_nginx"),
-        "cpu_d": cpu_per_1k("d_proxy_m2m"),
-        "cpu_d_over_b": cpu_per_1k("d_proxy_m2m") / cpu_per_1k("b_nginx"),
-        "cpu_d_over_relay": (
-            cpu_per_1k("d_proxy_m2m") / cpu_per_1k("r_python_relay")
-            if "r_python_relay" in legs
-            else None
+        "added_p90_ms_d_minus_a": when(lambda: p90(d) - p90("a_direct"), d, "a_direct"),
+        "added_p90_ms_d_minus_b": when(lambda: p90(d) - p90("b_nginx"), d, "b_nginx"),
+        "cpu_d": when(lambda: cpu_per_1k(d), d),
+        "cpu_d_over_b": when(lambda: cpu_per_1k(d) / cpu_per_1k("b_nginx"), d, "b_nginx"),
+        "cpu_d_over_relay": when(
+            lambda: cpu_per_1k(d) / cpu_per_1k("r_python_relay"), d, "r_python_relay"
         ),
-        **(
-            {
-                "d2_over_c_throughput": rps("d2_proxy_m2m_varied") / rps("c_proxy_public"),
-                "added_p90_ms_d2_minus_a": p90("d2_proxy_m2m_varied") - p90("a_direct"),
-                "cpu_d2": cpu_per_1k("d2_proxy_m2m_varied"),
-            }
-            if "d2_proxy_m2m_varied" in legs
-            else {}
-        ),
+        "d2_over_c_throughput": when(lambda: rps(d2) / rps(c), c, d2),
+        "added_p90_ms_d2_minus_a": when(lambda: p90(d2) - p90("a_direct"), d2, "a_direct"),
+        "cpu_d2": when(lambda: cpu_per_1k(d2), d2),
     }
+    return {name: value for name, value in out.items() if value is not None}
 
 
 def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
@@ -514,15 +515,26 @@ def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
             f"{fr['p99_ms']:.2f} | {fr['errors'] + sat['non_2xx']:.0f} | {fr['cpu_s_per_1k']:.3f} | {fr['rss_mb']:.0f} |"
         )
     q = r["ratios"]
+    headline = (
+        [
+            f"- **headline, traced partners' heads: (t)/(b2) nginx CPU per request "
+            f"{q['cpu_t_over_b2']:.2f}**; (t) {q['cpu_t']:.3f} vCPU per 1,000 req/s; "
+            f"added p90 (t) - (b2) {q['added_p90_ms_t_minus_b2']:.2f} ms"
+            + (f"; aiohttp's door (t2)/(t): {q['cpu_t2_over_t']:.2f}" if "cpu_t2_over_t" in q else "")
+        ]
+        if "cpu_t_over_b2" in q
+        else []
+    )
     lines += [
         "",
-        f"- (c)/(a) throughput: **{q['c_over_a_throughput']:.2f}**; (d)/(c): **{q['d_over_c_throughput']:.2f}**; "
-        f"(d)/(b): **{q['d_over_b_throughput']:.2f}**; (e)/(c): **{q['e_over_c_throughput']:.2f}**",
-        f"- (d)/(c) throughput round by round: {', '.join(f'{x:.2f}' for x in q['d_over_c_by_round'])}",
+        *headline,
+        "- ratios: " + ", ".join(
+            f"{k} {', '.join(f'{x:.2f}' for x in v) if isinstance(v, list) else f'{v:.3f}'}"
+            for k, v in q.items()
+        ),
         f"- one request at a time on one keep-alive connection, proxy CPU µs per request (median of "
         f"{r['settings']['rounds']}): "
-        + ", ".join(f"{k} {v['median']:.0f}" for k, v in r.get("serial_cpu_us", {}).items())
-        + (f"; (d)/(c) = c/d: **{q['d_over_c_serial_cpu']:.2f}**" if q["d_over_c_serial_cpu"] else ""),
+        + ", ".join(f"{k} {v['median']:.0f}" for k, v in r.get("serial_cpu_us", {}).items()),
         *(
             [
                 "- instructions per request in the proxy (user space, callgrind; steady across "
@@ -530,20 +542,6 @@ def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
                 + ", ".join(f"{k} {v / 1000:.0f}k" for k, v in r["instructions_per_request"].items())
             ]
             if r.get("instructions_per_request")
-            else []
-        ),
-        f"- added p90 at {r['settings']['rate']:.0f} req/s, (d) - (a): **{q['added_p90_ms_d_minus_a']:.2f} ms**; "
-        f"(d) - (b): {q['added_p90_ms_d_minus_b']:.2f} ms",
-        f"- CPU at {r['settings']['rate']:.0f} req/s, (d): **{q['cpu_d']:.3f} vCPU per 1,000 req/s**; "
-        f"(d)/(b) nginx: {q['cpu_d_over_b']:.2f}"
-        + (f"; (d)/(r) Python byte relay: {q['cpu_d_over_relay']:.2f}" if q["cpu_d_over_relay"] else ""),
-        *(
-            [
-                f"- (d2), every head different: (d2)/(c) throughput **{q['d2_over_c_throughput']:.2f}**; "
-                f"added p90 (d2) - (a) **{q['added_p90_ms_d2_minus_a']:.2f} ms**; "
-                f"CPU **{q['cpu_d2']:.3f} vCPU per 1,000 req/s**"
-            ]
-            if "cpu_d2" in q
             else []
         ),
         f"- Clerk calls during all HTTP legs: {r['clerk_calls_during_http_legs']}",
@@ -612,7 +610,8 @@ def main() -> None:
     for path in (RESULTS / f"{stamp}.json", RESULTS / "latest.json"):
         path.write_text(json.dumps(results, indent=2) + "\n")
     text = table(results, {"Clerk cost": results["clerk_cost"], "memory": results["memory"]})
-    write_doc(text)
+    if not args.legs:  # a few legs chosen: printed, not written over the full run's figures
+        write_doc(text)
     print(text)
 
 
