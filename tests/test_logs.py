@@ -171,6 +171,8 @@ def test_which_configs_write_access_lines(access_log: bool, level: str, written:
         ("00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
         ("0x-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),
         ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0z", None),
+        ("00-4bf92f3577b34da6a3ce929d0e0e47-6-00f067aa0ba902b7-01", None),  # a dash inside
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0\x00", None),
         ("", None),
         (None, None),
     ],

@@ -246,7 +246,9 @@ class AccessLog:
                 pieces.append(_encode_ascii(request_id[:MAX_REQUEST_ID]))
             trace = trace_id(traceparent)
             if trace is not None:
-                pieces.append(f',"trace_id":"{trace}"')
+                pieces.append(',"trace_id":"')
+                pieces.append(trace)
+                pieces.append('"')
             pieces.append(parts[1])
         self._lines = []
         return "".join(pieces)
