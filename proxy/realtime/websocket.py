@@ -54,6 +54,7 @@ GOING_AWAY: Final = 1001
 _UNSENDABLE: Final = {0: 1000, 1005: 1000, 1006: GOING_AWAY, 1015: GOING_AWAY}
 _SERVER_GONE: Final = ("41", "44")  # the upstream ended or refused a namespace
 _UPGRADE_PACKET: Final = "5"
+HANDSHAKES: Final = 64
 
 
 class WebSocketRegistry:
@@ -65,6 +66,10 @@ class WebSocketRegistry:
         self._idle = asyncio.Event()
         self._idle.set()
         self.grants = grants if grants is not None else GrantBook()
+        # A reconnect wave's upgrades reach the upstream this many at a time: the rest
+        # wait their turn instead of all completing (and all running their Python) in
+        # the same turn of the loop, which is what stalls it for every other request.
+        self.handshakes = asyncio.Semaphore(HANDSHAKES)
 
     def __len__(self) -> int:
         return len(self._links)
@@ -135,7 +140,8 @@ async def relay(
             sid=sid,
             clock=clock_of(request.transport),
         )
-        await _splice(request, ctx, joined, upstream_url, upstream_headers)
+        async with ctx.registry.handshakes:
+            await _splice(request, ctx, joined, upstream_url, upstream_headers)
         joined.names.adopt(grants)
         return web.Response(status=101)
     upstream = await _connect_upstream(ctx, upstream_url, upstream_headers, request)
