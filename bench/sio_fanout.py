@@ -198,7 +198,7 @@ async def measure(
                     env=dict(os.environ),
                 )
             )
-            wait_port(port)
+            wait_port(port, 60.0)  # a loaded box: the last target's sockets still closing
             target_port, pid = port, procs[-1].pid
         # The proxy's own loop answers /healthz (the admin listener shares it); the
         # direct target's probe is the upstream's loop.
