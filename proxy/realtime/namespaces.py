@@ -139,6 +139,7 @@ class Namespaces:
                     await self._recheck(namespace, watch, now)
         finally:
             self._checking = False
+            self._task = None  # a finished task keeps its coroutine: not per socket
             self._schedule()
 
     async def _recheck(self, namespace: str, watch: Watch, now: float) -> None:

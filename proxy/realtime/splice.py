@@ -106,7 +106,7 @@ class Leg(asyncio.Protocol):
         self.stop_code = 0  # why a client packet ends the socket
         self.stop_reason = ""
         # Frames of the proxy's own waiting for a boundary of what this leg is sent.
-        self.pending: list[tuple[bytes, bool]] = []
+        self.pending: list[tuple[bytes, bool]] | None = None
         self.mid_frame = False  # what this leg is sent is inside a frame
         self.mid_message = False
 
@@ -152,18 +152,23 @@ class Leg(asyncio.Protocol):
         """A frame of the proxy's own, at the next frame boundary (control frames) or
         message boundary (data frames) of what this leg is sent."""
         if self.pending or self.mid_frame or (self.mid_message and not control):
+            if self.pending is None:
+                self.pending = []
             self.pending.append((data, control))
         else:
             self.write(data)
 
     def boundary(self, *, mid_frame: bool, mid_message: bool) -> None:
         self.mid_frame, self.mid_message = mid_frame, mid_message
-        while self.pending and not mid_frame:
-            data, control = self.pending[0]
+        pending = self.pending
+        while pending and not mid_frame:
+            data, control = pending[0]
             if mid_message and not control:
                 return
-            del self.pending[0]
+            del pending[0]
             self.write(data)
+        if pending is not None and not pending:
+            self.pending = None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -434,7 +439,9 @@ class Splice:
         self.attachments = 0  # binary frames the client announced (BINARY_EVENT/ACK)
         self.closing = False  # the proxy sent its own close frames
         self.ended: tuple[int, str] | None = None  # how the first leg to close closed
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Made only when someone waits for the end (`close`): most sockets end unwatched.
+        self.done: asyncio.Future[None] | None = None
+        self.over = False
         self._deadline: asyncio.TimerHandle | None = None
         self._task: asyncio.Future[None] | None = None  # a CONNECT being verified
         m = ctx.metrics.websocket_messages
@@ -454,6 +461,12 @@ class Splice:
         self._task = asyncio.ensure_future(self._connect(leg, payload))
 
     async def _connect(self, leg: Leg, payload: bytes) -> None:
+        try:
+            await self._rewrite(leg, payload)
+        finally:
+            self._task = None  # a finished task keeps its coroutine: not per socket
+
+    async def _rewrite(self, leg: Leg, payload: bytes) -> None:
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
@@ -486,7 +499,7 @@ class Splice:
     def begin_close(self, code: int, reason: str) -> None:
         """Close both legs with the proxy's own close frame; each peer's answer (or
         `CLOSE_TIMEOUT`) ends its connection."""
-        if self.closing or self.done.done():
+        if self.closing or self.over:
             return
         self.closing = True
         self.note_end(code, reason)
@@ -509,6 +522,10 @@ class Splice:
 
     async def close(self, code: int, reason: str) -> None:
         self.begin_close(code, reason)
+        if self.over:
+            return
+        if self.done is None:
+            self.done = asyncio.get_running_loop().create_future()
         await asyncio.shield(self.done)
 
     def close_soon(self, reason: str) -> None:
@@ -526,10 +543,15 @@ class Splice:
                 other.inject(frame(CLOSE, payload, masked=other is self.upstream), control=True)
             other.transport.close()  # after what is buffered for it
             return
+        if self.over:
+            return
+        self.over = True
         self.names.stop()
         if self._deadline is not None:
             self._deadline.cancel()
-        if not self.done.done():
+        self.ctx.registry.untrack(self)
+        self.ctx.metrics.websocket_connections.dec()
+        if self.done is not None and not self.done.done():
             self.done.set_result(None)
 
     def _abort(self) -> None:

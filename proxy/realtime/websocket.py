@@ -247,15 +247,8 @@ async def _splice(
     handler.connection_lost(None)
     upstream.set_protocol(link.upstream)
     link.upstream.connection_made(upstream)
-    registry = ctx.registry
-    registry.track(link)
+    ctx.registry.track(link)  # `Splice.lost` untracks it
     ctx.metrics.websocket_connections.inc()
-
-    def finished(_: object) -> None:
-        registry.untrack(link)
-        ctx.metrics.websocket_connections.dec()
-
-    link.done.add_done_callback(finished)
     if link.clock is not None:
         link.clock.upgraded(time.monotonic(), link.close_soon)
     if rest:
