@@ -44,6 +44,14 @@ COMPILED = [
     "proxy/auth/cache/ids.py",
     "proxy/auth/cache/generations.py",
     "proxy/config/model.py",
+    # A socket's life after its 101 (the byte relay scans every frame head) and the
+    # per-socket work of a reconnect wave (handshakes, the CONNECT rewrite, its grants).
+    "proxy/realtime/splice.py",
+    "proxy/realtime/handshake.py",
+    "proxy/realtime/namespaces.py",
+    "proxy/realtime/relays.py",
+    "proxy/realtime/socketio.py",
+    "proxy/realtime/websocket.py",
 ]
 
 

@@ -426,11 +426,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"http://127.0.0.1:{clerk_port}/__emulator/calls", timeout=5).read())
         results["clerk_calls_during_http_legs"] = calls
         if not args.skip_sio and not args.dry_run:
+            # Its own proxy, upstream and probe; this run's Clerk emulator (100 tokens).
+            sio_args = ["--clients", str(args.sio_clients), "--clerk-port", str(clerk_port),
+                        "--machine-id", seeded["scores_partner_machine_id"]]
+            if args.sio_before:
+                sio_args += ["--before", args.sio_before]
             out = subprocess.run(
-                [PY, "-m", "bench.sio_fanout", "--clients", str(args.sio_clients),
-                 "--proxy-url", f"http://127.0.0.1:{proxy_port}", "--token", seeded["m2m_token_secret"],
-                 "--upstream-port", str(free_port()), "--clerk-port", str(clerk_port)],
-                cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+                [PY, "-m", "bench.sio_fanout", *sio_args],
+                cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
             )
             lines = out.stdout.strip().splitlines()
             results["legs"]["f_socketio"] = json.loads(lines[-1]) if lines else {"error": out.stderr[-2000:]}
@@ -556,7 +559,12 @@ def table(r: dict[str, Any], extra: dict[str, Any]) -> str:
     ]
     sio = r["legs"].get("f_socketio")
     if sio:
-        lines.append(f"- (f) Socket.IO fan-out: {json.dumps(sio)}")
+        if "rows" in sio:
+            from bench.sio_fanout import table
+
+            lines += ["", "(f) Socket.IO sockets leg:", "```", table(sio), "```"]
+        else:
+            lines.append(f"- (f) Socket.IO sockets leg: {json.dumps(sio)}")
     for title, data in extra.items():
         lines.append(f"- {title}: {json.dumps(data)}")
     return "\n".join(lines)
@@ -585,7 +593,10 @@ def main() -> None:
                         help="length of each fixed-rate run (CPU per request is read over it)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of all legs, interleaved; each figure is the median")
-    parser.add_argument("--sio-clients", type=int, default=1000)
+    parser.add_argument("--sio-clients", type=int, default=1000,
+                        help="the sockets leg's N (1000, 5000, 10000: raise ulimit -n first)")
+    parser.add_argument("--sio-before", default="",
+                        help="a checkout (with its .venv) whose proxy the sockets leg also runs")
     parser.add_argument("--skip-sio", action="store_true")
     parser.add_argument("--legs", default="", help="comma-separated leg names (default: all)")
     parser.add_argument("--instructions-only", action="store_true",

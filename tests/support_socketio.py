@@ -19,7 +19,7 @@ from proxy.config import model as config
 from proxy.core.errors import TOKEN_INVALID, VERIFICATION_UNAVAILABLE, ProxyError
 from proxy.core.principal import ANONYMOUS, Principal, Recent
 from proxy.observe.metrics import Metrics
-from proxy.realtime import handshake, polling, websocket
+from proxy.realtime import handshake, polling, relays, websocket
 from proxy.realtime import socketio as sio_codec
 
 PARTNER = Principal(
@@ -150,7 +150,7 @@ class SioUpstream:
 
 # --- a minimal proxy mounting relay() directly ------------------------------------------
 
-CTX = web.AppKey("relay_ctx", websocket.RelayContext)
+CTX = web.AppKey("relay_ctx", relays.RelayContext)
 
 
 def relay_app(
@@ -160,16 +160,16 @@ def relay_app(
     *,
     metrics: Metrics | None = None,
     reverify_seconds: float = 0.0,
-    registry: websocket.WebSocketRegistry | None = None,
+    registry: relays.WebSocketRegistry | None = None,
 ) -> web.Application:
     """Stands in for the request path: Bearer → principal (optional auth), then relay()
     for upgrades; Socket.IO polling is forwarded with its POST bodies rewritten."""
     app = web.Application()
-    registry = registry or websocket.WebSocketRegistry()
+    registry = registry or relays.WebSocketRegistry()
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:
         session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False)
-        app[CTX] = websocket.RelayContext(
+        app[CTX] = relays.RelayContext(
             session=session,
             settings=settings or config.WebSocket(),
             metrics=metrics or Metrics(),
@@ -298,7 +298,7 @@ def proxy_app(
     return create_app(cfg, verifier=book, metrics=metrics)
 
 
-def registry_of(app: web.Application) -> websocket.WebSocketRegistry:
+def registry_of(app: web.Application) -> relays.WebSocketRegistry:
     if CTX in app:
         return app[CTX].registry
     from proxy.request.app import PROXY

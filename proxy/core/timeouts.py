@@ -147,8 +147,10 @@ class ConnectionClock:
         self.phase, self.since = BUSY, now
 
     def answered(self, now: float) -> None:
-        """The exchange is over; the connection waits for the next request."""
-        self.phase, self.since = IDLE, now
+        """The exchange is over; the connection waits for the next request (unless it
+        was upgraded: the byte relay's handler answers at once, the socket lives on)."""
+        if self.phase != UPGRADED:
+            self.phase, self.since = IDLE, now
 
     def upgraded(self, now: float, closer: Callable[[str], None] | None = None) -> None:
         self.phase, self.since = UPGRADED, now

@@ -16,7 +16,7 @@ from yarl import URL
 
 from proxy.core.principal import Principal
 from proxy.realtime import socketio as sio
-from proxy.realtime.websocket import RelayContext
+from proxy.realtime.relays import RelayContext
 
 
 async def rewrite_polling(

@@ -11,11 +11,12 @@ namespace gets a DISCONNECT on both legs and a plain WebSocket is closed with 10
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
+import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Final
 
 import aiohttp
@@ -24,7 +25,6 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import model as config
-from proxy.core import principal
 from proxy.core.errors import (
     BAD_ANSWER,
     BAD_REQUEST,
@@ -37,67 +37,20 @@ from proxy.core.errors import (
 )
 from proxy.core.principal import Principal
 from proxy.core.timeouts import ConnectionClock, clock_of
-from proxy.observe import metrics
+from proxy.realtime import handshake, splice
 from proxy.realtime import socketio as sio
 from proxy.realtime.handshake import check_origin, client_protocols
-from proxy.realtime.socketio import Grant, GrantBook, Watch, same_identity, watch_for
+from proxy.realtime.relays import GOING_AWAY, RelayContext
+from proxy.realtime.socketio import Grant, Watch, same_identity, watch_for
 
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 POLICY_VIOLATION: Final = 1008
 UNSUPPORTED_DATA: Final = 1003
-GOING_AWAY: Final = 1001
 # Close codes that must never be put on the wire (RFC 6455 §7.4.1) and what to say instead.
 _UNSENDABLE: Final = {0: 1000, 1005: 1000, 1006: GOING_AWAY, 1015: GOING_AWAY}
 _SERVER_GONE: Final = ("41", "44")  # the upstream ended or refused a namespace
 _UPGRADE_PACKET: Final = "5"
-
-
-class WebSocketRegistry:
-    """Open relays (closed with 1001 on shutdown) and the grants of CONNECTs that came
-    over polling, for the WebSocket each session upgrades to."""
-
-    def __init__(self, grants: GrantBook | None = None) -> None:
-        self._links: set[_Link] = set()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.grants = grants if grants is not None else GrantBook()
-
-    def __len__(self) -> int:
-        return len(self._links)
-
-    def track(self, link: _Link) -> None:
-        self._links.add(link)
-        self._idle.clear()
-
-    def untrack(self, link: _Link) -> None:
-        self._links.discard(link)
-        if not self._links:
-            self._idle.set()
-
-    async def close_all(self, code: int = GOING_AWAY, reason: str = "proxy shutting down") -> None:
-        await asyncio.gather(*(link.close(code, reason) for link in list(self._links)))
-
-    async def drain(self, grace: float) -> None:
-        """Give open sockets `grace` seconds to end on their own, then close the rest
-        with 1001 (clients reconnect, through another pod)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
-        await self.close_all()
-
-
-@dataclass(frozen=True, slots=True)
-class RelayContext:
-    session: aiohttp.ClientSession
-    settings: config.WebSocket
-    metrics: metrics.Metrics
-    verifier: principal.Verifier
-    prefix: str
-    # Keep one registry per app across config reloads: it is what shutdown closes.
-    registry: WebSocketRegistry = field(default_factory=WebSocketRegistry)
-    # Re-verify a live socket's token this often (the cache TTL); 0: only at expiry.
-    reverify_seconds: float = 0.0
-    clock: Callable[[], float] = time.time
 
 
 async def relay(
@@ -119,6 +72,23 @@ async def relay(
     probe = web.WebSocketResponse()
     if not probe.can_prepare(request).ok:
         raise ProxyError(BAD_REQUEST, "invalid WebSocket upgrade request")
+    sid = sio.sid_of(request.query_string) if socketio else None
+    grants = ctx.registry.grants.take(sid) if socketio else [Grant("", principal, header_token)]
+    if _bytes_suffice(request, settings):
+        joined = splice.Splice(
+            ctx,
+            client_ip=client_ip,
+            principal=principal,
+            header_token=header_token,
+            header_refusal=header_refusal,
+            socketio=socketio,
+            sid=sid,
+            clock=clock_of(request.transport),
+        )
+        async with ctx.registry.handshakes:
+            await _splice(request, ctx, joined, upstream_url, upstream_headers)
+        joined.names.adopt(grants)
+        return web.Response(status=101)
     upstream = await _connect_upstream(ctx, upstream_url, upstream_headers, request)
     client = web.WebSocketResponse(
         protocols=(upstream.protocol,) if upstream.protocol else (),
@@ -133,10 +103,9 @@ async def relay(
     except BaseException:
         await upstream.close(code=GOING_AWAY)
         raise
-    sid = sio.sid_of(request.query_string) if socketio else None
     link = _Link(ctx, client, upstream, client_ip, principal, header_token, socketio, sid)
     link.header_refusal = header_refusal  # for CONNECTs that carry no token of their own
-    link.adopt(ctx.registry.grants.take(sid) if socketio else [Grant("", principal, header_token)])
+    link.adopt(grants)
     ctx.registry.track(link)
     ctx.metrics.websocket_connections.inc()
     # Idle sockets are the listener's to close (connections.websocket_idle_timeout):
@@ -150,6 +119,88 @@ async def relay(
         ctx.registry.untrack(link)
         ctx.metrics.websocket_connections.dec()
     return client
+
+
+def _bytes_suffice(request: web.Request, settings: config.WebSocket) -> bool:
+    """Whether the byte relay can carry this socket: no extension on either leg (a
+    deflated frame cannot be read without inflating the stream) and no heartbeat of the
+    proxy's own."""
+    if settings.heartbeat_seconds or settings.upstream_compression:
+        return False
+    offered = ",".join(request.headers.getall("Sec-WebSocket-Extensions", ())).lower()
+    return not (settings.compression and "permessage-deflate" in offered)
+
+
+async def _splice(
+    request: web.Request,
+    ctx: RelayContext,
+    link: splice.Splice,
+    url: URL,
+    headers: Mapping[str, str] | CIMultiDict[str],
+) -> None:
+    """The upstream's 101 first, then the client's; from there the two connections are
+    `link`'s, and aiohttp lets go of the client's (its handler returns at once)."""
+    key = base64.b64encode(os.urandom(16)).decode("ascii")
+    offered = client_protocols(request)
+    host = headers.get("Host") or url.raw_authority
+    wire = handshake.upgrade_request(url.raw_path_qs, host, key, offered, headers.items())
+    timeout = ctx.session.timeout
+    try:
+        upstream, answer = await splice.open_upstream(
+            url.raw_host or "",
+            url.port or 80,
+            url.scheme in ("https", "wss"),
+            wire,
+            connect_timeout=timeout.connect or timeout.sock_connect,
+            read_timeout=timeout.sock_read,
+        )
+    except (TimeoutError, OSError) as exc:
+        cause = upstream_cause(exc) or RESET
+        ctx.metrics.upstream_errors.labels("timeout" if cause == TIMEOUT else "unavailable").inc()
+        raise upstream_failure(cause) from None
+    head, _, rest = answer.done.result().partition(b"\r\n\r\n")
+    verdict = handshake.read_answer(head, key, offered)
+    if not verdict.accepted:
+        upstream.close()
+        if 400 <= verdict.status < 500:
+            message = f"the upstream refused the WebSocket upgrade (HTTP {verdict.status})"
+            raise ProxyError(BAD_REQUEST, message, status=verdict.status)
+        ctx.metrics.upstream_errors.labels("unavailable").inc()
+        raise ProxyError(
+            UPSTREAM_UNAVAILABLE, "the upstream did not accept the WebSocket", cause=BAD_ANSWER
+        )
+    client = request.transport
+    handler = request.protocol
+    if client is None or client.is_closing():
+        upstream.close()
+        raise ConnectionResetError("client went away")
+    # What the client sent after its upgrade head, before the 101 (aiohttp keeps it).
+    tail = bytes(getattr(handler, "_message_tail", b""))
+    holder = client.get_protocol()
+    if getattr(holder, "inner", None) is handler:
+        # The listener's guard (`fastpath.doorway.Guarded`) stays, and keeps counting it.
+        setattr(holder, "inner", link.client)  # noqa: B010 - not a layer realtime may import
+    else:
+        client.set_protocol(link.client)
+    link.client.connection_made(client)
+    client.write(
+        handshake.switching_protocols(request.headers["Sec-WebSocket-Key"], verdict.protocol)
+    )
+    # aiohttp forgets the connection without closing it: its handler's answer (a 101
+    # for the access log) then goes nowhere.
+    handler.transport = None
+    handler.connection_lost(None)
+    upstream.set_protocol(link.upstream)
+    link.upstream.connection_made(upstream)
+    ctx.registry.track(link)  # `Splice.lost` untracks it
+    ctx.metrics.websocket_connections.inc()
+    if link.clock is not None:
+        link.clock.upgraded(time.monotonic(), link.close_soon)
+    if rest:
+        link.upstream.data_received(rest)
+    upstream.resume_reading()
+    if tail:
+        link.client.data_received(tail)
 
 
 async def _connect_upstream(

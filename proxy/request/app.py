@@ -30,7 +30,7 @@ from proxy.http.upstream import UpstreamPool
 from proxy.observe.correlation import new_request_id, traceparent_field
 from proxy.observe.logs import AccessLog, worker_index
 from proxy.observe.metrics import Metrics
-from proxy.realtime import websocket
+from proxy.realtime import relays
 from proxy.request import lifetime
 from proxy.request.dispatch import dispatch, expect_later
 from proxy.request.routed import AiohttpFields, Authenticated, HeadFields, Routed
@@ -72,7 +72,7 @@ class Proxy:
         self._retired: set[asyncio.Task[None]] = set()
         # Open WebSockets (closed with 1001 on shutdown) and polling CONNECT grants; one
         # per process so a config reload keeps them.
-        self.ws_registry = websocket.WebSocketRegistry()
+        self.ws_registry = relays.WebSocketRegistry()
         self.access_log = AccessLog(worker=worker_index())
 
     # -- lifetime ------------------------------------------------------------------

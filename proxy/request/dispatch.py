@@ -17,7 +17,7 @@ from proxy.core.errors import BAD_REQUEST, ProxyError
 from proxy.core.principal import Principal
 from proxy.http.forward import forward, read_request_body
 from proxy.observe.metrics import Metrics
-from proxy.realtime import handshake, polling, websocket
+from proxy.realtime import handshake, polling, relays, websocket
 from proxy.realtime import socketio as sio
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ async def dispatch(
     session: aiohttp.ClientSession,
     rt: Runtime,
     metrics: Metrics,
-    registry: websocket.WebSocketRegistry,
+    registry: relays.WebSocketRegistry,
     url: URL,
     upstream_headers: CIMultiDict[str],
     principal: Principal,
@@ -77,7 +77,7 @@ async def dispatch(
     if not is_sio and "Upgrade" not in request.headers:
         return await onward()
     token = tokens.extract_bearer(request.headers.getall("Authorization", ()))
-    ctx = websocket.RelayContext(
+    ctx = relays.RelayContext(
         session=session,
         settings=rt.config.websocket,
         metrics=metrics,

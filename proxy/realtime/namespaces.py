@@ -1,0 +1,160 @@
+"""What one relayed socket knows about who it acts as: the grant of each namespace (a plain
+WebSocket is watched under ""), when each must be looked at again (token expiry, the
+re-verification interval), and the rewrite of the CONNECTs that earn grants.
+
+Framing-free, so both relays use it: the byte relay (`splice`) and the framing relay
+(`websocket`, for sockets that negotiate compression or a heartbeat). The owner is told
+through `end(namespace)` when a namespace's principal must go. No task lives here while
+nothing is due: one timer handle per socket, a short task only while re-verifying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+
+from proxy.core.errors import ProxyError
+from proxy.core.principal import Principal
+from proxy.realtime import socketio as sio
+from proxy.realtime.relays import RelayContext
+from proxy.realtime.socketio import Grant, Watch, same_identity, watch_for
+
+
+class Refused(Exception):
+    """The socket must be closed with `code` (a client packet the proxy will not relay)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+POLICY_VIOLATION = 1008
+
+
+class Namespaces:
+    def __init__(
+        self,
+        ctx: RelayContext,
+        client_ip: str,
+        header_principal: Principal,
+        header_token: str | None,
+        header_refusal: str | None,
+        sid: str | None,
+        end: Callable[[str], None],
+    ) -> None:
+        self.ctx = ctx
+        self.client_ip = client_ip
+        self.header_principal, self.header_token = header_principal, header_token
+        # Why the handshake's own token left it anonymous, for its CONNECTs.
+        self.header_refusal = header_refusal
+        self.sid = sid
+        self.watches: dict[str, Watch] = {}
+        self._end = end
+        self._timer: asyncio.TimerHandle | None = None
+        self._checking = False
+        self._stopped = False
+        self._task: asyncio.Future[None] | None = None
+
+    async def verify(self, token: str) -> Principal:
+        return await self.ctx.verifier.verify(token, self.client_ip)
+
+    def adopt(self, grants: list[Grant]) -> None:
+        now = self.ctx.clock()
+        for grant in grants:
+            watch = watch_for(grant, now, self.ctx.reverify_seconds)
+            if watch is None:
+                self.watches.pop(grant.namespace, None)
+            else:
+                self.watches[grant.namespace] = watch
+        self._schedule()
+
+    def adopt_polling(self) -> None:
+        """The client's `5` (upgrade) packet: every CONNECT it sent over polling has been
+        rewritten and remembered by now (the POST/upgrade race)."""
+        self.adopt(self.ctx.registry.grants.take(self.sid))
+
+    def forget(self, packet: str) -> None:
+        """A `41`/`44` packet (either way): that namespace is no longer connected."""
+        if self.watches:
+            self.watches.pop(sio.namespace_of(packet), None)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def connect(self, text: str) -> tuple[str | None, str | None]:
+        """A client CONNECT: (the packet for the upstream, None), or (None, a
+        CONNECT_ERROR for the client) when Clerk is unavailable. Raises `Refused`."""
+        try:
+            out, grant = await sio.rewrite_connect(
+                text,
+                header_principal=self.header_principal,
+                header_token=self.header_token,
+                verify=self.verify,
+                header_refusal=self.header_refusal,
+            )
+        except ProxyError as error:
+            if not sio.is_unavailable(error):
+                raise Refused(POLICY_VIOLATION, f"{error.code}: {error.message}") from None
+            # Clerk is down: a partner must not be silently downgraded to anonymous.
+            data: dict[str, object] = {"code": error.code}
+            if error.retry_after is not None:
+                data["retry_after"] = error.retry_after
+            namespace = sio.namespace_of(text)
+            return None, sio.connect_error_packet(namespace, error.message, data)
+        self.ctx.metrics.socketio_connects.labels(grant.principal.type).inc()
+        self.adopt([grant])
+        return out, None
+
+    # -- expiry ---------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._stopped or self._checking:
+            return
+        due = min((w.due for w in self.watches.values() if w.due is not None), default=None)
+        if due is None:
+            return
+        delay = max(0.0, due - self.ctx.clock())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._checking = True
+        self._task = asyncio.ensure_future(self._check())
+
+    async def _check(self) -> None:
+        try:
+            now = self.ctx.clock()
+            for namespace, watch in list(self.watches.items()):
+                if watch.due is not None and watch.due <= now and not self._stopped:
+                    await self._recheck(namespace, watch, now)
+        finally:
+            self._checking = False
+            self._task = None  # a finished task keeps its coroutine: not per socket
+            self._schedule()
+
+    async def _recheck(self, namespace: str, watch: Watch, now: float) -> None:
+        old = watch.grant.principal
+        if (old.expires_at is None or old.expires_at > now) and watch.grant.token:
+            fresh: Principal | None
+            try:
+                fresh = await self.verify(watch.grant.token)
+            except ProxyError as error:
+                # Clerk unavailable: keep the socket and try again later.
+                fresh = old if sio.is_unavailable(error) else None
+            if fresh is not None and same_identity(fresh, old):
+                if self.watches.get(namespace) is watch:
+                    grant = dataclasses.replace(watch.grant, principal=fresh)
+                    self.watches[namespace] = Watch(grant, now + self.ctx.reverify_seconds)
+                return
+        if self.watches.get(namespace) is not watch:
+            return  # reconnected meanwhile
+        del self.watches[namespace]
+        self.ctx.metrics.socketio_disconnects.inc()
+        self._end(namespace)
