@@ -186,15 +186,14 @@ def test_rendering_is_memoised_per_principal_object_and_never_confused() -> None
     assert dict(names.render(MACHINE))["X-Auth-Principal-Id"] == "mch_1"
 
 
-def test_equal_principals_share_one_rendering_and_copies_are_not_hoarded() -> None:
-    """Every re-verification of a token builds a new, equal Principal: the memo keeps one
-    rendering for all of them and at most RECENT_OBJECTS of the copies (issue 19's creep:
-    one entry per copy, until 4,096)."""
+def test_equal_principals_render_alike_and_copies_are_not_hoarded() -> None:
+    """Every re-verification of a token builds a new, equal Principal: each renders the
+    same, and the memo keeps at most RECENT_OBJECTS of the copies (issue 19's creep: one
+    entry per copy, until 4,096)."""
     names = PrincipalHeaders.for_prefix("X-Auth-")
     first = names.render(MACHINE)
     copies = [dataclasses.replace(MACHINE) for _ in range(3 * RECENT_OBJECTS)]
-    assert all(names.render(copy) is first for copy in copies)
-    assert len(names._memo) == 1
+    assert all(names.render(copy) == first for copy in copies)
     assert len(names._recent) <= RECENT_OBJECTS
     kept = gc.get_referrers(copies[0])
     assert not any(isinstance(k, tuple) and k and k[0] is copies[0] for k in kept)

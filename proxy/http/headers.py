@@ -44,9 +44,7 @@ Rendered = tuple[Principal, tuple[tuple[istr, str], ...], bytes]
 X_FORWARDED_FOR = istr("X-Forwarded-For")
 X_FORWARDED_PROTO = istr("X-Forwarded-Proto")
 X_FORWARDED_HOST = istr("X-Forwarded-Host")
-# Distinct Principals rendered before the memo starts over (cache hits repeat a few).
-RENDER_MEMO_SIZE = 4096
-# Principal objects remembered by identity in front of it.
+# Principal objects whose rendering is remembered, by identity.
 RECENT_OBJECTS = 256
 
 
@@ -83,14 +81,13 @@ class PrincipalHeaders:
             ),
         )
 
-    # The rendering of each Principal, by value: every re-verification of a token builds
-    # a new, equal Principal, and keyed by object each copy took an entry of its own (a
-    # rendering and the Principal it kept alive) until the memo was full — RSS crept for
-    # minutes after every token's TTL (issue 19). In front of it, the objects seen
-    # recently, by id (cache hits hand back the same object: a pointer compare instead of
-    # hashing seven fields), each kept beside its id so the id cannot be reused while it
-    # is there. Both are bounded: copies by RECENT_OBJECTS, renderings by RENDER_MEMO_SIZE.
-    _memo: dict[Principal, Rendered] = field(default_factory=dict, compare=False, repr=False)
+    # The renderings of the Principal objects seen recently, by id: cache hits hand back
+    # the same object, so a hit costs a pointer compare (9.6k instructions a request less
+    # on realistic traffic, docs/performance.md). Each is kept beside its id so the id
+    # cannot be reused while it is there, and the dict is emptied at RECENT_OBJECTS: every
+    # re-verification builds a new, equal Principal, and a memo that kept every copy crept
+    # (issue 19). A new object is rendered afresh, which costs no more than hashing it to
+    # find an equal one's rendering.
     _recent: dict[int, Rendered] = field(default_factory=dict, compare=False, repr=False)
 
     def render(self, principal: Principal) -> tuple[tuple[istr, str], ...]:
@@ -105,16 +102,10 @@ class PrincipalHeaders:
         kept = recent.get(id(principal))
         if kept is not None and kept[0] is principal:
             return kept
-        kept = self._memo.get(principal)
-        if kept is None:
-            pairs = self._render(principal)
-            if len(self._memo) >= RENDER_MEMO_SIZE:
-                self._memo.clear()
-            kept = self._memo[principal] = (principal, pairs, encode_fields(pairs))
+        pairs = self._render(principal)
         if len(recent) >= RECENT_OBJECTS:
             recent.clear()
-        # The object asked about, not the equal one rendered first: its id is the key.
-        kept = recent[id(principal)] = (principal, kept[1], kept[2])
+        kept = recent[id(principal)] = (principal, pairs, encode_fields(pairs))
         return kept
 
     def _render(self, principal: Principal) -> tuple[tuple[istr, str], ...]:
