@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from proxy.realtime import handshake, splice
+from proxy.realtime import handshake, socketio, splice
 from tests.support_socketio import RawUpstream, TokenBook, auth_of, relay_app
 
 
@@ -130,4 +130,22 @@ async def test_an_unmasked_client_frame_closes_1002(
     opcode, payload = await read_frame(reader)
     assert (opcode, int.from_bytes(payload[:2], "big")) == (splice.CLOSE, 1002)
     assert raw.frames == []
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "packet", ["41\u0663-/admin,", '45\u0663-/admin,["x"]', "4312345678901" + "[1]"]
+)
+async def test_a_count_python_socketio_would_read_otherwise_closes_1008(
+    raw_socket: tuple[RawUpstream, Callable[[], Awaitable[Any]]], packet: str
+) -> None:
+    """`41٣-/admin,` is python-socketio's DISCONNECT of /admin and socket.io-parser's of
+    /: the proxy cannot know which its upstream reads, so it refuses the packet."""
+    raw, connect = raw_socket
+    reader, writer = await connect()
+    writer.write(masked(packet))
+    opcode, payload = await read_frame(reader)
+    assert (opcode, int.from_bytes(payload[:2], "big")) == (splice.CLOSE, 1008)
+    assert payload[2:].decode() == socketio.AMBIGUOUS_PREFIX
+    assert [text for kind, text in raw.frames if kind == "text"] == []
     writer.close()

@@ -17,7 +17,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl
 
 import cachetools
@@ -122,6 +122,29 @@ def _split_head(packet: str) -> tuple[str, str, str]:
         i += 1
     # python-socketio drops a `?query` from the namespace; bookkeeping must match it.
     return packet[:i], namespace.partition("?")[0], packet[i:]
+
+
+# The longest run of digits a count or ack id takes after a packet's type: more is no
+# client library's packet.
+MAX_PREFIX_DIGITS: Final = 10
+AMBIGUOUS_PREFIX: Final = "bad_request: a Socket.IO packet's count or id is not ASCII digits"
+
+
+def ambiguous_prefix(head: str) -> bool:
+    """Whether the digits after a client packet's type (`4x`) could be read two ways:
+    socket.io-parser (and this codec) take ASCII digits only, python-socketio any
+    character `str.isdigit` accepts (`41٣-/admin,` is its DISCONNECT of /admin, ours of
+    /). The proxy cannot know which parser its upstream runs, so such a packet is
+    refused, never guessed at. `head` is the packet's start, as much as was read (the
+    byte relay reads 13 bytes, latin-1: a non-ASCII character shows as one above 127):
+    a run of ASCII digits that fills it is refused too."""
+    i = 2
+    end = min(len(head), 2 + MAX_PREFIX_DIGITS + 1)
+    while i < end and head[i] in _DIGITS:
+        i += 1
+    if i - 2 > MAX_PREFIX_DIGITS:
+        return True
+    return i < len(head) and ord(head[i]) > 127
 
 
 def namespace_of(packet: str) -> str:

@@ -363,6 +363,8 @@ class Leg(asyncio.Protocol):
             if len(data) < body + size:
                 return _WAIT
             return _CONNECT
+        if head.startswith(b"4") and sio.ambiguous_prefix(head.decode("latin-1")):
+            return self._stop(POLICY_VIOLATION, sio.AMBIGUOUS_PREFIX)
         if head.startswith(b"41"):
             if fin:
                 if len(data) < body + size:

@@ -382,6 +382,8 @@ class _Link:
 
     def _from_client(self, text: str) -> None:
         """Bookkeeping on client packets other than CONNECT (which are rewritten)."""
+        if text.startswith("4") and sio.ambiguous_prefix(text):
+            raise _Refused(POLICY_VIOLATION, sio.AMBIGUOUS_PREFIX)
         if text.startswith(("45", "46")):
             self.attachments += sio.binary_attachments(text)
         elif text.startswith(sio.DISCONNECT):
