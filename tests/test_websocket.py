@@ -416,3 +416,65 @@ async def test_required_route_refuses_the_upgrade_with_401(
         await client.ws_connect("/private/ws")
     assert info.value.status == 401
     assert upstream[0].headers == []  # the upstream was never asked
+
+
+# The framing relay (a client offering permessage-deflate, `websocket.compression` on)
+# keeps its sockets' grants in the same `realtime.namespaces.Namespaces` as the byte
+# relay: expiry, re-verification and the ambiguous-count refusal through it.
+
+
+async def test_framing_relay_closes_a_plain_websocket_1008_at_expiry(
+    proxy: Any, upstream: tuple[RawUpstream, TestServer]
+) -> None:
+    book = TokenBook({"soon": dataclasses.replace(PARTNER, expires_at=time.time() + 0.3)})
+    metrics = Metrics()
+    client = await proxy(book, metrics=metrics)
+    async with client.ws_connect(
+        "/optional/ws", headers={"Authorization": "Bearer soon"}, autoclose=False, compress=15
+    ) as ws:
+        assert ws.compress  # deflate negotiated: the framing relay carries it
+        msg = await ws.receive()
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1008)
+    await until(lambda: bool(upstream[0].closes))
+    assert upstream[0].closes[-1][0] == 1008
+    assert metrics.socketio_disconnects._value.get() == 1
+
+
+async def test_framing_relay_disconnects_an_expired_namespace_both_ways(
+    proxy: Any, upstream: tuple[RawUpstream, TestServer]
+) -> None:
+    book = TokenBook({"soon": dataclasses.replace(PARTNER, expires_at=time.time() + 0.3)})
+    client = await proxy(book)
+    async with client.ws_connect("/socket.io/?EIO=4&transport=websocket", compress=15) as ws:
+        assert ws.compress
+        await ws.send_str('40/admin,{"token":"soon"}')
+        assert (await ws.receive_str()).startswith("40/admin,")
+        assert await ws.receive_str() == "41/admin,"
+    assert ("text", "41/admin,") in upstream[0].frames
+
+
+async def test_framing_relay_closes_at_a_revoked_tokens_reverification(proxy: Any) -> None:
+    book = TokenBook()
+    client = await proxy(book, reverify_seconds=0.1)
+    async with client.ws_connect(
+        "/optional/ws", headers={"Authorization": "Bearer good"}, autoclose=False, compress=15
+    ) as ws:
+        assert ws.compress
+        await ws.send_str("still here")
+        assert await ws.receive_str() == "still here"
+        book.revoked.add("good")
+        msg = await ws.receive()
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1008)
+
+
+async def test_framing_relay_refuses_an_ambiguous_count_1008(
+    proxy: Any, upstream: tuple[RawUpstream, TestServer]
+) -> None:
+    client = await proxy()
+    url = "/socket.io/?EIO=4&transport=websocket"
+    async with client.ws_connect(url, autoclose=False, compress=15) as ws:
+        assert ws.compress
+        await ws.send_str("41\u0663-/admin,")
+        msg = await ws.receive()
+        assert (msg.type, msg.data) == (WSMsgType.CLOSE, 1008)
+    assert [f for f in upstream[0].frames if f[0] == "text"] == []

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
-import dataclasses
 import os
 import time
 from collections.abc import Mapping
@@ -40,8 +38,9 @@ from proxy.core.timeouts import ConnectionClock, clock_of
 from proxy.realtime import handshake, splice
 from proxy.realtime import socketio as sio
 from proxy.realtime.handshake import check_origin, client_protocols
+from proxy.realtime.namespaces import Namespaces, Refused
 from proxy.realtime.relays import GOING_AWAY, RelayContext
-from proxy.realtime.socketio import Grant, Watch, same_identity, watch_for
+from proxy.realtime.socketio import Grant
 
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
@@ -103,9 +102,10 @@ async def relay(
     except BaseException:
         await upstream.close(code=GOING_AWAY)
         raise
-    link = _Link(ctx, client, upstream, client_ip, principal, header_token, socketio, sid)
-    link.header_refusal = header_refusal  # for CONNECTs that carry no token of their own
-    link.adopt(grants)
+    link = _Link(
+        ctx, client, upstream, client_ip, principal, header_token, header_refusal, socketio, sid
+    )
+    link.names.adopt(grants)
     ctx.registry.track(link)
     ctx.metrics.websocket_connections.inc()
     # Idle sockets are the listener's to close (connections.websocket_idle_timeout):
@@ -240,11 +240,6 @@ async def _connect_upstream(
         raise upstream_failure(cause) from None
 
 
-class _Refused(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        self.code, self.reason = code, reason
-
-
 class _Link:
     """One client socket relayed to one upstream socket."""
 
@@ -256,19 +251,18 @@ class _Link:
         client_ip: str,
         header_principal: Principal,
         header_token: str | None,
+        header_refusal: str | None,
         socketio: bool,
         sid: str | None,
     ) -> None:
         self.ctx, self.client, self.upstream = ctx, client, upstream
-        self.client_ip = client_ip
-        self.header_principal, self.header_token = header_principal, header_token
-        # Why the handshake's own token left it anonymous, for its CONNECTs.
-        self.header_refusal: str | None = None
-        # A plain WebSocket is watched under the namespace "".
         self.socketio = socketio
-        self.sid = sid
-        self.watches: dict[str, Watch] = {}  # by namespace; "" for a plain WebSocket
-        self.changed = asyncio.Event()
+        # Who each namespace acts as and when to look again (a plain WebSocket is watched
+        # under ""): the byte relay's bookkeeping, told here how a namespace ends.
+        self.names = Namespaces(
+            ctx, client_ip, header_principal, header_token, header_refusal, sid, self._end
+        )
+        self._ending: set[asyncio.Future[None]] = set()
         self.attachments = 0  # binary frames the client announced (BINARY_EVENT/ACK)
         self.ended: tuple[int, str] | None = None  # how the first leg to end ended
         self.closing: asyncio.Future[tuple[bool | BaseException, bool | BaseException]] | None = (
@@ -280,19 +274,6 @@ class _Link:
         self.up_count = m.labels("client_to_upstream")
         self.down_count = m.labels("upstream_to_client")
 
-    async def verify(self, token: str) -> Principal:
-        return await self.ctx.verifier.verify(token, self.client_ip)
-
-    def adopt(self, grants: list[Grant]) -> None:
-        now = self.ctx.clock()
-        for grant in grants:
-            watch = watch_for(grant, now, self.ctx.reverify_seconds)
-            if watch is None:
-                self.watches.pop(grant.namespace, None)
-            else:
-                self.watches[grant.namespace] = watch
-        self.changed.set()
-
     # -- the pumps ----------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -300,15 +281,14 @@ class _Link:
             asyncio.create_task(self._pump(self.client, self.upstream, up=True)),
             asyncio.create_task(self._pump(self.upstream, self.client, up=False)),
         ]
-        watchdog = asyncio.create_task(self._watchdog())
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
             # Also when aiohttp cancels the handler because the client's transport closed.
-            watchdog.cancel()
+            self.names.stop()
             for task in pumps:
                 task.cancel()
-            await asyncio.gather(watchdog, *pumps, return_exceptions=True)
+            await asyncio.gather(*pumps, return_exceptions=True)
             await self.close(*(self.ended or (GOING_AWAY, "")))
 
     async def close(self, code: int, reason: str) -> None:
@@ -358,7 +338,7 @@ class _Link:
                 elif kind is WSMsgType.BINARY:
                     if up and self.socketio:
                         if self.attachments == 0:
-                            raise _Refused(UNSUPPORTED_DATA, "binary packet outside an attachment")
+                            raise Refused(UNSUPPORTED_DATA, "binary packet outside an attachment")
                         self.attachments -= 1
                     await dst.send_bytes(msg.data)
                     count.inc()
@@ -375,7 +355,7 @@ class _Link:
                     return 1011, "relay error"
                 else:  # CLOSING/CLOSED: the connection dropped or we are closing it
                     return GOING_AWAY, ""
-        except _Refused as refused:
+        except Refused as refused:
             return refused.code, refused.reason
         except (ConnectionError, aiohttp.ClientError):
             return GOING_AWAY, ""
@@ -383,80 +363,38 @@ class _Link:
     def _from_client(self, text: str) -> None:
         """Bookkeeping on client packets other than CONNECT (which are rewritten)."""
         if text.startswith("4") and sio.ambiguous_prefix(text):
-            raise _Refused(POLICY_VIOLATION, sio.AMBIGUOUS_PREFIX)
+            raise Refused(POLICY_VIOLATION, sio.AMBIGUOUS_PREFIX)
         if text.startswith(("45", "46")):
             self.attachments += sio.binary_attachments(text)
         elif text.startswith(sio.DISCONNECT):
-            self.watches.pop(sio.namespace_of(text), None)
+            self.names.forget(text)
         elif text == _UPGRADE_PACKET:
-            # The client finished its polling requests before upgrading: every CONNECT
-            # it sent over polling has been rewritten and remembered by now.
-            self.adopt(self.ctx.registry.grants.take(self.sid))
+            self.names.adopt_polling()
 
     def _from_upstream(self, text: str) -> None:
         if text.startswith(_SERVER_GONE):
-            self.watches.pop(sio.namespace_of(text), None)
+            self.names.forget(text)
 
     async def _connect(self, text: str) -> str | None:
-        try:
-            out, grant = await sio.rewrite_connect(
-                text,
-                header_principal=self.header_principal,
-                header_token=self.header_token,
-                verify=self.verify,
-                header_refusal=self.header_refusal,
-            )
-        except ProxyError as error:
-            if not sio.is_unavailable(error):
-                raise _Refused(POLICY_VIOLATION, f"{error.code}: {error.message}") from None
-            # Clerk is down: a partner must not be silently downgraded to anonymous.
-            data: dict[str, object] = {"code": error.code}
-            if error.retry_after is not None:
-                data["retry_after"] = error.retry_after
-            namespace = sio.namespace_of(text)
-            packet = sio.connect_error_packet(namespace, error.message, data)
-            await self.client.send_str(packet)
-            return None
-        self.ctx.metrics.socketio_connects.labels(grant.principal.type).inc()
-        self.adopt([grant])
+        out, refusal = await self.names.connect(text)
+        if refusal is not None:  # Clerk is down: the client is told, nothing goes up
+            await self.client.send_str(refusal)
         return out
 
     # -- expiry ---------------------------------------------------------------------------
 
-    async def _watchdog(self) -> None:
-        while True:
-            self.changed.clear()
-            due = min((w.due for w in self.watches.values() if w.due is not None), default=None)
-            timeout = None if due is None else max(0.0, due - self.ctx.clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), timeout)
-            now = self.ctx.clock()
-            for namespace, watch in list(self.watches.items()):
-                if watch.due is not None and watch.due <= now:
-                    await self._recheck(namespace, watch, now)
-
-    async def _recheck(self, namespace: str, watch: Watch, now: float) -> None:
-        old = watch.grant.principal
-        if (old.expires_at is None or old.expires_at > now) and watch.grant.token:
-            fresh: Principal | None
-            try:
-                fresh = await self.verify(watch.grant.token)
-            except ProxyError as error:
-                # Clerk unavailable: keep the socket and try again later.
-                fresh = old if sio.is_unavailable(error) else None
-            if fresh is not None and same_identity(fresh, old):
-                if self.watches.get(namespace) is watch:
-                    grant = dataclasses.replace(watch.grant, principal=fresh)
-                    self.watches[namespace] = Watch(grant, now + self.ctx.reverify_seconds)
-                return
-        if self.watches.get(namespace) is not watch:
-            return  # reconnected meanwhile
-        del self.watches[namespace]
-        self.ctx.metrics.socketio_disconnects.inc()
+    def _end(self, namespace: str) -> None:
+        """A namespace's principal must go (`Namespaces`): a plain WebSocket is closed
+        with 1008, a Socket.IO namespace gets a DISCONNECT on both legs."""
         if not self.socketio:
-            await self.close(POLICY_VIOLATION, "token expired")
-            return
-        packet = sio.disconnect_packet(namespace)
+            ending = asyncio.ensure_future(self.close(POLICY_VIOLATION, "token expired"))
+        else:
+            packet = sio.disconnect_packet(namespace)
+            ending = asyncio.ensure_future(self._disconnect(packet))
+        self._ending.add(ending)
+        ending.add_done_callback(self._ending.discard)
+
+    async def _disconnect(self, packet: str) -> None:
         await asyncio.gather(
             self.client.send_str(packet), self.upstream.send_str(packet), return_exceptions=True
         )
