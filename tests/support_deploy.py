@@ -11,6 +11,9 @@ from typing import Any
 
 import yaml
 
+# Helm's coalescing of values, as the render-and-check recipe does it.
+from scripts.render_check import deep_merge
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "clerk-auth-proxy"
 ENVIRONMENTS = ("production", "staging", "test")
@@ -88,17 +91,6 @@ def values_file(env: str) -> dict[str, Any]:
     data = yaml.safe_load((CHART / f"values-{env}.yaml").read_text())
     assert isinstance(data, dict)
     return data
-
-
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Helm's coalescing for maps (lists and scalars are replaced)."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def install_values(env: str) -> dict[str, Any]:
