@@ -55,6 +55,21 @@ _PEEK: Final = 13
 _REASONS: Final = {PROTOCOL_ERROR: "protocol error", TOO_BIG: "message too big"}
 
 
+def frame_head(data: bytes, pos: int) -> tuple[int, int]:
+    """(head length, payload length) of the frame starting at `pos` (its first two bytes
+    are there), or (0, 0) while the rest of its head has not arrived (RFC 6455 §5.2)."""
+    b1 = data[pos + 1]
+    size = b1 & 0x7F
+    hl = (4 if size == 126 else 10 if size == 127 else 2) + (4 if b1 & 0x80 else 0)
+    if len(data) - pos < hl:
+        return 0, 0
+    if size == 126:
+        size = int.from_bytes(data[pos + 2 : pos + 4], "big")
+    elif size == 127:
+        size = int.from_bytes(data[pos + 2 : pos + 10], "big")
+    return hl, size
+
+
 def unmask(mask: bytes, data: bytes) -> bytes:
     """XOR with the 4-byte key (masking and unmasking are the same); only CONNECTs and
     13-byte peeks go through here."""
@@ -198,22 +213,10 @@ class Leg(asyncio.Protocol):
             if avail < 2:
                 break
             b0 = data[pos]
-            b1 = data[pos + 1]
-            size = b1 & 0x7F
-            hl = 2
-            if size == 126:
-                hl = 4
-            elif size == 127:
-                hl = 10
-            masked = b1 & 0x80 != 0
-            if masked:
-                hl += 4
-            if avail < hl:
+            masked = data[pos + 1] & 0x80 != 0
+            hl, size = frame_head(data, pos)
+            if hl == 0:
                 break
-            if size == 126:
-                size = int.from_bytes(data[pos + 2 : pos + 4], "big")
-            elif size == 127:
-                size = int.from_bytes(data[pos + 2 : pos + 10], "big")
             opcode = b0 & 0x0F
             fin = b0 & 0x80 != 0
             body = pos + hl
@@ -323,16 +326,9 @@ class Leg(asyncio.Protocol):
             avail = n - pos
             if avail < 2:
                 break
-            size = data[pos + 1] & 0x7F
-            hl = (4 if size == 126 else 10 if size == 127 else 2) + (
-                4 if data[pos + 1] & 0x80 else 0
-            )
-            if avail < hl:
+            hl, size = frame_head(data, pos)
+            if hl == 0:
                 break
-            if size == 126:
-                size = int.from_bytes(data[pos + 2 : pos + 4], "big")
-            elif size == 127:
-                size = int.from_bytes(data[pos + 2 : pos + 10], "big")
             if data[pos] & 0x0F == CLOSE:
                 self.link.answered(self)
                 return
