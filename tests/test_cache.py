@@ -10,7 +10,7 @@ import pytest
 
 from proxy.auth.cache.entries import Negative, Positive
 from proxy.auth.cache.store import VerificationCache, cache_scope
-from proxy.auth.clerk import ClerkUnavailable
+from proxy.auth.clerk.api import ClerkUnavailable
 from proxy.config.load import Cache
 from proxy.core.errors import (
     TOKEN_EXPIRED,

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from proxy.auth.clerk import (
+from proxy.auth.clerk.api import (
     API_KEY,
     M2M,
     OAUTH,

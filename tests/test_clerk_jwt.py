@@ -1,4 +1,4 @@
-"""Per-class claim rules of Clerk JWTs (proxy/auth/clerk_jwt.py), as a table."""
+"""Per-class claim rules of Clerk JWTs (proxy/auth/clerk/classes.py), as a table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from proxy.auth.clerk_jwt import check_class_claims, jwt_principal
+from proxy.auth.clerk.classes import check_class_claims, jwt_principal
 from proxy.auth.tokens import TokenKind
 from proxy.config.load import Clerk, build_config
 from proxy.core.errors import ProxyError

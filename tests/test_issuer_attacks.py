@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_aiohttp import AiohttpServer
 
-from proxy.auth.issuers import IssuerVerifier, peek
+from proxy.auth.issuers.routing import IssuerVerifier, peek
 from proxy.auth.verifier import ClerkVerifier
 from proxy.config.load import build_config
 from proxy.core.errors import ProxyError

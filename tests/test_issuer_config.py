@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from proxy.auth import jws
-from proxy.auth.discovery import metadata_urls, parse_metadata
+from proxy.auth.issuers.discovery import metadata_urls, parse_metadata
 from proxy.auth.keyset import cache_seconds, parse_jwks
 from proxy.config import issuers as issuer_config
 from proxy.config.load import ConfigError, build_config

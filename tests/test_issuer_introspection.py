@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from proxy.auth.introspection import judge_answer
+from proxy.auth.issuers.introspection import judge_answer
 from proxy.config.load import build_config
 from proxy.core.errors import ProxyError
 from proxy.emulator.issuer_state import OPAQUE_PREFIX

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_aiohttp import AiohttpServer
 
-from proxy.auth.clerk import ClerkClient
-from proxy.auth.jwks import Jwks
+from proxy.auth.clerk.api import ClerkClient
+from proxy.auth.clerk.keys import Jwks
 from proxy.auth.jws import check_claims
 from proxy.auth.keyset import parse_jwks  # Clerk's set is read as every issuer's
 from proxy.config.load import Clerk, build_config

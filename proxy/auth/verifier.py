@@ -20,10 +20,10 @@ import aiohttp
 from proxy.auth import tokens
 from proxy.auth.budget import VerificationBudget
 from proxy.auth.cache.store import VerificationCache, cache_scope
-from proxy.auth.clerk import ClerkClient
-from proxy.auth.clerk_jwt import check_class_claims, jwt_principal
-from proxy.auth.issuers import Issuers, IssuerVerifier, not_clerk
-from proxy.auth.jwks import Jwks
+from proxy.auth.clerk.api import ClerkClient
+from proxy.auth.clerk.classes import check_class_claims, jwt_principal
+from proxy.auth.clerk.keys import Jwks
+from proxy.auth.issuers.routing import Issuers, IssuerVerifier, not_clerk
 from proxy.auth.shared.cluster import Cluster, Outcome, Revocations
 from proxy.auth.shared.metrics import shared_metrics
 from proxy.auth.tokens import TokenKind

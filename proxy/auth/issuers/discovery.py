@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-from proxy.auth.issuer_http import IssuerHttp, IssuerUnavailable
+from proxy.auth.issuers.calls import IssuerHttp, IssuerUnavailable
 from proxy.config.issuers import issuer_url
 from proxy.core.errors import ProxyError
 

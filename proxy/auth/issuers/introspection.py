@@ -17,10 +17,10 @@ from typing import Any
 from urllib.parse import quote_plus, urlencode
 
 from proxy.auth.claims_json import loads, numeric_date
-from proxy.auth.discovery import Discovery
 from proxy.auth.gate import retry_after
-from proxy.auth.issuer_claims import REFUSED_AS, map_principal
-from proxy.auth.issuer_http import BAD_CREDENTIALS_RETRY_AFTER, IssuerHttp, IssuerUnavailable
+from proxy.auth.issuers.calls import BAD_CREDENTIALS_RETRY_AFTER, IssuerHttp, IssuerUnavailable
+from proxy.auth.issuers.claims import REFUSED_AS, map_principal
+from proxy.auth.issuers.discovery import Discovery
 from proxy.config.model import Issuer
 from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
 from proxy.core.principal import Principal

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any, Final
 
 from proxy.auth import jws
-from proxy.auth.clerk import ClerkClient
+from proxy.auth.clerk.api import ClerkClient
 from proxy.auth.keyset import Fetched, Key, KeySetCache
 from proxy.auth.tokens import JWT_ALGORITHMS
 from proxy.config import model as config

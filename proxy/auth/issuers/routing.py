@@ -19,10 +19,10 @@ from typing import Any, Final
 import aiohttp
 
 from proxy.auth import jws
-from proxy.auth.discovery import Discovery
-from proxy.auth.introspection import Introspector
-from proxy.auth.issuer_claims import REFUSED_AS, map_principal, rules
-from proxy.auth.issuer_http import IssuerHttp
+from proxy.auth.issuers.calls import IssuerHttp
+from proxy.auth.issuers.claims import REFUSED_AS, map_principal, rules
+from proxy.auth.issuers.discovery import Discovery
+from proxy.auth.issuers.introspection import Introspector
 from proxy.auth.jws import peek
 from proxy.auth.keyset import Fetched, KeySetCache
 from proxy.config.issuers import CLERK_PREFIXES
