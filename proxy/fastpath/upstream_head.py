@@ -28,12 +28,7 @@ def upstream_head(
     hop: ClientHop,
     resolved: Resolved,
 ) -> bytes:
-    block = rt.rewrite.block(
-        head.block,
-        principal=principal,
-        hop=hop,
-        connection=head.connection,
-    )
+    block = rt.rewrite.block(head, principal=principal, hop=hop)
     target = rt.fast_prefix + resolved.path
     if resolved.query is not None:
         target += "?" + resolved.query

@@ -19,9 +19,12 @@ from multidict import CIMultiDict, istr
 from proxy.core.principal import FIELDS, Kind, Principal
 from proxy.http.http1 import (
     HOP_BY_HOP,
+    PickedFields,
+    RequestHead,
     encode_fields,
     field_values,
     parse_fields,
+    picked_names,
     values_pattern,
 )
 from proxy.http.names import names_pattern
@@ -223,12 +226,9 @@ def upstream_items(
     has_proto = has_host = has_fwd_host = False
     for name, value in items:
         lname = name.lower()
-        if lname in drop:
+        if _dropped_name(lname, drop, prefix):
             if lname == "connection":
                 connection.append(value)
-            continue
-        folded = lname.replace("_", "-")
-        if folded.startswith(prefix) or (folded != lname and folded in SPECIAL):
             continue
         if lname == "x-forwarded-for":
             prior_xff.append(value)
@@ -279,40 +279,77 @@ def for_client(upstream: CIMultiDict[str] | Iterable[tuple[str, str]]) -> CIMult
     return CIMultiDict(client_items(items))
 
 
-_CONNECTION: Final = values_pattern("connection")
 _X_FORWARDED_FOR: Final = values_pattern("x-forwarded-for")
 _X_FORWARDED_PROTO: Final = values_pattern("x-forwarded-proto")
 _X_FORWARDED_HOST: Final = values_pattern("x-forwarded-host")
 _HOST: Final = values_pattern("host")
 
 
-def _drop_pattern(dropped: frozenset[str], prefix: str) -> re.Pattern[bytes]:
-    """Fields named in `dropped`, spelt with `_` for `-` in `SPECIAL`, or whose name starts
-    with the identity `prefix` with `_` read as `-`, each with the CRLF before it: what
-    `upstream_items` drops from a head the fast path takes (never one with Content-Length,
-    Transfer-Encoding, Expect or HTTP2-Settings: those go to aiohttp's door)."""
+def _cut_names(dropped: frozenset[str], prefix: str, picked: frozenset[str]) -> bytes:
+    """A regex source for the names `upstream_items` drops from a head the fast path takes
+    from an untrusted peer (a superset of what it drops from a trusted one: `_cut` tells
+    them apart): those in `dropped` in any spelling with `_` for `-`, and those that start
+    with the identity `prefix` (`_` read as `-`). Names the parser's pass picks as spelt
+    (`picked`: Authorization, Connection, Content-Length...) are left to it, their `_`
+    spellings not, so a field that is neither costs one letter here."""
     spelled = b"".join([b"[-_]" if c == "-" else re.escape(c.encode("ascii")) for c in prefix])
     loose = dropped | {"content-length", "http2-settings"}
-    if SPECIAL.issubset(loose):
-        # Every special name is dropped in any spelling: one trie, `-` read as `[-_]`,
-        # no bigger than the exact one (the common case: no trusted proxies).
-        names = names_pattern(loose, b"[-_]")
-    else:
-        names = names_pattern(dropped | UNDERSCORED)
-    return re.compile(rb"\r\n(?i:(?:" + names + rb")|" + spelled + rb"[^:\r]*):[^\r]*")
+    names = {n for n in loose if n not in picked} | {
+        u for n in loose & picked for u in underscored(n)
+    }
+    return rb"(?:" + names_pattern(names, b"[-_]") + rb")|" + spelled + rb"[^:\r]*"
+
+
+def _dropped_name(lname: str, drop: frozenset[str], prefix: str) -> bool:
+    """Whether a field named `lname` (lower-case) goes, not to come back: named in `drop`,
+    an identity field in any spelling, or a special field spelt with `_` for `-`."""
+    if lname in drop:
+        return True
+    folded = lname.replace("_", "-")
+    return folded.startswith(prefix) or (folded != lname and folded in SPECIAL)
+
+
+def _cut(block: bytes, cut: tuple[bytes, ...], drop: frozenset[str] | None, prefix: str) -> bytes:
+    """`block` without the fields of `cut` (`RequestHead.cut`: name as spelt and value, in
+    order) that go: all of them from an untrusted peer (`drop` None: the parser's pass
+    matched exactly those), those `_dropped_name` says from a trusted one. A field starts
+    at a CRLF (no value holds a CR), so the first `CRLF name:` from the end of the last
+    cut is the one the parser found; it ends after its whitespace and value."""
+    pieces: list[bytes] = []
+    cursor = 0
+    for i in range(0, len(cut), 2):
+        name = cut[i]
+        if drop is not None and not _dropped_name(name.decode("latin-1").lower(), drop, prefix):
+            continue  # a forwarding field from a trusted proxy
+        start = block.find(b"\r\n" + name + b":", cursor)
+        end = start + 3 + len(name)
+        while end < len(block) and (block[end] == 32 or block[end] == 9):
+            end += 1
+        pieces.append(block[cursor:start])
+        cursor = end + len(cut[i + 1])
+    if not pieces:
+        return block
+    pieces.append(block[cursor:])
+    return b"".join(pieces)
 
 
 class UpstreamRewrite:
     """`upstream_items` for the fast path, on a raw field block (`http1`).
 
-    The same rules with the same result, by one regex pass instead of a Python step per
-    field: the fields to drop are cut out of the block, the kept ones go up byte for byte,
-    then the principal and the forwarding fields are appended. A `Connection` field that
-    names anything not dropped anyway (rare) takes `upstream_items` itself. Built once per
-    config."""
+    The same rules with the same result, without a Python step per field: the parser's
+    one pass (`picked`, built here) lists the fields that may go, those that do are cut
+    out of the block, the kept ones go up byte for byte, then the principal and the
+    forwarding fields are appended. A `Connection` field that names anything not dropped
+    anyway (rare), or a head read by another config's pass, takes `upstream_items`
+    itself. Built once per config."""
 
     def __init__(
-        self, names: PrincipalHeaders, *, trusted: Sequence[Network], forward_authorization: bool
+        self,
+        names: PrincipalHeaders,
+        *,
+        trusted: Sequence[Network],
+        forward_authorization: bool,
+        request_id: str = "X-Request-Id",
     ) -> None:
         self._names = names
         self._trusted = tuple(trusted)
@@ -322,25 +359,31 @@ class UpstreamRewrite:
             | {"x-forwarded-for"}
             for from_trusted in (False, True)
         }
-        self._drop = {
-            from_trusted: _drop_pattern(dropped, names.prefix_cmp)
-            for from_trusted, dropped in self._dropped.items()
-        }
+        untrusted = self._dropped[False]
+        picked = picked_names(request_id)
+        self.picked = PickedFields(
+            request_id,
+            cut=_cut_names(untrusted, names.prefix_cmp, picked),
+            cut_picked=frozenset(
+                name for name in picked if _dropped_name(name, untrusted, names.prefix_cmp)
+            ),
+        )
 
     def block(
         self,
-        block: bytes,
+        head: RequestHead,
         *,
         principal: Principal,
         hop: ClientHop,
-        connection: Sequence[str] | None = None,
         default_host: str | None = None,
     ) -> bytes:
-        """`connection`: the block's Connection values, when the caller has them."""
         from_trusted = is_trusted(hop.peer_ip, self._trusted)
-        if connection is None:
-            connection = field_values(block, _CONNECTION)
-        if connection and not connection_tokens(connection) <= self._dropped[from_trusted]:
+        block = head.block
+        connection = head.connection
+        dropped = self._dropped[from_trusted]
+        if head.picked is not self.picked or (
+            connection and not connection_tokens(connection) <= dropped
+        ):
             return encode_fields(
                 upstream_items(
                     parse_fields(block),
@@ -352,7 +395,9 @@ class UpstreamRewrite:
                     default_host=default_host,
                 )
             )
-        kept = self._drop[from_trusted].sub(b"", block)
+        kept = block
+        if head.cut:
+            kept = _cut(block, head.cut, dropped if from_trusted else None, self._names.prefix_cmp)
         if from_trusted:
             xff = ", ".join([*field_values(block, _X_FORWARDED_FOR), hop.peer_ip])
             has_proto = _X_FORWARDED_PROTO.search(kept) is not None

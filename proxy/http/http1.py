@@ -45,26 +45,53 @@ _PICKED: Final = ("host", "authorization", "connection")
 _NOT_OURS: Final = ("content-length", "transfer-encoding", "upgrade", "expect", "http2-settings")
 
 
+def picked_names(request_id: str) -> frozenset[str]:
+    """The names (lower-case, `-` as spelt) `PickedFields` matches as picked."""
+    return frozenset({*_PICKED, *_NOT_OURS, "traceparent"} | ({request_id.lower()} - {""}))
+
+
 class PickedFields:
     """The fields `HeadParser` picks out of a head in its one pass: the framing fields
-    that make a head aiohttp's, those the request path reads on every request, and the
+    that make a head aiohttp's, those the request path reads on every request, the
     request's id (`headers.request_id`, per config) and `traceparent`, for the access
-    line — in the same trie, so naming each request costs no second pass."""
+    line, and the names of the fields the upstream rewrite may cut (`cut`: a regex
+    source, `headers.UpstreamRewrite` builds it) — in one pattern, so naming each request
+    and finding what to drop cost no second pass."""
 
-    __slots__ = ("pattern", "request_id", "request_id_size")
+    __slots__ = (
+        "cut_authorization",
+        "cut_host",
+        "cut_request_id",
+        "cut_traceparent",
+        "pattern",
+        "request_id",
+        "request_id_size",
+    )
 
-    def __init__(self, request_id: str = "X-Request-Id") -> None:
+    def __init__(
+        self,
+        request_id: str = "X-Request-Id",
+        cut: bytes = rb"(?!)",
+        cut_picked: frozenset[str] = frozenset(),
+    ) -> None:
+        """`cut_picked`: which of the picked names (lower-case) the rewrite drops too:
+        they match as picked, and are listed as cut besides (Connection always is)."""
         self.request_id = request_id.lower().encode("latin-1")
-        names = [*_PICKED, *_NOT_OURS, "traceparent"]
+        names = picked_names(request_id)
         # The pattern matches only these names, so a match's length says which it is
         # (`HeadParser.parse`) without a `lower()` per field; a request-id name as long
         # as another (-1) is compared by name, and none (0) is never matched.
         self.request_id_size = len(request_id)
-        if request_id and len(request_id) in {len(name) for name in names}:
+        if request_id and len(request_id) in {len(name) for name in names - {request_id.lower()}}:
             self.request_id_size = -1
-        if request_id:
-            names.append(request_id.lower())
-        self.pattern = re.compile(rb"\r\n(?i:(" + names_pattern(names) + rb")):[ \t]*([^\r]*)")
+        self.cut_authorization = "authorization" in cut_picked
+        self.cut_host = "host" in cut_picked
+        self.cut_request_id = bool(request_id) and request_id.lower() in cut_picked
+        self.cut_traceparent = "traceparent" in cut_picked
+        # Picked names first: a name both picked and cut is read as picked.
+        self.pattern = re.compile(
+            rb"\r\n(?i:(" + names_pattern(names) + rb")|(" + cut + rb")):[ \t]*([^\r]*)"
+        )
 
 
 DEFAULT_FIELDS: Final = PickedFields()
@@ -154,9 +181,11 @@ class RequestHead(_Record):
         "authorization",
         "block",
         "connection",
+        "cut",
         "host",
         "keep_alive",
         "method",
+        "picked",
         "request_id",
         "target",
         "traceparent",
@@ -173,6 +202,8 @@ class RequestHead(_Record):
         connection: tuple[str, ...] = (),
         request_id: str | None = None,
         traceparent: bytes | None = None,
+        cut: tuple[bytes, ...] = (),
+        picked: PickedFields | None = None,
     ) -> None:
         self.method: Final = method
         self.target: Final = target
@@ -186,6 +217,10 @@ class RequestHead(_Record):
         # The first of each, for the access line and the upstream (`PickedFields`).
         self.request_id: Final = request_id
         self.traceparent: Final = traceparent
+        # The fields `picked` found that the upstream rewrite may cut, in order: name as
+        # spelt and value, flat (`headers.UpstreamRewrite.block`).
+        self.cut: Final = cut
+        self.picked: Final = DEFAULT_FIELDS if picked is None else picked
 
     def pairs(self) -> list[tuple[str, str]]:
         return parse_fields(self.block)
@@ -201,6 +236,8 @@ class RequestHead(_Record):
             self.connection,
             self.request_id,
             self.traceparent,
+            self.cut,
+            self.picked,
         )
 
 
@@ -266,24 +303,37 @@ class HeadParser:
         request_id: str | None = None
         traceparent: bytes | None = None
         request_id_size = fields.request_id_size
-        for name, value in fields.pattern.findall(block):
+        cut: list[bytes] = []
+        for name, cut_name, value in fields.pattern.findall(block):
+            if cut_name:
+                cut += (cut_name, value)
+                continue
             size = len(name)
             if size == request_id_size or (
                 request_id_size < 0 and name.lower() == fields.request_id
             ):
                 if request_id is None:
                     request_id = value.decode("latin-1")
+                if fields.cut_request_id:
+                    cut += (name, value)
             elif size == 4:  # host
                 if host is not None:
                     return None  # two: aiohttp refuses them (RFC 9112 §3.2)
                 host = value.decode("latin-1")
+                if fields.cut_host:
+                    cut += (name, value)
             elif size == 13:  # authorization
                 authorization.append(value.decode("latin-1"))
+                if fields.cut_authorization:
+                    cut += (name, value)
             elif size == 11:  # traceparent
                 if traceparent is None:
                     traceparent = value  # bytes: only the access line reads it
-            elif size == 10:  # connection
+                if fields.cut_traceparent:
+                    cut += (name, value)
+            elif size == 10:  # connection: hop-by-hop, always cut
                 connection.append(value.decode("latin-1"))
+                cut += (name, value)
             else:
                 return None  # body framing, upgrade, expect: aiohttp's
         if host is None:
@@ -298,6 +348,8 @@ class HeadParser:
             tuple(connection),
             request_id,
             traceparent,
+            tuple(cut),
+            fields,
         )
 
 

@@ -51,16 +51,18 @@ class Runtime:
 def build_runtime(config: Config, verifier: Verifier) -> Runtime:
     up = config.upstream
     names = PrincipalHeaders.for_prefix(config.headers.prefix)
+    rewrite = UpstreamRewrite(
+        names,
+        trusted=config.trusted_proxies,
+        forward_authorization=config.forward_authorization,
+        request_id=config.headers.request_id,
+    )
     return Runtime(
         config=config,
         policy=Policy(config.routes, config.default_route),
         verifier=verifier,
         names=names,
-        rewrite=UpstreamRewrite(
-            names,
-            trusted=config.trusted_proxies,
-            forward_authorization=config.forward_authorization,
-        ),
+        rewrite=rewrite,
         target=UpstreamTarget(URL(up.url)),
         timeout=aiohttp.ClientTimeout(
             total=None, connect=up.connect_timeout, sock_read=up.read_timeout
@@ -68,7 +70,7 @@ def build_runtime(config: Config, verifier: Verifier) -> Runtime:
         fast_prefix=URL(up.url).raw_path.rstrip("/"),
         access_log=config.logging.access_log and config.logging.level in ACCESS_LEVELS,
         correlation=Correlation(config.headers.request_id),
-        picked=http1.PickedFields(config.headers.request_id),
+        picked=rewrite.picked,
     )
 
 
