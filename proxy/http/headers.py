@@ -382,6 +382,25 @@ class UpstreamRewrite:
             ),
         )
 
+    def items(
+        self,
+        incoming: CIMultiDict[str] | Iterable[tuple[str, str]],
+        principal: Principal,
+        hop: ClientHop,
+        default_host: str | None = None,
+    ) -> list[tuple[str, str]]:
+        """`upstream_items` under this config: aiohttp's door, and the rare head `block`
+        leaves to it."""
+        return upstream_items(
+            incoming,
+            principal=principal,
+            names=self._names,
+            hop=hop,
+            trusted=self._trusted,
+            forward_authorization=self._forward_authorization,
+            default_host=default_host,
+        )
+
     def block(
         self,
         head: RequestHead,
@@ -397,17 +416,8 @@ class UpstreamRewrite:
         if head.picked is not self.picked or (
             connection and not connection_tokens(connection) <= dropped
         ):
-            return encode_fields(
-                upstream_items(
-                    parse_fields(block),
-                    principal=principal,
-                    names=self._names,
-                    hop=hop,
-                    trusted=self._trusted,
-                    forward_authorization=self._forward_authorization,
-                    default_host=default_host,
-                )
-            )
+            items = self.items(parse_fields(block), principal, hop, default_host)
+            return encode_fields(items)
         kept = block
         if head.cut:
             kept = _cut(block, head.cut, dropped if from_trusted else None, self._names.prefix_cmp)

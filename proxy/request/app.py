@@ -25,7 +25,7 @@ from proxy.core.principal import ANONYMOUS, Principal, Recent, Verifier
 from proxy.core.timeouts import ConnectionClock, clock_of
 from proxy.http.conformance import check_request
 from proxy.http.forward import ClientGone, new_session
-from proxy.http.headers import ClientHop, client_ip, upstream_items
+from proxy.http.headers import ClientHop, client_ip
 from proxy.http.upstream import UpstreamPool
 from proxy.observe.correlation import new_request_id, traceparent_field
 from proxy.observe.logs import AccessLog, worker_index
@@ -326,16 +326,7 @@ class Proxy:
         as Host when the client sent none). The fast path calls `authorize` and then
         `rt.rewrite`, the same rewrite on raw bytes."""
         principal = self.authorize(rt, routed, authenticated)
-        cfg = rt.config
-        return upstream_items(
-            incoming,
-            principal=principal,
-            names=rt.names,
-            hop=hop,
-            trusted=cfg.trusted_proxies,
-            forward_authorization=cfg.forward_authorization,
-            default_host=default_host,
-        )
+        return rt.rewrite.items(incoming, principal, hop, default_host)
 
     def authorize(self, rt: Runtime, routed: Routed, authenticated: Authenticated) -> Principal:
         """The principal, when it may use the route; raises 401/403."""

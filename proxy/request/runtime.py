@@ -34,7 +34,8 @@ class Runtime:
     policy: Policy
     verifier: Verifier
     names: PrincipalHeaders
-    # `headers.upstream_items` on raw field blocks, for the fast path.
+    # The upstream rewrite under this config, for both doors: `items` on (name, value)
+    # pairs (aiohttp's), `block` on a raw field block (the fast path's).
     rewrite: UpstreamRewrite
     target: UpstreamTarget
     timeout: aiohttp.ClientTimeout
