@@ -4,7 +4,8 @@ OAuth access tokens, API keys, JWKS and session JWTs, with switchable faults.
 - `app`: the aiohttp application and `ClerkEmulator` (start/stop it in a test);
 - `state`: tokens, machines and keys in memory;
 - `wire`: Clerk's JSON shapes and error bodies;
-- `faults`, `serving`: what both emulators share: switchable faults; serving on a socket;
+- `control`, `serving`: what both emulators share: call counts, faults and their control
+  routes; serving on a socket;
 - `issuer_app` / `issuer_state`: another OAuth 2.0 issuer (Authgear's client-credentials
   tokens: discovery, JWKS with rotation, token endpoint, introspection, faults).
 

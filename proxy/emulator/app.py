@@ -13,15 +13,15 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any, Final
+from typing import Final
 
 from aiohttp import web
 
 from proxy.emulator.backend import BackendApi
-from proxy.emulator.faults import Fault, Faults
+from proxy.emulator.control import Control, Emulated, Fault, Faults, bad
 from proxy.emulator.serving import Running, run_until_signal, start
 from proxy.emulator.state import DEFAULT_SECRET_KEY, IssuedToken, Machine
-from proxy.emulator.wire import Answer, clerk_error, not_found, parse_body
+from proxy.emulator.wire import Answer, clerk_error, not_found
 
 __all__ = [
     "ClerkEmulator",
@@ -69,24 +69,18 @@ def fault_answer(fault: Fault) -> web.Response:
 Handler = Callable[[web.Request, bytes], Answer]
 
 
-class ClerkEmulator(BackendApi):
-    """One emulated Clerk instance with its aiohttp app (`.app`), faults and call counts."""
+class ClerkEmulator(Emulated, BackendApi):
+    """One emulated Clerk instance with its aiohttp app (`.app`), faults and call counts.
+    `set_fault`: slow(seconds), error(status), rate_limit(retry_after), down, unauthorized;
+    each also takes jwks=, create= (extra endpoints) or endpoints=, and times=."""
 
     def __init__(
         self, secret_key: str = DEFAULT_SECRET_KEY, *, now: Callable[[], float] = time.time
     ) -> None:
         super().__init__(secret_key, now=now)
-        self.calls: Counter[str] = Counter()
+        self.calls = Counter()
         self.faults = Faults(FAULT_ORDER, VERIFY_ENDPOINTS, FAULT_OPTIONS)
         self.app = self._build_app()
-
-    def set_fault(self, kind: str, **params: Any) -> None:
-        """Switch on a fault: slow(seconds), error(status), rate_limit(retry_after), down,
-        unauthorized; each also takes jwks=, create= (extra endpoints) and times=."""
-        self.faults.switch_on(kind, params)
-
-    def clear_faults(self) -> None:
-        self.faults.clear()
 
     # -- HTTP -------------------------------------------------------------------------
 
@@ -94,10 +88,8 @@ class ClerkEmulator(BackendApi):
         self, endpoint: str, handler: Handler
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def route(request: web.Request) -> web.StreamResponse:
-            self.calls[endpoint] += 1
-            raw = await request.read()
-            faulted = await self.faults.answer(request, endpoint, fault_answer)
-            return faulted or _json(handler(request, raw))
+            faulted = await self.faulted(request, endpoint, fault_answer)
+            return faulted or _json(handler(request, await request.read()))
 
         return route
 
@@ -132,11 +124,7 @@ class ClerkEmulator(BackendApi):
             route = self._clerk_route(endpoint, handler)
             app.router.add_route(method, "/v1" + path, route)
             app.router.add_route(method, path, route)
-        control = EmulatorControl(self)
-        app.router.add_get("/__emulator/calls", control.calls)
-        app.router.add_get("/__emulator/faults", control.get_faults)
-        app.router.add_post("/__emulator/faults", control.set_fault)
-        app.router.add_delete("/__emulator/faults", control.clear_faults)
+        control = EmulatorControl(self, app)
         app.router.add_post("/__emulator/reset", control.reset)
         app.router.add_post("/__emulator/machines", control.machines)
         app.router.add_post("/__emulator/m2m_tokens", control.m2m_tokens)
@@ -165,50 +153,13 @@ async def _unknown_route(request: web.Request) -> web.Response:
     return _json(not_found())
 
 
-def _bad(message: str) -> web.Response:
-    return web.json_response({"error": message}, status=400)
-
-
 def _bad_options(required: str, exc: Exception) -> web.Response:
     detail = f"{type(exc).__name__}: {exc}"[:200]
-    return _bad(f'"{required}" is required; other keys are the Python method\'s options ({detail})')
+    return bad(f'"{required}" is required; other keys are the Python method\'s options ({detail})')
 
 
-class EmulatorControl:
-    """`/__emulator/...`: not Clerk's API; the Python API, over HTTP, for other processes."""
-
-    def __init__(self, emu: ClerkEmulator) -> None:
-        self.emu = emu
-
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        body = parse_body(await request.read())
-        if isinstance(body, Answer):
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": "body must be a JSON object"}),
-                content_type="application/json",
-            )
-        return body
-
-    async def calls(self, request: web.Request) -> web.Response:
-        return web.json_response(dict(self.emu.calls))
-
-    async def get_faults(self, request: web.Request) -> web.Response:
-        return web.json_response({k: asdict(f) for k, f in self.emu.faults.items()})
-
-    async def set_fault(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        kind = body.pop("kind", None)
-        if not isinstance(kind, str):
-            return _bad('"kind" is required')
-        try:
-            self.emu.set_fault(kind, **body)
-        except (TypeError, ValueError) as exc:
-            return _bad(str(exc))
-        return await self.get_faults(request)
-
-    async def clear_faults(self, request: web.Request) -> web.Response:
-        self.emu.clear_faults()
-        return web.json_response({})
+class EmulatorControl(Control["ClerkEmulator"]):
+    """Clerk's control routes beyond calls and faults: reset, and minting."""
 
     async def reset(self, request: web.Request) -> web.Response:
         """Faults and call counts back to zero; machines and tokens stay."""
@@ -220,7 +171,7 @@ class EmulatorControl:
         body = await self._body(request)
         name, scoped = body.get("name", "machine"), body.get("scoped_machines", [])
         if not isinstance(name, str) or not isinstance(scoped, list):
-            return _bad('"name" must be a string and "scoped_machines" a list')
+            return bad('"name" must be a string and "scoped_machines" a list')
         return web.json_response(asdict(self.emu.create_machine(name, scoped)))
 
     async def m2m_tokens(self, request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from proxy.emulator.faults import Fault, Faults
+from proxy.emulator.control import Control, Emulated, Fault, Faults, bad
 from proxy.emulator.issuer_state import IssuerState, OAuthClient, Reply
 from proxy.emulator.serving import Running, run_until_signal, start
 
@@ -33,8 +33,10 @@ def _fault_answer(fault: Fault) -> web.Response:
     return _reply((fault.status, {"error": "server_error"}, {}))
 
 
-class IssuerEmulator(IssuerState):
-    """One emulated issuer: `.app` (aiohttp), `.calls` (per endpoint), faults, keys."""
+class IssuerEmulator(Emulated, IssuerState):
+    """One emulated issuer: `.app` (aiohttp), `.calls` (per endpoint), faults, keys.
+    `set_fault`: down, slow(seconds), error(status), rate_limit(retry_after); each takes
+    endpoints=[discovery, jwks, token, introspect] (default all) and times=N."""
 
     def __init__(
         self,
@@ -46,24 +48,15 @@ class IssuerEmulator(IssuerState):
     ) -> None:
         super().__init__(issuer, algorithm=algorithm, now=now)
         self.jwks_max_age = jwks_max_age
-        self.calls: Counter[str] = Counter()
+        self.calls = Counter()
         self.faults = Faults(FAULT_ORDER, ENDPOINTS)
         self.app = self._build_app()
-
-    def set_fault(self, kind: str, **params: Any) -> None:
-        """down, slow(seconds), error(status), rate_limit(retry_after); each takes
-        endpoints=[discovery, jwks, token, introspect] (default all) and times=N."""
-        self.faults.switch_on(kind, params)
-
-    def clear_faults(self) -> None:
-        self.faults.clear()
 
     def _route(
         self, endpoint: str, handler: Callable[[web.Request], Awaitable[Reply]]
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def route(request: web.Request) -> web.StreamResponse:
-            self.calls[endpoint] += 1
-            faulted = await self.faults.answer(request, endpoint, _fault_answer)
+            faulted = await self.faulted(request, endpoint, _fault_answer)
             return faulted or _reply(await handler(request))
 
         return route
@@ -100,10 +93,7 @@ class IssuerEmulator(IssuerState):
         app.router.add_get("/oauth2/jwks", self._route("jwks", self._jwks))
         app.router.add_post("/oauth2/token", self._route("token", self._token))
         app.router.add_post("/oauth2/introspect", self._route("introspect", self._introspect))
-        control = IssuerControl(self)
-        app.router.add_get("/__emulator/calls", control.calls)
-        app.router.add_post("/__emulator/faults", control.set_fault)
-        app.router.add_delete("/__emulator/faults", control.clear_faults)
+        control = IssuerControl(self, app)
         app.router.add_post("/__emulator/clients", control.add_client)
         app.router.add_post("/__emulator/rotate", control.rotate)
         return app
@@ -119,42 +109,15 @@ def _reply(reply: Reply) -> web.Response:
     )
 
 
-class IssuerControl:
-    """`/__emulator/…`: not part of any issuer's API; nothing here is counted in calls."""
-
-    def __init__(self, emu: IssuerEmulator) -> None:
-        self.emu = emu
-
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise web.HTTPBadRequest(text='{"error": "body is not JSON"}') from None
-        if not isinstance(body, dict):
-            raise web.HTTPBadRequest(text='{"error": "body is not a JSON object"}')
-        return body
-
-    async def calls(self, request: web.Request) -> web.Response:
-        return web.json_response(dict(self.emu.calls))
-
-    async def set_fault(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        try:
-            self.emu.set_fault(str(body.pop("kind", "")), **body)
-        except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({k: asdict(f) for k, f in self.emu.faults.items()})
-
-    async def clear_faults(self, request: web.Request) -> web.Response:
-        self.emu.clear_faults()
-        return web.json_response({})
+class IssuerControl(Control["IssuerEmulator"]):
+    """The issuer's control routes beyond calls and faults: clients and keys."""
 
     async def add_client(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         try:
             client = self.emu.add_client(**body)
         except (ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+            return bad(str(exc))
         return web.json_response(asdict(client))
 
     async def rotate(self, request: web.Request) -> web.Response:
@@ -162,7 +125,7 @@ class IssuerControl:
         try:
             kid = self.emu.rotate_key(body.get("algorithm"), body.get("kid"))
         except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
+            return bad(str(exc))
         return web.json_response({"kid": kid})
 
 

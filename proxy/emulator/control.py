@@ -1,13 +1,19 @@
-"""Switchable faults, both emulators': each hits a set of endpoints, until cleared or for
-the next N requests only; several on at once apply in a fixed order (a dropped answer is
-nothing; a slow one can still be an error)."""
+"""What the emulators share beside the API they emulate: call counts, switchable faults
+and the control routes over both (`/__emulator/…`).
+
+A fault hits a set of endpoints, until cleared or for the next N requests only; several
+on at once apply in a fixed order (a dropped answer is nothing; a slow one can still be an
+error).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 
@@ -78,12 +84,27 @@ class Faults(dict[str, Fault]):
                     self[fault.kind] = replace(fault, times=fault.times - 1)
         return hit
 
-    async def answer(
+
+class Emulated:
+    """An emulator's call counts by endpoint (every request that reached a route, faulted
+    or not) and its faults; its own docs say which kinds and parameters `set_fault` takes."""
+
+    calls: Counter[str]
+    faults: Faults
+
+    def set_fault(self, kind: str, **params: Any) -> None:
+        self.faults.switch_on(kind, params)
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    async def faulted(
         self, request: web.Request, endpoint: str, answer: Callable[[Fault], web.Response]
     ) -> web.StreamResponse | None:
-        """The faulted answer to a request on `endpoint` (`answer` writes the emulator's own
-        error bodies), or None: answer it as usual."""
-        for fault in self.take(endpoint):
+        """Count a request on `endpoint`; its faulted answer (`answer` writes the emulator's
+        own error bodies), or None: answer it as usual."""
+        self.calls[endpoint] += 1
+        for fault in self.faults.take(endpoint):
             if fault.kind == "down":
                 # Closed with no HTTP answer: the client sees a disconnect, as when the
                 # service is unreachable mid-request.
@@ -96,3 +117,56 @@ class Faults(dict[str, Fault]):
             else:
                 return answer(fault)
         return None
+
+
+E = TypeVar("E", bound=Emulated)
+
+
+class Control(Generic[E]):
+    """`/__emulator/…`: not the emulated API but its Python API over HTTP, for other
+    processes; nothing here needs a key or is counted in `calls`."""
+
+    def __init__(self, emu: E, app: web.Application) -> None:
+        self.emu = emu
+        app.router.add_get("/__emulator/calls", self.calls)
+        app.router.add_get("/__emulator/faults", self.get_faults)
+        app.router.add_post("/__emulator/faults", self.set_fault)
+        app.router.add_delete("/__emulator/faults", self.clear_faults)
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "body must be a JSON object"}),
+                content_type="application/json",
+            )
+        return body
+
+    async def calls(self, request: web.Request) -> web.Response:
+        return web.json_response(dict(self.emu.calls))
+
+    async def get_faults(self, request: web.Request) -> web.Response:
+        return web.json_response({k: asdict(f) for k, f in self.emu.faults.items()})
+
+    async def set_fault(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        kind = body.pop("kind", None)
+        if not isinstance(kind, str):
+            return bad('"kind" is required')
+        try:
+            self.emu.set_fault(kind, **body)
+        except (TypeError, ValueError) as exc:
+            return bad(str(exc))
+        return await self.get_faults(request)
+
+    async def clear_faults(self, request: web.Request) -> web.Response:
+        self.emu.clear_faults()
+        return web.json_response({})
+
+
+def bad(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
