@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -153,9 +153,16 @@ async def _unknown_route(request: web.Request) -> web.Response:
     return _json(not_found())
 
 
-def _bad_options(required: str, exc: Exception) -> web.Response:
-    detail = f"{type(exc).__name__}: {exc}"[:200]
-    return bad(f'"{required}" is required; other keys are the Python method\'s options ({detail})')
+def _minted(make: Callable[[], Any], required: str, key: str | None = None) -> web.Response:
+    """What `make` minted (`{key: it}`, or its fields), or a 400 saying why not."""
+    try:
+        made = make()
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = f"{type(exc).__name__}: {exc}"[:200]
+        return bad(
+            f'"{required}" is required; other keys are the Python method\'s options ({detail})'
+        )
+    return web.json_response(asdict(made) if key is None else {key: made})
 
 
 class EmulatorControl(Control["ClerkEmulator"]):
@@ -176,39 +183,29 @@ class EmulatorControl(Control["ClerkEmulator"]):
 
     async def m2m_tokens(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        try:
-            issued = self.emu.create_m2m_token(body.pop("machine_id"), **body)
-        except (KeyError, TypeError, ValueError) as exc:
-            return _bad_options("machine_id", exc)
-        return web.json_response(asdict(issued))
+        return _minted(
+            lambda: self.emu.create_m2m_token(body.pop("machine_id"), **body), "machine_id"
+        )
 
     async def session_tokens(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        try:
-            token = self.emu.mint_session_jwt(body.pop("user_id"), **body)
-        except (KeyError, TypeError, ValueError) as exc:
-            return _bad_options("user_id", exc)
-        return web.json_response({"token": token})
+        return _minted(
+            lambda: self.emu.mint_session_jwt(body.pop("user_id"), **body), "user_id", "token"
+        )
 
     async def api_keys(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        try:
-            secret = self.emu.create_api_key(body.pop("subject"), **body)
-        except (KeyError, TypeError, ValueError) as exc:
-            return _bad_options("subject", exc)
-        return web.json_response({"secret": secret})
+        return _minted(
+            lambda: self.emu.create_api_key(body.pop("subject"), **body), "subject", "secret"
+        )
 
     async def oauth_tokens(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        jwt_format = body.pop("token_format", "opaque") == "jwt"
-        try:
-            if jwt_format:
-                token = self.emu.mint_oauth_jwt(body.pop("user_id"), **body)
-            else:
-                token = self.emu.create_oauth_token(**body)
-        except (KeyError, TypeError, ValueError) as exc:
-            return _bad_options("user_id", exc)
-        return web.json_response({"token": token})
+        if body.pop("token_format", "opaque") == "jwt":
+            return _minted(
+                lambda: self.emu.mint_oauth_jwt(body.pop("user_id"), **body), "user_id", "token"
+            )
+        return _minted(lambda: self.emu.create_oauth_token(**body), "user_id", "token")
 
 
 def seed_demo(emu: ClerkEmulator) -> dict[str, str]:

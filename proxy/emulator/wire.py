@@ -111,34 +111,20 @@ def bad_machine_key() -> Answer:
     )
 
 
+def _param(name: str, code: str, message: str, long_message: str | None = None) -> Answer:
+    return clerk_error(400, code, message, long_message or message, meta={"param_name": name})
+
+
 def param_missing(name: str) -> Answer:
-    return clerk_error(
-        400,
-        "form_param_missing",
-        f"{name} must be included.",
-        f"{name} must be included.",
-        meta={"param_name": name},
-    )
+    return _param(name, "form_param_missing", f"{name} must be included.")
 
 
 def param_invalid(name: str, why: str) -> Answer:
-    return clerk_error(
-        400,
-        "form_param_format_invalid",
-        f"{name} is invalid.",
-        f"{name} {why}.",
-        meta={"param_name": name},
-    )
+    return _param(name, "form_param_format_invalid", f"{name} is invalid.", f"{name} {why}.")
 
 
 def param_unknown(name: str) -> Answer:
-    return clerk_error(
-        400,
-        "form_param_unknown",
-        f"{name} is not a valid parameter for this request.",
-        f"{name} is not a valid parameter for this request.",
-        meta={"param_name": name},
-    )
+    return _param(name, "form_param_unknown", f"{name} is not a valid parameter for this request.")
 
 
 def forbidden(long_message: str) -> Answer:
