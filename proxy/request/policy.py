@@ -159,24 +159,15 @@ class Policy:
             )
         # Allow-lists name what Clerk asserts (a machine's id, an OAuth application's
         # client id); each narrows its own kind only.
-        if (
-            route.machines is not None
-            and principal.type == "machine"
-            and principal.id not in route.machines
-        ):
+        listed: frozenset[str] | None = None
+        if principal.type == "machine":
+            listed, held, what = route.machines, principal.id, "machine"
+        elif principal.type == "oauth":
+            listed, held, what = route.oauth_clients, principal.client_id, "OAuth application"
+        if listed is not None and held not in listed:
             raise ProxyError(
                 errors.INSUFFICIENT_SCOPE,
-                f"machine {principal.id} is not on this route's list of machines",
-                token_type=principal.token_type,
-            )
-        if (
-            route.oauth_clients is not None
-            and principal.type == "oauth"
-            and principal.client_id not in route.oauth_clients
-        ):
-            raise ProxyError(
-                errors.INSUFFICIENT_SCOPE,
-                "the OAuth application this token was issued to is not on this route's list",
+                f"{what} {held} is not on this route's list of {what}s",
                 token_type=principal.token_type,
             )
         if route.scopes and not principal.scopes.issuperset(route.scopes):
