@@ -21,7 +21,7 @@ from proxy.emulator.backend import BackendApi
 from proxy.emulator.control import Control, Emulated, Fault, Faults, bad
 from proxy.emulator.serving import Running, run_until_signal, start
 from proxy.emulator.state import DEFAULT_SECRET_KEY, IssuedToken, Machine
-from proxy.emulator.wire import Answer, clerk_error, not_found
+from proxy.emulator.wire import Answer, Refused, clerk_error, not_found
 
 __all__ = [
     "ClerkEmulator",
@@ -89,7 +89,12 @@ class ClerkEmulator(Emulated, BackendApi):
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def route(request: web.Request) -> web.StreamResponse:
             faulted = await self.faulted(request, endpoint, fault_answer)
-            return faulted or _json(handler(request, await request.read()))
+            if faulted is not None:
+                return faulted
+            try:
+                return _json(handler(request, await request.read()))
+            except Refused as refused:
+                return _json(refused.answer)
 
         return route
 
