@@ -10,7 +10,7 @@ import pytest
 
 from proxy.auth.cache.entries import Negative, Positive
 from proxy.auth.cache.store import VerificationCache, cache_scope
-from proxy.auth.clerk.api import ClerkUnavailable
+from proxy.auth.gate import Unavailable
 from proxy.config.load import Cache
 from proxy.core.errors import (
     TOKEN_EXPIRED,
@@ -154,7 +154,7 @@ async def test_rejections_not_cached_when_asked() -> None:
 @pytest.mark.parametrize(
     "failure",
     [
-        ClerkUnavailable("down", 7),
+        Unavailable("down", 7),
         ProxyError(VERIFICATION_BUDGET_EXCEEDED, "slow down", retry_after=1),
     ],
 )
@@ -185,7 +185,7 @@ async def test_concurrent_misses_share_one_load() -> None:
 async def test_waiters_of_a_failed_flight_get_the_same_error_and_nothing_is_cached() -> None:
     cache, _, _ = make()
     gate = asyncio.Event()
-    load = Loader(ClerkUnavailable("down", 3), gate)
+    load = Loader(Unavailable("down", 3), gate)
     tasks = [asyncio.create_task(get(cache, load)) for _ in range(50)]
     await asyncio.sleep(0)
     gate.set()
@@ -237,7 +237,7 @@ async def test_stale_is_off_by_default() -> None:
         (machine(None), REALM, "fresh"),  # valid: a new entry, fresh from the check
         (ProxyError(TOKEN_INVALID, "revoked"), REALM, "negative"),
         (ProxyError(TOKEN_INVALID, "bad signature"), None, "nothing"),  # a JWT: dropped
-        (ClerkUnavailable("down"), REALM, "stale"),  # our failure: the entry stays
+        (Unavailable("down"), REALM, "stale"),  # our failure: the entry stays
         (ProxyError(VERIFICATION_BUDGET_EXCEEDED, "later"), REALM, "stale"),
     ],
 )
@@ -261,7 +261,7 @@ async def test_a_background_check_replaces_drops_or_keeps_the_entry(
         assert entry is None
         negative = left == "negative"
         with pytest.raises(ProxyError) as info:
-            await cache.get(key, Loader(ClerkUnavailable("down")), realm=REALM)
+            await cache.get(key, Loader(Unavailable("down")), realm=REALM)
         assert (info.value.code == TOKEN_INVALID) is negative
 
 

@@ -8,7 +8,7 @@ from unittest import mock
 import aiohttp
 import pytest
 
-from proxy.auth.capped import read_capped
+from proxy.auth.gate import read_capped
 
 
 def _body(data: bytes) -> aiohttp.StreamReader:

@@ -22,7 +22,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
-from proxy.emulator.app import ClerkEmulator, make_fault, seed_demo, serve
+from proxy.emulator.app import ClerkEmulator, seed_demo, serve
 from proxy.emulator.state import M2M_JWT_CAT, SESSION_JWT_CAT
 
 KEY = "sk_test_emulator"
@@ -630,9 +630,11 @@ async def test_fault_times_counts_down(emu: ClerkEmulator, call: Call) -> None:
         ("slow", {"seconds": -1}, "negative"),
     ],
 )
-def test_bad_faults_are_refused(kind: str, params: dict[str, Any], why: str) -> None:
+def test_bad_faults_are_refused(
+    emu: ClerkEmulator, kind: str, params: dict[str, Any], why: str
+) -> None:
     with pytest.raises(ValueError, match=why):
-        make_fault(kind, params)
+        emu.set_fault(kind, **params)
 
 
 async def test_calls_count_every_request_that_reached_a_route(

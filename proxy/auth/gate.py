@@ -8,24 +8,97 @@ exponentially with jitter; an answer refusing *our* credentials pauses until an 
 can have fixed them (identity providers lock out clients that keep trying); and once a
 pause is over, one call (the probe) finds out whether the API is back. So an outage, a
 throttle or a wrong secret costs at most one call per pause, however many requests are
-waiting. `through` runs one call under it.
+waiting. `through` runs one call under it; `call` is that call, where every failure to
+get an answer — unreachable, timing out, too large an answer (read with a cap rather than
+buffered whole) — is `Unavailable`: ours to report, never the caller's fault.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
+import aiohttp
+from prometheus_client import Counter, Histogram
+
 from proxy.auth.breaker import Breaker, Held
-from proxy.core.errors import ProxyError
+from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
 
 # The Retry-After we send when the API gave none: long enough not to hammer, short
 # enough to recover.
 DEFAULT_RETRY_AFTER: Final = 2
+MAX_ANSWER_BYTES: Final = 256 * 1024
 
 # (status, headers, body) of one HTTP call.
 Answer = tuple[int, Mapping[str, str], bytes]
+
+
+class Unavailable(ProxyError):
+    """503 `verification_unavailable`: Clerk's or an issuer's failure, or ours; never the
+    caller's."""
+
+    def __init__(self, message: str, retry_after: int = DEFAULT_RETRY_AFTER) -> None:
+        super().__init__(VERIFICATION_UNAVAILABLE, message, retry_after=retry_after)
+
+
+async def read_capped(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it passes `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    who: str,
+    data: bytes | None,
+    headers: Mapping[str, str],
+    seconds: float,
+    counted: tuple[Counter, Histogram, tuple[str, ...]],
+) -> Answer:
+    """One call to `who` (Clerk, an issuer) within `seconds`, redirects not followed;
+    `counted`: the requests counter and latency histogram, and the labels before the status."""
+    requests, duration, labels = counted
+    started = time.perf_counter()
+    status = "error"
+    sent = {
+        "Accept": "application/json",
+        "Accept-Encoding": "identity",  # the shared session does not decompress
+        "User-Agent": "clerk-auth-proxy",
+        **headers,
+    }
+    try:
+        async with session.request(
+            method,
+            url,
+            data=data,
+            headers=sent,
+            timeout=aiohttp.ClientTimeout(total=seconds),
+            allow_redirects=False,
+        ) as resp:
+            status = str(resp.status)
+            body = await read_capped(resp.content, MAX_ANSWER_BYTES)
+            if body is None:
+                raise Unavailable(f"{who}'s answer was too large")
+            return resp.status, resp.headers, body
+    except TimeoutError:
+        status = "timeout"
+        raise Unavailable(f"{who} did not answer in time") from None
+    except aiohttp.ClientError as exc:
+        raise Unavailable(f"cannot reach {who} ({type(exc).__name__})") from None
+    finally:
+        requests.labels(*labels, status).inc()
+        duration.labels(*labels).observe(time.perf_counter() - started)
 
 
 def retry_after(headers: Mapping[str, str], default: int = DEFAULT_RETRY_AFTER) -> int:

@@ -4,6 +4,8 @@ OAuth access tokens, API keys, JWKS and session JWTs, with switchable faults.
 - `app`: the aiohttp application and `ClerkEmulator` (start/stop it in a test);
 - `state`: tokens, machines and keys in memory;
 - `wire`: Clerk's JSON shapes and error bodies;
+- `control`, `serving`: what both emulators share: call counts, faults and their control
+  routes; serving on a socket;
 - `issuer_app` / `issuer_state`: another OAuth 2.0 issuer (Authgear's client-credentials
   tokens: discovery, JWKS with rotation, token endpoint, introspection, faults).
 
@@ -11,7 +13,7 @@ May import: nothing from the proxy: it stands for Clerk, so it must not share th
 understanding of Clerk. The request path never imports it (import contract).
 """
 
-from proxy.emulator.app import ClerkEmulator, make_fault, run_emulator, seed_demo, serve
+from proxy.emulator.app import ClerkEmulator, run_emulator, seed_demo, serve
 from proxy.emulator.issuer_app import (
     IssuerEmulator,
     run_issuer_emulator,
@@ -22,7 +24,6 @@ from proxy.emulator.issuer_app import (
 __all__ = [
     "ClerkEmulator",
     "IssuerEmulator",
-    "make_fault",
     "run_emulator",
     "run_issuer_emulator",
     "seed_demo",

@@ -8,22 +8,20 @@ switch faults and read call counts. Never expose an emulator beyond loopback.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import signal
-import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any, Final
 
 from aiohttp import web
 
 from proxy.emulator.backend import BackendApi
+from proxy.emulator.control import Control, Emulated, Fault, Faults, bad
+from proxy.emulator.serving import Running, run_until_signal, start
 from proxy.emulator.state import DEFAULT_SECRET_KEY, IssuedToken, Machine
-from proxy.emulator.wire import Answer, clerk_error, not_found, parse_body
+from proxy.emulator.wire import Answer, Refused, clerk_error, not_found
 
 __all__ = [
     "ClerkEmulator",
@@ -35,103 +33,54 @@ __all__ = [
     "serve",
 ]
 
-FAULT_KINDS: Final = frozenset({"slow", "error", "rate_limit", "down", "unauthorized"})
-VERIFY_ENDPOINTS: Final = frozenset({"m2m_verify", "oauth_verify", "api_key_verify"})
+VERIFY_ENDPOINTS: Final = ("m2m_verify", "oauth_verify", "api_key_verify")
 # Applied in this order: a slow answer can still be an error; a dropped one is nothing.
 FAULT_ORDER: Final = ("down", "slow", "unauthorized", "rate_limit", "error")
+# By default a fault hits the verify routes; `jwks=True` and `create=True` add these.
+FAULT_OPTIONS: Final = {"jwks": ("jwks",), "create": ("m2m_create", "m2m_list", "m2m_revoke")}
 
 
-@dataclass(frozen=True, slots=True)
-class Fault:
-    """One switched-on fault. `times`: how many more requests it hits (None: until cleared)."""
-
-    kind: str
-    seconds: float = 1.0  # slow
-    status: int = 500  # error
-    retry_after: int = 1  # rate_limit
-    jwks: bool = False  # also hit GET /v1/jwks
-    create: bool = False  # also hit m2m create/revoke
-    times: int | None = None
-
-    def applies_to(self, endpoint: str) -> bool:
-        if endpoint in VERIFY_ENDPOINTS:
-            return True
-        if endpoint == "jwks":
-            return self.jwks
-        return self.create
-
-
-def make_fault(kind: str, params: Mapping[str, Any]) -> Fault:
-    """Validate `set_fault` arguments (from Python or the control endpoint)."""
-    if kind not in FAULT_KINDS:
-        raise ValueError(f"unknown fault {kind!r}; one of {sorted(FAULT_KINDS)}")
-    allowed = {"seconds", "status", "retry_after", "jwks", "create", "times"}
-    unknown = set(params) - allowed
-    if unknown:
-        raise ValueError(f"unknown fault parameters {sorted(unknown)}")
-    fault = Fault(kind, **params)
-    if not 500 <= fault.status <= 599:
-        raise ValueError("error status must be 5xx")
-    if fault.seconds < 0 or fault.retry_after < 0 or (fault.times is not None and fault.times < 1):
-        raise ValueError("seconds, retry_after and times must not be negative")
-    return fault
-
-
-def fault_answer(fault: Fault) -> Answer | None:
-    """What Clerk would answer in this failure; None for faults that are not an answer."""
+def fault_answer(fault: Fault) -> web.Response:
+    """What Clerk would answer in this failure."""
     if fault.kind == "unauthorized":
-        return clerk_error(
-            401,
-            "authentication_invalid",
-            "Invalid authentication",
-            "The provided Clerk Secret Key is invalid (emulator fault).",
+        return _json(
+            clerk_error(
+                401,
+                "authentication_invalid",
+                "Invalid authentication",
+                "The provided Clerk Secret Key is invalid (emulator fault).",
+            )
         )
     if fault.kind == "rate_limit":
         limited = clerk_error(
             429, "too_many_requests", "Too many requests", "Too many requests, retry later."
         )
-        return Answer(429, limited.body, {"Retry-After": str(fault.retry_after)})
-    if fault.kind == "error":
-        return clerk_error(
+        return _json(Answer(429, limited.body, {"Retry-After": str(fault.retry_after)}))
+    return _json(
+        clerk_error(
             fault.status,
             "internal_clerk_error",
             "Oops, an unexpected error occurred",
             "There was an internal error on our servers (emulator fault).",
         )
-    return None
+    )
 
 
 Handler = Callable[[web.Request, bytes], Answer]
 
 
-class ClerkEmulator(BackendApi):
-    """One emulated Clerk instance with its aiohttp app (`.app`), faults and call counts."""
+class ClerkEmulator(Emulated, BackendApi):
+    """One emulated Clerk instance with its aiohttp app (`.app`), faults and call counts.
+    `set_fault`: slow(seconds), error(status), rate_limit(retry_after), down, unauthorized;
+    each also takes jwks=, create= (extra endpoints) or endpoints=, and times=."""
 
     def __init__(
         self, secret_key: str = DEFAULT_SECRET_KEY, *, now: Callable[[], float] = time.time
     ) -> None:
         super().__init__(secret_key, now=now)
-        self.calls: Counter[str] = Counter()
-        self.faults: dict[str, Fault] = {}
+        self.calls = Counter()
+        self.faults = Faults(FAULT_ORDER, VERIFY_ENDPOINTS, FAULT_OPTIONS)
         self.app = self._build_app()
-
-    def set_fault(self, kind: str, **params: Any) -> None:
-        """Switch on a fault: slow(seconds), error(status), rate_limit(retry_after), down,
-        unauthorized; each also takes jwks=, create= (extra endpoints) and times=."""
-        self.faults[kind] = make_fault(kind, params)
-
-    def clear_faults(self) -> None:
-        self.faults.clear()
-
-    def _take_faults(self, endpoint: str) -> list[Fault]:
-        hit = [f for k in FAULT_ORDER if (f := self.faults.get(k)) and f.applies_to(endpoint)]
-        for fault in hit:
-            if fault.times is not None:
-                if fault.times <= 1:
-                    del self.faults[fault.kind]
-                else:
-                    self.faults[fault.kind] = Fault(**{**asdict(fault), "times": fault.times - 1})
-        return hit
 
     # -- HTTP -------------------------------------------------------------------------
 
@@ -139,16 +88,13 @@ class ClerkEmulator(BackendApi):
         self, endpoint: str, handler: Handler
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def route(request: web.Request) -> web.StreamResponse:
-            self.calls[endpoint] += 1
-            raw = await request.read()
-            for fault in self._take_faults(endpoint):
-                if fault.kind == "down":
-                    return _drop(request)
-                if fault.kind == "slow":
-                    await asyncio.sleep(fault.seconds)
-                elif (answer := fault_answer(fault)) is not None:
-                    return _json(answer)
-            return _json(handler(request, raw))
+            faulted = await self.faulted(request, endpoint, fault_answer)
+            if faulted is not None:
+                return faulted
+            try:
+                return _json(handler(request, await request.read()))
+            except Refused as refused:
+                return _json(refused.answer)
 
         return route
 
@@ -183,11 +129,7 @@ class ClerkEmulator(BackendApi):
             route = self._clerk_route(endpoint, handler)
             app.router.add_route(method, "/v1" + path, route)
             app.router.add_route(method, path, route)
-        control = EmulatorControl(self)
-        app.router.add_get("/__emulator/calls", control.calls)
-        app.router.add_get("/__emulator/faults", control.get_faults)
-        app.router.add_post("/__emulator/faults", control.set_fault)
-        app.router.add_delete("/__emulator/faults", control.clear_faults)
+        control = EmulatorControl(self, app)
         app.router.add_post("/__emulator/reset", control.reset)
         app.router.add_post("/__emulator/machines", control.machines)
         app.router.add_post("/__emulator/m2m_tokens", control.m2m_tokens)
@@ -212,63 +154,24 @@ def _json(answer: Answer) -> web.Response:
     )
 
 
-def _drop(request: web.Request) -> web.StreamResponse:
-    """Close the socket with no HTTP answer: the client sees a disconnect, as when Clerk is
-    unreachable mid-request."""
-    if request.transport is not None:
-        request.transport.close()
-    # aiohttp cannot write to a closed transport and drops the response quietly.
-    return web.Response(status=500)
-
-
 async def _unknown_route(request: web.Request) -> web.Response:
     return _json(not_found())
 
 
-def _bad(message: str) -> web.Response:
-    return web.json_response({"error": message}, status=400)
+def _minted(make: Callable[[], Any], required: str, key: str | None = None) -> web.Response:
+    """What `make` minted (`{key: it}`, or its fields), or a 400 saying why not."""
+    try:
+        made = make()
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = f"{type(exc).__name__}: {exc}"[:200]
+        return bad(
+            f'"{required}" is required; other keys are the Python method\'s options ({detail})'
+        )
+    return web.json_response(asdict(made) if key is None else {key: made})
 
 
-def _bad_options(required: str, exc: Exception) -> web.Response:
-    detail = f"{type(exc).__name__}: {exc}"[:200]
-    return _bad(f'"{required}" is required; other keys are the Python method\'s options ({detail})')
-
-
-class EmulatorControl:
-    """`/__emulator/...`: not Clerk's API; the Python API, over HTTP, for other processes."""
-
-    def __init__(self, emu: ClerkEmulator) -> None:
-        self.emu = emu
-
-    async def _body(self, request: web.Request) -> dict[str, Any]:
-        body = parse_body(await request.read())
-        if isinstance(body, Answer):
-            raise web.HTTPBadRequest(
-                text=json.dumps({"error": "body must be a JSON object"}),
-                content_type="application/json",
-            )
-        return body
-
-    async def calls(self, request: web.Request) -> web.Response:
-        return web.json_response(dict(self.emu.calls))
-
-    async def get_faults(self, request: web.Request) -> web.Response:
-        return web.json_response({k: asdict(f) for k, f in self.emu.faults.items()})
-
-    async def set_fault(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        kind = body.pop("kind", None)
-        if not isinstance(kind, str):
-            return _bad('"kind" is required')
-        try:
-            self.emu.set_fault(kind, **body)
-        except (TypeError, ValueError) as exc:
-            return _bad(str(exc))
-        return await self.get_faults(request)
-
-    async def clear_faults(self, request: web.Request) -> web.Response:
-        self.emu.clear_faults()
-        return web.json_response({})
+class EmulatorControl(Control["ClerkEmulator"]):
+    """Clerk's control routes beyond calls and faults: reset, and minting."""
 
     async def reset(self, request: web.Request) -> web.Response:
         """Faults and call counts back to zero; machines and tokens stay."""
@@ -280,44 +183,34 @@ class EmulatorControl:
         body = await self._body(request)
         name, scoped = body.get("name", "machine"), body.get("scoped_machines", [])
         if not isinstance(name, str) or not isinstance(scoped, list):
-            return _bad('"name" must be a string and "scoped_machines" a list')
+            return bad('"name" must be a string and "scoped_machines" a list')
         return web.json_response(asdict(self.emu.create_machine(name, scoped)))
 
     async def m2m_tokens(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        try:
-            issued = self.emu.create_m2m_token(body.pop("machine_id"), **body)
-        except (KeyError, TypeError, ValueError) as exc:
-            return _bad_options("machine_id", exc)
-        return web.json_response(asdict(issued))
+        return _minted(
+            lambda: self.emu.create_m2m_token(body.pop("machine_id"), **body), "machine_id"
+        )
 
     async def session_tokens(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        try:
-            token = self.emu.mint_session_jwt(body.pop("user_id"), **body)
-        except (KeyError, TypeError, ValueError) as exc:
-            return _bad_options("user_id", exc)
-        return web.json_response({"token": token})
+        return _minted(
+            lambda: self.emu.mint_session_jwt(body.pop("user_id"), **body), "user_id", "token"
+        )
 
     async def api_keys(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        try:
-            secret = self.emu.create_api_key(body.pop("subject"), **body)
-        except (KeyError, TypeError, ValueError) as exc:
-            return _bad_options("subject", exc)
-        return web.json_response({"secret": secret})
+        return _minted(
+            lambda: self.emu.create_api_key(body.pop("subject"), **body), "subject", "secret"
+        )
 
     async def oauth_tokens(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        jwt_format = body.pop("token_format", "opaque") == "jwt"
-        try:
-            if jwt_format:
-                token = self.emu.mint_oauth_jwt(body.pop("user_id"), **body)
-            else:
-                token = self.emu.create_oauth_token(**body)
-        except (KeyError, TypeError, ValueError) as exc:
-            return _bad_options("user_id", exc)
-        return web.json_response({"token": token})
+        if body.pop("token_format", "opaque") == "jwt":
+            return _minted(
+                lambda: self.emu.mint_oauth_jwt(body.pop("user_id"), **body), "user_id", "token"
+            )
+        return _minted(lambda: self.emu.create_oauth_token(**body), "user_id", "token")
 
 
 def seed_demo(emu: ClerkEmulator) -> dict[str, str]:
@@ -337,44 +230,17 @@ def seed_demo(emu: ClerkEmulator) -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True, slots=True)
-class Running:
-    emulator: ClerkEmulator
-    runner: web.AppRunner
-    url: str
-
-    async def close(self) -> None:
-        await self.runner.cleanup()
-
-
-async def serve(host: str, port: int, *, secret_key: str = DEFAULT_SECRET_KEY) -> Running:
+async def serve(
+    host: str, port: int, *, secret_key: str = DEFAULT_SECRET_KEY
+) -> Running[ClerkEmulator]:
     """Start an emulator on host:port (0 picks a free port); `close()` the result to stop."""
     emu = ClerkEmulator(secret_key)
-    runner = web.AppRunner(emu.app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    bound = runner.addresses[0][1]  # the real port when 0 was asked for
-    return Running(emu, runner, f"http://{host}:{bound}")
-
-
-async def _run_forever(host: str, port: int, secret_key: str) -> None:
-    running = await serve(host, port, secret_key=secret_key)
-    seeded = seed_demo(running.emulator)
-    print(json.dumps({"url": running.url, **seeded}), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await running.close()
+    return await start(emu, emu.app, host, port)
 
 
 def run_emulator(host: str, port: int, secret_key: str) -> None:
     """Blocking: serve until SIGINT/SIGTERM; prints the seeded demo tokens as one JSON line."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_forever(host, port, secret_key))
-    sys.stdout.flush()
+    run_until_signal(
+        lambda: serve(host, port, secret_key=secret_key),
+        lambda running: {"url": running.url, **seed_demo(running.emulator)},
+    )

@@ -1,9 +1,10 @@
 """The Backend API calls of one emulated Clerk instance, without I/O: each answered as an
-`Answer` from the `Authorization` value, the raw request body (or the query), by the rules
-of Clerk's published spec (bapi/2026-05-12.yml): which key may call what, which body
-fields each route takes (unknown ones are a 400 where the schema says
-additionalProperties: false), 201 on create, 404 for a token the caller may not see,
-revoked/expired answered as 200 with flags. `app` adds HTTP, faults and call counting."""
+`Answer` (a refusal on the way is raised as `Refused`) from the `Authorization` value, the
+raw request body (or the query), by the rules of Clerk's published spec
+(bapi/2026-05-12.yml): which key may call what, which body fields each route takes
+(unknown ones are a 400 where the schema says additionalProperties: false), 201 on create,
+404 for a token the caller may not see, revoked/expired answered as 200 with flags. `app`
+adds HTTP, faults and call counting."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import jwt
 from proxy.emulator.state import Caller, ClerkInstance, Machine
 from proxy.emulator.wire import (
     Answer,
+    Refused,
     TokenKind,
     TokenRecord,
     bad_instance_key,
@@ -40,32 +42,30 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _query_bool(query: Mapping[str, str], name: str) -> bool | Answer:
+def _query_bool(query: Mapping[str, str], name: str) -> bool:
     value = query.get(name, "false").lower()
     if value not in ("true", "false"):
-        return param_invalid(name, "must be true or false")
+        raise Refused(param_invalid(name, "must be true or false"))
     return value == "true"
 
 
-def _query_int(
-    query: Mapping[str, str], name: str, default: int, low: int, high: int
-) -> int | Answer:
+def _query_int(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = query.get(name)
     if raw is None:
         return default
     try:
         value = int(float(raw))
     except ValueError:
-        return param_invalid(name, "must be a number")
+        raise Refused(param_invalid(name, "must be a number")) from None
     if not low <= value <= high:
-        return param_invalid(name, f"must be between {low} and {high}")
+        raise Refused(param_invalid(name, f"must be between {low} and {high}"))
     return value
 
 
 class BackendApi(ClerkInstance):
     """`ClerkInstance`'s state, answering the Backend API."""
 
-    def authenticate(self, authorization: str | None) -> Caller | Answer:
+    def authenticate(self, authorization: str | None) -> Caller:
         key = bearer(authorization)
         # Bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
         if key is not None and secrets.compare_digest(
@@ -74,8 +74,10 @@ class BackendApi(ClerkInstance):
             return Caller(None)
         if key is not None and key.startswith("ak_"):
             machine = self._machine_keys.get(key)
-            return Caller(machine) if machine else bad_machine_key()
-        return bad_instance_key()
+            if machine is None:
+                raise Refused(bad_machine_key())
+            return Caller(machine)
+        raise Refused(bad_instance_key())
 
     def _lookup(self, kind: TokenKind, value: Any, name: str, caller: Caller) -> Answer:
         if value is None:
@@ -97,22 +99,14 @@ class BackendApi(ClerkInstance):
 
     def verify_m2m(self, authorization: str | None, raw: bytes) -> Answer:
         caller = self.authenticate(authorization)
-        if isinstance(caller, Answer):
-            return caller
         body = parse_body(raw, frozenset({"token"}))
-        if isinstance(body, Answer):
-            return body
         return self._lookup("m2m", body.get("token"), "token", caller)
 
     def verify_oauth(self, authorization: str | None, raw: bytes) -> Answer:
         caller = self.authenticate(authorization)
-        if isinstance(caller, Answer):
-            return caller
         if caller.machine:
             return bad_instance_key()
         body = parse_body(raw)  # this schema allows other fields
-        if isinstance(body, Answer):
-            return body
         # `secret` is the deprecated name the spec still lists.
         value = body.get("access_token", body.get("secret"))
         if isinstance(value, str) and value.count(".") == 2:
@@ -153,8 +147,6 @@ class BackendApi(ClerkInstance):
 
     def verify_api_key(self, authorization: str | None, raw: bytes) -> Answer:
         caller = self.authenticate(authorization)
-        if isinstance(caller, Answer):
-            return caller
         if caller.machine:
             return bad_instance_key()
         if not self.api_keys_enabled:
@@ -165,20 +157,14 @@ class BackendApi(ClerkInstance):
                 "API keys are not enabled for this instance; enable them in the Clerk Dashboard.",
             )
         body = parse_body(raw, frozenset({"secret"}))
-        if isinstance(body, Answer):
-            return body
         return self._lookup("api_key", body.get("secret"), "secret", caller)
 
     def create_m2m(self, authorization: str | None, raw: bytes) -> Answer:
         caller = self.authenticate(authorization)
-        if isinstance(caller, Answer):
-            return caller
         machine = caller.machine
         if machine is None:  # "Must be authenticated via a Machine Secret Key"
             return machine_key_required()
         body = parse_body(raw, M2M_CREATE_FIELDS)
-        if isinstance(body, Answer):
-            return body
         seconds = body.get("seconds_until_expiration")
         if seconds is not None and (not _number(seconds) or seconds <= 0):
             return param_invalid("seconds_until_expiration", "must be a positive number")
@@ -244,21 +230,14 @@ class BackendApi(ClerkInstance):
         """GET /m2m_tokens: one machine's opaque tokens, newest first. A machine key sees
         only its own machine's."""
         caller = self.authenticate(authorization)
-        if isinstance(caller, Answer):
-            return caller
         subject = query.get("subject")
         if not subject:
             return param_missing("subject")
         if caller.machine and caller.machine.id != subject:
             return forbidden("A Machine Secret Key may only list its own machine's M2M tokens.")
         revoked, expired = _query_bool(query, "revoked"), _query_bool(query, "expired")
-        limit, offset = (
-            _query_int(query, "limit", 10, 1, 100),
-            _query_int(query, "offset", 0, 0, 10**9),
-        )
-        for value in (revoked, expired, limit, offset):
-            if isinstance(value, Answer):
-                return value
+        limit = _query_int(query, "limit", 10, 1, 100)
+        offset = _query_int(query, "offset", 0, 0, 10**9)
         now = self.now_ms()
         found = []
         for record in reversed(self._by_id.values()):
@@ -268,18 +247,13 @@ class BackendApi(ClerkInstance):
             if (record.revoked and not revoked) or (is_expired and not expired):
                 continue
             found.append(record.body(now))
-        assert isinstance(limit, int) and isinstance(offset, int)
         return Answer(
             200, {"m2m_tokens": found[offset : offset + limit], "total_count": len(found)}
         )
 
     def revoke_m2m(self, authorization: str | None, token_id: str, raw: bytes) -> Answer:
         caller = self.authenticate(authorization)
-        if isinstance(caller, Answer):
-            return caller
         body = parse_body(raw, frozenset({"revocation_reason"}))
-        if isinstance(body, Answer):
-            return body
         reason = body.get("revocation_reason")
         if reason is not None and not isinstance(reason, str):
             return param_invalid("revocation_reason", "must be a string")
@@ -293,8 +267,6 @@ class BackendApi(ClerkInstance):
 
     def jwks(self, authorization: str | None) -> Answer:
         caller = self.authenticate(authorization)
-        if isinstance(caller, Answer):
-            return caller
         return (
             bad_instance_key() if caller.machine else Answer(200, {"keys": [dict(self.public_jwk)]})
         )

@@ -19,9 +19,7 @@ from typing import Any, Final
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.emulator.wire import (
-    TokenRecord,
-)
+from proxy.emulator.wire import TokenKind, TokenRecord
 
 BASE62: Final = string.ascii_letters + string.digits
 # Clerk marks the class of a JWT in its header `cat`: session tokens and M2M tokens.
@@ -116,13 +114,36 @@ class ClerkInstance:
         self._machine_keys[machine.secret_key] = machine
         return machine
 
-    def _store(self, secret: str, record: TokenRecord) -> None:
+    def _issue(
+        self,
+        kind: TokenKind,
+        prefix: str,
+        length: int,
+        subject: str,
+        scopes: Iterable[str],
+        claims: Mapping[str, Any] | None,
+        expires_in: float | None,
+        **more: Any,
+    ) -> tuple[TokenRecord, str]:
+        """A new token's record, stored under its id and its secret (`prefix` + `length`
+        base-62 characters) and the secret."""
+        now = self.now_ms()
+        record = TokenRecord(
+            kind=kind,
+            id=prefix + secrets.token_hex(16),
+            subject=subject,
+            scopes=list(scopes),
+            claims=dict(claims) if claims is not None else None,
+            expiration_ms=None if expires_in is None else now + int(expires_in * 1000),
+            created_ms=now,
+            updated_ms=now,
+            **more,
+        )
+        secret = prefix + b62(length)
         self._by_secret[secret] = record
         self._by_id[record.id] = record
         self._secret_of[record.id] = secret
-
-    def _expiry(self, seconds: float | None) -> int | None:
-        return None if seconds is None else self.now_ms() + int(seconds * 1000)
+        return record, secret
 
     def create_m2m_token(
         self,
@@ -134,20 +155,16 @@ class ClerkInstance:
     ) -> IssuedToken:
         # An unknown machine id is allowed: tests may want a subject no machine owns.
         machine = self.machines.get(machine_id, Machine(machine_id, ""))
-        now = self.now_ms()
-        record = TokenRecord(
-            kind="m2m",
-            id="mt_" + secrets.token_hex(16),
-            subject=machine_id,
-            scopes=list(machine.scoped_machines if scopes is None else scopes),
-            claims=dict(claims) if claims is not None else None,
-            expiration_ms=self._expiry(seconds_until_expiration),
-            created_ms=now,
-            updated_ms=now,
-        )
         # Longer than an id and base62, so a secret can never look like `mt_` + 32 hex.
-        secret = "mt_" + b62(48)
-        self._store(secret, record)
+        record, secret = self._issue(
+            "m2m",
+            "mt_",
+            48,
+            machine_id,
+            machine.scoped_machines if scopes is None else scopes,
+            claims,
+            seconds_until_expiration,
+        )
         return IssuedToken(record.id, secret, record.expiration_ms)
 
     def revoke_m2m_token(self, token_id: str, reason: str | None = None) -> None:
@@ -166,20 +183,9 @@ class ClerkInstance:
         client_id: str = DEFAULT_CLIENT_ID,
         expires_in: float | None = 3600,
     ) -> str:
-        now = self.now_ms()
-        record = TokenRecord(
-            kind="oauth",
-            id="oat_" + secrets.token_hex(16),
-            subject=user_id,
-            scopes=list(scopes),
-            claims=None,
-            expiration_ms=self._expiry(expires_in),
-            created_ms=now,
-            updated_ms=now,
-            client_id=client_id,
+        _, secret = self._issue(
+            "oauth", "oat_", 40, user_id, scopes, None, expires_in, client_id=client_id
         )
-        secret = "oat_" + b62(40)
-        self._store(secret, record)
         return secret
 
     def create_api_key(
@@ -191,21 +197,17 @@ class ClerkInstance:
         expires_in: float | None = None,
         name: str = "emulator key",
     ) -> str:
-        now = self.now_ms()
-        record = TokenRecord(
-            kind="api_key",
-            id="ak_" + secrets.token_hex(16),
-            subject=subject,
-            scopes=list(scopes),
-            claims=dict(claims) if claims is not None else None,
-            expiration_ms=self._expiry(expires_in),
-            created_ms=now,
-            updated_ms=now,
+        _, secret = self._issue(
+            "api_key",
+            "ak_",
+            40,
+            subject,
+            scopes,
+            claims,
+            expires_in,
             name=name,
             created_by=subject if subject.startswith("user_") else None,
         )
-        secret = "ak_" + b62(40)
-        self._store(secret, record)
         return secret
 
     def mint_jwt(self, claims: Mapping[str, Any], headers: Mapping[str, Any] | None = None) -> str:

@@ -22,6 +22,14 @@ class Answer:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+class Refused(Exception):
+    """A refusal found before the answer: raised from any depth, answered by the route."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
 @dataclass(slots=True)
 class TokenRecord:
     """One opaque token. Mutable: revocation and `last_used_at` change it in place."""
@@ -111,34 +119,20 @@ def bad_machine_key() -> Answer:
     )
 
 
+def _param(name: str, code: str, message: str, long_message: str | None = None) -> Answer:
+    return clerk_error(400, code, message, long_message or message, meta={"param_name": name})
+
+
 def param_missing(name: str) -> Answer:
-    return clerk_error(
-        400,
-        "form_param_missing",
-        f"{name} must be included.",
-        f"{name} must be included.",
-        meta={"param_name": name},
-    )
+    return _param(name, "form_param_missing", f"{name} must be included.")
 
 
 def param_invalid(name: str, why: str) -> Answer:
-    return clerk_error(
-        400,
-        "form_param_format_invalid",
-        f"{name} is invalid.",
-        f"{name} {why}.",
-        meta={"param_name": name},
-    )
+    return _param(name, "form_param_format_invalid", f"{name} is invalid.", f"{name} {why}.")
 
 
 def param_unknown(name: str) -> Answer:
-    return clerk_error(
-        400,
-        "form_param_unknown",
-        f"{name} is not a valid parameter for this request.",
-        f"{name} is not a valid parameter for this request.",
-        meta={"param_name": name},
-    )
+    return _param(name, "form_param_unknown", f"{name} is not a valid parameter for this request.")
 
 
 def forbidden(long_message: str) -> Answer:
@@ -154,38 +148,27 @@ def machine_key_required() -> Answer:
     )
 
 
-def parse_body(raw: bytes, allowed: frozenset[str] | None = None) -> dict[str, Any] | Answer:
+def parse_body(raw: bytes, allowed: frozenset[str] | None = None) -> dict[str, Any]:
     """A JSON object body; an empty body is an empty object (Clerk treats it as no params).
     `allowed`: the body schema has additionalProperties: false, and these are its keys."""
-    body = _parse_object(raw)
-    if isinstance(body, dict) and allowed is not None:
-        unknown = sorted(set(body) - allowed)
-        if unknown:
-            return param_unknown(unknown[0])
-    return body
-
-
-def _parse_object(raw: bytes) -> dict[str, Any] | Answer:
-    """A JSON object body; an empty body is an empty object (Clerk treats it as no params)."""
-    if not raw.strip():
-        return {}
     try:
-        value = json.loads(raw)
+        body = json.loads(raw) if raw.strip() else {}
+        why = "" if isinstance(body, dict) else "not a JSON object"
     except ValueError:
-        return clerk_error(
-            400,
-            "form_param_format_invalid",
-            "malformed request body",
-            "The request body is not valid JSON.",
+        why = "not valid JSON"
+    if why:
+        raise Refused(
+            clerk_error(
+                400,
+                "form_param_format_invalid",
+                "malformed request body",
+                f"The request body is {why}.",
+            )
         )
-    if not isinstance(value, dict):
-        return clerk_error(
-            400,
-            "form_param_format_invalid",
-            "malformed request body",
-            "The request body is not a JSON object.",
-        )
-    return value
+    unknown = sorted(set(body) - allowed) if allowed is not None else []
+    if unknown:
+        raise Refused(param_unknown(unknown[0]))
+    return body
 
 
 def bearer(authorization: str | None) -> str | None:

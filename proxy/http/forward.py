@@ -179,8 +179,7 @@ async def forward(
         # A 101 to a request that asked for no upgrade (interim answers never get here):
         # the connection is no longer HTTP. A 502, as the fast path and nginx answer.
         upstream.close()
-        metrics.upstream_errors.labels(kind="unavailable").inc()
-        raise errors.upstream_failure(errors.BAD_ANSWER)
+        raise metrics.upstream_failed(errors.BAD_ANSWER)
 
     try:
         headers_out = for_client(upstream.headers.items())
@@ -243,8 +242,4 @@ def _map_upstream_error(exc: BaseException, metrics: Metrics) -> BaseException:
     cause = errors.upstream_cause(exc)
     if cause is None:
         return exc
-    failure = errors.upstream_failure(cause)
-    metrics.upstream_errors.labels(
-        kind="timeout" if cause == errors.TIMEOUT else "unavailable"
-    ).inc()
-    return failure
+    return metrics.upstream_failed(cause)

@@ -18,6 +18,7 @@ from prometheus_client import (
 )
 
 from proxy import __version__, compiled
+from proxy.core.errors import TIMEOUT, ProxyError, upstream_failure
 from proxy.observe.loop_metrics import CounterChild, HistogramChild, LoopCounter, LoopHistogram
 
 # `*_created` series double the scrape size and no dashboard or alert of ours reads them.
@@ -273,6 +274,11 @@ class Metrics:
                 self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def upstream_failed(self, cause: str) -> ProxyError:
+        """Count an upstream failure (`core.errors`' cause) and return the client's 502/504."""
+        self.upstream_errors.labels(kind="timeout" if cause == TIMEOUT else "unavailable").inc()
+        return upstream_failure(cause)
 
     def decision(self, token_type: str, result: str) -> CounterChild:
         """The `auth_decisions` child for a (token type, result) pair, looked up once."""

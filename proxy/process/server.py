@@ -19,6 +19,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -88,11 +89,12 @@ class Server:
         self._reload_lock = asyncio.Lock()
         self._loaded = inputs_signature(config)
         self.proxy.metrics.config_loaded(digest(config), reload=False)
+        # Cleaned up in this order: the doors' first (`forward_auth:`'s, then the
+        # client-facing one), then the admin and control apps.
         self._runners: list[web.AppRunner] = []
-        self._front: listener.FrontDoorServer | None = None
-        # `forward_auth:`'s listener, when configured: timed, limited and drained as the
-        # client-facing one is.
-        self._forward: tuple[web.AppRunner, listener.FrontDoorServer] | None = None
+        # The client-facing listener and `forward_auth:`'s, when configured: timed,
+        # limited and drained alike.
+        self._fronts: list[listener.FrontDoorServer] = []
         # Every client connection of this process (both listeners) against its
         # descriptors: derived once they are raised, again when a reload changes the
         # `connections:` policy.
@@ -169,67 +171,57 @@ class Server:
         await self.start()
         await self.run()
 
+    def _runner(self, app: web.Application, *, door: bool = False, **more: Any) -> web.AppRunner:
+        """`app`'s runner; a `door` (for clients) is timed by `connections:`, and a
+        connection gone (the client's doing, or the drain deadline's) ends its handler,
+        which then logs its line (499, or 503 for a cut) instead of running on unseen."""
+        if door:
+            more["keepalive_timeout"] = listener.backstop_keepalive(self.config.connections)
+            more["handler_cancellation"] = True
+        # By the time aiohttp's shutdown runs, the drain has ended every connection.
+        return web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=AIOHTTP_SHUTDOWN, **more
+        )
+
+    async def _listen(
+        self, runner: web.AppRunner, host: str, port: int, key: str, fast_path: bool = False
+    ) -> None:
+        front = await bind(
+            lambda: listener.serve(
+                self.proxy,
+                runner,
+                host,
+                port,
+                reuse_port=self.reuse_port,
+                fast_path=fast_path,
+                ceiling=self.ceiling,
+            ),
+            host,
+            port,
+            key,
+            self.config.variables,
+        )
+        self._fronts.append(front)
+
     async def start(self) -> None:
-        """Bind both listeners, or raise ListenError having closed what was opened."""
+        """Bind every listener, or raise ListenError having closed what was opened."""
         cfg = self.config
-        runner = web.AppRunner(
-            self.app,
-            auto_decompress=False,
-            access_log=None,
-            handle_signals=False,
-            keepalive_timeout=listener.backstop_keepalive(cfg.connections),
-            # A connection gone (the client's doing, or the drain deadline's) ends its
-            # handler, which then logs its line (499, or 503 for a cut) instead of running
-            # on unseen.
-            handler_cancellation=True,
-            # By the time aiohttp's shutdown runs, the drain has ended every connection.
-            shutdown_timeout=AIOHTTP_SHUTDOWN,
+        listen, admin, names, fa = cfg.listen, cfg.admin, cfg.variables, cfg.forward_auth
+        runner = self._runner(self.app, door=True, auto_decompress=False)
+        admin_runner = self._runner(self.admin)
+        control_runner = self._runner(self.control) if self.control is not None else None
+        forward_runner = (
+            self._runner(create_forward_auth_app(self.proxy), door=True) if fa is not None else None
         )
-        admin_runner = web.AppRunner(
-            self.admin, access_log=None, handle_signals=False, shutdown_timeout=AIOHTTP_SHUTDOWN
-        )
-        self._runners = [runner, admin_runner]
-        if self.control is not None:
-            self._runners.append(
-                web.AppRunner(
-                    self.control,
-                    access_log=None,
-                    handle_signals=False,
-                    shutdown_timeout=AIOHTTP_SHUTDOWN,
-                )
-            )
+        self._runners = [
+            r for r in (forward_runner, runner, admin_runner, control_runner) if r is not None
+        ]
         for each in self._runners:
             await each.setup()
-        listen, admin, names = cfg.listen, cfg.admin, cfg.variables
         # One listener for both doors: the fast path needs a plain-HTTP upstream.
         fast_path = listen.fast_path and cfg.upstream.url.startswith("http://")
-        forward_runner = None
-        if cfg.forward_auth is not None:
-            forward_runner = web.AppRunner(
-                create_forward_auth_app(self.proxy),
-                access_log=None,
-                handle_signals=False,
-                keepalive_timeout=listener.backstop_keepalive(cfg.connections),
-                handler_cancellation=True,
-                shutdown_timeout=AIOHTTP_SHUTDOWN,
-            )
-            await forward_runner.setup()
         try:
-            self._front = await bind(
-                lambda: listener.serve(
-                    self.proxy,
-                    runner,
-                    listen.host,
-                    listen.port,
-                    reuse_port=self.reuse_port,
-                    fast_path=fast_path,
-                    ceiling=self.ceiling,
-                ),
-                listen.host,
-                listen.port,
-                "listen",
-                names,
-            )
+            await self._listen(runner, listen.host, listen.port, "listen", fast_path)
             admin_socket = self.admin_socket
             admin_site: web.BaseSite
             if admin_socket:
@@ -244,23 +236,21 @@ class Server:
                     admin_runner, admin.host, admin.port, reuse_port=self.reuse_port
                 )
                 await bind(admin_site.start, admin.host, admin.port, "admin", names)
-            if self.control is not None:
+            if control_runner is not None:
                 control = cfg.revocation.listen
                 control_site = web.TCPSite(
-                    self._runners[2], control.host, control.port, reuse_port=self.reuse_port
+                    control_runner, control.host, control.port, reuse_port=self.reuse_port
                 )
                 await bind(
                     control_site.start, control.host, control.port, "revocation.listen.port", names
                 )
-            if forward_runner is not None:
-                await self._serve_forward_auth(forward_runner)
+            if forward_runner is not None and fa is not None:
+                await self._listen(forward_runner, fa.host, fa.port, "forward_auth")
         except ListenError:
-            if self._front is not None:
-                await self._front.drain(time.monotonic())
+            for front in self._fronts:
+                await front.drain(time.monotonic())
             for each in self._runners:
                 await each.cleanup()
-            if forward_runner is not None:
-                await forward_runner.cleanup()
             raise
 
         # Once it is sure to serve (a taken port is one line and exit 2, nothing more).
@@ -268,7 +258,6 @@ class Server:
             lambda soft: self.ceiling.configure(soft, cfg.connections, self.proxy.metrics)
         )
         self.proxy.warm()
-        fa = cfg.forward_auth
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
@@ -305,41 +294,17 @@ class Server:
                 extra={"compiled": False},
             )
 
-    async def _serve_forward_auth(self, runner: web.AppRunner) -> None:
-        fa = self.config.forward_auth
-        assert fa is not None
-        front = await bind(
-            lambda: listener.serve(
-                self.proxy,
-                runner,
-                fa.host,
-                fa.port,
-                reuse_port=self.reuse_port,
-                fast_path=False,
-                ceiling=self.ceiling,
-            ),
-            fa.host,
-            fa.port,
-            "forward_auth",
-            self.config.variables,
-        )
-        self._forward = (runner, front)
-
     async def run(self) -> None:
         """Serve until asked to stop, then drain (after `start`)."""
-        runner, *others = self._runners
-        front = self._front
-        assert front is not None, "start() first"
+        assert self._fronts, "start() first"
         watcher = asyncio.create_task(self._watch_config())
         try:
             await self._stop.wait()
         finally:
             watcher.cancel()
-            await self._shut_down(front, runner, others)
+            await self._shut_down()
 
-    async def _shut_down(
-        self, front: listener.FrontDoorServer, runner: web.AppRunner, others: list[web.AppRunner]
-    ) -> None:
+    async def _shut_down(self) -> None:
         """/readyz 503 at once; the listener closes after `delay`; what is in flight
         flows until `delay + grace`; then 1001s, cuts and exit — within `delay + grace +
         1 s` whatever the process holds (a backstop exits it there)."""
@@ -351,14 +316,8 @@ class Server:
         try:
             if shutdown.delay:
                 await asyncio.sleep(shutdown.delay)
-            forward = self._forward
-            if forward is None:
-                await front.drain(deadline)
-            else:
-                await asyncio.gather(front.drain(deadline), forward[1].drain(deadline))
-                await forward[0].cleanup()
-            await runner.cleanup()
-            for each in others:
+            await asyncio.gather(*(front.drain(deadline) for front in self._fronts))
+            for each in self._runners:
                 await each.cleanup()
         finally:
             backstop.cancel()

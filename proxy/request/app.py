@@ -15,15 +15,15 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Final
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config.load import Config
+from proxy.core import errors
 from proxy.core.errors import ProxyError, internal_error
 from proxy.core.principal import ANONYMOUS, Principal, Recent, Verifier
 from proxy.core.timeouts import ConnectionClock, clock_of
-from proxy.http.conformance import check_request
 from proxy.http.forward import ClientGone, new_session
 from proxy.http.headers import ClientHop, client_ip
 from proxy.http.upstream import UpstreamPool
@@ -399,6 +399,26 @@ async def _answer_request_id(request: web.Request, response: web.StreamResponse)
     name = proxy.runtime.correlation.name
     if request_id is not None and name and name not in response.headers:
         response.headers[name] = request_id
+
+
+def check_request(request: web.Request) -> None:
+    """What a request must be beyond what aiohttp's parser checks, before either door
+    routes it (the fast path hands every such request to aiohttp's door): the refusals
+    nginx makes that aiohttp does not. 505 for a major version other than 1 (aiohttp reads
+    `HTTP/2.0` or `HTTP/0.9` request lines and would answer in them, and refuses to chunk
+    for them), and 400 for an HTTP/1.1 request without exactly one Host (RFC 9112 §3.2;
+    aiohttp refuses two but accepts none)."""
+    version = request.version
+    if version.major != 1:
+        # The refusal is answered in HTTP/1.1, as nginx does: aiohttp answers in the
+        # request's version, which no HTTP/1 client reads.
+        request._version = HttpVersion11
+        request._cache.pop("version", None)  # reified
+        raise ProxyError(
+            errors.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.0 and HTTP/1.1 are served here"
+        )
+    if version.minor >= 1 and len(request.headers.getall("Host", ())) != 1:
+        raise ProxyError(errors.BAD_REQUEST, "an HTTP/1.1 request needs exactly one Host field")
 
 
 def gone_status(clock: ConnectionClock | None) -> int:

@@ -27,10 +27,9 @@ from proxy.core import errors
 from proxy.core.errors import ProxyError
 from proxy.core.principal import ANONYMOUS, Principal
 from proxy.core.timeouts import clock_of
-from proxy.http.conformance import check_request
 from proxy.http.headers import ClientHop, PrincipalHeaders
 from proxy.observe.correlation import traceparent_field
-from proxy.request.app import Proxy, gone_status, refused
+from proxy.request.app import Proxy, check_request, gone_status, refused
 from proxy.request.routed import AiohttpFields, HeadFields
 
 # Where each asking proxy writes the request it asks about: (target fields, method field).

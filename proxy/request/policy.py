@@ -146,45 +146,40 @@ class Policy:
                     errors.TOKEN_MISSING, "this route requires a bearer token"
                 )
             return
-        if (principal.issuer is not None or route.issuers is not None) and _issuer_rules(
-            route, principal
-        ):
-            return
-        if route.principal_types is not None and principal.type not in route.principal_types:
-            allowed = ", ".join(sorted(route.principal_types))
+        rule = None
+        if principal.issuer is not None or route.issuers is not None:
+            rule = _issuer_rule(route, principal)
+        listed: frozenset[str] | None = None
+        if rule is not None:
+            types = rule.principal_types or route.principal_types
+            listed, held, what = rule.clients, principal.client_id, f"{principal.issuer} client"
+            scopes = rule.scopes
+        else:
+            types, scopes = route.principal_types, route.scopes
+            # Allow-lists name what Clerk asserts (a machine's id, an OAuth application's
+            # client id); each narrows its own kind only.
+            if principal.type == "machine":
+                listed, held, what = route.machines, principal.id, "machine"
+            elif principal.type == "oauth":
+                listed, held, what = route.oauth_clients, principal.client_id, "OAuth application"
+        if types is not None and principal.type not in types:
             raise ProxyError(
                 errors.INSUFFICIENT_SCOPE,
-                f"this route is for {allowed} principals, not {principal.type}",
+                f"this route is for {', '.join(sorted(types))} principals, not {principal.type}",
                 token_type=principal.token_type,
             )
-        # Allow-lists name what Clerk asserts (a machine's id, an OAuth application's
-        # client id); each narrows its own kind only.
-        if (
-            route.machines is not None
-            and principal.type == "machine"
-            and principal.id not in route.machines
-        ):
+        if listed is not None and held not in listed:
             raise ProxyError(
                 errors.INSUFFICIENT_SCOPE,
-                f"machine {principal.id} is not on this route's list of machines",
+                f"{what} {held} is not on this route's list of {what}s",
                 token_type=principal.token_type,
             )
-        if (
-            route.oauth_clients is not None
-            and principal.type == "oauth"
-            and principal.client_id not in route.oauth_clients
-        ):
-            raise ProxyError(
-                errors.INSUFFICIENT_SCOPE,
-                "the OAuth application this token was issued to is not on this route's list",
-                token_type=principal.token_type,
-            )
-        if route.scopes and not principal.scopes.issuperset(route.scopes):
-            missing = [s for s in route.scopes if s not in principal.scopes]
+        if scopes and not principal.scopes.issuperset(scopes):
+            missing = [s for s in scopes if s not in principal.scopes]
             raise ProxyError(
                 errors.INSUFFICIENT_SCOPE,
                 _lacking(principal, missing),
-                scope=" ".join(route.scopes),
+                scope=" ".join(scopes),
                 token_type=principal.token_type,
             )
 
@@ -201,16 +196,17 @@ def _lacking(principal: Principal, missing: list[str]) -> str:
                 "carries (its scopes are the ids of the machines it may call, mch_…): use an "
                 "OAuth token or API key with that scope"
             )
-    return f"the token lacks the scope(s): {' '.join(missing)}"
+    of = "" if principal.issuer is None else f" {principal.issuer}"
+    return f"the token lacks the{of} scope(s): {' '.join(missing)}"
 
 
 _NO_RULES: Final = IssuerRule()
 
 
-def _issuer_rules(route: Route, principal: Principal) -> bool:
-    """Judge `principal` by the route's rules for its issuer. True when that settled it
-    (another issuer's principal, allowed); False when Clerk's route-level rules apply.
-    Raises 403 otherwise: the same scope word from two issuers is not one permission."""
+def _issuer_rule(route: Route, principal: Principal) -> IssuerRule | None:
+    """The route's rule for the principal's issuer; None for a Clerk principal (Clerk's
+    route-level rules apply). Raises 403 where the route does not accept the issuer, or
+    has only Clerk's rules: the same scope word from two issuers is not one permission."""
     name = principal.issuer or "clerk"
     rule: IssuerRule | None = None
     if route.issuers is not None:
@@ -226,7 +222,7 @@ def _issuer_rules(route: Route, principal: Principal) -> bool:
                 token_type=principal.token_type,
             )
     if principal.issuer is None:
-        return False
+        return None
     if rule is None:
         if route.scopes or route.machines is not None or route.oauth_clients is not None:
             raise ProxyError(
@@ -236,26 +232,5 @@ def _issuer_rules(route: Route, principal: Principal) -> bool:
                 scope=" ".join(route.scopes) or None,
                 token_type=principal.token_type,
             )
-        rule = _NO_RULES
-    types = rule.principal_types or route.principal_types
-    if types is not None and principal.type not in types:
-        raise ProxyError(
-            errors.INSUFFICIENT_SCOPE,
-            f"this route is for {', '.join(sorted(types))} principals, not {principal.type}",
-            token_type=principal.token_type,
-        )
-    if rule.clients is not None and principal.client_id not in rule.clients:
-        raise ProxyError(
-            errors.INSUFFICIENT_SCOPE,
-            f"client {principal.client_id} of {name} is not allowed on this route",
-            token_type=principal.token_type,
-        )
-    if rule.scopes and not principal.scopes.issuperset(rule.scopes):
-        missing = [s for s in rule.scopes if s not in principal.scopes]
-        raise ProxyError(
-            errors.INSUFFICIENT_SCOPE,
-            f"the token lacks the {name} scope(s): {' '.join(missing)}",
-            scope=" ".join(rule.scopes),
-            token_type=principal.token_type,
-        )
-    return True
+        return _NO_RULES
+    return rule

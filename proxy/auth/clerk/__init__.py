@@ -8,7 +8,7 @@
   may authorize.
 
 May import: the shared pieces of `proxy.auth` (`tokens`, `breaker`, `gate`, `keyset`,
-`jws`, `claims_json`, `capped`), `proxy.observe`, `proxy.config`, `proxy.core`; never
+`jws`, `claims_json`), `proxy.observe`, `proxy.config`, `proxy.core`; never
 `proxy.auth.issuers` (Clerk and other issuers share only the pieces above) nor the
 verifier that ties them together.
 """

@@ -24,9 +24,8 @@ from typing import Any, Final
 import aiohttp
 
 from proxy.auth.breaker import Held
-from proxy.auth.capped import read_capped
 from proxy.auth.claims_json import loads, numeric_date
-from proxy.auth.gate import DEFAULT_RETRY_AFTER, CallGate, retry_after
+from proxy.auth.gate import CallGate, Unavailable, call, retry_after
 from proxy.auth.tokens import TokenKind
 from proxy.config import model as config
 from proxy.core.errors import (
@@ -41,7 +40,6 @@ from proxy.observe.metrics import Metrics
 
 log = logging.getLogger("proxy.clerk")
 
-MAX_RESPONSE_BYTES = 256 * 1024
 _ID: Final = re.compile(r"[a-z]+_[A-Za-z0-9]{1,128}")
 # A failure right after good answers is retried once when the gate's first pause (about
 # backoff_initial) is at most this long.
@@ -80,13 +78,6 @@ ENDPOINTS: Final[dict[TokenKind, Endpoint]] = {
     TokenKind.OAUTH: OAUTH,
     TokenKind.API_KEY: API_KEY,
 }
-
-
-class ClerkUnavailable(ProxyError):
-    """503 `verification_unavailable`: our side or Clerk's, never the caller's."""
-
-    def __init__(self, message: str, retry_after: int = DEFAULT_RETRY_AFTER) -> None:
-        super().__init__(VERIFICATION_UNAVAILABLE, message, retry_after=retry_after)
 
 
 def error_code(body: bytes) -> str:
@@ -136,10 +127,10 @@ def classify_failure(
             error_code(body),
             endpoint.name,
         )
-        return ClerkUnavailable("the proxy cannot verify tokens right now", BAD_KEY_RETRY_AFTER)
+        return Unavailable("the proxy cannot verify tokens right now", BAD_KEY_RETRY_AFTER)
     if status == 429:
-        return ClerkUnavailable("Clerk is rate limiting verification", retry_after(headers))
-    return ClerkUnavailable(f"Clerk answered HTTP {status}", retry_after(headers))
+        return Unavailable("Clerk is rate limiting verification", retry_after(headers))
+    return Unavailable(f"Clerk answered HTTP {status}", retry_after(headers))
 
 
 def _ms(value: Any, name: str) -> float | None:
@@ -180,7 +171,7 @@ def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Princi
             raise ValueError("revoked/expired are not booleans")
     except (ValueError, RecursionError) as exc:
         log.error("unreadable 200 answer from Clerk %s: %s", endpoint.name, exc)
-        raise ClerkUnavailable("Clerk gave an unreadable answer") from None
+        raise Unavailable("Clerk gave an unreadable answer") from None
     if revoked:
         raise ProxyError(
             TOKEN_INVALID, "the token has been revoked", token_type=endpoint.token_type
@@ -201,7 +192,7 @@ def parse_verify_response(endpoint: Endpoint, body: bytes, now: float) -> Princi
         log.error(
             "unreadable 200 answer from Clerk %s: ids or scopes not header-safe", endpoint.name
         )
-        raise ClerkUnavailable("Clerk gave an unreadable answer")
+        raise Unavailable("Clerk gave an unreadable answer")
     return principal
 
 
@@ -220,7 +211,6 @@ class ClerkClient:
         self._metrics = metrics
         self._now = now
         self._monotonic = monotonic
-        self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         # One per Clerk instance (this client): its pauses hold every verify call.
         self.gate = CallGate(
             cfg.backoff_initial, cfg.backoff_max, clock=monotonic, refuse=self._refusal
@@ -234,16 +224,13 @@ class ClerkClient:
         return {
             "Authorization": f"Bearer {key}",
             "Content-Type": "application/json",
-            "Accept": "application/json",
-            "Accept-Encoding": "identity",  # the shared session does not decompress
             "Clerk-API-Version": self._cfg.api_version,
-            "User-Agent": "clerk-auth-proxy",
         }
 
     async def get(self, name: str, path: str) -> tuple[int, Mapping[str, str], bytes]:
         """One GET with the instance key (JWKS), with metrics, through the gate the verify
         calls pass (the same API: an outage or a throttle holds both); raises
-        ClerkUnavailable."""
+        Unavailable."""
         return await self.gate.through(
             lambda: self._call(name, "GET", path, self._cfg.secret_key, None)
         )
@@ -273,7 +260,7 @@ class ClerkClient:
                 status, headers, body = await gate.through(
                     lambda: self._call(endpoint.name, "POST", endpoint.path, key, payload)
                 )
-            except ClerkUnavailable as exc:
+            except Unavailable as exc:
                 failure = exc
             else:
                 if status == 200:
@@ -322,7 +309,7 @@ class ClerkClient:
         payload = json.dumps({"revocation_reason": reason or None}).encode()
         try:
             status, _, body = await self._call(name, "POST", path, key, payload)
-        except ClerkUnavailable as exc:
+        except Unavailable as exc:
             return {"status": "failed", "message": exc.message}
         if status == 200:
             return {"status": "revoked", "http_status": status}
@@ -332,40 +319,25 @@ class ClerkClient:
             "message": f"Clerk answered HTTP {status} ({error_code(body)})",
         }
 
-    def _refusal(self, seconds: float, reason: Held) -> ClerkUnavailable:
+    def _refusal(self, seconds: float, reason: Held) -> Unavailable:
         self._held[reason].inc()
         message = (
             "Clerk is rate limiting verification; waiting for its Retry-After"
             if reason == "retry_after"
             else "Clerk is failing; verification is paused and retried with backoff"
         )
-        return ClerkUnavailable(message, max(1, math.ceil(seconds)))
+        return Unavailable(message, max(1, math.ceil(seconds)))
 
     async def _call(
         self, name: str, method: str, path: str, key: str, payload: bytes | None
     ) -> tuple[int, Mapping[str, str], bytes]:
-        url = self._cfg.api_url + path
-        started = time.perf_counter()
-        status = "error"
-        try:
-            async with self._session.request(
-                method,
-                url,
-                data=payload,
-                headers=self.headers(key),
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                status = str(resp.status)
-                body = await read_capped(resp.content, MAX_RESPONSE_BYTES)
-                if body is None:
-                    raise ClerkUnavailable("Clerk's answer was too large")
-                return resp.status, resp.headers, body
-        except TimeoutError:
-            status = "timeout"
-            raise ClerkUnavailable("Clerk did not answer in time") from None
-        except aiohttp.ClientError as exc:
-            raise ClerkUnavailable(f"cannot reach Clerk ({type(exc).__name__})") from None
-        finally:
-            self._metrics.clerk_requests.labels(name, status).inc()
-            self._metrics.clerk_duration.labels(name).observe(time.perf_counter() - started)
+        return await call(
+            self._session,
+            method,
+            self._cfg.api_url + path,
+            who="Clerk",
+            data=payload,
+            headers=self.headers(key),
+            seconds=self._cfg.timeout,
+            counted=(self._metrics.clerk_requests, self._metrics.clerk_duration, (name,)),
+        )

@@ -7,6 +7,6 @@
 - `calls`: the HTTP calls to an issuer, behind its own `proxy.auth.gate`, with metrics.
 
 May import: the shared pieces of `proxy.auth` (`tokens`, `breaker`, `gate`, `keyset`,
-`jws`, `claims_json`, `capped`), `proxy.observe`, `proxy.config`, `proxy.core`; never
+`jws`, `claims_json`), `proxy.observe`, `proxy.config`, `proxy.core`; never
 `proxy.auth.clerk` nor the verifier that ties them together.
 """

@@ -1,7 +1,7 @@
 """HTTP calls to another OAuth issuer (discovery, JWKS, introspection), with metrics.
 
 Every failure of the issuer — unreachable, timing out, too large an answer — is
-`IssuerUnavailable` (503 `verification_unavailable`): ours to report, never the caller's
+`gate.Unavailable` (503 `verification_unavailable`): ours to report, never the caller's
 fault and never a reason to let a request through. Redirects are not followed (a JWKS
 location is configuration, not something an answer may move).
 
@@ -22,23 +22,16 @@ from typing import Final
 import aiohttp
 
 from proxy.auth.breaker import Held
-from proxy.auth.capped import read_capped
-from proxy.auth.gate import DEFAULT_RETRY_AFTER, CallGate
+from proxy.auth.gate import CallGate, Unavailable, call
 from proxy.config.model import Issuer
-from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
+from proxy.core.errors import ProxyError
 from proxy.observe.metrics import Metrics
 
-MAX_ANSWER_BYTES = 256 * 1024
 BAD_CREDENTIALS_RETRY_AFTER: Final = 30
 # The gate's backoff after failures: Clerk's defaults (clerk.backoff_initial/backoff_max).
 BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 10.0
 HELD_REASONS: Final[tuple[Held, ...]] = ("retry_after", "backoff", "probe", "refused")
-
-
-class IssuerUnavailable(ProxyError):
-    def __init__(self, message: str, retry_after: int = DEFAULT_RETRY_AFTER) -> None:
-        super().__init__(VERIFICATION_UNAVAILABLE, message, retry_after=retry_after)
 
 
 class IssuerHttp:
@@ -53,7 +46,6 @@ class IssuerHttp:
         self.cfg = cfg
         self._session = session
         self._metrics = metrics
-        self._timeout = aiohttp.ClientTimeout(total=cfg.timeout)
         self.gate = CallGate(
             BACKOFF_INITIAL,
             BACKOFF_MAX,
@@ -70,7 +62,7 @@ class IssuerHttp:
         verifier skip a call (and spending budget on it) while the issuer asked to wait."""
         return self.gate.refusal()
 
-    def _refusal(self, seconds: float, reason: Held) -> IssuerUnavailable:
+    def _refusal(self, seconds: float, reason: Held) -> Unavailable:
         self._held[reason].inc()
         name = self.cfg.name
         if reason == "retry_after":
@@ -79,7 +71,7 @@ class IssuerHttp:
             message = "the proxy cannot verify tokens right now"
         else:
             message = f"issuer {name} is failing; its calls are paused and retried with backoff"
-        return IssuerUnavailable(message, max(1, math.ceil(seconds)))
+        return Unavailable(message, max(1, math.ceil(seconds)))
 
     async def get(self, endpoint: str, url: str) -> tuple[int, Mapping[str, str], bytes]:
         return await self.call(endpoint, "GET", url)
@@ -94,47 +86,17 @@ class IssuerHttp:
         headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
         """(status, headers, body) of one call through the issuer's gate; raises
-        IssuerUnavailable when there is none (held by the gate, or no answer)."""
-        return await self.gate.through(lambda: self._call(endpoint, method, url, data, headers))
-
-    async def _call(
-        self,
-        endpoint: str,
-        method: str,
-        url: str,
-        data: bytes | None,
-        headers: Mapping[str, str] | None,
-    ) -> tuple[int, Mapping[str, str], bytes]:
-        name = self.cfg.name
-        started = time.perf_counter()
-        status = "error"
-        sent = {
-            "Accept": "application/json",
-            "Accept-Encoding": "identity",  # the shared session does not decompress
-            "User-Agent": "clerk-auth-proxy",
-            **(headers or {}),
-        }
-        try:
-            async with self._session.request(
+        Unavailable when there is none (held by the gate, or no answer)."""
+        m = self._metrics
+        return await self.gate.through(
+            lambda: call(
+                self._session,
                 method,
                 url,
+                who=f"issuer {self.cfg.name}",
                 data=data,
-                headers=sent,
-                timeout=self._timeout,
-                allow_redirects=False,
-            ) as resp:
-                status = str(resp.status)
-                body = await read_capped(resp.content, MAX_ANSWER_BYTES)
-                if body is None:
-                    raise IssuerUnavailable(f"issuer {name}'s {endpoint} answer is too large")
-                return resp.status, resp.headers, body
-        except TimeoutError:
-            status = "timeout"
-            raise IssuerUnavailable(f"issuer {name} did not answer in time") from None
-        except aiohttp.ClientError as exc:
-            raise IssuerUnavailable(f"cannot reach issuer {name} ({type(exc).__name__})") from None
-        finally:
-            self._metrics.issuer_requests.labels(name, endpoint, status).inc()
-            self._metrics.issuer_duration.labels(name, endpoint).observe(
-                time.perf_counter() - started
+                headers=headers or {},
+                seconds=self.cfg.timeout,
+                counted=(m.issuer_requests, m.issuer_duration, (self.cfg.name, endpoint)),
             )
+        )

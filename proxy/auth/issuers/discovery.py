@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-from proxy.auth.issuers.calls import IssuerHttp, IssuerUnavailable
+from proxy.auth.gate import Unavailable
+from proxy.auth.issuers.calls import IssuerHttp
 from proxy.config.issuers import issuer_url
 from proxy.core.errors import ProxyError
 
@@ -92,7 +93,7 @@ class Discovery:
             if not self._usable(now) and now - self._failed_at >= FAILED_BACKOFF:
                 await self._discover()
             if self._found is None:
-                raise IssuerUnavailable(
+                raise Unavailable(
                     f"cannot find issuer {self._http.cfg.name}'s keys (discovery failed)"
                 )
             return self._found

@@ -17,8 +17,8 @@ from typing import Any
 from urllib.parse import quote_plus, urlencode
 
 from proxy.auth.claims_json import loads, numeric_date
-from proxy.auth.gate import retry_after
-from proxy.auth.issuers.calls import BAD_CREDENTIALS_RETRY_AFTER, IssuerHttp, IssuerUnavailable
+from proxy.auth.gate import Unavailable, retry_after
+from proxy.auth.issuers.calls import BAD_CREDENTIALS_RETRY_AFTER, IssuerHttp
 from proxy.auth.issuers.claims import REFUSED_AS, map_principal
 from proxy.auth.issuers.discovery import Discovery
 from proxy.config.model import Issuer
@@ -51,11 +51,9 @@ def judge_answer(
             name,
             status,
         )
-        raise IssuerUnavailable(
-            "the proxy cannot verify tokens right now", BAD_CREDENTIALS_RETRY_AFTER
-        )
+        raise Unavailable("the proxy cannot verify tokens right now", BAD_CREDENTIALS_RETRY_AFTER)
     if status != 200:
-        raise IssuerUnavailable(f"issuer {name} answered HTTP {status}", retry_after(headers))
+        raise Unavailable(f"issuer {name} answered HTTP {status}", retry_after(headers))
     try:
         data = loads(body)
         if not isinstance(data, dict) or not isinstance(data.get("active"), bool):
@@ -70,7 +68,7 @@ def judge_answer(
             raise ValueError("aud is neither a string nor a list")
     except (ValueError, RecursionError) as exc:
         log.error("unreadable introspection answer from issuer %s: %s", name, exc)
-        raise IssuerUnavailable(f"issuer {name} gave an unreadable answer") from None
+        raise Unavailable(f"issuer {name} gave an unreadable answer") from None
     # RFC 7662 leaves every field but `active` optional: what is there must hold.
     if data.get("iss") is not None and data["iss"] != cfg.issuer:
         raise _inactive(f"the token was not issued by {cfg.issuer}")
@@ -116,9 +114,7 @@ class Introspector:
             return self._cfg.endpoint
         found = (await self._discovery.metadata()).introspection_endpoint
         if found is None:
-            raise IssuerUnavailable(
-                f"issuer {self._http.cfg.name} publishes no introspection endpoint"
-            )
+            raise Unavailable(f"issuer {self._http.cfg.name} publishes no introspection endpoint")
         return found
 
     async def principal(self, token: str) -> Principal:
