@@ -344,7 +344,7 @@ class FrontDoor(asyncio.Protocol):
         except Exception as exc:
             self._task = None
             if isinstance(exc, ProxyError):
-                self._count_upstream_error(exc)
+                self._proxy.metrics.count_upstream_failure(exc.cause)
             self._fail(exc)
             return
         self._task = None
@@ -386,10 +386,6 @@ class FrontDoor(asyncio.Protocol):
             self._upstream.abandon()
             self._upstream = None
         self._refuse(internal_error(exc, "fast"))
-
-    def _count_upstream_error(self, refusal: ProxyError) -> None:
-        kind = "timeout" if refusal.status == 504 else "unavailable"
-        self._proxy.metrics.upstream_errors.labels(kind=kind).inc()
 
     # --- upstream.Sink ---------------------------------------------------------------------
 
@@ -450,7 +446,7 @@ class FrontDoor(asyncio.Protocol):
             self._retry = False
             self._send_upstream(retry=False)
             return
-        self._count_upstream_error(refusal)
+        self._proxy.metrics.count_upstream_failure(refusal.cause)
         if self._state == STREAMING:
             # Too late for a status: the client sees a truncated response.
             self.transport.abort()

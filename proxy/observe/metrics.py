@@ -277,8 +277,12 @@ class Metrics:
 
     def upstream_failed(self, cause: str) -> ProxyError:
         """Count an upstream failure (`core.errors`' cause) and return the client's 502/504."""
-        self.upstream_errors.labels(kind="timeout" if cause == TIMEOUT else "unavailable").inc()
+        self.count_upstream_failure(cause)
         return upstream_failure(cause)
+
+    def count_upstream_failure(self, cause: str | None) -> None:
+        """`upstream_errors` by kind: a timeout, or the upstream unavailable (any other cause)."""
+        self.upstream_errors.labels(kind="timeout" if cause == TIMEOUT else "unavailable").inc()
 
     def decision(self, token_type: str, result: str) -> CounterChild:
         """The `auth_decisions` child for a (token type, result) pair, looked up once."""
