@@ -109,8 +109,9 @@ async def main() -> None:
 
                 async def jwt_path(tokens: list[str]) -> None:
                     for token in tokens:
-                        load, _, _ = verifier._loader(token, "127.0.0.1")
-                        await load()
+                        load, _, _, at_once = verifier._loader(token, "127.0.0.1")
+                        if at_once is None or at_once() is None:
+                            await load()
 
                 def bare_decode(tokens: list[str] = tokens, key: Any = key,
                                 opts: dict[str, Any] = decode_opts) -> None:
