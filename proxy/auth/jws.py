@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import binascii
 import functools
-import json
-import re
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -47,12 +45,13 @@ EMBEDDED_KEY_HEADERS: Final = ("jku", "x5u", "jwk", "x5c")
 _REFUSED_HEADERS: Final = frozenset({"crit", *EMBEDDED_KEY_HEADERS})
 MIN_RSA_BITS: Final = 2048
 MAX_SEGMENT: Final = 6144
-_B64URL: Final = re.compile(r"[A-Za-z0-9_\-]+")
 # A remainder of 1 is no whole byte (no character is canonical there); 2 leaves 4 spare
 # bits in the last character, 3 leaves 2: its value a multiple of 16, or of 4.
 _CANONICAL_LAST: Final = ("", "", "AQgw", "AEIMQUYcgkosw048")
 _PADDING: Final = (b"", b"", b"==", b"=")
-_STANDARD: Final = bytes.maketrans(b"-_", b"+/")
+# base64url's two own characters to base64's, and base64's own (and its padding) to a
+# character of neither.
+_STANDARD: Final = bytes.maketrans(b"-_+/=", b"+/...")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,17 +74,23 @@ def _b64url(segment: str) -> bytes | None:
     """A segment's bytes (base64url without padding, RFC 7515 §2); None for anything else,
     a non-canonical spelling too (last bits that decode to nothing: one token, one string).
     The spelling is canonical when the bits its last character carries past the last
-    whole byte are zero: `_CANONICAL_LAST`, by the length's remainder. No re-encoding."""
-    if not _B64URL.fullmatch(segment):
-        return None
+    whole byte are zero: `_CANONICAL_LAST`, by the length's remainder. The alphabet is
+    checked by the decoder itself (strict mode), once `_STANDARD` has made every
+    character outside base64url one outside base64 too."""
     spare = len(segment) % 4
-    if spare and segment[-1] not in _CANONICAL_LAST[spare]:
+    if not segment or (spare and segment[-1] not in _CANONICAL_LAST[spare]):
         return None
-    return binascii.a2b_base64(segment.encode().translate(_STANDARD) + _PADDING[spare])
+    try:
+        return binascii.a2b_base64(
+            segment.encode().translate(_STANDARD) + _PADDING[spare], strict_mode=True
+        )
+    except binascii.Error:
+        return None
 
 
-def segment(text: str, read: Callable[[bytes | str], Any] = json.loads) -> dict[str, Any] | None:
-    """The JSON object a segment holds, as `read` reads it; None for anything else."""
+def segment(text: str, strict: bool = False) -> dict[str, Any] | None:
+    """The JSON object a segment holds (`strict`: refusing NaN and Infinity, else reading
+    them as `json.loads` does); None for anything else."""
     raw = _b64url(text) if len(text) <= MAX_SEGMENT else None
     if raw is None:
         return None
@@ -93,7 +98,7 @@ def segment(text: str, read: Callable[[bytes | str], Any] = json.loads) -> dict[
         # An object in UTF-8 is what every issuer sends: read as text at once, where
         # `json.detect_encoding` would say UTF-8 too (no BOM, no NUL byte second).
         utf8 = raw[:1] == b"{" and raw[1:2] != b"\0"
-        value = read(raw.decode("utf-8", "surrogatepass") if utf8 else raw)
+        value = loads(raw.decode("utf-8", "surrogatepass") if utf8 else raw, strict=strict)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
@@ -123,7 +128,7 @@ def peek(token: str) -> Unverified | None:
     if header is None:
         return None
     strict = True
-    payload = segment(parts[1], loads)
+    payload = segment(parts[1], strict=True)
     if payload is None:
         strict, payload = False, segment(parts[1])
         if payload is None:

@@ -61,15 +61,19 @@ def not_clerk(iss: str, served: Sequence[str]) -> ProxyError:
     )
 
 
-def _typ_accepted(header: Mapping[str, Any], accepted: Sequence[str]) -> bool:
+def _media_type(typ: str) -> str:
+    # Media type names are case-insensitive; "application/" may be left out (RFC 7515 §4.1.9).
+    return typ.lower().removeprefix("application/")
+
+
+def _typ_accepted(
+    header: Mapping[str, Any], accepted: Sequence[str], named: frozenset[str]
+) -> bool:
+    """`named`: the accepted types other than none, as `_media_type` spells them."""
     typ = header.get("typ")
     if typ is None:
         return "" in accepted
-    if not isinstance(typ, str):
-        return False
-    # Media type names are case-insensitive; "application/" may be left out (RFC 7515 §4.1.9).
-    short = typ.lower().removeprefix("application/")
-    return any(short == a.lower().removeprefix("application/") for a in accepted if a)
+    return isinstance(typ, str) and _media_type(typ) in named
 
 
 class IssuerVerifier:
@@ -83,6 +87,7 @@ class IssuerVerifier:
     ) -> None:
         self.cfg = cfg
         self.rules = rules(cfg)
+        self._typs = frozenset(_media_type(t) for t in cfg.token_types if t)
         self._now = now
         self.http = IssuerHttp(cfg, session, metrics)
         self.discovery = Discovery(self.http, now=now)
@@ -111,7 +116,7 @@ class IssuerVerifier:
 
     def _check_typ(self, header: Mapping[str, Any]) -> None:
         cfg = self.cfg
-        if not _typ_accepted(header, cfg.token_types):
+        if not _typ_accepted(header, cfg.token_types, self._typs):
             shown = [t or "(none)" for t in cfg.token_types]
             raise jws.invalid(
                 f"the JWT's typ is not one issuer {cfg.name} uses for access tokens "
