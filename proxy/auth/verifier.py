@@ -2,7 +2,8 @@
 
 Known tokens never wait for Clerk: a fresh entry is a hit; past its refresh point (or in
 its stale window) it is still the answer, and one background re-verification starts.
-Unknown tokens wait for their flight up to the miss deadline.
+Unknown tokens wait for their flight up to the miss deadline; a JWT whose key is held
+needs none, and is verified in the caller.
 
 Metrics counted here: verify_cache and the Clerk request metrics. auth_decisions is
 the request path's (app.py), which sees every decision including policy refusals.

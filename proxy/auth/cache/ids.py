@@ -36,7 +36,9 @@ _CHUNK_BASE: Final = 62**_CHUNK
 _MAX_PREFIXES: Final = 256
 
 _ALPHABET: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_DIGIT: Final = {c: n for n, c in enumerate(_ALPHABET)}
+_NOT_A_DIGIT: Final = 255
+# Each byte's digit value; `_NOT_A_DIGIT` (-1, not found, modulo 256) outside the alphabet.
+_DIGITS: Final = bytes(_ALPHABET.find(chr(b)) % 256 for b in range(256))
 _LOWER_HEX: Final = re.compile(f"[0-9a-f]{{{_HEX_BODY}}}")
 
 
@@ -112,14 +114,15 @@ def _hex(body: str) -> bytes | None:
 
 
 def _base62(body: str) -> int | None:
-    # By chunks that stay machine integers (62**9 < 2**54): three big-number steps, not 27.
+    # The digits by one table lookup per character (`pack` has checked it is ASCII), then
+    # by chunks that stay machine integers (62**9 < 2**54): three big-number steps, not 27.
+    digits = body.encode().translate(_DIGITS)
+    if _NOT_A_DIGIT in digits:
+        return None
     number = 0
     for start in range(0, _BASE62_BODY, _CHUNK):
         chunk = 0
-        for c in body[start : start + _CHUNK]:
-            digit = _DIGIT.get(c)
-            if digit is None:
-                return None
+        for digit in digits[start : start + _CHUNK]:
             chunk = chunk * 62 + digit
         number = number * _CHUNK_BASE + chunk
     return number

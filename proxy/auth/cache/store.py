@@ -23,7 +23,8 @@
 - One flight per key at a time, misses and background checks alike: concurrent misses
   share it, a caller that goes away does not cancel it for the others, every waiter of a
   failed flight gets the same refusal, and a waiter past its deadline leaves it running
-  (it fills the cache for the retry).
+  (it fills the cache for the retry). A JWT's miss that needs no I/O takes no flight
+  (`at_once`): verified in the caller, its verdict stored before anything else runs.
 
 Only Principals are cached, never an allow/deny: scopes are checked per request.
 Entries are held packed (`entries.PackedTable`, under 100 bytes each) in the two
