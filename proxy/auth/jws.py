@@ -78,7 +78,9 @@ def _b64url(segment: str) -> bytes | None:
     checked by the decoder itself (strict mode), once `_STANDARD` has made every
     character outside base64url one outside base64 too."""
     spare = len(segment) % 4
-    if not segment or (spare and segment[-1] not in _CANONICAL_LAST[spare]):
+    if not segment or not segment.isascii():  # (a lone surrogate would not even encode)
+        return None
+    if spare and segment[-1] not in _CANONICAL_LAST[spare]:
         return None
     try:
         return binascii.a2b_base64(
