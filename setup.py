@@ -36,6 +36,11 @@ COMPILED = [
     "proxy/request/policy.py",
     "proxy/auth/tokens.py",
     "proxy/auth/verifier.py",
+    # A fresh JWT's own reading and judging, around the signature check (issue 27 point 6).
+    "proxy/auth/jws.py",
+    "proxy/auth/claims_json.py",
+    "proxy/auth/clerk/classes.py",
+    "proxy/auth/issuers/claims.py",
     "proxy/observe/loop_metrics.py",
     "proxy/observe/metrics.py",
     "proxy/observe/logs.py",

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_aiohttp import AiohttpServer
 
-from proxy.auth.issuers.routing import IssuerVerifier, peek
+from proxy.auth.issuers.routing import IssuerVerifier, Unverified, peek
 from proxy.auth.verifier import ClerkVerifier
 from proxy.config.load import build_config
 from proxy.core.errors import ProxyError
@@ -93,9 +93,13 @@ class Env:
         return self.emu.mint(claims or self.good(), {"typ": self.case.typ, **headers})
 
     async def judge(self, token: str) -> Any:
-        parts = peek(token)
-        assert parts is not None
-        return await self.verifier.verify_jwt(token, parts[0])
+        return await self.verifier.verify_jwt(token, parts_of(token))
+
+
+def parts_of(token: str) -> Unverified:
+    parts = peek(token)
+    assert parts is not None
+    return parts
 
 
 def issuer_config(url: str, case: Case, **extra: Any) -> Any:
@@ -221,7 +225,7 @@ async def test_jwk_alg_pins_the_algorithm(aiohttp_server: AiohttpServer) -> None
     async with aiohttp.ClientSession() as session:
         verifier = IssuerVerifier(cfg.issuers[0], session, Metrics(), now=clock)
         with pytest.raises(ProxyError) as info:
-            await verifier.verify_jwt(token, jwt.get_unverified_header(token))
+            await verifier.verify_jwt(token, parts_of(token))
     assert "published for RS256" in info.value.message
 
 
@@ -240,7 +244,7 @@ async def test_short_rsa_keys_are_refused(aiohttp_server: AiohttpServer) -> None
     async with aiohttp.ClientSession() as session:
         verifier = IssuerVerifier(cfg.issuers[0], session, Metrics(), now=clock)
         with pytest.raises(ProxyError) as info:
-            await verifier.verify_jwt(token, jwt.get_unverified_header(token))
+            await verifier.verify_jwt(token, parts_of(token))
     assert "shorter than 2048" in info.value.message
 
 

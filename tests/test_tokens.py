@@ -166,6 +166,7 @@ def test_classify_by_clerk_signals(
         ("!!!.###.$$$", TOKEN_INVALID),
         (f"{b64([1])}.{b64({})}.c2ln", TOKEN_INVALID),  # header not an object
         (f"{b64(RS)}.bm90IGpzb24.c2ln", TOKEN_INVALID),  # payload not JSON
+        (f"\udcff{b64(RS)}.{b64({'sub': 'user_1'})}.c2ln", TOKEN_INVALID),  # not even UTF-8
         (jwt_shape({"alg": "none"}, {"sub": "user_1"}, ""), TOKEN_INVALID),
         (jwt_shape({"alg": "none"}, {"sub": "user_1"}), TOKEN_INVALID),
         (jwt_shape({"alg": "HS256", "kid": "ins_1"}, {"sub": "user_1"}), TOKEN_INVALID),
@@ -218,6 +219,7 @@ def test_kind_properties(kind: TokenKind, token_type: str, is_jwt: bool) -> None
         ("user_2abc", False),
         ("first.last@example.com", False),  # another issuer's sub with two dots
         ("3f2a9c0e-1b7d-4c55-9e0a-7a1b2c3d4e5f", False),  # another issuer's jti
+        ("a\udcff.b.c", False),  # an argument that was not UTF-8 (surrogateescape)
         (
             base64.urlsafe_b64encode(b'{"alg":"ES256","kid":"k"}').decode().rstrip("=")
             + ".eyJzdWIiOiJ4In0.c2ln",

@@ -781,3 +781,38 @@ async def test_a_miss_waits_at_most_the_deadline_and_its_call_fills_the_cache(
         "authproxy_verification_deadline_exceeded_total"
     ) == 2
     assert rig.metrics.registry.get_sample_value("authproxy_verification_deadline_seconds") == 0.1
+
+
+async def test_a_fresh_jwt_whose_key_is_held_is_verified_without_yielding(
+    make_rig: RigFactory,
+) -> None:
+    """Issue 27 point 6: a JWT miss that needs no I/O runs in the caller — no flight, no
+    deadline timer, no waiter — so the whole miss ends in one step of its coroutine, and a
+    concurrent miss of the same token (which could only start after it) finds its entry.
+    The first JWT, whose key set is not held yet, waits for the fetch in a flight."""
+    rig = await make_rig()
+    first = rig.clerk.mint_session_jwt("user_2first", sid="sess_2first")
+    assert (await rig.verify(first)).id == "user_2first"
+    assert rig.calls("jwks") == 1
+    token = rig.clerk.mint_session_jwt("user_2abc", sid="sess_2abc")
+    step = rig.verifier.verify(token, IP)
+    with pytest.raises(StopIteration) as done:
+        step.send(None)
+    assert done.value.value.id == "user_2abc"
+    assert not rig.verifier.cache.in_flight(rig.verifier.cache.key(token))
+    again = await asyncio.gather(*(rig.verify(token) for _ in range(3)))
+    assert {p.id for p in again} == {"user_2abc"}
+    assert (rig.cache_count("miss"), rig.cache_count("hit"), rig.cache_count("coalesced")) == (
+        2,
+        3,
+        0,
+    )
+    # A refusal takes the same way and is not cached (a JWT's): each miss judges it again.
+    expired = rig.clerk.mint_session_jwt("user_2old", expires_in=-600)
+    for _ in range(2):
+        step = rig.verifier.verify(expired, IP)
+        with pytest.raises(ProxyError) as info:
+            step.send(None)
+        assert info.value.code == TOKEN_EXPIRED
+    assert rig.cache_count("miss") == 4
+    assert rig.calls("jwks") == 1

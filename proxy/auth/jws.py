@@ -18,11 +18,9 @@ The claims (RFC 7519, RFC 9068 §4): the payload strict JSON (`claims_json`); `i
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
-import json
-import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -44,9 +42,16 @@ ALGORITHMS: Final[dict[str, tuple[str, str | None]]] = {
     "EdDSA": ("OKP", None),  # Ed25519 or Ed448
 }
 EMBEDDED_KEY_HEADERS: Final = ("jku", "x5u", "jwk", "x5c")
+_REFUSED_HEADERS: Final = frozenset({"crit", *EMBEDDED_KEY_HEADERS})
 MIN_RSA_BITS: Final = 2048
 MAX_SEGMENT: Final = 6144
-_B64URL: Final = re.compile(r"[A-Za-z0-9_\-]+")
+# A remainder of 1 is no whole byte (no character is canonical there); 2 leaves 4 spare
+# bits in the last character, 3 leaves 2: its value a multiple of 16, or of 4.
+_CANONICAL_LAST: Final = ("", "", "AQgw", "AEIMQUYcgkosw048")
+_PADDING: Final = (b"", b"", b"==", b"=")
+# base64url's two own characters to base64's, and base64's own (and its padding) to a
+# character of neither.
+_STANDARD: Final = bytes.maketrans(b"-_+/=", b"+/...")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,46 +72,86 @@ def invalid(message: str, token_type: str | None = None) -> ProxyError:
 
 def _b64url(segment: str) -> bytes | None:
     """A segment's bytes (base64url without padding, RFC 7515 §2); None for anything else,
-    a non-canonical spelling too (last bits that decode to nothing: one token, one string)."""
-    if not _B64URL.fullmatch(segment) or len(segment) % 4 == 1:
+    a non-canonical spelling too (last bits that decode to nothing: one token, one string).
+    The spelling is canonical when the bits its last character carries past the last
+    whole byte are zero: `_CANONICAL_LAST`, by the length's remainder. The alphabet is
+    checked by the decoder itself (strict mode), once `_STANDARD` has made every
+    character outside base64url one outside base64 too."""
+    spare = len(segment) % 4
+    if not segment or not segment.isascii():  # (a lone surrogate would not even encode)
         return None
-    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    return raw if base64.urlsafe_b64encode(raw).rstrip(b"=") == segment.encode() else None
-
-
-def _segment(segment: str, read: Callable[[bytes], Any] = json.loads) -> dict[str, Any] | None:
-    """The JSON object a segment holds, as `read` reads it; None for anything else."""
-    raw = _b64url(segment) if len(segment) <= MAX_SEGMENT else None
+    if spare and segment[-1] not in _CANONICAL_LAST[spare]:
+        return None
     try:
-        value = read(raw) if raw is not None else None
+        return binascii.a2b_base64(
+            segment.encode().translate(_STANDARD) + _PADDING[spare], strict_mode=True
+        )
+    except binascii.Error:
+        return None
+
+
+def segment(text: str, strict: bool = False) -> dict[str, Any] | None:
+    """The JSON object a segment holds (`strict`: refusing NaN and Infinity, else reading
+    them as `json.loads` does); None for anything else."""
+    raw = _b64url(text) if len(text) <= MAX_SEGMENT else None
+    if raw is None:
+        return None
+    try:
+        # An object in UTF-8 is what every issuer sends: read as text at once, where
+        # `json.detect_encoding` would say UTF-8 too (no BOM, no NUL byte second).
+        utf8 = raw[:1] == b"{" and raw[1:2] != b"\0"
+        value = loads(raw.decode("utf-8", "surrogatepass") if utf8 else raw, strict=strict)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
 
-def peek(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The unverified (header, payload) of a compact JWT; None when it is not one. For the
-    header check and for routing by `iss` only: the payload is read again, strictly, once
-    its signature holds (`verify_signature`), so a NaN here still reaches its refusal."""
+@dataclass(frozen=True, slots=True)
+class Unverified:
+    """A compact JWT's header and payload, each segment read once for everyone who looks
+    before the signature is checked (routing by `iss`, Clerk's classes) and for the claims
+    after it: the signature covers these very bytes."""
+
+    header: dict[str, Any]
+    payload: dict[str, Any]
+    # The payload is strict JSON (`claims_json`): else a NaN or Infinity was read into it,
+    # and the token is refused once its signature holds (`verify_signature`).
+    strict: bool
+
+
+def peek(token: str) -> Unverified | None:
+    """The unverified header and payload of a compact JWT; None when it is not one. The
+    payload is read strictly, and leniently only when that fails, so that a token
+    carrying NaN is still routed by its `iss` and reaches its refusal."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
-    header, payload = _segment(parts[0]), _segment(parts[1])
-    return None if header is None or payload is None else (header, payload)
+    header = segment(parts[0])
+    if header is None:
+        return None
+    strict = True
+    payload = segment(parts[1], strict=True)
+    if payload is None:
+        strict, payload = False, segment(parts[1])
+        if payload is None:
+            return None
+    return Unverified(header, payload, strict)
 
 
 def check_header(
-    header: Mapping[str, Any], algorithms: Iterable[str], token_type: str | None = None
+    header: Mapping[str, Any], algorithms: Collection[str], token_type: str | None = None
 ) -> tuple[str, str]:
     """(alg, kid) of a header that may be verified; raises 401 `token_invalid` otherwise."""
     alg = header.get("alg")
-    allowed = [a for a in algorithms if a in ALGORITHMS]
-    if not isinstance(alg, str) or alg not in allowed:
+    if not isinstance(alg, str) or alg not in algorithms or alg not in ALGORITHMS:
+        allowed = [a for a in algorithms if a in ALGORITHMS]
         raise invalid(f"JWT algorithm not allowed ({', '.join(allowed)} only)", token_type)
-    if "crit" in header:
-        raise invalid("the JWT names critical header extensions (crit) we do not know", token_type)
-    carried = [name for name in EMBEDDED_KEY_HEADERS if name in header]
-    if carried:
+    if not _REFUSED_HEADERS.isdisjoint(header):
+        if "crit" in header:
+            raise invalid(
+                "the JWT names critical header extensions (crit) we do not know", token_type
+            )
+        carried = [name for name in EMBEDDED_KEY_HEADERS if name in header]
         raise invalid(
             f"the JWT header carries its own key or key location ({', '.join(carried)}); "
             "keys come only from the issuer's published key set",
@@ -140,11 +185,11 @@ def _algorithms() -> dict[str, Any]:
 
 
 def verify_signature(
-    token: str, key: Key, alg: str, token_type: str | None = None
+    token: str, key: Key, alg: str, parts: Unverified, token_type: str | None = None
 ) -> dict[str, Any]:
-    """The claims of a token whose signature `key` verifies under `alg`, not judged yet;
-    the payload read as strict JSON. PyJWT's algorithm does the signature check alone:
-    its `decode` would parse the token again (three times the check's CPU)."""
+    """The claims of a token whose signature `key` verifies under `alg`, not judged yet.
+    PyJWT's algorithm does the signature check alone: its `decode` would parse the token
+    again (three times the check's CPU)."""
     misfit = key_misfit(key, alg)
     if misfit is not None:
         raise invalid(misfit, token_type)
@@ -152,13 +197,12 @@ def verify_signature(
     raw = _b64url(signature)
     if raw is None or not _algorithms()[alg].verify(signing_input.encode(), key.key, raw):
         raise invalid("the JWT signature does not verify", token_type)
-    claims = _segment(signing_input.partition(".")[2], loads)
-    if claims is None:
+    if not parts.strict:
         raise invalid(
             "malformed JWT: its claims are not a JSON object (RFC 8259: no NaN or Infinity)",
             token_type,
         )
-    return claims
+    return parts.payload
 
 
 def _date(claims: Mapping[str, Any], name: str, token_type: str | None) -> float | None:
@@ -178,7 +222,7 @@ def check_claims(
         audiences = strings(claims.get("aud"))
         if not audiences:
             raise invalid("the token names no audience (aud)", token_type)
-        if not set(audiences) & set(rules.audiences):
+        if not any(audience in rules.audiences for audience in audiences):
             raise invalid(
                 f"the token is for another API (aud); this API is {', '.join(rules.audiences)}",
                 token_type,
@@ -199,25 +243,60 @@ def check_claims(
             raise invalid(f"the token's {name} claim is not {value!r}", token_type)
 
 
+def _read(
+    token: str, parts: Unverified | None, rules: Rules, token_type: str | None
+) -> tuple[Unverified, str, str]:
+    """The token's segments (`parts`: as the caller read them; None: read here) and the
+    (alg, kid) of a header that may be verified."""
+    if parts is None:
+        parts = peek(token)
+        if parts is None:
+            raise invalid("malformed JWT", token_type)
+    alg, kid = check_header(parts.header, rules.algorithms, token_type)
+    return parts, alg, kid
+
+
+def _judged(
+    token: str,
+    parts: Unverified,
+    alg: str,
+    found: Key | None,
+    rules: Rules,
+    now: float,
+    token_type: str | None,
+) -> dict[str, Any]:
+    if found is None:
+        raise invalid(rules.unknown_key, token_type)
+    claims = verify_signature(token, found, alg, parts, token_type)
+    check_claims(claims, rules, now, token_type)
+    return claims
+
+
 async def verify(
     token: str,
-    header: Mapping[str, Any] | None,
+    parts: Unverified | None,
     rules: Rules,
     key: Callable[[str], Awaitable[Key | None]],
     now: Callable[[], float],
     token_type: str | None = None,
 ) -> dict[str, Any]:
     """The claims of a JWT whose header, key, signature and claims hold to `rules`; `key`
-    finds the issuer's key by kid (None: not in its set). `header`: the token's, when the
-    caller has read it already (None: read here)."""
-    if header is None:
-        header = _segment(token.partition(".")[0])
-        if header is None:
-            raise invalid("malformed JWT", token_type)
-    alg, kid = check_header(header, rules.algorithms, token_type)
+    finds the issuer's key by kid (None: not in its set), fetching it when it may."""
+    parts, alg, kid = _read(token, parts, rules, token_type)
     found = await key(kid)
-    if found is None:
-        raise invalid(rules.unknown_key, token_type)
-    claims = verify_signature(token, found, alg, token_type)
-    check_claims(claims, rules, now(), token_type)
-    return claims
+    return _judged(token, parts, alg, found, rules, now(), token_type)
+
+
+def verify_held(
+    token: str,
+    parts: Unverified | None,
+    rules: Rules,
+    held: Callable[[str], Key | None],
+    now: Callable[[], float],
+    token_type: str | None = None,
+) -> dict[str, Any] | None:
+    """`verify` with the keys held now (`held`: None when the kid is not among them):
+    nothing awaited. None: the kid's key is not held, and only `verify` may fetch it."""
+    parts, alg, kid = _read(token, parts, rules, token_type)
+    found = held(kid)
+    return None if found is None else _judged(token, parts, alg, found, rules, now(), token_type)

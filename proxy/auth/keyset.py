@@ -204,16 +204,26 @@ class KeySetCache:
         if running is not None:
             await asyncio.shield(running)
 
+    def held(self, kid: str) -> Key | None:
+        """The key for `kid` when the set holds it, at once (a set past its freshness starts
+        its refetch in the background: the held key answers now); None: `key` decides."""
+        current = self._set
+        if current is None:
+            return None
+        known = current.keys.get(kid)
+        if known is not None:
+            now = self._now()
+            if now - current.fetched_at >= current.fresh_for and self._due(kid, now):
+                self._start()
+        return known
+
     async def key(self, kid: str) -> Key | None:
         """The key for `kid`, fetching as the rules above allow; None when the set has no
         such key. Raises 503 `verification_unavailable` when no set could be fetched yet."""
-        current, now = self._set, self._now()
-        if current is not None:
-            known = current.keys.get(kid)
-            if known is not None:
-                if now - current.fetched_at >= current.fresh_for and self._due(kid, now):
-                    self._start()  # in the background: the held key answers now
-                return known
+        known = self.held(kid)
+        if known is not None:
+            return known
+        now = self._now()
         running = self._running
         if running is None and self._due(kid, now):
             running = self._start()

@@ -2,19 +2,18 @@
 
 Classification decides which verifier a token goes to and refuses, without calling
 Clerk, everything that cannot be a Clerk credential. JWT header and payload are only
-*inspected* here (unverified); the signature is checked in `jwks`.
+*inspected* here (unverified), as `jws.peek` read them once for every look before the
+signature and the claims after it; the signature is checked in `jws`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import json
 import re
 from collections.abc import Sequence
 from typing import Any
 
+from proxy.auth.jws import Unverified, peek, segment
 from proxy.core.errors import (
     BAD_REQUEST,
     TOKEN_ID_NOT_SECRET,
@@ -29,7 +28,6 @@ from proxy.core.principal import TokenType
 MAX_JWT_LENGTH = 8192
 MAX_OPAQUE_LENGTH = 512
 MIN_OPAQUE_SECRET = 16
-MAX_JWT_SEGMENT_JSON = 6144
 
 # RFC 7235 token68; real bearer tokens never need the trailing '='.
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -37,7 +35,6 @@ _M2M_ID = re.compile(r"mt_[0-9a-f]{32}")
 # The ids of Clerk's opaque-token objects: the prefix of the secret, then 32 hex digits.
 _OBJECT_ID = re.compile(r"(?:mt|oat|ak)_[0-9a-f]{32}")
 _OPAQUE_BODY = re.compile(r"[A-Za-z0-9_\-]+")
-_B64URL = re.compile(r"[A-Za-z0-9_\-]*")
 JWT_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
 # Clerk's JWT categories: the header `cat` that tells apart the classes of JWT one
 # instance key signs (@clerk/backend src/tokens/jwtCategories.ts). "Ignore" is stamped on
@@ -109,8 +106,9 @@ def extract_bearer(values: Sequence[str]) -> str | None:
     return credential
 
 
-def classify(token: str) -> TokenKind:
-    """What kind of Clerk token this is, judged by shape alone.
+def classify(token: str, parts: Unverified | None = None) -> TokenKind:
+    """What kind of Clerk token this is, judged by shape alone; `parts`: a JWT's segments
+    when the caller has read them (`jws.peek`; None: read here).
 
     Raises `TOKEN_ID_NOT_SECRET` for an M2M token id and `TOKEN_INVALID` for anything
     that is not shaped like a Clerk token, so neither costs a Clerk call.
@@ -135,7 +133,7 @@ def classify(token: str) -> TokenKind:
                 raise _invalid(f"malformed {prefix} token", kind.token_type)
             return kind
     if token.count(".") == 2:
-        return _classify_jwt(token)
+        return _classify_jwt(token, parts or peek(token))
     raise _invalid("not a Clerk token (expected mt_, oat_, ak_ or a JWT)")
 
 
@@ -146,12 +144,9 @@ def is_secret(value: str) -> bool:
     one). Revoking "by id" with a secret would store and publish it and match nothing."""
     if _OBJECT_ID.fullmatch(value):
         return False
-    segments = value.split(".")
-    if len(segments) == 3:
-        try:
-            return "alg" in _b64json(segments[0], "header")
-        except ProxyError:
-            return False
+    if value.count(".") == 2:
+        header = segment(value.partition(".")[0])
+        return header is not None and "alg" in header
     try:
         classify(value)
     except ProxyError:
@@ -159,31 +154,18 @@ def is_secret(value: str) -> bool:
     return True
 
 
-def _b64json(segment: str, what: str) -> dict[str, Any]:
-    if not segment or len(segment) > MAX_JWT_SEGMENT_JSON or not _B64URL.fullmatch(segment):
-        raise _invalid(f"malformed JWT {what}")
-    try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        value = json.loads(raw)
-    except (binascii.Error, ValueError, RecursionError):
-        raise _invalid(f"malformed JWT {what}") from None
-    if not isinstance(value, dict):
-        raise _invalid(f"malformed JWT {what}")
-    return value
-
-
 def _mismatch(message: str, token_type: str | None) -> ProxyError:
     return ProxyError(TOKEN_TYPE_MISMATCH, message, token_type=token_type)
 
 
-def _classify_jwt(token: str) -> TokenKind:
+def _classify_jwt(token: str, parts: Unverified | None) -> TokenKind:
     """Clerk's own signals, in the order Clerk's SDK reads them: `sub` starting with
     `mch_` is an M2M JWT, header `typ` at+jwt an OAuth JWT, anything else a session
     token; the header `cat` and `typ` must then agree with that class."""
-    header_b64, payload_b64, signature = token.split(".")
-    header = _b64json(header_b64, "header")
-    payload = _b64json(payload_b64, "payload")
-    if not signature or not _B64URL.fullmatch(signature):
+    if parts is None:
+        raise _invalid("malformed JWT: its header or payload is not a base64url JSON object")
+    header, payload = parts.header, parts.payload
+    if not _OPAQUE_BODY.fullmatch(token.rpartition(".")[2]):
         raise _invalid("unsigned or malformed JWT")
     # Refused here, before any key lookup: `none` and HMAC (HS/RS confusion) never verify.
     if header.get("alg") not in JWT_ALGORITHMS:

@@ -2,7 +2,8 @@
 
 Known tokens never wait for Clerk: a fresh entry is a hit; past its refresh point (or in
 its stale window) it is still the answer, and one background re-verification starts.
-Unknown tokens wait for their flight up to the miss deadline.
+Unknown tokens wait for their flight up to the miss deadline; a JWT whose key is held
+needs none, and is verified in the caller.
 
 Metrics counted here: verify_cache and the Clerk request metrics. auth_decisions is
 the request path's (app.py), which sees every decision including policy refusals.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 
@@ -24,6 +25,7 @@ from proxy.auth.clerk.api import ClerkClient
 from proxy.auth.clerk.classes import check_class_claims, jwt_principal
 from proxy.auth.clerk.keys import Jwks
 from proxy.auth.issuers.routing import Issuers, IssuerVerifier, not_clerk
+from proxy.auth.jws import Unverified, peek
 from proxy.auth.shared.cluster import Cluster, Outcome, Revocations
 from proxy.auth.shared.metrics import shared_metrics
 from proxy.auth.tokens import TokenKind
@@ -39,6 +41,15 @@ __all__ = ["ClerkVerifier", "jwt_principal"]
 # waits this long: one bad answer must not become one Clerk call per request.
 CHECK_PAUSE: Final = 1.0
 MAX_PAUSED: Final = 10_000
+
+# A token's verification (`ClerkVerifier._loader`): the load a flight awaits, the realm of
+# its verdict, the gate of the call it makes, and for a JWT the same with the keys held now.
+Loader = tuple[
+    Callable[[], Awaitable[Principal]],
+    bytes | None,
+    Callable[[], ProxyError | None] | None,
+    Callable[[], Principal | None] | None,
+]
 
 
 class ClerkVerifier:
@@ -167,48 +178,67 @@ class ClerkVerifier:
         principal = self._known(key, token, None, self._now())
         if principal is not None:
             return principal
-        load, realm, _ = self._loader(token, client_ip)
+        load, realm, _, at_once = self._loader(token, client_ip)
+        if at_once is not None:
+            principal = self.cache.at_once(key, at_once)
+            if principal is not None:
+                return principal
         return await self.cache.get(key, load, realm=realm, deadline=self._deadline)
 
-    def _loader(
-        self, token: str, client_ip: str | None
-    ) -> tuple[
-        Callable[[], Awaitable[Principal]], bytes | None, Callable[[], ProxyError | None] | None
-    ]:
+    def _loader(self, token: str, client_ip: str | None) -> Loader:
         """How to verify `token` (for a miss, or a known token's background check:
         `client_ip` None); the realm of the verdict when that is billable (an opaque
         token: Clerk's or another issuer's introspection), which has its rejections
-        cached and is shared in that realm, else None; and the gate of the call it makes,
-        when it is one (Clerk's verify, an issuer's introspection). A JWT refusal is not
-        cached: it is cheap to recompute and may stop being one (JWKS rotation, nbf
-        reached)."""
+        cached and is shared in that realm, else None; the gate of the call it makes,
+        when it is one (Clerk's verify, an issuer's introspection); and, for a JWT, its
+        verification with the keys held now (None when its key is not held), which a miss
+        runs in its own task before any flight. A JWT refusal is not cached: it is cheap
+        to recompute and may stop being one (JWKS rotation, nbf reached)."""
+        parts: Unverified | None = None
         if self.issuers:
-            issuer, header, foreign = self.issuers.route(token)
-            if issuer is not None and header is not None:
-                return (lambda: issuer.verify_jwt(token, header)), None, None
+            issuer, parts, foreign = self.issuers.route(token)
+            if issuer is not None and parts is not None:
+                found, read = issuer, parts
+                return (
+                    (lambda: found.verify_jwt(token, read)),
+                    None,
+                    None,
+                    (lambda: found.verify_held(token, read)),
+                )
             if issuer is not None:
                 judged_by = self._realms[issuer.cfg.name]
                 return (
                     (lambda: self._introspect(issuer, token, client_ip)),
                     judged_by,
                     issuer.http.held,
+                    None,
                 )
             if foreign is not None:
-                return (lambda: self._foreign(token, client_ip, foreign)), None, None
-        kind = tokens.classify(token)
-        opaque = not kind.is_jwt
-        realm = self._clerk_realm if opaque else None
+                return (lambda: self._foreign(token, client_ip, foreign, parts)), None, None, None
+        if parts is None and token.count(".") == 2:
+            parts = peek(token)  # read once, for the classification and the check alike
+        kind = tokens.classify(token, parts)
+        if kind.is_jwt:
+            return (
+                (lambda: self._load(kind, token, client_ip, parts)),
+                None,
+                None,
+                (lambda: self._jwt_held(kind, token, parts)),
+            )
         return (
-            (lambda: self._load(kind, token, client_ip)),
-            realm,
-            (self.clerk.held if opaque else None),
+            (lambda: self._load(kind, token, client_ip, None)),
+            self._clerk_realm,
+            self.clerk.held,
+            None,
         )
 
-    async def _foreign(self, token: str, client_ip: str | None, iss: str) -> Principal:
+    async def _foreign(
+        self, token: str, client_ip: str | None, iss: str, parts: Unverified | None
+    ) -> Principal:
         """A JWT naming an issuer that is not configured, while `clerk.issuer` is unset:
         Clerk's to judge; if it is not Clerk's either, the refusal names the issuer."""
         try:
-            return await self._load(tokens.classify(token), token, client_ip)
+            return await self._load(tokens.classify(token, parts), token, client_ip, parts)
         except ProxyError as exc:
             if exc.code not in (TOKEN_INVALID, TOKEN_TYPE_MISMATCH):
                 raise
@@ -261,7 +291,7 @@ class ClerkVerifier:
             if now < paused:
                 return
             del self._paused[key]
-        load, realm, held = self._loader(token, None)
+        load, realm, held, _ = self._loader(token, None)
         # Opaque tokens' checks (those with a realm) are billable, and pass the gate of
         # Clerk or their issuer.
         billable = realm is not None
@@ -289,19 +319,33 @@ class ClerkVerifier:
 
         return done
 
-    async def _load(self, kind: TokenKind, token: str, client_ip: str | None) -> Principal:
+    def _jwt_held(self, kind: TokenKind, token: str, parts: Unverified | None) -> Principal | None:
+        """A Clerk JWT verified with the keys held now; None: its key is not held."""
+        try:
+            claims = self.jwks.verify_held(token, kind.token_type, parts)
+            return None if claims is None else self._jwt_principal(kind, claims)
+        except ProxyError as exc:
+            exc.token_type = exc.token_type or kind.token_type
+            raise
+
+    def _jwt_principal(self, kind: TokenKind, claims: dict[str, Any]) -> Principal:
+        check_class_claims(kind, claims, self._clerk_cfg)
+        principal = jwt_principal(kind, claims)
+        if not principal.header_safe():
+            raise ProxyError(
+                TOKEN_INVALID,
+                "the token's subject, id or scopes cannot be passed on in a header",
+            )
+        return principal
+
+    async def _load(
+        self, kind: TokenKind, token: str, client_ip: str | None, parts: Unverified | None
+    ) -> Principal:
         """Verify; `client_ip` None: a known token's background check, already paid for."""
         try:
             if kind.is_jwt:
-                claims = await self.jwks.verify(token, kind.token_type)
-                check_class_claims(kind, claims, self._clerk_cfg)
-                principal = jwt_principal(kind, claims)
-                if not principal.header_safe():
-                    raise ProxyError(
-                        TOKEN_INVALID,
-                        "the token's subject, id or scopes cannot be passed on in a header",
-                    )
-                return principal
+                claims = await self.jwks.verify(token, kind.token_type, parts)
+                return self._jwt_principal(kind, claims)
             if client_ip is not None:
                 # While Clerk asked us to wait, a miss is refused before it spends budget.
                 held = self.clerk.held()

@@ -109,7 +109,7 @@ class Generations(Generic[K, V]):
 
     def _put(self, key: K, entry: V, now: float) -> None:
         young = self._young
-        if now >= self._rotate_at or (key not in young and len(young) >= self._half):
+        if now >= self._rotate_at or (len(young) >= self._half and key not in young):
             self._rotate(now)
             young = self._young
         young[key] = entry

@@ -23,7 +23,8 @@
 - One flight per key at a time, misses and background checks alike: concurrent misses
   share it, a caller that goes away does not cancel it for the others, every waiter of a
   failed flight gets the same refusal, and a waiter past its deadline leaves it running
-  (it fills the cache for the retry).
+  (it fills the cache for the retry). A JWT's miss that needs no I/O takes no flight
+  (`at_once`): verified in the caller, its verdict stored before anything else runs.
 
 Only Principals are cached, never an allow/deny: scopes are checked per request.
 Entries are held packed (`entries.PackedTable`, under 100 bytes each) in the two
@@ -106,6 +107,7 @@ class VerificationCache:
         # Bound once: a label lookup per cache hit is measurable on the hot path.
         self._count_hit = metrics.verify_cache.labels("hit")
         self._count_negative_hit = metrics.verify_cache.labels("negative_hit")
+        self._count_miss = metrics.verify_cache.labels("miss")
 
     def key(self, token: str) -> bytes:
         # SHA-256(scope + token), from a copy of the state that has already taken in
@@ -188,7 +190,7 @@ class VerificationCache:
         if flight is not None:
             self._metrics.verify_cache.labels("coalesced").inc()
         else:
-            self._metrics.verify_cache.labels("miss").inc()
+            self._count_miss.inc()
             second = self.second
             if second is None or realm is None:
                 flight = self.start(key, load, realm=realm)
@@ -300,20 +302,7 @@ class VerificationCache:
         try:
             principal = await load()
         except ProxyError as exc:
-            rejected: Negative | None = None
-            if exc.status == 401:
-                now = self._now()
-                until = now + self._cfg.negative_ttl_seconds
-                if realm is not None and until > now:
-                    rejected = Negative(
-                        code=exc.code,
-                        message=exc.message,
-                        token_type=exc.token_type,
-                        keep_until=until,
-                    )
-                    self._entries.set(key, rejected, now)
-                else:
-                    self._entries.pop(key)  # never served from an older positive entry
+            rejected = self._refused(key, exc, realm)
             if second is not None and realm is not None:
                 second.store(key, realm, rejected)
             raise
@@ -329,11 +318,58 @@ class VerificationCache:
             second.store(key, realm, None if denied else entry)
         if denied:
             raise self._revoked(key, principal, now)
+        self._keep(key, entry, now)
+        return principal
+
+    def at_once(self, key: bytes, verify: Callable[[], Principal | None]) -> Principal | None:
+        """A JWT's miss (no realm) verified in the caller, for a `verify` that needs no I/O
+        (its key is held): no task, no deadline timer, no waiter — and no second flight
+        either, since nothing here yields to a concurrent miss of the same token before
+        its verdict is stored. None: `get`'s flight decides (the key must be fetched, or
+        a flight for `key` is out already: a miss waiting for that fetch, joined there)."""
+        now = self._now()
+        entry = self._entries.get(key, now)
+        if isinstance(entry, Negative):
+            self._count_negative_hit.inc()
+            raise entry.error()
+        if key in self._flights:
+            return None
+        try:
+            principal = verify()
+        except ProxyError as exc:
+            self._count_miss.inc()
+            self._refused(key, exc, None)
+            raise
+        if principal is None:
+            return None
+        self._count_miss.inc()
+        if self.denied is not None and self.denied(principal):
+            raise self._revoked(key, principal, now)
+        self._keep(key, self.positive(principal, now), now)
+        return principal
+
+    def _refused(self, key: bytes, exc: ProxyError, realm: bytes | None) -> Negative | None:
+        """A load's refusal: a rejection (401) is cached for a verdict with a realm, and
+        drops the key's positive entry otherwise (a JWT's: never served from an older
+        one); our own failures leave the entry as it was. The cached rejection, if any."""
+        if exc.status != 401:
+            return None
+        now = self._now()
+        until = now + self._cfg.negative_ttl_seconds
+        if realm is None or until <= now:
+            self._entries.pop(key)
+            return None
+        rejected = Negative(
+            code=exc.code, message=exc.message, token_type=exc.token_type, keep_until=until
+        )
+        self._entries.set(key, rejected, now)
+        return rejected
+
+    def _keep(self, key: bytes, entry: Positive | None, now: float) -> None:
         if entry is not None:
             self._entries.set(key, entry, now)
         else:
             self._entries.pop(key)
-        return principal
 
     def _newer(self, key: bytes, shared: Entry) -> bool:
         """Whether the shared level's entry is news to this process: a rejection, or a

@@ -64,12 +64,29 @@ class Jwks:
             log.error("JWKS fetch: Clerk refused the proxy's own secret key (HTTP %d)", status)
         return status, headers, body
 
-    async def key(self, kid: str) -> Key | None:
-        """The key for `kid` (503 while no set could be fetched), for the algorithm its JWK
-        names, RS256 when none: Clerk's SDK (WebCrypto) imports it for that one only."""
-        key = await self.keys.key(kid)
+    @staticmethod
+    def _for_rs256(key: Key | None) -> Key | None:
+        """For the algorithm its JWK names, RS256 when none: Clerk's SDK (WebCrypto)
+        imports it for that one only."""
         return key if key is None or key.alg else replace(key, alg="RS256")
 
-    async def verify(self, token: str, token_type: str | None = None) -> dict[str, Any]:
-        """The claims of a JWT whose header, signature and time claims check out."""
-        return await jws.verify(token, None, self.rules, self.key, self._now, token_type)
+    async def key(self, kid: str) -> Key | None:
+        """The key for `kid` (503 while no set could be fetched)."""
+        return self._for_rs256(await self.keys.key(kid))
+
+    def held(self, kid: str) -> Key | None:
+        """The key for `kid` when the set holds it now; None: `key` decides."""
+        return self._for_rs256(self.keys.held(kid))
+
+    async def verify(
+        self, token: str, token_type: str | None = None, parts: jws.Unverified | None = None
+    ) -> dict[str, Any]:
+        """The claims of a JWT whose header, signature and time claims check out; `parts`:
+        its segments as classification read them (None: read here)."""
+        return await jws.verify(token, parts, self.rules, self.key, self._now, token_type)
+
+    def verify_held(
+        self, token: str, token_type: str | None, parts: jws.Unverified | None
+    ) -> dict[str, Any] | None:
+        """`verify` with the keys held now; None: the token's key is not among them."""
+        return jws.verify_held(token, parts, self.rules, self.held, self._now, token_type)

@@ -23,7 +23,7 @@ from proxy.auth.issuers.calls import IssuerHttp
 from proxy.auth.issuers.claims import REFUSED_AS, map_principal, rules
 from proxy.auth.issuers.discovery import Discovery
 from proxy.auth.issuers.introspection import Introspector
-from proxy.auth.jws import peek
+from proxy.auth.jws import Unverified, peek
 from proxy.auth.keyset import Fetched, KeySetCache
 from proxy.config.issuers import CLERK_PREFIXES
 from proxy.config.model import Issuer
@@ -61,15 +61,19 @@ def not_clerk(iss: str, served: Sequence[str]) -> ProxyError:
     )
 
 
-def _typ_accepted(header: Mapping[str, Any], accepted: Sequence[str]) -> bool:
+def _media_type(typ: str) -> str:
+    # Media type names are case-insensitive; "application/" may be left out (RFC 7515 §4.1.9).
+    return typ.lower().removeprefix("application/")
+
+
+def _typ_accepted(
+    header: Mapping[str, Any], accepted: Sequence[str], named: frozenset[str]
+) -> bool:
+    """`named`: the accepted types other than none, as `_media_type` spells them."""
     typ = header.get("typ")
     if typ is None:
         return "" in accepted
-    if not isinstance(typ, str):
-        return False
-    # Media type names are case-insensitive; "application/" may be left out (RFC 7515 §4.1.9).
-    short = typ.lower().removeprefix("application/")
-    return any(short == a.lower().removeprefix("application/") for a in accepted if a)
+    return isinstance(typ, str) and _media_type(typ) in named
 
 
 class IssuerVerifier:
@@ -83,6 +87,7 @@ class IssuerVerifier:
     ) -> None:
         self.cfg = cfg
         self.rules = rules(cfg)
+        self._typs = frozenset(_media_type(t) for t in cfg.token_types if t)
         self._now = now
         self.http = IssuerHttp(cfg, session, metrics)
         self.discovery = Discovery(self.http, now=now)
@@ -109,17 +114,26 @@ class IssuerVerifier:
         with contextlib.suppress(ProxyError):
             await self.keys.refresh()
 
-    async def verify_jwt(self, token: str, header: Mapping[str, Any]) -> Principal:
+    def _check_typ(self, header: Mapping[str, Any]) -> None:
         cfg = self.cfg
-        if not _typ_accepted(header, cfg.token_types):
+        if not _typ_accepted(header, cfg.token_types, self._typs):
             shown = [t or "(none)" for t in cfg.token_types]
             raise jws.invalid(
                 f"the JWT's typ is not one issuer {cfg.name} uses for access tokens "
                 f"({', '.join(shown)})",
                 REFUSED_AS,
             )
-        claims = await jws.verify(token, header, self.rules, self.keys.key, self._now, REFUSED_AS)
-        return map_principal(claims, cfg)
+
+    async def verify_jwt(self, token: str, parts: Unverified) -> Principal:
+        self._check_typ(parts.header)
+        claims = await jws.verify(token, parts, self.rules, self.keys.key, self._now, REFUSED_AS)
+        return map_principal(claims, self.cfg)
+
+    def verify_held(self, token: str, parts: Unverified) -> Principal | None:
+        """`verify_jwt` with the keys held now; None: the token's key is not among them."""
+        self._check_typ(parts.header)
+        claims = jws.verify_held(token, parts, self.rules, self.keys.held, self._now, REFUSED_AS)
+        return None if claims is None else map_principal(claims, self.cfg)
 
 
 class Issuers:
@@ -157,10 +171,11 @@ class Issuers:
             return None
         return self._catch_all
 
-    def route(self, token: str) -> tuple[IssuerVerifier | None, dict[str, Any] | None, str | None]:
-        """(verifier, header, None) for a JWT of a configured issuer; (verifier, None, None)
-        for an opaque token an issuer introspects; (None, None, iss) for a JWT whose `iss`
-        is not configured but may be Clerk's; (None, None, None) for anything else (Clerk's).
+    def route(self, token: str) -> tuple[IssuerVerifier | None, Unverified | None, str | None]:
+        """(verifier, parts, None) for a JWT of a configured issuer (`parts`: its segments,
+        read once); (verifier, None, None) for an opaque token an issuer introspects;
+        (None, parts, iss) for a JWT whose `iss` is not configured but may be Clerk's;
+        (None, parts, None) for anything else (Clerk's; `parts` None when it is no JWT).
         Raises 401 for an `iss` that is neither ours nor Clerk's."""
         for prefix, by_prefix in self._prefixed:
             if token.startswith(prefix):
@@ -168,15 +183,14 @@ class Issuers:
         parts = peek(token)
         if parts is None:
             return self._opaque(token), None, None
-        header, payload = parts
-        iss = payload.get("iss")
+        iss = parts.payload.get("iss")
         if not isinstance(iss, str):
-            return None, None, None
+            return None, parts, None
         verifier = self.by_iss.get(iss)
         if verifier is not None:
-            return verifier, header, None
+            return verifier, parts, None
         if self._clerk_issuer:
             if iss.rstrip("/") != self._clerk_issuer:
                 raise unserved(iss, self.served)
-            return None, None, None
-        return None, None, iss
+            return None, parts, None
+        return None, parts, iss
