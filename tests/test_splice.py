@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from proxy.realtime import handshake, socketio, splice
+from proxy.realtime.relays import Rechecks
 from tests.support_socketio import RawUpstream, TokenBook, auth_of, relay_app
 
 
@@ -149,3 +150,33 @@ async def test_a_count_python_socketio_would_read_otherwise_closes_1008(
     assert payload[2:].decode() == socketio.AMBIGUOUS_PREFIX
     assert [text for kind, text in raw.frames if kind == "text"] == []
     writer.close()
+
+
+async def test_one_timer_calls_each_socket_once_never_early_and_not_once_removed() -> None:
+    loop = asyncio.get_running_loop()
+    calls: list[tuple[str, float]] = []
+    done = loop.create_future()
+
+    class Socket:
+        def __init__(self, name: str, delay: float) -> None:
+            self.name, self.at = name, loop.time() + delay
+
+        def due(self) -> None:
+            calls.append((self.name, loop.time() - self.at))
+            if self.name == "last" and not done.done():
+                done.set_result(None)
+
+    rechecks = Rechecks()
+    late, early, gone, last = (
+        Socket("late", 0.3),
+        Socket("early", 0.0),
+        Socket("gone", 0.1),
+        Socket("last", 0.6),
+    )
+    for each, delay in ((late, 0.3), (early, 0.0), (gone, 0.1), (last, 0.6)):
+        slot = rechecks.add(each, delay)
+        if each is gone:
+            rechecks.remove(gone, slot)
+    await asyncio.wait_for(done, 10)
+    assert [name for name, _ in calls] == ["early", "late", "last"]
+    assert all(after >= 0 for _, after in calls)

@@ -31,6 +31,7 @@ from proxy.fastpath.doorway import Ceiling
 from proxy.process.admin import create_admin_app, create_control_app
 from proxy.process.descriptors import raise_to_hard_limit
 from proxy.process.gateway import ADMIN_SOCKET_ENV
+from proxy.process.heap import freeze_start_up
 from proxy.process.ports import ListenError, bind
 from proxy.request.app import PROXY, Proxy, create_app
 from proxy.request.forward_auth import create_forward_auth_app
@@ -293,6 +294,7 @@ class Server:
                 "about twice the CPU per request; build with a C compiler, as the image does",
                 extra={"compiled": False},
             )
+        freeze_start_up()
 
     async def run(self) -> None:
         """Serve until asked to stop, then drain (after `start`)."""

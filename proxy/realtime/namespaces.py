@@ -4,21 +4,27 @@ re-verification interval), and the rewrite of the CONNECTs that earn grants.
 
 Framing-free, so both relays use it: the byte relay (`splice`) and the framing relay
 (`websocket`, for sockets that negotiate compression or a heartbeat). The owner is told
-through `end(namespace)` when a namespace's principal must go. No task lives here while
-nothing is due: one timer handle per socket, a short task only while re-verifying.
+through `namespace_over(namespace)` when a namespace's principal must go. No task lives here while
+nothing is due: a place in the app's one timer (`relays.Rechecks`), a short task only
+while re-verifying.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from typing import Protocol
 
 from proxy.core.errors import ProxyError
 from proxy.core.principal import Principal
 from proxy.realtime import socketio as sio
 from proxy.realtime.relays import RelayContext
 from proxy.realtime.socketio import Grant, Watch, same_identity, watch_for
+
+
+class Owner(Protocol):
+    def namespace_over(self, namespace: str) -> None:
+        """The principal of `namespace` must go."""
 
 
 class Refused(Exception):
@@ -41,7 +47,7 @@ class Namespaces:
         header_token: str | None,
         header_refusal: str | None,
         sid: str | None,
-        end: Callable[[str], None],
+        owner: Owner,
     ) -> None:
         self.ctx = ctx
         self.client_ip = client_ip
@@ -50,8 +56,9 @@ class Namespaces:
         self.header_refusal = header_refusal
         self.sid = sid
         self.watches: dict[str, Watch] = {}
-        self._end = end
-        self._timer: asyncio.TimerHandle | None = None
+        # The socket itself, not a bound method of it: one object fewer per socket.
+        self._owner = owner
+        self._slot = -1  # where it waits in `ctx.registry.rechecks`, or -1
         self._checking = False
         self._stopped = False
         self._task: asyncio.Future[None] | None = None
@@ -81,9 +88,12 @@ class Namespaces:
 
     def stop(self) -> None:
         self._stopped = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._unschedule()
+
+    def _unschedule(self) -> None:
+        if self._slot >= 0:
+            self.ctx.registry.rechecks.remove(self, self._slot)
+            self._slot = -1
 
     async def connect(self, text: str) -> tuple[str | None, str | None]:
         """A client CONNECT: (the packet for the upstream, None), or (None, a
@@ -112,19 +122,16 @@ class Namespaces:
     # -- expiry ---------------------------------------------------------------------------
 
     def _schedule(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._unschedule()
         if self._stopped or self._checking:
             return
         due = min((w.due for w in self.watches.values() if w.due is not None), default=None)
         if due is None:
             return
-        delay = max(0.0, due - self.ctx.clock())
-        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+        self._slot = self.ctx.registry.rechecks.add(self, due - self.ctx.clock())
 
-    def _fire(self) -> None:
-        self._timer = None
+    def due(self) -> None:
+        self._slot = -1
         self._checking = True
         self._task = asyncio.ensure_future(self._check())
 
@@ -157,4 +164,4 @@ class Namespaces:
             return  # reconnected meanwhile
         del self.watches[namespace]
         self.ctx.metrics.socketio_disconnects.inc()
-        self._end(namespace)
+        self._owner.namespace_over(namespace)

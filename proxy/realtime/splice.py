@@ -429,9 +429,7 @@ class Splice:
         self.client = Leg(self, True)
         self.upstream = Leg(self, False)
         self.client.peer, self.upstream.peer = self.upstream, self.client
-        self.names = Namespaces(
-            ctx, client_ip, principal, header_token, header_refusal, sid, self._expired
-        )
+        self.names = Namespaces(ctx, client_ip, principal, header_token, header_refusal, sid, self)
         self.attachments = 0  # binary frames the client announced (BINARY_EVENT/ACK)
         self.closing = False  # the proxy sent its own close frames
         self.ended: tuple[int, str] | None = None  # how the first leg to close closed
@@ -482,7 +480,7 @@ class Splice:
             self.client.inject(frame(TEXT, error.encode(), masked=False), control=False)
         leg.resume()
 
-    def _expired(self, namespace: str) -> None:
+    def namespace_over(self, namespace: str) -> None:
         if not self.socketio:
             self.begin_close(POLICY_VIOLATION, "token expired")
             return

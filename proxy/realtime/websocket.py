@@ -68,26 +68,27 @@ async def relay(
     check_origin(request.headers.get("Origin"), settings.allowed_origins)
     if socketio:
         sio.check_query(request.query_string)
-    probe = web.WebSocketResponse()
-    if not probe.can_prepare(request).ok:
-        raise ProxyError(BAD_REQUEST, "invalid WebSocket upgrade request")
-    sid = sio.sid_of(request.query_string) if socketio else None
-    grants = ctx.registry.grants.take(sid) if socketio else [Grant("", principal, header_token)]
     if _bytes_suffice(request, settings):
-        joined = splice.Splice(
-            ctx,
-            client_ip=client_ip,
-            principal=principal,
-            header_token=header_token,
-            header_refusal=header_refusal,
-            socketio=socketio,
-            sid=sid,
-            clock=clock_of(request.transport),
-        )
+        # A wave's upgrades wait here, before any per-socket work: what thousands of them
+        # would do in the loop turn they arrive in is done a few at a time instead.
         async with ctx.registry.handshakes:
+            sid = _check_upgrade(request, socketio)
+            grants = _grants(ctx, sid, socketio, principal, header_token)
+            joined = splice.Splice(
+                ctx,
+                client_ip=client_ip,
+                principal=principal,
+                header_token=header_token,
+                header_refusal=header_refusal,
+                socketio=socketio,
+                sid=sid,
+                clock=clock_of(request.transport),
+            )
             await _splice(request, ctx, joined, upstream_url, upstream_headers)
         joined.names.adopt(grants)
         return web.Response(status=101)
+    sid = _check_upgrade(request, socketio)
+    grants = _grants(ctx, sid, socketio, principal, header_token)
     upstream = await _connect_upstream(ctx, upstream_url, upstream_headers, request)
     client = web.WebSocketResponse(
         protocols=(upstream.protocol,) if upstream.protocol else (),
@@ -119,6 +120,21 @@ async def relay(
         ctx.registry.untrack(link)
         ctx.metrics.websocket_connections.dec()
     return client
+
+
+def _check_upgrade(request: web.Request, socketio: bool) -> str | None:
+    """Refuse what is no WebSocket upgrade; the Engine.IO sid it names, if any."""
+    if not web.WebSocketResponse().can_prepare(request).ok:
+        raise ProxyError(BAD_REQUEST, "invalid WebSocket upgrade request")
+    return sio.sid_of(request.query_string) if socketio else None
+
+
+def _grants(
+    ctx: RelayContext, sid: str | None, socketio: bool, principal: Principal, token: str | None
+) -> list[Grant]:
+    """What the socket starts with: its polling session's CONNECTs, or (a plain WebSocket)
+    the handshake's own principal."""
+    return ctx.registry.grants.take(sid) if socketio else [Grant("", principal, token)]
 
 
 def _bytes_suffice(request: web.Request, settings: config.WebSocket) -> bool:
@@ -260,7 +276,7 @@ class _Link:
         # Who each namespace acts as and when to look again (a plain WebSocket is watched
         # under ""): the byte relay's bookkeeping, told here how a namespace ends.
         self.names = Namespaces(
-            ctx, client_ip, header_principal, header_token, header_refusal, sid, self._end
+            ctx, client_ip, header_principal, header_token, header_refusal, sid, self
         )
         self._ending: set[asyncio.Future[None]] = set()
         self.attachments = 0  # binary frames the client announced (BINARY_EVENT/ACK)
@@ -383,7 +399,7 @@ class _Link:
 
     # -- expiry ---------------------------------------------------------------------------
 
-    def _end(self, namespace: str) -> None:
+    def namespace_over(self, namespace: str) -> None:
         """A namespace's principal must go (`Namespaces`): a plain WebSocket is closed
         with 1008, a Socket.IO namespace gets a DISCONNECT on both legs."""
         if not self.socketio:
