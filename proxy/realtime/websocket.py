@@ -27,11 +27,9 @@ from proxy.core.errors import (
     BAD_ANSWER,
     BAD_REQUEST,
     RESET,
-    TIMEOUT,
     UPSTREAM_UNAVAILABLE,
     ProxyError,
     upstream_cause,
-    upstream_failure,
 )
 from proxy.core.principal import Principal
 from proxy.core.timeouts import ConnectionClock, clock_of
@@ -147,6 +145,18 @@ def _bytes_suffice(request: web.Request, settings: config.WebSocket) -> bool:
     return not (settings.compression and "permessage-deflate" in offered)
 
 
+def _not_upgraded(ctx: RelayContext, status: int) -> ProxyError:
+    """The upstream answered an upgrade with no 101: its 4xx is the client's to hear (the
+    same status, `bad_request`), anything else is ours (502, counted)."""
+    if 400 <= status < 500:
+        message = f"the upstream refused the WebSocket upgrade (HTTP {status})"
+        return ProxyError(BAD_REQUEST, message, status=status)
+    ctx.metrics.count_upstream_failure(BAD_ANSWER)
+    return ProxyError(
+        UPSTREAM_UNAVAILABLE, "the upstream did not accept the WebSocket", cause=BAD_ANSWER
+    )
+
+
 async def _splice(
     request: web.Request,
     ctx: RelayContext,
@@ -171,20 +181,12 @@ async def _splice(
             read_timeout=timeout.sock_read,
         )
     except (TimeoutError, OSError) as exc:
-        cause = upstream_cause(exc) or RESET
-        ctx.metrics.upstream_errors.labels("timeout" if cause == TIMEOUT else "unavailable").inc()
-        raise upstream_failure(cause) from None
+        raise ctx.metrics.upstream_failed(upstream_cause(exc) or RESET) from None
     head, _, rest = answer.done.result().partition(b"\r\n\r\n")
     verdict = handshake.read_answer(head, key, offered)
     if not verdict.accepted:
         upstream.close()
-        if 400 <= verdict.status < 500:
-            message = f"the upstream refused the WebSocket upgrade (HTTP {verdict.status})"
-            raise ProxyError(BAD_REQUEST, message, status=verdict.status)
-        ctx.metrics.upstream_errors.labels("unavailable").inc()
-        raise ProxyError(
-            UPSTREAM_UNAVAILABLE, "the upstream did not accept the WebSocket", cause=BAD_ANSWER
-        )
+        raise _not_upgraded(ctx, verdict.status)
     client = request.transport
     handler = request.protocol
     if client is None or client.is_closing():
@@ -243,17 +245,9 @@ async def _connect_upstream(
             heartbeat=settings.heartbeat_seconds or None,
         )
     except aiohttp.WSServerHandshakeError as exc:
-        if 400 <= exc.status < 500:
-            message = f"the upstream refused the WebSocket upgrade (HTTP {exc.status})"
-            raise ProxyError(BAD_REQUEST, message, status=exc.status) from None
-        ctx.metrics.upstream_errors.labels("unavailable").inc()
-        raise ProxyError(
-            UPSTREAM_UNAVAILABLE, "the upstream did not accept the WebSocket", cause=BAD_ANSWER
-        ) from None
+        raise _not_upgraded(ctx, exc.status) from None
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        cause = upstream_cause(exc) or RESET
-        ctx.metrics.upstream_errors.labels("timeout" if cause == TIMEOUT else "unavailable").inc()
-        raise upstream_failure(cause) from None
+        raise ctx.metrics.upstream_failed(upstream_cause(exc) or RESET) from None
 
 
 class _Link:
