@@ -17,6 +17,7 @@ import http
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -39,6 +40,13 @@ AiohttpProtocolFactory = Callable[[], asyncio.Protocol]
 log = logging.getLogger("proxy")
 
 LINGER = 1.0
+
+# Hand-offs aiohttp reads per turn of the event loop. A reconnect wave brings thousands of
+# Socket.IO upgrades within a second, and aiohttp's parse and handler start cost a few
+# hundred µs each: read all at once, they held the loop (and every REST request and
+# `/healthz` with it) for a quarter of a second; the rest wait, reading paused, for the
+# next turns (docs/performance.md, issue 29).
+HANDOFFS_PER_TURN = 32
 
 
 class Held(Protocol):
@@ -137,6 +145,9 @@ class Doorway:
         self.ceiling = ceiling
         self.connections: set[Held] = set()
         self._per_address: dict[str, int] = {}
+        self._handoffs = 0  # read this turn
+        self._next_turn_set = False
+        self._waiting: deque[tuple[Guarded, asyncio.Transport, bytes]] = deque()
 
     def admit(self, conn: Held, transport: asyncio.BaseTransport, address: str) -> bool:
         """Count `conn` against the process's ceiling and its address; False (answered
@@ -223,8 +234,37 @@ class Doorway:
         transport.set_protocol(guarded)
         guarded.adopt(transport)
         if data:
-            guarded.data_received(data)
+            if self._handoffs < HANDOFFS_PER_TURN and not self._waiting:
+                self._count_handoff()
+                guarded.data_received(data)
+            else:
+                transport.pause_reading()
+                self._waiting.append((guarded, transport, data))
+                self._count_handoff()
         return guarded
+
+    def _count_handoff(self) -> None:
+        self._handoffs += 1
+        if not self._next_turn_set:
+            self._next_turn_set = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        """A new turn of the loop: the waiting hand-offs are read, in order, up to the
+        turn's share; one whose client left meanwhile is skipped."""
+        self._next_turn_set = False
+        self._handoffs = 0
+        waiting = self._waiting
+        while waiting and self._handoffs < HANDOFFS_PER_TURN:
+            guarded, transport, data = waiting.popleft()
+            if transport.is_closing():
+                continue
+            self._count_handoff()
+            transport.resume_reading()
+            guarded.data_received(data)
+        if waiting and not self._next_turn_set:
+            self._next_turn_set = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
 
 
 def expire_transport(transport: asyncio.Transport | None, clock: ConnectionClock) -> bool:
