@@ -21,7 +21,7 @@ from proxy.fastpath.doorway import HANDOFFS_PER_TURN
 from tests.support import config_dict
 from tests.test_process import ROOT, Running
 
-WAVE = 12 * HANDOFFS_PER_TURN
+WAVE = 24 * HANDOFFS_PER_TURN
 LEAVERS = 20
 # Not a timing assertion: how long the test waits for what must come before failing.
 PATIENCE = 60.0

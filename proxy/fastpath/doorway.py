@@ -45,8 +45,11 @@ LINGER = 1.0
 # Socket.IO upgrades within a second, and aiohttp's parse and handler start cost a few
 # hundred µs each: read all at once, they held the loop (and every REST request and
 # `/healthz` with it) for a quarter of a second; the rest wait, reading paused, for the
-# next turns (docs/performance.md, issue 29).
-HANDOFFS_PER_TURN = 32
+# next turns. Measured at 5,000 sockets against the same build without it: the wave's
+# worst stall 236-276 ms -> 138 ms (32 a turn) and 106 ms (16), and 14.4-14.8 KB a
+# socket instead of 16.4 (aiohttp's handshake objects no longer all alive at once);
+# docs/performance.md, issue 29.
+HANDOFFS_PER_TURN = 16
 
 
 class Held(Protocol):
