@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from proxy.auth.shared.cluster import CLOSE_SECONDS
 from proxy.auth.shared.level import in_realm
 from proxy.config.load import build_config
 from proxy.config.realms import clerk_realm
@@ -458,3 +459,28 @@ async def test_sentinel_and_cluster_urls(stack: Any, tmp_path: Path) -> None:
     finally:
         for server in reversed(started):
             server.stop()
+
+
+async def test_a_shared_level_that_will_not_close_does_not_hold_shutdown(
+    stack: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis client whose close never returns — redis-py's cluster client closes under a
+    lock that a topology refresh against dead nodes can hold (a CI run hung in a fixture's
+    teardown after the nodes were stopped) — is dropped after `CLOSE_SECONDS`."""
+    s: Stack = await stack(1)
+    token = s.emulator.create_m2m_token(s.emulator.create_machine("partner").id)
+    assert (await s.get(0, token.secret))[0] == 200
+    cluster: Any = s.nodes[0].proxy.app[PROXY].runtime.verifier.cluster
+    client = cluster.connection.client
+    closing = client.aclose
+
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    client.aclose = never
+    try:
+        # Not a timing assertion: how long this test waits before calling it a hang.
+        await asyncio.wait_for(cluster.close(), CLOSE_SECONDS + 30)
+    finally:
+        client.aclose = closing
+    assert "shared cache did not close in time" in caplog.text

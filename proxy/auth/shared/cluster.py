@@ -8,6 +8,7 @@ The verifier holds one of each and hooks them into the cache (`second`, `denied`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -28,6 +29,9 @@ from proxy.core.principal import Principal
 from proxy.observe.metrics import Metrics
 
 log = logging.getLogger("proxy.shared")
+
+# How long closing the shared level may take at shutdown or reload.
+CLOSE_SECONDS = 3.0
 
 
 class Cluster:
@@ -86,9 +90,19 @@ class Cluster:
         self.events.start()
 
     async def close(self) -> None:
-        await self.events.close()
-        await self.level.close()
-        await self.connection.close()
+        """Stop listening, finish the background writes, close the clients — within
+        `CLOSE_SECONDS`: a Redis that stopped answering (a frozen node, a partition) must
+        not hold the process's shutdown, which what is left of it would only delay."""
+        try:
+            async with asyncio.timeout(CLOSE_SECONDS):
+                await self.events.close()
+                await self.level.close()
+                await self.connection.close()
+        except TimeoutError:
+            log.warning(
+                "shared cache did not close in time; its connections are dropped",
+                extra={"seconds": CLOSE_SECONDS},
+            )
 
     def _text(self, r: Revocation) -> bytes:
         text = self._texts.get(r)
