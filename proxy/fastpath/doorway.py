@@ -237,13 +237,12 @@ class Doorway:
         transport.set_protocol(guarded)
         guarded.adopt(transport)
         if data:
-            if self._handoffs < HANDOFFS_PER_TURN and not self._waiting:
-                self._count_handoff()
-                guarded.data_received(data)
-            else:
+            self._count_handoff()
+            if self._handoffs > HANDOFFS_PER_TURN or self._waiting:
                 transport.pause_reading()
                 self._waiting.append((guarded, transport, data))
-                self._count_handoff()
+            else:
+                guarded.data_received(data)
         return guarded
 
     def _count_handoff(self) -> None:
@@ -262,12 +261,10 @@ class Doorway:
             guarded, transport, data = waiting.popleft()
             if transport.is_closing():
                 continue
+            # Counted, so the next turn is scheduled while any still wait.
             self._count_handoff()
             transport.resume_reading()
             guarded.data_received(data)
-        if waiting and not self._next_turn_set:
-            self._next_turn_set = True
-            asyncio.get_running_loop().call_soon(self._next_turn)
 
 
 def expire_transport(transport: asyncio.Transport | None, clock: ConnectionClock) -> bool:

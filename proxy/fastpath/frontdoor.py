@@ -230,7 +230,9 @@ class FrontDoor(asyncio.Protocol):
                         self._hand_off()
                     return
                 end += len(http1.HEAD_END)
-                head = self._parser.parse(bytes(self._buffer[:end]), self._proxy.runtime.picked)
+                head = self._parser.parse(
+                    bytes(self._buffer[:end]), self._proxy.runtime.rewrite.picked
+                )
                 if head is None or not self._start(head, end):
                     self._hand_off()
                     return

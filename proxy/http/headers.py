@@ -193,8 +193,6 @@ def underscored(name: str) -> list[str]:
     return [spelling for spelling in spellings if spelling != name]
 
 
-UNDERSCORED: frozenset[str] = frozenset(u for name in SPECIAL for u in underscored(name))
-
 # What is always dropped on the way up, by (peer is a trusted proxy, forward Authorization).
 # `Expect` too: the proxy answers `100 Continue` itself (`dispatch`), as nginx does.
 _UPSTREAM_DROP: dict[tuple[bool, bool], frozenset[str]] = {

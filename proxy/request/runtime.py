@@ -16,7 +16,6 @@ from yarl import URL
 
 from proxy.config.load import Config
 from proxy.core.principal import Verifier
-from proxy.http import http1
 from proxy.http.forward import UpstreamTarget
 from proxy.http.headers import PrincipalHeaders, UpstreamRewrite
 from proxy.observe.correlation import Correlation
@@ -43,10 +42,9 @@ class Runtime:
     fast_prefix: str
     # Whether requests are written to the access log (decided once, read every request).
     access_log: bool
-    # The request-id field (`headers.request_id`), and the fast path's one pass over a
-    # head that finds it with the fields it reads on every request.
+    # The request-id field (`headers.request_id`); the fast path's one pass over a head
+    # that finds it is the rewrite's (`rewrite.picked`).
     correlation: Correlation
-    picked: http1.PickedFields
 
 
 def build_runtime(config: Config, verifier: Verifier) -> Runtime:
@@ -71,7 +69,6 @@ def build_runtime(config: Config, verifier: Verifier) -> Runtime:
         fast_prefix=URL(up.url).raw_path.rstrip("/"),
         access_log=config.logging.access_log and config.logging.level in ACCESS_LEVELS,
         correlation=Correlation(config.headers.request_id),
-        picked=rewrite.picked,
     )
 
 
