@@ -293,6 +293,27 @@ async def test_redis_restarted_empty_gets_the_live_revocations_back(
         await redis.aclose()
 
 
+@needs_redis
+async def test_a_process_started_while_redis_is_slow_refuses_a_revoked_token_from_its_first_request(
+    fleet: Fleet, redis_server: Server
+) -> None:
+    """Found by a CI run of the flood test: a process started after a revocation served the
+    revoked token once, because its listener opened before it had read the set. Redis held
+    still (CLIENT PAUSE) while the process starts makes that window as wide as the pause."""
+    node = await fleet.node(redis_server.url)
+    token = fleet.emulator.create_m2m_token(fleet.emulator.create_machine("partner").id)
+    status, body = await fleet.revoke(node, token_id=token.id)
+    assert status == 200 and body["propagated"], body
+    redis = Redis.from_url(redis_server.url)
+    try:
+        await redis.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+        shared = {"url": redis_server.url, "timeout": 0.2, "connect_timeout": 3.0}
+        late = await fleet.node(None, cache={"shared": shared})
+        assert await fleet.get(late, token.secret) == 401
+    finally:
+        await redis.aclose()
+
+
 # -- row 7
 
 

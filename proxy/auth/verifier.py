@@ -114,10 +114,11 @@ class ClerkVerifier:
 
     async def start(self) -> None:
         """Clerk's JWKS is fetched on first use, so Clerk being down at start-up delays
-        nothing but JWT verification (other issuers' keys: `warm`). The cluster's channel
-        is listened to in the background (Redis being away delays nothing either)."""
+        nothing but JWT verification (other issuers' keys: `warm`). The shared level's
+        revocations are read before the listeners open (Redis being away delays the start
+        by one subscription's bound, `connect_timeout` + 1 s)."""
         if self.cluster is not None:
-            self.cluster.start()
+            await self.cluster.start()
 
     def warm(self) -> None:
         """Other issuers' discovery and keys fetched now, in the background (the process

@@ -65,7 +65,7 @@ class Events:
         self._resync = resync_seconds
         # How long subscribing or re-reading the revocations may take before it counts
         # as a lost connection (a hung server must not stall the listener for ever).
-        self._bound = bound
+        self.bound = bound
         self._listener = listener
         self.channel = channel
         self._metrics = metrics
@@ -128,7 +128,7 @@ class Events:
         while True:
             pubsub = self._listener.pubsub()
             try:
-                async with asyncio.timeout(self._bound):
+                async with asyncio.timeout(self.bound):
                     await pubsub.subscribe(self.channel)
                     await self._on_subscribed()
                 self.connected.set()
@@ -175,6 +175,6 @@ class Events:
                 # Buffered messages are read without suspending: give requests their turn.
                 await asyncio.sleep(0)
             if time.monotonic() >= resync_at:
-                async with asyncio.timeout(self._bound):
+                async with asyncio.timeout(self.bound):
                     await self._on_subscribed()
                 resync_at = time.monotonic() + self._resync
