@@ -241,6 +241,27 @@ class RequestHead(_Record):
         )
 
 
+class _Reports:
+    """What llhttp reports of a request head through its callbacks (only those defined
+    are called). It holds the parser only while the parser feeds it: a parser and the
+    object of its callbacks that held each other would outlive their connection as a
+    cycle, freed only by a full collection of the heap (issue 29)."""
+
+    __slots__ = ("complete", "keep_alive", "parser")
+
+    def __init__(self) -> None:
+        self.complete = False
+        self.keep_alive = False
+        self.parser: Any = None
+
+    def on_headers_complete(self) -> None:
+        # Only valid here: llhttp resets its flags once the message completes.
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
 class HeadParser:
     """Request heads of one client connection, one at a time, through one llhttp parser.
 
@@ -249,20 +270,11 @@ class HeadParser:
     and must be dropped once `parse` answers None (the connection then leaves the fast
     path)."""
 
-    __slots__ = ("_complete", "_keep_alive", "_parser")
+    __slots__ = ("_parser", "_reports")
 
     def __init__(self) -> None:
-        self._complete = False
-        self._keep_alive = False
-        self._parser: Any = httptools.HttpRequestParser(self)
-
-    # httptools callbacks: only those defined are called.
-    def on_headers_complete(self) -> None:
-        # Only valid here: llhttp resets its flags once the message completes.
-        self._keep_alive = self._parser.should_keep_alive()
-
-    def on_message_complete(self) -> None:
-        self._complete = True
+        self._reports = _Reports()
+        self._parser: Any = httptools.HttpRequestParser(self._reports)
 
     def parse(self, head: bytes, fields: PickedFields = DEFAULT_FIELDS) -> RequestHead | None:
         """The request in `head` (one complete head, ending in CRLFCRLF) when the fast
@@ -270,12 +282,16 @@ class HeadParser:
         carrying a body). `fields`: the config's (its request-id name)."""
         if len(head) > MAX_HEAD:
             return None
-        self._complete = False
+        reports = self._reports
+        reports.complete = False
+        reports.parser = self._parser
         try:
             self._parser.feed_data(head)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # CONNECT, Upgrade
             return None
-        if not self._complete:
+        finally:
+            reports.parser = None
+        if not reports.complete:
             return None
         # llhttp skips empty lines (and stray CRs) before the request line (RFC 9112
         # §2.2): so must the split below, or they would stay in the method.
@@ -342,7 +358,7 @@ class HeadParser:
             method.decode("ascii"),
             target.decode("latin-1"),
             block,
-            self._keep_alive,
+            reports.keep_alive,
             host,
             tuple(authorization),
             tuple(connection),

@@ -56,8 +56,9 @@ class Namespaces:
         self.header_refusal = header_refusal
         self.sid = sid
         self.watches: dict[str, Watch] = {}
-        # The socket itself, not a bound method of it: one object fewer per socket.
-        self._owner = owner
+        # The socket itself, not a bound method of it: one object fewer per socket; let
+        # go when it stops (the two held each other: a cycle once the socket is gone).
+        self._owner: Owner | None = owner
         self._slot = -1  # where it waits in `ctx.registry.rechecks`, or -1
         self._checking = False
         self._stopped = False
@@ -89,6 +90,7 @@ class Namespaces:
     def stop(self) -> None:
         self._stopped = True
         self._unschedule()
+        self._owner = None
 
     def _unschedule(self) -> None:
         if self._slot >= 0:
@@ -162,6 +164,9 @@ class Namespaces:
                 return
         if self.watches.get(namespace) is not watch:
             return  # reconnected meanwhile
+        owner = self._owner
+        if owner is None:
+            return  # the socket ended while its token was verified again
         del self.watches[namespace]
         self.ctx.metrics.socketio_disconnects.inc()
-        self._owner.namespace_over(namespace)
+        owner.namespace_over(namespace)

@@ -103,6 +103,9 @@ def close_payload(code: int, reason: str) -> bytes:
 class Leg(asyncio.Protocol):
     """One of the two connections: scans what it receives and writes it to its peer."""
 
+    # Deleted when the socket ends (`Splice.lost`): nothing reads it after that.
+    __deletable__ = ("link",)
+
     def __init__(self, link: Splice, from_client: bool) -> None:
         super().__init__()
         self.link = link
@@ -547,6 +550,15 @@ class Splice:
         self.ctx.metrics.websocket_connections.dec()
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
+        # Parts of a socket that hold each other (the legs and this, a transport and its
+        # protocol, the clock and its closer) outlive it as a cycle, which only a full
+        # collection frees: one that walks every open socket on the loop's thread (5,000
+        # closed at once: 115,000 objects, 260-350 ms). Let go, they go with the socket.
+        for each in (self.client, self.upstream):
+            each.peer = each.transport = None
+            del each.link
+        if self.clock is not None:
+            self.clock.closer = None
 
     def _abort(self) -> None:
         for leg in (self.client, self.upstream):
