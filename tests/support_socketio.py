@@ -200,29 +200,23 @@ def relay_app(
         headers["X-Auth-Principal-Type"] = principal.type
         url = URL(str(upstream).rstrip("/") + request.raw_path, encoded=True)
         is_sio = sio_codec.is_socketio_path(request.path)
+        caller = relays.Caller(principal, "127.0.0.1", token)
         try:
             if handshake.is_upgrade(request):
                 return await websocket.relay(
                     request,
-                    ctx=ctx,
+                    ctx,
+                    caller,
                     upstream_url=url,
                     upstream_headers=headers,
-                    principal=principal,
-                    client_ip="127.0.0.1",
                     socketio=is_sio,
-                    header_token=token,
                 )
             body = await request.read()
             if is_sio:
                 sio_codec.check_query(request.query_string)
                 if request.method == "POST":
                     body = await polling.rewrite_polling(
-                        body,
-                        ctx=ctx,
-                        query=request.query_string,
-                        principal=principal,
-                        client_ip="127.0.0.1",
-                        header_token=token,
+                        body, ctx=ctx, query=request.query_string, caller=caller
                     )
             async with ctx.session.request(
                 request.method, url, headers=headers, data=body, allow_redirects=False

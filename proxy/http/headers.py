@@ -206,9 +206,29 @@ _UPSTREAM_DROP: dict[tuple[bool, bool], frozenset[str]] = {
 }
 
 
-def _without_connection_named(
-    kept: list[tuple[str, str, str]], connection: list[str]
+def _kept(
+    items: Iterable[tuple[str, str]],
+    drop: frozenset[str],
+    prefix: str | None,
+    xff: list[str] | None,
 ) -> list[tuple[str, str, str]]:
+    """The fields of `items` that stay, as (name, value, lower-case name): neither in
+    `drop` (with an identity `prefix`: `_dropped_name`) nor named in a `Connection` field.
+    With `xff`, X-Forwarded-For goes there instead (a trusted hop's chain, extended)."""
+    kept: list[tuple[str, str, str]] = []
+    connection: list[str] = []
+    for name, value in items:
+        lname = name.lower()
+        if lname in drop if prefix is None else _dropped_name(lname, drop, prefix):
+            if lname == "connection":
+                connection.append(value)
+            continue
+        if xff is not None and lname == "x-forwarded-for":
+            xff.append(value)
+            continue
+        kept.append((name, value, lname))
+    if not connection:
+        return kept
     # A client may not name Host away: the upstream would get none, or the proxy's own.
     named = connection_tokens(connection) - {"host"}
     return [item for item in kept if item[2] not in named]
@@ -230,25 +250,10 @@ def upstream_items(
     items = incoming.items() if isinstance(incoming, CIMultiDict) else incoming
     from_trusted = is_trusted(hop.peer_ip, trusted)
     drop = _UPSTREAM_DROP[(from_trusted, forward_authorization)]
-    prefix = names.prefix_cmp
-    kept: list[tuple[str, str, str]] = []
-    connection: list[str] = []
     prior_xff: list[str] = []
     has_proto = has_host = has_fwd_host = False
-    for name, value in items:
-        lname = name.lower()
-        if _dropped_name(lname, drop, prefix):
-            if lname == "connection":
-                connection.append(value)
-            continue
-        if lname == "x-forwarded-for":
-            prior_xff.append(value)
-            continue
-        kept.append((name, value, lname))
-    if connection:
-        kept = _without_connection_named(kept, connection)
     out: list[tuple[str, str]] = []
-    for name, value, lname in kept:
+    for name, value, lname in _kept(items, drop, names.prefix_cmp, prior_xff):
         if lname == "host":
             has_host = True
         elif lname == "x-forwarded-proto":
@@ -271,18 +276,7 @@ def client_items(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Response headers to send back: hop-by-hop (and `Connection`-named) removed.
 
     Content-Length stays: the proxy streams the body with the upstream's framing."""
-    kept: list[tuple[str, str, str]] = []
-    connection: list[str] = []
-    for name, value in upstream:
-        lname = name.lower()
-        if lname in HOP_BY_HOP:
-            if lname == "connection":
-                connection.append(value)
-            continue
-        kept.append((name, value, lname))
-    if connection:
-        kept = _without_connection_named(kept, connection)
-    return [(name, value) for name, value, _ in kept]
+    return [(name, value) for name, value, _ in _kept(upstream, HOP_BY_HOP, None, None)]
 
 
 def for_client(upstream: CIMultiDict[str] | Iterable[tuple[str, str]]) -> CIMultiDict[str]:

@@ -18,7 +18,7 @@ from typing import Protocol
 from proxy.core.errors import ProxyError
 from proxy.core.principal import Principal
 from proxy.realtime import socketio as sio
-from proxy.realtime.relays import RelayContext
+from proxy.realtime.relays import Caller, RelayContext
 from proxy.realtime.socketio import Grant, Watch, same_identity, watch_for
 
 
@@ -42,18 +42,12 @@ class Namespaces:
     def __init__(
         self,
         ctx: RelayContext,
-        client_ip: str,
-        header_principal: Principal,
-        header_token: str | None,
-        header_refusal: str | None,
+        caller: Caller,
         sid: str | None,
         owner: Owner,
     ) -> None:
         self.ctx = ctx
-        self.client_ip = client_ip
-        self.header_principal, self.header_token = header_principal, header_token
-        # Why the handshake's own token left it anonymous, for its CONNECTs.
-        self.header_refusal = header_refusal
+        self.caller = caller  # the handshake's: what a CONNECT without a token acts as
         self.sid = sid
         self.watches: dict[str, Watch] = {}
         # The socket itself, not a bound method of it: one object fewer per socket; let
@@ -65,7 +59,7 @@ class Namespaces:
         self._task: asyncio.Future[None] | None = None
 
     async def verify(self, token: str) -> Principal:
-        return await self.ctx.verifier.verify(token, self.client_ip)
+        return await self.ctx.verifier.verify(token, self.caller.ip)
 
     def adopt(self, grants: list[Grant]) -> None:
         now = self.ctx.clock()
@@ -100,13 +94,14 @@ class Namespaces:
     async def connect(self, text: str) -> tuple[str | None, str | None]:
         """A client CONNECT: (the packet for the upstream, None), or (None, a
         CONNECT_ERROR for the client) when Clerk is unavailable. Raises `Refused`."""
+        caller = self.caller
         try:
             out, grant = await sio.rewrite_connect(
                 text,
-                header_principal=self.header_principal,
-                header_token=self.header_token,
+                header_principal=caller.principal,
+                header_token=caller.token,
                 verify=self.verify,
-                header_refusal=self.header_refusal,
+                header_refusal=caller.refusal,
             )
         except ProxyError as error:
             if not sio.is_unavailable(error):

@@ -16,7 +16,7 @@ from yarl import URL
 
 from proxy.core.principal import Principal
 from proxy.realtime import socketio as sio
-from proxy.realtime.relays import RelayContext
+from proxy.realtime.relays import Caller, RelayContext
 
 
 async def rewrite_polling(
@@ -24,23 +24,20 @@ async def rewrite_polling(
     *,
     ctx: RelayContext,
     query: str,
-    principal: Principal,
-    client_ip: str,
-    header_token: str | None = None,
-    header_refusal: str | None = None,
+    caller: Caller,
 ) -> bytes:
     """Rewrite the CONNECTs of a polling POST body and remember them for the upgrade.
     Raises ProxyError: 400 for what cannot be read, 503/429 when Clerk is unavailable."""
 
     async def verify(token: str) -> Principal:
-        return await ctx.verifier.verify(token, client_ip)
+        return await ctx.verifier.verify(token, caller.ip)
 
     out, grants = await sio.rewrite_polling_grants(
         body,
-        header_principal=principal,
+        header_principal=caller.principal,
         verify=verify,
-        header_token=header_token,
-        header_refusal=header_refusal,
+        header_token=caller.token,
+        header_refusal=caller.refusal,
     )
     for grant in grants:
         ctx.metrics.socketio_connects.labels(grant.principal.type).inc()

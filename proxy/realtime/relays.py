@@ -133,6 +133,19 @@ class WebSocketRegistry:
 
 
 @dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a relayed request comes from: the principal its own headers earned, the
+    client's address (re-verifications are counted against it), the bearer token of its
+    headers and, when that token was refused on an `optional` route, the spec code of why
+    (a CONNECT without a token of its own carries them to the upstream)."""
+
+    principal: principal.Principal
+    ip: str
+    token: str | None = None
+    refusal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RelayContext:
     session: aiohttp.ClientSession
     settings: config.WebSocket

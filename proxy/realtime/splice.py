@@ -26,11 +26,10 @@ import os
 import time
 from typing import Final
 
-from proxy.core.principal import Principal
 from proxy.core.timeouts import ConnectionClock
 from proxy.realtime import socketio as sio
 from proxy.realtime.namespaces import Namespaces, Refused
-from proxy.realtime.relays import RelayContext
+from proxy.realtime.relays import Caller, RelayContext
 
 CONT: Final = 0x0
 TEXT: Final = 0x1
@@ -416,11 +415,8 @@ class Splice:
     def __init__(
         self,
         ctx: RelayContext,
+        caller: Caller,
         *,
-        client_ip: str,
-        principal: Principal,
-        header_token: str | None,
-        header_refusal: str | None,
         socketio: bool,
         sid: str | None,
         clock: ConnectionClock | None,
@@ -432,7 +428,7 @@ class Splice:
         self.client = Leg(self, True)
         self.upstream = Leg(self, False)
         self.client.peer, self.upstream.peer = self.upstream, self.client
-        self.names = Namespaces(ctx, client_ip, principal, header_token, header_refusal, sid, self)
+        self.names = Namespaces(ctx, caller, sid, self)
         self.attachments = 0  # binary frames the client announced (BINARY_EVENT/ACK)
         self.closing = False  # the proxy sent its own close frames
         self.ended: tuple[int, str] | None = None  # how the first leg to close closed

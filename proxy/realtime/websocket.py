@@ -31,13 +31,12 @@ from proxy.core.errors import (
     ProxyError,
     upstream_cause,
 )
-from proxy.core.principal import Principal
 from proxy.core.timeouts import ConnectionClock, clock_of
 from proxy.realtime import handshake, splice
 from proxy.realtime import socketio as sio
 from proxy.realtime.handshake import check_origin, client_protocols
 from proxy.realtime.namespaces import Namespaces, Refused
-from proxy.realtime.relays import GOING_AWAY, RelayContext
+from proxy.realtime.relays import GOING_AWAY, Caller, RelayContext
 from proxy.realtime.socketio import Grant
 
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
@@ -52,15 +51,12 @@ _UPGRADE_PACKET: Final = "5"
 
 async def relay(
     request: web.Request,
-    *,
     ctx: RelayContext,
+    caller: Caller,
+    *,
     upstream_url: URL,
     upstream_headers: Mapping[str, str] | CIMultiDict[str],
-    principal: Principal,
-    client_ip: str,
     socketio: bool,
-    header_token: str | None = None,
-    header_refusal: str | None = None,
 ) -> web.StreamResponse:
     settings = ctx.settings
     check_origin(request.headers.get("Origin"), settings.allowed_origins)
@@ -71,22 +67,14 @@ async def relay(
         # would do in the loop turn they arrive in is done a few at a time instead.
         async with ctx.registry.handshakes:
             sid = _check_upgrade(request, socketio)
-            grants = _grants(ctx, sid, socketio, principal, header_token)
-            joined = splice.Splice(
-                ctx,
-                client_ip=client_ip,
-                principal=principal,
-                header_token=header_token,
-                header_refusal=header_refusal,
-                socketio=socketio,
-                sid=sid,
-                clock=clock_of(request.transport),
-            )
+            grants = _grants(ctx, sid, socketio, caller)
+            clock = clock_of(request.transport)
+            joined = splice.Splice(ctx, caller, socketio=socketio, sid=sid, clock=clock)
             await _splice(request, ctx, joined, upstream_url, upstream_headers)
         joined.names.adopt(grants)
         return web.Response(status=101)
     sid = _check_upgrade(request, socketio)
-    grants = _grants(ctx, sid, socketio, principal, header_token)
+    grants = _grants(ctx, sid, socketio, caller)
     upstream = await _connect_upstream(ctx, upstream_url, upstream_headers, request)
     client = web.WebSocketResponse(
         protocols=(upstream.protocol,) if upstream.protocol else (),
@@ -101,9 +89,7 @@ async def relay(
     except BaseException:
         await upstream.close(code=GOING_AWAY)
         raise
-    link = _Link(
-        ctx, client, upstream, client_ip, principal, header_token, header_refusal, socketio, sid
-    )
+    link = _Link(ctx, client, upstream, caller, socketio, sid)
     link.names.adopt(grants)
     ctx.registry.track(link)
     ctx.metrics.websocket_connections.inc()
@@ -127,12 +113,12 @@ def _check_upgrade(request: web.Request, socketio: bool) -> str | None:
     return sio.sid_of(request.query_string) if socketio else None
 
 
-def _grants(
-    ctx: RelayContext, sid: str | None, socketio: bool, principal: Principal, token: str | None
-) -> list[Grant]:
+def _grants(ctx: RelayContext, sid: str | None, socketio: bool, caller: Caller) -> list[Grant]:
     """What the socket starts with: its polling session's CONNECTs, or (a plain WebSocket)
     the handshake's own principal."""
-    return ctx.registry.grants.take(sid) if socketio else [Grant("", principal, token)]
+    if socketio:
+        return ctx.registry.grants.take(sid)
+    return [Grant("", caller.principal, caller.token)]
 
 
 def _bytes_suffice(request: web.Request, settings: config.WebSocket) -> bool:
@@ -258,10 +244,7 @@ class _Link:
         ctx: RelayContext,
         client: web.WebSocketResponse,
         upstream: aiohttp.ClientWebSocketResponse,
-        client_ip: str,
-        header_principal: Principal,
-        header_token: str | None,
-        header_refusal: str | None,
+        caller: Caller,
         socketio: bool,
         sid: str | None,
     ) -> None:
@@ -269,9 +252,7 @@ class _Link:
         self.socketio = socketio
         # Who each namespace acts as and when to look again (a plain WebSocket is watched
         # under ""): the byte relay's bookkeeping, told here how a namespace ends.
-        self.names = Namespaces(
-            ctx, client_ip, header_principal, header_token, header_refusal, sid, self
-        )
+        self.names = Namespaces(ctx, caller, sid, self)
         self._ending: set[asyncio.Future[None]] = set()
         self.attachments = 0  # binary frames the client announced (BINARY_EVENT/ACK)
         self.ended: tuple[int, str] | None = None  # how the first leg to end ended

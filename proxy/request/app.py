@@ -23,7 +23,7 @@ from proxy.config.load import Config
 from proxy.core import errors
 from proxy.core.errors import ProxyError, internal_error
 from proxy.core.principal import ANONYMOUS, Principal, Recent, Verifier
-from proxy.core.timeouts import ConnectionClock, clock_of
+from proxy.core.timeouts import clock_of
 from proxy.http.forward import ClientGone, new_session
 from proxy.http.headers import ClientHop, client_ip
 from proxy.http.upstream import UpstreamPool
@@ -188,26 +188,17 @@ class Proxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         rt = self.runtime
-        started = _perf_counter()
-        route_name = "unmatched"
-        principal: Principal = ANONYMOUS
-        why: ProxyError | None = None
-        status = 500
         request_id, traceparent = _correlate(rt, request)
-        # The connection's clock (proxy.core.timeouts): the head is in; what follows is
-        # timed by the body's rate, then by the upstream.
-        clock = clock_of(request.transport)
-        if clock is not None:
-            clock.head_done(_monotonic())
+        ex = Exchange(request, request_id, traceparent)
         try:
             check_request(request)
             hop = ClientHop(request.remote or "", request.scheme, request.host)
             routed = self.route(rt, request.method, request.raw_path, AiohttpFields(request), hop)
-            route_name = routed.route.name
+            ex.route_name = routed.route.name
             authenticated = self.authenticate_cached(rt, routed)
             if authenticated is None:
                 authenticated = await self.authenticate(rt, routed)
-            principal, why = authenticated
+            ex.principal, ex.why = authenticated
             upstream_headers = CIMultiDict(
                 self.admit(rt, routed, authenticated, request.headers.items(), hop)
             )
@@ -222,48 +213,33 @@ class Proxy:
                 registry=self.ws_registry,
                 url=url,
                 upstream_headers=upstream_headers,
-                principal=principal,
+                principal=ex.principal,
                 ip=routed.ip,
-                refusal=None if why is None else why.code,
+                refusal=None if ex.why is None else ex.why.code,
             )
-            status = response.status
+            ex.status = response.status
             return self.last_if_draining(response)
         except ProxyError as refusal:
-            why = refusal
-            status = refusal.status
-            answer = refused(refusal)
+            answer = ex.refuse(refusal)
             if request_id is not None:
                 answer.headers[rt.correlation.name] = request_id
             return self.last_if_draining(answer)
         except ClientGone:
-            status = gone_status(clock)
+            ex.gone()
             raise ConnectionResetError("client went away") from None
         except asyncio.CancelledError:
-            status = gone_status(clock)
+            ex.gone()
             raise
         except ConnectionError:
             raise  # the client went away while an answer was written: nobody to tell
         except Exception as exc:
             failure = internal_error(exc, "aiohttp")
-            status = failure.status
-            failed = web.Response(status=status, body=failure.body(), headers=failure.headers())
+            ex.status = failure.status
+            failed = web.Response(status=ex.status, body=failure.body(), headers=failure.headers())
             failed.force_close()
             return failed
         finally:
-            if clock is not None:
-                clock.answered(_monotonic())
-            self.finished(
-                rt,
-                route_name,
-                request.method,
-                status,
-                started,
-                principal,
-                request.remote,
-                why,
-                request_id,
-                traceparent,
-            )
+            ex.end(self, rt)
 
     def last_if_draining(self, response: web.StreamResponse) -> web.StreamResponse:
         """While draining, an answer not yet started says `Connection: close` (a streamed
@@ -421,16 +397,61 @@ def check_request(request: web.Request) -> None:
         raise ProxyError(errors.BAD_REQUEST, "an HTTP/1.1 request needs exactly one Host field")
 
 
-def gone_status(clock: ConnectionClock | None) -> int:
-    """The status logged for a request whose connection ended before its answer: nginx's
-    499 "client closed request" (never sent), or 503 when the drain's deadline cut it (the
-    proxy ended it, not the client)."""
-    return 503 if clock is not None and clock.cut else 499
-
-
 def refused(refusal: ProxyError) -> web.Response:
     """The answer to a refusal: its status, JSON body and headers (docs/spec.md)."""
     return web.Response(status=refusal.status, body=refusal.body(), headers=refusal.headers())
+
+
+class Exchange:
+    """One request on aiohttp's side (`Proxy.handle`, the forward-auth listener), from its
+    head to `end`: what `Proxy.finished` is told, filled in as the handler learns it. (The
+    fast path keeps the same on its connection, `frontdoor.FrontDoor`.)"""
+
+    def __init__(
+        self, request: web.Request, request_id: str | None, traceparent: bytes | None
+    ) -> None:
+        self.started = _perf_counter()
+        self.method = request.method
+        self.remote = request.remote
+        self.route_name = "unmatched"
+        self.status = 500
+        self.principal: Principal = ANONYMOUS
+        self.why: ProxyError | None = None
+        self.request_id, self.traceparent = request_id, traceparent
+        # The connection's clock (proxy.core.timeouts): the head is in; what follows is
+        # timed by the body's rate, then by the upstream. (An asking proxy keeps its
+        # connections open: between questions one is idle, not a head arriving.)
+        self.clock = clock = clock_of(request.transport)
+        if clock is not None:
+            clock.head_done(_monotonic())
+
+    def refuse(self, refusal: ProxyError) -> web.Response:
+        """`refused`, as this exchange's outcome."""
+        self.why, self.status = refusal, refusal.status
+        return refused(refusal)
+
+    def gone(self) -> None:
+        """The connection ended before the answer: nginx's 499 "client closed request"
+        (never sent), or 503 when the drain's deadline cut it (the proxy ended it, not the
+        client)."""
+        clock = self.clock
+        self.status = 503 if clock is not None and clock.cut else 499
+
+    def end(self, proxy: Proxy, rt: Runtime) -> None:
+        if self.clock is not None:
+            self.clock.answered(_monotonic())
+        proxy.finished(
+            rt,
+            self.route_name,
+            self.method,
+            self.status,
+            self.started,
+            self.principal,
+            self.remote,
+            self.why,
+            self.request_id,
+            self.traceparent,
+        )
 
 
 def _fast_pool(config: Config) -> UpstreamPool:

@@ -77,6 +77,7 @@ async def dispatch(
     if not is_sio and "Upgrade" not in request.headers:
         return await onward()
     token = tokens.extract_bearer(request.headers.getall("Authorization", ()))
+    caller = relays.Caller(principal, ip, token, refusal)
     ctx = relays.RelayContext(
         session=session,
         settings=rt.config.websocket,
@@ -89,14 +90,11 @@ async def dispatch(
     if handshake.is_upgrade(request):
         return await websocket.relay(
             request,
-            ctx=ctx,
+            ctx,
+            caller,
             upstream_url=url,
             upstream_headers=upstream_headers,
-            principal=principal,
-            client_ip=ip,
             socketio=is_sio,
-            header_token=token,
-            header_refusal=refusal,
         )
     if not is_sio:  # another Upgrade (h2c…): plain HTTP, Upgrade/Connection stripped
         return await onward()
@@ -113,14 +111,6 @@ async def dispatch(
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
         raise ProxyError(BAD_REQUEST, "compressed Socket.IO POST bodies are not supported")
     body = await read_request_body(request, rt.config.upstream.max_body_size)
-    body = await polling.rewrite_polling(
-        body,
-        ctx=ctx,
-        query=request.query_string,
-        principal=principal,
-        client_ip=ip,
-        header_token=token,
-        header_refusal=refusal,
-    )
+    body = await polling.rewrite_polling(body, ctx=ctx, query=request.query_string, caller=caller)
     # Sent once, never retried: a duplicated polling POST kills the Engine.IO session.
     return await onward(body)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Iterable
 from typing import Final
 
@@ -25,11 +24,9 @@ from multidict import CIMultiDict
 
 from proxy.core import errors
 from proxy.core.errors import ProxyError
-from proxy.core.principal import ANONYMOUS, Principal
-from proxy.core.timeouts import clock_of
 from proxy.http.headers import ClientHop, PrincipalHeaders
 from proxy.observe.correlation import traceparent_field
-from proxy.request.app import Proxy, check_request, gone_status, refused
+from proxy.request.app import Exchange, Proxy, check_request
 from proxy.request.routed import AiohttpFields, HeadFields
 
 # Where each asking proxy writes the request it asks about: (target fields, method field).
@@ -136,63 +133,39 @@ class ForwardAuth:
     async def judge(self, request: web.Request) -> web.StreamResponse:
         proxy = self._proxy
         rt = proxy.runtime
-        started = time.perf_counter()
-        method, route_name, status = request.method, "unmatched", 500
-        principal: Principal = ANONYMOUS
-        why: ProxyError | None = None
         envoy = envoy_described(request.method, request.raw_path)
         # The asking proxy's request id (ingress-nginx sends its $req_id): logged, never
         # made here — the ingress names its requests.
         request_id = request.headers.get(rt.correlation.name) if rt.correlation.enabled else None
-        traceparent = traceparent_field(request.headers.get("traceparent"))
-        # The connection's clock, as in `Proxy.handle`: an asking proxy keeps its
-        # connections open, and between questions one is idle, not a head arriving.
-        clock = clock_of(request.transport)
-        if clock is not None:
-            clock.head_done(time.monotonic())
+        ex = Exchange(request, request_id, traceparent_field(request.headers.get("traceparent")))
         try:
             check_request(request)
             fields = AiohttpFields(request)
-            method, target = envoy if envoy is not None else described(fields)
+            ex.method, target = envoy if envoy is not None else described(fields)
             hop = ClientHop(request.remote or "", request.scheme, request.host)
-            routed = proxy.route(rt, method, target, fields, hop)
-            route_name = routed.route.name
+            routed = proxy.route(rt, ex.method, target, fields, hop)
+            ex.route_name = routed.route.name
             authenticated = proxy.authenticate_cached(rt, routed)
             if authenticated is None:
                 authenticated = await proxy.authenticate(rt, routed)
-            principal, why = authenticated
-            principal = proxy.authorize(rt, routed, authenticated)
-            status = 200
+            ex.principal, ex.why = authenticated
+            ex.principal = principal = proxy.authorize(rt, routed, authenticated)
+            ex.status = 200
             answer = CIMultiDict(rt.names.render(principal))
             if envoy is not None:
                 drop_token = not rt.config.forward_authorization
                 answer[ENVOY_REMOVE_FIELD] = envoy_removals(rt.names, answer, drop_token)
             return proxy.last_if_draining(web.Response(status=200, headers=answer))
         except ProxyError as refusal:
-            why = refusal
-            status = refusal.status
-            response = refused(refusal)
+            response = ex.refuse(refusal)
             if envoy is None:  # Envoy passes a denial's body on itself
                 response.headers[REFUSAL_FIELD] = refusal.body().decode("ascii")
             return proxy.last_if_draining(response)
         except asyncio.CancelledError:
-            status = gone_status(clock)
+            ex.gone()
             raise
         finally:
-            if clock is not None:
-                clock.answered(time.monotonic())
-            proxy.finished(
-                rt,
-                route_name,
-                method,
-                status,
-                started,
-                principal,
-                request.remote,
-                why,
-                request_id,
-                traceparent,
-            )
+            ex.end(proxy, rt)
 
 
 def create_forward_auth_app(proxy: Proxy) -> web.Application:
