@@ -28,13 +28,18 @@ from tests.support_socketio import SioUpstream, TokenBook, proxy_app, real_app_a
 SOCKETS = 12
 
 
+# What a connection is made of: its listener's, parser's, relay's and clock's objects
+# (garbage other tests left behind, collected now, is not this test's).
+_CONNECTION_PARTS = ("proxy.fastpath.", "proxy.http.", "proxy.realtime.", "proxy.core.timeouts")
+
+
 def _ours(objects: list[object]) -> list[str]:
-    """The garbage the proxy made: its own types, and the transports and parsers its
-    connections held (the test's client and upstream make garbage of their own)."""
+    """The garbage a connection made: the proxy's parts of one, and the llhttp parsers
+    they held (the test's client and upstream make garbage of their own)."""
     names = []
     for o in objects:
         kind = type(o)
-        if kind.__module__.startswith("proxy.") or kind.__name__ in {
+        if kind.__module__.startswith(_CONNECTION_PARTS) or kind.__name__ in {
             "HttpRequestParser",
             "HttpResponseParser",
         }:
