@@ -139,7 +139,8 @@ def classify(token: str, parts: Unverified | None = None) -> TokenKind:
             ):
                 raise _invalid(f"malformed {prefix} token", kind.token_type)
             return kind
-    if token.count(".") == 2:
+    # Read segments are three (`peek`): the count, a walk over the whole token, is spared.
+    if parts is not None or token.count(".") == 2:
         return _classify_jwt(token, parts or peek(token))
     raise _invalid("not a Clerk token (expected mt_, oat_, ak_ or a JWT)")
 
