@@ -63,16 +63,17 @@ class TokenKind(enum.Enum):
 
     @property
     def token_type(self) -> TokenType:
-        return _TOKEN_TYPES[self]
+        # By value: an enum member's own hash is a Python-level call (a fresh JWT asks twice).
+        return _TOKEN_TYPES[self._value_]
 
 
-_TOKEN_TYPES: dict[TokenKind, TokenType] = {
-    TokenKind.M2M: "m2m_token",
-    TokenKind.M2M_JWT: "m2m_token",
-    TokenKind.OAUTH: "oauth_token",
-    TokenKind.OAUTH_JWT: "oauth_token",
-    TokenKind.API_KEY: "api_key",
-    TokenKind.SESSION_JWT: "session_token",
+_TOKEN_TYPES: dict[str, TokenType] = {
+    TokenKind.M2M.value: "m2m_token",
+    TokenKind.M2M_JWT.value: "m2m_token",
+    TokenKind.OAUTH.value: "oauth_token",
+    TokenKind.OAUTH_JWT.value: "oauth_token",
+    TokenKind.API_KEY.value: "api_key",
+    TokenKind.SESSION_JWT.value: "session_token",
 }
 
 _OPAQUE_PREFIXES = (("mt_", TokenKind.M2M), ("oat_", TokenKind.OAUTH), ("ak_", TokenKind.API_KEY))

@@ -37,6 +37,7 @@ _BASE62_BYTES: Final = 21
 # base64's character for six zero bits: 27 characters and this one are 21 whole bytes.
 _ZERO: Final = "A"
 _MAX_PREFIXES: Final = 256
+_PREFIX_BYTE: Final = tuple(bytes((n,)) for n in range(_MAX_PREFIXES))
 
 _LOWER_HEX: Final = re.compile(f"[0-9a-f]{{{_HEX_BODY}}}")
 
@@ -77,14 +78,14 @@ def pack(value: str | None, prefixes: Prefixes) -> tuple[int, bytes]:
         if digits is not None:
             n = prefixes.number(value[:-_HEX_BODY])
             if n >= 0:
-                return HEX, bytes((n,)) + digits
+                return HEX, _PREFIX_BYTE[n] + digits
     if len(value) >= _BASE62_BODY:
         body = value[-_BASE62_BODY:]
         # (ASCII, checked above: `isalnum` is then [0-9A-Za-z], base 62's alphabet.)
         if body.isalnum():
             n = prefixes.number(value[:-_BASE62_BODY])
             if n >= 0:
-                return BASE62, bytes((n,)) + binascii.a2b_base64(body + _ZERO)
+                return BASE62, _PREFIX_BYTE[n] + binascii.a2b_base64(body + _ZERO)
     if len(value) < AREA:
         return RAW, bytes((len(value),)) + value.encode()
     return UNPACKED, b""
