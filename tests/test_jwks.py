@@ -165,6 +165,27 @@ async def test_a_key_signs_only_for_its_own_algorithm(
     assert info.value.code == TOKEN_INVALID and "algorithm" in info.value.message
 
 
+@pytest.mark.parametrize(("alg", "verifies"), [("RS256", True), ("RS384", False)])
+async def test_a_key_whose_jwk_names_no_alg_signs_rs256_only(
+    env: tuple[JwksServer, Jwks, Clock], alg: str, verifies: bool
+) -> None:
+    # Clerk's SDK (WebCrypto) imports such a key for RS256: the proxy reads it so once, as
+    # its set is read, on the held keys' path (a miss) and the fetching one alike.
+    served, jwks, _ = env
+    served.keys = [{k: v for k, v in jwk(KEY_A, "ins_a").items() if k != "alg"}]
+    token = sign(KEY_A, "ins_a", alg)
+    if verifies:
+        assert (await jwks.verify(token))["sub"] == "user_1"
+        assert (jwks.verify_held(token, None, None) or {}).get("sub") == "user_1"
+        return
+    with pytest.raises(ProxyError) as info:
+        await jwks.verify(token)
+    assert info.value.code == TOKEN_INVALID and "algorithm" in info.value.message
+    with pytest.raises(ProxyError) as info:
+        jwks.verify_held(token, None, None)
+    assert info.value.code == TOKEN_INVALID and "algorithm" in info.value.message
+
+
 def public_pem(key: rsa.RSAPrivateKey) -> bytes:
     return key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

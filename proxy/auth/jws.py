@@ -22,7 +22,7 @@ import binascii
 import functools
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, final
 
 from proxy.auth.claims_json import loads, numeric_date, strings
 from proxy.auth.keyset import Key
@@ -106,17 +106,29 @@ def segment(text: str, strict: bool = False) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-@dataclass(frozen=True, slots=True)
+@final
 class Unverified:
     """A compact JWT's header and payload, each segment read once for everyone who looks
     before the signature is checked (routing by `iss`, Clerk's classes) and for the claims
-    after it: the signature covers these very bytes."""
+    after it: the signature covers these very bytes. A plain class, not a dataclass: one
+    is built per fresh JWT, and a compiled class builds in a tenth of the time."""
 
-    header: dict[str, Any]
-    payload: dict[str, Any]
-    # The payload is strict JSON (`claims_json`): else a NaN or Infinity was read into it,
-    # and the token is refused once its signature holds (`verify_signature`).
-    strict: bool
+    __slots__ = ("header", "payload", "strict")
+
+    def __init__(self, header: dict[str, Any], payload: dict[str, Any], strict: bool) -> None:
+        # Read, never written: a header is shared by every token that carries it (`peek`).
+        self.header: Final = header
+        self.payload: Final = payload
+        # The payload is strict JSON (`claims_json`): else a NaN or Infinity was read into
+        # it, and the token is refused once its signature holds (`verify_signature`).
+        self.strict: Final = strict
+
+
+# A header segment is the same for every token one key of an issuer signs: read once per
+# process (`peek`), its object shared. Bounded: short segments only, emptied when full.
+_HEADERS: Final[dict[str, dict[str, Any]]] = {}
+MAX_HEADERS: Final = 128
+MAX_HEADER_MEMO: Final = 512
 
 
 def peek(token: str) -> Unverified | None:
@@ -126,9 +138,16 @@ def peek(token: str) -> Unverified | None:
     parts = token.split(".")
     if len(parts) != 3:
         return None
-    header = segment(parts[0])
+    text = parts[0]
+    header = _HEADERS.get(text)
     if header is None:
-        return None
+        header = segment(text)
+        if header is None:
+            return None
+        if len(text) <= MAX_HEADER_MEMO:
+            if len(_HEADERS) >= MAX_HEADERS:
+                _HEADERS.clear()
+            _HEADERS[text] = header
     strict = True
     payload = segment(parts[1], strict=True)
     if payload is None:

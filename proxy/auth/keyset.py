@@ -53,11 +53,11 @@ class Key:
     kid: str
     kty: str
     crv: str | None
-    alg: str | None  # the JWK's own `alg`, when it pins one
+    alg: str | None  # the JWK's own `alg` when it pins one, else the set's default (if any)
     key: Any  # the cryptography public key
 
 
-def _key(item: Mapping[str, Any]) -> Key | None:
+def _key(item: Mapping[str, Any], default_alg: str | None) -> Key | None:
     import jwt
 
     kty, kid = item.get("kty"), item.get("kid")
@@ -80,11 +80,15 @@ def _key(item: Mapping[str, Any]) -> Key | None:
         parsed = jwt.PyJWK(dict(item))
     except (jwt.PyJWTError, ValueError, TypeError):
         return None
+    if not alg and default_alg is not None:
+        alg = default_alg
     return Key(kid=kid, kty=kty, crv=crv, alg=alg, key=parsed.key)
 
 
-def parse_jwks(body: bytes) -> dict[str, Key]:
-    """The signature keys of a JWKS document, by kid. Raises ValueError for a non-document."""
+def parse_jwks(body: bytes, default_alg: str | None = None) -> dict[str, Key]:
+    """The signature keys of a JWKS document, by kid; `default_alg`: the algorithm of a
+    key whose JWK pins none (None: any its type fits). Raises ValueError for a
+    non-document."""
     data = json.loads(body)
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError("not a JWKS document")
@@ -99,7 +103,7 @@ def parse_jwks(body: bytes) -> dict[str, Key]:
             continue
         if isinstance(kid, str):
             seen.add(kid)
-        key = _key(item)
+        key = _key(item, default_alg)
         if key is not None:
             keys[key.kid] = key
     return keys
@@ -135,9 +139,12 @@ class KeySetCache:
         name: str,
         max_age: float,
         min_refetch: float,
+        default_alg: str | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
         self._fetch_set = fetch
+        # Set once on each key as its set is read (`parse_jwks`), not copied per token.
+        self._default_alg = default_alg
         self._name = name  # for log lines: whose keys these are
         self._max_age = max_age
         self._min_refetch = min_refetch
@@ -156,7 +163,7 @@ class KeySetCache:
             status, headers, body = await self._fetch_set()
             if status != 200:
                 raise ValueError(f"HTTP {status}")
-            keys = parse_jwks(body)
+            keys = parse_jwks(body, self._default_alg)
         except ProxyError as exc:
             # Whatever the owner's fetch refuses with (unreachable, held by its gate), the
             # set is not fetched: the last good one stays, nobody is blamed.

@@ -20,6 +20,7 @@ import aiohttp
 
 from proxy.auth import tokens
 from proxy.auth.budget import VerificationBudget
+from proxy.auth.cache.entries import Positive
 from proxy.auth.cache.store import VerificationCache, cache_scope
 from proxy.auth.clerk.api import ClerkClient
 from proxy.auth.clerk.classes import check_class_claims, jwt_principal
@@ -172,16 +173,21 @@ class ClerkVerifier:
         ):
             self._hits.inc()
             return recent.principal
-        return self._known(self.cache.key(token), token, recent, now)
+        key = self.cache.key(token)
+        entry = self.cache.known(key, now)
+        return None if entry is None else self._known(key, entry, token, recent, now)
 
     async def verify(self, token: str, client_ip: str) -> Principal:
         key = self.cache.key(token)
-        principal = self._known(key, token, None, self._now())
-        if principal is not None:
-            return principal
+        now = self._now()
+        # One lookup for both: the answer when the token is known, else what a JWT's miss
+        # verified at once must see (a cached rejection).
+        entry = self.cache.entry(key, now)
+        if isinstance(entry, Positive):
+            return self._known(key, entry, token, None, now)
         load, realm, _, at_once = self._loader(token, client_ip)
         if at_once is not None:
-            principal = self.cache.at_once(key, at_once)
+            principal = self.cache.at_once(key, entry, now, at_once)
             if principal is not None:
                 return principal
         return await self.cache.get(key, load, realm=realm, deadline=self._deadline)
@@ -259,12 +265,11 @@ class ClerkVerifier:
             self.budget.acquire(client_ip)
         return await issuer.introspector.principal(token)
 
-    def _known(self, key: bytes, token: str, recent: Recent | None, now: float) -> Principal | None:
-        """The answer when the cache knows the token as valid: fresh, due for a refresh,
-        or stale (the last two start one background check). None: `verify` decides."""
-        entry = self.cache.known(key, now)
-        if entry is None:
-            return None
+    def _known(
+        self, key: bytes, entry: Positive, token: str, recent: Recent | None, now: float
+    ) -> Principal:
+        """The answer when the cache knows the token as valid (`entry`): fresh, due for a
+        refresh, or stale (the last two start one background check)."""
         if now < entry.fresh_until:
             self._hits.inc()
             refresh_at = self.cache.refresh_at(key, entry)

@@ -29,22 +29,45 @@ never has tombstones. The interned identities of a table go when the table goes
 from __future__ import annotations
 
 import math
+import operator
 import struct
 from array import array
 from collections.abc import Collection, Hashable
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, final
 
 from proxy.auth.cache import ids
 from proxy.core.errors import ProxyError
 from proxy.core.principal import FIELDS, Principal
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@final
 class Positive:
-    principal: Principal
-    fresh_until: float
-    keep_until: float  # fresh_until, plus the stale-if-error window capped at expiry
+    """A verified token's entry: what a frozen dataclass would be (keyword-only, read-only,
+    equal by its fields), built in a tenth of the time compiled: one is built per miss."""
+
+    __slots__ = ("fresh_until", "keep_until", "principal")
+
+    def __init__(self, *, principal: Principal, fresh_until: float, keep_until: float) -> None:
+        self.principal: Final = principal
+        self.fresh_until: Final = fresh_until
+        # fresh_until, plus the stale-if-error window capped at expiry
+        self.keep_until: Final = keep_until
+
+    def _fields(self) -> tuple[Principal, float, float]:
+        return self.principal, self.fresh_until, self.keep_until
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Positive) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"Positive(principal={self.principal!r}, fresh_until={self.fresh_until!r}, "
+            f"keep_until={self.keep_until!r})"
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +102,10 @@ RECENT: Final = 512
 # `principal.FIELDS` is the identity's, so a new field is shared without an edit here.
 _OWN: Final = frozenset({"id", "token_id", "expires_at"})
 _SHARED: Final = tuple(f.name for f in FIELDS if f.name not in _OWN)
+# Their values as one tuple, read in C (a Python-level `getattr` per field cost a fifth of
+# a Clerk entry's packing). A single name would give the value alone, not a tuple.
+assert len(_SHARED) > 1
+_shared_values: Final = operator.attrgetter(*_SHARED)
 
 # (the subject when no form packs it, else None; then the `_SHARED` fields' values)
 _PositiveIdentity = tuple[object, ...]
@@ -234,7 +261,7 @@ class PackedTable:
             self._overflow.pop(key, None)
         sub_form, sub_area = ids.pack(p.id, self._prefixes)
         subject = p.id if sub_form == ids.UNPACKED else None
-        identity = (subject, *[getattr(p, name) for name in _SHARED])
+        identity = (subject, *_shared_values(p))
         n = _intern(identity, self._principals, self._principal_of)
         if n == len(self._shared):
             self._shared.append({name: getattr(p, name) for name in _SHARED})

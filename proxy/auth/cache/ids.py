@@ -8,7 +8,9 @@ ids). The body packs into 16 or 21 bytes and the prefix into one byte, its numbe
 - NONE: no id.
 - RAW: up to 21 ASCII characters as they are, after a length byte.
 - HEX: prefix number, 16 bytes.
-- BASE62: prefix number, 21 bytes (62**27 < 2**168).
+- BASE62: prefix number, 21 bytes: six bits a character (27 * 6 <= 168), as base64
+  reads them (every base-62 character is one of base64's), with one zero character
+  after them to make whole bytes.
 - UNPACKED: none of these fits; the caller keeps the id elsewhere.
 
 A form is chosen only when it gives the same string back: `bytes.fromhex` would also
@@ -17,6 +19,7 @@ take upper case, and a body of another length or alphabet is not one of these.
 
 from __future__ import annotations
 
+import binascii
 import re
 from typing import Final
 
@@ -31,14 +34,11 @@ UNPACKED: Final = 4
 _HEX_BODY: Final = 32
 _BASE62_BODY: Final = 27
 _BASE62_BYTES: Final = 21
-_CHUNK: Final = 9  # a third of a body
-_CHUNK_BASE: Final = 62**_CHUNK
+# base64's character for six zero bits: 27 characters and this one are 21 whole bytes.
+_ZERO: Final = "A"
 _MAX_PREFIXES: Final = 256
+_PREFIX_BYTE: Final = tuple(bytes((n,)) for n in range(_MAX_PREFIXES))
 
-_ALPHABET: Final = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_NOT_A_DIGIT: Final = 255
-# Each byte's digit value; `_NOT_A_DIGIT` (-1, not found, modulo 256) outside the alphabet.
-_DIGITS: Final = bytes(_ALPHABET.find(chr(b)) % 256 for b in range(256))
 _LOWER_HEX: Final = re.compile(f"[0-9a-f]{{{_HEX_BODY}}}")
 
 
@@ -78,13 +78,14 @@ def pack(value: str | None, prefixes: Prefixes) -> tuple[int, bytes]:
         if digits is not None:
             n = prefixes.number(value[:-_HEX_BODY])
             if n >= 0:
-                return HEX, bytes((n,)) + digits
+                return HEX, _PREFIX_BYTE[n] + digits
     if len(value) >= _BASE62_BODY:
-        number = _base62(value[-_BASE62_BODY:])
-        if number is not None:
+        body = value[-_BASE62_BODY:]
+        # (ASCII, checked above: `isalnum` is then [0-9A-Za-z], base 62's alphabet.)
+        if body.isalnum():
             n = prefixes.number(value[:-_BASE62_BODY])
             if n >= 0:
-                return BASE62, bytes((n,)) + number.to_bytes(_BASE62_BYTES, "big")
+                return BASE62, _PREFIX_BYTE[n] + binascii.a2b_base64(body + _ZERO)
     if len(value) < AREA:
         return RAW, bytes((len(value),)) + value.encode()
     return UNPACKED, b""
@@ -97,32 +98,13 @@ def unpack(form: int, area: bytes, prefixes: Prefixes) -> str | None:
     if form == HEX:
         return prefixes.name(area[0]) + area[1 : 1 + _HEX_BODY // 2].hex()
     if form == BASE62:
-        number = int.from_bytes(area[1 : 1 + _BASE62_BYTES], "big")
-        chars = []
-        for _ in range(_BASE62_BODY):
-            number, digit = divmod(number, 62)
-            chars.append(_ALPHABET[digit])
-        chars.reverse()
-        return prefixes.name(area[0]) + "".join(chars)
+        body = binascii.b2a_base64(area[1 : 1 + _BASE62_BYTES], newline=False)
+        return prefixes.name(area[0]) + body[:_BASE62_BODY].decode()
     return None
 
 
 def _hex(body: str) -> bytes | None:
     # Told by a pattern, not by `fromhex` failing: most bodies are not hex (`user_`, `sess_`
-    # ids are base 62), and a raised exception costs more than the packing.
-    return bytes.fromhex(body) if _LOWER_HEX.fullmatch(body) else None
-
-
-def _base62(body: str) -> int | None:
-    # The digits by one table lookup per character (`pack` has checked it is ASCII), then
-    # by chunks that stay machine integers (62**9 < 2**54): three big-number steps, not 27.
-    digits = body.encode().translate(_DIGITS)
-    if _NOT_A_DIGIT in digits:
-        return None
-    number = 0
-    for start in range(0, _BASE62_BODY, _CHUNK):
-        chunk = 0
-        for digit in digits[start : start + _CHUNK]:
-            chunk = chunk * 62 + digit
-        number = number * _CHUNK_BASE + chunk
-    return number
+    # ids are base 62), and a raised exception costs more than the packing. `isalnum`
+    # first: it turns those away at their `_` for less than the pattern's call.
+    return bytes.fromhex(body) if body.isalnum() and _LOWER_HEX.fullmatch(body) else None

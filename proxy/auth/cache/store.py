@@ -39,7 +39,7 @@ import hashlib
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Protocol
 
 from proxy.auth.cache.entries import Entry, Negative, PackedTable, Positive
@@ -148,6 +148,11 @@ class VerificationCache:
             return entry.fresh_until
         return entry.fresh_until - lead * (1.0 - (key[15] ^ self._salt) / 512.0)
 
+    def entry(self, key: bytes, now: float) -> Entry | None:
+        """What is held for `key` at `now` (a positive entry fresh or in its stale window, or
+        a rejection); counts nothing."""
+        return self._entries.get(key, now)
+
     def known(self, key: bytes, now: float) -> Positive | None:
         """The positive entry for `key`, fresh or in its stale window; counts nothing."""
         entry = self._entries.get(key, now)
@@ -223,18 +228,13 @@ class VerificationCache:
     ) -> asyncio.Task[Principal]:
         """Start the one flight for `key` (the caller has checked there is none): its
         answer lands in the cache whoever waits for it, or nobody (a background check)."""
-        return self._begin(key, load, realm, self._now(), None, math.inf)
+        return self._begin(key, self._load(key, load, realm, self._now(), None, math.inf))
 
     def _begin(
-        self,
-        key: bytes,
-        load: Callable[[], Awaitable[Principal]],
-        realm: bytes | None,
-        checked_at: float,
-        found: Entry | bool | None,
-        follow: float,
+        self, key: bytes, loading: Coroutine[object, None, Principal]
     ) -> asyncio.Task[Principal]:
-        flight = asyncio.ensure_future(self._load(key, load, realm, checked_at, found, follow))
+        """`loading` (a `_load`) becomes the flight for `key`."""
+        flight = asyncio.ensure_future(loading)
         self._flights.add(key, flight)
         return flight
 
@@ -260,13 +260,18 @@ class VerificationCache:
         except BaseException:
             # This caller went away: the flight the others wait on starts all the same.
             if not pending.done():
-                relay(self._begin(key, load, realm, checked_at, None, follow), pending)
+                relay(
+                    self._begin(key, self._load(key, load, realm, checked_at, None, follow)),
+                    pending,
+                )
             raise
         if pending.done():  # closed meanwhile
             raise ProxyError(VERIFICATION_UNAVAILABLE, "the proxy is shutting down; retry")
         if isinstance(found, bool) or not self._newer(key, found):
             # True: follow the other process; False (or an entry no newer than ours): verify.
-            flight = self._begin(key, load, realm, checked_at, found is True, follow)
+            flight = self._begin(
+                key, self._load(key, load, realm, checked_at, found is True, follow)
+            )
             relay(flight, pending)
             return flight
         try:
@@ -321,14 +326,20 @@ class VerificationCache:
         self._keep(key, entry, now)
         return principal
 
-    def at_once(self, key: bytes, verify: Callable[[], Principal | None]) -> Principal | None:
+    def at_once(
+        self,
+        key: bytes,
+        entry: Entry | None,
+        now: float,
+        verify: Callable[[], Principal | None],
+    ) -> Principal | None:
         """A JWT's miss (no realm) verified in the caller, for a `verify` that needs no I/O
         (its key is held): no task, no deadline timer, no waiter — and no second flight
         either, since nothing here yields to a concurrent miss of the same token before
-        its verdict is stored. None: `get`'s flight decides (the key must be fetched, or
-        a flight for `key` is out already: a miss waiting for that fetch, joined there)."""
-        now = self._now()
-        entry = self._entries.get(key, now)
+        its verdict is stored. `entry`: what the caller found for `key` at `now` (`entry`;
+        looked up once: nothing has yielded since). None: `get`'s flight decides (the key
+        must be fetched, or a flight for `key` is out already: a miss waiting for that
+        fetch, joined there)."""
         if isinstance(entry, Negative):
             self._count_negative_hit.inc()
             raise entry.error()

@@ -14,12 +14,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any, Final
 
 from proxy.auth import jws
 from proxy.auth.clerk.api import ClerkClient
-from proxy.auth.keyset import Fetched, Key, KeySetCache
+from proxy.auth.keyset import Fetched, KeySetCache
 from proxy.auth.tokens import JWT_ALGORITHMS
 from proxy.config import model as config
 
@@ -55,6 +54,9 @@ class Jwks:
             name="Clerk",
             max_age=cfg.jwks_cache_seconds,
             min_refetch=cfg.jwks_min_refetch_seconds,
+            # A key for the algorithm its JWK names, RS256 when none: Clerk's SDK
+            # (WebCrypto) imports it for that one only.
+            default_alg="RS256",
             now=now,
         )
 
@@ -64,29 +66,15 @@ class Jwks:
             log.error("JWKS fetch: Clerk refused the proxy's own secret key (HTTP %d)", status)
         return status, headers, body
 
-    @staticmethod
-    def _for_rs256(key: Key | None) -> Key | None:
-        """For the algorithm its JWK names, RS256 when none: Clerk's SDK (WebCrypto)
-        imports it for that one only."""
-        return key if key is None or key.alg else replace(key, alg="RS256")
-
-    async def key(self, kid: str) -> Key | None:
-        """The key for `kid` (503 while no set could be fetched)."""
-        return self._for_rs256(await self.keys.key(kid))
-
-    def held(self, kid: str) -> Key | None:
-        """The key for `kid` when the set holds it now; None: `key` decides."""
-        return self._for_rs256(self.keys.held(kid))
-
     async def verify(
         self, token: str, token_type: str | None = None, parts: jws.Unverified | None = None
     ) -> dict[str, Any]:
         """The claims of a JWT whose header, signature and time claims check out; `parts`:
         its segments as classification read them (None: read here)."""
-        return await jws.verify(token, parts, self.rules, self.key, self._now, token_type)
+        return await jws.verify(token, parts, self.rules, self.keys.key, self._now, token_type)
 
     def verify_held(
         self, token: str, token_type: str | None, parts: jws.Unverified | None
     ) -> dict[str, Any] | None:
         """`verify` with the keys held now; None: the token's key is not among them."""
-        return jws.verify_held(token, parts, self.rules, self.held, self._now, token_type)
+        return jws.verify_held(token, parts, self.rules, self.keys.held, self._now, token_type)
