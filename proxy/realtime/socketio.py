@@ -39,10 +39,6 @@ TRANSPORTS = frozenset({"polling", "websocket"})
 Verify = Callable[[str], Awaitable[Principal]]
 
 
-def is_socketio_path(path: str) -> bool:
-    return path.startswith(PATH_PREFIX)
-
-
 def _bad(message: str) -> ProxyError:
     return ProxyError(BAD_REQUEST, message)
 
@@ -427,17 +423,3 @@ async def rewrite_polling_grants(
         packets[i] = rewritten.encode("ascii")
         grants.append(grant)
     return RECORD_SEPARATOR.join(packets), grants
-
-
-async def rewrite_polling_body(
-    body: bytes,
-    *,
-    header_principal: Principal,
-    verify: Verify,
-    header_token: str | None = None,
-) -> tuple[bytes, list[Principal]]:
-    """`rewrite_polling_grants`, returning only the principals (for metrics)."""
-    out, grants = await rewrite_polling_grants(
-        body, header_principal=header_principal, verify=verify, header_token=header_token
-    )
-    return out, [g.principal for g in grants]

@@ -73,7 +73,7 @@ async def dispatch(
         )
 
     await continue_if_expected(request)
-    is_sio = request.path.startswith("/socket.io/")
+    is_sio = request.path.startswith(sio.PATH_PREFIX)
     if not is_sio and "Upgrade" not in request.headers:
         return await onward()
     token = tokens.extract_bearer(request.headers.getall("Authorization", ()))
