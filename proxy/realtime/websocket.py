@@ -36,15 +36,18 @@ from proxy.realtime import handshake, splice
 from proxy.realtime import socketio as sio
 from proxy.realtime.handshake import check_origin, client_protocols
 from proxy.realtime.namespaces import Namespaces, Refused
-from proxy.realtime.relays import GOING_AWAY, Caller, RelayContext
+from proxy.realtime.relays import (
+    GOING_AWAY,
+    POLICY_VIOLATION,
+    UNSENDABLE,
+    UNSUPPORTED_DATA,
+    Caller,
+    RelayContext,
+)
 from proxy.realtime.socketio import Grant
 
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
-POLICY_VIOLATION: Final = 1008
-UNSUPPORTED_DATA: Final = 1003
-# Close codes that must never be put on the wire (RFC 6455 §7.4.1) and what to say instead.
-_UNSENDABLE: Final = {0: 1000, 1005: 1000, 1006: GOING_AWAY, 1015: GOING_AWAY}
 _SERVER_GONE: Final = ("41", "44")  # the upstream ended or refused a namespace
 _UPGRADE_PACKET: Final = "5"
 
@@ -290,7 +293,7 @@ class _Link:
         """Close both legs once, with the first code asked for; later callers wait for
         that same close (shielded: a cancelled caller must not abort the handshake)."""
         if self.closing is None:
-            code = _UNSENDABLE.get(code, code)
+            code = UNSENDABLE.get(code, code)
             message = reason.encode()[:123]
             self.closing = asyncio.gather(
                 self.client.close(code=code, message=message),
