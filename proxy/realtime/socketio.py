@@ -335,35 +335,6 @@ async def _still_valid(grant: Grant, now: float, *, recheck: bool, verify: Verif
     return same_identity(fresh, principal)
 
 
-async def authenticate(
-    packet: ConnectPacket,
-    *,
-    header_principal: Principal,
-    header_token: str | None,
-    verify: Verify,
-    header_refusal: str | None = None,
-) -> Grant:
-    """The principal a CONNECT acts as. A bad `auth.token` means anonymous (the
-    documented Socket.IO fallback), with the refusal's code; an unavailable verifier
-    re-raises its ProxyError. `header_refusal`: why the handshake's own token (its
-    Authorization field) left it anonymous."""
-    if packet.token_malformed:
-        return _fallback(packet.namespace, TOKEN_INVALID, None)
-    if packet.token is None:
-        return Grant(packet.namespace, header_principal, header_token, header_refusal)
-    if header_token is not None and not hmac.compare_digest(
-        header_token.encode(), packet.token.encode()
-    ):
-        raise _bad("two different tokens: the Authorization header and the CONNECT auth.token")
-    try:
-        principal = await verify(packet.token)
-    except ProxyError as error:
-        if is_unavailable(error):
-            raise
-        return _fallback(packet.namespace, error.code, error.token_type)
-    return Grant(packet.namespace, principal, packet.token)
-
-
 def _fallback(namespace: str, code: str, token_type: str | None) -> Grant:
     # The partner sees a connected socket either way: this line (and the upstream's
     # `auth.principal.refusal`) is where "why am I anonymous" is answered.
@@ -382,14 +353,29 @@ async def rewrite_connect(
     verify: Verify,
     header_refusal: str | None = None,
 ) -> tuple[str, Grant]:
+    """The CONNECT for the upstream, and the principal it acts as. A bad `auth.token`
+    means anonymous (the documented Socket.IO fallback), with the refusal's code; an
+    unavailable verifier re-raises its ProxyError. `header_refusal`: why the handshake's
+    own token (its Authorization field) left it anonymous."""
     parsed = parse_connect(packet)
-    grant = await authenticate(
-        parsed,
-        header_principal=header_principal,
-        header_token=header_token,
-        verify=verify,
-        header_refusal=header_refusal,
-    )
+    token = parsed.token
+    if parsed.token_malformed:
+        grant = _fallback(parsed.namespace, TOKEN_INVALID, None)
+    elif token is None:
+        grant = Grant(parsed.namespace, header_principal, header_token, header_refusal)
+    else:
+        if header_token is not None and not hmac.compare_digest(
+            header_token.encode(), token.encode()
+        ):
+            raise _bad("two different tokens: the Authorization header and the CONNECT auth.token")
+        try:
+            principal = await verify(token)
+        except ProxyError as error:
+            if is_unavailable(error):
+                raise
+            grant = _fallback(parsed.namespace, error.code, error.token_type)
+        else:
+            grant = Grant(parsed.namespace, principal, token)
     return encode_connect(parsed, grant.principal, grant.refusal), grant
 
 
