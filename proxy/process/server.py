@@ -165,9 +165,6 @@ class Server:
                 last = current
                 await self.reload("file changed")
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     async def serve(self) -> None:
         await self.start()
         await self.run()
@@ -261,7 +258,7 @@ class Server:
         self.proxy.warm()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         log.info(
             "serving",
