@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 
 import cachetools
 
-from proxy.core.errors import BAD_REQUEST, TOKEN_INVALID, ProxyError
+from proxy.core.errors import TOKEN_INVALID, ProxyError, bad_request
 from proxy.core.principal import ANONYMOUS, FIELDS, Principal
 
 log = logging.getLogger("proxy.socketio")
@@ -39,10 +39,6 @@ TRANSPORTS = frozenset({"polling", "websocket"})
 Verify = Callable[[str], Awaitable[Principal]]
 
 
-def _bad(message: str) -> ProxyError:
-    return ProxyError(BAD_REQUEST, message)
-
-
 def check_query(query: str) -> None:
     """Refuse handshakes whose traffic the rewriter could not read.
 
@@ -53,20 +49,20 @@ def check_query(query: str) -> None:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
     except ValueError:
-        raise _bad("malformed Socket.IO query string") from None
+        raise bad_request("malformed Socket.IO query string") from None
     seen: dict[str, list[str]] = {}
     for key, value in pairs:
         seen.setdefault(key, []).append(value)
     for key in ("EIO", "transport", "sid"):
         if len(seen.get(key, ())) > 1:
-            raise _bad(f"the Socket.IO query repeats {key}")
+            raise bad_request(f"the Socket.IO query repeats {key}")
     if seen.get("EIO") != ["4"]:
-        raise _bad("only Engine.IO protocol 4 (Socket.IO v3/v4 clients) is supported")
+        raise bad_request("only Engine.IO protocol 4 (Socket.IO v3/v4 clients) is supported")
     if "j" in seen:
-        raise _bad("JSONP polling is not supported")
+        raise bad_request("JSONP polling is not supported")
     transport = seen.get("transport", [""])[0]
     if transport not in TRANSPORTS:
-        raise _bad("the Socket.IO transport must be polling or websocket")
+        raise bad_request("the Socket.IO transport must be polling or websocket")
 
 
 def sid_of(query: str) -> str | None:
@@ -163,9 +159,9 @@ def parse_connect(packet: str) -> ConnectPacket:
         try:
             decoded = json.loads(payload, parse_constant=_reject_constant)
         except (ValueError, RecursionError):
-            raise _bad("the Socket.IO CONNECT payload is not valid JSON") from None
+            raise bad_request("the Socket.IO CONNECT payload is not valid JSON") from None
         if not isinstance(decoded, dict):
-            raise _bad("the Socket.IO CONNECT payload must be a JSON object")
+            raise bad_request("the Socket.IO CONNECT payload must be a JSON object")
         auth = decoded
     token = auth.pop("token", None)
     auth.pop("principal", None)
@@ -201,7 +197,7 @@ def encode_connect(packet: ConnectPacket, principal: Principal, refusal: str | N
     try:
         payload = json.dumps(auth, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     except (ValueError, RecursionError):
-        raise _bad("the Socket.IO CONNECT payload cannot be re-encoded") from None
+        raise bad_request("the Socket.IO CONNECT payload cannot be re-encoded") from None
     return head + payload
 
 
@@ -367,7 +363,9 @@ async def rewrite_connect(
         if header_token is not None and not hmac.compare_digest(
             header_token.encode(), token.encode()
         ):
-            raise _bad("two different tokens: the Authorization header and the CONNECT auth.token")
+            raise bad_request(
+                "two different tokens: the Authorization header and the CONNECT auth.token"
+            )
         try:
             principal = await verify(token)
         except ProxyError as error:
@@ -398,7 +396,7 @@ async def rewrite_polling_grants(
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise _bad("the Socket.IO CONNECT packet is not UTF-8") from None
+            raise bad_request("the Socket.IO CONNECT packet is not UTF-8") from None
         rewritten, grant = await rewrite_connect(
             text,
             header_principal=header_principal,

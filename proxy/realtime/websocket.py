@@ -29,6 +29,7 @@ from proxy.core.errors import (
     RESET,
     UPSTREAM_UNAVAILABLE,
     ProxyError,
+    bad_request,
     upstream_cause,
 )
 from proxy.core.timeouts import ConnectionClock, clock_of
@@ -112,7 +113,7 @@ async def relay(
 def _check_upgrade(request: web.Request, socketio: bool) -> str | None:
     """Refuse what is no WebSocket upgrade; the Engine.IO sid it names, if any."""
     if not web.WebSocketResponse().can_prepare(request).ok:
-        raise ProxyError(BAD_REQUEST, "invalid WebSocket upgrade request")
+        raise bad_request("invalid WebSocket upgrade request")
     return sio.sid_of(request.query_string) if socketio else None
 
 

@@ -380,7 +380,7 @@ def check_request(request: web.Request) -> None:
             errors.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.0 and HTTP/1.1 are served here"
         )
     if version.minor >= 1 and len(request.headers.getall("Host", ())) != 1:
-        raise ProxyError(errors.BAD_REQUEST, "an HTTP/1.1 request needs exactly one Host field")
+        raise errors.bad_request("an HTTP/1.1 request needs exactly one Host field")
 
 
 class Exchange:
