@@ -326,7 +326,8 @@ class _Link:
                     text: str | None = msg.data
                     if self.socketio:
                         if not up:
-                            self._from_upstream(msg.data)
+                            if msg.data.startswith(_SERVER_GONE):
+                                self.names.forget(msg.data)
                         elif msg.data.startswith(sio.CONNECT):
                             text = await self._connect(msg.data)
                         else:
@@ -369,10 +370,6 @@ class _Link:
             self.names.forget(text)
         elif text == _UPGRADE_PACKET:
             self.names.adopt_polling()
-
-    def _from_upstream(self, text: str) -> None:
-        if text.startswith(_SERVER_GONE):
-            self.names.forget(text)
 
     async def _connect(self, text: str) -> str | None:
         out, refusal = await self.names.connect(text)

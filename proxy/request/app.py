@@ -298,7 +298,7 @@ class Proxy:
         except ProxyError as refusal:
             self._decided_refusal(principal, refusal)
             raise
-        self._decided(principal, "allowed")
+        self.metrics.decision(principal.token_type or "none", "allowed").inc()
         return principal
 
     def finished(
@@ -328,9 +328,6 @@ class Proxy:
                 request_id,
                 traceparent,
             )
-
-    def _decided(self, principal: Principal, result: str) -> None:
-        self.metrics.decision(principal.token_type or "none", result).inc()
 
     def _decided_refusal(self, principal: Principal | None, refusal: ProxyError) -> None:
         token_type = refusal.token_type or (principal.token_type if principal else None)
