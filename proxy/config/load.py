@@ -54,11 +54,6 @@ __all__ = [
 ]
 
 
-def _sub(raw: Any, name: str) -> Any:
-    """`raw[name]` when `raw` is a mapping (else the section's own check reports it)."""
-    return raw.get(name) if isinstance(raw, dict) else None
-
-
 def build_config(
     raw: Any,
     *,
@@ -80,17 +75,14 @@ def build_config(
     routes = parse_routes(r, top.get("routes"))
     default_route = parse_route(r, top.get("default_route") or {}, "default_route", default=True)
     keyed = [*routes, *([("default_route", default_route)] if default_route else [])]
+    cache = top.get("cache")  # not a mapping: the section's own check reports it
+    shared = shared_cache(r, cache.get("shared") if isinstance(cache, dict) else None)
     cfg = r.read(
         Config,
         top,
         "",
         source=file,
-        cache=r.read(
-            Cache,
-            top.get("cache"),
-            "cache",
-            shared=shared_cache(r, _sub(top.get("cache"), "shared")),
-        ),
+        cache=r.read(Cache, cache, "cache", shared=shared),
         routes=tuple(route for _, route in routes),
         default_route=default_route or Route(name="default", path="/**"),
         trusted_proxies=_networks(r, top),
