@@ -58,7 +58,6 @@ def build_config(
     raw: Any,
     *,
     file: str,
-    env: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
     sources: Mapping[str, Source] | None = None,
 ) -> Config:
@@ -67,7 +66,7 @@ def build_config(
     in the file."""
     sources = sources or {}
     variables = {path: src.variables for path, src in sources.items() if src.variables}
-    r = Reader(file, env if env is not None else os.environ, base_dir or Path("."), variables)
+    r = Reader(file, base_dir or Path("."), variables)
     if raw is not None and not isinstance(raw, dict):
         r.problem("", f"expected a mapping, got {type(raw).__name__}")
         raise ConfigError(r.issues)
@@ -173,7 +172,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         where = f"line {mark.line + 1}" if mark is not None else ""
         raise ConfigError([*issues, ConfigIssue(file, where, f"invalid YAML: {exc}")]) from None
     try:
-        cfg = build_config(raw, file=file, env=environ, base_dir=p.parent, sources=sources)
+        cfg = build_config(raw, file=file, base_dir=p.parent, sources=sources)
     except ConfigError as exc:
         raise ConfigError(issues + exc.issues) from None
     if issues:
