@@ -91,7 +91,7 @@ async def known_tokens(refresh_ahead: float, ttl: float = 60.0, hours: float = 1
         {"upstream": {"url": "http://127.0.0.1:1"},
          "clerk": {"api_url": "http://127.0.0.1:1", "secret_key": "sk_test_bench"},
          "cache": {"ttl_seconds": ttl, "refresh_ahead": refresh_ahead}},
-        file="bench", env={},
+        file="bench",
     )
     metrics = Metrics()
     calls: dict[str, list[float]] = {}

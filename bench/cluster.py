@@ -336,7 +336,7 @@ async def l2_in_process_leg(redis: int, clerk: int, machine: str, samples: int) 
         "cache": {"shared": {"url": f"redis://127.0.0.1:{redis}", "timeout": "50ms"}},
         "verification_budget": {"enabled": False},
     }
-    config = build_config(raw, file="bench.yaml", env={})
+    config = build_config(raw, file="bench.yaml")
     l1: list[float] = []
     l2: list[float] = []
     async with aiohttp.ClientSession() as s:

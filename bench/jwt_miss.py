@@ -73,7 +73,7 @@ async def main() -> None:
         ],
         "cache": {"max_entries": 1_000_000},
     }
-    config = build_config(raw, file="bench", env={})
+    config = build_config(raw, file="bench")
     clerk_key = clerk.private_key.public_key()
     issuer_key = issuer.active.private_key.public_key()
     rs256 = jwt.algorithms.RSAAlgorithm(jwt.algorithms.RSAAlgorithm.SHA256)

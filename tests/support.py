@@ -21,8 +21,6 @@ from proxy.core.principal import Principal, Recent
 from proxy.fastpath import listener
 from proxy.request.app import PROXY
 
-TEST_ENV = {"CLERK_SECRET_KEY": "sk_test_unit"}
-
 
 def config_dict(upstream_url: str = "http://127.0.0.1:1", **overrides: Any) -> dict[str, Any]:
     raw: dict[str, Any] = {
@@ -50,7 +48,7 @@ def config_dict(upstream_url: str = "http://127.0.0.1:1", **overrides: Any) -> d
 
 
 def make_config(upstream_url: str = "http://127.0.0.1:1", **overrides: Any) -> Config:
-    return build_config(config_dict(upstream_url, **overrides), file="test.yaml", env=TEST_ENV)
+    return build_config(config_dict(upstream_url, **overrides), file="test.yaml")
 
 
 MACHINE = Principal(

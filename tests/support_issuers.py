@@ -148,7 +148,7 @@ async def issuer_stack(aiohttp_server: Any) -> AsyncIterator[Any]:
             raw["clerk"]["issuer"] = clerk.issuer
         raw["issuers"] = raw_issuers
         raw.update(overrides)
-        config = build_config(raw, file="issuers.yaml", env={})
+        config = build_config(raw, file="issuers.yaml")
         proxy = await aiohttp_server(create_app(config))
         proxy.app[PROXY].warm()  # as the process does once its listeners are bound
         client = aiohttp.ClientSession()

@@ -199,7 +199,7 @@ def relay_app(
         )
         headers["X-Auth-Principal-Type"] = principal.type
         url = URL(str(upstream).rstrip("/") + request.raw_path, encoded=True)
-        is_sio = sio_codec.is_socketio_path(request.path)
+        is_sio = request.path.startswith(sio_codec.PATH_PREFIX)
         caller = relays.Caller(principal, "127.0.0.1", token)
         try:
             if handshake.is_upgrade(request):

@@ -70,7 +70,7 @@ async def stack_factory(aiohttp_server: Any) -> AsyncIterator[Any]:
         raw["clerk"] = {"api_url": str(clerk.make_url("")).rstrip("/"), "secret_key": "sk_test_e2e"}
         for key, value in overrides.items():
             raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-        config = build_config(raw, file="e2e.yaml", env={})
+        config = build_config(raw, file="e2e.yaml")
         proxy = await aiohttp_server(create_app(config))
         client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
         sessions.append(client)

@@ -100,7 +100,7 @@ def test_a_typo_or_a_wrong_type_is_refused_naming_the_key(
     # The proxy refuses the same config (the schema is not stricter than the loader).
     raw = deep_merge(config_dict("http://127.0.0.1:3000"), config)
     with pytest.raises(ConfigError):
-        build_config(raw, file="c.yaml", env={})
+        build_config(raw, file="c.yaml")
 
 
 @pytest.mark.parametrize(

@@ -223,7 +223,6 @@ def clerk_config(url: str, **clerk: Any) -> Config:
             "clerk": {"api_url": url, "secret_key": "sk_test_instance", "timeout": 0.5, **clerk},
         },
         file="test",
-        env={},
     )
 
 

@@ -194,7 +194,7 @@ async def judge_by_proxy(url: str, parties: bool, tokens: dict[str, str]) -> dic
     if parties:
         clerk["authorized_parties"] = [APP]
     config = build_config(
-        {"upstream": {"url": "http://127.0.0.1:1"}, "clerk": clerk}, file="d", env={}
+        {"upstream": {"url": "http://127.0.0.1:1"}, "clerk": clerk}, file="d"
     )
     out: dict[str, Judged] = {}
     async with aiohttp.ClientSession() as session:

@@ -18,7 +18,7 @@ SESSION, M2M, OAUTH = TokenKind.SESSION_JWT, TokenKind.M2M_JWT, TokenKind.OAUTH_
 def cfg(**over: Any) -> Clerk:
     raw = {"api_url": "http://127.0.0.1:1", "secret_key": "sk_test_x", **over}
     return build_config(
-        {"upstream": {"url": "http://127.0.0.1:1"}, "clerk": raw}, file="t", env={}
+        {"upstream": {"url": "http://127.0.0.1:1"}, "clerk": raw}, file="t"
     ).clerk
 
 

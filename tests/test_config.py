@@ -18,7 +18,7 @@ from proxy.config.load import (
     substitute_env,
     validate_glob,
 )
-from tests.support import TEST_ENV, config_dict
+from tests.support import config_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = {"CLERK_SECRET_KEY": "sk_live_example", "CLERK_MACHINE_SECRET_KEY": "ak_example"}
@@ -122,9 +122,9 @@ def test_environments_name_their_clerk_instances(tmp_path: Path) -> None:
     assert len({c.instance for c in clerk.values()}) == 3
 
 
-def _issues(raw: Any, env: dict[str, str] | None = None) -> list[str]:
+def _issues(raw: Any) -> list[str]:
     with pytest.raises(ConfigError) as err:
-        build_config(raw, file="bad.yaml", env=env or {})
+        build_config(raw, file="bad.yaml")
     return [str(i) for i in err.value.issues]
 
 
@@ -203,7 +203,7 @@ def test_secret_files(tmp_path: Path) -> None:
     secret.write_text("sk_test_fromfile\n")
     raw = config_dict()
     raw["clerk"] = {"secret_key_file": str(secret)}
-    assert build_config(raw, file="f.yaml", env={}).clerk.secret_key == "sk_test_fromfile"
+    assert build_config(raw, file="f.yaml").clerk.secret_key == "sk_test_fromfile"
 
     raw["clerk"] = {"secret_key_file": str(tmp_path / "absent")}
     assert any("clerk.secret_key_file: cannot read secret file" in i for i in _issues(raw))
@@ -213,7 +213,7 @@ def test_secret_files(tmp_path: Path) -> None:
 
 
 def test_secret_never_in_repr(tmp_path: Path) -> None:
-    cfg = build_config(config_dict(), file="f.yaml", env={})
+    cfg = build_config(config_dict(), file="f.yaml")
     assert "sk_test_unit" not in repr(cfg)
 
 
@@ -266,7 +266,7 @@ def test_check_config_cli_ok_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_verification_keys_and_their_defaults() -> None:
-    default = build_config(config_dict("http://127.0.0.1:3000"), file="t.yaml", env=TEST_ENV)
+    default = build_config(config_dict("http://127.0.0.1:3000"), file="t.yaml")
     assert (default.clerk.miss_deadline, default.clerk.backoff_initial, default.clerk.backoff_max) == (
         1.0,
         0.1,
@@ -283,7 +283,7 @@ def test_verification_keys_and_their_defaults() -> None:
         verification_budget={"reserved_for_known": 0.5, "per_ip": {"rate": 2, "burst": 4, "ipv4_prefix": 24,
                                                                    "ipv6_prefix": 56}},
     )
-    cfg = build_config(raw, file="t.yaml", env=TEST_ENV)
+    cfg = build_config(raw, file="t.yaml")
     assert (cfg.clerk.miss_deadline, cfg.clerk.backoff_initial, cfg.clerk.backoff_max) == (0.25, 0.05, 120.0)
     assert cfg.cache.refresh_ahead == 0.3
     vb = cfg.verification_budget
@@ -301,7 +301,7 @@ def test_a_route_asking_m2m_tokens_for_a_scope_they_never_carry_is_warned_about(
          "principal_types": ["oauth", "api_key"]},
         {"name": "machines", "path": "/m/**", "scopes": ["mch_api"]},
     ]
-    cfg = build_config(raw, file="c.yaml", env={})
+    cfg = build_config(raw, file="c.yaml")
     keys = [key for key, _ in cfg.warnings]
     assert keys == ["routes[0].scopes"]
     assert "scores:admin is not a machine id" in dict(cfg.warnings)["routes[0].scopes"]

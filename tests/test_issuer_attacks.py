@@ -111,7 +111,7 @@ def issuer_config(url: str, case: Case, **extra: Any) -> Any:
              "algorithms": [case.algorithm], "jwks_min_refetch_seconds": 30, **extra}
         ],
     }
-    return build_config(raw, file="t", env={})
+    return build_config(raw, file="t")
 
 
 @pytest.fixture(params=CASES, ids=lambda c: f"{c.preset}-{c.algorithm}")
@@ -267,7 +267,7 @@ async def two(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[ClerkVerifie
             {"name": "b", "preset": "authgear", "issuer": b.issuer, "audiences": [API]},
         ],
     }
-    config = build_config(raw, file="t", env={})
+    config = build_config(raw, file="t")
     async with aiohttp.ClientSession() as session:
         yield ClerkVerifier(config, session, Metrics(), now=clock), a, b, clock
 

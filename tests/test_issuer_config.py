@@ -30,7 +30,7 @@ def build(issuers: Any, routes: Any = None, clerk_issuer: str = "") -> Any:
         raw["clerk"]["issuer"] = clerk_issuer
     if routes is not None:
         raw["routes"] = routes
-    return build_config(raw, file="c.yaml", env={"SECRET": "s3cret"})
+    return build_config(raw, file="c.yaml")
 
 
 def problems(issuers: Any, routes: Any = None, clerk_issuer: str = "") -> str:

@@ -140,7 +140,6 @@ API_CFG = build_config(
         ],
     },
     file="t",
-    env={},
 ).issuers[0]
 
 

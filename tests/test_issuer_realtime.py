@@ -59,7 +59,7 @@ async def rig(aiohttp_server: Any) -> AsyncIterator[Rig]:
         upstream={"read_timeout": 30},
         issuers=[{"name": "authgear", "preset": "authgear", "issuer": issuer.issuer, "audiences": [API]}],
     )
-    proxy = await aiohttp_server(create_app(build_config(raw, file="rt.yaml", env={})))
+    proxy = await aiohttp_server(create_app(build_config(raw, file="rt.yaml")))
     yield Rig(issuer, upstream, proxy)
 
 

@@ -30,7 +30,7 @@ T0 = 1_700_000_000.0
 def clerk_cfg(url: str = "http://127.0.0.1:1", **over: Any) -> Clerk:
     raw = {"api_url": url, "secret_key": "sk_test_instance", "timeout": 0.5, **over}
     return build_config(
-        {"upstream": {"url": "http://127.0.0.1:1"}, "clerk": raw}, file="test", env={}
+        {"upstream": {"url": "http://127.0.0.1:1"}, "clerk": raw}, file="test"
     ).clerk
 
 

@@ -21,7 +21,7 @@ API = "mch_2scoresapi0000000000000001"
 
 def routes(*entries: dict[str, Any]) -> tuple[Route, ...]:
     raw = {"upstream": {"url": "http://127.0.0.1:1"}, "clerk": {"secret_key": "sk_test_x"}}
-    return build_config({**raw, "routes": list(entries)}, file="r.yaml", env={}).routes
+    return build_config({**raw, "routes": list(entries)}, file="r.yaml").routes
 
 
 def test_parsed_allow_lists_and_the_kinds_they_admit() -> None:

@@ -109,7 +109,7 @@ async def stack(aiohttp_server: Any, redis_server: Server) -> AsyncIterator[Any]
             raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
         built = []
         for _ in range(nodes):
-            config = build_config(raw, file="shared.yaml", env={})
+            config = build_config(raw, file="shared.yaml")
             app = create_app(config)
             proxy = await aiohttp_server(app)
             admin = await aiohttp_server(create_admin_app(app[PROXY]))

@@ -61,7 +61,7 @@ class Rig:
         raw["clerk"] = {"api_url": self.clerk_url, "secret_key": SECRET, **clerk}
         raw["cache"] = {"shared": {"url": self.redis_url, "timeout": 0.5}}
         raw["issuers"] = issuers or []
-        return await self.serve(create_app(build_config(raw, file="realms.yaml", env={})))
+        return await self.serve(create_app(build_config(raw, file="realms.yaml")))
 
     async def get(self, proxy: TestServer, token: str) -> int:
         headers = {"Authorization": f"Bearer {token}"}

@@ -95,19 +95,6 @@ def test_query_refused(query: str) -> None:
     assert info.value.status == 400
 
 
-@pytest.mark.parametrize(
-    ("path", "expected"),
-    [
-        ("/socket.io/", True),
-        ("/socket.io/x", True),
-        ("/socket.io", False),
-        ("/api/socket.io/", False),
-    ],
-)
-def test_is_socketio_path(path: str, expected: bool) -> None:
-    assert socketio.is_socketio_path(path) is expected
-
-
 def test_sid_of() -> None:
     assert socketio.sid_of("EIO=4&transport=websocket&sid=Ab-1") == "Ab-1"
     assert socketio.sid_of("EIO=4&transport=websocket") is None
@@ -242,11 +229,11 @@ PASSTHROUGH = [
 @pytest.mark.parametrize("body", PASSTHROUGH)
 async def test_polling_non_connect_untouched(body: bytes) -> None:
     verify = Verifier()
-    out, principals = await socketio.rewrite_polling_body(
+    out, grants = await socketio.rewrite_polling_grants(
         body, header_principal=MACHINE, verify=verify
     )
     assert out is body  # not even copied
-    assert principals == [] and verify.calls == []
+    assert grants == [] and verify.calls == []
 
 
 async def test_polling_body_with_several_packets() -> None:
@@ -261,7 +248,7 @@ async def test_polling_body_with_several_packets() -> None:
             b'42/admin,["after"]',
         ]
     )
-    out, principals = await socketio.rewrite_polling_body(
+    out, grants = await socketio.rewrite_polling_grants(
         body, header_principal=USER, verify=Verifier()
     )
     packets = out.split(b"\x1e")
@@ -288,7 +275,7 @@ async def test_polling_body_with_several_packets() -> None:
         ).encode()
     )
     assert packets[6] == b'42/admin,["after"]'
-    assert principals == [MACHINE, ANONYMOUS, USER]
+    assert [g.principal for g in grants] == [MACHINE, ANONYMOUS, USER]
 
 
 async def test_polling_grants_keep_namespace_and_token() -> None:
@@ -305,7 +292,7 @@ async def test_polling_grants_keep_namespace_and_token() -> None:
 
 async def test_polling_connect_not_utf8_refused() -> None:
     with pytest.raises(ProxyError):
-        await socketio.rewrite_polling_body(
+        await socketio.rewrite_polling_grants(
             b'42["x"]\x1e40{"a":"\xff"}', header_principal=ANONYMOUS, verify=Verifier()
         )
 

@@ -18,7 +18,7 @@ from proxy.core.timeouts import (
     ConnectionPolicy,
     clock_of,
 )
-from tests.support import TEST_ENV, config_dict
+from tests.support import config_dict
 
 POLICY = ConnectionPolicy(
     idle_timeout=75, head_timeout=30, body_grace=20, min_body_rate=500, websocket_idle_timeout=600
@@ -227,11 +227,10 @@ def test_config_section_parses_and_names_bad_keys() -> None:
             }
         ),
         file="t.yaml",
-        env=TEST_ENV,
     )
     assert cfg.connections == ConnectionPolicy(120.0, 10.0, 5.0, 1024, 0.0, 100)
     assert (
-        build_config(config_dict(), file="t.yaml", env=TEST_ENV).connections == ConnectionPolicy()
+        build_config(config_dict(), file="t.yaml").connections == ConnectionPolicy()
     )
     with pytest.raises(ConfigError) as caught:
         build_config(
@@ -239,7 +238,6 @@ def test_config_section_parses_and_names_bad_keys() -> None:
                 connections={"idle_timeout": "soon", "max_per_address": -1, "head_timout": 1}
             ),
             file="t.yaml",
-            env=TEST_ENV,
         )
     problems = " | ".join(str(i) for i in caught.value.issues)
     assert "connections.idle_timeout" in problems

@@ -138,7 +138,7 @@ async def make_rig(aiohttp_server: AiohttpServer) -> AsyncIterator[RigFactory]:
         )
         metrics, mono = Metrics(), Mono()
         verifier = ClerkVerifier(
-            build_config(raw, file="test", env={}), session, metrics, now=clock, monotonic=mono
+            build_config(raw, file="test"), session, metrics, now=clock, monotonic=mono
         )
         await verifier.start()
         verifiers.append(verifier)
@@ -510,7 +510,6 @@ async def test_machine_secret_key_sees_only_tokens_scoped_to_its_machine(
             "clerk": {"api_url": rig.url, "secret_key": KEY, "machine_secret_key": api.secret_key},
         },
         file="test",
-        env={},
     )
     async with aiohttp.ClientSession() as session:
         verifier = ClerkVerifier(cfg, session, Metrics(), now=rig.clock)

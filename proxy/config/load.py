@@ -54,16 +54,10 @@ __all__ = [
 ]
 
 
-def _sub(raw: Any, name: str) -> Any:
-    """`raw[name]` when `raw` is a mapping (else the section's own check reports it)."""
-    return raw.get(name) if isinstance(raw, dict) else None
-
-
 def build_config(
     raw: Any,
     *,
     file: str,
-    env: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
     sources: Mapping[str, Source] | None = None,
 ) -> Config:
@@ -72,7 +66,7 @@ def build_config(
     in the file."""
     sources = sources or {}
     variables = {path: src.variables for path, src in sources.items() if src.variables}
-    r = Reader(file, env if env is not None else os.environ, base_dir or Path("."), variables)
+    r = Reader(file, base_dir or Path("."), variables)
     if raw is not None and not isinstance(raw, dict):
         r.problem("", f"expected a mapping, got {type(raw).__name__}")
         raise ConfigError(r.issues)
@@ -80,17 +74,14 @@ def build_config(
     routes = parse_routes(r, top.get("routes"))
     default_route = parse_route(r, top.get("default_route") or {}, "default_route", default=True)
     keyed = [*routes, *([("default_route", default_route)] if default_route else [])]
+    cache = top.get("cache")  # not a mapping: the section's own check reports it
+    shared = shared_cache(r, cache.get("shared") if isinstance(cache, dict) else None)
     cfg = r.read(
         Config,
         top,
         "",
         source=file,
-        cache=r.read(
-            Cache,
-            top.get("cache"),
-            "cache",
-            shared=shared_cache(r, _sub(top.get("cache"), "shared")),
-        ),
+        cache=r.read(Cache, cache, "cache", shared=shared),
         routes=tuple(route for _, route in routes),
         default_route=default_route or Route(name="default", path="/**"),
         trusted_proxies=_networks(r, top),
@@ -181,7 +172,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         where = f"line {mark.line + 1}" if mark is not None else ""
         raise ConfigError([*issues, ConfigIssue(file, where, f"invalid YAML: {exc}")]) from None
     try:
-        cfg = build_config(raw, file=file, env=environ, base_dir=p.parent, sources=sources)
+        cfg = build_config(raw, file=file, base_dir=p.parent, sources=sources)
     except ConfigError as exc:
         raise ConfigError(issues + exc.issues) from None
     if issues:

@@ -30,12 +30,10 @@ class Reader:
     def __init__(
         self,
         file: str,
-        env: Mapping[str, str],
         base_dir: Path,
         variables: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.file = file
-        self.env = env
         self.base_dir = base_dir
         # key path -> the `${VAR}`s its value reads (sources.py), so messages can name them
         self.variables: Mapping[str, tuple[str, ...]] = variables or {}

@@ -135,6 +135,10 @@ BAD_ANSWER: Final = "bad_answer"  # an answer that is not HTTP, too large a head
 UPSTREAM_CAUSES: Final = (REFUSED, UNREACHABLE, TIMEOUT, RESET, BAD_ANSWER)
 
 
+def bad_request(message: str) -> ProxyError:
+    return ProxyError(BAD_REQUEST, message)
+
+
 def upstream_failure(cause: str) -> ProxyError:
     """The client's 502 or 504 for an upstream failure of this kind."""
     if cause == TIMEOUT:

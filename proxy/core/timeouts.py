@@ -41,16 +41,6 @@ PER_ADDRESS_LIMIT: Final = "per_address_limit"
 CEILING: Final = "ceiling"  # refused at accept: the process's client connections are full
 DRAIN_IDLE: Final = "drain_idle"
 DRAIN_DEADLINE: Final = "drain_deadline"
-CLOSE_REASONS: Final = (
-    IDLE_TIMEOUT,
-    HEAD_TIMEOUT,
-    BODY_RATE,
-    WEBSOCKET_IDLE,
-    PER_ADDRESS_LIMIT,
-    CEILING,
-    DRAIN_IDLE,
-    DRAIN_DEADLINE,
-)
 
 # What a client connection costs in descriptors: the client's socket and, while it is
 # relayed (a WebSocket, a long poll, a request) or pooled after, one to the upstream.

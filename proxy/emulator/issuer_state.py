@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -72,21 +71,10 @@ def new_key(algorithm: str = "RS256", kid: str | None = None) -> SigningKey:
         private = ed25519.Ed25519PrivateKey.generate()
     else:
         raise ValueError(f"unsupported signing algorithm {algorithm!r}")
-    public = _jwk_of(private)
+    public = dict(jwt.get_algorithm_by_name(algorithm).to_jwk(private.public_key(), as_dict=True))
     kid = kid or "k" + secrets.token_hex(8)
     public.update({"kid": kid, "use": "sig", "alg": algorithm})
     return SigningKey(kid, algorithm, private, public)
-
-
-def _jwk_of(private: Any) -> dict[str, Any]:
-    from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
-
-    pub = private.public_key()
-    if isinstance(private, rsa.RSAPrivateKey):
-        return dict(json.loads(RSAAlgorithm.to_jwk(pub)))
-    if isinstance(private, ec.EllipticCurvePrivateKey):
-        return dict(json.loads(ECAlgorithm.to_jwk(pub)))
-    return dict(json.loads(OKPAlgorithm.to_jwk(pub)))
 
 
 def basic_credentials(authorization: str | None) -> tuple[str, str] | None:

@@ -213,7 +213,8 @@ async def forward(
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError) as exc:
-            if _is_client_side(exc, request):
+            transport = request.transport
+            if transport is None or transport.is_closing():  # the client's side went away
                 raise ClientGone() from exc
             raise
         await response.write_eof()
@@ -226,19 +227,12 @@ def _has_body(request: web.Request, status: int) -> bool:
     return status not in (204, 304) and request.method != "HEAD"
 
 
-def _is_client_side(exc: BaseException, request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-def _map_upstream_error(exc: BaseException, metrics: Metrics) -> BaseException:
+def _map_upstream_error(exc: Exception, metrics: Metrics) -> BaseException:
     if _find(exc, ClientGone) is not None:
         return ClientGone()
     refusal = _find(exc, ProxyError)
     if refusal is not None:
         return refusal
-    if isinstance(exc, asyncio.CancelledError):
-        return exc
     cause = errors.upstream_cause(exc)
     if cause is None:
         return exc

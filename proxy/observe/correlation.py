@@ -19,7 +19,6 @@ from typing import Final
 # version ff is forbidden and an all-zero trace id invalid; a later version may append
 # `-` and more fields, version 00 may not.
 _TRACEPARENT_SIZE: Final = 55
-_DASHES: Final = (2, 35, 52)
 _ZERO_TRACE: Final = b"0" * 32
 # A request id is logged as sent, up to this many characters (it is the client's text).
 MAX_REQUEST_ID: Final = 128

@@ -25,15 +25,6 @@ from proxy.process.server import Server
 from proxy.process.workers import REUSE_PORT_ENV, run_workers
 
 
-def _run_loop(coro_factory: object) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        asyncio.run(coro_factory())  # type: ignore[operator]
-    else:
-        uvloop.run(coro_factory())  # type: ignore[operator]
-
-
 def _load_or_exit(path: str) -> Config:
     try:
         return load_config(path)
@@ -67,7 +58,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         async def main() -> None:
             await Server(config, Path(args.config), reuse_port=reuse_port).serve()
 
-        _run_loop(main)
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - platforms without uvloop
+            asyncio.run(main())
+        else:
+            uvloop.run(main())
     except ListenError as exc:
         exc.log()
         return 2

@@ -47,10 +47,6 @@ _ONCE_GAUGES = frozenset({"authproxy_build_info"})
 _PER_WORKER_PREFIXES = ("process_", "authproxy_config_info", "authproxy_config_last_reload_")
 
 
-def _per_worker(family: str) -> bool:
-    return family.startswith(_PER_WORKER_PREFIXES)
-
-
 SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
 
 
@@ -88,7 +84,11 @@ class Aggregate:
 
     def update(self, worker: int, snapshot: Snapshot) -> None:
         previous = self.last[worker]
-        if previous is not None and _was_reset(previous, snapshot):
+        # Restarted (a counter went down): what it had counted is carried on.
+        if previous is not None and any(
+            previous.counting(key) and snapshot.values.get(key, 0.0) < value
+            for key, value in previous.values.items()
+        ):
             carried = self.carried[worker]
             for key, value in previous.values.items():
                 if previous.counting(key):
@@ -106,7 +106,7 @@ class Aggregate:
             family_of.update(snapshot.family_of)
             for key, value in snapshot.values.items():
                 name = snapshot.family_of[key]
-                if _per_worker(name):
+                if name.startswith(_PER_WORKER_PREFIXES):
                     key = _labelled(key, worker)
                     family_of[key] = name
                 if name in _ONCE_GAUGES:
@@ -115,7 +115,7 @@ class Aggregate:
                     sums[key] = sums.get(key, 0.0) + value
             for key, value in self.carried[worker].items():
                 if key in snapshot.family_of:
-                    if _per_worker(snapshot.family_of[key]):
+                    if snapshot.family_of[key].startswith(_PER_WORKER_PREFIXES):
                         key = _labelled(key, worker)
                     sums[key] = sums.get(key, 0.0) + value
         registry = CollectorRegistry(auto_describe=False)
@@ -125,13 +125,6 @@ class Aggregate:
 
 def _labelled(key: SeriesKey, worker: int) -> SeriesKey:
     return key[0], tuple(sorted((*key[1], ("worker", str(worker)))))
-
-
-def _was_reset(before: Snapshot, after: Snapshot) -> bool:
-    return any(
-        before.counting(key) and after.values.get(key, 0.0) < value
-        for key, value in before.values.items()
-    )
 
 
 def _metrics(
@@ -179,7 +172,9 @@ class Gateway:
     # -- the thread
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._main, name="admin-gateway", daemon=True)
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(),), name="admin-gateway", daemon=True
+        )
         self._thread.start()
         self._ready.wait(10)
         if self.error is not None:
@@ -190,9 +185,6 @@ class Gateway:
             self._loop.call_soon_threadsafe(self._stopped.set)
         if self._thread is not None:
             self._thread.join(10)
-
-    def _main(self) -> None:
-        asyncio.run(self._serve())
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from proxy import __version__, compiled
 from proxy.config.fingerprint import changed_keys, digest
-from proxy.config.load import Config, ConfigError, load_config
+from proxy.config.load import Config, ConfigError, Listen, load_config
 from proxy.fastpath import listener
 from proxy.fastpath.doorway import Ceiling
 from proxy.process.admin import create_admin_app, create_control_app
@@ -165,9 +165,6 @@ class Server:
                 last = current
                 await self.reload("file changed")
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     async def serve(self) -> None:
         await self.start()
         await self.run()
@@ -204,10 +201,14 @@ class Server:
         )
         self._fronts.append(front)
 
+    async def _site(self, runner: web.AppRunner, where: Listen, key: str) -> None:
+        site = web.TCPSite(runner, where.host, where.port, reuse_port=self.reuse_port)
+        await bind(site.start, where.host, where.port, key, self.config.variables)
+
     async def start(self) -> None:
         """Bind every listener, or raise ListenError having closed what was opened."""
         cfg = self.config
-        listen, admin, names, fa = cfg.listen, cfg.admin, cfg.variables, cfg.forward_auth
+        listen, admin, fa = cfg.listen, cfg.admin, cfg.forward_auth
         runner = self._runner(self.app, door=True, auto_decompress=False)
         admin_runner = self._runner(self.admin)
         control_runner = self._runner(self.control) if self.control is not None else None
@@ -224,27 +225,16 @@ class Server:
         try:
             await self._listen(runner, listen.host, listen.port, "listen", fast_path)
             admin_socket = self.admin_socket
-            admin_site: web.BaseSite
             if admin_socket:
                 # A worker of `run --workers N`: the supervisor serves the admin port for
                 # all of them (gateway), and reaches this worker's admin app here.
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(admin_socket)
-                admin_site = web.UnixSite(admin_runner, admin_socket)
-                await admin_site.start()
+                await web.UnixSite(admin_runner, admin_socket).start()
             else:
-                admin_site = web.TCPSite(
-                    admin_runner, admin.host, admin.port, reuse_port=self.reuse_port
-                )
-                await bind(admin_site.start, admin.host, admin.port, "admin", names)
+                await self._site(admin_runner, admin, "admin")
             if control_runner is not None:
-                control = cfg.revocation.listen
-                control_site = web.TCPSite(
-                    control_runner, control.host, control.port, reuse_port=self.reuse_port
-                )
-                await bind(
-                    control_site.start, control.host, control.port, "revocation.listen.port", names
-                )
+                await self._site(control_runner, cfg.revocation.listen, "revocation.listen.port")
             if forward_runner is not None and fa is not None:
                 await self._listen(forward_runner, fa.host, fa.port, "forward_auth")
         except ListenError:
@@ -261,7 +251,7 @@ class Server:
         self.proxy.warm()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
         log.info(
             "serving",

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Final
@@ -64,19 +64,8 @@ def exit_status(returncode: int) -> int:
 class Supervisor:
     """The workers of one `run --workers N` and what happens when one dies."""
 
-    def __init__(
-        self,
-        count: int,
-        spawn: Callable[[int], subprocess.Popen[bytes]],
-        *,
-        limit: int = RESTART_LIMIT,
-        window: float = RESTART_WINDOW,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, count: int, spawn: Callable[[int], subprocess.Popen[bytes]]) -> None:
         self._spawn = spawn
-        self._limit = limit
-        self._window = window
-        self._clock = clock
         self._restarts: deque[float] = deque()
         self._count = count
         self.stopping = False
@@ -116,10 +105,10 @@ class Supervisor:
                 )
                 self.stop()
                 return EXIT_USAGE
-            now = self._clock()
-            while self._restarts and now - self._restarts[0] > self._window:
+            now = time.monotonic()
+            while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
                 self._restarts.popleft()
-            if len(self._restarts) >= self._limit:
+            if len(self._restarts) >= RESTART_LIMIT:
                 log.error(
                     "workers are crash-looping; stopping",
                     extra={
@@ -127,7 +116,7 @@ class Supervisor:
                         "pid": child.pid,
                         **cause,
                         "restarts": len(self._restarts),
-                        "window_seconds": self._window,
+                        "window_seconds": RESTART_WINDOW,
                     },
                 )
                 self.stop()
@@ -156,8 +145,10 @@ class Supervisor:
         return max((exit_status(c) for c in codes if c != -self._stop_signal), default=0)
 
 
-def worker_command(config_path: str) -> Sequence[str]:
-    return [
+def run_workers(count: int, config_path: str, admin: Listen, control: Listen | None = None) -> int:
+    """`control`: the revocation listener, when revocation is on."""
+    env = dict(os.environ, **{REUSE_PORT_ENV: "1"})
+    cmd = [
         sys.executable,
         "-m",
         "proxy.process.cli",
@@ -167,12 +158,6 @@ def worker_command(config_path: str) -> Sequence[str]:
         "--workers",
         "1",
     ]
-
-
-def run_workers(count: int, config_path: str, admin: Listen, control: Listen | None = None) -> int:
-    """`control`: the revocation listener, when revocation is on."""
-    env = dict(os.environ, **{REUSE_PORT_ENV: "1"})
-    cmd = worker_command(config_path)
     # Each worker's admin app on a socket of its own; the supervisor's gateway serves the
     # admin port for all of them (one /metrics), restarted workers included.
     sockets_dir = Path(tempfile.mkdtemp(prefix="clerk-auth-proxy-"))

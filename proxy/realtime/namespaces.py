@@ -18,7 +18,7 @@ from typing import Protocol
 from proxy.core.errors import ProxyError
 from proxy.core.principal import Principal
 from proxy.realtime import socketio as sio
-from proxy.realtime.relays import Caller, RelayContext
+from proxy.realtime.relays import POLICY_VIOLATION, Caller, RelayContext
 from proxy.realtime.socketio import Grant, Watch, same_identity, watch_for
 
 
@@ -33,9 +33,6 @@ class Refused(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code, self.reason = code, reason
-
-
-POLICY_VIOLATION = 1008
 
 
 class Namespaces:

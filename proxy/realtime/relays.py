@@ -23,7 +23,12 @@ from proxy.core import principal
 from proxy.observe import metrics
 from proxy.realtime.socketio import GrantBook
 
+# Close codes (RFC 6455 §7.4.1) that both relays send.
 GOING_AWAY: Final = 1001
+UNSUPPORTED_DATA: Final = 1003
+POLICY_VIOLATION: Final = 1008
+# Close codes that must never be put on the wire (RFC 6455 §7.4.1) and what to say instead.
+UNSENDABLE: Final = {0: 1000, 1005: 1000, 1006: GOING_AWAY, 1015: GOING_AWAY}
 # A reconnect wave's upgrades reach the upstream this many at a time: the rest wait their
 # turn instead of all completing (and all running their Python) in the same turn of the
 # loop, which is what stalls it for every other request. Measured at 5,000 (issue 29,

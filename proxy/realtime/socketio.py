@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl
 
 import cachetools
 
-from proxy.core.errors import BAD_REQUEST, TOKEN_INVALID, ProxyError
+from proxy.core.errors import TOKEN_INVALID, ProxyError, bad_request
 from proxy.core.principal import ANONYMOUS, FIELDS, Principal
 
 log = logging.getLogger("proxy.socketio")
@@ -39,14 +39,6 @@ TRANSPORTS = frozenset({"polling", "websocket"})
 Verify = Callable[[str], Awaitable[Principal]]
 
 
-def is_socketio_path(path: str) -> bool:
-    return path.startswith(PATH_PREFIX)
-
-
-def _bad(message: str) -> ProxyError:
-    return ProxyError(BAD_REQUEST, message)
-
-
 def check_query(query: str) -> None:
     """Refuse handshakes whose traffic the rewriter could not read.
 
@@ -57,20 +49,20 @@ def check_query(query: str) -> None:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=False)
     except ValueError:
-        raise _bad("malformed Socket.IO query string") from None
+        raise bad_request("malformed Socket.IO query string") from None
     seen: dict[str, list[str]] = {}
     for key, value in pairs:
         seen.setdefault(key, []).append(value)
     for key in ("EIO", "transport", "sid"):
         if len(seen.get(key, ())) > 1:
-            raise _bad(f"the Socket.IO query repeats {key}")
+            raise bad_request(f"the Socket.IO query repeats {key}")
     if seen.get("EIO") != ["4"]:
-        raise _bad("only Engine.IO protocol 4 (Socket.IO v3/v4 clients) is supported")
+        raise bad_request("only Engine.IO protocol 4 (Socket.IO v3/v4 clients) is supported")
     if "j" in seen:
-        raise _bad("JSONP polling is not supported")
+        raise bad_request("JSONP polling is not supported")
     transport = seen.get("transport", [""])[0]
     if transport not in TRANSPORTS:
-        raise _bad("the Socket.IO transport must be polling or websocket")
+        raise bad_request("the Socket.IO transport must be polling or websocket")
 
 
 def sid_of(query: str) -> str | None:
@@ -167,9 +159,9 @@ def parse_connect(packet: str) -> ConnectPacket:
         try:
             decoded = json.loads(payload, parse_constant=_reject_constant)
         except (ValueError, RecursionError):
-            raise _bad("the Socket.IO CONNECT payload is not valid JSON") from None
+            raise bad_request("the Socket.IO CONNECT payload is not valid JSON") from None
         if not isinstance(decoded, dict):
-            raise _bad("the Socket.IO CONNECT payload must be a JSON object")
+            raise bad_request("the Socket.IO CONNECT payload must be a JSON object")
         auth = decoded
     token = auth.pop("token", None)
     auth.pop("principal", None)
@@ -205,7 +197,7 @@ def encode_connect(packet: ConnectPacket, principal: Principal, refusal: str | N
     try:
         payload = json.dumps(auth, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
     except (ValueError, RecursionError):
-        raise _bad("the Socket.IO CONNECT payload cannot be re-encoded") from None
+        raise bad_request("the Socket.IO CONNECT payload cannot be re-encoded") from None
     return head + payload
 
 
@@ -339,35 +331,6 @@ async def _still_valid(grant: Grant, now: float, *, recheck: bool, verify: Verif
     return same_identity(fresh, principal)
 
 
-async def authenticate(
-    packet: ConnectPacket,
-    *,
-    header_principal: Principal,
-    header_token: str | None,
-    verify: Verify,
-    header_refusal: str | None = None,
-) -> Grant:
-    """The principal a CONNECT acts as. A bad `auth.token` means anonymous (the
-    documented Socket.IO fallback), with the refusal's code; an unavailable verifier
-    re-raises its ProxyError. `header_refusal`: why the handshake's own token (its
-    Authorization field) left it anonymous."""
-    if packet.token_malformed:
-        return _fallback(packet.namespace, TOKEN_INVALID, None)
-    if packet.token is None:
-        return Grant(packet.namespace, header_principal, header_token, header_refusal)
-    if header_token is not None and not hmac.compare_digest(
-        header_token.encode(), packet.token.encode()
-    ):
-        raise _bad("two different tokens: the Authorization header and the CONNECT auth.token")
-    try:
-        principal = await verify(packet.token)
-    except ProxyError as error:
-        if is_unavailable(error):
-            raise
-        return _fallback(packet.namespace, error.code, error.token_type)
-    return Grant(packet.namespace, principal, packet.token)
-
-
 def _fallback(namespace: str, code: str, token_type: str | None) -> Grant:
     # The partner sees a connected socket either way: this line (and the upstream's
     # `auth.principal.refusal`) is where "why am I anonymous" is answered.
@@ -386,14 +349,31 @@ async def rewrite_connect(
     verify: Verify,
     header_refusal: str | None = None,
 ) -> tuple[str, Grant]:
+    """The CONNECT for the upstream, and the principal it acts as. A bad `auth.token`
+    means anonymous (the documented Socket.IO fallback), with the refusal's code; an
+    unavailable verifier re-raises its ProxyError. `header_refusal`: why the handshake's
+    own token (its Authorization field) left it anonymous."""
     parsed = parse_connect(packet)
-    grant = await authenticate(
-        parsed,
-        header_principal=header_principal,
-        header_token=header_token,
-        verify=verify,
-        header_refusal=header_refusal,
-    )
+    token = parsed.token
+    if parsed.token_malformed:
+        grant = _fallback(parsed.namespace, TOKEN_INVALID, None)
+    elif token is None:
+        grant = Grant(parsed.namespace, header_principal, header_token, header_refusal)
+    else:
+        if header_token is not None and not hmac.compare_digest(
+            header_token.encode(), token.encode()
+        ):
+            raise bad_request(
+                "two different tokens: the Authorization header and the CONNECT auth.token"
+            )
+        try:
+            principal = await verify(token)
+        except ProxyError as error:
+            if is_unavailable(error):
+                raise
+            grant = _fallback(parsed.namespace, error.code, error.token_type)
+        else:
+            grant = Grant(parsed.namespace, principal, token)
     return encode_connect(parsed, grant.principal, grant.refusal), grant
 
 
@@ -416,7 +396,7 @@ async def rewrite_polling_grants(
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise _bad("the Socket.IO CONNECT packet is not UTF-8") from None
+            raise bad_request("the Socket.IO CONNECT packet is not UTF-8") from None
         rewritten, grant = await rewrite_connect(
             text,
             header_principal=header_principal,
@@ -427,17 +407,3 @@ async def rewrite_polling_grants(
         packets[i] = rewritten.encode("ascii")
         grants.append(grant)
     return RECORD_SEPARATOR.join(packets), grants
-
-
-async def rewrite_polling_body(
-    body: bytes,
-    *,
-    header_principal: Principal,
-    verify: Verify,
-    header_token: str | None = None,
-) -> tuple[bytes, list[Principal]]:
-    """`rewrite_polling_grants`, returning only the principals (for metrics)."""
-    out, grants = await rewrite_polling_grants(
-        body, header_principal=header_principal, verify=verify, header_token=header_token
-    )
-    return out, [g.principal for g in grants]

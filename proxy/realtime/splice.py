@@ -29,7 +29,14 @@ from typing import Final
 from proxy.core.timeouts import ConnectionClock
 from proxy.realtime import socketio as sio
 from proxy.realtime.namespaces import Namespaces, Refused
-from proxy.realtime.relays import Caller, RelayContext
+from proxy.realtime.relays import (
+    GOING_AWAY,
+    POLICY_VIOLATION,
+    UNSENDABLE,
+    UNSUPPORTED_DATA,
+    Caller,
+    RelayContext,
+)
 
 CONT: Final = 0x0
 TEXT: Final = 0x1
@@ -38,15 +45,9 @@ CLOSE: Final = 0x8
 PING: Final = 0x9
 PONG: Final = 0xA
 
-NORMAL: Final = 1000
-GOING_AWAY: Final = 1001
 PROTOCOL_ERROR: Final = 1002
-UNSUPPORTED_DATA: Final = 1003
 INVALID_DATA: Final = 1007
-POLICY_VIOLATION: Final = 1008
 TOO_BIG: Final = 1009
-# Close codes that must never be put on the wire (RFC 6455 §7.4.1) and what to say instead.
-_UNSENDABLE: Final = {0: NORMAL, 1005: NORMAL, 1006: GOING_AWAY, 1015: GOING_AWAY}
 # How long a closing socket waits for the peers' answering close frames.
 CLOSE_TIMEOUT: Final = 5.0
 # What the proxy reads of a client text message: `45` + a count of up to 10 digits + `-`.
@@ -95,7 +96,7 @@ def frame(opcode: int, payload: bytes, *, masked: bool) -> bytes:
 
 
 def close_payload(code: int, reason: str) -> bytes:
-    code = _UNSENDABLE.get(code, code)
+    code = UNSENDABLE.get(code, code)
     return code.to_bytes(2, "big") + reason.encode()[:123]
 
 

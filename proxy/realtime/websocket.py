@@ -29,6 +29,7 @@ from proxy.core.errors import (
     RESET,
     UPSTREAM_UNAVAILABLE,
     ProxyError,
+    bad_request,
     upstream_cause,
 )
 from proxy.core.timeouts import ConnectionClock, clock_of
@@ -36,15 +37,18 @@ from proxy.realtime import handshake, splice
 from proxy.realtime import socketio as sio
 from proxy.realtime.handshake import check_origin, client_protocols
 from proxy.realtime.namespaces import Namespaces, Refused
-from proxy.realtime.relays import GOING_AWAY, Caller, RelayContext
+from proxy.realtime.relays import (
+    GOING_AWAY,
+    POLICY_VIOLATION,
+    UNSENDABLE,
+    UNSUPPORTED_DATA,
+    Caller,
+    RelayContext,
+)
 from proxy.realtime.socketio import Grant
 
 Socket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
-POLICY_VIOLATION: Final = 1008
-UNSUPPORTED_DATA: Final = 1003
-# Close codes that must never be put on the wire (RFC 6455 §7.4.1) and what to say instead.
-_UNSENDABLE: Final = {0: 1000, 1005: 1000, 1006: GOING_AWAY, 1015: GOING_AWAY}
 _SERVER_GONE: Final = ("41", "44")  # the upstream ended or refused a namespace
 _UPGRADE_PACKET: Final = "5"
 
@@ -109,7 +113,7 @@ async def relay(
 def _check_upgrade(request: web.Request, socketio: bool) -> str | None:
     """Refuse what is no WebSocket upgrade; the Engine.IO sid it names, if any."""
     if not web.WebSocketResponse().can_prepare(request).ok:
-        raise ProxyError(BAD_REQUEST, "invalid WebSocket upgrade request")
+        raise bad_request("invalid WebSocket upgrade request")
     return sio.sid_of(request.query_string) if socketio else None
 
 
@@ -290,7 +294,7 @@ class _Link:
         """Close both legs once, with the first code asked for; later callers wait for
         that same close (shielded: a cancelled caller must not abort the handshake)."""
         if self.closing is None:
-            code = _UNSENDABLE.get(code, code)
+            code = UNSENDABLE.get(code, code)
             message = reason.encode()[:123]
             self.closing = asyncio.gather(
                 self.client.close(code=code, message=message),
@@ -322,7 +326,8 @@ class _Link:
                     text: str | None = msg.data
                     if self.socketio:
                         if not up:
-                            self._from_upstream(msg.data)
+                            if msg.data.startswith(_SERVER_GONE):
+                                self.names.forget(msg.data)
                         elif msg.data.startswith(sio.CONNECT):
                             text = await self._connect(msg.data)
                         else:
@@ -365,10 +370,6 @@ class _Link:
             self.names.forget(text)
         elif text == _UPGRADE_PACKET:
             self.names.adopt_polling()
-
-    def _from_upstream(self, text: str) -> None:
-        if text.startswith(_SERVER_GONE):
-            self.names.forget(text)
 
     async def _connect(self, text: str) -> str | None:
         out, refusal = await self.names.connect(text)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from typing import Final
 
 import aiohttp
@@ -199,8 +199,9 @@ class Proxy:
             if authenticated is None:
                 authenticated = await self.authenticate(rt, routed)
             ex.principal, ex.why = authenticated
+            principal = self.authorize(rt, routed, authenticated)
             upstream_headers = CIMultiDict(
-                self.admit(rt, routed, authenticated, request.headers.items(), hop)
+                rt.rewrite.items(request.headers.items(), principal, hop)
             )
             if request_id is not None and rt.correlation.name not in upstream_headers:
                 upstream_headers[rt.correlation.name] = request_id
@@ -289,21 +290,6 @@ class Proxy:
             self._decided_refusal(None, refusal)
             raise
 
-    def admit(
-        self,
-        rt: Runtime,
-        routed: Routed,
-        authenticated: Authenticated,
-        incoming: Iterable[tuple[str, str]],
-        hop: ClientHop,
-        default_host: str | None = None,
-    ) -> list[tuple[str, str]]:
-        """Authorize (raises 401/403) and build the upstream's headers (with `default_host`
-        as Host when the client sent none). The fast path calls `authorize` and then
-        `rt.rewrite`, the same rewrite on raw bytes."""
-        principal = self.authorize(rt, routed, authenticated)
-        return rt.rewrite.items(incoming, principal, hop, default_host)
-
     def authorize(self, rt: Runtime, routed: Routed, authenticated: Authenticated) -> Principal:
         """The principal, when it may use the route; raises 401/403."""
         principal, token_error = authenticated
@@ -312,7 +298,7 @@ class Proxy:
         except ProxyError as refusal:
             self._decided_refusal(principal, refusal)
             raise
-        self._decided(principal, "allowed")
+        self.metrics.decision(principal.token_type or "none", "allowed").inc()
         return principal
 
     def finished(
@@ -342,9 +328,6 @@ class Proxy:
                 request_id,
                 traceparent,
             )
-
-    def _decided(self, principal: Principal, result: str) -> None:
-        self.metrics.decision(principal.token_type or "none", result).inc()
 
     def _decided_refusal(self, principal: Principal | None, refusal: ProxyError) -> None:
         token_type = refusal.token_type or (principal.token_type if principal else None)
@@ -394,12 +377,7 @@ def check_request(request: web.Request) -> None:
             errors.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.0 and HTTP/1.1 are served here"
         )
     if version.minor >= 1 and len(request.headers.getall("Host", ())) != 1:
-        raise ProxyError(errors.BAD_REQUEST, "an HTTP/1.1 request needs exactly one Host field")
-
-
-def refused(refusal: ProxyError) -> web.Response:
-    """The answer to a refusal: its status, JSON body and headers (docs/spec.md)."""
-    return web.Response(status=refusal.status, body=refusal.body(), headers=refusal.headers())
+        raise errors.bad_request("an HTTP/1.1 request needs exactly one Host field")
 
 
 class Exchange:
@@ -426,9 +404,10 @@ class Exchange:
             clock.head_done(_monotonic())
 
     def refuse(self, refusal: ProxyError) -> web.Response:
-        """`refused`, as this exchange's outcome."""
+        """The answer to a refusal (its status, JSON body and headers: docs/spec.md), as this
+        exchange's outcome."""
         self.why, self.status = refusal, refusal.status
-        return refused(refusal)
+        return web.Response(status=refusal.status, body=refusal.body(), headers=refusal.headers())
 
     def gone(self) -> None:
         """The connection ended before the answer: nginx's 499 "client closed request"

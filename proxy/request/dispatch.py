@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.auth import tokens
-from proxy.core.errors import BAD_REQUEST, ProxyError
+from proxy.core.errors import bad_request
 from proxy.core.principal import Principal
 from proxy.http.forward import forward, read_request_body
 from proxy.observe.metrics import Metrics
@@ -73,7 +73,7 @@ async def dispatch(
         )
 
     await continue_if_expected(request)
-    is_sio = request.path.startswith("/socket.io/")
+    is_sio = request.path.startswith(sio.PATH_PREFIX)
     if not is_sio and "Upgrade" not in request.headers:
         return await onward()
     token = tokens.extract_bearer(request.headers.getall("Authorization", ()))
@@ -109,7 +109,7 @@ async def dispatch(
         )
         return ended or await onward()
     if request.headers.get("Content-Encoding", "identity").lower() != "identity":
-        raise ProxyError(BAD_REQUEST, "compressed Socket.IO POST bodies are not supported")
+        raise bad_request("compressed Socket.IO POST bodies are not supported")
     body = await read_request_body(request, rt.config.upstream.max_body_size)
     body = await polling.rewrite_polling(body, ctx=ctx, query=request.query_string, caller=caller)
     # Sent once, never retried: a duplicated polling POST kills the Engine.IO session.

@@ -22,8 +22,7 @@ from typing import Final
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.core import errors
-from proxy.core.errors import ProxyError
+from proxy.core.errors import ProxyError, bad_request
 from proxy.http.headers import ClientHop, PrincipalHeaders
 from proxy.observe.correlation import traceparent_field
 from proxy.request.app import Exchange, Proxy, check_request
@@ -54,16 +53,12 @@ _METHOD: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/]*(/.*)")
 
 
-def _bad(message: str) -> ProxyError:
-    return ProxyError(errors.BAD_REQUEST, message)
-
-
 def _target(field: str, value: str) -> str:
     if field != _URL_FIELD:
         return value
     url = _URL.fullmatch(value)
     if url is None:
-        raise _bad(f"{_URL_FIELD} must be an absolute URL")
+        raise bad_request(f"{_URL_FIELD} must be an absolute URL")
     return url.group(1)
 
 
@@ -79,18 +74,18 @@ def described(fields: HeadFields) -> tuple[str, str]:
         for field in target_fields:
             values = fields.getall(field)
             if len(values) > 1:
-                raise _bad(f"a forward-auth request has {field} twice")
+                raise bad_request(f"a forward-auth request has {field} twice")
             if values:
                 targets.add(_target(field, values[0]))
         if targets:
             found.append((targets, method_field))
     if len(found) != 1 or len(found[0][0]) != 1:
         names = ", ".join(f for targets, _ in DESCRIPTIONS for f in targets)
-        raise _bad(f"a forward-auth request describes one request, in {names}")
+        raise bad_request(f"a forward-auth request describes one request, in {names}")
     (target,), method_field = found[0]
     methods = fields.getall(method_field)
     if len(methods) != 1 or not _METHOD.fullmatch(methods[0]):
-        raise _bad(f"a forward-auth request needs one {method_field}")
+        raise bad_request(f"a forward-auth request needs one {method_field}")
     return methods[0], target
 
 

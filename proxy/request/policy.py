@@ -15,7 +15,7 @@ from typing import Final
 from proxy.config.model import IssuerRule, Route
 from proxy.config.routes import MACHINE_PREFIX
 from proxy.core import errors
-from proxy.core.errors import ProxyError
+from proxy.core.errors import ProxyError, bad_request
 from proxy.core.principal import Principal
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
@@ -26,14 +26,10 @@ _REFUSED_ESCAPES = frozenset({"2F", "5C", "00", "3B", "23"})
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\;#]")
 
 
-def _bad(message: str) -> ProxyError:
-    return ProxyError(errors.BAD_REQUEST, message)
-
-
 def _decode_unreserved(m: re.Match[str]) -> str:
     hexpair = m.group(1).upper()
     if hexpair in _REFUSED_ESCAPES:
-        raise _bad("the path contains an encoded character that is not allowed")
+        raise bad_request("the path contains an encoded character that is not allowed")
     char = chr(int(hexpair, 16))
     return char if char in _UNRESERVED else f"%{hexpair}"
 
@@ -41,12 +37,12 @@ def _decode_unreserved(m: re.Match[str]) -> str:
 def normalize_path(raw_path: str) -> str:
     """RFC 3986 normalization of an origin-form path, refusing ambiguity."""
     if not raw_path.startswith("/"):
-        raise _bad("the request target must be an absolute path")
+        raise bad_request("the request target must be an absolute path")
     if _BAD_CHARS.search(raw_path):
-        raise _bad("the path contains a character that is not allowed")
+        raise bad_request("the path contains a character that is not allowed")
     if "%" in raw_path:
         if re.search(r"%(?![0-9A-Fa-f]{2})", raw_path):
-            raise _bad("the path contains a malformed percent-escape")
+            raise bad_request("the path contains a malformed percent-escape")
         raw_path = _PCT.sub(_decode_unreserved, raw_path)
     out: list[str] = []
     segments = raw_path.split("/")[1:]
@@ -60,7 +56,7 @@ def normalize_path(raw_path: str) -> str:
             continue
         if segment == "..":
             if not out or out == [""]:
-                raise _bad("the path climbs above the root")
+                raise bad_request("the path climbs above the root")
             out.pop()
             if last:
                 out.append("")
@@ -122,7 +118,7 @@ class Policy:
         if sep and "#" in query:
             # A fragment is never part of a request target (RFC 9112 §3.2): aiohttp would
             # drop it, the fast path forward it; neither, it is refused.
-            raise ProxyError(errors.BAD_REQUEST, "a request target has no fragment ('#')")
+            raise bad_request("a request target has no fragment ('#')")
         # Pure in (method, path), so memoized: only accepted paths are remembered, and
         # without a query the Resolved itself is the answer.
         known = self._memo.get((method, path))
