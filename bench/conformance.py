@@ -72,6 +72,9 @@ def summary(data: bytes, closed: bool) -> tuple[list[int], bool]:
     return [a.status for a in answers], closed
 
 
+GENERATED_BATCH = 25
+
+
 async def main(generated: int) -> int:
     up = await RawUpstream().start()
     nginx = await Nginx(NGINX_HTTP.format(upstream=up.port), log_level="crit").start()
@@ -79,8 +82,13 @@ async def main(generated: int) -> int:
     doors = await Doors.start()
     try:
         cases = list(corpus_cases())
-        strategy = st.lists(generated_cases(), min_size=generated, max_size=generated)
-        for i, (raw, half_close) in enumerate(strategy.example() if generated else []):
+        # Drawn a batch at a time: one list of 500 heads is more than Hypothesis will
+        # build in one example ("too large to finish generating").
+        batch = st.lists(generated_cases(), min_size=GENERATED_BATCH, max_size=GENERATED_BATCH)
+        drawn: list[tuple[bytes, bool]] = []
+        while len(drawn) < generated:
+            drawn += batch.example()
+        for i, (raw, half_close) in enumerate(drawn[:generated]):
             cases.append(Case(f"n{i}", tagged(raw, f"n{i}"), half_close, "generated"))
         limit = asyncio.Semaphore(100)
 
