@@ -532,4 +532,17 @@ def test_non_ascii_digits_python_socketio_would_read_are_refused(packet: str) ->
 def test_packets_read_alike_are_not_refused_as_ambiguous(packet: str) -> None:
     theirs = oracle(packet)
     assume(theirs is not None)
+    # More digits than any client library writes after the type is refused on purpose,
+    # whoever could read it (below): an id joined to a numeric payload makes such a run.
+    run = len(packet[2:]) - len(packet[2:].lstrip("0123456789"))
+    assume(run <= socketio.MAX_PREFIX_DIGITS)
     assert not socketio.ambiguous_prefix(packet), packet
+
+
+@pytest.mark.parametrize("packet", ["4100001000000", "42" + "1" * 11 + '["x"]'])
+def test_a_digit_run_longer_than_any_client_writes_is_refused(packet: str) -> None:
+    """Found by the property above: `41` + id `0000` + payload `1000000` is eleven digits
+    after the type. python-socketio reads it; the byte relay, which reads a packet's
+    first 13 bytes, cannot tell where such a run ends, so it is refused, not guessed."""
+    assert oracle(packet) is not None
+    assert socketio.ambiguous_prefix(packet)
