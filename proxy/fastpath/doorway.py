@@ -353,6 +353,9 @@ class Guarded(asyncio.Protocol):
         if self.transport is None:
             return  # never admitted: aiohttp never saw it
         self.transport = None
+        # A relayed socket's closer is a method of the relay, which holds this clock: the
+        # two would outlive the connection as a cycle (freed only by a full collection).
+        self.clock.closer = None
         self._doorway.release(self, self.address)
         self.inner.connection_lost(exc)
 

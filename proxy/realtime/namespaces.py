@@ -48,11 +48,11 @@ class Namespaces:
         self.sid = sid
         self.watches: dict[str, Watch] = {}
         # The socket itself, not a bound method of it: one object fewer per socket; let
-        # go when it stops (the two held each other: a cycle once the socket is gone).
+        # go when it stops (the two held each other: a cycle once the socket is gone),
+        # so None also says it stopped.
         self._owner: Owner | None = owner
         self._slot = -1  # where it waits in `ctx.registry.rechecks`, or -1
         self._checking = False
-        self._stopped = False
         self._task: asyncio.Future[None] | None = None
 
     async def verify(self, token: str) -> Principal:
@@ -79,7 +79,6 @@ class Namespaces:
             self.watches.pop(sio.namespace_of(packet), None)
 
     def stop(self) -> None:
-        self._stopped = True
         self._unschedule()
         self._owner = None
 
@@ -117,7 +116,7 @@ class Namespaces:
 
     def _schedule(self) -> None:
         self._unschedule()
-        if self._stopped or self._checking:
+        if self._owner is None or self._checking:
             return
         due = min((w.due for w in self.watches.values() if w.due is not None), default=None)
         if due is None:
@@ -133,7 +132,7 @@ class Namespaces:
         try:
             now = self.ctx.clock()
             for namespace, watch in list(self.watches.items()):
-                if watch.due is not None and watch.due <= now and not self._stopped:
+                if watch.due is not None and watch.due <= now and self._owner is not None:
                     await self._recheck(namespace, watch, now)
         finally:
             self._checking = False

@@ -548,14 +548,13 @@ class Splice:
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
         # Parts of a socket that hold each other (the legs and this, a transport and its
-        # protocol, the clock and its closer) outlive it as a cycle, which only a full
-        # collection frees: one that walks every open socket on the loop's thread (5,000
-        # closed at once: 115,000 objects, 260-350 ms). Let go, they go with the socket.
+        # protocol) outlive it as a cycle, which only a full collection frees: one that
+        # walks every open socket on the loop's thread (5,000 closed at once: 115,000
+        # objects, 260-350 ms). Let go, they go with the socket (the clock's closer: the
+        # listener's `Guarded.connection_lost`).
         for each in (self.client, self.upstream):
             each.peer = each.transport = None
             del each.link
-        if self.clock is not None:
-            self.clock.closer = None
 
     def _abort(self) -> None:
         for leg in (self.client, self.upstream):

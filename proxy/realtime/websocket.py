@@ -279,12 +279,8 @@ class _Link:
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            # Also when aiohttp cancels the handler because the client's transport closed
-            # (then an await below may be cancelled too: what must happen comes first).
+            # Also when aiohttp cancels the handler because the client's transport closed.
             self.names.stop()
-            # The clock's closer is this: the two would outlive the socket as a cycle.
-            if self.clock is not None:
-                self.clock.closer = None
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
