@@ -9,6 +9,7 @@ code, so the run stops first."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from hypothesis import settings
 from aiohttp.test_utils import TestServer
 
 from proxy.request.app import PROXY
@@ -32,6 +34,15 @@ BOTH_FRONT_DOORS = {
 }
 
 Serve = Callable[..., Awaitable[TestServer]]
+
+# `make test` draws the same examples on every machine: a property that fails there
+# fails on every run and can be reproduced, instead of one fresh clone in many
+# drawing the example that breaks it (CI failed twice that way). Exploring with
+# random examples is asked for by name: `HYPOTHESIS_PROFILE=explore` (as `make fuzz`
+# does for the differential suite with DIFFERENTIAL_FUZZ).
+settings.register_profile("repeatable", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
