@@ -120,6 +120,21 @@ async def main(generated: int) -> int:
                 and case.source not in ACCEPTED_WHERE_NGINX_REFUSES
             ):
                 leaks.append(entry)
+        # A case nginx forwarded nothing of, under a hundred cases at once, is sent to it
+        # again alone before it counts against the proxy: nginx sometimes answers nothing
+        # to one of them then (its 1 s upstream timeout on a loaded box), where alone it
+        # forwards the same bytes.
+        confirmed = []
+        for entry in leaks:
+            case = next(c for c in cases if c.raw.decode("latin-1") == entry["raw"])
+            await exchange(port, case.raw, idle=0.5, limit=4, half_close=case.half_close)
+            await asyncio.sleep(0.1)
+            if any(r.target.count("/") > 1 and r.target.split("/")[2] == case.tag
+                   for r in up.received):
+                entry["nginx_forwarded_alone"] = True
+            else:
+                confirmed.append(entry)
+        leaks = confirmed
         out = ROOT / "bench" / "results" / (
             "conformance-" + dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + ".json")
         out.write_text(json.dumps({"cases": len(cases), "agree": agree, "differ": differ}, indent=1))

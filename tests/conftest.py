@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp import web
-from hypothesis import settings
 from aiohttp.test_utils import TestServer
+from hypothesis import settings
 
 from proxy.request.app import PROXY
 from tests.support import FastPathServer

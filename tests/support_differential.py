@@ -227,6 +227,18 @@ def explain(case: Case, fast: Outcome, aio: Outcome) -> str | None:
         and len(fast.answers) <= len(fast.upstream) + 1
     ):
         return "bytes-after-close"
+    # (e) Whole requests, the last refused as malformed (the proxy's own 400 or 505,
+    # which ends the connection, as nginx's do), then more bytes: the fast path answers
+    # up to that refusal and reads no further; aiohttp's parser, reading the whole read
+    # at once, refuses something later in it first and answers only its 400.
+    if (
+        len(aio.answers) == 1 and _parser_refusal(aio.answers[0])
+        and fast.answers and fast.answers[-1][0] in (400, 505)
+        and fast.answers[-1][1].startswith(b"{")
+        and fast.closed and aio.closed and not aio.upstream
+        and len(fast.upstream) < len(fast.answers)
+    ):
+        return "refused-then-closed"
     # (c) A client that half-closes after its requests: the fast path answers the request
     # it had begun, then closes; aiohttp's server closes at once and answers nothing (a
     # request its handler had begun may still reach the upstream, its answer dropped).

@@ -242,6 +242,79 @@ async def test_row8_a_version_other_than_1x_is_505(rig: Rig, version: str) -> No
     assert rig.upstream.received == []
 
 
+async def test_row8_a_505_ends_the_connection_and_what_follows_is_never_read(rig: Rig) -> None:
+    # `make conformance` (generated head, nginx as the reference): a request line in a
+    # version the proxy does not speak, then a well-formed request. The first line's
+    # framing is unknowable, so nothing after it can be told apart from its body: nginx
+    # answers 505 and closes; so must both doors, forwarding nothing. (Without
+    # `keep-alive` llhttp itself refuses the bytes after such a head.)
+    got = await exchange(
+        rig.port,
+        get("/public/v/ok", "Connection: keep-alive", version="2.0") + get("/public/after/ok"),
+        idle=0.3,
+    )
+    answers, _ = parse_answers(got.data, got.closed)
+    assert [a.status for a in answers] == [505]
+    assert got.closed
+    assert rig.upstream.received == []
+
+
+async def test_row8_an_http10_request_with_transfer_encoding_is_400_and_closed(
+    rig: Rig,
+) -> None:
+    # RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing (an
+    # HTTP/1.0 hop in front may read it without a body, and "0\r\n\r\n" as the next
+    # request). nginx refuses it (400, closed); found by `make conformance`.
+    head = get("/public/t/ok", "Connection: keep-alive", "Transfer-Encoding: chunked", version="1.0")
+    got = await exchange(rig.port, head + b"0\r\n\r\n" + get("/public/after/ok"), idle=0.3)
+    answers, _ = parse_answers(got.data, got.closed)
+    assert [a.status for a in answers] == [400]
+    assert json.loads(answers[0].body)["error"]["code"] == "bad_request"
+    assert got.closed
+    assert rig.upstream.received == []
+
+
+async def test_row8_two_authorization_fields_are_400_on_a_public_route_too(rig: Rig) -> None:
+    # docs/spec.md: two Authorization headers are 400. A public route reads no token,
+    # but forwarding both would leave the upstream to pick one (nginx refuses a second
+    # Authorization line everywhere); found by `make conformance`.
+    got = await exchange(
+        rig.port, get("/public/a/ok", "Authorization: Basic Zm9vOmJhcg==", "Authorization: Bearer x")
+    )
+    answers, _ = parse_answers(got.data, got.closed)
+    assert [a.status for a in answers] == [400]
+    assert json.loads(answers[0].body)["error"]["code"] == "bad_request"
+    assert rig.upstream.received == []
+
+
+async def test_row8_a_400_ends_the_connection_as_nginx_does(rig: Rig) -> None:
+    # A malformed request is answered and the connection ends: what follows it is not
+    # read (nginx closes after a 400; `make conformance` found the proxy answering the
+    # request pipelined behind a refused one). A refused token (401) keeps it: a
+    # partner retries with a new token on the same connection.
+    refused = get("/public/a/ok", "Authorization: Basic eDp5", "Authorization: Bearer x")
+    got = await exchange(rig.port, refused + get("/public/after/ok"), idle=0.3)
+    answers, _ = parse_answers(got.data, got.closed)
+    assert [a.status for a in answers] == [400]
+    assert got.closed
+    assert rig.upstream.received == []
+    got = await exchange(rig.port, get("/api/x") + get("/public/after/ok"), idle=0.3)
+    answers, _ = parse_answers(got.data, got.closed)
+    assert [a.status for a in answers] == [401, 200]
+
+
+async def test_row8_two_expect_fields_are_400(rig: Rig) -> None:
+    # The proxy answers `100 Continue` itself: which of two Expect fields holds? nginx
+    # refuses a second Expect line; so does the proxy (found by `make conformance`).
+    got = await exchange(
+        rig.port, get("/public/e/ok", "Expect: 100-continue", "Expect: nothing"), idle=0.3
+    )
+    answers, _ = parse_answers(got.data, got.closed)
+    assert [a.status for a in answers] == [400]
+    assert got.closed
+    assert rig.upstream.received == []
+
+
 async def test_row9_an_http10_keep_alive_client_can_find_the_end(rig: Rig) -> None:
     got = await exchange(
         rig.port, get("/public/k/chunked", "Connection: keep-alive", version="1.0"), limit=3

@@ -91,17 +91,25 @@ def _invalid(message: str, token_type: str | None = None) -> ProxyError:
     return ProxyError(TOKEN_INVALID, message, token_type=token_type)
 
 
+def one_authorization(values: Sequence[str]) -> str | None:
+    """The request's one `Authorization` value, None without one. Two are ambiguous on
+    every route, public ones included (400): the upstream behind would have to pick
+    one, and nginx refuses a second Authorization line too."""
+    if len(values) > 1:
+        raise ProxyError(BAD_REQUEST, "send exactly one Authorization header")
+    return values[0] if values else None
+
+
 def extract_bearer(values: Sequence[str]) -> str | None:
     """The bearer credential from all `Authorization` header values of a request.
 
     None when there is none or the scheme is not Bearer (Basic etc. are not ours to
     judge, so the request is simply unauthenticated); two headers are ambiguous (400).
     """
-    if not values:
+    value = one_authorization(values)
+    if value is None:
         return None
-    if len(values) > 1:
-        raise ProxyError(BAD_REQUEST, "send exactly one Authorization header")
-    scheme, _, credential = values[0].strip(" \t").partition(" ")
+    scheme, _, credential = value.strip(" \t").partition(" ")
     if scheme.lower() != "bearer":
         return None
     credential = credential.strip(" \t")

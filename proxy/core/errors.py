@@ -95,6 +95,16 @@ class ProxyError(Exception):
         self.cause = cause
 
     @property
+    def ends_connection(self) -> bool:
+        """On the client-facing doors, a malformed request (400) or a version not spoken
+        (505) ends its connection with the answer, as nginx's do: what follows such a
+        request cannot be trusted to be the next request (a body read another way, a
+        smuggled head), so it is not read. Refusals of well-formed requests (401, 403,
+        404, 429...) keep it open, and so does the forward-auth listener, whose asker's
+        own framing was read fine (a 400 there is about the request it describes)."""
+        return self.status == 400 or self.status == 505
+
+    @property
     def is_auth_failure(self) -> bool:
         """True when the caller's credentials were judged bad (as opposed to us failing)."""
         return self.status == 401

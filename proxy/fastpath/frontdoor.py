@@ -361,6 +361,8 @@ class FrontDoor(asyncio.Protocol):
 
     def _refuse(self, refusal: ProxyError) -> None:
         self._why = refusal
+        if refusal.ends_connection:
+            self._keep_alive = False
         if self.transport is not None:
             headers = list(refusal.headers().items())
             rt, request_id = self._rt, self._request_id

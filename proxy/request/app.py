@@ -19,6 +19,7 @@ from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.auth import tokens
 from proxy.config.load import Config
 from proxy.core import errors
 from proxy.core.errors import ProxyError, internal_error
@@ -222,6 +223,8 @@ class Proxy:
             return self.last_if_draining(response)
         except ProxyError as refusal:
             answer = ex.refuse(refusal)
+            if refusal.ends_connection:
+                answer.force_close()
             if request_id is not None:
                 answer.headers[rt.correlation.name] = request_id
             return self.last_if_draining(answer)
@@ -261,7 +264,12 @@ class Proxy:
             if cfg.trusted_proxies
             else hop.peer_ip
         )
-        token = None if route.auth == "public" else fields.bearer(fields.getall("Authorization"))
+        authorization = fields.getall("Authorization")
+        if route.auth == "public":
+            tokens.one_authorization(authorization)  # read no token, but refuse two
+            token = None
+        else:
+            token = fields.bearer(authorization)
         return Routed(resolved, route, token, ip)
 
     def authenticate_cached(
@@ -365,8 +373,10 @@ def check_request(request: web.Request) -> None:
     routes it (the fast path hands every such request to aiohttp's door): the refusals
     nginx makes that aiohttp does not. 505 for a major version other than 1 (aiohttp reads
     `HTTP/2.0` or `HTTP/0.9` request lines and would answer in them, and refuses to chunk
-    for them), and 400 for an HTTP/1.1 request without exactly one Host (RFC 9112 §3.2;
-    aiohttp refuses two but accepts none)."""
+    for them); 400 for an HTTP/1.1 request without exactly one Host (RFC 9112 §3.2;
+    aiohttp refuses two but accepts none), for an HTTP/1.0 one with Transfer-Encoding
+    (RFC 9112 §6.1) and for two Expect fields. Each ends the connection
+    (`ProxyError.ends_connection`)."""
     version = request.version
     if version.major != 1:
         # The refusal is answered in HTTP/1.1, as nginx does: aiohttp answers in the
@@ -374,8 +384,17 @@ def check_request(request: web.Request) -> None:
         request._version = HttpVersion11
         request._cache.pop("version", None)  # reified
         raise ProxyError(
-            errors.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.0 and HTTP/1.1 are served here"
+            errors.HTTP_VERSION_NOT_SUPPORTED,
+            "only HTTP/1.0 and HTTP/1.1 are served here",
         )
+    if version.minor == 0 and "Transfer-Encoding" in request.headers:
+        # RFC 9112 §6.1: the framing is faulty (an HTTP/1.0 hop may read no body, and the
+        # chunks as the next request); nginx refuses it too.
+        raise errors.bad_request("an HTTP/1.0 request cannot carry Transfer-Encoding")
+    if len(request.headers.getall("Expect", ())) > 1:
+        # The proxy acts on Expect (it answers 100 Continue itself): two are ambiguous,
+        # and nginx refuses a second Expect line too.
+        raise errors.bad_request("send at most one Expect header")
     if version.minor >= 1 and len(request.headers.getall("Host", ())) != 1:
         raise errors.bad_request("an HTTP/1.1 request needs exactly one Host field")
 
