@@ -225,11 +225,19 @@ class Exchange:
 
 
 async def exchange(
-    port: int, request: bytes, *, idle: float = 0.3, limit: float = 5.0, half_close: bool = False
+    port: int,
+    request: bytes,
+    *,
+    idle: float = 0.3,
+    limit: float = 5.0,
+    half_close: bool = False,
+    head: bool = False,
 ) -> Exchange:
     """Send `request`, read until the proxy closes, or for `idle` seconds more once what
     arrived ends in whole answers (before that, and after a partial answer, up to `limit`
-    seconds in all: a loaded machine may be slow to answer, not wrong)."""
+    seconds in all: a loaded machine may be slow to answer, not wrong). `head`: the
+    request is a HEAD, so an answer's head is all of it (the answers' parser cannot tell:
+    it would wait out `limit` for a body that never comes)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     sock = writer.get_extra_info("socket")
     if sock is not None:
@@ -260,7 +268,7 @@ async def exchange(
                 break
             data += chunk
             answers, rest = parse_answers(bytes(data), False)
-            settled = bool(answers) and rest == ""
+            settled = (bool(answers) and rest == "") or (head and data.endswith(b"\r\n\r\n"))
     finally:
         writer.close()
         with contextlib.suppress(Exception):
