@@ -185,6 +185,11 @@ NO_BODY = http1.Framing(False, False)
     [
         (200, b"\r\nContent-Length: 12", SIZED_12),
         (200, b"\r\ncontent-length:0", http1.Framing(True, False, 0)),
+        # As llhttp reports values: trailing whitespace is not part of them.
+        (200, b"\r\nContent-Length: 12 \t", SIZED_12),
+        (200, b"\r\nTransfer-Encoding: chunked ", RECHUNK),
+        # Another name, only alike: not framing.
+        (200, b"\r\nContent_Length: 12", UNTIL_CLOSE),
         (200, b"\r\nX-Content-Length: 3", UNTIL_CLOSE),
         (200, b"\r\nTransfer-Encoding: chunked", RECHUNK),
         (200, b"\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: Chunked", RECHUNK),

@@ -408,38 +408,77 @@ class Framing(_Record):
         return (self.has_body, self.chunked, self.length, self.until_close, self.hop_by_hop)
 
 
-# The response fields framing depends on, and the hop-by-hop ones: found in one pass.
-_RESPONSE_FIELDS: Final = re.compile(
-    rb"\r\n(?i:(" + names_pattern(HOP_BY_HOP | {"content-length"}) + rb")):[ \t]*([^\r]*)"
-)
+# The names an answer's framing depends on, and the hop-by-hop ones; their lengths, which
+# pass most fields over without a `lower()`.
+_FRAMING_NAMES: Final = frozenset(name.encode() for name in HOP_BY_HOP | {"content-length"})
+_FRAMING_SIZES: Final = frozenset(len(name) for name in _FRAMING_NAMES)
+
+
+class ResponseFields:
+    """What an answer's framing depends on, told one field at a time as llhttp reads them
+    (`UpstreamConnection.on_header`): llhttp has refused a malformed or conflicting
+    Content-Length, Content-Length beside Transfer-Encoding, and CR, LF or NUL in a value.
+    Reused for each answer of a connection (`reset`)."""
+
+    __slots__ = ("encodings", "hop_by_hop", "length")
+
+    def __init__(self) -> None:
+        self.length: int | None = None
+        self.encodings: list[bytes] = []
+        self.hop_by_hop = False
+
+    def reset(self) -> None:
+        self.length = None
+        self.encodings = []
+        self.hop_by_hop = False
+
+    def field(self, name: bytes, value: bytes) -> None:
+        if len(name) not in _FRAMING_SIZES:
+            return
+        name = name.lower()
+        if name == b"content-length":
+            self.length = int(value)
+        elif name == b"transfer-encoding":
+            self.encodings.append(value)
+            self.hop_by_hop = True
+        elif name in _FRAMING_NAMES:
+            self.hop_by_hop = True
+
+    def framing(self, status: int) -> Framing:
+        """The framing of an answer with these fields to a body-less, non-HEAD request
+        (HEAD is never on the fast path)."""
+        hop_by_hop = self.hop_by_hop
+        if status in _NO_BODY_STATUS or status < 200:
+            return Framing(has_body=False, chunked=False, hop_by_hop=hop_by_hop)
+        if self.encodings:
+            # Without a final `chunked` the body runs until the upstream closes.
+            until_close = b"chunked" not in b",".join(self.encodings).lower()
+            return Framing(True, True, until_close=until_close, hop_by_hop=True)
+        if self.length is None:
+            return Framing(True, True, until_close=True, hop_by_hop=hop_by_hop)
+        return Framing(True, False, self.length, hop_by_hop=hop_by_hop)
+
+
+class _Fields:
+    """llhttp's field callbacks into a `ResponseFields`."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: ResponseFields) -> None:
+        self.fields = fields
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.field(name, value)
 
 
 def response_framing(status: int, block: bytes) -> Framing:
-    """Framing from the fields of the upstream's answer to a body-less, non-HEAD request
-    (HEAD is never on the fast path)."""
-    length: int | None = None
-    encodings: list[bytes] = []
-    hop_by_hop = False
-    for name, value in _RESPONSE_FIELDS.findall(block):
-        name = name.lower()
-        if name == b"content-length":
-            # llhttp has already refused a malformed or conflicting one.
-            length = int(value)
-        elif name == b"transfer-encoding":
-            encodings.append(value)
-            hop_by_hop = True
-        else:
-            hop_by_hop = True
-    if status in _NO_BODY_STATUS or status < 200:
-        return Framing(has_body=False, chunked=False, hop_by_hop=hop_by_hop)
-    if encodings:
-        # llhttp has refused Content-Length beside Transfer-Encoding; without a final
-        # `chunked` the body runs until the upstream closes.
-        until_close = b"chunked" not in b",".join(encodings).lower()
-        return Framing(True, True, until_close=until_close, hop_by_hop=True)
-    if length is None:
-        return Framing(True, True, until_close=True, hop_by_hop=hop_by_hop)
-    return Framing(True, False, length, hop_by_hop=hop_by_hop)
+    """The framing of an answer with `status` and this block of fields, read by llhttp
+    as `UpstreamConnection` reads an upstream's (for tables and equivalence tests)."""
+    fields = ResponseFields()
+    httptools.HttpResponseParser(_Fields(fields)).feed_data(
+        b"HTTP/1.1 %d X%b\r\n\r\n" % (status, block)
+    )
+    return fields.framing(status)
 
 
 def response_head(

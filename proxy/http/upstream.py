@@ -79,6 +79,8 @@ class UpstreamConnection(asyncio.Protocol):
         # The bytes of the answer until its head is complete: heads are read from bytes
         # (`http1`). A 1xx answer's bytes are dropped once it is parsed.
         self._raw = b""
+        # The answer's fields its framing depends on, as llhttp reports them (`on_header`).
+        self._fields = http1.ResponseFields()
         # llhttp's verdict and the answer's framing, read when its head completes.
         self._keep_alive = False
         self._length_known = False
@@ -218,6 +220,7 @@ class UpstreamConnection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status < 200:
             self._raw = self._raw[end:]  # 1xx: the real answer follows on this connection
+            self._fields.reset()
             return
         head = self._raw[:end]
         self._raw = b""
@@ -225,16 +228,20 @@ class UpstreamConnection(asyncio.Protocol):
         # Only valid here: llhttp resets its flags once the message completes.
         self._keep_alive = self._parser.should_keep_alive()
         block = http1.fields_of(head)
-        framing = http1.response_framing(status, block)  # status is in the head's bytes
+        framing = self._fields.framing(status)
         self._length_known = not framing.until_close
         sink = self.sink
         assert sink is not None
         sink.response_head(status, head, block, framing)
 
     def on_message_begin(self) -> None:
+        self._fields.reset()
         if self._state == ENDING:
             # A second answer in the read that completed the first: unsolicited.
             self._to(BROKEN)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.field(name, value)
 
     def on_body(self, body: bytes) -> None:
         if self._state == BODY and self.sink is not None:
