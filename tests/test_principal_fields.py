@@ -103,7 +103,7 @@ def test_the_table_is_principals_attributes_in_order() -> None:
 def test_the_check_refuses_a_class_and_table_that_disagree() -> None:
     names = [f.name for f in FIELDS]
     assert not agrees(Principal, FIELDS[:-1])  # a field the table lacks
-    assert not agrees(Principal, (*FIELDS, Field("tenant", "text", "Tenant")))  # one the class lacks
+    assert not agrees(Principal, (*FIELDS, Field("unheard_of", "text", "Unheard-Of")))  # one the class lacks
 
     def made(init: str, stored: list[str]) -> type:
         body = "".join(f"        self.{n} = {n}\n" for n in stored) or "        pass\n"
@@ -135,7 +135,7 @@ def test_the_import_fails_when_they_disagree() -> None:
     with pytest.raises(ImportError, match="FIELDS and Principal's attributes disagree"):
         run(source.replace(rows[-1], "", 1))
     with pytest.raises(ImportError, match="FIELDS and Principal's attributes disagree"):
-        run(source.replace(rows[-1], rows[-1] + '    Field("tenant", "text", "Tenant", "tenant"),\n', 1))
+        run(source.replace(rows[-1], rows[-1] + '    Field("unheard_of", "text", "Unheard-Of", "unheard_of"),\n', 1))
 
 
 def test_a_principal_is_equal_hashed_shown_and_copied_by_its_fields() -> None:
@@ -149,7 +149,7 @@ def test_a_principal_is_equal_hashed_shown_and_copied_by_its_fields() -> None:
     later = p.replace(expires_at=None)
     assert later.expires_at is None and p.expires_at == 1_900_000_000.25
     with pytest.raises(TypeError):
-        p.replace(tenant="t")
+        p.replace(unheard_of="t")
 
 
 @pytest.mark.skipif(not proxy.compiled(), reason="pure Python: `Final` is mypy's check alone")
@@ -167,7 +167,7 @@ def test_a_principal_cannot_be_changed() -> None:
         with pytest.raises(AttributeError):
             delattr(p, f.name)
     with pytest.raises(AttributeError):
-        p.tenant = "t"  # type: ignore[attr-defined]
+        p.unheard_of = "t"  # type: ignore[attr-defined]
     assert p == every_field()
 
 
