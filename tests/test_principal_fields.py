@@ -20,7 +20,7 @@ import proxy
 from proxy.auth.cache.entries import PackedTable, Positive
 from proxy.auth.shared import codec
 from proxy.core import principal as principal_module
-from proxy.core.principal import ANONYMOUS, FIELDS, Field, Principal, agrees
+from proxy.core.principal import ANONYMOUS, FIELDS, Field, Principal, agrees, visible_ascii
 from proxy.http.headers import PrincipalHeaders
 from proxy.realtime.socketio import principal_auth
 
@@ -190,6 +190,15 @@ def test_every_sent_field_is_rendered_and_every_other_is_not() -> None:
     for f in FIELDS:
         if f.kind == "text":
             assert not p.replace(**{f.name: "a b"}).header_safe(), f.name
+
+
+def test_visible_ascii_is_the_expression_it_replaced() -> None:
+    expression = re.compile(r"[!-~]+")
+    for code in range(0x110000):
+        c = chr(code)
+        assert visible_ascii(c) == bool(expression.fullmatch(c)), hex(code)
+    for text in ("", " ", "a b", "ab", "a\tb", "a\x7f", "a\r\nX-Auth-Principal-Id: admin", "~!", "é", "a\ud800"):
+        assert visible_ascii(text) == bool(expression.fullmatch(text)), text
 
 
 def test_every_field_survives_the_cache_and_the_shared_level() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import operator
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, final
@@ -101,9 +100,9 @@ class Principal:
         A value that is not would let whoever minted it inject header fields upstream."""
         for name in _TEXT:
             value = getattr(self, name)
-            if value is not None and not _VISIBLE_ASCII.fullmatch(value):
+            if value is not None and not visible_ascii(value):
                 return False
-        return all(_VISIBLE_ASCII.fullmatch(scope) for scope in self.scopes)
+        return all(visible_ascii(scope) for scope in self.scopes)
 
     def claims(self) -> dict[str, Any]:
         return dict(json.loads(self.claims_json)) if self.claims_json else {}
@@ -156,7 +155,14 @@ _NAMES: Final = tuple(f.name for f in FIELDS)
 _values: Final = operator.attrgetter(*_NAMES)
 
 _TEXT: Final = tuple(f.name for f in FIELDS if f.kind == "text")
-_VISIBLE_ASCII = re.compile(r"[!-~]+")
+
+
+def visible_ascii(text: str) -> bool:
+    """`[!-~]+`: visible ASCII, no space, not empty. By string methods: a regular
+    expression's match costs ~1k instructions more a value, and a fresh token checks
+    two to four of them."""
+    return text.isascii() and text.isprintable() and " " not in text and text != ""
+
 
 ANONYMOUS = Principal(type="anonymous")
 
