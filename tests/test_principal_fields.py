@@ -8,16 +8,19 @@ example does not name fails here."""
 
 from __future__ import annotations
 
-import dataclasses
+import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
+import proxy
 from proxy.auth.cache.entries import PackedTable, Positive
 from proxy.auth.shared import codec
-from proxy.core.principal import ANONYMOUS, FIELDS, Principal
+from proxy.core import principal as principal_module
+from proxy.core.principal import ANONYMOUS, FIELDS, Field, Principal, agrees, visible_ascii
 from proxy.http.headers import PrincipalHeaders
 from proxy.realtime.socketio import principal_auth
 
@@ -71,7 +74,7 @@ def connect_json(principal: Principal) -> str:
 
 @pytest.mark.parametrize(("principal", "block", "connect"), BEFORE_THE_TABLE)
 def test_headers_and_connect_keep_their_bytes(principal: Principal, block: bytes, connect: str) -> None:
-    assert NAMES.render_block(dataclasses.replace(principal)) == block
+    assert NAMES.render_block(principal.replace()) == block
     assert connect_json(principal) == connect
 
 
@@ -88,12 +91,84 @@ def every_field() -> Principal:
 
 
 def test_the_table_is_principals_attributes_in_order() -> None:
-    assert [f.name for f in FIELDS] == [f.name for f in dataclasses.fields(Principal)]
+    assert agrees(Principal, FIELDS)
+    assert agrees(Principal, FIELDS[::-1])  # FIELDS' order is the bytes'; the class's is free
     headers = [f.header for f in FIELDS if f.header is not None]
     connects = [f.connect for f in FIELDS if f.connect is not None]
     assert len(set(headers)) == len(headers) and len(set(connects)) == len(connects)
     with pytest.raises(TypeError):
         Principal("machine", "mch_1")  # type: ignore[misc]  # keyword-only: nothing swaps unseen
+
+
+def test_the_check_refuses_a_class_and_table_that_disagree() -> None:
+    names = [f.name for f in FIELDS]
+    assert not agrees(Principal, FIELDS[:-1])  # a field the table lacks
+    assert not agrees(Principal, (*FIELDS, Field("unheard_of", "text", "Unheard-Of")))  # one the class lacks
+
+    def made(init: str, stored: list[str]) -> type:
+        body = "".join(f"        self.{n} = {n}\n" for n in stored) or "        pass\n"
+        scope: dict[str, object] = {}
+        exec(f"class Made:\n    __slots__ = {tuple(names)!r}\n    def __init__(self, {init}):\n{body}", scope)
+        return scope["Made"]  # type: ignore[return-value]
+
+    keyword = "*, type, " + ", ".join(f"{n}=None" for n in names[1:])
+    assert agrees(made(keyword, names), FIELDS)  # the helper itself builds an agreeing class
+    assert not agrees(made(keyword, names[:-1]), FIELDS)  # takes every field, stores one less
+    assert not agrees(made(keyword.replace("*, ", ""), names), FIELDS)  # positional
+
+
+def test_the_import_fails_when_they_disagree() -> None:
+    source = (ROOT / "proxy" / "core" / "principal.py").read_text()
+    rows = re.findall(r"^    Field\(.*\),\n", source, re.M)
+    assert len(rows) == len(FIELDS)
+
+    def run(text: str) -> None:
+        name = "principal_under_test"
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))  # type: ignore[arg-type]
+        sys.modules[name] = module  # dataclasses read their module while they build
+        try:
+            exec(compile(text, name, "exec"), module.__dict__)
+        finally:
+            del sys.modules[name]
+
+    run(source)  # as it is, it loads
+    with pytest.raises(ImportError, match="FIELDS and Principal's attributes disagree"):
+        run(source.replace(rows[-1], "", 1))
+    with pytest.raises(ImportError, match="FIELDS and Principal's attributes disagree"):
+        run(source.replace(rows[-1], rows[-1] + '    Field("unheard_of", "text", "Unheard-Of", "unheard_of"),\n', 1))
+
+
+def test_a_principal_is_equal_hashed_shown_and_copied_by_its_fields() -> None:
+    p = every_field()
+    same = p.replace()
+    assert same == p and same is not p and hash(same) == hash(p) and len({p, same}) == 1
+    for f in FIELDS:
+        assert p.replace(**{f.name: getattr(ANONYMOUS, f.name)}) != p, f.name
+    assert p != "machine" and p.__eq__(object()) is NotImplemented
+    assert repr(p) == "Principal(" + ", ".join(f"{f.name}={getattr(p, f.name)!r}" for f in FIELDS) + ")"
+    later = p.replace(expires_at=None)
+    assert later.expires_at is None and p.expires_at == 1_900_000_000.25
+    with pytest.raises(TypeError):
+        p.replace(unheard_of="t")
+
+
+@pytest.mark.skipif(not proxy.compiled(), reason="pure Python: `Final` is mypy's check alone")
+def test_a_principal_cannot_be_changed() -> None:
+    """One principal is shared by cache entries and requests: compiled, its attributes are
+    read-only (`Final`), by whatever route a change is tried."""
+    assert type(principal_module).__name__ == "module" and principal_module.__file__.endswith(".so")
+    p = every_field()
+    for f in FIELDS:
+        value = getattr(p, f.name)
+        with pytest.raises(AttributeError):
+            setattr(p, f.name, value)
+        with pytest.raises(AttributeError):
+            object.__setattr__(p, f.name, value)
+        with pytest.raises(AttributeError):
+            delattr(p, f.name)
+    with pytest.raises(AttributeError):
+        p.unheard_of = "t"  # type: ignore[attr-defined]
+    assert p == every_field()
 
 
 def test_every_sent_field_is_rendered_and_every_other_is_not() -> None:
@@ -114,7 +189,16 @@ def test_every_sent_field_is_rendered_and_every_other_is_not() -> None:
     assert p.header_safe()
     for f in FIELDS:
         if f.kind == "text":
-            assert not dataclasses.replace(p, **{f.name: "a b"}).header_safe(), f.name
+            assert not p.replace(**{f.name: "a b"}).header_safe(), f.name
+
+
+def test_visible_ascii_is_the_expression_it_replaced() -> None:
+    expression = re.compile(r"[!-~]+")
+    for code in range(0x110000):
+        c = chr(code)
+        assert visible_ascii(c) == bool(expression.fullmatch(c)), hex(code)
+    for text in ("", " ", "a b", "ab", "a\tb", "a\x7f", "a\r\nX-Auth-Principal-Id: admin", "~!", "é", "a\ud800"):
+        assert visible_ascii(text) == bool(expression.fullmatch(text)), text
 
 
 def test_every_field_survives_the_cache_and_the_shared_level() -> None:

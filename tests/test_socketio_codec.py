@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -349,9 +348,9 @@ def test_control_packets() -> None:
         (socketio.Grant("/", MACHINE), 60.0, None),  # no expiry, no token to re-verify
         (socketio.Grant("/", MACHINE, "tok"), 60.0, 1060.0),
         (socketio.Grant("/", MACHINE, "tok"), 0.0, None),
-        (socketio.Grant("/", dataclasses.replace(MACHINE, expires_at=1030.0), "tok"), 60.0, 1030.0),
-        (socketio.Grant("/", dataclasses.replace(MACHINE, expires_at=1090.0), "tok"), 60.0, 1060.0),
-        (socketio.Grant("/", dataclasses.replace(MACHINE, expires_at=1090.0)), 60.0, 1090.0),
+        (socketio.Grant("/", MACHINE.replace(expires_at=1030.0), "tok"), 60.0, 1030.0),
+        (socketio.Grant("/", MACHINE.replace(expires_at=1090.0), "tok"), 60.0, 1060.0),
+        (socketio.Grant("/", MACHINE.replace(expires_at=1090.0)), 60.0, 1090.0),
     ],
 )
 def test_watch_due(grant: socketio.Grant, reverify: float, due: float | None) -> None:
@@ -360,9 +359,9 @@ def test_watch_due(grant: socketio.Grant, reverify: float, due: float | None) ->
 
 
 def test_same_identity_ignores_expiry_only() -> None:
-    later = dataclasses.replace(MACHINE, expires_at=5.0)
+    later = MACHINE.replace(expires_at=5.0)
     assert socketio.same_identity(MACHINE, later)
-    assert not socketio.same_identity(MACHINE, dataclasses.replace(MACHINE, scopes=frozenset()))
+    assert not socketio.same_identity(MACHINE, MACHINE.replace(scopes=frozenset()))
 
 
 def test_grant_book_hands_grants_over_once() -> None:
@@ -388,8 +387,8 @@ class _Verify:
 @pytest.mark.parametrize(
     ("principal", "token", "now", "outcome", "ended", "calls"),
     [
-        pytest.param(dataclasses.replace(MACHINE, expires_at=100.0), None, 99.0, MACHINE, [], 0, id="not-yet-expired"),
-        pytest.param(dataclasses.replace(MACHINE, expires_at=100.0), None, 100.0, MACHINE, ["/"], 0, id="expired"),
+        pytest.param(MACHINE.replace(expires_at=100.0), None, 99.0, MACHINE, [], 0, id="not-yet-expired"),
+        pytest.param(MACHINE.replace(expires_at=100.0), None, 100.0, MACHINE, ["/"], 0, id="expired"),
         pytest.param(ANONYMOUS, None, 10_000.0, MACHINE, [], 0, id="anonymous-never-ends"),
         pytest.param(MACHINE, "tok", 61.0, MACHINE, [], 1, id="reverified-ok"),
         pytest.param(MACHINE, "tok", 61.0, ProxyError(TOKEN_INVALID, "revoked"), ["/"], 1, id="revoked"),

@@ -232,7 +232,7 @@ async def test_reconnection_after_the_proxy_drops_the_socket(rig: Rig) -> None:
 async def test_token_expiry_disconnects_the_namespace(
     rig: Rig, sio: socketio.AsyncClient, transports: list[str]
 ) -> None:
-    rig.book.principals["soon"] = dataclasses.replace(PARTNER, expires_at=time.time() + 1.0)
+    rig.book.principals["soon"] = PARTNER.replace(expires_at=time.time() + 1.0)
     gone = asyncio.Event()
     sio.on("disconnect", lambda *args: gone.set())
     await sio.connect(rig.url, auth={"token": "soon"}, transports=transports, wait_timeout=5)
@@ -246,7 +246,7 @@ async def test_token_expiry_disconnects_a_polling_only_session(
 ) -> None:
     if request.node.callspec.params["rig"] != "app":
         pytest.skip("polling expiry lives in the request path (create_app)")
-    rig.book.principals["soon"] = dataclasses.replace(PARTNER, expires_at=time.time() + 1.0)
+    rig.book.principals["soon"] = PARTNER.replace(expires_at=time.time() + 1.0)
     gone = asyncio.Event()
     sio.on("disconnect", lambda *args: gone.set())
     await sio.connect(rig.url, auth={"token": "soon"}, transports=["polling"], wait_timeout=5)
@@ -332,7 +332,7 @@ async def test_node_client_is_disconnected_when_its_token_expires(
 ) -> None:
     # Over polling+upgrade the CONNECT travels in a polling POST: the WebSocket the
     # session upgrades to inherits its grant and still enforces the expiry.
-    rig.book.principals["soon"] = dataclasses.replace(PARTNER, expires_at=time.time() + 2.0)
+    rig.book.principals["soon"] = PARTNER.replace(expires_at=time.time() + 2.0)
     seen = await node_client(
         url=rig.url,
         namespace="/live",

@@ -4,7 +4,6 @@ minimal app, and an upstream that records every frame and close it sees."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -208,7 +207,7 @@ async def test_invalid_upgrade_is_400(proxy: Any) -> None:
 async def test_token_expiry_closes_plain_websocket_1008(
     proxy: Any, upstream: tuple[RawUpstream, TestServer]
 ) -> None:
-    book = TokenBook({"soon": dataclasses.replace(PARTNER, expires_at=time.time() + 0.3)})
+    book = TokenBook({"soon": PARTNER.replace(expires_at=time.time() + 0.3)})
     metrics = Metrics()
     client = await proxy(book, metrics=metrics)
     async with client.ws_connect(
@@ -362,7 +361,7 @@ async def test_clerk_down_answers_connect_error(
 async def test_socketio_expiry_sends_disconnect_both_ways(
     proxy: Any, upstream: tuple[RawUpstream, TestServer]
 ) -> None:
-    book = TokenBook({"soon": dataclasses.replace(PARTNER, expires_at=time.time() + 0.3)})
+    book = TokenBook({"soon": PARTNER.replace(expires_at=time.time() + 0.3)})
     client = await proxy(book)
     async with client.ws_connect("/socket.io/?EIO=4&transport=websocket") as ws:
         await ws.send_str('40/admin,{"token":"soon"}')
@@ -426,7 +425,7 @@ async def test_required_route_refuses_the_upgrade_with_401(
 async def test_framing_relay_closes_a_plain_websocket_1008_at_expiry(
     proxy: Any, upstream: tuple[RawUpstream, TestServer]
 ) -> None:
-    book = TokenBook({"soon": dataclasses.replace(PARTNER, expires_at=time.time() + 0.3)})
+    book = TokenBook({"soon": PARTNER.replace(expires_at=time.time() + 0.3)})
     metrics = Metrics()
     client = await proxy(book, metrics=metrics)
     async with client.ws_connect(
@@ -443,7 +442,7 @@ async def test_framing_relay_closes_a_plain_websocket_1008_at_expiry(
 async def test_framing_relay_disconnects_an_expired_namespace_both_ways(
     proxy: Any, upstream: tuple[RawUpstream, TestServer]
 ) -> None:
-    book = TokenBook({"soon": dataclasses.replace(PARTNER, expires_at=time.time() + 0.3)})
+    book = TokenBook({"soon": PARTNER.replace(expires_at=time.time() + 0.3)})
     client = await proxy(book)
     async with client.ws_connect("/socket.io/?EIO=4&transport=websocket", compress=15) as ws:
         assert ws.compress

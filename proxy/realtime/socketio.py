@@ -11,7 +11,6 @@ proxy read; what the proxy cannot see through is refused rather than relayed unr
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
 import json
 import logging
@@ -262,7 +261,7 @@ def watch_for(grant: Grant, now: float, reverify_seconds: float) -> Watch | None
 
 
 def same_identity(a: Principal, b: Principal) -> bool:
-    return dataclasses.replace(a, expires_at=None) == dataclasses.replace(b, expires_at=None)
+    return a.replace(expires_at=None) == b.replace(expires_at=None)
 
 
 class GrantBook:

@@ -16,7 +16,7 @@ How a record holds an entry:
   is kept beside the table in a dict, a subject in the identity (both costly, and
   neither a form Clerk issues).
 
-Reading an entry back builds it anew (about 2 µs: a Principal is a frozen dataclass), so
+Reading an entry back builds it anew (about 2 µs: the record, its ids, a Principal), so
 the last `RECENT` entries read are also kept built, in a small dict emptied when full:
 the tokens in use are answered at a dict's speed, the cold ones at the table's.
 
