@@ -326,8 +326,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             else [args.token]
         )
         targets: list[tuple[str, Path | None]] = [("direct", None), ("proxy", ROOT)]
-        if args.before:
-            targets.insert(1, ("proxy_before", Path(args.before)))
+        for n, before in enumerate(args.before):
+            # One `--before` is "proxy_before"; more (builds compared in one run) are
+            # named by their directory.
+            name = "proxy_before" if len(args.before) == 1 else Path(before).name
+            targets.insert(1 + n, (name, Path(before)))
         rows = []
         for name, root in targets:
             # The clients are the instrument: N of them are ~100 tracked objects each, and
@@ -388,7 +391,12 @@ def main() -> None:
     parser.add_argument("--clerk-port", type=int, default=0, help="an emulator already running")
     parser.add_argument("--machine-id", default="", help="its partner machine (with --clerk-port)")
     parser.add_argument("--token", default="", help="with --clerk-port and no --machine-id")
-    parser.add_argument("--before", default="", help="another checkout (with its .venv) to compare")
+    parser.add_argument(
+        "--before",
+        action="append",
+        default=[],
+        help="another checkout (with its .venv) to compare; repeat for more",
+    )
     args = parser.parse_args()
     try:
         import uvloop
