@@ -222,7 +222,7 @@ async def measure(
         stop = asyncio.Event()
         conn = aiohttp.TCPConnector(limit=0, force_close=True)
         async with aiohttp.ClientSession(connector=conn) as session:
-            wave0 = time.monotonic()
+            wave0, wave_at = time.monotonic(), time.time()
             tasks = [
                 asyncio.create_task(client(session, url, tokens[i % len(tokens)], tally, stop))
                 for i in range(args.clients)
@@ -284,6 +284,8 @@ async def measure(
         "p50_ms": pct(0.5),
         "p99_ms": pct(0.99),
         "stall_wave": window(samples, wave0, wave1),
+        "wave_at": round(wave_at, 2),  # wall clock: to place a profile's samples
+        "wave_s": round(wave1 - wave0, 2),
         "stall_broadcast": window(samples, b0, b1),
         "clerk_calls": calls if name != "direct" else 0,
     }
@@ -326,11 +328,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             else [args.token]
         )
         targets: list[tuple[str, Path | None]] = [("direct", None), ("proxy", ROOT)]
-        for n, before in enumerate(args.before):
+        if args.skip_direct:
+            del targets[0]
+        for before in args.before:
             # One `--before` is "proxy_before"; more (builds compared in one run) are
             # named by their directory.
             name = "proxy_before" if len(args.before) == 1 else Path(before).name
-            targets.insert(1 + n, (name, Path(before)))
+            targets.insert(len(targets) - 1, (name, Path(before)))
         rows = []
         for name, root in targets:
             # The clients are the instrument: N of them are ~100 tracked objects each, and
@@ -396,6 +400,9 @@ def main() -> None:
         action="append",
         default=[],
         help="another checkout (with its .venv) to compare; repeat for more",
+    )
+    parser.add_argument(
+        "--skip-direct", action="store_true", help="proxies only (diagnosis: no share of direct)"
     )
     args = parser.parse_args()
     try:
