@@ -7,10 +7,13 @@ is served whole by both doors, with the admin port answering throughout."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
+import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -150,3 +153,33 @@ async def test_a_burst_many_times_a_turns_share_is_served_whole(
     finally:
         running.proc.terminate()
         await running.proc.wait()
+
+
+class _OutOfDescriptors(socket.socket):
+    """A listening socket whose accept() fails as it does past RLIMIT_NOFILE."""
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+
+async def test_out_of_descriptors_the_acceptor_rests_instead_of_spinning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    listening = _OutOfDescriptors(socket.AF_INET, socket.SOCK_STREAM)
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(8)
+    acceptor = Acceptor(listening, asyncio.Protocol)
+    client = socket.create_connection(listening.getsockname()[:2], timeout=10)
+    try:
+        with caplog.at_level(logging.WARNING, logger="proxy"):
+            assert acceptor.accept() == 0
+        assert [r.getMessage() for r in caplog.records] == [
+            f"cannot accept a connection: {os.strerror(errno.EMFILE)}"
+        ]
+        # Its reader is off until the rest is over: the loop does not call it again
+        # although a connection waits.
+        assert not asyncio.get_running_loop().remove_reader(listening.fileno())
+    finally:
+        acceptor.close()
+        client.close()
+    assert listening.fileno() == -1

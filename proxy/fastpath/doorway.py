@@ -48,7 +48,10 @@ LINGER = 1.0
 # paused and with no aiohttp protocol made yet, for the next turns. Measured at 5,000
 # sockets against the same build without it: the wave's worst stall 236-276 ms -> 138 ms
 # (32 a turn) and 106 ms (16), and 14.4-14.8 KB a socket instead of 16.4 (aiohttp's
-# handshake objects no longer all alive at once); docs/performance.md, issue 29.
+# handshake objects no longer all alive at once). Reading paced, aiohttp's protocol was
+# still made (and its connection_made run) for every hand-off at once; made in the
+# hand-off's turn too: 188-403 ms (median 236) -> 53-150 ms (median 94), seven runs;
+# docs/performance.md, issue 29.
 HANDOFFS_PER_TURN = 16
 
 
