@@ -222,7 +222,7 @@ async def measure(
         stop = asyncio.Event()
         conn = aiohttp.TCPConnector(limit=0, force_close=True)
         async with aiohttp.ClientSession(connector=conn) as session:
-            wave0 = time.monotonic()
+            wave0, wave_at = time.monotonic(), time.time()
             tasks = [
                 asyncio.create_task(client(session, url, tokens[i % len(tokens)], tally, stop))
                 for i in range(args.clients)
@@ -284,6 +284,8 @@ async def measure(
         "p50_ms": pct(0.5),
         "p99_ms": pct(0.99),
         "stall_wave": window(samples, wave0, wave1),
+        "wave_at": round(wave_at, 2),  # wall clock: to place a profile's samples
+        "wave_s": round(wave1 - wave0, 2),
         "stall_broadcast": window(samples, b0, b1),
         "clerk_calls": calls if name != "direct" else 0,
     }
@@ -326,8 +328,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             else [args.token]
         )
         targets: list[tuple[str, Path | None]] = [("direct", None), ("proxy", ROOT)]
-        if args.before:
-            targets.insert(1, ("proxy_before", Path(args.before)))
+        if args.skip_direct:
+            del targets[0]
+        for before in args.before:
+            # One `--before` is "proxy_before"; more (builds compared in one run) are
+            # named by their directory.
+            name = "proxy_before" if len(args.before) == 1 else Path(before).name
+            targets.insert(len(targets) - 1, (name, Path(before)))
         rows = []
         for name, root in targets:
             # The clients are the instrument: N of them are ~100 tracked objects each, and
@@ -388,7 +395,15 @@ def main() -> None:
     parser.add_argument("--clerk-port", type=int, default=0, help="an emulator already running")
     parser.add_argument("--machine-id", default="", help="its partner machine (with --clerk-port)")
     parser.add_argument("--token", default="", help="with --clerk-port and no --machine-id")
-    parser.add_argument("--before", default="", help="another checkout (with its .venv) to compare")
+    parser.add_argument(
+        "--before",
+        action="append",
+        default=[],
+        help="another checkout (with its .venv) to compare; repeat for more",
+    )
+    parser.add_argument(
+        "--skip-direct", action="store_true", help="proxies only (diagnosis: no share of direct)"
+    )
     args = parser.parse_args()
     try:
         import uvloop

@@ -1,6 +1,6 @@
 """A wave of connections the fast path hands to aiohttp, through a real process: aiohttp
-reads at most `HANDOFFS_PER_TURN` of them per turn of the event loop, the rest wait with
-reading paused (`fastpath.doorway`). Every one is answered, in order, what each client
+takes at most `HANDOFFS_PER_TURN` of them per turn of the event loop, the rest wait with
+reading paused and no aiohttp protocol made (`fastpath.doorway`). Every one is answered, in order, what each client
 sent after its first head reaches aiohttp behind it, a client that leaves while waiting
 costs the others nothing, and the admin port answers throughout."""
 
@@ -17,7 +17,9 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import unused_port
 
-from proxy.fastpath.doorway import HANDOFFS_PER_TURN
+from proxy.core.timeouts import ConnectionClock, ConnectionPolicy
+from proxy.fastpath.doorway import HANDOFFS_PER_TURN, Ceiling, Doorway
+from proxy.observe.metrics import Metrics
 from tests.support import config_dict
 from tests.test_process import ROOT, Running
 
@@ -77,8 +79,15 @@ async def test_a_wave_of_hand_offs_is_read_a_share_per_turn_and_every_client_ans
     raw["clerk"]["secret_key"] = "${KEY}"
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.process.cli", "run", "--config", str(tmp_path / "c.yaml"),
-        cwd=ROOT, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "proxy.process.cli",
+        "run",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        cwd=ROOT,
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
         env={**os.environ, "KEY": "sk_test_unit"},
     )
     running = Running(proc, port, admin)
@@ -114,3 +123,100 @@ async def test_a_wave_of_hand_offs_is_read_a_share_per_turn_and_every_client_ans
         if proc.returncode is None:
             proc.terminate()
         await proc.wait()
+
+
+class _Transport(asyncio.Transport):
+    """Enough of a transport for the doorway: what was asked of it, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.closing = False
+        self.protocol: asyncio.BaseProtocol | None = None
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class _Aiohttp(asyncio.Protocol):
+    """Stands in for aiohttp's protocol: what reached it."""
+
+    def __init__(self, made: list[_Aiohttp]) -> None:
+        made.append(self)
+        self.events: list[object] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.events.append(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append("lost")
+
+
+async def test_a_hand_off_past_the_turns_share_waits_with_no_aiohttp_protocol_made() -> None:
+    made: list[_Aiohttp] = []
+    doorway = Doorway(ConnectionPolicy(), Metrics(), lambda: _Aiohttp(made), Ceiling())
+    extra = 5
+    transports = [_Transport() for _ in range(HANDOFFS_PER_TURN + extra)]
+    handed = []
+    for n, transport in enumerate(transports):
+        old = _Held()
+        assert doorway.admit(old, transport, "10.0.0.1")
+        clock = ConnectionClock(ConnectionPolicy(), 0.0)
+        handed.append(doorway.hand_off(old, transport, clock, "10.0.0.1", b"GET /%d" % n))
+    # This turn's share is taken at once; the rest are paused, aiohttp knows nothing of them.
+    assert len(made) == HANDOFFS_PER_TURN
+    assert [g.inner for g in handed[HANDOFFS_PER_TURN:]] == [None] * extra
+    assert all(t.calls == ["pause"] for t in transports[HANDOFFS_PER_TURN:])
+    assert all(t.protocol is g for t, g in zip(transports, handed, strict=True))
+    # One leaves while it waits: counted out, and never handed to aiohttp.
+    gone = transports[HANDOFFS_PER_TURN]
+    gone.closing = True
+    handed[HANDOFFS_PER_TURN].connection_lost(None)
+    assert len(doorway.connections) == HANDOFFS_PER_TURN + extra - 1
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert len(made) == HANDOFFS_PER_TURN + extra - 1
+    assert gone.calls == ["pause"]
+    for n, guarded in enumerate(handed):
+        if n == HANDOFFS_PER_TURN:
+            assert guarded.inner is None
+            continue
+        inner = guarded.inner
+        assert isinstance(inner, _Aiohttp)
+        # aiohttp sees the connection made, then its head, as if it had read it itself.
+        assert inner.events == [transports[n], b"GET /%d" % n]
+        if n > HANDOFFS_PER_TURN:
+            assert transports[n].calls == ["pause", "resume"]
+    # The process's count comes back to nothing as they close.
+    for n, guarded in enumerate(handed):
+        if n != HANDOFFS_PER_TURN:
+            guarded.connection_lost(None)
+    assert not doorway.connections
+
+
+class _Held:
+    """The fast path's side of a connection before its hand-off."""
+
+    def __init__(self) -> None:
+        self.clock = ConnectionClock(ConnectionPolicy(), 0.0)
+
+    def expire(self, reason: str) -> None:
+        raise AssertionError("not swept here")
+
+    def abort(self) -> None:
+        raise AssertionError("not cut here")

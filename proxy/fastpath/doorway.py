@@ -41,13 +41,16 @@ log = logging.getLogger("proxy")
 
 LINGER = 1.0
 
-# Hand-offs aiohttp reads per turn of the event loop. A reconnect wave brings thousands of
-# Socket.IO upgrades within a second, and aiohttp's parse and handler start cost a few
-# hundred µs each: read all at once, they held the loop (and every REST request and
-# `/healthz` with it) for a quarter of a second; the rest wait, reading paused, for the
-# next turns. Measured at 5,000 sockets against the same build without it: the wave's
-# worst stall 236-276 ms -> 138 ms (32 a turn) and 106 ms (16), and 14.4-14.8 KB a
-# socket instead of 16.4 (aiohttp's handshake objects no longer all alive at once);
+# Hand-offs aiohttp takes per turn of the event loop. A reconnect wave brings thousands of
+# Socket.IO upgrades within a second, and aiohttp's protocol, its parse and its handler
+# start cost a few hundred µs each: read all at once, they held the loop (and every REST
+# request and `/healthz` with it) for a quarter of a second; the rest wait, reading
+# paused and with no aiohttp protocol made yet, for the next turns. Measured at 5,000
+# sockets against the same build without it: the wave's worst stall 236-276 ms -> 138 ms
+# (32 a turn) and 106 ms (16), and 14.4-14.8 KB a socket instead of 16.4 (aiohttp's
+# handshake objects no longer all alive at once). Reading paced, aiohttp's protocol was
+# still made (and its connection_made run) for every hand-off at once; made in the
+# hand-off's turn too: 188-403 ms (median 236) -> 53-150 ms (median 94), seven runs;
 # docs/performance.md, issue 29.
 HANDOFFS_PER_TURN = 16
 
@@ -229,20 +232,23 @@ class Doorway:
         address: str,
         data: bytes,
     ) -> Guarded:
-        """aiohttp takes `old`'s connection from here on; `clock` goes on timing it."""
-        guarded = Guarded(self, self.aiohttp_protocol(), clock, address)
+        """aiohttp takes `old`'s connection from here on; `clock` goes on timing it. Past
+        the turn's share, aiohttp's protocol is made (and reads) in a later turn."""
+        guarded = Guarded(self, None, clock, address)
         # The fast path hands a connection over where a head starts.
         guarded.watch_line()
         self.swap(old, guarded)
         transport.set_protocol(guarded)
-        guarded.adopt(transport)
+        guarded.transport = transport
         if data:
             self._count_handoff()
             if self._handoffs > HANDOFFS_PER_TURN or self._waiting:
                 transport.pause_reading()
                 self._waiting.append((guarded, transport, data))
-            else:
-                guarded.data_received(data)
+                return guarded
+        guarded.adopt(transport, self.aiohttp_protocol())
+        if data:
+            guarded.data_received(data)
         return guarded
 
     def _count_handoff(self) -> None:
@@ -252,8 +258,8 @@ class Doorway:
             asyncio.get_running_loop().call_soon(self._next_turn)
 
     def _next_turn(self) -> None:
-        """A new turn of the loop: the waiting hand-offs are read, in order, up to the
-        turn's share; one whose client left meanwhile is skipped."""
+        """A new turn of the loop: the waiting hand-offs are taken, in order, up to the
+        turn's share; one whose connection closed meanwhile is skipped."""
         self._next_turn_set = False
         self._handoffs = 0
         waiting = self._waiting
@@ -263,6 +269,7 @@ class Doorway:
                 continue
             # Counted, so the next turn is scheduled while any still wait.
             self._count_handoff()
+            guarded.adopt(transport, self.aiohttp_protocol())
             transport.resume_reading()
             guarded.data_received(data)
 
@@ -289,9 +296,14 @@ class Guarded(asyncio.Protocol):
     """aiohttp's protocol for one connection, with the listener watching."""
 
     def __init__(
-        self, doorway: Doorway, inner: asyncio.Protocol, clock: ConnectionClock, address: str = ""
+        self,
+        doorway: Doorway,
+        inner: asyncio.Protocol | None,
+        clock: ConnectionClock,
+        address: str = "",
     ) -> None:
         self._doorway = doorway
+        # None while a hand-off waits its turn (reading paused): nothing to tell aiohttp.
         self.inner = inner
         self.clock = clock
         self.address = address
@@ -303,15 +315,17 @@ class Guarded(asyncio.Protocol):
     def watch_line(self) -> None:
         self._line = bytearray()
 
-    def adopt(self, transport: asyncio.Transport) -> None:
-        """Take over a connection the fast path admitted."""
+    def adopt(self, transport: asyncio.Transport, inner: asyncio.Protocol) -> None:
+        """Take over a connection the fast path admitted, with aiohttp's protocol `inner`."""
         self.transport = transport
-        self.inner.connection_made(transport)
+        self.inner = inner
+        inner.connection_made(transport)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.address = peer_address(transport)
         if self._doorway.admit(self, transport, self.address):
+            assert self.inner is not None
             self.inner.connection_made(transport)
         else:
             self.transport = None
@@ -327,7 +341,8 @@ class Guarded(asyncio.Protocol):
             clock.received(time.monotonic())
         if self._line is not None and self._versionless(data):
             return
-        self.inner.data_received(data)
+        if self.inner is not None:
+            self.inner.data_received(data)
 
     def _versionless(self, data: bytes) -> bool:
         """Whether the head this connection is receiving started with a request line
@@ -347,7 +362,7 @@ class Guarded(asyncio.Protocol):
         return True
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        return self.inner.eof_received() if self.inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is None:
@@ -357,13 +372,16 @@ class Guarded(asyncio.Protocol):
         # two would outlive the connection as a cycle (freed only by a full collection).
         self.clock.closer = None
         self._doorway.release(self, self.address)
-        self.inner.connection_lost(exc)
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if self.inner is not None:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self.inner is not None:
+            self.inner.resume_writing()
 
     def expire(self, reason: str) -> None:
         closer = self.clock.closer
