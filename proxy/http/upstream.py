@@ -220,7 +220,6 @@ class UpstreamConnection(asyncio.Protocol):
         status = self._parser.get_status_code()
         if status < 200:
             self._raw = self._raw[end:]  # 1xx: the real answer follows on this connection
-            self._fields.reset()
             return
         head = self._raw[:end]
         self._raw = b""
@@ -235,7 +234,7 @@ class UpstreamConnection(asyncio.Protocol):
         sink.response_head(status, head, block, framing)
 
     def on_message_begin(self) -> None:
-        self._fields.reset()
+        self._fields.reset()  # each answer's own, a 1xx's included
         if self._state == ENDING:
             # A second answer in the read that completed the first: unsolicited.
             self._to(BROKEN)

@@ -384,8 +384,7 @@ def check_request(request: web.Request) -> None:
         request._version = HttpVersion11
         request._cache.pop("version", None)  # reified
         raise ProxyError(
-            errors.HTTP_VERSION_NOT_SUPPORTED,
-            "only HTTP/1.0 and HTTP/1.1 are served here",
+            errors.HTTP_VERSION_NOT_SUPPORTED, "only HTTP/1.0 and HTTP/1.1 are served here"
         )
     if version.minor == 0 and "Transfer-Encoding" in request.headers:
         # RFC 9112 §6.1: the framing is faulty (an HTTP/1.0 hop may read no body, and the
