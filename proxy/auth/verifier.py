@@ -32,6 +32,7 @@ from proxy.auth.shared.metrics import shared_metrics
 from proxy.auth.tokens import TokenKind
 from proxy.config.load import Config
 from proxy.config.realms import clerk_realm, issuer_realm
+from proxy.core.background import Background
 from proxy.core.errors import TOKEN_INVALID, TOKEN_TYPE_MISMATCH, ProxyError
 from proxy.core.principal import Principal, Recent
 from proxy.observe.metrics import Metrics
@@ -111,7 +112,7 @@ class ClerkVerifier:
         # Keys whose last background check failed, with when the next may start.
         self._paused: dict[bytes, float] = {}
         # Issuers' discovery and keys being fetched at start (`start`), held till done.
-        self._warming: set[asyncio.Future[None]] = set()
+        self._warming = Background()
 
     async def start(self) -> None:
         """Clerk's JWKS is fetched on first use, so Clerk being down at start-up delays
@@ -125,13 +126,10 @@ class ClerkVerifier:
         """Other issuers' discovery and keys fetched now, in the background (the process
         calls it once its listeners are bound, and after a reload that rebuilt this)."""
         for issuer in self.issuers.by_iss.values() if self.issuers else ():
-            task = asyncio.ensure_future(issuer.warm())
-            self._warming.add(task)
-            task.add_done_callback(self._warming.discard)
+            self._warming.spawn(issuer.warm())
 
     async def close(self) -> None:
-        for task in self._warming:
-            task.cancel()
+        self._warming.cancel()
         await self.cache.close()
         if self.cluster is not None:
             await self.cluster.close()

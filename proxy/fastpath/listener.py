@@ -28,6 +28,7 @@ from typing import Final
 
 from aiohttp import web
 
+from proxy.core.background import Background
 from proxy.core.timeouts import ConnectionPolicy
 from proxy.fastpath.doorway import Ceiling, Doorway
 from proxy.fastpath.frontdoor import FrontDoor
@@ -73,13 +74,14 @@ class Acceptor:
     socket is readable (level-triggered, so what is left waits for the next turn), and
     each connection becomes a transport of the running loop with `factory`'s protocol."""
 
-    __slots__ = ("_factory", "_loop", "_resting", "sock")
+    __slots__ = ("_connecting", "_factory", "_loop", "_resting", "sock")
 
     def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
         self.sock = sock
         self._factory = factory
         self._loop = asyncio.get_running_loop()
         self._resting: asyncio.TimerHandle | None = None
+        self._connecting = Background()
         sock.setblocking(False)
         self._loop.add_reader(sock.fileno(), self.accept)
 
@@ -105,7 +107,7 @@ class Acceptor:
                 break
             accepted += 1
             conn.setblocking(False)
-            loop.create_task(self._connect(conn))
+            self._connecting.spawn(self._connect(conn))
         return accepted
 
     async def _connect(self, conn: socket.socket) -> None:

@@ -26,6 +26,7 @@ from aiohttp import web
 from proxy import __version__, compiled
 from proxy.config.fingerprint import changed_keys, digest
 from proxy.config.load import Config, ConfigError, Listen, load_config
+from proxy.core.background import Background
 from proxy.fastpath import listener
 from proxy.fastpath.doorway import Ceiling
 from proxy.process.admin import create_admin_app, create_control_app
@@ -88,6 +89,7 @@ class Server:
         )
         self._stop = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._reloads = Background()  # SIGHUP's
         self._loaded = inputs_signature(config)
         self.proxy.metrics.config_loaded(digest(config), reload=False)
         # Cleaned up in this order: the doors' first (`forward_auth:`'s, then the
@@ -252,7 +254,7 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("SIGHUP")))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._reloads.spawn(self.reload("SIGHUP")))
         log.info(
             "serving",
             extra={

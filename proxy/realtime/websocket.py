@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.config import model as config
+from proxy.core.background import Background
 from proxy.core.errors import (
     BAD_ANSWER,
     BAD_REQUEST,
@@ -257,7 +258,7 @@ class _Link:
         # Who each namespace acts as and when to look again (a plain WebSocket is watched
         # under ""): the byte relay's bookkeeping, told here how a namespace ends.
         self.names = Namespaces(ctx, caller, sid, self)
-        self._ending: set[asyncio.Future[None]] = set()
+        self._ending = Background()
         self.attachments = 0  # binary frames the client announced (BINARY_EVENT/ACK)
         self.ended: tuple[int, str] | None = None  # how the first leg to end ended
         self.closing: asyncio.Future[tuple[bool | BaseException, bool | BaseException]] | None = (
@@ -379,12 +380,9 @@ class _Link:
         """A namespace's principal must go (`Namespaces`): a plain WebSocket is closed
         with 1008, a Socket.IO namespace gets a DISCONNECT on both legs."""
         if not self.socketio:
-            ending = asyncio.ensure_future(self.close(POLICY_VIOLATION, "token expired"))
+            self._ending.spawn(self.close(POLICY_VIOLATION, "token expired"))
         else:
-            packet = sio.disconnect_packet(namespace)
-            ending = asyncio.ensure_future(self._disconnect(packet))
-        self._ending.add(ending)
-        ending.add_done_callback(self._ending.discard)
+            self._ending.spawn(self._disconnect(sio.disconnect_packet(namespace)))
 
     async def _disconnect(self, packet: str) -> None:
         await asyncio.gather(

@@ -22,6 +22,7 @@ from yarl import URL
 from proxy.auth import tokens
 from proxy.config.load import Config
 from proxy.core import errors
+from proxy.core.background import Background
 from proxy.core.errors import ProxyError, internal_error
 from proxy.core.principal import ANONYMOUS, Principal, Recent, Verifier
 from proxy.core.timeouts import clock_of
@@ -70,7 +71,7 @@ class Proxy:
         # The fast path's raw upstream connections (frontdoor.py, upstream.py); the
         # listener's drain has ended every client of theirs before the app's cleanup.
         self._fast_pool: UpstreamPool | None = None
-        self._retired: set[asyncio.Task[None]] = set()
+        self._retired = Background()
         # Open WebSockets (closed with 1001 on shutdown) and polling CONNECT grants; one
         # per process so a config reload keeps them.
         self.ws_registry = relays.WebSocketRegistry()
@@ -139,8 +140,7 @@ class Proxy:
     async def _stop(self) -> None:
         if self._fast_pool is not None:
             self._fast_pool.close()
-        for task in self._retired:
-            task.cancel()
+        self._retired.cancel()
         if self._runtime is not None:
             await _close_verifier(self._runtime.verifier)
         if self._session is not None:
@@ -162,9 +162,7 @@ class Proxy:
         if keep is None:
             self.warm()
             # Requests in flight may still hold the old verifier; close it once they are done.
-            task = asyncio.create_task(_close_later(old.verifier, config.shutdown.grace_period))
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
+            self._retired.spawn(_close_later(old.verifier, config.shutdown.grace_period))
         # Against what runs, not the previous file: a reload that puts `listen` back to
         # the bound address changes nothing.
         started = self._started

@@ -33,7 +33,6 @@ instance (the first level's scope), so two instances never share entries.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import secrets
@@ -47,6 +46,7 @@ from proxy.auth.cache.entries import Entry, Negative
 from proxy.auth.shared import codec
 from proxy.auth.shared.connection import Connection
 from proxy.auth.shared.events import Events, landed_message
+from proxy.core.background import Background
 
 # GET the entry; else SET the lock if free. Returns {value or false, 1 if locked by us}
 # (also when the lock holds our lease already: an earlier FETCH took it, its reply lost).
@@ -99,7 +99,7 @@ class SharedLevel:
         # The counters a second-level hit moves, bound once (a label lookup is a lock).
         self._hit = self._metrics.lookups.labels("hit")
         self._miss = self._metrics.lookups.labels("miss")
-        self._writes: set[asyncio.Task[Any]] = set()
+        self._writes = Background()
         # Every realm this process judges in (Clerk's, each issuer's): where a revoked
         # token's entry may be.
         self._realms = tuple(realms)
@@ -239,13 +239,10 @@ class SharedLevel:
             self._background("forget", lambda c: c.unlink(*names))
 
     def _background(self, op: str, make: Callable[[Any], Awaitable[Any]]) -> None:
-        task = asyncio.ensure_future(self._conn.call(op, make))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        self._writes.spawn(self._conn.call(op, make))
 
     async def close(self) -> None:
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self._writes.wait()
 
 
 def in_realm(key: bytes, realm: bytes) -> bytes:
