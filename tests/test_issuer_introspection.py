@@ -153,6 +153,12 @@ API_CFG = build_config(
         (200, b'{"active": "yes"}', "verification_unavailable", "unreadable"),
         (200, b"[]", "verification_unavailable", "unreadable"),
         (200, b'{"active": true, "exp": "soon"}', "verification_unavailable", "unreadable"),
+        # One claims check with the issuer's JWTs (jws.check_claims), present-only:
+        (200, b'{"active": true, "nbf": 2000, "client_id": "a"}', "token_invalid", "not valid yet"),
+        (200, b'{"active": true, "iat": 2000, "client_id": "a"}', "token_invalid", "in the future"),
+        (200, b'{"active": true, "aud": [], "client_id": "a"}', "token_invalid", "no audience"),
+        (200, b'{"active": true, "iat": true}', "verification_unavailable", "unreadable"),
+        (200, b'{"active": true, "aud": {"a": 1}}', "verification_unavailable", "unreadable"),
         (401, b"{}", "verification_unavailable", "cannot verify"),
         (500, b"{}", "verification_unavailable", "HTTP 500"),
         (429, b"{}", "verification_unavailable", "HTTP 429"),
@@ -162,6 +168,12 @@ def test_judge_answer(status: int, body: bytes, code: str, why: str) -> None:
     with pytest.raises(ProxyError) as info:
         judge_answer(API_CFG, status, {}, body, 1000.0)
     assert (info.value.code, why in info.value.message) == (code, True), info.value.message
+
+
+def test_an_answer_needs_no_claim_but_active() -> None:
+    """RFC 7662: every member but `active` is optional; a JWT without `exp` is refused."""
+    principal = judge_answer(API_CFG, 200, {}, b'{"active": true, "client_id": "a"}', 1000.0)
+    assert (principal.id, principal.expires_at) == ("a", None)
 
 
 def test_judge_answer_maps_like_a_jwt() -> None:

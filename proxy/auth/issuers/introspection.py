@@ -19,17 +19,13 @@ from urllib.parse import quote_plus, urlencode
 from proxy.auth.claims_json import loads, numeric_date
 from proxy.auth.gate import Unavailable, retry_after
 from proxy.auth.issuers.calls import BAD_CREDENTIALS_RETRY_AFTER, IssuerHttp
-from proxy.auth.issuers.claims import REFUSED_AS, map_principal
+from proxy.auth.issuers.claims import REFUSED_AS, map_principal, rules
 from proxy.auth.issuers.discovery import Discovery
+from proxy.auth.jws import check_claims, invalid
 from proxy.config.model import Issuer
-from proxy.core.errors import TOKEN_EXPIRED, TOKEN_INVALID, ProxyError
 from proxy.core.principal import Principal
 
 log = logging.getLogger("proxy.introspection")
-
-
-def _inactive(message: str) -> ProxyError:
-    return ProxyError(TOKEN_INVALID, message, token_type=REFUSED_AS)
 
 
 def _time(data: Mapping[str, Any], name: str) -> float | None:
@@ -59,30 +55,18 @@ def judge_answer(
         if not isinstance(data, dict) or not isinstance(data.get("active"), bool):
             raise ValueError("no boolean `active`")
         if not data["active"]:
-            raise _inactive(f"issuer {name} says the token is not active")
-        exp, nbf = _time(data, "exp"), _time(data, "nbf")
+            raise invalid(f"issuer {name} says the token is not active", REFUSED_AS)
+        for claim in ("exp", "nbf", "iat"):
+            _time(data, claim)
         audiences = data.get("aud")
-        if isinstance(audiences, str):
-            audiences = [audiences]
-        if audiences is not None and not isinstance(audiences, list):
+        if audiences is not None and not isinstance(audiences, str | list):
             raise ValueError("aud is neither a string nor a list")
     except (ValueError, RecursionError) as exc:
         log.error("unreadable introspection answer from issuer %s: %s", name, exc)
         raise Unavailable(f"issuer {name} gave an unreadable answer") from None
-    # RFC 7662 leaves every field but `active` optional: what is there must hold.
-    if data.get("iss") is not None and data["iss"] != cfg.issuer:
-        raise _inactive(f"the token was not issued by {cfg.issuer}")
-    if audiences is not None and not set(audiences) & set(cfg.audiences):
-        raise _inactive(
-            f"the token is for another API (aud); this API is {', '.join(cfg.audiences)}"
-        )
-    if exp is not None and now > exp + cfg.leeway_seconds:
-        raise ProxyError(TOKEN_EXPIRED, "the token has expired", token_type=REFUSED_AS)
-    if nbf is not None and now + cfg.leeway_seconds < nbf:
-        raise _inactive("the token is not valid yet")
-    for claim, value in cfg.claims.require:
-        if data.get(claim) != value:
-            raise _inactive(f"the token's {claim} is not {value!r}")
+    # RFC 7662 leaves every field but `active` optional: what is there must hold, as in
+    # the issuer's JWTs.
+    check_claims(data, rules(cfg), now, REFUSED_AS, present_only=True)
     return map_principal(data, cfg, introspected=True)
 
 
