@@ -7,6 +7,7 @@ import logging
 from typing import Final
 
 import aiohttp
+from aiohttp import web
 
 log = logging.getLogger("proxy")
 
@@ -114,6 +115,11 @@ class ProxyError(Exception):
             {"error": {"code": self.code, "message": self.message}},
             separators=(",", ":"),
         ).encode()
+
+    def response(self) -> web.Response:
+        """This refusal as aiohttp answers it (the fast path writes `body` and `headers`
+        itself)."""
+        return web.Response(status=self.status, body=self.body(), headers=self.headers())
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Cache-Control": "no-store"}

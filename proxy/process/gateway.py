@@ -34,6 +34,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.core.errors import PAYLOAD_TOO_LARGE, REVOCATION_UNAVAILABLE, ProxyError
+
 log = logging.getLogger("proxy")
 
 ADMIN_SOCKET_ENV = "CLERK_AUTH_PROXY_ADMIN_SOCKET"
@@ -272,7 +274,7 @@ class Gateway:
     async def _revoke(self, request: web.Request) -> web.Response:
         body = await request.content.read(MAX_BODY + 1)
         if len(body) > MAX_BODY:
-            return _refusal(413, "payload_too_large", "the body is too large")
+            return ProxyError(PAYLOAD_TOO_LARGE, f"at most {MAX_BODY} bytes").response()
         headers = {
             k: v
             for k, v in request.headers.items()
@@ -281,7 +283,7 @@ class Gateway:
         answers = await self._each("POST", "/revoke", body=body, headers=headers)
         taken = [a for a in answers if a is not None]
         if not taken:
-            return _refusal(503, "revocation_unavailable", "no worker answered")
+            return ProxyError(REVOCATION_UNAVAILABLE, "no worker answered").response()
         status, first = taken[0]
         try:
             payload = json.loads(first)
@@ -302,7 +304,3 @@ def _config_of(body: bytes) -> str:
         return ""
     config = answer.get("config") if isinstance(answer, dict) else None
     return config if isinstance(config, str) else ""
-
-
-def _refusal(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)

@@ -39,6 +39,7 @@ from proxy.core.errors import (
     STATUS,
     TOKEN_INVALID,
     TOKEN_MISSING,
+    ProxyError,
 )
 from proxy.request.app import PROXY
 
@@ -53,12 +54,8 @@ SECRET_GIVEN = (
 )
 
 
-def refusal(code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message}},
-        status=STATUS[code],
-        headers={"Cache-Control": "no-store", **headers},
-    )
+def refusal(code: str, message: str) -> web.Response:
+    return ProxyError(code, message).response()
 
 
 class BadRequest(ValueError):
@@ -120,17 +117,9 @@ async def handle_revoke(request: web.Request) -> web.Response:
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
-        return refusal(
-            TOKEN_MISSING,
-            "send Authorization: Bearer <revocation secret>",
-            **{"WWW-Authenticate": "Bearer"},
-        )
+        return refusal(TOKEN_MISSING, "send Authorization: Bearer <revocation secret>")
     if not hmac.compare_digest(given.strip().encode(), secret.encode()):
-        return refusal(
-            TOKEN_INVALID,
-            "wrong revocation secret",
-            **{"WWW-Authenticate": 'Bearer error="invalid_token"'},
-        )
+        return refusal(TOKEN_INVALID, "wrong revocation secret")
     raw = await request.content.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
         return refusal(PAYLOAD_TOO_LARGE, f"at most {MAX_BODY} bytes")

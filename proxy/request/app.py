@@ -423,7 +423,7 @@ class Exchange:
         """The answer to a refusal (its status, JSON body and headers: docs/spec.md), as this
         exchange's outcome."""
         self.why, self.status = refusal, refusal.status
-        return web.Response(status=refusal.status, body=refusal.body(), headers=refusal.headers())
+        return refusal.response()
 
     def gone(self) -> None:
         """The connection ended before the answer: nginx's 499 "client closed request"
