@@ -8,6 +8,8 @@ import re
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.core.errors import TOKEN_EXPIRED, ProxyError, upstream_failure
 from proxy.core.principal import ANONYMOUS, Principal
@@ -179,3 +181,33 @@ def test_which_configs_write_access_lines(access_log: bool, level: str, written:
 )
 def test_trace_id_of_a_traceparent(traceparent: str | None, trace: str | None) -> None:
     assert trace_id(traceparent_field(traceparent)) == trace
+
+
+# W3C Trace Context §3.2 as a regex: the reference the byte checks must agree with.
+_TRACEPARENT = re.compile(rb"(?!ff)[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def _reference(tp: bytes) -> str | None:
+    found = _TRACEPARENT.match(tp)
+    if found is None or (len(tp) > 55 and (tp[55:56] != b"-" or tp.startswith(b"00"))):
+        return None
+    trace = found.group(1)
+    return None if trace == b"0" * 32 else trace.decode()
+
+
+_VALID = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 59), st.sampled_from(b"0aAf9-_gx \x00\xff")), max_size=4),
+    st.sampled_from([b"", b"-", b"-x", b"x", b"-01-zz"]),
+    st.sampled_from([b"00", b"01", b"ff", b"fe"]),
+)
+def test_trace_id_agrees_with_the_grammar(
+    edits: list[tuple[int, int]], tail: bytes, version: bytes
+) -> None:
+    raw = bytearray(version + _VALID[2:] + tail)
+    for at, byte in edits:
+        if at < len(raw):
+            raw[at] = byte
+    assert trace_id(bytes(raw)) == _reference(bytes(raw))
