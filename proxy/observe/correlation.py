@@ -20,6 +20,11 @@ from typing import Final
 # `-` and more fields, version 00 may not.
 _TRACEPARENT_SIZE: Final = 55
 _ZERO_TRACE: Final = b"0" * 32
+# Every byte to its class: `h` a lower-case hex digit, `-` itself, `?` anything else.
+_CLASSES: Final = bytes(
+    104 if chr(b) in "0123456789abcdef" else 45 if b == 45 else 63 for b in range(256)
+)
+_SHAPE: Final = b"hh-" + b"h" * 32 + b"-" + b"h" * 16 + b"-hh"
 # A request id is logged as sent, up to this many characters (it is the client's text).
 MAX_REQUEST_ID: Final = 128
 
@@ -63,9 +68,10 @@ def traceparent_field(value: str | None) -> bytes | None:
 
 
 def trace_id(traceparent: bytes | None) -> str | None:
-    """The trace id of a valid `traceparent` (its bytes as received), else None. One
-    loop over the bytes: a regex cost 4.3k instructions a request (the state, the match
-    object, the group), and every access line with a traceparent asks."""
+    """The trace id of a valid `traceparent` (its bytes as received), else None. Its
+    first 55 bytes, each mapped to its class, must spell `_SHAPE`: one C-level pass (a
+    Python loop over the bytes cost 1.7k instructions a request, a regex 4.3k), and
+    every access line with a traceparent asks."""
     if traceparent is None:
         return None
     tp = traceparent
@@ -74,12 +80,7 @@ def trace_id(traceparent: bytes | None) -> str | None:
         return None
     if size > _TRACEPARENT_SIZE and (tp[_TRACEPARENT_SIZE] != 45 or tp.startswith(b"00")):
         return None
-    for i in range(_TRACEPARENT_SIZE):
-        c = tp[i]
-        if i == 2 or i == 35 or i == 52:
-            if c != 45:  # "-"
-                return None
-        elif not (48 <= c <= 57 or 97 <= c <= 102):  # 0-9, a-f
-            return None
+    if tp[:_TRACEPARENT_SIZE].translate(_CLASSES) != _SHAPE:
+        return None
     trace = tp[3:35]
     return None if trace == _ZERO_TRACE else trace.decode("ascii")
