@@ -128,6 +128,17 @@ http {{
             proxy_set_header Connection "";
         }}
     }}
+    # (b3): the same, writing an access line a request as the proxy does (batched, and
+    # to where the proxy's go in the bench: nowhere).
+    server {{
+        listen 127.0.0.1:{logged_port};
+        access_log /dev/null combined buffer=64k flush=1s;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
 }}
 """
 
@@ -287,10 +298,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     with stack() as s:
         up_port, nginx_port, clerk_port, relay_port = free_port(), free_port(), free_port(), free_port()
+        logged_port = free_port()
         issuer_port = free_port()
         proxy_port, admin_port = free_port(), free_port()
         upstream = s.spawn(PY, "-m", "bench.upstream", str(up_port))
-        (s.tmp / "nginx.conf").write_text(NGINX_CONF.format(tmp=s.tmp, upstream=up_port, port=nginx_port))
+        (s.tmp / "nginx.conf").write_text(NGINX_CONF.format(
+            tmp=s.tmp, upstream=up_port, port=nginx_port, logged_port=logged_port))
         nginx = s.spawn(shutil.which("nginx") or "nginx", "-c", str(s.tmp / "nginx.conf"), "-p", str(s.tmp))
         relay = s.spawn(PY, "-m", "bench.relay", str(relay_port), str(up_port))
         emulator = s.spawn(PY, "-m", "proxy.process.cli", "emulate-clerk", "--port", str(clerk_port))
@@ -344,6 +357,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "b2_nginx_traced": (
                 f"http://127.0.0.1:{nginx_port}/api/x", {**m2m, **TRACED}, tree_pids(nginx.pid),
             ),
+            # Not a headline leg: (b2) writing an access line a request, as (t) does.
+            "b3_nginx_traced_logged": (
+                f"http://127.0.0.1:{logged_port}/api/x", {**m2m, **TRACED}, tree_pids(nginx.pid),
+            ),
             "e_proxy_jwt": (f"http://127.0.0.1:{proxy_port}/api/x", jwt, [proxy.pid]),
             # (e) with a client-credentials JWT of another issuer (Authgear's claims).
             "g_proxy_issuer_jwt": (
@@ -353,7 +370,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
         }
         wanted = set(filter(None, args.legs.split(",")))
-        chosen = {name: leg for name, leg in legs.items() if not wanted or name in wanted}
+        # (b3) runs when named: a side measurement, not a leg `make bench` needs.
+        chosen = {
+            name: leg for name, leg in legs.items()
+            if name in wanted or (not wanted and name != "b3_nginx_traced_logged")
+        }
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
         # --instructions-only: no timed legs, only the callgrind counts (a minute, and
         # steady across runs: what a change's "within N% of before" compares).
@@ -466,6 +487,9 @@ def ratios(r: dict[str, Any]) -> dict[str, Any]:
         # against nginx relaying the same heads, and aiohttp's door against the fast path.
         "cpu_t_over_b2": when(lambda: cpu_per_1k(t) / cpu_per_1k(b2), t, b2),
         "cpu_t2_over_t": when(lambda: cpu_per_1k(t2) / cpu_per_1k(t), t, t2),
+        "cpu_t_over_b3_logged": when(
+            lambda: cpu_per_1k(t) / cpu_per_1k("b3_nginx_traced_logged"), t, "b3_nginx_traced_logged"
+        ),
         "cpu_t": when(lambda: cpu_per_1k(t), t),
         "added_p90_ms_t_minus_b2": when(lambda: p90(t) - p90(b2), t, b2),
         "d_over_c_serial_cpu": (
