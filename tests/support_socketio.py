@@ -106,7 +106,11 @@ class SioUpstream:
     server: socketio.AsyncServer = field(init=False)
 
     def __post_init__(self) -> None:
-        sio = socketio.AsyncServer(async_mode="aiohttp", namespaces="*", ping_interval=5)
+        # A polling client's disconnect waits for its pending GET, which the server ends
+        # only when the session times out (ping_interval + ping_timeout: 25 s by default).
+        sio = socketio.AsyncServer(
+            async_mode="aiohttp", namespaces="*", ping_interval=5, ping_timeout=5
+        )
         self.server = sio
         principals: dict[tuple[str, str], dict[str, Any]] = {}
 

@@ -23,7 +23,7 @@ from tests.support_issuers import API
 from tests.support_socketio import SioUpstream
 
 # WebSocket here; polling in one test of its own below (a polling session's teardown
-# waits out the upstream's ping timeout, 25 s, once per test; polling's expiry is the same
+# waits out the upstream's session timeout, 10 s, once per test; polling's expiry is the same
 # code for any Principal, covered with Clerk's in test_socketio_e2e.py).
 TRANSPORTS = [["websocket"]]
 
