@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from proxy.http import http1
-from proxy.http.names import names_pattern
 
 GET = b"GET /api/x?q=1 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n"
 
@@ -110,7 +107,7 @@ def test_one_parser_takes_the_heads_of_a_keep_alive_connection() -> None:
     assert second == http1.RequestHead("OPTIONS", "/b?x", b"\r\nHost: g", True, "g")
     assert third == http1.RequestHead(
         "GET", "/c", b"\r\nHost: h\r\nConnection: close", False, "h", (), ("close",),
-        cut=(b"Connection", b"close"),  # hop-by-hop: listed for the rewrite to cut
+        cut=(b"Connection",),  # hop-by-hop: listed for the rewrite to cut
     )
 
 
@@ -128,7 +125,7 @@ def test_one_parser_reads_heads_in_turn_each_afresh() -> None:
     # llhttp takes nothing after a `Connection: close` request: the connection ends.
     assert parser.parse(closing) == http1.RequestHead(
         "GET", "/a", b"\r\nHost: h\r\nConnection: close", False, "h", (), ("close",),
-        cut=(b"Connection", b"close"),
+        cut=(b"Connection",),
     )
     assert parser.parse(closing) is None
     assert http1.HeadParser().parse(b"GET /a HTTP/1.0\r\n\r\n") is None
@@ -270,27 +267,6 @@ def test_chunks_and_simple_responses() -> None:
 
 
 @pytest.mark.parametrize(
-    ("names", "matches", "misses"),
-    [
-        (["te", "trailer", "transfer-encoding"], ["te", "TE", "Trailer", "transfer-encoding"],
-         ["t", "tex", "tra", "trailers", "transfer", "x-te"]),
-        (["x-http-method", "x-http-method-override"], ["x-http-method", "X-HTTP-Method-Override"],
-         ["x-http", "x-http-method-", "x-http-method-overrides"]),
-        (["a", "ab", "abc"], ["a", "ab", "abc"], ["", "b", "abcd", "ac"]),
-        (["host"], ["host", "HoSt"], ["hos", "hosts", "ghost"]),
-    ],
-)
-def test_names_pattern_matches_exactly_its_names(
-    names: list[str], matches: list[str], misses: list[str]
-) -> None:
-    pattern = re.compile(rb"(?i:" + names_pattern(names) + rb")")
-    for name in matches:
-        assert pattern.fullmatch(name.encode()), name
-    for name in misses:
-        assert not pattern.fullmatch(name.encode()), name
-
-
-@pytest.mark.parametrize(
     ("start", "verdict"),
     [
         (b"GET /x", None),  # the line is not whole yet
@@ -311,19 +287,35 @@ def test_versionless(start: bytes, verdict: bool | None) -> None:
     assert http1.versionless(start) is verdict
 
 
-def test_picked_fields_are_told_apart_by_length() -> None:
-    """`HeadParser.parse` says which picked field a match is by its name's length: each
-    it takes is as long as no other name in the pattern, and a request-id name as long as
-    one of them is compared by name instead."""
-    taken = {"host": 4, "authorization": 13, "traceparent": 11, "connection": 10}
-    others = [*http1._NOT_OURS]
-    for name, size in taken.items():
-        assert len(name) == size
-        assert all(len(other) != size for other in [*others, *(n for n in taken if n != name)])
-    assert http1.PickedFields("X-Request-Id").request_id_size == 12
-    assert http1.PickedFields("X-Trace-Id1").request_id_size == -1  # as long as traceparent
-    assert http1.PickedFields("").request_id_size == 0
-    head = b"GET / HTTP/1.1\r\nHost: h\r\nX-Trace-Id1: abc\r\ntraceparent: t\r\n\r\n"
+def test_a_request_id_name_is_read_as_such_whatever_else_it_names() -> None:
+    """The configured request-id name is read as the request's id, in any case: one as
+    long as another picked name, and one that names another picked field, in its place."""
+    head = b"GET / HTTP/1.1\r\nHost: h\r\nX-TRACE-ID1: abc\r\ntraceparent: t\r\n\r\n"
     parsed = http1.HeadParser().parse(head, http1.PickedFields("X-Trace-Id1"))
     assert parsed is not None
     assert (parsed.host, parsed.request_id, parsed.traceparent) == ("h", "abc", b"t")
+    parsed = http1.HeadParser().parse(head, http1.PickedFields("Traceparent"))
+    assert parsed is not None and (parsed.request_id, parsed.traceparent) == ("t", None)
+    parsed = http1.HeadParser().parse(head, http1.PickedFields(""))
+    assert parsed is not None and (parsed.request_id, parsed.traceparent) == (None, b"t")
+
+
+def test_field_names_remembered_are_bounded() -> None:
+    """`PickedFields` remembers what each name as spelt is; clients choose the names, so
+    it keeps a bounded number of them, none long, and says the same after forgetting."""
+    fields = http1.PickedFields("X-Request-Id", cut=frozenset({"x-real-ip"}), prefix="x-auth-")
+    names = [b"X-%d" % i for i in range(3 * http1._KNOWN_NAMES)] + [b"X" * 100]
+    for name in names:
+        assert fields.kind(name) == http1._KEEP
+        assert len(fields._known) <= http1._KNOWN_NAMES
+    assert b"X" * 100 not in fields._known
+    for name, kind in [
+        (b"X_Real-IP", http1._CUT),
+        (b"x_auth_anything", http1._CUT),
+        (b"x-request-id", http1._REQUEST_ID),
+        (b"HOST", http1._HOST),
+        (b"Host_", http1._KEEP),
+        (b"Content_Length", http1._KEEP),
+        (b"content-LENGTH", http1._NOT_OURS_KIND),
+    ]:
+        assert fields.kind(name) == kind == fields.kind(name), name

@@ -8,9 +8,13 @@ a request that could smuggle (Content-Length with Transfer-Encoding, and anythin
 with a body) is simply not its business. Heads are parsed by llhttp (httptools) in
 strict mode, the same parser family aiohttp uses.
 
-Fields travel as the bytes llhttp validated (the block form below); where (name, value)
-pairs are needed they are latin-1 `str`, a lossless view of those bytes, so what the
-header rewriting in `headers` sees is what goes on the wire.
+Fields travel as the bytes llhttp validated (the block form below). llhttp reports each
+field of a request head as it reads it (`on_header`), and `PickedFields` sorts it by its
+name with a dict lookup: the fields the request path reads, those that make a head
+aiohttp's, and the names of those the upstream rewrite may cut out of the block, so no
+pass over the block is needed. Where (name, value) pairs are needed they are latin-1
+`str`, a lossless view of those bytes, so what the header rewriting in `headers` sees is
+what goes on the wire.
 """
 
 from __future__ import annotations
@@ -21,8 +25,6 @@ from typing import Any, Final
 
 import httptools
 
-from proxy.http.names import names_pattern
-
 # aiohttp's own line limit; longer heads are aiohttp's to accept or refuse.
 MAX_HEAD: Final = 8190
 # aiohttp's server refuses a head with more fields than this (400); such heads are its.
@@ -32,66 +34,99 @@ HEAD_END: Final = b"\r\n\r\n"
 _EMPTY_LINE: Final = re.compile(rb"\n\r?\n")
 
 # Header fields are kept as llhttp validated them, in one `bytes` per head: each field
-# *preceded* by CRLF (b"\r\nHost: h\r\nAccept: */*"), so a field is found, dropped or
-# read by one C-level regex over the block instead of a Python call per field. Strict
-# llhttp guarantees what these patterns rely on: every field is `token ":" value`, no
-# whitespace before the colon, no CR, LF or NUL inside a value, no obs-fold.
+# *preceded* by CRLF (b"\r\nHost: h\r\nAccept: */*"), so a field is found or read by one
+# C-level regex over the block, or cut from the CRLF before it to the next, instead of a
+# Python call per field. Strict llhttp guarantees what this relies on: every field is
+# `token ":" value`, no whitespace before the colon, no CR, LF or NUL inside a value, no
+# obs-fold.
 
 
 # The request fields the fast path reads, and those that mean the request is not its to
-# take (a `Connection: upgrade` request stops llhttp with HttpParserUpgrade first): found
-# in one pass.
+# take (a `Connection: upgrade` request stops llhttp with HttpParserUpgrade first).
 _PICKED: Final = ("host", "authorization", "connection")
 _NOT_OURS: Final = ("content-length", "transfer-encoding", "upgrade", "expect", "http2-settings")
 
+# What `PickedFields.kind` says of a field: kept, or one of the picked ones; `_CUT` added
+# when the upstream rewrite may cut it.
+_KEEP: Final = 0
+_HOST: Final = 1
+_AUTHORIZATION: Final = 2
+_CONNECTION: Final = 3
+_REQUEST_ID: Final = 4
+_TRACEPARENT: Final = 5
+_NOT_OURS_KIND: Final = 6
+_CUT: Final = 8
+# Names remembered as spelt (`PickedFields.kind`): at most this many, none longer.
+_KNOWN_NAMES: Final = 512
+_KNOWN_SIZE: Final = 64
+
 
 def picked_names(request_id: str) -> frozenset[str]:
-    """The names (lower-case, `-` as spelt) `PickedFields` matches as picked."""
+    """The names (lower-case, `-` as spelt) `PickedFields` picks."""
     return frozenset({*_PICKED, *_NOT_OURS, "traceparent"} | ({request_id.lower()} - {""}))
 
 
 class PickedFields:
-    """The fields `HeadParser` picks out of a head in its one pass: the framing fields
-    that make a head aiohttp's, those the request path reads on every request, the
+    """What `HeadParser` picks out of a head as llhttp reports its fields: the framing
+    fields that make a head aiohttp's, those the request path reads on every request, the
     request's id (`headers.request_id`, per config) and `traceparent`, for the access
-    line, and the names of the fields the upstream rewrite may cut (`cut`: a regex
-    source, `headers.UpstreamRewrite` builds it) — in one pattern, so naming each request
-    and finding what to drop cost no second pass."""
+    line, and the fields the upstream rewrite may cut (`headers.UpstreamRewrite` says
+    which) — so naming each request and finding what to drop cost no second pass."""
 
-    __slots__ = (
-        "cut_authorization",
-        "cut_host",
-        "cut_request_id",
-        "cut_traceparent",
-        "pattern",
-        "request_id",
-        "request_id_size",
-    )
+    __slots__ = ("_cut", "_known", "_picked", "_prefix")
 
     def __init__(
         self,
         request_id: str = "X-Request-Id",
-        cut: bytes = rb"(?!)",
+        cut: frozenset[str] = frozenset(),
+        prefix: str | None = None,
         cut_picked: frozenset[str] = frozenset(),
     ) -> None:
-        """`cut_picked`: which of the picked names (lower-case) the rewrite drops too:
-        they match as picked, and are listed as cut besides (Connection always is)."""
-        self.request_id = request_id.lower().encode("latin-1")
-        names = picked_names(request_id)
-        # The pattern matches only these names, so a match's length says which it is
-        # (`HeadParser.parse`) without a `lower()` per field; a request-id name as long
-        # as another (-1) is compared by name, and none (0) is never matched.
-        self.request_id_size = len(request_id)
-        if request_id and len(request_id) in {len(name) for name in names - {request_id.lower()}}:
-            self.request_id_size = -1
-        self.cut_authorization = "authorization" in cut_picked
-        self.cut_host = "host" in cut_picked
-        self.cut_request_id = bool(request_id) and request_id.lower() in cut_picked
-        self.cut_traceparent = "traceparent" in cut_picked
-        # Picked names first: a name both picked and cut is read as picked.
-        self.pattern = re.compile(
-            rb"\r\n(?i:(" + names_pattern(names) + rb")|(" + cut + rb")):[ \t]*([^\r]*)"
-        )
+        """`cut`: the names the rewrite may cut (lower-case, `-`), in any spelling with
+        `_` for `-`, and those that start with `prefix` (the same form) — unless spelt as
+        one of the picked names: `cut_picked` says which of those (lower-case) it may cut
+        (Connection always)."""
+        picked = {name: _NOT_OURS_KIND for name in _NOT_OURS} | {
+            "host": _HOST,
+            "authorization": _AUTHORIZATION,
+            "connection": _CONNECTION,
+            "traceparent": _TRACEPARENT,
+        }
+        if request_id:
+            # Read as the request's id even where it names another picked field.
+            picked[request_id.lower()] = _REQUEST_ID
+        self._picked = {
+            name.encode("latin-1"): kind
+            | (_CUT if kind == _CONNECTION or name in cut_picked else 0)
+            for name, kind in picked.items()
+        }
+        self._cut = frozenset(name.encode("latin-1") for name in cut)
+        self._prefix = None if prefix is None else prefix.encode("latin-1")
+        # Field names as spelt, by what `_classify` said: a client sends the same few on
+        # every request. Bounded, since clients choose them.
+        self._known: dict[bytes, int] = {}
+
+    def kind(self, name: bytes) -> int:
+        """What a field named `name` (as spelt) is: `_KEEP`, a picked one, plus `_CUT`."""
+        kind = self._known.get(name)
+        if kind is None:
+            kind = self._classify(name)
+            if len(name) <= _KNOWN_SIZE:
+                if len(self._known) >= _KNOWN_NAMES:
+                    self._known.clear()
+                self._known[name] = kind
+        return kind
+
+    def _classify(self, name: bytes) -> int:
+        lname = name.lower()
+        kind = self._picked.get(lname)
+        if kind is not None:
+            return kind
+        folded = lname.replace(b"_", b"-")
+        prefix = self._prefix
+        if folded in self._cut or (prefix is not None and folded.startswith(prefix)):
+            return _CUT
+        return _KEEP
 
 
 DEFAULT_FIELDS: Final = PickedFields()
@@ -217,8 +252,8 @@ class RequestHead(_Record):
         # The first of each, for the access line and the upstream (`PickedFields`).
         self.request_id: Final = request_id
         self.traceparent: Final = traceparent
-        # The fields `picked` found that the upstream rewrite may cut, in order: name as
-        # spelt and value, flat (`headers.UpstreamRewrite.block`).
+        # The names (as spelt) of the fields `picked` says the upstream rewrite may cut,
+        # in order (`headers.UpstreamRewrite.block`).
         self.cut: Final = cut
         self.picked: Final = DEFAULT_FIELDS if picked is None else picked
 
@@ -243,16 +278,67 @@ class RequestHead(_Record):
 
 class _Reports:
     """What llhttp reports of a request head through its callbacks (only those defined
-    are called). It holds the parser only while the parser feeds it: a parser and the
-    object of its callbacks that held each other would outlive their connection as a
-    cycle, freed only by a full collection of the heap (issue 29)."""
+    are called): each field as llhttp validated it, picked as `fields` says. It holds the
+    parser only while the parser feeds it: a parser and the object of its callbacks that
+    held each other would outlive their connection as a cycle, freed only by a full
+    collection of the heap (issue 29)."""
 
-    __slots__ = ("complete", "keep_alive", "parser")
+    __slots__ = (
+        "authorization",
+        "complete",
+        "connection",
+        "cut",
+        "declined",
+        "fields",
+        "host",
+        "keep_alive",
+        "parser",
+        "request_id",
+        "traceparent",
+    )
 
     def __init__(self) -> None:
+        self.fields = DEFAULT_FIELDS
+        self.parser: Any = None
+        self.start(DEFAULT_FIELDS)
+
+    def start(self, fields: PickedFields) -> None:
+        """Afresh, for a head read as `fields` says."""
+        self.fields = fields
         self.complete = False
         self.keep_alive = False
-        self.parser: Any = None
+        self.declined = False
+        self.host: str | None = None
+        self.authorization: tuple[str, ...] = ()
+        self.connection: tuple[str, ...] = ()
+        self.request_id: str | None = None
+        self.traceparent: bytes | None = None
+        self.cut: list[bytes] = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp's value: without the whitespace before it, with any after it.
+        kind = self.fields.kind(name)
+        if kind == _KEEP:
+            return
+        if kind >= _CUT:
+            self.cut.append(name)
+            kind -= _CUT
+        if kind == _REQUEST_ID:
+            if self.request_id is None:
+                self.request_id = value.decode("latin-1")
+        elif kind == _HOST:
+            if self.host is not None:
+                self.declined = True  # two: aiohttp refuses them (RFC 9112 §3.2)
+            self.host = value.decode("latin-1")
+        elif kind == _AUTHORIZATION:
+            self.authorization += (value.decode("latin-1"),)
+        elif kind == _TRACEPARENT:
+            if self.traceparent is None:
+                self.traceparent = value  # bytes: only the access line reads it
+        elif kind == _CONNECTION:
+            self.connection += (value.decode("latin-1"),)
+        elif kind == _NOT_OURS_KIND:
+            self.declined = True  # body framing, upgrade, expect: aiohttp's
 
     def on_headers_complete(self) -> None:
         # Only valid here: llhttp resets its flags once the message completes.
@@ -265,10 +351,9 @@ class _Reports:
 class HeadParser:
     """Request heads of one client connection, one at a time, through one llhttp parser.
 
-    Only the start line and completion are reported by callbacks; the fields are read
-    from the head's bytes. The parser is kept across the keep-alive requests it accepts
-    and must be dropped once `parse` answers None (the connection then leaves the fast
-    path)."""
+    The start line is read from the head's bytes, the fields and completion as llhttp
+    reports them. The parser is kept across the keep-alive requests it accepts and must
+    be dropped once `parse` answers None (the connection then leaves the fast path)."""
 
     __slots__ = ("_parser", "_reports")
 
@@ -279,11 +364,11 @@ class HeadParser:
     def parse(self, head: bytes, fields: PickedFields = DEFAULT_FIELDS) -> RequestHead | None:
         """The request in `head` (one complete head, ending in CRLFCRLF) when the fast
         path may take it; None when aiohttp must (anything unusual, malformed or
-        carrying a body). `fields`: the config's (its request-id name)."""
+        carrying a body). `fields`: the config's (its request-id name, what it may cut)."""
         if len(head) > MAX_HEAD:
             return None
         reports = self._reports
-        reports.complete = False
+        reports.start(fields)
         reports.parser = self._parser
         try:
             self._parser.feed_data(head)
@@ -291,7 +376,9 @@ class HeadParser:
             return None
         finally:
             reports.parser = None
-        if not reports.complete:
+        host = reports.host
+        if not reports.complete or reports.declined or host is None:
+            # No Host: an HTTP/1.1 request without one is refused on aiohttp's side.
             return None
         # llhttp skips empty lines (and stray CRs) before the request line (RFC 9112
         # §2.2): so must the split below, or they would stay in the method.
@@ -313,58 +400,17 @@ class HeadParser:
         # A field takes at least 4 bytes (`\r\nX:`): short blocks need no count.
         if len(block) > 4 * MAX_FIELDS and block.count(b"\r\n") > MAX_FIELDS:
             return None
-        host: str | None = None
-        authorization: list[str] = []
-        connection: list[str] = []
-        request_id: str | None = None
-        traceparent: bytes | None = None
-        request_id_size = fields.request_id_size
-        cut: list[bytes] = []
-        for name, cut_name, value in fields.pattern.findall(block):
-            if cut_name:
-                cut += (cut_name, value)
-                continue
-            size = len(name)
-            if size == request_id_size or (
-                request_id_size < 0 and name.lower() == fields.request_id
-            ):
-                if request_id is None:
-                    request_id = value.decode("latin-1")
-                if fields.cut_request_id:
-                    cut += (name, value)
-            elif size == 4:  # host
-                if host is not None:
-                    return None  # two: aiohttp refuses them (RFC 9112 §3.2)
-                host = value.decode("latin-1")
-                if fields.cut_host:
-                    cut += (name, value)
-            elif size == 13:  # authorization
-                authorization.append(value.decode("latin-1"))
-                if fields.cut_authorization:
-                    cut += (name, value)
-            elif size == 11:  # traceparent
-                if traceparent is None:
-                    traceparent = value  # bytes: only the access line reads it
-                if fields.cut_traceparent:
-                    cut += (name, value)
-            elif size == 10:  # connection: hop-by-hop, always cut
-                connection.append(value.decode("latin-1"))
-                cut += (name, value)
-            else:
-                return None  # body framing, upgrade, expect: aiohttp's
-        if host is None:
-            return None  # an HTTP/1.1 request without Host: refused on aiohttp's side
         return RequestHead(
             method.decode("ascii"),
             target.decode("latin-1"),
             block,
             reports.keep_alive,
             host,
-            tuple(authorization),
-            tuple(connection),
-            request_id,
-            traceparent,
-            tuple(cut),
+            reports.authorization,
+            reports.connection,
+            reports.request_id,
+            reports.traceparent,
+            tuple(reports.cut),
             fields,
         )
 
