@@ -244,7 +244,7 @@ def test_client_head_bytes(head: bytes, close: bool, out: bytes) -> None:
     status = int(head[9:12])
     block = http1.fields_of(head)
     framing = http1.response_framing(status, block)
-    assert http1.client_head(status, head, block, framing=framing, close=close, clean=_clean) == out
+    assert http1.client_head(status, head, framing=framing, close=close, clean=_clean) == out
 
 
 def test_response_head_bytes() -> None:

@@ -162,7 +162,7 @@ def test_client_head_is_client_items(
     head = line.encode() + block_of(pairs, spacing) + b"\r\n\r\n"
     block = http1.fields_of(head)
     framing = http1.response_framing(status, block)
-    out = http1.client_head(status, head, block, framing=framing, close=close, clean=client_items)
+    out = http1.client_head(status, head, framing=framing, close=close, clean=client_items)
     expected = http1.response_head(
         status, reason, client_items(http1.parse_fields(block)), framing=framing, close=close
     )

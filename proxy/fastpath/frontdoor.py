@@ -393,7 +393,7 @@ class FrontDoor(asyncio.Protocol):
 
     # --- upstream.Sink ---------------------------------------------------------------------
 
-    def response_head(self, status: int, head: bytes, block: bytes, framing: http1.Framing) -> None:
+    def response_head(self, status: int, head: bytes, framing: http1.Framing) -> None:
         self._proxy.metrics.upstream_duration.observe(_perf_counter() - self._upstream_started)
         self._status = status
         self._chunked = framing.has_body and framing.chunked
@@ -402,14 +402,14 @@ class FrontDoor(asyncio.Protocol):
         if self._proxy.draining:
             self._keep_alive = False
         answer = http1.client_head(
-            status, head, block, framing=framing, close=not self._keep_alive, clean=client_items
+            status, head, framing=framing, close=not self._keep_alive, clean=client_items
         )
         request_id, rt = self._request_id, self._rt
         if (
             self._made_id
             and request_id is not None
             and rt is not None
-            and not rt.correlation.in_block(block)
+            and not rt.correlation.in_block(http1.fields_of(head))
         ):
             # The client learns the id made for its request.
             correlation = rt.correlation

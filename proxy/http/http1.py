@@ -547,14 +547,12 @@ def response_head(
 def client_head(
     status: int,
     head: bytes,
-    block: bytes,
     *,
     framing: Framing,
     close: bool,
     clean: Callable[[list[tuple[str, str]]], list[tuple[str, str]]],
 ) -> bytes:
-    """The client's response head from the upstream's `head` (whole, as received) and
-    its `block` of fields.
+    """The client's response head from the upstream's `head` (whole, as received).
 
     The common answer — HTTP/1.1, sized or body-less, no hop-by-hop field — goes out as
     the upstream wrote it, reason phrase included, plus `Connection: close` when it is the
@@ -568,7 +566,8 @@ def client_head(
         return head[:-2] + b"Connection: close\r\n\r\n" if close else head
     status_line = head[: head.index(b"\r\n")].split(b" ", 2)
     reason = status_line[2].decode("latin-1") if len(status_line) > 2 else ""
-    return response_head(status, reason, clean(parse_fields(block)), framing=framing, close=close)
+    fields = clean(parse_fields(fields_of(head)))
+    return response_head(status, reason, fields, framing=framing, close=close)
 
 
 def chunk(data: bytes) -> bytes:

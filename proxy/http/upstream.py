@@ -57,8 +57,8 @@ _ALLOWED: Final = packed(TRANSITIONS)
 
 
 class Sink(Protocol):
-    def response_head(self, status: int, head: bytes, block: bytes, framing: http1.Framing) -> None:
-        """`head` is the upstream's whole response head as received, `block` its fields."""
+    def response_head(self, status: int, head: bytes, framing: http1.Framing) -> None:
+        """`head` is the upstream's whole response head as received."""
 
     def response_body(self, data: bytes) -> None: ...
     def response_end(self) -> None: ...
@@ -226,12 +226,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._to(BODY)
         # Only valid here: llhttp resets its flags once the message completes.
         self._keep_alive = self._parser.should_keep_alive()
-        block = http1.fields_of(head)
         framing = self._fields.framing(status)
         self._length_known = not framing.until_close
         sink = self.sink
         assert sink is not None
-        sink.response_head(status, head, block, framing)
+        sink.response_head(status, head, framing)
 
     def on_message_begin(self) -> None:
         self._fields.reset()  # each answer's own, a 1xx's included
