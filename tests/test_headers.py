@@ -9,6 +9,7 @@ import pytest
 from multidict import CIMultiDict
 
 from proxy.core.principal import ANONYMOUS, Principal
+from proxy.http import headers as headers_module
 from proxy.http.headers import (
     RECENT_OBJECTS,
     ClientHop,
@@ -196,3 +197,20 @@ def test_equal_principals_render_alike_and_copies_are_not_hoarded() -> None:
     assert len(names._recent) <= RECENT_OBJECTS
     kept = gc.get_referrers(copies[0])
     assert not any(isinstance(k, tuple) and k and k[0] is copies[0] for k in kept)
+
+
+@pytest.mark.parametrize(
+    ("block", "cut", "out"),
+    [
+        (b"\r\nA: 1\r\nB: 2\r\nC: 3", (b"B",), b"\r\nA: 1\r\nC: 3"),
+        (b"\r\nA: 1\r\nB: 2\r\nC: 3", (b"A", b"B"), b"\r\nC: 3"),  # one after another
+        (b"\r\nA: 1\r\nB: 2\r\nC: 3", (b"B", b"C"), b"\r\nA: 1"),  # the last ones
+        (b"\r\nA: 1\r\nB: 2\r\nC: 3", (b"A", b"B", b"C"), b""),
+        (b"\r\nA: 1\r\nB:\r\nB: 2 \r\nC: 3", (b"B", b"B"), b"\r\nA: 1\r\nC: 3"),  # empty, spaced
+        (b"\r\nAB: 1\r\nB: 2", (b"B",), b"\r\nAB: 1"),  # a name is matched whole
+    ],
+)
+def test_cut_takes_each_field_from_its_crlf_to_the_next(
+    block: bytes, cut: tuple[bytes, ...], out: bytes
+) -> None:
+    assert headers_module._cut(block, cut, None, "x-auth-") == out

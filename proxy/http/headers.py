@@ -294,19 +294,20 @@ def _cut(block: bytes, cut: tuple[bytes, ...], drop: frozenset[str] | None, pref
     exactly those), those `_dropped_name` says from a trusted one. A field starts at a
     CRLF and ends at the next (no value holds a CR), so the first `CRLF name:` from the
     end of the last cut is the one the parser reported."""
+    # `partition` takes its one argument without the argument parsing that costs `find`
+    # with a start index ~1k instructions under CPython 3.11.
     pieces: list[bytes] = []
-    cursor = 0
+    rest = block
     for name in cut:
         if drop is not None and not _dropped_name(name.decode("latin-1").lower(), drop, prefix):
             continue  # a forwarding field from a trusted proxy
-        start = block.find(b"\r\n" + name + b":", cursor)
-        pieces.append(block[cursor:start])
-        cursor = block.find(b"\r\n", start + 2)
-        if cursor < 0:
-            cursor = len(block)
+        before, _, field = rest.partition(b"\r\n" + name + b":")
+        pieces.append(before)
+        _, cr, rest = field.partition(b"\r")
+        rest = cr + rest  # from the next field's CRLF on, as `rest` starts
     if not pieces:
         return block
-    pieces.append(block[cursor:])
+    pieces.append(rest)
     return b"".join(pieces)
 
 
