@@ -138,12 +138,11 @@ async def handle_revoke(request: web.Request) -> web.Response:
     if outcome.error is not None:
         status = STATUS[REVOCATION_UNAVAILABLE]
         body["error"] = {"code": REVOCATION_UNAVAILABLE, "message": outcome.error}
-    clerk = getattr(outcome, "clerk", None)
-    if clerk is not None:
-        body["clerk"] = clerk
-        if clerk.get("status") != "revoked" and status == 200:
-            status = STATUS[CLERK_REVOKE_FAILED]
-            body["error"] = {"code": CLERK_REVOKE_FAILED, "message": clerk.get("message", "")}
+    # `body()` carries Clerk's answer when at_clerk asked for one.
+    clerk = outcome.clerk
+    if clerk is not None and clerk.get("status") != "revoked" and status == 200:
+        status = STATUS[CLERK_REVOKE_FAILED]
+        body["error"] = {"code": CLERK_REVOKE_FAILED, "message": clerk.get("message", "")}
     return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
 
