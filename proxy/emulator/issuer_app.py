@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from typing import Any, Final
 
@@ -67,23 +67,19 @@ class IssuerEmulator(Emulated, IssuerState):
     async def _jwks(self, request: web.Request) -> Reply:
         return 200, self.jwks(), {"Cache-Control": f"public, max-age={self.jwks_max_age}"}
 
-    async def _form(self, request: web.Request) -> dict[str, str] | None:
-        if request.content_type != "application/x-www-form-urlencoded":
-            return None
-        form = await request.post()
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+    @staticmethod
+    def _posted(
+        answer: Callable[[Mapping[str, str], str | None], Reply],
+    ) -> Callable[[web.Request], Awaitable[Reply]]:
+        """A form endpoint (`token`, `introspect`): `answer` of its form and Authorization."""
 
-    async def _token(self, request: web.Request) -> Reply:
-        form = await self._form(request)
-        if form is None:
-            return 400, {"error": "invalid_request", "error_description": "send a form"}, {}
-        return self.token(form, request.headers.get("Authorization"))
+        async def handler(request: web.Request) -> Reply:
+            if request.content_type != "application/x-www-form-urlencoded":
+                return 400, {"error": "invalid_request", "error_description": "send a form"}, {}
+            form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+            return answer(form, request.headers.get("Authorization"))
 
-    async def _introspect(self, request: web.Request) -> Reply:
-        form = await self._form(request)
-        if form is None:
-            return 400, {"error": "invalid_request", "error_description": "send a form"}, {}
-        return self.introspect(form, request.headers.get("Authorization"))
+        return handler
 
     def _build_app(self) -> web.Application:
         app = web.Application()
@@ -91,8 +87,9 @@ class IssuerEmulator(Emulated, IssuerState):
         app.router.add_get("/.well-known/openid-configuration", discovery)
         app.router.add_get("/.well-known/oauth-authorization-server", discovery)
         app.router.add_get("/oauth2/jwks", self._route("jwks", self._jwks))
-        app.router.add_post("/oauth2/token", self._route("token", self._token))
-        app.router.add_post("/oauth2/introspect", self._route("introspect", self._introspect))
+        app.router.add_post("/oauth2/token", self._route("token", self._posted(self.token)))
+        introspect = self._route("introspect", self._posted(self.introspect))
+        app.router.add_post("/oauth2/introspect", introspect)
         control = IssuerControl(self, app)
         app.router.add_post("/__emulator/clients", control.add_client)
         app.router.add_post("/__emulator/rotate", control.rotate)
