@@ -9,7 +9,6 @@ route for processes that cannot call the Python API. Never expose it beyond loop
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,7 +17,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from proxy.emulator.control import Control, Emulated, Fault, Faults, bad
+from proxy.emulator.control import Control, Emulated, Fault, Faults, bad, json_answer
 from proxy.emulator.issuer_state import IssuerState, OAuthClient, Reply
 from proxy.emulator.serving import Running, run_until_signal, start
 
@@ -29,8 +28,8 @@ FAULT_ORDER: Final = ("down", "slow", "rate_limit", "error")
 
 def _fault_answer(fault: Fault) -> web.Response:
     if fault.kind == "rate_limit":
-        return _reply((429, {"error": "rate_limited"}, {"Retry-After": str(fault.retry_after)}))
-    return _reply((fault.status, {"error": "server_error"}, {}))
+        return json_answer(429, {"error": "rate_limited"}, {"Retry-After": str(fault.retry_after)})
+    return json_answer(fault.status, {"error": "server_error"}, {})
 
 
 class IssuerEmulator(Emulated, IssuerState):
@@ -57,7 +56,7 @@ class IssuerEmulator(Emulated, IssuerState):
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def route(request: web.Request) -> web.StreamResponse:
             faulted = await self.faulted(request, endpoint, _fault_answer)
-            return faulted or _reply(await handler(request))
+            return faulted or json_answer(*await handler(request))
 
         return route
 
@@ -94,16 +93,6 @@ class IssuerEmulator(Emulated, IssuerState):
         app.router.add_post("/__emulator/clients", control.add_client)
         app.router.add_post("/__emulator/rotate", control.rotate)
         return app
-
-
-def _reply(reply: Reply) -> web.Response:
-    status, body, headers = reply
-    return web.Response(
-        status=status,
-        body=json.dumps(body).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
 
 
 class IssuerControl(Control["IssuerEmulator"]):
