@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.auth.shared.revocation import CLERK, MAX_TTL, valid_value
+from proxy.auth.shared.revocation import CLERK, KINDS, MAX_TTL, valid_value
 from proxy.auth.tokens import is_secret
 from proxy.core.errors import (
     BAD_REQUEST,
@@ -77,7 +77,7 @@ def parse_request(
     unknown = sorted(set(body) - fields)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
-    given = [k for k in ("token_id", "subject") if k in body]
+    given = [k for k in KINDS if k in body]
     if len(given) != 1:
         raise BadRequest("give exactly one of token_id and subject")
     kind = given[0]
