@@ -20,7 +20,7 @@ from proxy.emulator.backend import BackendApi
 from proxy.emulator.control import Control, Emulated, Fault, Faults, bad, json_answer
 from proxy.emulator.serving import Running, run_until_signal, start
 from proxy.emulator.state import DEFAULT_SECRET_KEY, IssuedToken, Machine
-from proxy.emulator.wire import Answer, Refused, clerk_error, not_found
+from proxy.emulator.wire import Answer, Refused, clerk_error, not_found, unauthenticated
 
 __all__ = [
     "ClerkEmulator",
@@ -42,14 +42,7 @@ FAULT_OPTIONS: Final = {"jwks": ("jwks",), "create": ("m2m_create", "m2m_list", 
 def fault_answer(fault: Fault) -> web.Response:
     """What Clerk would answer in this failure."""
     if fault.kind == "unauthorized":
-        return _json(
-            clerk_error(
-                401,
-                "authentication_invalid",
-                "Invalid authentication",
-                "The provided Clerk Secret Key is invalid (emulator fault).",
-            )
-        )
+        return _json(unauthenticated("The provided Clerk Secret Key is invalid (emulator fault)."))
     if fault.kind == "rate_limit":
         limited = clerk_error(
             429, "too_many_requests", "Too many requests", "Too many requests, retry later."
