@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.auth.breaker import Breaker, no_jitter
-from proxy.auth.gate import CallGate
+from proxy.auth.gate import CallGate, retry_after, retry_after_seconds
 from proxy.core.errors import VERIFICATION_UNAVAILABLE, ProxyError
 
 
@@ -193,3 +193,25 @@ def test_a_refusal_opens_at_once_whatever_the_threshold() -> None:
     b = Breaker(5.0, threshold=3, rng=no_jitter)
     assert b.refused(0.0, 30.0) == 30.0 and b.state(0.0) == "open"
     assert b.enter(30.0) is None and b.state(30.0) == "half_open"  # the probe
+
+
+@pytest.mark.parametrize(
+    ("value", "passed_on", "for_the_gate"),
+    [
+        (None, 2, None),
+        ("7", 7, 7.0),
+        (" 7 ", 7, 7.0),
+        ("0", 1, 0.0),
+        ("99999", 3600, 3600.0),
+        ("1.5", 2, None),
+        ("-3", 2, None),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 2, None),
+    ],
+)
+def test_retry_after_is_read_one_way(
+    value: str | None, passed_on: int, for_the_gate: float | None
+) -> None:
+    """Delta-seconds only, capped at an hour; what we pass on is at least 1 s, else 2 s."""
+    headers = {} if value is None else {"Retry-After": value}
+    assert retry_after(headers) == passed_on
+    assert retry_after_seconds(headers) == for_the_gate

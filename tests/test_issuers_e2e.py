@@ -233,6 +233,20 @@ async def test_authlib_sees_the_emulator_refuse_a_wrong_secret(issuer_stack: Any
     assert "invalid_client" in str(info.value)
 
 
+async def test_the_emulators_form_endpoints_refuse_another_body(issuer_stack: Any) -> None:
+    s: IssuerStack = await issuer_stack()
+    emu = s.issuers["authgear"]
+    for endpoint in ("token", "introspect"):
+        async with s.client.post(f"{emu.issuer}/oauth2/{endpoint}", json={"token": "x"}) as resp:
+            assert resp.status == 400
+            assert resp.headers["Content-Type"] == "application/json"
+            assert await resp.json() == {
+                "error": "invalid_request",
+                "error_description": "send a form",
+            }
+        assert emu.calls[endpoint] == 1
+
+
 @pytest.mark.filterwarnings("ignore:authlib.jose module is deprecated")
 async def test_authlib_jose_verifies_the_emulators_tokens(issuer_stack: Any) -> None:
     """A second opinion on the emulator: Authlib's own JOSE code checks its JWKS and tokens."""

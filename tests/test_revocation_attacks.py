@@ -427,6 +427,11 @@ async def test_a_revocation_names_its_issuer(
     assert await status(foreign) == 401
     assert (await revoke(subject=machine, issuer="nobody"))[0] == 400
     assert (await revoke(token_id=clerk_token.id, issuer="authgear", at_clerk=True))[0] == 400
+    # Applied here, refused at Clerk: 502, with Clerk's side in the answer.
+    s.clerk.set_fault("error", create=True, times=1)
+    status_code, body = await revoke(token_id=clerk_token.id, at_clerk=True)
+    assert status_code == 502 and body["error"]["code"] == "clerk_revoke_failed", body
+    assert body["clerk"]["status"] == "failed" and body["clerk"]["http_status"] == 500, body
     # From a shell: --issuer names it, and the answer says whose.
     second = emu.mint(
         {"iss": emu.issuer, "aud": API, "iat": now, "exp": now + 600, "jti": "jti-second",

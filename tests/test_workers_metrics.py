@@ -33,6 +33,8 @@ def requests_total(text: str, route: str) -> float:
 async def scrape(running: Running) -> str:
     async with aiohttp.ClientSession() as s, s.get(running.admin_url("/metrics")) as resp:
         assert resp.status == 200
+        # Prometheus's text format 0.0.4, as a lone process's admin port says too.
+        assert resp.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
         return await resp.text()
 
 

@@ -37,6 +37,15 @@ from proxy.observe.metrics import Metrics
 DEFAULT_MAX_CLIENTS = 50_000
 
 
+def exceeded(wait: float) -> ProxyError:
+    """The 429 of a spent budget, this pod's or the cluster's, `wait` seconds from a token."""
+    return ProxyError(
+        VERIFICATION_BUDGET_EXCEEDED,
+        "too many tokens to verify that are not cached yet; retry later",
+        retry_after=max(1, math.ceil(wait)),
+    )
+
+
 @dataclass(slots=True)
 class TokenBucket:
     rate: float
@@ -126,11 +135,7 @@ class VerificationBudget:
             wait = bucket.wait(now, floor)
             if wait > 0:
                 self._count(scope)
-                raise ProxyError(
-                    VERIFICATION_BUDGET_EXCEEDED,
-                    "too many tokens to verify that are not cached yet; retry later",
-                    retry_after=max(1, math.ceil(wait)),
-                )
+                raise exceeded(wait)
         client.take(now)
         self._global.take(now)
         # Re-insert so the TTL restarts from the last use.

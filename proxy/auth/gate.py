@@ -104,10 +104,8 @@ async def call(
 def retry_after(headers: Mapping[str, str], default: int = DEFAULT_RETRY_AFTER) -> int:
     """The API's Retry-After (delta-seconds, within 1 s to an hour) to pass on to our
     caller; anything else is `default`."""
-    value = headers.get("Retry-After", "").strip()
-    if value.isdigit():
-        return max(1, min(int(value), 3600))
-    return default
+    seconds = retry_after_seconds(headers)
+    return default if seconds is None else max(1, int(seconds))
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

@@ -153,12 +153,10 @@ class KeySetCache:
         self._last_fetch = float("-inf")
         self._last_ok = False
         self._running: asyncio.Future[None] | None = None  # the one fetch under way
-        self.fetches = 0
 
     async def _fetch(self) -> None:
         self._last_fetch = self._now()
         self._last_ok = False
-        self.fetches += 1
         try:
             status, headers, body = await self._fetch_set()
             if status != 200:

@@ -13,11 +13,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from proxy.auth.jws import Unverified, peek, segment
+from proxy.auth.jws import Unverified, invalid, peek, segment
 from proxy.core.errors import (
     BAD_REQUEST,
     TOKEN_ID_NOT_SECRET,
-    TOKEN_INVALID,
     TOKEN_TYPE_MISMATCH,
     ProxyError,
 )
@@ -87,10 +86,6 @@ def _url_safe(text: str) -> bool:
     return text.isascii() and text.replace("-", "a").replace("_", "a").isalnum()
 
 
-def _invalid(message: str, token_type: str | None = None) -> ProxyError:
-    return ProxyError(TOKEN_INVALID, message, token_type=token_type)
-
-
 def one_authorization(values: Sequence[str]) -> str | None:
     """The request's one `Authorization` value, None without one. Two are ambiguous on
     every route, public ones included (400): the upstream behind would have to pick
@@ -114,11 +109,11 @@ def extract_bearer(values: Sequence[str]) -> str | None:
         return None
     credential = credential.strip(" \t")
     if not credential:
-        raise _invalid("the Bearer credential is empty")
+        raise invalid("the Bearer credential is empty")
     if len(credential) > MAX_JWT_LENGTH:
-        raise _invalid("the Bearer credential is too long")
+        raise invalid("the Bearer credential is too long")
     if not _TOKEN68.fullmatch(credential):
-        raise _invalid("the Bearer credential is not a well-formed token")
+        raise invalid("the Bearer credential is not a well-formed token")
     return credential
 
 
@@ -130,7 +125,7 @@ def classify(token: str, parts: Unverified | None = None) -> TokenKind:
     that is not shaped like a Clerk token, so neither costs a Clerk call.
     """
     if len(token) > MAX_JWT_LENGTH:
-        raise _invalid("the token is too long")
+        raise invalid("the token is too long")
     if _M2M_ID.fullmatch(token):
         raise ProxyError(
             TOKEN_ID_NOT_SECRET,
@@ -146,12 +141,12 @@ def classify(token: str, parts: Unverified | None = None) -> TokenKind:
                 or len(body) < MIN_OPAQUE_SECRET
                 or not _url_safe(body)
             ):
-                raise _invalid(f"malformed {prefix} token", kind.token_type)
+                raise invalid(f"malformed {prefix} token", kind.token_type)
             return kind
     # Read segments are three (`peek`): the count, a walk over the whole token, is spared.
     if parts is not None or token.count(".") == 2:
         return _classify_jwt(token, parts or peek(token))
-    raise _invalid("not a Clerk token (expected mt_, oat_, ak_ or a JWT)")
+    raise invalid("not a Clerk token (expected mt_, oat_, ak_ or a JWT)")
 
 
 def is_secret(value: str) -> bool:
@@ -180,13 +175,13 @@ def _classify_jwt(token: str, parts: Unverified | None) -> TokenKind:
     `mch_` is an M2M JWT, header `typ` at+jwt an OAuth JWT, anything else a session
     token; the header `cat` and `typ` must then agree with that class."""
     if parts is None:
-        raise _invalid("malformed JWT: its header or payload is not a base64url JSON object")
+        raise invalid("malformed JWT: its header or payload is not a base64url JSON object")
     header, payload = parts.header, parts.payload
     if not _url_safe(token.rpartition(".")[2]):
-        raise _invalid("unsigned or malformed JWT")
+        raise invalid("unsigned or malformed JWT")
     # Refused here, before any key lookup: `none` and HMAC (HS/RS confusion) never verify.
     if header.get("alg") not in JWT_ALGORITHMS:
-        raise _invalid("JWT algorithm not allowed (RS256, RS384 or RS512 only)")
+        raise invalid("JWT algorithm not allowed (RS256, RS384 or RS512 only)")
     typ, cat, sub = header.get("typ", _ABSENT), header.get("cat", _ABSENT), payload.get("sub")
     if isinstance(sub, str) and sub.startswith(MACHINE_SUB_PREFIX):
         if cat is not _ABSENT and cat != M2M_JWT_CAT:

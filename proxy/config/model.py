@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from proxy.config.keys import (
     ABSOLUTE_PATH,
@@ -35,13 +35,14 @@ from proxy.config.keys import (
     of,
     one_of,
 )
+from proxy.core.principal import PrincipalType
 from proxy.core.timeouts import ConnectionPolicy
 
 DEFAULT_CONNECTIONS = ConnectionPolicy()
 
 AuthMode = Literal["public", "optional", "required"]
-AUTH_MODES = one_of("public", "optional", "required")
-PRINCIPAL_TYPES = ("machine", "user", "api_key", "oauth", "anonymous")
+AUTH_MODES = one_of(*get_args(AuthMode))
+PRINCIPAL_TYPES: tuple[str, ...] = get_args(PrincipalType)
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT")
 
 

@@ -124,12 +124,6 @@ class Reader:
             self.problem(f"{key}.{name}" if key else name, str(exc))
             return default
 
-    def required(self, raw: dict[str, Any], key: str, name: str) -> Any:
-        if name not in raw or raw[name] in (None, ""):
-            self.problem(f"{key}.{name}", "is required")
-            return None
-        return raw[name]
-
     def secret(self, raw: dict[str, Any], key: str, name: str, *, required: bool) -> str:
         """`name` (usually `${ENV}`) or `name_file` (a mounted secret), never both. A
         problem names the variable this file reads the secret (or its file) from."""

@@ -8,7 +8,6 @@ switch faults and read call counts. Never expose an emulator beyond loopback.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -18,10 +17,10 @@ from typing import Any, Final
 from aiohttp import web
 
 from proxy.emulator.backend import BackendApi
-from proxy.emulator.control import Control, Emulated, Fault, Faults, bad
+from proxy.emulator.control import Control, Emulated, Fault, Faults, bad, json_answer
 from proxy.emulator.serving import Running, run_until_signal, start
 from proxy.emulator.state import DEFAULT_SECRET_KEY, IssuedToken, Machine
-from proxy.emulator.wire import Answer, Refused, clerk_error, not_found
+from proxy.emulator.wire import Answer, Refused, clerk_error, not_found, unauthenticated
 
 __all__ = [
     "ClerkEmulator",
@@ -43,14 +42,7 @@ FAULT_OPTIONS: Final = {"jwks": ("jwks",), "create": ("m2m_create", "m2m_list", 
 def fault_answer(fault: Fault) -> web.Response:
     """What Clerk would answer in this failure."""
     if fault.kind == "unauthorized":
-        return _json(
-            clerk_error(
-                401,
-                "authentication_invalid",
-                "Invalid authentication",
-                "The provided Clerk Secret Key is invalid (emulator fault).",
-            )
-        )
+        return _json(unauthenticated("The provided Clerk Secret Key is invalid (emulator fault)."))
     if fault.kind == "rate_limit":
         limited = clerk_error(
             429, "too_many_requests", "Too many requests", "Too many requests, retry later."
@@ -145,13 +137,7 @@ def _authorization(request: web.Request) -> str | None:
 
 
 def _json(answer: Answer) -> web.Response:
-    # Exactly `application/json`, no charset: Clerk's JS SDK parses nothing else as JSON.
-    return web.Response(
-        body=json.dumps(dict(answer.body)).encode(),
-        status=answer.status,
-        headers=answer.headers,
-        content_type="application/json",
-    )
+    return json_answer(answer.status, answer.body, answer.headers)
 
 
 async def _unknown_route(request: web.Request) -> web.Response:

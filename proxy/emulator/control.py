@@ -168,5 +168,16 @@ class Control(Generic[E]):
         return web.json_response({})
 
 
+def json_answer(status: int, body: Mapping[str, Any], headers: Mapping[str, str]) -> web.Response:
+    """An emulated API's answer. Exactly `application/json`, no charset: Clerk's JS SDK
+    parses nothing else as JSON."""
+    return web.Response(
+        body=json.dumps(dict(body)).encode(),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
 def bad(message: str) -> web.Response:
     return web.json_response({"error": message}, status=400)

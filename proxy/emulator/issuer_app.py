@@ -9,16 +9,15 @@ route for processes that cannot call the Python API. Never expose it beyond loop
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from typing import Any, Final
 
 from aiohttp import web
 
-from proxy.emulator.control import Control, Emulated, Fault, Faults, bad
+from proxy.emulator.control import Control, Emulated, Fault, Faults, bad, json_answer
 from proxy.emulator.issuer_state import IssuerState, OAuthClient, Reply
 from proxy.emulator.serving import Running, run_until_signal, start
 
@@ -29,8 +28,8 @@ FAULT_ORDER: Final = ("down", "slow", "rate_limit", "error")
 
 def _fault_answer(fault: Fault) -> web.Response:
     if fault.kind == "rate_limit":
-        return _reply((429, {"error": "rate_limited"}, {"Retry-After": str(fault.retry_after)}))
-    return _reply((fault.status, {"error": "server_error"}, {}))
+        return json_answer(429, {"error": "rate_limited"}, {"Retry-After": str(fault.retry_after)})
+    return json_answer(fault.status, {"error": "server_error"}, {})
 
 
 class IssuerEmulator(Emulated, IssuerState):
@@ -57,7 +56,7 @@ class IssuerEmulator(Emulated, IssuerState):
     ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def route(request: web.Request) -> web.StreamResponse:
             faulted = await self.faulted(request, endpoint, _fault_answer)
-            return faulted or _reply(await handler(request))
+            return faulted or json_answer(*await handler(request))
 
         return route
 
@@ -67,23 +66,19 @@ class IssuerEmulator(Emulated, IssuerState):
     async def _jwks(self, request: web.Request) -> Reply:
         return 200, self.jwks(), {"Cache-Control": f"public, max-age={self.jwks_max_age}"}
 
-    async def _form(self, request: web.Request) -> dict[str, str] | None:
-        if request.content_type != "application/x-www-form-urlencoded":
-            return None
-        form = await request.post()
-        return {k: v for k, v in form.items() if isinstance(v, str)}
+    @staticmethod
+    def _posted(
+        answer: Callable[[Mapping[str, str], str | None], Reply],
+    ) -> Callable[[web.Request], Awaitable[Reply]]:
+        """A form endpoint (`token`, `introspect`): `answer` of its form and Authorization."""
 
-    async def _token(self, request: web.Request) -> Reply:
-        form = await self._form(request)
-        if form is None:
-            return 400, {"error": "invalid_request", "error_description": "send a form"}, {}
-        return self.token(form, request.headers.get("Authorization"))
+        async def handler(request: web.Request) -> Reply:
+            if request.content_type != "application/x-www-form-urlencoded":
+                return 400, {"error": "invalid_request", "error_description": "send a form"}, {}
+            form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+            return answer(form, request.headers.get("Authorization"))
 
-    async def _introspect(self, request: web.Request) -> Reply:
-        form = await self._form(request)
-        if form is None:
-            return 400, {"error": "invalid_request", "error_description": "send a form"}, {}
-        return self.introspect(form, request.headers.get("Authorization"))
+        return handler
 
     def _build_app(self) -> web.Application:
         app = web.Application()
@@ -91,22 +86,13 @@ class IssuerEmulator(Emulated, IssuerState):
         app.router.add_get("/.well-known/openid-configuration", discovery)
         app.router.add_get("/.well-known/oauth-authorization-server", discovery)
         app.router.add_get("/oauth2/jwks", self._route("jwks", self._jwks))
-        app.router.add_post("/oauth2/token", self._route("token", self._token))
-        app.router.add_post("/oauth2/introspect", self._route("introspect", self._introspect))
+        app.router.add_post("/oauth2/token", self._route("token", self._posted(self.token)))
+        introspect = self._route("introspect", self._posted(self.introspect))
+        app.router.add_post("/oauth2/introspect", introspect)
         control = IssuerControl(self, app)
         app.router.add_post("/__emulator/clients", control.add_client)
         app.router.add_post("/__emulator/rotate", control.rotate)
         return app
-
-
-def _reply(reply: Reply) -> web.Response:
-    status, body, headers = reply
-    return web.Response(
-        status=status,
-        body=json.dumps(body).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
 
 
 class IssuerControl(Control["IssuerEmulator"]):

@@ -8,7 +8,6 @@ faults and call counting.
 
 from __future__ import annotations
 
-import base64
 import secrets
 import string
 import time
@@ -18,6 +17,7 @@ from typing import Any, Final
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.utils import to_base64url_uint
 
 from proxy.emulator.wire import TokenKind, TokenRecord
 
@@ -38,11 +38,6 @@ DEFAULT_SECRET_KEY: Final = "sk_test_emulator"
 
 def b62(n: int) -> str:
     return "".join(secrets.choice(BASE62) for _ in range(n))
-
-
-def _b64url_uint(value: int) -> str:
-    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +79,8 @@ class ClerkInstance:
             "kty": "RSA",
             "kid": self.kid,
             "alg": "RS256",
-            "n": _b64url_uint(numbers.n),
-            "e": _b64url_uint(numbers.e),
+            "n": to_base64url_uint(numbers.n).decode(),
+            "e": to_base64url_uint(numbers.e).decode(),
         }
         self.machines: dict[str, Machine] = {}
         self._machine_keys: dict[str, Machine] = {}

@@ -101,12 +101,13 @@ def not_found() -> Answer:
     return clerk_error(404, *NOT_FOUND)
 
 
+def unauthenticated(long_message: str) -> Answer:
+    return clerk_error(401, "authentication_invalid", "Invalid authentication", long_message)
+
+
 def bad_instance_key() -> Answer:
-    return clerk_error(
-        401,
-        "authentication_invalid",
-        "Invalid authentication",
-        "The provided Clerk Secret Key is invalid. Make sure that your Clerk Secret Key is correct.",
+    return unauthenticated(
+        "The provided Clerk Secret Key is invalid. Make sure that your Clerk Secret Key is correct."
     )
 
 
@@ -140,11 +141,8 @@ def forbidden(long_message: str) -> Answer:
 
 
 def machine_key_required() -> Answer:
-    return clerk_error(
-        401,
-        "authentication_invalid",
-        "Invalid authentication",
-        "This endpoint must be authenticated with a Machine Secret Key, not an instance key.",
+    return unauthenticated(
+        "This endpoint must be authenticated with a Machine Secret Key, not an instance key."
     )
 
 

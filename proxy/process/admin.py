@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from proxy.config.fingerprint import digest
 from proxy.process.revoke import handle_revoke
@@ -63,6 +64,4 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     body = request.app[PROXY].metrics.render()
-    return web.Response(
-        body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
-    )
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

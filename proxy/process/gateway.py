@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -253,7 +254,7 @@ class Gateway:
                     self.aggregate.update(worker, Snapshot(answer[1].decode()))
         return web.Response(
             body=self.aggregate.render(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+            headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4},
         )
 
     async def _healthz(self, request: web.Request) -> web.Response:

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.auth.shared.revocation import CLERK, MAX_TTL, valid_value
+from proxy.auth.shared.revocation import CLERK, KINDS, MAX_TTL, valid_value
 from proxy.auth.tokens import is_secret
 from proxy.core.errors import (
     BAD_REQUEST,
@@ -77,7 +77,7 @@ def parse_request(
     unknown = sorted(set(body) - fields)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
-    given = [k for k in ("token_id", "subject") if k in body]
+    given = [k for k in KINDS if k in body]
     if len(given) != 1:
         raise BadRequest("give exactly one of token_id and subject")
     kind = given[0]
@@ -138,12 +138,11 @@ async def handle_revoke(request: web.Request) -> web.Response:
     if outcome.error is not None:
         status = STATUS[REVOCATION_UNAVAILABLE]
         body["error"] = {"code": REVOCATION_UNAVAILABLE, "message": outcome.error}
-    clerk = getattr(outcome, "clerk", None)
-    if clerk is not None:
-        body["clerk"] = clerk
-        if clerk.get("status") != "revoked" and status == 200:
-            status = STATUS[CLERK_REVOKE_FAILED]
-            body["error"] = {"code": CLERK_REVOKE_FAILED, "message": clerk.get("message", "")}
+    # `body()` carries Clerk's answer when at_clerk asked for one.
+    clerk = outcome.clerk
+    if clerk is not None and clerk.get("status") != "revoked" and status == 200:
+        status = STATUS[CLERK_REVOKE_FAILED]
+        body["error"] = {"code": CLERK_REVOKE_FAILED, "message": clerk.get("message", "")}
     return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
 

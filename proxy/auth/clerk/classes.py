@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
+from proxy.auth.jws import invalid
 from proxy.auth.tokens import TokenKind
 from proxy.config import model as config
-from proxy.core.errors import TOKEN_INVALID, ProxyError
 from proxy.core.principal import Principal, PrincipalType, encode_claims
 
 # The claims Clerk sets on every M2M JWT (M2MToken.ts M2M_RESERVED_JWT_CLAIMS).
@@ -58,16 +58,12 @@ STANDARD_CLAIMS: Final = frozenset(
 SIGNED_IN_STATUSES: Final = frozenset({"active"})
 
 
-def _invalid(message: str, kind: TokenKind) -> ProxyError:
-    return ProxyError(TOKEN_INVALID, message, token_type=kind.token_type)
-
-
 def check_class_claims(kind: TokenKind, claims: Mapping[str, Any], cfg: config.Clerk) -> None:
     """The claims one class of Clerk JWT must carry (time claims and iss are `jwks`')."""
     sub = claims.get("sub")
     # Clerk's SDK requires a string; an empty one names nobody, so it is refused too.
     if not isinstance(sub, str) or not sub:
-        raise _invalid("the token names no subject (sub)", kind)
+        raise invalid("the token names no subject (sub)", kind.token_type)
     if kind is not TokenKind.SESSION_JWT:
         # `azp` is a browser origin: Clerk checks it on session tokens only (M2M JWTs
         # carry none, and @clerk/backend 3.25 does not pass authorizedParties on).
@@ -76,20 +72,20 @@ def check_class_claims(kind: TokenKind, claims: Mapping[str, Any], cfg: config.C
         azp = claims.get("azp")
         # Once authorized parties are configured, a token without azp would bypass them.
         if not isinstance(azp, str) or azp not in cfg.authorized_parties:
-            raise _invalid(
+            raise invalid(
                 "the session token was not issued for an authorized party (azp)"
                 if azp is not None
                 else "the session token names no authorized party (azp)",
-                kind,
+                kind.token_type,
             )
     sts = claims.get("sts")
     if sts is not None and sts not in SIGNED_IN_STATUSES:
-        raise _invalid(
+        raise invalid(
             "the session is pending: the user has a session task to finish (sts), and Clerk "
             "counts such a session as signed out"
             if sts == "pending"
             else "the session status (sts) is not active",
-            kind,
+            kind.token_type,
         )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Final
+from typing import Final, get_args
 
 import aiohttp
 
@@ -31,7 +31,7 @@ BAD_CREDENTIALS_RETRY_AFTER: Final = 30
 # The gate's backoff after failures: Clerk's defaults (clerk.backoff_initial/backoff_max).
 BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 10.0
-HELD_REASONS: Final[tuple[Held, ...]] = ("retry_after", "backoff", "probe", "refused")
+HELD_REASONS: Final[tuple[Held, ...]] = get_args(Held)
 
 
 class IssuerHttp:

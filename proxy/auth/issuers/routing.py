@@ -41,24 +41,22 @@ _SHOWABLE: Final = re.compile(r"https?://[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]{1,
 # refusal names the token's own issuer, the log line the ones served (at DEBUG: an
 # unknown issuer is a caller's mistake, one line per such request).
 def unserved(iss: str, served: Sequence[str]) -> ProxyError:
-    who = iss if _SHOWABLE.fullmatch(iss) else "an issuer"
-    log.debug("a token of an issuer not served", extra={"served": list(served)})
-    return ProxyError(
-        TOKEN_INVALID,
-        f"the token was issued by {who}, which this proxy does not serve",
-        token_type=REFUSED_AS,
-    )
+    return _not_served("the token was issued by {}, which this proxy does not serve", iss, served)
 
 
 def not_clerk(iss: str, served: Sequence[str]) -> ProxyError:
+    return _not_served(
+        "the token names {}, which is not a configured issuer, and it does not verify "
+        "as this Clerk instance's token",
+        iss,
+        served,
+    )
+
+
+def _not_served(message: str, iss: str, served: Sequence[str]) -> ProxyError:
     who = iss if _SHOWABLE.fullmatch(iss) else "an issuer"
     log.debug("a token of an issuer not served", extra={"served": list(served)})
-    return ProxyError(
-        TOKEN_INVALID,
-        f"the token names {who}, which is not a configured issuer, and it does not verify "
-        "as this Clerk instance's token",
-        token_type=REFUSED_AS,
-    )
+    return ProxyError(TOKEN_INVALID, message.format(who), token_type=REFUSED_AS)
 
 
 def _media_type(typ: str) -> str:

@@ -11,5 +11,6 @@
 - `metrics`: `authproxy_shared_cache_*` and the revocation counters.
 
 May import: `proxy.auth.cache` (the entries it stores), `proxy.auth.breaker`,
+`proxy.auth.budget` (the per-pod guard's refusal),
 `proxy.observe`, `proxy.config`, `proxy.core`, and redis-py. Never on a first-level hit; never holds or stores a token.
 """

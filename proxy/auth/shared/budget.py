@@ -13,13 +13,12 @@ address is hashed, like every other key.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from typing import Any, Final
 
+from proxy.auth.budget import exceeded
 from proxy.auth.shared.connection import Connection
 from proxy.config.model import VerificationBudget
-from proxy.core.errors import VERIFICATION_BUDGET_EXCEEDED, ProxyError
 
 # KEYS: global bucket, client bucket. ARGV: global rate, burst, client rate, burst.
 # A bucket is a hash {t: tokens, u: last update in ms}; it expires once it would be full.
@@ -87,11 +86,7 @@ class SharedBudget:
         self._metrics.budget.labels("refused").inc()
         name = _SCOPES[scope]
         self._on_refused(name)
-        raise ProxyError(
-            VERIFICATION_BUDGET_EXCEEDED,
-            "too many tokens to verify that are not cached yet; retry later",
-            retry_after=max(1, math.ceil(wait_ms / 1000)),
-        )
+        raise exceeded(wait_ms / 1000)
 
     async def _run_spend(self, client: Any, keys: list[str]) -> tuple[int, int]:
         """SPEND, read inside the guarded call: a reply of another shape raises there, and

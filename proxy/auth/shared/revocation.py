@@ -29,12 +29,12 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from proxy.core.principal import Principal
 
 Kind = Literal["token_id", "subject"]
-KINDS: Final = ("token_id", "subject")
+KINDS: Final[tuple[Kind, ...]] = get_args(Kind)
 # The issuer name of Clerk's own tokens (configured issuers may not take it).
 CLERK: Final = "clerk"
 # Revocations are an operator's act, rare, and only signed ones get here: the bound
