@@ -10,7 +10,7 @@ reload would then just stop. Every fire-and-forget task of the proxy goes throug
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any
 
 
@@ -30,9 +30,6 @@ class Background:
 
     def __len__(self) -> int:
         return len(self._tasks)
-
-    def __iter__(self) -> Iterator[asyncio.Task[Any]]:
-        return iter(set(self._tasks))
 
     def cancel(self) -> None:
         for task in self._tasks:
